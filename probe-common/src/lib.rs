@@ -1,0 +1,213 @@
+//! Layouts shared by the eBPF programs and userspace: one definition of each.
+//!
+//! Map values are `#[repr(C)]` with explicit widths and explicit padding (no bool, enum or
+//! Option), so both sides agree byte for byte. `aya::Pod` is implemented behind the `user`
+//! feature.
+#![no_std]
+
+/// IANA-assigned STAMP port (RFC 8762 §4.1).
+pub const STAMP_DEFAULT_PORT: u16 = 862;
+
+/// Byte offsets from the start of the UDP payload of a STAMP test packet, RFC 8762 §4.2.1 /
+/// §4.3.1 (unauthenticated mode) with the RFC 8972 SSID. Multi-byte fields are big-endian.
+pub mod wire {
+    /// Base packet length, sender and reflector alike.
+    pub const BASE_LEN: usize = 44;
+
+    pub const SEQ: usize = 0;
+    /// Sender: T1. Reflector: T3.
+    pub const TIMESTAMP: usize = 4;
+    pub const ERROR_ESTIMATE: usize = 12;
+    pub const SSID: usize = 14;
+
+    // Session-Sender test packet: 16..44 is MBZ on the wire.
+    pub const REQ_MBZ: usize = 16;
+
+    // Session-Reflector test packet.
+    /// T2.
+    pub const RECEIVE_TIMESTAMP: usize = 16;
+    pub const SENDER_SEQ: usize = 24;
+    pub const SENDER_TIMESTAMP: usize = 28;
+    pub const SENDER_ERROR_ESTIMATE: usize = 36;
+    pub const REPLY_MBZ1: usize = 38;
+    pub const SENDER_TTL: usize = 40;
+    pub const REPLY_MBZ2: usize = 41;
+
+    /// RFC 8972 TLVs start after the base packet.
+    pub const TLV_START: usize = BASE_LEN;
+    /// STAMP TLV header: Flags(1) Type(1) Length(2).
+    pub const TLV_HEADER_LEN: usize = 4;
+    /// RFC 8972 §4.1 Extra Padding TLV.
+    pub const TLV_TYPE_EXTRA_PADDING: u8 = 1;
+
+    /// Where the sender-ingress program writes T4 in a reply: inside the value of an Extra
+    /// Padding TLV that starts at `TLV_START` (the reflector echoes our padding).
+    pub const REPLY_RX_STAMP: usize = TLV_START + TLV_HEADER_LEN;
+    /// Where the reflector-ingress program writes T2 in a request: its MBZ octets.
+    pub const REQUEST_RX_STAMP: usize = REQ_MBZ;
+
+    /// Smallest request meshprobe sends: base + Extra Padding TLV big enough for a stamp block.
+    pub const MIN_PROBE_LEN: usize = REPLY_RX_STAMP + super::RxStamp::LEN;
+
+    /// Error Estimate bits (RFC 4656 §4.1.2): S(1) Z(1) Scale(6) Multiplier(8).
+    pub const EE_S: u16 = 0x8000;
+    pub const EE_Z: u16 = 0x4000;
+}
+
+/// Receive stamp block written in-band by the ingress programs (local only: it is written after
+/// the packet has left the wire). All multi-byte fields hold big-endian values, as on the wire.
+///
+/// 20 octets, align 4, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxStamp {
+    /// TAI seconds (PTPv2 truncated, low 32 bits), big-endian.
+    pub secs: u32,
+    /// Nanoseconds, big-endian.
+    pub nsecs: u32,
+    /// Raw NIC hardware receive stamp (`__sk_buff.hwtstamp`, the NIC's own clock), high and
+    /// low 32 bits, big-endian; zero when the NIC gave none.
+    pub hw_hi: u32,
+    pub hw_lo: u32,
+    /// `RxStamp::MAGIC`, big-endian: tells userspace the kernel wrote this block.
+    pub magic: u16,
+    /// One of `RxStamp::SOURCE_*`.
+    pub source: u8,
+    pub _pad: u8,
+}
+
+impl RxStamp {
+    pub const LEN: usize = 20;
+    pub const MAGIC: u16 = 0x4d50; // "MP"
+    /// `bpf_ktime_get_tai_ns()` taken when the TC program ran.
+    pub const SOURCE_TC_NOW: u8 = 1;
+    /// The kernel's software RX stamp (`skb->tstamp`, taken when the packet was queued to the
+    /// stack, before TC), converted from CLOCK_REALTIME to TAI. Earlier than `SOURCE_TC_NOW`.
+    pub const SOURCE_SKB_RX: u8 = 2;
+}
+
+const _: () = assert!(core::mem::size_of::<RxStamp>() == RxStamp::LEN);
+
+/// Flags in the `PORTS` map (one `u8` per UDP port, indexed by the port in host order).
+pub mod port {
+    /// Local port of a meshprobe Session-Sender socket: stamp T1 at egress, T4 at ingress.
+    pub const SENDER: u8 = 1;
+    /// Local port of a meshprobe Session-Reflector: stamp T2 at ingress, T3 at egress.
+    pub const REFLECTOR: u8 = 2;
+    pub const MAP_ENTRIES: u32 = 65536;
+}
+
+/// Value of the single-entry `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// CLOCK_TAI − CLOCK_REALTIME in ns (the kernel's TAI offset), for converting `skb->tstamp`.
+    pub tai_offset_ns: i64,
+    /// `CFG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    /// Prefer the kernel's software RX stamp (`skb->tstamp`) when it is earlier than now.
+    pub const USE_SKB_RX_TSTAMP: u32 = 1;
+}
+
+/// Key of the `T4_FALLBACK` LRU map: replies too short to carry T4 in-band (a reflector that
+/// did not echo our Extra Padding TLV) get their T4 here instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StampKey {
+    /// Local (sender) UDP port, host order.
+    pub port: u16,
+    pub _pad: u16,
+    /// Session-Sender Sequence Number echoed in the reply, host order.
+    pub seq: u32,
+}
+
+/// Per-CPU counters (`COUNTERS` per-CPU array map, one `u64` per index).
+pub mod counter {
+    pub const T1_STAMPED: u32 = 0;
+    pub const T2_STAMPED: u32 = 1;
+    pub const T3_STAMPED: u32 = 2;
+    pub const T4_STAMPED: u32 = 3;
+    /// T4 went to the fallback map (reply without room in-band).
+    pub const T4_TO_MAP: u32 = 4;
+    /// An ingress stamp used the kernel's earlier software RX stamp.
+    pub const RX_SKB_TSTAMP_USED: u32 = 5;
+    /// An ingress probe carried a NIC hardware RX stamp.
+    pub const RX_HW_TSTAMP_SEEN: u32 = 6;
+    // Skips and errors on packets addressed to a probe port.
+    /// Payload shorter than the STAMP base packet, or UDP length beyond the packet.
+    pub const SKIP_SHORT: u32 = 7;
+    /// IPv4 fragment (or IPv6 fragment header): the STAMP header may not be here.
+    pub const SKIP_FRAGMENT: u32 = 8;
+    /// IPv6 extension header chain longer than we walk, or of a kind we do not walk.
+    pub const SKIP_IPV6_EXT: u32 = 9;
+    /// IPv4 header length field out of range.
+    pub const SKIP_BAD_IHL: u32 = 10;
+    /// Headers not in the linear area and could not be pulled.
+    pub const ERR_PULL: u32 = 11;
+    pub const ERR_LOAD: u32 = 12;
+    pub const ERR_STORE: u32 = 13;
+    pub const ERR_CSUM: u32 = 14;
+    pub const ERR_MAP: u32 = 15;
+    /// Delay element: packets held, and holds cut short by the loop bound.
+    pub const DELAY_HELD: u32 = 16;
+    pub const DELAY_CUT_SHORT: u32 = 17;
+    pub const COUNT: u32 = 18;
+
+    /// Names for display, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "t1_stamped",
+        "t2_stamped",
+        "t3_stamped",
+        "t4_stamped",
+        "t4_to_map",
+        "rx_skb_tstamp_used",
+        "rx_hw_tstamp_seen",
+        "skip_short",
+        "skip_fragment",
+        "skip_ipv6_ext",
+        "skip_bad_ihl",
+        "err_pull",
+        "err_load",
+        "err_store",
+        "err_csum",
+        "err_map",
+        "delay_held",
+        "delay_cut_short",
+    ];
+}
+
+/// Value of the single-entry `DELAY` array map used by the test/lab delay element.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DelayConfig {
+    /// Hold each matching packet this long (0 = pass through).
+    pub delay_ns: u64,
+    /// Only hold UDP packets to or from this port (0 = every packet).
+    pub udp_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Names of the programs and maps in the BPF object.
+pub mod names {
+    pub const PROG_EGRESS: &str = "meshprobe_egress";
+    pub const PROG_INGRESS: &str = "meshprobe_ingress";
+    pub const PROG_DELAY: &str = "meshprobe_delay";
+    pub const MAP_PORTS: &str = "PORTS";
+    pub const MAP_CONFIG: &str = "CONFIG";
+    pub const MAP_COUNTERS: &str = "COUNTERS";
+    pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";
+    pub const MAP_DELAY: &str = "DELAY";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` integer structs with explicit padding fields.
+    unsafe impl aya::Pod for super::RxStamp {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::StampKey {}
+    unsafe impl aya::Pod for super::DelayConfig {}
+}
