@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM, TC_ACT_UNSPEC},
-    helpers::{bpf_csum_diff, bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_loop},
+    helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_loop, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -191,7 +191,56 @@ fn split_ptp(ns: u64) -> (u32, u32) {
     ((ns / NSEC_PER_SEC) as u32, (ns % NSEC_PER_SEC) as u32)
 }
 
-/// Replaces `N` bytes at `off` and fixes the UDP checksum by the difference.
+/// Ones'-complement difference that turns a checksum over `old` into one over `new`: the
+/// 32-bit unfolded sum of !old and new words, as `bpf_csum_diff` computes it, inline (one
+/// helper call fewer after the clock read).
+#[inline(always)]
+fn csum_delta<const N: usize>(old: &[u32; N], new: &[u32; N]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut i = 0;
+    while i < N {
+        acc += (!old[i]) as u64 + new[i] as u64;
+        i += 1;
+    }
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc as u32
+}
+
+/// The bytes and checksum field a rewrite replaces, read before the clock.
+struct Before<const N: usize> {
+    off: usize,
+    csum_off: usize,
+    old: [u32; N],
+    /// BPF_F_RECOMPUTE_CSUM when the UDP checksum is 0 (none): skb->csum must then follow.
+    store_flags: u64,
+}
+
+#[inline(always)]
+fn prepare<const N: usize>(ctx: &TcContext, off: usize, csum_off: usize) -> Option<Before<N>> {
+    let mut old = [0u32; N];
+    // A constant length: the verifier rejects a length that might be zero.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            old.as_mut_ptr() as *mut core::ffi::c_void,
+            (N * 4) as u32,
+        )
+    };
+    if rc != 0 {
+        count(counter::ERR_LOAD);
+        return None;
+    }
+    let Ok(csum) = ctx.load::<u16>(csum_off) else {
+        count(counter::ERR_LOAD);
+        return None;
+    };
+    let store_flags = if csum == 0 { BPF_F_RECOMPUTE_CSUM as u64 } else { 0 };
+    Some(Before { off, csum_off, old, store_flags })
+}
+
+/// Writes `new` over the prepared bytes and fixes the UDP checksum by the difference.
 ///
 /// `bpf_l4_csum_replace` handles every checksum state: full checksum (field updated),
 /// CHECKSUM_PARTIAL (field holds only the pseudo-header sum: left alone, the payload is summed
@@ -199,42 +248,14 @@ fn split_ptp(ns: u64) -> (u32, u32) {
 /// 0xffff). The field and the payload change together, so a CHECKSUM_COMPLETE sum stays valid;
 /// only when the field is 0 (no checksum) must skb->csum follow the payload change.
 #[inline(always)]
-fn rewrite<const N: usize>(ctx: &mut TcContext, off: usize, csum_off: usize, new: &[u32; N]) -> bool {
-    let mut old = [0u32; N];
-    // SAFETY: `[u32; N]` is plain data; load_bytes checks bounds.
-    let old_bytes =
-        unsafe { core::slice::from_raw_parts_mut(old.as_mut_ptr() as *mut u8, N * 4) };
-    if ctx.load_bytes(off, old_bytes).is_err() {
-        count(counter::ERR_LOAD);
-        return false;
-    }
-    let csum: u16 = match ctx.load::<u16>(csum_off) {
-        Ok(v) => v,
-        Err(_) => {
-            count(counter::ERR_LOAD);
-            return false;
-        }
-    };
-    let flags = if csum == 0 { BPF_F_RECOMPUTE_CSUM as u64 } else { 0 };
-    if ctx.store(off, new, flags).is_err() {
+fn commit<const N: usize>(ctx: &mut TcContext, b: &Before<N>, new: &[u32; N]) -> bool {
+    if ctx.store(b.off, new, b.store_flags).is_err() {
         count(counter::ERR_STORE);
         return false;
     }
-    let diff = unsafe {
-        bpf_csum_diff(
-            old.as_mut_ptr(),
-            (N * 4) as u32,
-            new.as_ptr() as *mut u32,
-            (N * 4) as u32,
-            0,
-        )
-    };
-    if diff < 0 {
-        count(counter::ERR_CSUM);
-        return false;
-    }
+    let diff = csum_delta(&b.old, new);
     if ctx
-        .l4_csum_replace(csum_off, 0, diff as u64, BPF_F_MARK_MANGLED_0 as u64)
+        .l4_csum_replace(b.csum_off, 0, diff as u64, BPF_F_MARK_MANGLED_0 as u64)
         .is_err()
     {
         count(counter::ERR_CSUM);
@@ -243,14 +264,19 @@ fn rewrite<const N: usize>(ctx: &mut TcContext, off: usize, csum_off: usize, new
     true
 }
 
-/// Writes the current TAI time into the Timestamp field (T1 or T3).
+/// Writes the current TAI time into the Timestamp field (T1 or T3). Everything that does not
+/// need the time happens before the clock is read, so the stamp is as close to the wire as TC
+/// gets.
 #[inline(always)]
 fn stamp_egress(ctx: &mut TcContext, udp: &Udp, which: u32) {
     let Some((payload, _)) = probe_payload(ctx, udp) else {
         return;
     };
+    let Some(before) = prepare::<2>(ctx, payload + wire::TIMESTAMP, udp.l4 + 6) else {
+        return;
+    };
     let (s, n) = split_ptp(tai_now());
-    if rewrite(ctx, payload + wire::TIMESTAMP, udp.l4 + 6, &[s.to_be(), n.to_be()]) {
+    if commit(ctx, &before, &[s.to_be(), n.to_be()]) {
         count(which);
     }
 }
@@ -310,8 +336,10 @@ fn stamp_t2(ctx: &mut TcContext, udp: &Udp) {
     let Some((payload, _)) = probe_payload(ctx, udp) else {
         return;
     };
-    let block = rx_block(ctx);
-    if rewrite(ctx, payload + wire::REQUEST_RX_STAMP, udp.l4 + 6, &block_words(&block)) {
+    let Some(before) = prepare::<5>(ctx, payload + wire::REQUEST_RX_STAMP, udp.l4 + 6) else {
+        return;
+    };
+    if commit(ctx, &before, &block_words(&rx_block(ctx))) {
         count(counter::T2_STAMPED);
     }
 }
@@ -327,7 +355,10 @@ fn stamp_t4(ctx: &mut TcContext, udp: &Udp) {
         if let Ok(tlv) = ctx.load::<[u8; 4]>(payload + wire::TLV_START) {
             let vlen = u16::from_be_bytes([tlv[2], tlv[3]]) as usize;
             if tlv[1] == wire::TLV_TYPE_EXTRA_PADDING && vlen >= RxStamp::LEN {
-                if rewrite(ctx, payload + wire::REPLY_RX_STAMP, udp.l4 + 6, &block_words(&block)) {
+                if let Some(before) =
+                    prepare::<5>(ctx, payload + wire::REPLY_RX_STAMP, udp.l4 + 6)
+                    && commit(ctx, &before, &block_words(&block))
+                {
                     count(counter::T4_STAMPED);
                 }
                 return;

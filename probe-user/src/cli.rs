@@ -1,0 +1,429 @@
+//! Command line: parse and validate, build, run, drain on SIGINT/SIGTERM.
+use std::{
+    net::{IpAddr, SocketAddr, ToSocketAddrs as _},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use probe_common::{DelayConfig, STAMP_DEFAULT_PORT, names, wire as off};
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    ebpf::{AttachMode, Attached, Direction, LoadOptions},
+    net,
+    probe::{
+        Stamping, emit_json,
+        reflector::{self, ReflectorOptions},
+        sender::{self, SenderOptions},
+    },
+};
+
+#[derive(Parser)]
+#[command(
+    name = "meshprobe",
+    version,
+    about = "Kernel-timestamped STAMP (RFC 8762/8972) latency probing",
+    long_about = "Measures network round-trip time with timestamps taken by eBPF programs on the \
+                  TC hook: T1 sender egress, T2 reflector ingress, T3 reflector egress, T4 sender \
+                  ingress. Network RTT = (T4-T1) - (T3-T2): no scheduler noise, no reflector \
+                  think-time."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Session-Reflector: answer STAMP test packets (RFC 8762 stateless mode, RFC 8972 TLVs).
+    Reflect(ReflectArgs),
+    /// Session-Sender: probe one or more peers and report per-probe results and a summary.
+    Ping(PingArgs),
+    /// Lab/test delay element (no netem here): hold each packet on an interface for a time.
+    Delay(DelayArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Interface(s) to attach the TC programs to (repeatable).
+    #[arg(short = 'I', long = "interface")]
+    interfaces: Vec<String>,
+    /// Do not load eBPF; use socket timestamps (SO_TIMESTAMPING software).
+    #[arg(long)]
+    no_ebpf: bool,
+    /// TC attach mode.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    attach: AttachMode,
+    /// aya-log level inside the eBPF programs (0 off .. 5 trace); shown with MESHPROBE_LOG=debug.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+    ebpf_log_level: u8,
+    /// The host clock is synchronised to an external source (PTP): sets the S bit.
+    #[arg(long)]
+    clock_synchronized: bool,
+    /// JSON lines on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ReflectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on (`::` accepts IPv4 too).
+    #[arg(long, default_value = "::")]
+    listen: IpAddr,
+    /// UDP port.
+    #[arg(short, long, default_value_t = STAMP_DEFAULT_PORT)]
+    port: u16,
+    /// Test aid: wait this long before answering each request (e.g. 5ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    think_time: Option<Duration>,
+}
+
+#[derive(Args)]
+struct PingArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Peers: `198.18.0.2`, `198.18.0.2:862`, `fd00::2`, `[fd00::2]:862`, or host names.
+    #[arg(required = true)]
+    peers: Vec<String>,
+    /// Reflector UDP port for peers given without one.
+    #[arg(short, long, default_value_t = STAMP_DEFAULT_PORT)]
+    port: u16,
+    /// Probes per peer (0 = until Ctrl-C).
+    #[arg(short, long, default_value_t = 10)]
+    count: u64,
+    /// Time between probes to one peer.
+    #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// UDP payload octets: 44, or at least 48 (an Extra Padding TLV); 68 and up carry T4
+    /// in-band.
+    #[arg(short, long, default_value_t = off::MIN_PROBE_LEN)]
+    size: usize,
+    /// A probe without a reply after this long is lost.
+    #[arg(short = 'W', long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Only the summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct DelayArgs {
+    /// Interface to delay packets on.
+    #[arg(short = 'I', long = "interface", required = true)]
+    interface: String,
+    /// How long to hold each packet (e.g. 500us).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Delay ingress instead of egress.
+    #[arg(long)]
+    ingress: bool,
+    /// Only UDP packets to or from this port.
+    #[arg(long)]
+    udp_port: Option<u16>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    timestamping: &'a str,
+    interfaces: Vec<String>,
+}
+
+fn announce(json: bool, ready: Ready<'_>) {
+    if json {
+        emit_json(&ready);
+    } else {
+        eprintln!(
+            "ready: {} ({} timestamps on {})",
+            ready.role,
+            ready.timestamping,
+            if ready.interfaces.is_empty() {
+                "-".to_string()
+            } else {
+                ready.interfaces.join(",")
+            }
+        );
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHPROBE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshprobe: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshprobe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Reflect(a) => reflect(a).await,
+        Cmd::Ping(a) => ping(a).await,
+        Cmd::Delay(a) => delay(a).await,
+    }
+}
+
+/// Fires on the first SIGINT or SIGTERM.
+fn stop_signal() -> Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+fn load_options(c: &Common) -> LoadOptions {
+    LoadOptions {
+        mode: c.attach,
+        log_level: c.ebpf_log_level,
+    }
+}
+
+async fn reflect(a: ReflectArgs) -> Result<()> {
+    if a.port == 0 {
+        bail!("--port 0: the reflector needs a fixed port (default {STAMP_DEFAULT_PORT})");
+    }
+    let stop = stop_signal()?;
+    let interfaces = if a.common.interfaces.is_empty() {
+        net::up_interfaces().context("listing interfaces")?
+    } else {
+        a.common.interfaces.clone()
+    };
+    let st = Stamping::start(
+        &interfaces,
+        a.common.no_ebpf,
+        &load_options(&a.common),
+        a.common.clock_synchronized,
+    );
+    let opts = ReflectorOptions {
+        listen: SocketAddr::new(a.listen, a.port),
+        think_time: a.think_time,
+    };
+    let sock = reflector::bind(&opts, &st)?;
+    announce(
+        a.common.json,
+        Ready {
+            kind: "ready",
+            role: "reflector",
+            port: Some(a.port),
+            timestamping: st.label(),
+            interfaces: st.interfaces(),
+        },
+    );
+    if !a.common.json {
+        info!("reflecting on {}; {}", opts.listen, st.note());
+    }
+    let stats = reflector::run(sock, opts, st.clone(), stop).await;
+    reflector::print_summary(&stats, &st, a.common.json);
+    detach(st);
+    Ok(())
+}
+
+/// Resolves a peer argument to one socket address.
+pub fn parse_peer(s: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(net::canonical(sa));
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let target = match s.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() && !s.contains('[') => s.to_string(),
+        _ => format!("{s}:{default_port}"),
+    };
+    target
+        .to_socket_addrs()
+        .with_context(|| format!("peer `{s}`: cannot resolve"))?
+        .next()
+        .with_context(|| format!("peer `{s}`: no address"))
+}
+
+async fn ping(a: PingArgs) -> Result<()> {
+    if a.interval.is_zero() {
+        bail!("--interval must be greater than 0");
+    }
+    if a.timeout.is_zero() {
+        bail!("--timeout must be greater than 0");
+    }
+    if a.size < off::BASE_LEN || (a.size > off::BASE_LEN && a.size < off::TLV_START + off::TLV_HEADER_LEN)
+        || a.size > crate::wire::MAX_PACKET_LEN
+    {
+        bail!(
+            "--size {}: must be {} (bare STAMP packet) or between {} and {} octets",
+            a.size,
+            off::BASE_LEN,
+            off::TLV_START + off::TLV_HEADER_LEN,
+            crate::wire::MAX_PACKET_LEN
+        );
+    }
+    let mut peers = Vec::new();
+    for p in &a.peers {
+        let sa = parse_peer(p, a.port)?;
+        if sa.port() == 0 {
+            bail!("peer `{p}`: port 0 is not a valid STAMP port");
+        }
+        peers.push(sa);
+    }
+    let stop = stop_signal()?;
+    let interfaces = if a.common.interfaces.is_empty() {
+        let mut v = Vec::new();
+        for p in &peers {
+            let i = net::route_interface(*p).with_context(|| format!("no route to {p}"))?;
+            if !v.contains(&i) {
+                v.push(i);
+            }
+        }
+        v
+    } else {
+        a.common.interfaces.clone()
+    };
+    let st = Stamping::start(
+        &interfaces,
+        a.common.no_ebpf,
+        &load_options(&a.common),
+        a.common.clock_synchronized,
+    );
+    if !st.is_kernel() {
+        warn!("{}", st.note());
+    }
+    let opts = SenderOptions {
+        count: a.count,
+        interval: a.interval,
+        size: a.size,
+        timeout: a.timeout,
+        json: a.common.json,
+        quiet: a.quiet,
+    };
+    announce(
+        a.common.json,
+        Ready {
+            kind: "ready",
+            role: "sender",
+            port: None,
+            timestamping: st.label(),
+            interfaces: st.interfaces(),
+        },
+    );
+    let mut tasks = Vec::new();
+    for peer in peers {
+        // Random non-zero SSID per session (RFC 8972 §3).
+        let ssid: u16 = rand::random_range(1..=u16::MAX);
+        tasks.push(tokio::spawn(sender::run_session(
+            peer,
+            ssid,
+            opts.clone(),
+            st.clone(),
+            stop.clone(),
+        )));
+    }
+    let mut failed = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(res)) => sender::print_summary(&res, &st, a.common.json),
+            Ok(Err(e)) => failed = Some(anyhow::Error::from(e)),
+            Err(e) => failed = Some(anyhow::anyhow!("session task failed: {e}")),
+        }
+    }
+    detach(st);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn detach(st: Stamping) {
+    if let Some(k) = st.kernel
+        && let Ok(m) = std::sync::Arc::try_unwrap(k)
+    {
+        m.into_inner().unwrap_or_else(|p| p.into_inner()).detach();
+    }
+}
+
+async fn delay(a: DelayArgs) -> Result<()> {
+    if a.delay > Duration::from_millis(100) {
+        bail!("--delay {:?}: at most 100ms (the packet is held by spinning on a CPU)", a.delay);
+    }
+    let stop = stop_signal()?;
+    let dir = if a.ingress {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let mut att = Attached::load(
+        std::slice::from_ref(&a.interface),
+        &[(names::PROG_DELAY, dir)],
+        &LoadOptions::default(),
+    )?;
+    att.set_delay(DelayConfig {
+        delay_ns: a.delay.as_nanos() as u64,
+        udp_port: a.udp_port.unwrap_or(0),
+        _pad: [0; 6],
+    })?;
+    announce(
+        a.json,
+        Ready {
+            kind: "ready",
+            role: "delay",
+            port: a.udp_port,
+            timestamping: "n/a",
+            interfaces: att.interfaces(),
+        },
+    );
+    let mut stop = stop;
+    let _ = stop.changed().await;
+    let counters = att.counters().unwrap_or_default();
+    if a.json {
+        emit_json(&serde_json::json!({
+            "type": "delay_summary",
+            "held": counters.get("delay_held"),
+            "cut_short": counters.get("delay_cut_short"),
+        }));
+    } else {
+        println!(
+            "held {} packets ({} cut short)",
+            counters.get("delay_held").unwrap_or(&0),
+            counters.get("delay_cut_short").unwrap_or(&0)
+        );
+    }
+    att.detach();
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Loads the embedded BPF object, attaches the TC programs (TCX where the kernel has it, clsact
+//! otherwise), and gives typed access to its maps.
+mod leftovers;
+
+use std::{collections::BTreeMap, io};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{Link as _, LinkOrder},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use probe_common::{Config, DelayConfig, RxStamp, StampKey, counter, names};
+use tracing::{debug, info, warn};
+
+pub use leftovers::LeftoverReport;
+
+/// The BPF object built from this source tree by build.rs (aya-build, nightly toolchain).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("loading the BPF object failed (needs CAP_BPF + CAP_NET_ADMIN, or root): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the BPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the BPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("loading program `{name}` into the kernel: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching `{prog}` to {iface} {dir}: {source}")]
+    Attach {
+        prog: &'static str,
+        iface: String,
+        dir: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface `{0}` does not exist")]
+    NoSuchInterface(String),
+    #[error("kernel {0} is too old: bpf_ktime_get_tai_ns needs Linux 6.1 or newer")]
+    KernelTooOld(String),
+    #[error("state file {path}: {source}")]
+    State { path: String, source: io::Error },
+}
+
+/// How programs are attached to the TC hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX on Linux ≥ 6.6, clsact (netlink) before that.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub mode: AttachMode,
+    /// aya-log level inside the programs: 0 = off (the verifier prunes the log calls).
+    pub log_level: u8,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            mode: AttachMode::Auto,
+            log_level: 0,
+        }
+    }
+}
+
+/// A loaded BPF object with its attachments; detaches on `detach()` or drop.
+pub struct Attached {
+    ebpf: Ebpf,
+    links: Vec<(String, Direction, &'static str, SchedClassifierLink)>,
+    mode: &'static str,
+    state: leftovers::StateFile,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Attached {
+    /// Loads the object and attaches `attach` = [(program, direction)] on every interface.
+    pub fn load(
+        interfaces: &[String],
+        attach: &[(&'static str, Direction)],
+        opts: &LoadOptions,
+    ) -> Result<Self, EbpfError> {
+        check_kernel()?;
+        for iface in interfaces {
+            if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
+                return Err(EbpfError::NoSuchInterface(iface.clone()));
+            }
+        }
+        let report = leftovers::clean();
+        if report.removed > 0 {
+            info!(
+                "removed {} TC attachment(s) left by crashed meshprobe process(es)",
+                report.removed
+            );
+        }
+        let level = opts.log_level;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, false)
+            .load(OBJECT)?;
+        let logger = if level > 0 { start_logger(&mut ebpf) } else { None };
+
+        let use_tcx = match opts.mode {
+            AttachMode::Auto => KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)),
+            AttachMode::Tcx => true,
+            AttachMode::Clsact => false,
+        };
+        let mode = if use_tcx { "tcx" } else { "clsact" };
+        let mut state = leftovers::StateFile::create()?;
+        let mut links = Vec::new();
+        let mut loaded: Vec<&'static str> = Vec::new();
+        for &(prog, dir) in attach {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(prog)
+                .ok_or(EbpfError::MissingProgram(prog))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name: prog, source })?;
+            if !loaded.contains(&prog) {
+                p.load()
+                    .map_err(|source| EbpfError::Program { name: prog, source })?;
+                loaded.push(prog);
+            }
+            for iface in interfaces {
+                let attach_err = |source| EbpfError::Attach {
+                    prog,
+                    iface: iface.clone(),
+                    dir: dir.as_str(),
+                    source,
+                };
+                let options = if use_tcx {
+                    TcAttachOptions::TcxOrder(LinkOrder::default())
+                } else {
+                    // clsact may already exist (another tool, or us): that is fine.
+                    if let Err(e) = tc::qdisc_add_clsact(iface) {
+                        debug!("qdisc_add_clsact({iface}): {e}");
+                    }
+                    TcAttachOptions::Netlink(NlOptions::default())
+                };
+                let id = p
+                    .attach_with_options(iface, dir.attach_type(), options)
+                    .map_err(attach_err)?;
+                let link = p.take_link(id).map_err(attach_err)?;
+                if !use_tcx {
+                    // Netlink filters outlive the process: record them so a successor can
+                    // remove them if we crash.
+                    if let (Ok(prio), Ok(handle)) = (link.priority(), link.handle()) {
+                        state.record(iface, dir, prio, handle.into())?;
+                    }
+                }
+                debug!("attached {prog} to {iface} {} ({mode})", dir.as_str());
+                links.push((iface.clone(), dir, prog, link));
+            }
+        }
+        Ok(Self {
+            ebpf,
+            links,
+            mode,
+            state,
+            _logger: logger,
+        })
+    }
+
+    /// "tcx" or "clsact".
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.links.iter().map(|l| l.0.clone()).collect();
+        v.dedup();
+        v
+    }
+
+    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, EbpfError> {
+        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+        Array::try_from(map).map_err(|source| EbpfError::Map { name, source })
+    }
+
+    /// Marks a local UDP port as a sender's or reflector's (`probe_common::port` flags).
+    pub fn set_port(&mut self, port: u16, flags: u8) -> Result<(), EbpfError> {
+        self.array::<u8>(names::MAP_PORTS)?
+            .set(port as u32, flags, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::MAP_PORTS,
+                source,
+            })
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<(), EbpfError> {
+        self.array::<Config>(names::MAP_CONFIG)?
+            .set(0, cfg, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::MAP_CONFIG,
+                source,
+            })
+    }
+
+    pub fn set_delay(&mut self, cfg: DelayConfig) -> Result<(), EbpfError> {
+        self.array::<DelayConfig>(names::MAP_DELAY)?
+            .set(0, cfg, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::MAP_DELAY,
+                source,
+            })
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
+        let name = names::MAP_COUNTERS;
+        let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })?;
+        let mut out = BTreeMap::new();
+        for (i, cname) in counter::NAMES.iter().enumerate() {
+            let v = arr
+                .get(&(i as u32), 0)
+                .map_err(|source| EbpfError::Map { name, source })?;
+            out.insert(*cname, v.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Takes T4 of a reply that had no room for it in-band (see `T4_FALLBACK`).
+    pub fn take_t4(&mut self, port: u16, seq: u32) -> Option<RxStamp> {
+        let name = names::MAP_T4_FALLBACK;
+        let map = self.ebpf.map_mut(name)?;
+        let mut m: BpfHashMap<&mut MapData, StampKey, RxStamp> = BpfHashMap::try_from(map).ok()?;
+        let key = StampKey { port, _pad: 0, seq };
+        let v = m.get(&key, 0).ok()?;
+        let _ = m.remove(&key);
+        Some(v)
+    }
+
+    /// Detaches every program; errors are logged, not fatal (the kernel drops TCX links with
+    /// our file descriptors anyway).
+    pub fn detach(mut self) {
+        self.detach_all();
+    }
+
+    fn detach_all(&mut self) {
+        for (iface, dir, prog, link) in self.links.drain(..) {
+            match link.detach() {
+                Ok(()) => debug!("detached {prog} from {iface} {}", dir.as_str()),
+                Err(e) => warn!("detaching {prog} from {iface} {}: {e}", dir.as_str()),
+            }
+        }
+        self.state.remove();
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn check_kernel() -> Result<(), EbpfError> {
+    match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(6, 1, 0) => Err(EbpfError::KernelTooOld(format!("{v:?}"))),
+        _ => Ok(()),
+    }
+}
+
+/// aya-log's logger owns its ring buffer; it must stay alive and be drained (AsyncFd).
+fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("eBPF logger unavailable: {e}");
+            return None;
+        }
+    };
+    // SAFETY: the AsyncFd owns the logger, so its ring buffer fd stays valid while registered.
+    let mut fd = match unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("eBPF logger unavailable: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

@@ -1,0 +1,196 @@
+//! Session-Sender and Session-Reflector, and what they share: how packets get stamped.
+pub mod reflector;
+pub mod sender;
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use probe_common::{Config, RxStamp};
+use serde::Serialize;
+use tracing::warn;
+
+use crate::{
+    clock,
+    ebpf::{Attached, Direction, EbpfError, LoadOptions},
+    wire::{self, ErrorEstimate, RxStampInfo},
+};
+
+/// Where timestamps come from for this process.
+#[derive(Clone)]
+pub struct Stamping {
+    /// The attached TC programs; `None` means socket timestamps (SO_TIMESTAMPING software).
+    pub kernel: Option<Arc<Mutex<Attached>>>,
+    /// Why the kernel programs are not in use, when they are not.
+    pub fallback_reason: Option<String>,
+    pub tai_offset_ns: i64,
+    /// Clock synchronised to an external source (PTP): sets the S bit.
+    pub synchronized: bool,
+}
+
+impl Stamping {
+    /// Loads and attaches the stamping programs on `interfaces`; on failure (no privilege, old
+    /// kernel) falls back to socket timestamps and says why. `disabled` forces the fallback.
+    pub fn start(interfaces: &[String], disabled: bool, opts: &LoadOptions, synchronized: bool) -> Self {
+        let tai_offset_ns = clock::tai_offset_ns();
+        let mut s = Self {
+            kernel: None,
+            fallback_reason: None,
+            tai_offset_ns,
+            synchronized,
+        };
+        if disabled {
+            s.fallback_reason = Some("--no-ebpf given".into());
+            return s;
+        }
+        let attach = [
+            (probe_common::names::PROG_EGRESS, Direction::Egress),
+            (probe_common::names::PROG_INGRESS, Direction::Ingress),
+        ];
+        match Attached::load(interfaces, &attach, opts).and_then(|mut a| {
+            a.set_config(Config {
+                tai_offset_ns,
+                flags: Config::USE_SKB_RX_TSTAMP,
+                _pad: 0,
+            })?;
+            Ok::<_, EbpfError>(a)
+        }) {
+            Ok(a) => s.kernel = Some(Arc::new(Mutex::new(a))),
+            Err(e) => {
+                // The verifier log can be long: the full text at debug level, one line elsewhere.
+                let full = e.to_string();
+                tracing::debug!("eBPF load failed: {full}");
+                let short = full.lines().next().unwrap_or_default().to_string();
+                warn!("kernel timestamps unavailable, using socket timestamps: {short}");
+                s.fallback_reason = Some(short);
+            }
+        }
+        s
+    }
+
+    pub fn kernel(&self) -> Option<MutexGuard<'_, Attached>> {
+        self.kernel
+            .as_ref()
+            .map(|k| k.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn is_kernel(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// "kernel" or "socket".
+    pub fn label(&self) -> &'static str {
+        if self.is_kernel() { "kernel" } else { "socket" }
+    }
+
+    /// A sentence for every summary: never a silent fallback.
+    pub fn note(&self) -> String {
+        match (&self.kernel, &self.fallback_reason) {
+            (Some(k), _) => {
+                let k = k.lock().unwrap_or_else(|p| p.into_inner());
+                format!(
+                    "kernel timestamps (TC {} on {})",
+                    k.mode(),
+                    k.interfaces().join(",")
+                )
+            }
+            (None, reason) => format!(
+                "SOCKET TIMESTAMPS (SO_TIMESTAMPING software), not kernel TC stamps: {}; \
+                 network RTT includes part of the host stacks",
+                reason.as_deref().unwrap_or("eBPF not loaded")
+            ),
+        }
+    }
+
+    pub fn interfaces(&self) -> Vec<String> {
+        self.kernel().map(|k| k.interfaces()).unwrap_or_default()
+    }
+
+    /// Our Error Estimate: Z=1 (PTP format); the error we can vouch for.
+    pub fn error_estimate(&self) -> ErrorEstimate {
+        let err_ns = if self.is_kernel() { 1_000.0 } else { 100_000.0 };
+        ErrorEstimate::for_error_ns(err_ns, self.synchronized, true)
+    }
+
+    pub fn realtime_to_tai(&self, realtime_ns: u64) -> u64 {
+        clock::realtime_to_tai(realtime_ns, self.tai_offset_ns)
+    }
+
+    pub fn set_port(&self, port: u16, flags: u8) -> Result<(), EbpfError> {
+        match self.kernel() {
+            Some(mut k) => k.set_port(port, flags),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a receive stamp came from.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StampSource {
+    /// The kernel's software RX stamp (skb->tstamp), carried by our TC program.
+    SkbRx,
+    /// Our TC program's own clock read.
+    Tc,
+    /// Our TC program, through the T4 fallback map.
+    Map,
+    /// SO_TIMESTAMPING software RX stamp from the socket.
+    Socket,
+    /// SO_TIMESTAMPING software TX stamp: taken by the driver as it takes the packet.
+    TxSoftware,
+    /// Userspace clock read (no kernel stamp was available).
+    App,
+}
+
+impl StampSource {
+    pub fn from_block(info: &RxStampInfo) -> Self {
+        if info.source == RxStamp::SOURCE_SKB_RX {
+            StampSource::SkbRx
+        } else {
+            StampSource::Tc
+        }
+    }
+}
+
+/// Picks the receive time of a packet: in-band kernel block, else socket stamp, else `app`.
+pub fn rx_time(
+    st: &Stamping,
+    payload: &[u8],
+    offset: usize,
+    rx_sw_realtime_ns: Option<u64>,
+    app_ns: u64,
+) -> (u64, StampSource) {
+    if let Some(info) = wire::read_rx_stamp(payload, offset) {
+        return (info.tai_ns, StampSource::from_block(&info));
+    }
+    match rx_sw_realtime_ns {
+        Some(rt) => (st.realtime_to_tai(rt), StampSource::Socket),
+        None => (app_ns, StampSource::App),
+    }
+}
+
+/// Human-readable nanoseconds (µs with one decimal below 1 s).
+pub fn fmt_ns(ns: i64) -> String {
+    let a = ns.unsigned_abs();
+    if a >= 1_000_000_000 {
+        format!("{:.3} s", ns as f64 / 1e9)
+    } else if a >= 10_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    }
+}
+
+/// Prints one JSON object per line (stdout lock held for the line).
+pub fn emit_json<T: Serialize>(v: &T) {
+    use std::io::Write as _;
+    let line = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+pub fn duration_ns(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}

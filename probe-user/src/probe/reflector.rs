@@ -1,0 +1,168 @@
+//! Session-Reflector (RFC 8762 stateless mode, RFC 8972 SSID and TLVs): answers every
+//! well-formed test packet with T2 from the ingress stamp and T3 stamped at egress.
+use std::{net::SocketAddr, time::Duration};
+
+use probe_common::{port, wire as off};
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::{Stamping, emit_json, rx_time};
+use crate::{
+    clock,
+    net::ProbeSocket,
+    wire::{self, SenderPacket, Timestamp},
+};
+
+#[derive(Clone, Debug)]
+pub struct ReflectorOptions {
+    pub listen: SocketAddr,
+    /// Test aid: wait this long between receiving and answering.
+    pub think_time: Option<Duration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct ReflectorStats {
+    pub requests: u64,
+    pub replies: u64,
+    /// Too short, or not a STAMP test packet: no reply.
+    pub malformed: u64,
+    pub send_errors: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReflectorError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("registering port {port} with the TC programs: {source}")]
+    Register {
+        port: u16,
+        source: crate::ebpf::EbpfError,
+    },
+}
+
+/// Binds the reflector socket and registers its port (before `ready` is announced).
+pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, ReflectorError> {
+    let sock = ProbeSocket::bind(opts.listen, false).map_err(|source| ReflectorError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    st.set_port(opts.listen.port(), port::REFLECTOR)
+        .map_err(|source| ReflectorError::Register {
+            port: opts.listen.port(),
+            source,
+        })?;
+    Ok(sock)
+}
+
+/// Answers requests until `stop` fires.
+pub async fn run(
+    sock: ProbeSocket,
+    opts: ReflectorOptions,
+    st: Stamping,
+    mut stop: watch::Receiver<bool>,
+) -> ReflectorStats {
+    let mut stats = ReflectorStats::default();
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(2048);
+    let ee = st.error_estimate();
+    loop {
+        let rx = tokio::select! {
+            r = sock.recv(&mut buf) => r,
+            _ = stop.changed() => break,
+        };
+        let app_rx = clock::tai_now_ns();
+        let rx = match rx {
+            Ok(rx) => rx,
+            Err(e) => {
+                debug!("recv: {e}");
+                continue;
+            }
+        };
+        stats.requests += 1;
+        let payload = &buf[..rx.len];
+        let req = match SenderPacket::decode_lenient(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("malformed request from {}: {e}", rx.from);
+                stats.malformed += 1;
+                continue;
+            }
+        };
+        let (t2, _) = rx_time(&st, payload, off::REQUEST_RX_STAMP, rx.rx_sw_realtime_ns, app_rx);
+        if let Some(d) = opts.think_time {
+            tokio::time::sleep(d).await;
+        }
+        // T3: overwritten by the egress program in kernel mode; our best guess otherwise.
+        let t3 = Timestamp::from_ptp_ns(clock::tai_now_ns());
+        // RFC 8972: echo known TLVs, flag unknown (U) and malformed (M) ones; same length.
+        let reply = wire::reflect_lenient(
+            &req,
+            &wire::ReflectParams {
+                timestamp: t3,
+                error_estimate: ee,
+                receive_timestamp: Timestamp::from_ptp_ns(t2),
+                sender_ttl: rx.ttl.unwrap_or(255),
+            },
+        );
+        out.clear();
+        reply.encode(&mut out);
+        match sock.send_to(&out, rx.from).await {
+            Ok(_) => stats.replies += 1,
+            Err(e) => {
+                debug!("reply to {}: {e}", rx.from);
+                stats.send_errors += 1;
+            }
+        }
+    }
+    if let Err(e) = st.set_port(opts.listen.port(), 0) {
+        debug!("unregistering port: {e}");
+    }
+    stats
+}
+
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    stats: ReflectorStats,
+    timestamping: &'static str,
+    note: &'a str,
+    ebpf_counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
+    let counters = st
+        .kernel()
+        .and_then(|k| k.counters().ok())
+        .unwrap_or_default();
+    let note = st.note();
+    if json {
+        emit_json(&SummaryLine {
+            kind: "reflector_summary",
+            stats: *stats,
+            timestamping: st.label(),
+            note: &note,
+            ebpf_counters: counters,
+        });
+        return;
+    }
+    println!("--- meshprobe reflector ---");
+    println!("timestamps: {note}");
+    println!(
+        "{} requests, {} replies, {} malformed, {} send errors",
+        stats.requests, stats.replies, stats.malformed, stats.send_errors
+    );
+    let nonzero: Vec<String> = counters
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !nonzero.is_empty() {
+        println!("eBPF counters: {}", nonzero.join(" "));
+    }
+}
