@@ -1,1 +1,78 @@
-fn main() {}
+//! meshprobe developer tasks. `cargo xtask <command>` (alias in .cargo/config.toml).
+//! Each command lives in its own module; this file only parses and dispatches.
+
+mod bench;
+mod build;
+mod build_ebpf;
+mod demo;
+mod lint;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "meshprobe developer tasks"
+)]
+struct Cli {
+    /// Also echo the quiet checks that `setup` runs.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (apt packages, nightly + rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Build the BPF object (nightly, bpfel-unknown-none) and print its path and size.
+    BuildEbpf,
+    /// Setup, then build the release binary target/release/meshprobe.
+    Build,
+    /// rustfmt check, clippy -D warnings on the workspace, clippy on the eBPF crate.
+    Lint,
+    /// What CI runs: setup, build, lint, unit tests, root integration tests.
+    Test,
+    /// Setup, build, then a reflector and a sender in two network namespaces with a known delay.
+    Demo,
+    /// Benchmarks (arrive with issue 6).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::set_verbose(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    if let Command::Bench = command {
+        return bench::run();
+    }
+    let ws = util::Workspace::discover()?;
+    match command {
+        Command::Setup => setup::run(&ws),
+        Command::BuildEbpf => build_ebpf::run(&ws),
+        Command::Build => build::run(&ws).map(|_| ()),
+        Command::Lint => lint::run(&ws),
+        Command::Test => test::run(&ws),
+        Command::Demo => {
+            let bin = build::run(&ws)?;
+            demo::run(&bin)
+        }
+        Command::Bench => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,25 @@
+//! `cargo xtask build`: setup, then the release `meshprobe` binary (its build.rs builds and
+//! embeds the eBPF object with the nightly toolchain).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::{
+    setup,
+    util::{self, Workspace},
+};
+
+pub fn run(ws: &Workspace) -> Result<PathBuf> {
+    setup::run(ws)?;
+    build_release(ws)
+}
+
+/// `cargo build --release -p probe-user`; returns the binary's absolute path.
+pub fn build_release(ws: &Workspace) -> Result<PathBuf> {
+    util::run(ws.cargo().args(["build", "--release", "-p", "probe-user"]))?;
+    let bin = ws.meshprobe_bin();
+    let size = util::file_size(&bin)?;
+    println!("[build] {} ({size} bytes)", bin.display());
+    Ok(bin)
+}

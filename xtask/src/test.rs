@@ -1,0 +1,71 @@
+//! `cargo xtask test`: everything CI runs, in order, stopping at the first failed step:
+//! setup, build, lint, unit + property tests, root integration tests (network namespaces).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    build, build_ebpf, lint, setup,
+    util::{self, Workspace},
+};
+
+const SKIP_BANNER: &str = "\
+################################################################################
+##  SKIPPED root integration tests: not root                                  ##
+##  They create network namespaces and attach eBPF programs, which needs      ##
+##  root. Run `cargo xtask test` as root to include them (CI runs as root).   ##
+################################################################################";
+
+pub fn run(ws: &Workspace) -> Result<()> {
+    let mut done: Vec<(&str, Duration)> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        println!("\n==> [test] {name}");
+        let start = Instant::now();
+        f().with_context(|| format!("test step `{name}` failed"))?;
+        done.push((name, start.elapsed()));
+        Ok(())
+    };
+
+    step("setup", &mut || setup::run(ws))?;
+    let mut bin = None;
+    step("build", &mut || {
+        bin = Some(build::build_release(ws)?);
+        Ok(())
+    })?;
+    let bin = bin.expect("build step sets the binary path");
+    step("lint", &mut || lint::run(ws))?;
+    step("unit + property tests", &mut || {
+        util::run(ws.cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "meshprobe-tests",
+            "--exclude",
+            build_ebpf::EBPF_PACKAGE,
+        ]))
+    })?;
+
+    let root = util::is_root();
+    if root {
+        step("root integration tests", &mut || {
+            util::run(
+                ws.cargo()
+                    .env("MESHPROBE_BIN", &bin)
+                    .args(["test", "-p", "meshprobe-tests", "--release", "--"])
+                    .arg("--test-threads=1"),
+            )
+        })?;
+    } else {
+        println!("\n{SKIP_BANNER}");
+    }
+
+    println!("\n[test] passed:");
+    for (name, took) in &done {
+        println!("[test]   {name:<24} {:>7.1}s", took.as_secs_f64());
+    }
+    if !root {
+        println!("{SKIP_BANNER}");
+    }
+    Ok(())
+}
