@@ -24,5 +24,7 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
-    .context("building the eBPF object failed: run `cargo xtask setup` (nightly, rust-src, bpf-linker)")
+    .context(
+        "building the eBPF object failed: run `cargo xtask setup` (nightly, rust-src, bpf-linker)",
+    )
 }

@@ -236,8 +236,17 @@ fn prepare<const N: usize>(ctx: &TcContext, off: usize, csum_off: usize) -> Opti
         count(counter::ERR_LOAD);
         return None;
     };
-    let store_flags = if csum == 0 { BPF_F_RECOMPUTE_CSUM as u64 } else { 0 };
-    Some(Before { off, csum_off, old, store_flags })
+    let store_flags = if csum == 0 {
+        BPF_F_RECOMPUTE_CSUM as u64
+    } else {
+        0
+    };
+    Some(Before {
+        off,
+        csum_off,
+        old,
+        store_flags,
+    })
 }
 
 /// Writes `new` over the prepared bytes and fixes the UDP checksum by the difference.
@@ -351,19 +360,18 @@ fn stamp_t4(ctx: &mut TcContext, udp: &Udp) {
         return;
     };
     let block = rx_block(ctx);
-    if len >= wire::MIN_PROBE_LEN {
-        if let Ok(tlv) = ctx.load::<[u8; 4]>(payload + wire::TLV_START) {
-            let vlen = u16::from_be_bytes([tlv[2], tlv[3]]) as usize;
-            if tlv[1] == wire::TLV_TYPE_EXTRA_PADDING && vlen >= RxStamp::LEN {
-                if let Some(before) =
-                    prepare::<5>(ctx, payload + wire::REPLY_RX_STAMP, udp.l4 + 6)
-                    && commit(ctx, &before, &block_words(&block))
-                {
-                    count(counter::T4_STAMPED);
-                }
-                return;
-            }
+    // In-band when the reply echoes our Extra Padding TLV with room for the block.
+    if len >= wire::MIN_PROBE_LEN
+        && let Ok(tlv) = ctx.load::<[u8; 4]>(payload + wire::TLV_START)
+        && tlv[1] == wire::TLV_TYPE_EXTRA_PADDING
+        && u16::from_be_bytes([tlv[2], tlv[3]]) as usize >= RxStamp::LEN
+    {
+        if let Some(before) = prepare::<5>(ctx, payload + wire::REPLY_RX_STAMP, udp.l4 + 6)
+            && commit(ctx, &before, &block_words(&block))
+        {
+            count(counter::T4_STAMPED);
         }
+        return;
     }
     let seq = match ctx.load::<u32>(payload + wire::SENDER_SEQ) {
         Ok(v) => u32::from_be(v),
@@ -372,8 +380,12 @@ fn stamp_t4(ctx: &mut TcContext, udp: &Udp) {
             return;
         }
     };
-    let key = StampKey { port: udp.dst, _pad: 0, seq };
-    if T4_FALLBACK.insert(&key, &block, 0).is_err() {
+    let key = StampKey {
+        port: udp.dst,
+        _pad: 0,
+        seq,
+    };
+    if T4_FALLBACK.insert(key, block, 0).is_err() {
         count(counter::ERR_MAP);
         return;
     }
@@ -422,7 +434,11 @@ extern "C" fn hold_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer we gave it.
     let h = unsafe { &*(ctx as *const Hold) };
     let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(h.start) >= h.delay { 1 } else { 0 }
+    if now.wrapping_sub(h.start) >= h.delay {
+        1
+    } else {
+        0
+    }
 }
 
 /// Delay element for tests and labs (this kernel has no netem): holds each matching packet for
@@ -442,7 +458,10 @@ pub fn meshprobe_delay(ctx: TcContext) -> i32 {
             _ => return TC_ACT_UNSPEC,
         }
     }
-    let mut hold = Hold { start, delay: cfg.delay_ns };
+    let mut hold = Hold {
+        start,
+        delay: cfg.delay_ns,
+    };
     unsafe {
         bpf_loop(
             DELAY_MAX_LOOPS,

@@ -284,7 +284,8 @@ async fn ping(a: PingArgs) -> Result<()> {
     if a.timeout.is_zero() {
         bail!("--timeout must be greater than 0");
     }
-    if a.size < off::BASE_LEN || (a.size > off::BASE_LEN && a.size < off::TLV_START + off::TLV_HEADER_LEN)
+    if a.size < off::BASE_LEN
+        || (a.size > off::BASE_LEN && a.size < off::TLV_START + off::TLV_HEADER_LEN)
         || a.size > crate::wire::MAX_PACKET_LEN
     {
         bail!(
@@ -380,7 +381,10 @@ fn detach(st: Stamping) {
 
 async fn delay(a: DelayArgs) -> Result<()> {
     if a.delay > Duration::from_millis(100) {
-        bail!("--delay {:?}: at most 100ms (the packet is held by spinning on a CPU)", a.delay);
+        bail!(
+            "--delay {:?}: at most 100ms (the packet is held by spinning on a CPU)",
+            a.delay
+        );
     }
     let stop = stop_signal()?;
     let dir = if a.ingress {

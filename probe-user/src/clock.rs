@@ -54,7 +54,10 @@ mod tests {
         let t = tai_now_ns() as i64;
         let b = realtime_now_ns() as i64;
         // TAI lies between the two REALTIME reads once shifted by the offset.
-        assert!(t - off >= a && t - off <= b + 1_000_000, "off={off} a={a} t={t} b={b}");
+        assert!(
+            t - off >= a && t - off <= b + 1_000_000,
+            "off={off} a={a} t={t} b={b}"
+        );
         assert_eq!(off % 1_000_000_000, 0);
     }
 }

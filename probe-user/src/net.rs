@@ -153,7 +153,11 @@ impl ProbeSocket {
         for _ in 0..1024 {
             let mut data = [0u8; 64];
             let mut iov = [IoSliceMut::new(&mut data)];
-            let mut cmsg = cmsg_space!(nix::sys::socket::Timestamps, libc::sock_extended_err, libc::sockaddr_in6);
+            let mut cmsg = cmsg_space!(
+                nix::sys::socket::Timestamps,
+                libc::sock_extended_err,
+                libc::sockaddr_in6
+            );
             let Ok(msg) = recvmsg::<SockaddrStorage>(
                 fd,
                 &mut iov,
@@ -169,10 +173,10 @@ impl ProbeSocket {
                     match c {
                         ControlMessageOwned::ScmTimestampsns(t) => stamp = ts_ns(&t.system),
                         ControlMessageOwned::Ipv4RecvErr(e, _)
-                        | ControlMessageOwned::Ipv6RecvErr(e, _) => {
-                            if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING {
-                                key = Some(e.ee_data);
-                            }
+                        | ControlMessageOwned::Ipv6RecvErr(e, _)
+                            if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING =>
+                        {
+                            key = Some(e.ee_data);
                         }
                         _ => {}
                     }
@@ -228,9 +232,17 @@ pub fn up_interfaces() -> io::Result<Vec<String>> {
     let mut set = BTreeSet::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
         let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-        if up && ifa.address.is_some_and(|a| a.family().is_some_and(|f| {
-            matches!(f, nix::sys::socket::AddressFamily::Inet | nix::sys::socket::AddressFamily::Inet6)
-        })) {
+        if up
+            && ifa.address.is_some_and(|a| {
+                a.family().is_some_and(|f| {
+                    matches!(
+                        f,
+                        nix::sys::socket::AddressFamily::Inet
+                            | nix::sys::socket::AddressFamily::Inet6
+                    )
+                })
+            })
+        {
             set.insert(ifa.interface_name);
         }
     }

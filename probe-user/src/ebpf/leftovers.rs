@@ -46,7 +46,9 @@ pub struct LeftoverReport {
 }
 
 fn netns_inode() -> u64 {
-    fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0)
+    fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0)
 }
 
 /// This process's state file, locked while it lives. Written only when there is something to
@@ -158,9 +160,15 @@ pub fn clean() -> LeftoverReport {
             } else {
                 TcAttachType::Egress
             };
-            match SchedClassifierLink::attached(&f.iface, at, f.priority, TcHandle::from(f.handle), None)
-                .map_err(|e| e.to_string())
-                .and_then(|l| l.detach().map_err(|e| e.to_string()))
+            match SchedClassifierLink::attached(
+                &f.iface,
+                at,
+                f.priority,
+                TcHandle::from(f.handle),
+                None,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|l| l.detach().map_err(|e| e.to_string()))
             {
                 Ok(()) => report.removed += 1,
                 Err(e) => debug!(

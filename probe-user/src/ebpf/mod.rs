@@ -25,7 +25,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     #[error("loading the BPF object failed (needs CAP_BPF + CAP_NET_ADMIN, or root): {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(#[from] Box<aya::EbpfError>),
     #[error("the BPF object has no program `{0}`")]
     MissingProgram(&'static str),
     #[error("the BPF object has no map `{0}`")]
@@ -33,19 +33,19 @@ pub enum EbpfError {
     #[error("map `{name}`: {source}")]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("loading program `{name}` into the kernel: {source}")]
     Program {
         name: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("attaching `{prog}` to {iface} {dir}: {source}")]
     Attach {
         prog: &'static str,
         iface: String,
         dir: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("interface `{0}` does not exist")]
     NoSuchInterface(String),
@@ -135,11 +135,18 @@ impl Attached {
         let level = opts.log_level;
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, false)
-            .load(OBJECT)?;
-        let logger = if level > 0 { start_logger(&mut ebpf) } else { None };
+            .load(OBJECT)
+            .map_err(Box::new)?;
+        let logger = if level > 0 {
+            start_logger(&mut ebpf)
+        } else {
+            None
+        };
 
         let use_tcx = match opts.mode {
-            AttachMode::Auto => KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)),
+            AttachMode::Auto => {
+                KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+            }
             AttachMode::Tcx => true,
             AttachMode::Clsact => false,
         };
@@ -152,10 +159,15 @@ impl Attached {
                 .program_mut(prog)
                 .ok_or(EbpfError::MissingProgram(prog))?
                 .try_into()
-                .map_err(|source| EbpfError::Program { name: prog, source })?;
+                .map_err(|source| EbpfError::Program {
+                    name: prog,
+                    source: Box::new(source),
+                })?;
             if !loaded.contains(&prog) {
-                p.load()
-                    .map_err(|source| EbpfError::Program { name: prog, source })?;
+                p.load().map_err(|source| EbpfError::Program {
+                    name: prog,
+                    source: Box::new(source),
+                })?;
                 loaded.push(prog);
             }
             for iface in interfaces {
@@ -163,7 +175,7 @@ impl Attached {
                     prog,
                     iface: iface.clone(),
                     dir: dir.as_str(),
-                    source,
+                    source: Box::new(source),
                 };
                 let options = if use_tcx {
                     TcAttachOptions::TcxOrder(LinkOrder::default())
@@ -204,14 +216,19 @@ impl Attached {
     }
 
     pub fn interfaces(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.links.iter().map(|l| l.0.clone()).collect();
-        v.dedup();
-        v
+        let set: std::collections::BTreeSet<&String> = self.links.iter().map(|l| &l.0).collect();
+        set.into_iter().cloned().collect()
     }
 
-    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, EbpfError> {
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, EbpfError> {
         let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
-        Array::try_from(map).map_err(|source| EbpfError::Map { name, source })
+        Array::try_from(map).map_err(|source| EbpfError::Map {
+            name,
+            source: Box::new(source),
+        })
     }
 
     /// Marks a local UDP port as a sender's or reflector's (`probe_common::port` flags).
@@ -220,7 +237,7 @@ impl Attached {
             .set(port as u32, flags, 0)
             .map_err(|source| EbpfError::Map {
                 name: names::MAP_PORTS,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -229,7 +246,7 @@ impl Attached {
             .set(0, cfg, 0)
             .map_err(|source| EbpfError::Map {
                 name: names::MAP_CONFIG,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -238,7 +255,7 @@ impl Attached {
             .set(0, cfg, 0)
             .map_err(|source| EbpfError::Map {
                 name: names::MAP_DELAY,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -247,12 +264,16 @@ impl Attached {
         let name = names::MAP_COUNTERS;
         let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })?;
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         let mut out = BTreeMap::new();
         for (i, cname) in counter::NAMES.iter().enumerate() {
-            let v = arr
-                .get(&(i as u32), 0)
-                .map_err(|source| EbpfError::Map { name, source })?;
+            let v = arr.get(&(i as u32), 0).map_err(|source| EbpfError::Map {
+                name,
+                source: Box::new(source),
+            })?;
             out.insert(*cname, v.iter().sum());
         }
         Ok(out)

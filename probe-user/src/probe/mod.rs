@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::{
     clock,
     ebpf::{Attached, Direction, EbpfError, LoadOptions},
-    wire::{self, ErrorEstimate, RxStampInfo},
+    wire::{ErrorEstimate, RxStampInfo},
 };
 
 /// Where timestamps come from for this process.
@@ -32,7 +32,12 @@ pub struct Stamping {
 impl Stamping {
     /// Loads and attaches the stamping programs on `interfaces`; on failure (no privilege, old
     /// kernel) falls back to socket timestamps and says why. `disabled` forces the fallback.
-    pub fn start(interfaces: &[String], disabled: bool, opts: &LoadOptions, synchronized: bool) -> Self {
+    pub fn start(
+        interfaces: &[String],
+        disabled: bool,
+        opts: &LoadOptions,
+        synchronized: bool,
+    ) -> Self {
         let tai_offset_ns = clock::tai_offset_ns();
         let mut s = Self {
             kernel: None,
@@ -156,12 +161,11 @@ impl StampSource {
 /// Picks the receive time of a packet: in-band kernel block, else socket stamp, else `app`.
 pub fn rx_time(
     st: &Stamping,
-    payload: &[u8],
-    offset: usize,
+    block: Option<RxStampInfo>,
     rx_sw_realtime_ns: Option<u64>,
     app_ns: u64,
 ) -> (u64, StampSource) {
-    if let Some(info) = wire::read_rx_stamp(payload, offset) {
+    if let Some(info) = block {
         return (info.tai_ns, StampSource::from_block(&info));
     }
     match rx_sw_realtime_ns {

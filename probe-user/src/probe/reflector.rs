@@ -2,7 +2,7 @@
 //! well-formed test packet with T2 from the ingress stamp and T3 stamped at egress.
 use std::{net::SocketAddr, time::Duration};
 
-use probe_common::{port, wire as off};
+use probe_common::port;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::debug;
@@ -92,7 +92,12 @@ pub async fn run(
                 continue;
             }
         };
-        let (t2, _) = rx_time(&st, payload, off::REQUEST_RX_STAMP, rx.rx_sw_realtime_ns, app_rx);
+        let (t2, _) = rx_time(
+            &st,
+            wire::request_rx_stamp(payload),
+            rx.rx_sw_realtime_ns,
+            app_rx,
+        );
         if let Some(d) = opts.think_time {
             tokio::time::sleep(d).await;
         }

@@ -1,12 +1,8 @@
 //! Session-Sender: sends STAMP test packets to each peer on a schedule, matches replies, and
 //! computes network RTT = (T4 − T1) − (T3 − T2) from kernel stamps.
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use probe_common::{port, wire as off};
+use probe_common::port;
 use serde::Serialize;
 use tokio::{
     sync::watch,
@@ -19,7 +15,7 @@ use crate::{
     clock,
     net::ProbeSocket,
     stats::{ReplyKind, SeqTracker, SessionStats},
-    wire::{ReflectorPacket, SenderPacket, Timestamp, TimestampFormat},
+    wire::{self, ReflectorPacket, SenderPacket, Timestamp, TimestampFormat},
 };
 
 #[derive(Clone, Debug)]
@@ -109,7 +105,10 @@ pub async fn run_session(
     let sock = ProbeSocket::connect(peer, !kernel).map_err(sock_err)?;
     let lport = sock.local_addr().map_err(sock_err)?.port();
     st.set_port(lport, port::SENDER)
-        .map_err(|source| SenderError::Register { port: lport, source })?;
+        .map_err(|source| SenderError::Register {
+            port: lport,
+            source,
+        })?;
     let peer_s = peer.to_string();
     let ee = st.error_estimate();
     let mut stats = SessionStats::default();
@@ -224,13 +223,13 @@ pub async fn run_session(
                 let t3 = rep.timestamp.to_ns(fmt);
                 // T4: in-band block, else the fallback map, else the socket stamp.
                 let (mut t4, mut t4_source) =
-                    rx_time(&st, payload, off::REPLY_RX_STAMP, rx.rx_sw_realtime_ns, app_rx);
-                if kernel && matches!(t4_source, StampSource::Socket | StampSource::App) {
-                    if let Some(b) = st.kernel().and_then(|mut k| k.take_t4(lport, rseq)) {
-                        let info = crate::wire::rx_stamp_from_block(&b);
-                        t4 = info.tai_ns;
-                        t4_source = StampSource::Map;
-                    }
+                    rx_time(&st, wire::reply_rx_stamp(payload), rx.rx_sw_realtime_ns, app_rx);
+                if kernel
+                    && matches!(t4_source, StampSource::Socket | StampSource::App)
+                    && let Some(b) = st.kernel().and_then(|mut k| k.take_t4(lport, rseq))
+                {
+                    t4 = crate::wire::rx_stamp_from_block(&b).tai_ns;
+                    t4_source = StampSource::Map;
                 }
                 let network = (t4 as i64 - t1 as i64) - (t3 as i64 - t2 as i64);
                 let turnaround = t3 as i64 - t2 as i64;

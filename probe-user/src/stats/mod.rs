@@ -91,7 +91,7 @@ impl SeqTracker {
         self.outstanding.insert(seq, ());
         self.next_seq = seq.wrapping_add(1);
         // Forget what is too old to matter: memory stays flat with uptime.
-        if seq >= SEQ_MEMORY && seq % 1024 == 0 {
+        if seq >= SEQ_MEMORY && seq.is_multiple_of(1024) {
             let floor = seq - SEQ_MEMORY;
             self.answered.retain(|&s| s >= floor);
             self.timed_out.retain(|&s| s >= floor);
@@ -179,7 +179,12 @@ impl SessionStats {
         }
     }
 
-    pub fn record<'a>(&self, peer: String, timestamping: &'a str, note: &'a str) -> SummaryRecord<'a> {
+    pub fn record<'a>(
+        &self,
+        peer: String,
+        timestamping: &'a str,
+        note: &'a str,
+    ) -> SummaryRecord<'a> {
         SummaryRecord {
             kind: "summary",
             peer,
@@ -246,6 +251,10 @@ mod tests {
             t.sent(s);
             t.reply(s);
         }
-        assert!(t.answered.len() <= (SEQ_MEMORY + 1024) as usize, "{}", t.answered.len());
+        assert!(
+            t.answered.len() <= (SEQ_MEMORY + 1024) as usize,
+            "{}",
+            t.answered.len()
+        );
     }
 }
