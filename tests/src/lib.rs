@@ -1,1 +1,32 @@
+//! Harness for meshprobe's root integration tests and the `cargo xtask demo`: network
+//! namespaces and topologies that clean up after themselves, guarded child processes, tcpdump
+//! captures decoded with pcap-file/pnet, nftables loss, CPU load, and hand-crafted frames.
+//!
+//! Everything lives in namespaces this harness creates, addressed from 198.18.0.0/15 and
+//! fd00::/8 only.
 
+pub mod capture;
+pub mod child;
+pub mod craft;
+pub mod env;
+pub mod fake;
+pub mod interrupt;
+pub mod load;
+pub mod meshprobe;
+pub mod netns;
+pub mod nft;
+pub mod reference;
+pub mod scenario;
+pub mod stamp;
+pub mod stats;
+pub mod topo;
+
+pub use capture::{Capture, CaptureResult, Packet};
+pub use child::{ChildGuard, Finished};
+pub use env::TestEnv;
+pub use meshprobe::{Meshprobe, PingRun, Probe, Reflector, Summary};
+pub use netns::Netns;
+pub use topo::{Family, Routed, TwoHosts};
+
+/// The STAMP port meshprobe listens on by default.
+pub const STAMP_PORT: u16 = probe_common::STAMP_DEFAULT_PORT;

@@ -1,0 +1,206 @@
+//! Measurement routines shared by several integration tests.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+
+use crate::STAMP_PORT;
+use crate::capture::Capture;
+use crate::meshprobe::{Meshprobe, PingRun, Probe};
+use crate::reference::capture_times;
+use crate::stats::{percentile, us};
+use crate::topo::{Family, TwoHosts};
+
+/// Generous bound on a `ping -c COUNT -i INTERVAL -W TIMEOUT` run.
+pub fn ping_timeout(count: u32, interval: Duration, timeout: Duration) -> Duration {
+    interval * count * 3 + timeout + Duration::from_secs(15)
+}
+
+/// meshprobe's per-probe network RTT against the capture reference.
+#[derive(Debug)]
+pub struct Agreement {
+    pub sent: u64,
+    pub probes: usize,
+    /// Probes with a reference RTT from both captures.
+    pub matched: usize,
+    /// |meshprobe − reference| per matched probe, ns.
+    pub abs_err: Vec<i64>,
+    /// Signed (meshprobe − reference) per matched probe, ns.
+    pub signed_err: Vec<i64>,
+    pub reference: Vec<i64>,
+    pub capture_drops: u64,
+    pub t4_sources: Vec<(String, usize)>,
+    /// Per matched probe, capture time minus meshprobe's stamp at the same point, ns:
+    /// `[A out − T1, B in − T2, B out − T3, A in − T4]` (captures converted to TAI).
+    /// meshprobe − reference = leg0 + leg2 − leg1 − leg3.
+    pub legs: Vec<[i64; 4]>,
+}
+
+impl Agreement {
+    pub fn matched_frac(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            self.matched as f64 / self.sent as f64
+        }
+    }
+
+    pub fn p(&self, pct: f64) -> i64 {
+        percentile(&self.abs_err, pct).unwrap_or(i64::MAX)
+    }
+
+    /// p50/p99 of each capture-minus-stamp leg, for diagnosing a disagreement.
+    pub fn legs_report(&self) -> String {
+        let names = ["A out-T1", "B in-T2", "B out-T3", "A in-T4"];
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let v: Vec<i64> = self.legs.iter().map(|l| l[i]).collect();
+                format!(
+                    "{n} p50 {} p99 {}",
+                    us(percentile(&v, 50.0).unwrap_or(0)),
+                    us(percentile(&v, 99.0).unwrap_or(0))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn report(&self, label: &str) -> String {
+        format!(
+            "{label}: sent {} probes {} matched {} ({:.2}%), |error| p50 {} p99 {} max {}, \
+             signed error p50 {}, reference RTT p50 {}, t4 sources {:?}, capture drops {}",
+            self.sent,
+            self.probes,
+            self.matched,
+            100.0 * self.matched_frac(),
+            us(self.p(50.0)),
+            us(self.p(99.0)),
+            us(self.p(100.0)),
+            us(percentile(&self.signed_err, 50.0).unwrap_or(0)),
+            us(percentile(&self.reference, 50.0).unwrap_or(0)),
+            self.t4_sources,
+            self.capture_drops
+        )
+    }
+}
+
+/// CLOCK_TAI − CLOCK_REALTIME, ns (whole seconds: the kernel's TAI offset).
+pub fn tai_offset_ns() -> i64 {
+    use nix::time::{ClockId, clock_gettime};
+    let t = clock_gettime(ClockId::CLOCK_TAI).expect("CLOCK_TAI");
+    let r = clock_gettime(ClockId::CLOCK_REALTIME).expect("CLOCK_REALTIME");
+    let d = (t.tv_sec() - r.tv_sec()) * 1_000_000_000 + (t.tv_nsec() - r.tv_nsec());
+    (d as f64 / 1e9).round() as i64 * 1_000_000_000
+}
+
+/// Pairs probes with the capture reference by (SSID, sequence).
+pub fn compare(
+    run: &PingRun,
+    times: &std::collections::HashMap<(u16, u32), [u64; 4]>,
+) -> Agreement {
+    let tai = tai_offset_ns();
+    let mut a = Agreement {
+        sent: run.summaries.first().map(|s| s.sent).unwrap_or(0),
+        probes: run.probes.len(),
+        matched: 0,
+        abs_err: Vec::new(),
+        signed_err: Vec::new(),
+        reference: Vec::new(),
+        capture_drops: 0,
+        t4_sources: Vec::new(),
+        legs: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for p in &run.probes {
+        let k = (p.ssid as u16, p.seq);
+        if !seen.insert(k) {
+            continue;
+        }
+        if let Some(&[a_out, b_in, b_out, a_in]) = times.get(&k) {
+            let t = (a_in as i64 - a_out as i64) - (b_out as i64 - b_in as i64);
+            let leg = |cap: u64, stamp: u64| cap as i64 + tai - stamp as i64;
+            a.legs.push([
+                leg(a_out, p.t1_ns),
+                leg(b_in, p.t2_ns),
+                leg(b_out, p.t3_ns),
+                leg(a_in, p.t4_ns),
+            ]);
+            a.matched += 1;
+            a.signed_err.push(p.network_rtt_ns - t);
+            a.abs_err.push((p.network_rtt_ns - t).abs());
+            a.reference.push(t);
+        }
+    }
+    let mut srcs: Vec<(String, usize)> = Vec::new();
+    for p in &run.probes {
+        match srcs.iter_mut().find(|(s, _)| *s == p.t4_source) {
+            Some((_, n)) => *n += 1,
+            None => srcs.push((p.t4_source.clone(), 1)),
+        }
+    }
+    a.t4_sources = srcs;
+    a
+}
+
+/// Test 1 and 8: reflector in B, sender in A, tcpdump on both veth ends; per-probe comparison
+/// of `network_rtt_ns` with the capture reference.
+pub fn agreement(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    f: Family,
+    count: u32,
+    interval: &str,
+) -> Result<Agreement> {
+    let refl = mp.reflect(&t.b, &[])?;
+    let ca = Capture::start(&t.a, TwoHosts::A_IF, STAMP_PORT)?;
+    let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
+    let peer = t.b_addr(f).to_string();
+    let iv: Duration = parse_dur(interval)?;
+    let run = mp.ping(
+        &t.a,
+        &[
+            &peer,
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "500ms",
+        ],
+        ping_timeout(count, iv, Duration::from_millis(500)),
+    )?;
+    let a = ca.stop()?;
+    let b = cb.stop()?;
+    refl.stop()?;
+    ensure!(
+        run.summaries.len() == 1,
+        "expected one summary, got {}; stderr:\n{}",
+        run.summaries.len(),
+        run.stderr
+    );
+    let times = capture_times(&a.packets, &b.packets, STAMP_PORT);
+    let mut ag = compare(&run, &times);
+    ag.capture_drops = a.dropped_by_kernel + b.dropped_by_kernel;
+    Ok(ag)
+}
+
+/// A humantime-like duration: `1ms`, `500us`, `2s`, `250ns`.
+pub fn parse_dur(s: &str) -> Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse()?;
+    Ok(match unit {
+        "ns" => Duration::from_nanos(n),
+        "us" | "µs" => Duration::from_micros(n),
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        _ => anyhow::bail!("bad duration {s}"),
+    })
+}
+
+/// Median of a field over probes.
+pub fn median_of(probes: &[Probe], f: impl Fn(&Probe) -> i64) -> Option<i64> {
+    let v: Vec<i64> = probes.iter().map(f).collect();
+    percentile(&v, 50.0)
+}
