@@ -84,24 +84,23 @@ fn malformed_requests_are_dropped_and_counted() -> Result<()> {
             got.len()
         );
     }
-    // RFC 8972 §4 lets a reflector answer a packet whose TLV Length overruns the packet, with
-    // the M (malformed) flag set in that TLV and the rest copied. Accept that, checked exactly;
-    // otherwise there must be no reply at all (asserted above).
-    if let Some(r) = &tlv_reply {
-        ensure!(
-            r.len() == tlv_req_len,
-            "reply of {} octets to a {tlv_req_len}-octet request",
-            r.len()
+    // RFC 8972 §4: a packet whose TLV Length overruns the packet is answered with the M
+    // (malformed) flag set in that TLV and the rest copied, at the request's length.
+    let Some(r) = &tlv_reply else {
+        anyhow::bail!(
+            "the TLV length overrun got no reply (RFC 8972 §4: reflect it with the M flag)"
         );
-        let flags = r[probe_common::wire::TLV_START];
-        ensure!(
-            flags & 0x40 != 0,
-            "reply to the TLV length overrun does not set the M flag (TLV flags {flags:#04x})"
-        );
-        eprintln!(
-            "TLV length overrun answered with the M flag set (TLV flags {flags:#04x}), per RFC 8972 §4"
-        );
-    }
+    };
+    ensure!(
+        r.len() == tlv_req_len,
+        "reply of {} octets to a {tlv_req_len}-octet request",
+        r.len()
+    );
+    let flags = r[probe_common::wire::TLV_START];
+    ensure!(
+        flags & 0x40 != 0,
+        "reply to the TLV length overrun does not set the M flag (TLV flags {flags:#04x})"
+    );
     ensure!(
         refl.is_running(),
         "reflector died on malformed input: {}",
@@ -139,17 +138,20 @@ fn malformed_requests_are_dropped_and_counted() -> Result<()> {
     eprintln!("malformed {malformed}, ebpf skip_short {skip_short}");
     // The 20-octet payload and the lying UDP length both fail the eBPF base-length check
     // (skip_short); the lying one never reaches the socket (the kernel drops it), so only the
-    // eBPF counter can see it. The TLV overrun passes the eBPF check: only userspace sees it,
-    // and when it is not answered (M flag) it must be counted as malformed.
+    // eBPF counter sees it. The 20-octet one reaches userspace and is dropped there
+    // (malformed); the TLV overrun is answered and counted as malformed_tlv.
+    let malformed_tlv = sum["malformed_tlv"].as_u64().unwrap_or(0);
     ensure!(
-        skip_short >= 2,
-        "ebpf skip_short {skip_short}: the 20-octet and the UDP-length-overrun requests are not both counted"
+        skip_short == 2,
+        "ebpf skip_short {skip_short}, expected 2 (the 20-octet and the UDP-length-overrun requests)"
     );
-    if tlv_reply.is_none() {
-        ensure!(
-            malformed >= 1,
-            "unanswered TLV length overrun not counted as malformed ({malformed})"
-        );
-    }
+    ensure!(
+        malformed == 1,
+        "malformed {malformed}, expected 1 (the 20-octet request)"
+    );
+    ensure!(
+        malformed_tlv == 1,
+        "malformed_tlv {malformed_tlv}, expected 1 (the TLV length overrun)"
+    );
     Ok(())
 }

@@ -52,7 +52,14 @@ pub fn run(ws: &Workspace) -> Result<()> {
             util::run(
                 ws.cargo()
                     .env("MESHPROBE_BIN", &bin)
-                    .args(["test", "-p", "meshprobe-tests", "--release", "--"])
+                    .args([
+                        "test",
+                        "-p",
+                        "meshprobe-tests",
+                        "--release",
+                        "--no-fail-fast",
+                        "--",
+                    ])
                     .arg("--test-threads=1"),
             )
         })?;

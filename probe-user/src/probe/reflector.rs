@@ -27,6 +27,8 @@ pub struct ReflectorStats {
     pub replies: u64,
     /// Too short, or not a STAMP test packet: no reply.
     pub malformed: u64,
+    /// Answered, but with a malformed TLV (RFC 8972: reflected with the M flag).
+    pub malformed_tlv: u64,
     pub send_errors: u64,
 }
 
@@ -92,6 +94,9 @@ pub async fn run(
                 continue;
             }
         };
+        if !req.is_well_formed() {
+            stats.malformed_tlv += 1;
+        }
         let (t2, _) = rx_time(
             &st,
             wire::request_rx_stamp(payload),
@@ -159,8 +164,9 @@ pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
     println!("--- meshprobe reflector ---");
     println!("timestamps: {note}");
     println!(
-        "{} requests, {} replies, {} malformed, {} send errors",
-        stats.requests, stats.replies, stats.malformed, stats.send_errors
+        "{} requests, {} replies, {} malformed (no reply), {} with malformed TLVs (M flag), \
+         {} send errors",
+        stats.requests, stats.replies, stats.malformed, stats.malformed_tlv, stats.send_errors
     );
     let nonzero: Vec<String> = counters
         .iter()
