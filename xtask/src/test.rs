@@ -59,6 +59,8 @@ pub fn run(ws: &Workspace) -> Result<()> {
                         "--release",
                         "--no-fail-fast",
                         "--",
+                        // Tests print what they measured; CI logs should show it.
+                        "--nocapture",
                     ])
                     .arg("--test-threads=1"),
             )
