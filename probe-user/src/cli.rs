@@ -213,11 +213,13 @@ fn stop_signal() -> Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-fn load_options(c: &Common) -> LoadOptions {
-    LoadOptions {
+/// Loads and attaches the stamping programs as the common flags say (or falls back).
+fn start_stamping(c: &Common, interfaces: &[String]) -> Stamping {
+    let opts = LoadOptions {
         mode: c.attach,
         log_level: c.ebpf_log_level,
-    }
+    };
+    Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized)
 }
 
 async fn reflect(a: ReflectArgs) -> Result<()> {
@@ -230,12 +232,7 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
     } else {
         a.common.interfaces.clone()
     };
-    let st = Stamping::start(
-        &interfaces,
-        a.common.no_ebpf,
-        &load_options(&a.common),
-        a.common.clock_synchronized,
-    );
+    let st = start_stamping(&a.common, &interfaces);
     let opts = ReflectorOptions {
         listen: SocketAddr::new(a.listen, a.port),
         think_time: a.think_time,
@@ -319,12 +316,7 @@ async fn ping(a: PingArgs) -> Result<()> {
     } else {
         a.common.interfaces.clone()
     };
-    let st = Stamping::start(
-        &interfaces,
-        a.common.no_ebpf,
-        &load_options(&a.common),
-        a.common.clock_synchronized,
-    );
+    let st = start_stamping(&a.common, &interfaces);
     if !st.is_kernel() {
         warn!("{}", st.note());
     }

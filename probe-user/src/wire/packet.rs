@@ -86,6 +86,27 @@ fn encode_tlvs(tlvs: &[Tlv], out: &mut Vec<u8>) {
     }
 }
 
+/// Strict decode shared by both packet kinds: every octet after the base must be a TLV.
+fn decode_strict<P>(buf: &[u8], from_base: fn(&Base, Vec<Tlv>) -> P) -> Result<P, WireError> {
+    let (base, tlvs, malformed) = split(buf)?;
+    match malformed {
+        Some(m) => Err(m.error()),
+        None => Ok(from_base(base, tlvs)),
+    }
+}
+
+/// Lenient decode shared by both packet kinds (RFC 8972 §4: keep what precedes a malformed TLV).
+fn decode_lenient_as<P>(
+    buf: &[u8],
+    from_base: fn(&Base, Vec<Tlv>) -> P,
+) -> Result<Lenient<P>, WireError> {
+    let (base, tlvs, malformed) = split(buf)?;
+    Ok(Lenient {
+        packet: from_base(base, tlvs),
+        malformed,
+    })
+}
+
 /// A Session-Sender test packet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct SenderPacket {
@@ -184,11 +205,7 @@ impl SenderPacket {
     /// Strict decode: every octet after the base packet must belong to a well-formed TLV.
     /// MBZ octets are ignored (meshprobe's reflector-ingress program writes T2 there).
     pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
-        let (base, tlvs, malformed) = split(buf)?;
-        match malformed {
-            Some(m) => Err(m.error()),
-            None => Ok(Self::from_base(base, tlvs)),
-        }
+        decode_strict(buf, Self::from_base)
     }
 
     /// Reflector-side decode: the base packet and the TLVs up to the first malformed one, which
@@ -196,11 +213,7 @@ impl SenderPacket {
     /// only when there is no base packet to answer ([`WireError::Truncated`]) or the input is
     /// over [`MAX_PACKET_LEN`].
     pub fn decode_lenient(buf: &[u8]) -> Result<Lenient<Self>, WireError> {
-        let (base, tlvs, malformed) = split(buf)?;
-        Ok(Lenient {
-            packet: Self::from_base(base, tlvs),
-            malformed,
-        })
+        decode_lenient_as(buf, Self::from_base)
     }
 
     fn from_base(base: &Base, tlvs: Vec<Tlv>) -> Self {
@@ -308,21 +321,13 @@ impl ReflectorPacket {
     /// Strict decode; MBZ octets are ignored. The Extra Padding value may hold meshprobe's T4
     /// block: read it with [`super::reply_rx_stamp`] on the same buffer.
     pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
-        let (base, tlvs, malformed) = split(buf)?;
-        match malformed {
-            Some(m) => Err(m.error()),
-            None => Ok(Self::from_base(base, tlvs)),
-        }
+        decode_strict(buf, Self::from_base)
     }
 
     /// Decode that keeps the base packet and the TLVs before a malformed one (see
     /// [`SenderPacket::decode_lenient`]).
     pub fn decode_lenient(buf: &[u8]) -> Result<Lenient<Self>, WireError> {
-        let (base, tlvs, malformed) = split(buf)?;
-        Ok(Lenient {
-            packet: Self::from_base(base, tlvs),
-            malformed,
-        })
+        decode_lenient_as(buf, Self::from_base)
     }
 
     fn from_base(base: &Base, tlvs: Vec<Tlv>) -> Self {
