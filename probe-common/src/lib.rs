@@ -146,7 +146,7 @@ pub mod counter {
     pub const SKIP_IPV6_EXT: u32 = 9;
     /// IPv4 header length field out of range.
     pub const SKIP_BAD_IHL: u32 = 10;
-    /// Headers not in the linear area and could not be pulled.
+    /// An IP or UDP header not in the packet's linear data (truncated, or paged): not parsed.
     pub const ERR_PULL: u32 = 11;
     pub const ERR_LOAD: u32 = 12;
     pub const ERR_STORE: u32 = 13;

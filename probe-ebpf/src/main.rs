@@ -59,12 +59,14 @@ fn count(idx: u32) {
     }
 }
 
-/// Bounds-checked pointer into the linear packet data.
+/// Bounds-checked pointer into the linear packet data. A header of an IP packet that is not
+/// there (truncated, or not in the linear area) is counted as `ERR_PULL`.
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
+        count(counter::ERR_PULL);
         return None;
     }
     Some((start + off) as *const T)

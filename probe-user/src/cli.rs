@@ -64,6 +64,10 @@ struct Common {
     /// The host clock is synchronised to an external source (PTP): sets the S bit.
     #[arg(long)]
     clock_synchronized: bool,
+    /// NIC clocks are PTP-disciplined to TAI (ptp4l + phc2sys) and RX hardware timestamping is
+    /// on: use the NIC's RX stamps for T2/T4 where it gives them.
+    #[arg(long)]
+    hw_rx_stamps: bool,
     /// JSON lines on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -219,7 +223,9 @@ fn start_stamping(c: &Common, interfaces: &[String]) -> Stamping {
         mode: c.attach,
         log_level: c.ebpf_log_level,
     };
-    Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized)
+    let mut st = Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized);
+    st.hw_rx_stamps = c.hw_rx_stamps;
+    st
 }
 
 async fn reflect(a: ReflectArgs) -> Result<()> {

@@ -78,6 +78,6 @@ fn correctness_ipv6_matches_capture_reference() -> Result<()> {
     run(
         "correctness_ipv6_matches_capture_reference",
         Family::V6,
-        300,
+        1000,
     )
 }

@@ -27,6 +27,8 @@ pub struct Stamping {
     pub tai_offset_ns: i64,
     /// Clock synchronised to an external source (PTP): sets the S bit.
     pub synchronized: bool,
+    /// NIC clocks run TAI (PTP-disciplined PHC): use hardware RX stamps for T2/T4.
+    pub hw_rx_stamps: bool,
 }
 
 impl Stamping {
@@ -44,6 +46,7 @@ impl Stamping {
             fallback_reason: None,
             tai_offset_ns,
             synchronized,
+            hw_rx_stamps: false,
         };
         if disabled {
             s.fallback_reason = Some("--no-ebpf given".into());
@@ -146,6 +149,8 @@ pub enum StampSource {
     TxSoftware,
     /// Userspace clock read (no kernel stamp was available).
     App,
+    /// The NIC's hardware RX stamp (with `--hw-rx-stamps`: its clock is taken to be TAI).
+    Hw,
 }
 
 impl StampSource {
@@ -166,12 +171,29 @@ pub fn rx_time(
     app_ns: u64,
 ) -> (u64, StampSource) {
     if let Some(info) = block {
+        if st.hw_rx_stamps
+            && let Some(hw) = plausible_hw(&info)
+        {
+            return (hw, StampSource::Hw);
+        }
         return (info.tai_ns, StampSource::from_block(&info));
     }
     match rx_sw_realtime_ns {
         Some(rt) => (st.realtime_to_tai(rt), StampSource::Socket),
         None => (app_ns, StampSource::App),
     }
+}
+
+/// How far before the software stamp a hardware stamp may lie and still be the same packet's
+/// arrival in the same (TAI) timescale.
+const HW_STAMP_WINDOW_NS: u64 = 1_000_000;
+
+/// The NIC's RX stamp when it is plausibly TAI: earlier than the kernel's software stamp (the
+/// NIC sees the packet first), by less than `HW_STAMP_WINDOW_NS`. A PHC that is not
+/// synchronised to TAI fails this and the software stamp is used.
+fn plausible_hw(info: &RxStampInfo) -> Option<u64> {
+    (info.hw_ns != 0 && info.hw_ns <= info.tai_ns && info.tai_ns - info.hw_ns < HW_STAMP_WINDOW_NS)
+        .then_some(info.hw_ns)
 }
 
 /// Human-readable nanoseconds (µs with one decimal below 1 s).
@@ -197,4 +219,78 @@ pub fn emit_json<T: Serialize>(v: &T) {
 
 pub fn duration_ns(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(hw: bool) -> Stamping {
+        Stamping {
+            kernel: None,
+            fallback_reason: None,
+            tai_offset_ns: 37_000_000_000,
+            synchronized: false,
+            hw_rx_stamps: hw,
+        }
+    }
+
+    fn block(tai_ns: u64, hw_ns: u64, source: u8) -> Option<RxStampInfo> {
+        Some(RxStampInfo {
+            tai_ns,
+            hw_ns,
+            source,
+        })
+    }
+
+    #[test]
+    fn receive_time_prefers_kernel_block_then_socket_then_app() {
+        let s = st(false);
+        let skb = probe_common::RxStamp::SOURCE_SKB_RX;
+        let tc = probe_common::RxStamp::SOURCE_TC_NOW;
+        assert_eq!(
+            rx_time(&s, block(5_000, 0, skb), Some(1), 9),
+            (5_000, StampSource::SkbRx)
+        );
+        assert_eq!(
+            rx_time(&s, block(5_000, 0, tc), Some(1), 9),
+            (5_000, StampSource::Tc)
+        );
+        // A hardware stamp is carried but not used unless its clock is declared TAI.
+        assert_eq!(
+            rx_time(&s, block(5_000, 4_900, skb), None, 9),
+            (5_000, StampSource::SkbRx)
+        );
+        // Socket stamps are CLOCK_REALTIME: shifted by the TAI offset.
+        assert_eq!(
+            rx_time(&s, None, Some(1_000), 9),
+            (37_000_001_000, StampSource::Socket)
+        );
+        assert_eq!(rx_time(&s, None, None, 9), (9, StampSource::App));
+    }
+
+    #[test]
+    fn hardware_stamp_used_only_when_plausible() {
+        let s = st(true);
+        let skb = probe_common::RxStamp::SOURCE_SKB_RX;
+        let t = 10_000_000_000;
+        // Earlier than the software stamp, within the window: the earliest stamp wins.
+        assert_eq!(
+            rx_time(&s, block(t, t - 800, skb), None, 0),
+            (t - 800, StampSource::Hw)
+        );
+        // Later than the software stamp, or far earlier: another timescale; not used.
+        assert_eq!(
+            rx_time(&s, block(t, t + 800, skb), None, 0),
+            (t, StampSource::SkbRx)
+        );
+        assert_eq!(
+            rx_time(&s, block(t, t - 2 * HW_STAMP_WINDOW_NS, skb), None, 0),
+            (t, StampSource::SkbRx)
+        );
+        assert_eq!(
+            rx_time(&s, block(t, 0, skb), None, 0),
+            (t, StampSource::SkbRx)
+        );
+    }
 }
