@@ -377,8 +377,9 @@ fn bpf_linker_install(ws: &Workspace) -> Result<()> {
 
     // `libLLVM.so` is what the build links against (-lLLVM); the second link, named like the
     // library's soname, lets the installed binary load it through its RUNPATH (this folder)
-    // without rustup's LD_LIBRARY_PATH, for as long as the folder exists.
-    let prefix = ws.target_dir.join("llvm-prefix");
+    // without rustup's LD_LIBRARY_PATH. The folder lives beside the cargo installation, not in
+    // this checkout's target/, so the RUNPATH stays valid after `cargo clean` or in a new clone.
+    let prefix = cargo_home()?.join("meshprobe-llvm-prefix");
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)
         .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
@@ -416,4 +417,13 @@ fn bpf_linker_install(ws: &Workspace) -> Result<()> {
         cmd.arg("--force");
     }
     util::run(&mut cmd)
+}
+
+/// `$CARGO_HOME`, else `~/.cargo`.
+fn cargo_home() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(h) = std::env::var_os("CARGO_HOME") {
+        return Ok(h.into());
+    }
+    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(std::path::Path::new(&home).join(".cargo"))
 }
