@@ -227,7 +227,23 @@ fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Received> {
     })
 }
 
-/// Interfaces that are up and have an address (loopback included).
+/// ARPHRD_* of an interface (`/sys/class/net/IF/type`).
+pub fn link_type(iface: &str) -> Option<u16> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/type"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether TC programs see an Ethernet header on this interface, as the stamping programs
+/// expect: Ethernet (ARPHRD_ETHER = 1) and loopback (ARPHRD_LOOPBACK = 772).
+pub fn has_ethernet_header(iface: &str) -> bool {
+    matches!(link_type(iface), Some(1 | 772))
+}
+
+/// Interfaces that are up, have an address, and carry an Ethernet header (loopback included).
+/// Others (WireGuard, tun, ipip: no link-layer header) are left out with a warning.
 pub fn up_interfaces() -> io::Result<Vec<String>> {
     let mut set = BTreeSet::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
@@ -246,7 +262,19 @@ pub fn up_interfaces() -> io::Result<Vec<String>> {
             set.insert(ifa.interface_name);
         }
     }
-    Ok(set.into_iter().collect())
+    Ok(set
+        .into_iter()
+        .filter(|i| {
+            let ok = has_ethernet_header(i);
+            if !ok {
+                tracing::warn!(
+                    "{i}: no Ethernet header (link type {:?}); not stamped there",
+                    link_type(i)
+                );
+            }
+            ok
+        })
+        .collect())
 }
 
 /// The interface the kernel would use to reach `peer` (by the source address it picks).

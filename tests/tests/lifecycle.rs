@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use meshprobe_tests::{Family, Netns, TestEnv, TwoHosts};
 use nix::sys::signal::Signal;
 
@@ -89,5 +89,55 @@ fn crashed_predecessor_filters_are_removed_and_clean_exit_leaves_nothing() -> Re
     live.stop()?;
     let left = our_filters(&t.b, b_if)?;
     ensure!(left == 0, "after clean exits, {left} filters remain");
+    Ok(())
+}
+
+#[test]
+fn interfaces_without_ethernet_header_are_skipped_or_refused() -> Result<()> {
+    let Some(env) = TestEnv::acquire(
+        "interfaces_without_ethernet_header_are_skipped_or_refused",
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    // A tun device has no link-layer header (ARPHRD_NONE): the programs would misparse it.
+    t.b.run(["ip", "tuntap", "add", "dev", "mptun0", "mode", "tun"])?;
+    t.b.run(["ip", "addr", "add", "198.19.9.1/24", "dev", "mptun0"])?;
+    t.b.run(["ip", "link", "set", "mptun0", "up"])?;
+
+    // Default interface choice: tun skipped with a warning, the rest stamped.
+    let refl = env.mp.reflect(&t.b, &[])?;
+    let ifs = refl.ready["interfaces"].clone();
+    ensure!(
+        ifs == serde_json::json!(["lo", TwoHosts::B_IF]),
+        "reflector attached to {ifs}"
+    );
+    let stderr = refl.child.stderr_text();
+    ensure!(
+        stderr.contains("mptun0: no Ethernet header"),
+        "no warning about mptun0: {stderr}"
+    );
+    refl.stop()?;
+
+    // Named explicitly: refused with a message that says why, and socket timestamps instead.
+    let bin = env.mp.bin.to_str().context("binary path")?;
+    let out = t.b.output([
+        bin,
+        "ping",
+        "198.18.0.1",
+        "-c",
+        "1",
+        "-W",
+        "200ms",
+        "-I",
+        "mptun0",
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("interface `mptun0` has no Ethernet header"),
+        "explicit -I mptun0 was not refused clearly: {stderr}"
+    );
     Ok(())
 }

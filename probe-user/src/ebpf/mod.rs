@@ -49,6 +49,11 @@ pub enum EbpfError {
     },
     #[error("interface `{0}` does not exist")]
     NoSuchInterface(String),
+    #[error(
+        "interface `{0}` has no Ethernet header (link type {1:?}): the stamping programs \
+         support Ethernet and loopback devices; probe over another interface"
+    )]
+    NotEthernet(String, Option<u16>),
     #[error("kernel {0} is too old: bpf_ktime_get_tai_ns needs Linux 6.1 or newer")]
     KernelTooOld(String),
     #[error("state file {path}: {source}")]
@@ -123,6 +128,12 @@ impl Attached {
         for iface in interfaces {
             if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
                 return Err(EbpfError::NoSuchInterface(iface.clone()));
+            }
+            if !crate::net::has_ethernet_header(iface) {
+                return Err(EbpfError::NotEthernet(
+                    iface.clone(),
+                    crate::net::link_type(iface),
+                ));
             }
         }
         let report = leftovers::clean();
