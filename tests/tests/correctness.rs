@@ -13,6 +13,9 @@ const IDLE_P99_NS: i64 = 5_000;
 /// p99 of |meshprobe − reference| with every core busy.
 const LOADED_P99_NS: i64 = 20_000;
 const MIN_MATCHED: f64 = 0.99;
+/// Probes per run (the issue asks for ≥ 1000). p99 rests on the worst 1 %: 2000 probes give 20
+/// samples there, a steadier estimate than 10.
+const PROBES: u32 = 2000;
 
 fn run(test: &str, f: Family, count: u32) -> Result<()> {
     let Some(env) = TestEnv::acquire(test, &["tcpdump", "stress-ng", "ethtool"])? else {
@@ -69,7 +72,7 @@ fn correctness_ipv4_matches_capture_reference() -> Result<()> {
     run(
         "correctness_ipv4_matches_capture_reference",
         Family::V4,
-        1000,
+        PROBES,
     )
 }
 
@@ -78,6 +81,6 @@ fn correctness_ipv6_matches_capture_reference() -> Result<()> {
     run(
         "correctness_ipv6_matches_capture_reference",
         Family::V6,
-        1000,
+        PROBES,
     )
 }
