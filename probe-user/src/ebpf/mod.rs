@@ -231,43 +231,33 @@ impl Attached {
         set.into_iter().cloned().collect()
     }
 
-    fn array<V: aya::Pod>(
+    /// Writes `value` at `index` of the array map `name`.
+    fn array_set<V: aya::Pod>(
         &mut self,
         name: &'static str,
-    ) -> Result<Array<&mut MapData, V>, EbpfError> {
-        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
-        Array::try_from(map).map_err(|source| EbpfError::Map {
+        index: u32,
+        value: V,
+    ) -> Result<(), EbpfError> {
+        let err = |source| EbpfError::Map {
             name,
             source: Box::new(source),
-        })
+        };
+        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+        let mut arr: Array<&mut MapData, V> = Array::try_from(map).map_err(err)?;
+        arr.set(index, value, 0).map_err(err)
     }
 
     /// Marks a local UDP port as a sender's or reflector's (`probe_common::port` flags).
     pub fn set_port(&mut self, port: u16, flags: u8) -> Result<(), EbpfError> {
-        self.array::<u8>(names::MAP_PORTS)?
-            .set(port as u32, flags, 0)
-            .map_err(|source| EbpfError::Map {
-                name: names::MAP_PORTS,
-                source: Box::new(source),
-            })
+        self.array_set(names::MAP_PORTS, port as u32, flags)
     }
 
     pub fn set_config(&mut self, cfg: Config) -> Result<(), EbpfError> {
-        self.array::<Config>(names::MAP_CONFIG)?
-            .set(0, cfg, 0)
-            .map_err(|source| EbpfError::Map {
-                name: names::MAP_CONFIG,
-                source: Box::new(source),
-            })
+        self.array_set(names::MAP_CONFIG, 0, cfg)
     }
 
     pub fn set_delay(&mut self, cfg: DelayConfig) -> Result<(), EbpfError> {
-        self.array::<DelayConfig>(names::MAP_DELAY)?
-            .set(0, cfg, 0)
-            .map_err(|source| EbpfError::Map {
-                name: names::MAP_DELAY,
-                source: Box::new(source),
-            })
+        self.array_set(names::MAP_DELAY, 0, cfg)
     }
 
     /// Sums the per-CPU counters.
