@@ -17,10 +17,6 @@ pub fn realtime_now_ns() -> u64 {
     now(ClockId::CLOCK_REALTIME)
 }
 
-pub fn monotonic_now_ns() -> u64 {
-    now(ClockId::CLOCK_MONOTONIC)
-}
-
 /// CLOCK_TAI − CLOCK_REALTIME in nanoseconds: the kernel's TAI offset (whole seconds; 0 where
 /// nothing has set it, e.g. no PTP/NTP daemon), read from `adjtimex`.
 pub fn tai_offset_ns() -> i64 {

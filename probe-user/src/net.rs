@@ -107,10 +107,6 @@ impl ProbeSocket {
         self.io.get_ref().local_addr()
     }
 
-    pub fn has_tx_stamps(&self) -> bool {
-        self.tx_stamps
-    }
-
     pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         loop {
             match self.io.get_ref().send_to(buf, to) {

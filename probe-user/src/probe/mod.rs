@@ -2,10 +2,7 @@
 pub mod reflector;
 pub mod sender;
 
-use std::{
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use probe_common::{Config, RxStamp};
 use serde::Serialize;
@@ -215,10 +212,6 @@ pub fn emit_json<T: Serialize>(v: &T) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-pub fn duration_ns(d: Duration) -> u64 {
-    d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 #[cfg(test)]
