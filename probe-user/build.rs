@@ -1,8 +1,10 @@
 //! Builds the eBPF object from the current source with the nightly toolchain (aya-build) and
 //! puts it in OUT_DIR, where `ebpf::loader` embeds it: never a stale or committed object.
+//! Also generates the protobuf types (`pb`) from proto/meshprobe.proto.
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    compile_proto()?;
     let meta = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -27,4 +29,13 @@ fn main() -> anyhow::Result<()> {
     .context(
         "building the eBPF object failed: run `cargo xtask setup` (nightly, rust-src, bpf-linker)",
     )
+}
+
+/// Compiles proto/meshprobe.proto with protox (pure Rust: no protoc needed) and prost-build.
+fn compile_proto() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed=proto/meshprobe.proto");
+    let fds = protox::compile(["meshprobe.proto"], ["proto"]).context("compiling meshprobe.proto")?;
+    prost_build::Config::new()
+        .compile_fds(fds)
+        .context("generating Rust code from meshprobe.proto")
 }

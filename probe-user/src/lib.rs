@@ -6,3 +6,9 @@ pub mod net;
 pub mod probe;
 pub mod stats;
 pub mod wire;
+
+/// Protobuf types generated from proto/meshprobe.proto (ZooKeeper registrations, Kafka records).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/meshprobe.v1.rs"));
+}
