@@ -26,11 +26,23 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),        // packet filtering (loss) in the lab
     ("iproute2", "ip"),         // netns, veth, addresses
     ("iputils-ping", "ping"),   // reachability checks
+    // ZooKeeper 3.8 for the agent tests (jars in /usr/share/java, run by the test harness);
+    // it pulls in a JRE. slf4j-simple.jar (libslf4j-java) lets it log to a file.
+    ("default-jre-headless", "java"),
+    ("zookeeper", "java"),
+    ("libslf4j-java", "java"),
 ];
 
 /// bpf-linker release built when it is missing: the one tested here (features `llvm-21`,
 /// `llvm-22`, `llvm-23`), pinned with `--locked` so a fresh machine builds what was tested.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Tansu (Kafka-protocol broker for the agent tests), pinned like bpf-linker. `libsql` gives
+/// the SQLite storage engine (`sqlite://`), the only one that keeps the broker's data across a
+/// restart on a local machine (`dynostore` offers `s3://` and `memory://` only); the tests stop
+/// and restart the broker and audit that nothing was lost.
+const TANSU_VERSION: &str = "0.6.0";
+const TANSU_FEATURES: &[&str] = &["dynostore", "libsql"];
 
 /// Outcome of a step's check.
 enum State {
@@ -76,6 +88,11 @@ const STEPS: &[Step] = &[
         name: "bpf-linker",
         check: bpf_linker_check,
         install: bpf_linker_install,
+    },
+    Step {
+        name: "tansu",
+        check: tansu_check,
+        install: tansu_install,
     },
 ];
 
@@ -426,4 +443,90 @@ fn cargo_home() -> anyhow::Result<std::path::PathBuf> {
     }
     let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
     Ok(std::path::Path::new(&home).join(".cargo"))
+}
+
+// ---- tansu --------------------------------------------------------------------------------
+
+/// Where `cargo install` puts binaries: $CARGO_INSTALL_ROOT, else $CARGO_HOME, else ~/.cargo.
+fn cargo_install_root() -> Result<PathBuf> {
+    match std::env::var_os("CARGO_INSTALL_ROOT") {
+        Some(r) => Ok(r.into()),
+        None => cargo_home(),
+    }
+}
+
+/// tansu on PATH, else in the cargo install root's bin/.
+fn find_tansu() -> Option<PathBuf> {
+    which::which("tansu").ok().or_else(|| {
+        let p = cargo_install_root().ok()?.join("bin").join("tansu");
+        p.is_file().then_some(p)
+    })
+}
+
+/// The features `cargo install` recorded for tansu in `<root>/.crates2.json`, if it installed
+/// it. (The file is compact JSON: `{"installs":{"tansu 0.6.0 (registry+...)":{...,
+/// "features":["dynostore"],...}}}`; read by hand, xtask has no JSON parser.)
+fn tansu_installed_features() -> Option<Vec<String>> {
+    let path = cargo_install_root().ok()?.join(".crates2.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let entry = &text[text.find("\"tansu ")?..];
+    let entry = &entry[..entry.find('}').unwrap_or(entry.len())];
+    let list = &entry[entry.find("\"features\":[")? + "\"features\":[".len()..];
+    let list = &list[..list.find(']')?];
+    Some(
+        list.split(',')
+            .map(|f| f.trim().trim_matches('"').to_owned())
+            .filter(|f| !f.is_empty())
+            .collect(),
+    )
+}
+
+fn tansu_check(ws: &Workspace) -> Result<State> {
+    let Some(bin) = find_tansu() else {
+        return Ok(State::Missing("not found on PATH".into()));
+    };
+    let Some(version) = util::probe_stdout(ws.command(&bin).arg("--version")) else {
+        return Ok(State::Missing(format!(
+            "{} --version does not run",
+            bin.display()
+        )));
+    };
+    // A tansu that cargo installed without the storage the tests need gets rebuilt; one
+    // installed some other way is taken as it is.
+    if let Some(features) = tansu_installed_features() {
+        let missing: Vec<_> = TANSU_FEATURES
+            .iter()
+            .filter(|f| !features.iter().any(|g| g == *f))
+            .collect();
+        if !missing.is_empty() {
+            return Ok(State::Missing(format!(
+                "{} was built without feature(s) {missing:?}",
+                bin.display()
+            )));
+        }
+    }
+    let note = if which::which("tansu").is_err() {
+        format!(" at {} (add its folder to PATH)", bin.display())
+    } else {
+        String::new()
+    };
+    Ok(State::Present(format!("{}{note}", version.trim())))
+}
+
+/// `cargo install tansu` (about 10 minutes; cached in the cargo install root afterwards).
+fn tansu_install(ws: &Workspace) -> Result<()> {
+    let mut cmd = ws.cargo();
+    cmd.args([
+        "install",
+        "tansu",
+        "--version",
+        TANSU_VERSION,
+        "--locked",
+        "--features",
+        &TANSU_FEATURES.join(","),
+    ]);
+    if find_tansu().is_some() {
+        cmd.arg("--force");
+    }
+    util::run(&mut cmd)
 }
