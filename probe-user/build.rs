@@ -34,8 +34,23 @@ fn main() -> anyhow::Result<()> {
 /// Compiles proto/meshprobe.proto with protox (pure Rust: no protoc needed) and prost-build.
 fn compile_proto() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=proto/meshprobe.proto");
-    let fds = protox::compile(["meshprobe.proto"], ["proto"]).context("compiling meshprobe.proto")?;
-    prost_build::Config::new()
-        .compile_fds(fds)
+    let fds =
+        protox::compile(["meshprobe.proto"], ["proto"]).context("compiling meshprobe.proto")?;
+    let mut cfg = prost_build::Config::new();
+    // JSON lines (`--output json`, `consume --json`) serialize the records directly; the field
+    // names are the proto names. Enum fields are i32 in prost: print their proto names instead.
+    cfg.type_attribute(".meshprobe.v1", "#[derive(serde::Serialize)]");
+    for (field, with) in [
+        ("ProbeResult.t1_source", "stamp_source"),
+        ("ProbeResult.t4_source", "stamp_source"),
+        ("ProbeResult.timestamping", "timestamping"),
+        ("WindowSummary.timestamping", "timestamping"),
+    ] {
+        cfg.field_attribute(
+            format!(".meshprobe.v1.{field}"),
+            format!("#[serde(serialize_with = \"crate::sink::json::{with}\")]"),
+        );
+    }
+    cfg.compile_fds(fds)
         .context("generating Rust code from meshprobe.proto")
 }

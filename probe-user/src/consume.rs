@@ -1,0 +1,280 @@
+//! `meshprobe consume`: read the records topic from the beginning (every partition, no
+//! consumer group offsets), decode and print them like the agent's stdout output.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, ClientContext, Offset, TopicPartitionList,
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, Consumer as _, ConsumerContext},
+    error::KafkaError,
+    message::Message as _,
+};
+use tracing::debug;
+
+use crate::{
+    pb::{self, record::Kind},
+    sink::{OutputFormat, StdoutSink, kafka::validate_bootstrap},
+};
+
+/// Which record kinds to print.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindFilter {
+    Summary,
+    Probe,
+    #[default]
+    All,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConsumeArgs {
+    /// Kafka brokers, `host:port[,host:port]`.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: String,
+    /// Topic the agents write to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "distributedTrace")]
+    pub kafka_topic: String,
+    /// Keep printing new records instead of exiting at the end of the topic.
+    #[arg(long)]
+    pub follow: bool,
+    /// JSON lines, exactly as the agent's `--output json`.
+    #[arg(long)]
+    pub json: bool,
+    /// Only records measured by this node.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// Only records towards this node.
+    #[arg(long)]
+    pub dst: Option<String>,
+    /// Record kinds to print.
+    #[arg(long, value_enum, default_value_t = KindFilter::All)]
+    pub kind: KindFilter,
+    /// How long to wait for Kafka (connecting, and without `--follow` for progress).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+}
+
+impl ConsumeArgs {
+    fn wants(&self, rec: &pb::Record) -> bool {
+        let (kind, src, dst) = match &rec.kind {
+            Some(Kind::Summary(s)) => (KindFilter::Summary, &s.src, &s.dst),
+            Some(Kind::Probe(p)) => (KindFilter::Probe, &p.src, &p.dst),
+            None => return false,
+        };
+        (self.kind == KindFilter::All || self.kind == kind)
+            && self.src.as_ref().is_none_or(|s| s == src)
+            && self.dst.as_ref().is_none_or(|d| d == dst)
+    }
+}
+
+/// librdkafka's own logs stay at debug: failures surface as our errors and warnings.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        debug!(target: "librdkafka", "{fac}: {msg}");
+    }
+
+    fn error(&self, err: KafkaError, reason: &str) {
+        debug!(target: "librdkafka", "{err}: {reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    // librdkafka's consumer API blocks; keep it off the async workers.
+    tokio::task::spawn_blocking(move || consume(&args))
+        .await
+        .context("consumer thread")?
+}
+
+fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
+    let bs = &args.kafka_bootstrap_servers;
+    let topic = &args.kafka_topic;
+    validate_bootstrap(bs)?;
+    let timeout_ms = args.timeout.as_millis().clamp(1000, i32::MAX as u128);
+    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        // librdkafka's assign() needs a group; nothing is ever committed to it.
+        .set("group.id", "meshprobe-consume")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("socket.connection.setup.timeout.ms", timeout_ms.to_string())
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(Quiet)
+        .context("creating the Kafka consumer")?;
+
+    let md = consumer
+        .fetch_metadata(Some(topic), args.timeout)
+        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}"))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic.as_str()) else {
+        bail!("topic {topic:?} not found at {bs}");
+    };
+    if let Some(e) = t.error() {
+        bail!(
+            "topic {topic:?} at {bs}: {}",
+            rdkafka::error::RDKafkaErrorCode::from(e)
+        );
+    }
+    if t.partitions().is_empty() {
+        bail!("topic {topic:?} at {bs} has no partitions");
+    }
+
+    // Without --follow, read each partition up to its end as of now.
+    let mut todo = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), args.timeout)
+            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {topic}/{}: {e}", p.id()))?;
+        if high > low {
+            todo.insert(p.id(), high);
+        }
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl).context("assigning partitions")?;
+
+    let out = StdoutSink {
+        format: if args.json {
+            OutputFormat::Json
+        } else {
+            OutputFormat::Table
+        },
+    };
+    let (mut bad, mut unknown) = (0u64, 0u64);
+    let mut last_err = String::new();
+    let mut progress = Instant::now();
+    while args.follow || !todo.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if !args.follow && progress.elapsed() > args.timeout {
+                    bail!(
+                        "no progress from Kafka at {bs} for {}; partitions not read to their end: \
+                         {:?}{}",
+                        humantime::format_duration(args.timeout),
+                        todo.keys().collect::<Vec<_>>(),
+                        if last_err.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (last error: {last_err})")
+                        }
+                    );
+                }
+            }
+            Some(Ok(msg)) => {
+                progress = Instant::now();
+                let (p, off) = (msg.partition(), msg.offset());
+                if todo.get(&p).is_some_and(|&high| off + 1 >= high) {
+                    todo.remove(&p);
+                }
+                let Some(payload) = msg.payload() else {
+                    bad += 1;
+                    eprintln!("warning: {topic} partition {p} offset {off}: message without value");
+                    continue;
+                };
+                match pb::Record::decode(payload) {
+                    Ok(rec) if rec.kind.is_none() => unknown += 1,
+                    Ok(rec) => {
+                        if args.wants(&rec) {
+                            out.send(&rec);
+                        }
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("warning: {topic} partition {p} offset {off}: not a Record: {e}");
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                progress = Instant::now();
+                todo.remove(&p);
+            }
+            Some(Err(e)) => {
+                let e = e.to_string();
+                if e != last_err {
+                    eprintln!("warning: Kafka at {bs}: {e}");
+                    last_err = e;
+                }
+            }
+        }
+    }
+    if unknown > 0 {
+        eprintln!("note: skipped {unknown} record(s) of a kind this version does not know");
+    }
+    if bad > 0 {
+        bail!("{bad} message(s) in {topic} could not be decoded");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::sink::tests::{probe, summary};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConsumeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ConsumeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("consume").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let a = parse(&["--kafka-bootstrap-servers", "k:9092"]).unwrap();
+        assert_eq!(a.kafka_topic, "distributedTrace");
+        assert_eq!(a.kind, KindFilter::All);
+        assert_eq!(a.timeout, Duration::from_secs(10));
+        assert!(!a.follow && !a.json);
+        let a = parse(&[
+            "--kafka-bootstrap-servers",
+            "k:9092",
+            "--kafka-topic",
+            "t",
+            "--follow",
+            "--json",
+            "--src",
+            "a",
+            "--dst",
+            "b",
+            "--kind",
+            "probe",
+            "--timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert!(a.follow && a.json);
+        assert_eq!(a.kind, KindFilter::Probe);
+        assert_eq!(a.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn filters() {
+        let mut a = parse(&["--kafka-bootstrap-servers", "k:9092"]).unwrap();
+        let s = pb::Record {
+            kind: Some(Kind::Summary(summary("a", "b", 1))),
+        };
+        let p = pb::Record {
+            kind: Some(Kind::Probe(probe("a", "c", 1))),
+        };
+        assert!(a.wants(&s) && a.wants(&p));
+        a.kind = KindFilter::Summary;
+        assert!(a.wants(&s) && !a.wants(&p));
+        a.kind = KindFilter::All;
+        a.dst = Some("c".into());
+        assert!(!a.wants(&s) && a.wants(&p));
+        a.src = Some("x".into());
+        assert!(!a.wants(&p));
+    }
+}

@@ -1,0 +1,108 @@
+//! JSON lines for records: `{"type":"summary", <WindowSummary fields>}` and
+//! `{"type":"probe", <ProbeResult fields>}`, proto field names, enums as their proto names.
+//! The `serialize_with` helpers are referenced from the generated `pb` code (build.rs).
+use serde::{Serialize, Serializer};
+
+use crate::pb::{self, StampSource, Timestamping, record::Kind};
+
+/// `Timestamping` field (an i32 in prost) as its proto name; an unknown value stays a number
+/// so a newer producer's records still print.
+pub fn timestamping<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    match Timestamping::try_from(*v) {
+        Ok(t) => s.serialize_str(t.as_str_name()),
+        Err(_) => s.serialize_i32(*v),
+    }
+}
+
+/// `StampSource` field as its proto name (see [`timestamping`]).
+pub fn stamp_source<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    match StampSource::try_from(*v) {
+        Ok(t) => s.serialize_str(t.as_str_name()),
+        Err(_) => s.serialize_i32(*v),
+    }
+}
+
+/// One JSON line: the type tag followed by the record's own fields.
+#[derive(Serialize)]
+struct Line<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    rec: &'a T,
+}
+
+/// The JSON line (without newline) for a record; `None` for a record without a kind.
+pub fn line(rec: &pb::Record) -> Option<String> {
+    let r = match rec.kind.as_ref()? {
+        Kind::Summary(s) => serde_json::to_string(&Line {
+            kind: "summary",
+            rec: s,
+        }),
+        Kind::Probe(p) => serde_json::to_string(&Line {
+            kind: "probe",
+            rec: p,
+        }),
+    };
+    // Plain structs of numbers and strings: serialization cannot fail.
+    r.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::sink::tests::{probe, summary};
+
+    fn parse(rec: pb::Record) -> Value {
+        serde_json::from_str(&line(&rec).expect("line")).expect("valid JSON")
+    }
+
+    #[test]
+    fn summary_line_has_type_tag_proto_names_and_enum_names() {
+        let v = parse(pb::Record {
+            kind: Some(Kind::Summary(summary("a", "b", 7))),
+        });
+        assert_eq!(v["type"], "summary");
+        assert_eq!(v["src"], "a");
+        assert_eq!(v["dst"], "b");
+        assert_eq!(v["window_seq"], 7);
+        assert_eq!(v["timestamping"], "TIMESTAMPING_KERNEL");
+        assert_eq!(v["network_rtt_ns"]["p50"], 45_300);
+        assert_eq!(v["network_rtt_ns"]["p999"], 12_500_000);
+        assert_eq!(v["loss_ratio"], 0.1);
+        assert_eq!(v["peer_left"], false);
+        assert!(v["turnaround_ns"].is_object());
+        // Every proto field is present, nothing else but the tag.
+        assert_eq!(v.as_object().unwrap().len(), 22 + 1);
+    }
+
+    #[test]
+    fn probe_line_has_enum_names() {
+        let v = parse(pb::Record {
+            kind: Some(Kind::Probe(probe("a", "b", 3))),
+        });
+        assert_eq!(v["type"], "probe");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["t1_source"], "STAMP_SOURCE_TC");
+        assert_eq!(v["t4_source"], "STAMP_SOURCE_SKB_RX");
+        assert_eq!(v["timestamping"], "TIMESTAMPING_KERNEL");
+        assert_eq!(v["network_rtt_ns"], 45_300);
+        assert_eq!(v.as_object().unwrap().len(), 20 + 1);
+    }
+
+    #[test]
+    fn unknown_enum_value_stays_a_number() {
+        let mut p = probe("a", "b", 1);
+        p.t4_source = 99;
+        let v = parse(pb::Record {
+            kind: Some(Kind::Probe(p)),
+        });
+        assert_eq!(v["t4_source"], 99);
+    }
+
+    #[test]
+    fn record_without_kind_has_no_line() {
+        assert!(line(&pb::Record { kind: None }).is_none());
+    }
+}
