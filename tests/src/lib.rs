@@ -5,6 +5,7 @@
 //! Everything lives in namespaces this harness creates, addressed from 198.18.0.0/15 and
 //! fd00::/8 only.
 
+pub mod agent;
 pub mod capture;
 pub mod child;
 pub mod craft;

@@ -703,3 +703,42 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
         std::thread::sleep(every);
     }
 }
+
+/// Drops every TCP segment to or from `port` in a namespace (nftables `output` and `input`
+/// hooks): a service that becomes unreachable without being stopped. Dropping the guard
+/// removes the table.
+pub struct TcpBlock {
+    ns: NsHandle,
+    table: String,
+}
+
+impl TcpBlock {
+    pub fn install(ns: &Netns, port: u16) -> Result<TcpBlock> {
+        let table = format!("meshprobe_block_{port}");
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}\n\
+             add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n\
+             add rule inet {table} out tcp dport {port} counter drop\n\
+             add rule inet {table} in tcp sport {port} counter drop\n"
+        );
+        let dir = TempDir::new("nft")?;
+        let path = dir.path().join("block.nft");
+        std::fs::write(&path, script)?;
+        ns.run(["nft", "-f", &path.to_string_lossy()])
+            .with_context(|| format!("blocking tcp port {port} in {}", ns.name()))?;
+        Ok(TcpBlock {
+            ns: NsHandle::of(ns),
+            table,
+        })
+    }
+}
+
+impl Drop for TcpBlock {
+    fn drop(&mut self) {
+        let cmd = self
+            .ns
+            .command(["nft", "delete", "table", "inet", &self.table]);
+        let _ = run_with_timeout(cmd, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,226 @@
+//! Issue 3: three agents in three namespaces register with ZooKeeper, discover each other
+//! within 2 s and stream window summaries to the broker; `meshprobe consume` decodes them and
+//! the network RTT of every pair agrees with the delay injected on its links.
+//!
+//! Delays: `meshprobe delay --udp-port 862` on the core-side end of each node's link (egress
+//! of `veth-c<i>`, the bridge port towards node i), so everything STAMP sent *to* node i is
+//! held d_i: requests to i's reflector (dport 862) and replies to i's sender (sport 862).
+//! Probing i -> j therefore sees d_j on the request and d_i on the reply: RTT(i,j) = d_i + d_j,
+//! with d = 100/200/400 µs -> 300, 500, 600 µs. Holding on the core side keeps the delay
+//! element off the interfaces the agents stamp on (so its program cannot run before theirs),
+//! and the port filter keeps ZooKeeper/Kafka traffic undelayed.
+//!
+//! Like the core delay test, the assertion is on the added delay: median of the per-window
+//! p50s with the delays minus the same without (the bridge path itself costs some µs), within
+//! 20 µs of the injected RTT.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use meshprobe_tests::agent::{Lab, num, num2, summary_key};
+use meshprobe_tests::stats::{median, us};
+use meshprobe_tests::topo::Family;
+
+const DELAYS_US: [i64; 3] = [100, 200, 400];
+const TOLERANCE_NS: i64 = 20_000;
+const DISCOVERY_BOUND: Duration = Duration::from_secs(2);
+
+/// Every agent in `nodes` printed peer_added for every other within 2 s of the later of the
+/// two ready lines.
+fn check_discovery(lab: &mut Lab, nodes: &[usize]) -> Result<()> {
+    for &a in nodes {
+        for &b in nodes {
+            if a == b {
+                continue;
+            }
+            let id_b = Lab::node_id(b);
+            let ready_b = lab.agent(b).ready_at().context("no ready line")?;
+            let ready_a = lab.agent(a).ready_at().context("no ready line")?;
+            let t_ref = ready_a.max(ready_b);
+            let ev = lab
+                .agent_mut(a)
+                .wait_for(Duration::from_secs(10), |e| {
+                    e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
+                })
+                .with_context(|| format!("{} never reported peer_added {id_b}", Lab::node_id(a)))?;
+            let late = ev.at.saturating_duration_since(t_ref);
+            eprintln!(
+                "{} added {id_b} {late:?} after both were ready: {}",
+                Lab::node_id(a),
+                ev.v
+            );
+            ensure!(
+                late <= DISCOVERY_BOUND,
+                "{} reported peer_added {id_b} {late:?} after both agents were ready (bound \
+                 {DISCOVERY_BOUND:?})",
+                Lab::node_id(a)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn injected_rtt_ns(i: usize, j: usize) -> i64 {
+    (DELAYS_US[i] + DELAYS_US[j]) * 1000
+}
+
+fn run(test: &str, family: Family) -> Result<()> {
+    let Some(mut lab) = Lab::acquire(test, 3, family, true, true)? else {
+        return Ok(());
+    };
+    let t0 = Instant::now();
+    for i in 0..3 {
+        lab.start_agent(i)?;
+    }
+    check_discovery(&mut lab, &[0, 1, 2])?;
+
+    // Baseline windows: complete before the delays are attached.
+    let b0 = lab.max_window_seq();
+    lab.wait_pairs_measured(&[0, 1, 2], b0 + 2, Duration::from_secs(20))?;
+    let base_last = lab.max_window_seq();
+
+    let mut delays = Vec::new();
+    for (i, d) in DELAYS_US.iter().enumerate() {
+        let iface = lab.mesh.core_if(i);
+        delays.push(lab.env.mp.delay(
+            lab.mesh.core(),
+            &iface,
+            &format!("{d}us"),
+            &["--udp-port", "862"],
+        )?);
+    }
+    // The window in progress now (or the next, if the last one is not printed yet) is mixed.
+    let first_delayed = lab.max_window_seq() + 3;
+    lab.wait_pairs_measured(&[0, 1, 2], first_delayed + 2, Duration::from_secs(30))?;
+    let last_checked = lab.max_window_seq();
+    lab.stop_agents(Duration::from_secs(15))?;
+    drop(delays);
+
+    let stdout: Vec<_> = lab.stdout_summaries();
+    let consumed = lab.consume(&["--kind", "summary"])?;
+    let consumed: Vec<_> = consumed
+        .into_iter()
+        .filter(|v| v["type"] == "summary")
+        .collect();
+    eprintln!(
+        "{} summaries on stdout, {} consumed ({} windows {}..={}), baseline <= {base_last}, \
+         delayed {first_delayed}..={last_checked}",
+        stdout.len(),
+        consumed.len(),
+        family.label(),
+        b0,
+        last_checked
+    );
+
+    // What was consumed is what the agents printed.
+    let out_keys: BTreeSet<_> = stdout.iter().map(summary_key).collect();
+    let in_keys: BTreeSet<_> = consumed.iter().map(summary_key).collect();
+    ensure!(
+        in_keys.len() == consumed.len(),
+        "duplicate summaries consumed: {} records, {} distinct",
+        consumed.len(),
+        in_keys.len()
+    );
+    let not_consumed: Vec<_> = out_keys.difference(&in_keys).collect();
+    let not_printed: Vec<_> = in_keys.difference(&out_keys).collect();
+    ensure!(
+        not_consumed.is_empty() && not_printed.is_empty(),
+        "stdout and topic differ: printed but not consumed {not_consumed:?}; consumed but not \
+         printed {not_printed:?}"
+    );
+
+    let mut failures = Vec::new();
+    for i in 0..3 {
+        for j in 0..3 {
+            if i == j {
+                continue;
+            }
+            let (src, dst) = (Lab::node_id(i), Lab::node_id(j));
+            let pair: Vec<_> = consumed
+                .iter()
+                .filter(|v| v["src"] == src.as_str() && v["dst"] == dst.as_str())
+                .collect();
+            let p50s = |lo: u64, hi: u64| -> Vec<i64> {
+                pair.iter()
+                    .filter(|v| {
+                        let s = num(v, "window_seq");
+                        s >= lo && s <= hi && num(v, "received") > 0
+                    })
+                    .filter_map(|v| num2(v, "network_rtt_ns", "p50"))
+                    .collect()
+            };
+            let base = p50s(b0 + 1, base_last);
+            let delayed = p50s(first_delayed, last_checked);
+            let lost: u64 = pair
+                .iter()
+                .filter(|v| num(v, "window_seq") <= last_checked)
+                .map(|v| num(v, "lost"))
+                .sum();
+            let sent: u64 = pair.iter().map(|v| num(v, "sent")).sum();
+            let ts: BTreeSet<_> = pair.iter().map(|v| v["timestamping"].to_string()).collect();
+            let (Some(mb), Some(md)) = (median(&base), median(&delayed)) else {
+                failures.push(format!(
+                    "{src}->{dst}: no consumed windows (baseline {base:?}, delayed {delayed:?})"
+                ));
+                continue;
+            };
+            let injected = injected_rtt_ns(i, j);
+            let added = md - mb;
+            eprintln!(
+                "{src}->{dst}: p50 baseline {} ({} windows), delayed {} ({} windows: {:?}), \
+                 added {} vs injected {}; sent {sent}, lost {lost}, timestamping {ts:?}",
+                us(mb),
+                base.len(),
+                us(md),
+                delayed.len(),
+                delayed.iter().map(|&p| us(p)).collect::<Vec<_>>(),
+                us(added),
+                us(injected)
+            );
+            if (added - injected).abs() > TOLERANCE_NS {
+                failures.push(format!(
+                    "{src}->{dst}: added RTT {} differs from the injected {} by more than {}",
+                    us(added),
+                    us(injected),
+                    us(TOLERANCE_NS)
+                ));
+            }
+            if lost > 0 {
+                failures.push(format!("{src}->{dst}: {lost} probes lost"));
+            }
+        }
+    }
+    // Every window of every pair after discovery is present and contiguous on the topic.
+    let mut seqs: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for (s, d, w) in &in_keys {
+        seqs.entry((s.clone(), d.clone())).or_default().push(*w);
+    }
+    for ((s, d), w) in &seqs {
+        let (lo, hi) = (w[0], w[w.len() - 1]);
+        if (hi - lo + 1) as usize != w.len() {
+            failures.push(format!("{s}->{d}: window_seq not contiguous: {w:?}"));
+        }
+    }
+    eprintln!("{test}: {:?}", t0.elapsed());
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
+#[test]
+fn agents_discover_each_other_and_measure_injected_delays_ipv4() -> Result<()> {
+    run(
+        "agents_discover_each_other_and_measure_injected_delays_ipv4",
+        Family::V4,
+    )
+}
+
+#[test]
+fn agents_discover_each_other_and_measure_injected_delays_ipv6() -> Result<()> {
+    run(
+        "agents_discover_each_other_and_measure_injected_delays_ipv6",
+        Family::V6,
+    )
+}
