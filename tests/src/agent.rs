@@ -185,6 +185,9 @@ pub struct Agent {
     /// The ready line, once seen.
     pub ready: Option<Value>,
     pub started: Instant,
+    /// The admin address configured (MESHPROBE_ADMIN_LISTEN / --admin-listen), for before the
+    /// ready line.
+    admin_hint: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -245,7 +248,15 @@ impl Agent {
                 }
             }
         });
+        let admin_hint = cfg
+            .args
+            .iter()
+            .position(|a| a == "--admin-listen")
+            .and_then(|p| cfg.args.get(p + 1))
+            .or(cfg.env.get("MESHPROBE_ADMIN_LISTEN"))
+            .and_then(|s| s.parse().ok());
         Ok(Agent {
+            admin_hint,
             node_id: node_id.to_string(),
             label,
             ns_name: ns.name().to_string(),
@@ -469,12 +480,22 @@ impl Agent {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// The admin address from the ready line, with an unspecified IP replaced by loopback.
+    /// The admin address from the ready line (before it: the configured one), with an
+    /// unspecified IP replaced by loopback.
     pub fn admin_addr(&self) -> Result<SocketAddr> {
-        let ready = self
-            .ready
-            .as_ref()
-            .ok_or_else(|| anyhow!("{}: not ready yet", self.label))?;
+        let ready = match (&self.ready, self.admin_hint) {
+            (Some(r), _) => r,
+            (None, Some(mut sa)) => {
+                if sa.ip().is_unspecified() {
+                    sa.set_ip(Ipv4Addr::LOCALHOST.into());
+                }
+                return Ok(sa);
+            }
+            (None, None) => bail!(
+                "{}: not ready yet, and no admin address configured",
+                self.label
+            ),
+        };
         let s = ready["admin"]
             .as_str()
             .ok_or_else(|| anyhow!("{}: ready line has no admin address: {ready}", self.label))?;
@@ -505,9 +526,17 @@ impl Agent {
         Ok(body)
     }
 
-    /// Sum of every sample of metric `name` (any labels) on /metrics; `None` if absent.
+    /// Sum of every sample of metric `name` (any labels; a counter's `name_total` too) on
+    /// /metrics; `None` if absent.
     pub fn metric(&self, name: &str) -> Result<Option<f64>> {
-        Ok(metric_sum(&self.metrics()?, name))
+        let text = self.metrics()?;
+        Ok(metric_sum(&text, name).or_else(|| metric_sum(&text, &format!("{name}_total"))))
+    }
+
+    /// [`Agent::metric`], an error if the agent does not export it.
+    pub fn metric_value(&self, name: &str) -> Result<f64> {
+        self.metric(name)?
+            .ok_or_else(|| anyhow!("{}: /metrics has no {name}", self.label))
     }
 }
 

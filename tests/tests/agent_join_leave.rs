@@ -1,0 +1,175 @@
+//! Issue 3: a fourth agent joins and is probed by all within 2 s of registering; one agent
+//! leaves (SIGTERM) and the others drop it without loss alarms.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, num};
+use meshprobe_tests::topo::Family;
+
+const DISCOVERY_BOUND: Duration = Duration::from_secs(2);
+
+fn wait_peer_added(lab: &mut Lab, a: usize, b: usize) -> Result<Instant> {
+    let id_b = Lab::node_id(b);
+    let ev = lab
+        .agent_mut(a)
+        .wait_for(Duration::from_secs(10), |e| {
+            e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
+        })
+        .with_context(|| format!("{} never reported peer_added {id_b}", Lab::node_id(a)))?;
+    Ok(ev.at)
+}
+
+#[test]
+fn fourth_agent_is_probed_within_2s_and_a_leaving_agent_raises_no_loss() -> Result<()> {
+    let test = "fourth_agent_is_probed_within_2s_and_a_leaving_agent_raises_no_loss";
+    let Some(mut lab) = Lab::acquire(test, 3, Family::V4, true, false)? else {
+        return Ok(());
+    };
+    let t0 = Instant::now();
+    for i in 0..3 {
+        lab.start_agent(i)?;
+    }
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                wait_peer_added(&mut lab, a, b)?;
+            }
+        }
+    }
+    let s0 = lab.max_window_seq();
+    lab.wait_pairs_measured(&[0, 1, 2], s0 + 1, Duration::from_secs(15))?;
+
+    // Join: node 3. Its registration time is when its znode is first seen (polled every 20 ms
+    // from the core namespace); the others must report it within 2 s of that.
+    let n3 = lab.mesh.add_node()?;
+    let id3 = Lab::node_id(n3);
+    let cfg = lab.config(n3);
+    let spawned = Instant::now();
+    {
+        // Start without waiting for the ready line, so the znode poll below is not delayed.
+        let a = meshprobe_tests::agent::Agent::spawn(lab.bin(), lab.mesh.node(n3), &id3, &cfg)?;
+        lab.agents.insert(n3, a);
+    }
+    let mut registered = None;
+    while spawned.elapsed() < Duration::from_secs(30) {
+        if lab.zk().ls(HEARTBEAT_PATH)?.contains(&id3) {
+            registered = Some(Instant::now());
+            break;
+        }
+        if !lab.agent_mut(n3).is_running() {
+            let a = lab.agent(n3);
+            bail!("{} exited; stderr:\n{}", a.label(), a.stderr_tail(40));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let registered = registered
+        .with_context(|| format!("{id3} not registered under {HEARTBEAT_PATH} within 30 s"))?;
+    let ready = lab.agent_mut(n3).wait_ready(Duration::from_secs(20))?;
+    let stderr = lab.agent(n3).stderr_tail(20);
+    lab.env
+        .mp
+        .check_timestamping(&format!("agent {id3}"), &ready, &stderr)?;
+    eprintln!("{id3} registered {:?} after spawn", registered - spawned);
+    for a in 0..3 {
+        let at = wait_peer_added(&mut lab, a, n3)?;
+        let late = at.saturating_duration_since(registered);
+        eprintln!(
+            "{} added {id3} {late:?} after its registration",
+            Lab::node_id(a)
+        );
+        ensure!(
+            late <= DISCOVERY_BOUND,
+            "{} reported peer_added {id3} {late:?} after it registered (bound {DISCOVERY_BOUND:?})",
+            Lab::node_id(a)
+        );
+    }
+    for b in 0..3 {
+        wait_peer_added(&mut lab, n3, b)?;
+    }
+    // Its pairs appear in summaries, both directions.
+    let s1 = lab.max_window_seq();
+    lab.wait_pairs_measured(&[0, 1, 2, n3], s1, Duration::from_secs(15))?;
+
+    // Leave: node 1, gracefully.
+    let leaver = 1;
+    let id1 = Lab::node_id(leaver);
+    let marks: Vec<_> = [0, 2, n3]
+        .iter()
+        .map(|&i| (i, lab.agent(i).mark()))
+        .collect();
+    let left_at = Instant::now();
+    lab.agent_mut(leaver).sigterm()?;
+    let st = lab.agent_mut(leaver).wait_exit(Duration::from_secs(15))?;
+    ensure!(
+        st.success(),
+        "{id1} exited {st} after SIGTERM; stderr:\n{}",
+        lab.agent(leaver).stderr_tail(40)
+    );
+    eprintln!("{id1} exited {:?} after SIGTERM", left_at.elapsed());
+    ensure!(
+        !lab.zk().ls(HEARTBEAT_PATH)?.contains(&id1),
+        "{id1}'s znode is still there after it exited"
+    );
+    for &(i, mark) in &marks {
+        let ev = lab
+            .agent_mut(i)
+            .wait_for_since(mark, Duration::from_secs(15), |e| {
+                e.kind() == "peer_removed" && e.v["node_id"] == id1.as_str()
+            })
+            .with_context(|| format!("{} never reported peer_removed {id1}", Lab::node_id(i)))?;
+        eprintln!(
+            "{} removed {id1} {:?} after SIGTERM",
+            Lab::node_id(i),
+            ev.at - left_at
+        );
+    }
+    // Two more windows, then no summary towards the leaver may show loss, and none may come
+    // after its peer_removed.
+    let s2 = lab.max_window_seq();
+    lab.wait_pairs_measured(&[0, 2, n3], s2 + 2, Duration::from_secs(15))?;
+    let mut failures = Vec::new();
+    for &(i, _) in &marks {
+        let a = lab.agent(i);
+        let towards: Vec<_> = a
+            .summaries()
+            .into_iter()
+            .filter(|s| s["dst"] == id1.as_str())
+            .collect();
+        ensure!(
+            !towards.is_empty(),
+            "{} printed no summary towards {id1}",
+            a.node_id
+        );
+        for s in &towards {
+            if num(s, "lost") > 0 {
+                failures.push(format!("{} -> {id1}: false loss alarm: {s}", a.node_id));
+            }
+        }
+        let last = towards.last().expect("not empty");
+        eprintln!(
+            "{} -> {id1}: {} summaries, last window {} peer_left={} sent {} received {} lost {}",
+            a.node_id,
+            towards.len(),
+            num(last, "window_seq"),
+            last["peer_left"],
+            num(last, "sent"),
+            num(last, "received"),
+            num(last, "lost")
+        );
+        // The others keep measuring each other without loss meanwhile.
+        for s in a.summaries() {
+            if s["dst"] != id1.as_str() && num(&s, "lost") > 0 {
+                failures.push(format!(
+                    "{} : loss between remaining agents: {s}",
+                    a.node_id
+                ));
+            }
+        }
+    }
+    eprintln!("{test}: {:?}", t0.elapsed());
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
