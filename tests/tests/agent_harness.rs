@@ -164,3 +164,48 @@ fn tansu_starts_creates_topics_and_restarts() -> Result<()> {
     }
     Ok(())
 }
+
+/// The delay placement of agent_mesh: `meshprobe delay --udp-port 862` on the core-side ends
+/// of both links holds the request (towards the reflector) and the reply (towards the
+/// sender), so the added RTT is d_sender + d_reflector.
+#[test]
+fn mesh_core_side_delays_add_up_per_pair() -> Result<()> {
+    let test = "mesh_core_side_delays_add_up_per_pair";
+    let Some(env) = meshprobe_tests::TestEnv::acquire(test, &["ping"])? else {
+        return Ok(());
+    };
+    let m = Mesh::new(2)?;
+    let _refl = env.mp.reflect(m.node(1), &[])?;
+    let peer = m.node_ip(1, Family::V4).to_string();
+    let args = [peer.as_str(), "-c", "100", "-i", "5ms", "-W", "200ms"];
+    let median_rtt = |run: &meshprobe_tests::PingRun| {
+        meshprobe_tests::stats::median(&run.network_rtts()).unwrap_or(0)
+    };
+    let base = env.mp.ping(m.node(0), &args, Duration::from_secs(30))?;
+    let d0 = env
+        .mp
+        .delay(m.core(), &m.core_if(0), "100us", &["--udp-port", "862"])?;
+    let d1 = env
+        .mp
+        .delay(m.core(), &m.core_if(1), "200us", &["--udp-port", "862"])?;
+    let delayed = env.mp.ping(m.node(0), &args, Duration::from_secs(30))?;
+    drop((d0, d1));
+    let (b, d) = (median_rtt(&base), median_rtt(&delayed));
+    eprintln!(
+        "baseline {} delayed {} added {}",
+        meshprobe_tests::stats::us(b),
+        meshprobe_tests::stats::us(d),
+        meshprobe_tests::stats::us(d - b)
+    );
+    ensure!(
+        delayed.summary()?.received == 100,
+        "{:?}",
+        delayed.summary()?
+    );
+    ensure!(
+        ((d - b) - 300_000).abs() <= 20_000,
+        "added {} ns, want 300 µs ± 20",
+        d - b
+    );
+    Ok(())
+}
