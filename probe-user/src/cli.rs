@@ -45,6 +45,10 @@ enum Cmd {
     Ping(PingArgs),
     /// Lab/test delay element (no netem here): hold each packet on an interface for a time.
     Delay(DelayArgs),
+    #[cfg(any())]
+    Agent(crate::agent::AgentArgs),
+    /// Read the Kafka topic and print decoded records (table or JSON lines).
+    Consume(crate::consume::ConsumeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -163,7 +167,22 @@ fn announce(json: bool, ready: Ready<'_>) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    // The agent's TOML file supplies defaults below flags and environment.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    #[cfg(any())]
+    let cmd = match crate::agent::config::with_file_defaults(Cli::command(), &argv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meshprobe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cmd = Cli::command();
+    let cli = match Cli::from_arg_matches(&cmd.get_matches_from(argv)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESHPROBE_LOG")
@@ -186,6 +205,11 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        #[cfg(any())]
+        Err(e) if e.downcast_ref::<crate::agent::ConfigError>().is_some() => {
+            eprintln!("meshprobe: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("meshprobe: {e:#}");
             ExitCode::FAILURE
@@ -198,6 +222,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Reflect(a) => reflect(a).await,
         Cmd::Ping(a) => ping(a).await,
         Cmd::Delay(a) => delay(a).await,
+        #[cfg(any())]
+        Cmd::Agent(a) => crate::agent::run(a, stop_signal()?).await,
+        Cmd::Consume(a) => crate::consume::run(a).await,
     }
 }
 
@@ -242,6 +269,7 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
     let opts = ReflectorOptions {
         listen: SocketAddr::new(a.listen, a.port),
         think_time: a.think_time,
+        live: None,
     };
     let sock = reflector::bind(&opts, &st)?;
     announce(

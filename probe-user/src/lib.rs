@@ -1,9 +1,14 @@
 //! meshprobe: kernel-timestamped STAMP (RFC 8762/8972) latency probing.
 pub mod cli;
+#[cfg(any())] // WIP: enabled once discovery lands
+pub mod agent;
 pub mod clock;
+pub mod consume;
+pub mod discovery;
 pub mod ebpf;
 pub mod net;
 pub mod probe;
+pub mod sink;
 pub mod stats;
 pub mod wire;
 

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use probe_common::port;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::debug;
@@ -19,6 +20,42 @@ pub struct ReflectorOptions {
     pub listen: SocketAddr,
     /// Test aid: wait this long between receiving and answering.
     pub think_time: Option<Duration>,
+    /// Counters that scrapes read while the reflector runs (the agent's /metrics).
+    pub live: Option<LiveCounters>,
+}
+
+/// Prometheus counters mirroring `ReflectorStats` as it changes.
+#[derive(Clone, Default, Debug)]
+pub struct LiveCounters {
+    pub requests: Counter,
+    pub replies: Counter,
+    pub malformed: Counter,
+    pub send_errors: Counter,
+}
+
+impl LiveCounters {
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "meshprobe_reflector_requests",
+            "STAMP requests received",
+            self.requests.clone(),
+        );
+        r.register(
+            "meshprobe_reflector_replies",
+            "STAMP replies sent",
+            self.replies.clone(),
+        );
+        r.register(
+            "meshprobe_reflector_malformed",
+            "Requests not answered: too short or not STAMP",
+            self.malformed.clone(),
+        );
+        r.register(
+            "meshprobe_reflector_send_errors",
+            "Replies the kernel refused to send",
+            self.send_errors.clone(),
+        );
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -85,12 +122,18 @@ pub async fn run(
             }
         };
         stats.requests += 1;
+        if let Some(l) = &opts.live {
+            l.requests.inc();
+        }
         let payload = &buf[..rx.len];
         let req = match SenderPacket::decode_lenient(payload) {
             Ok(r) => r,
             Err(e) => {
                 debug!("malformed request from {}: {e}", rx.from);
                 stats.malformed += 1;
+                if let Some(l) = &opts.live {
+                    l.malformed.inc();
+                }
                 continue;
             }
         };
@@ -121,10 +164,18 @@ pub async fn run(
         out.clear();
         reply.encode(&mut out);
         match sock.send_to(&out, rx.from).await {
-            Ok(_) => stats.replies += 1,
+            Ok(_) => {
+                stats.replies += 1;
+                if let Some(l) = &opts.live {
+                    l.replies.inc();
+                }
+            }
             Err(e) => {
                 debug!("reply to {}: {e}", rx.from);
                 stats.send_errors += 1;
+                if let Some(l) = &opts.live {
+                    l.send_errors.inc();
+                }
             }
         }
     }

@@ -10,12 +10,12 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{StampSource, Stamping, emit_json, fmt_ns, rx_time};
+use super::{ReplyContext, StampSource, Stamping, emit_json, fmt_ns, measure};
 use crate::{
     clock,
     net::ProbeSocket,
     stats::{ReplyKind, SeqTracker, SessionStats},
-    wire::{self, ReflectorPacket, SenderPacket, Timestamp, TimestampFormat},
+    wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
 
 #[derive(Clone, Debug)]
@@ -206,35 +206,18 @@ pub async fn run_session(
                 for (k, t) in sock.drain_tx_stamps() {
                     tx_stamps.insert(k, t);
                 }
-                // T1: the TC egress stamp echoed by the reflector. (The driver's TX software
-                // stamp is not used when TC stamps exist: on veth it comes after the packet
-                // taps, whose work it then includes.) Socket mode: the TX software stamp.
-                let (t1, t1_source) = if kernel && !rep.sender_timestamp.is_zero() {
-                    (rep.sender_timestamp.to_ns(TimestampFormat::Ptp), StampSource::Tc)
-                } else {
-                    match tx_stamps.remove(&p.tx_key) {
-                        Some(rt) => (st.realtime_to_tai(rt), StampSource::TxSoftware),
-                        None => (p.app_tx_tai, StampSource::App),
-                    }
-                };
-                // T2, T3: the reflector's clock, in the format its Error Estimate announces.
-                let fmt = rep.error_estimate.format();
-                let t2 = rep.receive_timestamp.to_ns(fmt);
-                let t3 = rep.timestamp.to_ns(fmt);
-                // T4: in-band block, else the fallback map, else the socket stamp.
-                let (mut t4, mut t4_source) =
-                    rx_time(&st, wire::reply_rx_stamp(payload), rx.rx_sw_realtime_ns, app_rx);
-                if kernel
-                    && matches!(t4_source, StampSource::Socket | StampSource::App)
-                    && let Some(b) = st.kernel().and_then(|mut k| k.take_t4(lport, rseq))
-                {
-                    t4 = crate::wire::rx_stamp_from_block(&b).tai_ns;
-                    t4_source = StampSource::Map;
-                }
-                let network = (t4 as i64 - t1 as i64) - (t3 as i64 - t2 as i64);
-                let turnaround = t3 as i64 - t2 as i64;
-                let app_rtt = app_rx as i64 - p.app_tx_tai as i64;
-                let overhead = app_rtt - (t4 as i64 - t1 as i64);
+                let m = measure(&st, &rep, &ReplyContext {
+                    payload,
+                    rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
+                    app_tx_tai: p.app_tx_tai,
+                    app_rx_tai: app_rx,
+                    tx_sw_realtime_ns: tx_stamps.remove(&p.tx_key),
+                    t4_map_key: Some((lport, rseq)),
+                });
+                let (t1, t2, t3, t4) = (m.t1, m.t2, m.t3, m.t4);
+                let (t1_source, t4_source) = (m.t1_source, m.t4_source);
+                let (network, turnaround, app_rtt, overhead) =
+                    (m.network_rtt, m.turnaround, m.app_rtt, m.stack_overhead);
                 stats.received += 1;
                 stats.network_rtt.record(network);
                 stats.turnaround.record(turnaround);

@@ -1,5 +1,7 @@
 //! Per-peer statistics: HDR histograms of the four delay figures, and loss, duplicate and
 //! reordering accounting by sequence number.
+pub mod window;
+
 use std::collections::{BTreeMap, HashSet};
 
 use hdrhistogram::Histogram;

@@ -1,0 +1,662 @@
+//! The agent's Session-Sender for every peer at once: one UDP socket (one port registered
+//! with the TC programs), one task, a timer heap. Memory per peer is fixed (sequence ring,
+//! bounded in-flight queue, window statistics), so it stays flat with uptime.
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use probe_common::port;
+use rand::Rng as _;
+use serde::Serialize;
+use tokio::{sync::watch, time::Instant};
+use tracing::{debug, info, warn};
+
+use super::metrics::{PeerLabel, ProbeMetrics};
+use crate::{
+    clock,
+    discovery::{Peer, PeerMap},
+    net::ProbeSocket,
+    pb,
+    probe::{ReplyContext, StampSource, Stamping, emit_json, measure},
+    sink::Sinks,
+    stats::{
+        ReplyKind,
+        window::{SeqRing, WindowStats},
+    },
+    wire::{ReflectorPacket, SenderPacket, Timestamp},
+};
+
+#[derive(Clone, Debug)]
+pub struct ProberOptions {
+    pub node_id: String,
+    pub zone: String,
+    pub interval: Duration,
+    /// ± percent of the interval, so agents do not synchronise.
+    pub jitter_pct: u8,
+    pub timeout: Duration,
+    /// UDP payload sizes, used in turn.
+    pub sizes: Vec<usize>,
+    pub window: Duration,
+    /// How long a departed peer's state is kept.
+    pub grace: Duration,
+    /// Random id of this process run.
+    pub instance: String,
+    /// Print peer_added/peer_removed events as JSON lines.
+    pub json_events: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProberError {
+    #[error("sender socket: {0}")]
+    Socket(std::io::Error),
+    #[error("registering sender port {port} with the TC programs: {source}")]
+    Register {
+        port: u16,
+        source: crate::ebpf::EbpfError,
+    },
+}
+
+struct Pending {
+    seq: u32,
+    app_tx_tai: u64,
+    deadline: Instant,
+    tx_key: u32,
+    done: bool,
+}
+
+struct PeerState {
+    peer: Peer,
+    ssid: u16,
+    ring: SeqRing,
+    /// In flight, in sequence order; at most timeout/interval + 1 long.
+    pending: VecDeque<Pending>,
+    win: WindowStats,
+    label: PeerLabel,
+    /// Left the membership at this instant: no new probes, no loss counted.
+    leaving: Option<Instant>,
+    /// Invalidates queued send events when the schedule restarts.
+    send_gen: u32,
+    left_reported: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Send { generation: u32 },
+    Timeout,
+}
+
+#[derive(Serialize)]
+struct PeerEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    node_id: &'a str,
+    address: String,
+    zone: &'a str,
+}
+
+pub struct Prober {
+    opts: ProberOptions,
+    st: Stamping,
+    sinks: Arc<Sinks>,
+    metrics: Arc<ProbeMetrics>,
+    peers: HashMap<u64, PeerState>,
+    by_node: HashMap<String, u64>,
+    by_ssid: HashMap<u16, u64>,
+    by_addr: HashMap<SocketAddr, u64>,
+    heap: BinaryHeap<Reverse<(Instant, u64, Ev)>>,
+    next_id: u64,
+    next_ssid: u16,
+    tx_stamps: HashMap<u32, u64>,
+    tx_key: u32,
+    ee: crate::wire::ErrorEstimate,
+    out: Vec<u8>,
+    window_seq: u64,
+}
+
+/// Binds the sender socket: dual stack when the host has IPv6, else IPv4 only.
+fn bind_sender(kernel: bool) -> std::io::Result<ProbeSocket> {
+    // Socket mode takes T1 from TX software stamps; kernel mode from TC.
+    ProbeSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), !kernel).or_else(
+        |_| ProbeSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), !kernel),
+    )
+}
+
+fn window_index(tai_ns: u64, window: Duration) -> u64 {
+    tai_ns / window.as_nanos() as u64
+}
+
+impl Prober {
+    pub fn new(
+        opts: ProberOptions,
+        st: Stamping,
+        sinks: Arc<Sinks>,
+        metrics: Arc<ProbeMetrics>,
+    ) -> Self {
+        let ee = st.error_estimate();
+        Self {
+            window_seq: window_index(clock::tai_now_ns(), opts.window),
+            opts,
+            st,
+            sinks,
+            metrics,
+            peers: HashMap::new(),
+            by_node: HashMap::new(),
+            by_ssid: HashMap::new(),
+            by_addr: HashMap::new(),
+            heap: BinaryHeap::new(),
+            next_id: 0,
+            next_ssid: rand::rng().random_range(1..=u16::MAX),
+            tx_stamps: HashMap::new(),
+            tx_key: 0,
+            ee,
+            out: Vec::with_capacity(2048),
+        }
+    }
+
+    /// Probes the peers in `members` until `stop`; then waits for replies in flight (at most
+    /// one timeout) and emits the last, partial window.
+    pub async fn run(
+        mut self,
+        mut members: watch::Receiver<PeerMap>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), ProberError> {
+        let sock = bind_sender(self.st.is_kernel()).map_err(ProberError::Socket)?;
+        let lport = sock.local_addr().map_err(ProberError::Socket)?.port();
+        self.st
+            .set_port(lport, port::SENDER)
+            .map_err(|source| ProberError::Register {
+                port: lport,
+                source,
+            })?;
+        let mut buf = vec![0u8; crate::wire::MAX_PACKET_LEN + 1];
+        let initial = members.borrow_and_update().clone();
+        self.apply_members(&initial);
+        let mut window_end = self.window_deadline();
+        let mut stopping: Option<Instant> = None;
+        // A static peer list never changes: its sender is gone, so stop polling it.
+        let mut members_open = true;
+        loop {
+            let next_ev = self.heap.peek().map(|Reverse((t, _, _))| *t);
+            if let Some(until) = stopping {
+                let in_flight = self.peers.values().any(|p| p.pending.iter().any(|q| !q.done));
+                if !in_flight || Instant::now() >= until {
+                    break;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed(), if stopping.is_none() => {
+                    // No new probes; give the ones in flight their timeout.
+                    stopping = Some(Instant::now() + self.opts.timeout);
+                    for p in self.peers.values_mut() {
+                        p.send_gen = p.send_gen.wrapping_add(1);
+                    }
+                }
+                r = sock.recv(&mut buf) => {
+                    let app_rx = clock::tai_now_ns();
+                    match r {
+                        Ok(rx) => self.on_reply(&sock, &buf[..rx.len], rx, app_rx),
+                        Err(e) => debug!("sender socket: {e}"),
+                    }
+                }
+                r = members.changed(), if members_open && stopping.is_none() => {
+                    if r.is_ok() {
+                        let m = members.borrow_and_update().clone();
+                        self.apply_members(&m);
+                    } else {
+                        members_open = false;
+                    }
+                }
+                _ = tokio::time::sleep_until(window_end) => {
+                    // Monotonic and TAI clocks may disagree by a hair: close only once the
+                    // TAI clock is past the boundary.
+                    if clock::tai_now_ns() >= self.window_end_tai() {
+                        self.close_window();
+                    }
+                    window_end = self.window_deadline();
+                }
+                _ = sleep_until_opt(next_ev), if next_ev.is_some() => {
+                    self.run_due(&sock, stopping.is_some()).await;
+                }
+                _ = sleep_until_opt(stopping), if stopping.is_some() => {}
+            }
+        }
+        // The last, partial window: nothing measured is left unreported.
+        self.close_window();
+        if let Err(e) = self.st.set_port(lport, 0) {
+            warn!("unregistering sender port {lport}: {e}");
+        }
+        Ok(())
+    }
+
+    /// TAI time at which the window being filled ends.
+    fn window_end_tai(&self) -> u64 {
+        (self.window_seq + 1) * self.opts.window.as_nanos() as u64
+    }
+
+    /// The monotonic instant of that end.
+    fn window_deadline(&self) -> Instant {
+        let now = clock::tai_now_ns();
+        Instant::now() + Duration::from_nanos(self.window_end_tai().saturating_sub(now))
+    }
+
+    fn alloc_ssid(&mut self) -> u16 {
+        loop {
+            let s = self.next_ssid;
+            self.next_ssid = self.next_ssid.wrapping_add(1).max(1);
+            if !self.by_ssid.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    fn jittered(&self, base: Duration) -> Duration {
+        let j = f64::from(self.opts.jitter_pct) / 100.0;
+        if j == 0.0 {
+            return base;
+        }
+        base.mul_f64(1.0 + rand::rng().random_range(-j..=j))
+    }
+
+    fn event(&self, kind: &'static str, p: &Peer) {
+        info!(
+            "{}: {} at {}",
+            kind.replace('_', " "),
+            p.node_id,
+            p.addr
+        );
+        if self.opts.json_events {
+            emit_json(&PeerEvent {
+                kind,
+                node_id: &p.node_id,
+                address: p.addr.to_string(),
+                zone: &p.zone,
+            });
+        }
+    }
+
+    fn apply_members(&mut self, m: &PeerMap) {
+        let now = Instant::now();
+        // Departures (and address changes, which start a new session).
+        let gone: Vec<u64> = self
+            .by_node
+            .iter()
+            .filter(|(node, id)| match m.get(*node) {
+                None => self.peers[*id].leaving.is_none(),
+                Some(p) => p.addr != self.peers[*id].peer.addr,
+            })
+            .map(|(_, id)| *id)
+            .collect();
+        for id in gone {
+            let moved = self.peers[&id].peer.node_id.clone();
+            let p = self.peers.get_mut(&id).expect("listed above");
+            p.leaving = Some(now);
+            p.send_gen = p.send_gen.wrapping_add(1);
+            let peer = p.peer.clone();
+            self.event("peer_removed", &peer);
+            if m.contains_key(&moved) {
+                // Address change: the old session is finished; the new one starts below.
+                self.by_node.remove(&moved);
+            }
+        }
+        for (node, peer) in m {
+            if peer.node_id == self.opts.node_id {
+                continue;
+            }
+            if let Some(&id) = self.by_node.get(node) {
+                let p = self.peers.get_mut(&id).expect("indexed peer exists");
+                if p.leaving.take().is_some() {
+                    // Back within the grace period: the same session goes on.
+                    p.send_gen = p.send_gen.wrapping_add(1);
+                    let generation = p.send_gen;
+                    let peer = p.peer.clone();
+                    self.heap.push(Reverse((now, id, Ev::Send { generation })));
+                    self.event("peer_added", &peer);
+                }
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let ssid = self.alloc_ssid();
+            let label = self.metrics.label_for(&peer.node_id);
+            self.by_node.insert(node.clone(), id);
+            self.by_ssid.insert(ssid, id);
+            self.by_addr.insert(peer.addr, id);
+            self.peers.insert(
+                id,
+                PeerState {
+                    peer: peer.clone(),
+                    ssid,
+                    ring: SeqRing::default(),
+                    pending: VecDeque::new(),
+                    win: WindowStats::default(),
+                    label,
+                    leaving: None,
+                    send_gen: 0,
+                    left_reported: false,
+                },
+            );
+            // First probe soon (a new peer is measured within a fraction of a second), spread
+            // so that many new peers at once do not burst.
+            let first = Duration::from_millis(200).min(self.opts.interval);
+            let first = first.mul_f64(rand::rng().random_range(0.0..1.0));
+            self.heap.push(Reverse((now + first, id, Ev::Send { generation: 0 })));
+            self.event("peer_added", peer);
+        }
+        self.metrics
+            .peers
+            .set(self.peers.values().filter(|p| p.leaving.is_none()).count() as i64);
+    }
+
+    async fn run_due(&mut self, sock: &ProbeSocket, stopping: bool) {
+        let now = Instant::now();
+        while let Some(Reverse((t, id, ev))) = self.heap.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            match ev {
+                Ev::Send { generation } => {
+                    if !stopping {
+                        self.send_probe(sock, id, generation, t).await;
+                    }
+                }
+                Ev::Timeout => self.expire(id, now),
+            }
+        }
+    }
+
+    async fn send_probe(&mut self, sock: &ProbeSocket, id: u64, generation: u32, due: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.send_gen != generation || p.leaving.is_some() {
+            return;
+        }
+        let seq = p.ring.sent();
+        let size = self.opts.sizes[seq as usize % self.opts.sizes.len()];
+        let app_tx = clock::tai_now_ns();
+        // Kernel mode: T1 leaves as zero and the egress program writes it.
+        let t1 = if self.st.is_kernel() {
+            Timestamp::default()
+        } else {
+            Timestamp::from_ptp_ns(app_tx)
+        };
+        self.out.clear();
+        match SenderPacket::probe(seq, p.ssid, t1, self.ee, size) {
+            Ok(pkt) => pkt.encode(&mut self.out),
+            Err(e) => {
+                // Sizes are validated with the configuration; this cannot happen.
+                warn!("probe of {size} octets: {e}");
+                return;
+            }
+        }
+        let addr = p.peer.addr;
+        let deadline = Instant::now() + self.opts.timeout;
+        let tx_key = self.tx_key;
+        self.tx_key = self.tx_key.wrapping_add(1);
+        p.win.sent += 1;
+        self.metrics.on_sent(&p.label);
+        p.pending.push_back(Pending {
+            seq,
+            app_tx_tai: app_tx,
+            deadline,
+            tx_key,
+            done: false,
+        });
+        self.heap.push(Reverse((deadline, id, Ev::Timeout)));
+        // Next probe from the scheduled time, not from now: no drift under load.
+        let next = due + self.jittered(self.opts.interval);
+        let next = next.max(Instant::now());
+        self.heap.push(Reverse((next, id, Ev::Send { generation })));
+        if let Err(e) = sock.send_to(&self.out, addr).await {
+            // No route / unreachable: the probe is lost (the timeout will count it).
+            self.metrics.send_errors.inc();
+            debug!("probe to {addr}: {e}");
+        }
+    }
+
+    /// Resolves in-flight probes whose timeout passed.
+    fn expire(&mut self, id: u64, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        while let Some(front) = p.pending.front() {
+            if !front.done && front.deadline > now {
+                break;
+            }
+            let q = p.pending.pop_front().expect("front exists");
+            self.tx_stamps.remove(&q.tx_key);
+            if q.done || !p.ring.time_out(q.seq) {
+                continue;
+            }
+            // A departing peer's unanswered probes are not loss: it is leaving.
+            if p.leaving.is_some() {
+                continue;
+            }
+            p.win.lost += 1;
+            self.metrics.on_lost(&p.label);
+            if self.sinks.kafka_probes {
+                self.sinks.probe(pb::ProbeResult {
+                    src: self.opts.node_id.clone(),
+                    dst: p.peer.node_id.clone(),
+                    dst_address: p.peer.addr.to_string(),
+                    ssid: u32::from(p.ssid),
+                    seq: q.seq,
+                    lost: true,
+                    timestamping: timestamping(&self.st) as i32,
+                    sent_tai_ns: q.app_tx_tai,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        sock: &ProbeSocket,
+        payload: &[u8],
+        rx: crate::net::Received,
+        app_rx: u64,
+    ) {
+        let Ok(rep) = ReflectorPacket::decode(payload) else {
+            self.metrics.unmatched.inc();
+            return;
+        };
+        // Our reflectors echo the SSID; RFC 8762-only ones leave it zero: match by address.
+        let id = if rep.ssid != 0 {
+            self.by_ssid.get(&rep.ssid)
+        } else {
+            self.by_addr.get(&rx.from)
+        };
+        let Some(&id) = id else {
+            self.metrics.unmatched.inc();
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            self.metrics.unmatched.inc();
+            return;
+        };
+        let seq = rep.sender_seq;
+        let kind = p.ring.reply(seq);
+        match kind {
+            ReplyKind::Duplicate => {
+                p.win.duplicates += 1;
+                self.metrics.duplicates.inc();
+                return;
+            }
+            ReplyKind::Late => {
+                p.win.late += 1;
+                self.metrics.late.inc();
+                return;
+            }
+            ReplyKind::Unknown => {
+                self.metrics.unmatched.inc();
+                return;
+            }
+            ReplyKind::Reordered => p.win.reordered += 1,
+            ReplyKind::InOrder => {}
+        }
+        let Some(front) = p.pending.front() else {
+            return;
+        };
+        let idx = seq.wrapping_sub(front.seq) as usize;
+        let Some(q) = p.pending.get_mut(idx).filter(|q| q.seq == seq) else {
+            return;
+        };
+        q.done = true;
+        let (app_tx, tx_key) = (q.app_tx_tai, q.tx_key);
+        if !self.st.is_kernel() {
+            for (k, t) in sock.drain_tx_stamps() {
+                self.tx_stamps.insert(k, t);
+            }
+            // Stamps of probes that were never answered must not pile up.
+            if self.tx_stamps.len() > 65_536 {
+                self.tx_stamps.clear();
+            }
+        }
+        let m = measure(
+            &self.st,
+            &rep,
+            &ReplyContext {
+                payload,
+                rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
+                app_tx_tai: app_tx,
+                app_rx_tai: app_rx,
+                tx_sw_realtime_ns: self.tx_stamps.remove(&tx_key),
+                // One port for every peer: (port, seq) is not unique, so the kernel's T4 map is
+                // not used; the socket's RX stamp is the same skb stamp.
+                t4_map_key: None,
+            },
+        );
+        p.win.received += 1;
+        p.win.network_rtt.record(m.network_rtt);
+        p.win.turnaround.record(m.turnaround);
+        p.win.app_rtt.record(m.app_rtt);
+        p.win.stack_overhead.record(m.stack_overhead);
+        self.metrics.on_reply(&p.label, m.network_rtt);
+        if self.sinks.kafka_probes {
+            self.sinks.probe(pb::ProbeResult {
+                src: self.opts.node_id.clone(),
+                dst: p.peer.node_id.clone(),
+                dst_address: p.peer.addr.to_string(),
+                ssid: u32::from(p.ssid),
+                seq,
+                lost: false,
+                t1_ns: m.t1,
+                t2_ns: m.t2,
+                t3_ns: m.t3,
+                t4_ns: m.t4,
+                network_rtt_ns: m.network_rtt,
+                turnaround_ns: m.turnaround,
+                app_rtt_ns: m.app_rtt,
+                stack_overhead_ns: m.stack_overhead,
+                t1_source: stamp_source(m.t1_source) as i32,
+                t4_source: stamp_source(m.t4_source) as i32,
+                timestamping: timestamping(&self.st) as i32,
+                ttl: u32::from(rep.sender_ttl),
+                reordered: kind == ReplyKind::Reordered,
+                sent_tai_ns: app_tx,
+            });
+        }
+    }
+
+    /// Emits one summary per peer for the window being filled (at shutdown: partial) and
+    /// drops peers whose grace period is over.
+    fn close_window(&mut self) {
+        let seq = self.window_seq;
+        // After a stall (suspend) longer than a window, continue with the current one.
+        let now_idx = window_index(clock::tai_now_ns(), self.opts.window);
+        self.window_seq = (seq + 1).max(now_idx);
+        let w = self.opts.window.as_nanos() as u64;
+        let ts = timestamping(&self.st) as i32;
+        let now = Instant::now();
+        let mut drop_ids = Vec::new();
+        let mut ids: Vec<u64> = self.peers.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let p = self.peers.get_mut(&id).expect("listed above");
+            let leaving = p.leaving.is_some();
+            if !(leaving && p.win.is_empty()) {
+                let mut s = pb::WindowSummary {
+                    src: self.opts.node_id.clone(),
+                    dst: p.peer.node_id.clone(),
+                    dst_address: p.peer.addr.to_string(),
+                    window_seq: seq,
+                    window_start_tai_ns: seq * w,
+                    window_length_ns: w,
+                    timestamping: ts,
+                    src_zone: self.opts.zone.clone(),
+                    dst_zone: p.peer.zone.clone(),
+                    peer_left: leaving && !p.left_reported,
+                    agent_instance: self.opts.instance.clone(),
+                    ..Default::default()
+                };
+                p.left_reported |= leaving;
+                p.win.drain_into(&mut s);
+                self.metrics.windows.inc();
+                self.sinks.summary(s);
+            }
+            if p.leaving.is_some_and(|t| now >= t + self.opts.grace) {
+                drop_ids.push(id);
+            }
+        }
+        for id in drop_ids {
+            if let Some(p) = self.peers.remove(&id) {
+                if self.by_node.get(&p.peer.node_id) == Some(&id) {
+                    self.by_node.remove(&p.peer.node_id);
+                }
+                self.by_ssid.remove(&p.ssid);
+                if self.by_addr.get(&p.peer.addr) == Some(&id) {
+                    self.by_addr.remove(&p.peer.addr);
+                }
+                self.metrics.forget(&p.label);
+                debug!("dropped state of departed peer {}", p.peer.node_id);
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub fn timestamping(st: &Stamping) -> pb::Timestamping {
+    if st.is_kernel() {
+        pb::Timestamping::Kernel
+    } else {
+        pb::Timestamping::Socket
+    }
+}
+
+pub fn stamp_source(s: StampSource) -> pb::StampSource {
+    match s {
+        StampSource::SkbRx => pb::StampSource::SkbRx,
+        StampSource::Tc => pb::StampSource::Tc,
+        StampSource::Map => pb::StampSource::Map,
+        StampSource::Socket => pb::StampSource::Socket,
+        StampSource::TxSoftware => pb::StampSource::TxSoftware,
+        StampSource::App => pb::StampSource::App,
+        StampSource::Hw => pb::StampSource::Hw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_aligned_to_the_tai_clock() {
+        let w = Duration::from_secs(10);
+        assert_eq!(window_index(0, w), 0);
+        assert_eq!(window_index(9_999_999_999, w), 0);
+        assert_eq!(window_index(10_000_000_000, w), 1);
+    }
+}

@@ -1,0 +1,350 @@
+//! Per-peer, per-window statistics with memory that does not grow with uptime or probe count.
+//!
+//! At the default 1 probe/s and 10 s windows a window holds about ten samples per figure, so
+//! an HDR histogram per figure and peer (tens of KiB each) would dominate the agent's memory
+//! with 1000 peers. A window keeps its raw samples up to `SPILL` and moves them into an HDR
+//! histogram (3 significant digits) only when there are more; both are reused across windows.
+use hdrhistogram::Histogram;
+
+use crate::pb;
+
+/// Samples kept raw before a window switches to an HDR histogram.
+const SPILL: usize = 256;
+
+/// One figure (e.g. network RTT) over one window, in nanoseconds.
+#[derive(Default)]
+pub struct WindowDist {
+    raw: Vec<i64>,
+    hist: Option<Histogram<u32>>,
+    count: u64,
+    min: i64,
+    max: i64,
+    sum: i128,
+    /// The samples moved into `hist`. Negative values (a third-party reflector's clock
+    /// disagreeing with ours) are recorded there as 0; min keeps the true value.
+    spilled: bool,
+}
+
+impl WindowDist {
+    pub fn record(&mut self, ns: i64) {
+        if self.count == 0 {
+            self.min = ns;
+            self.max = ns;
+        } else {
+            self.min = self.min.min(ns);
+            self.max = self.max.max(ns);
+        }
+        self.count += 1;
+        self.sum += ns as i128;
+        if !self.spilled && self.raw.len() < SPILL {
+            self.raw.push(ns);
+            return;
+        }
+        let h = self.hist.get_or_insert_with(|| {
+            Histogram::new(3).expect("3 significant digits is a valid precision")
+        });
+        if !self.spilled {
+            self.spilled = true;
+            for v in self.raw.drain(..) {
+                // Auto-resizing histogram: recording a u64 cannot fail.
+                let _ = h.record(v.max(0) as u64);
+            }
+        }
+        let _ = h.record(ns.max(0) as u64);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Quantiles of the window: nearest-rank over the raw samples, or the HDR histogram's
+    /// value at the quantile once it spilled. min and max are exact either way.
+    pub fn quantiles(&mut self) -> pb::Quantiles {
+        if self.count == 0 {
+            return pb::Quantiles::default();
+        }
+        if !self.spilled {
+            self.raw.sort_unstable();
+        }
+        let q = |p: f64| -> i64 {
+            if self.spilled {
+                let h = self.hist.as_ref().expect("spilled implies a histogram");
+                h.value_at_quantile(p) as i64
+            } else {
+                // raw is sorted (above).
+                let n = self.raw.len();
+                let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+                self.raw[rank - 1]
+            }
+        };
+        let clamp = |v: i64| v.clamp(self.min, self.max);
+        pb::Quantiles {
+            count: self.count,
+            min: self.min,
+            p50: clamp(q(0.50)),
+            p90: clamp(q(0.90)),
+            p99: clamp(q(0.99)),
+            p999: clamp(q(0.999)),
+            max: self.max,
+            mean: self.sum as f64 / self.count as f64,
+        }
+    }
+
+    /// Empties the window, keeping its allocations.
+    pub fn reset(&mut self) {
+        self.raw.clear();
+        if let Some(h) = self.hist.as_mut() {
+            h.reset();
+        }
+        self.spilled = false;
+        self.count = 0;
+        self.sum = 0;
+    }
+}
+
+/// Everything counted towards one peer in one window.
+#[derive(Default)]
+pub struct WindowStats {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub late: u64,
+    pub network_rtt: WindowDist,
+    pub turnaround: WindowDist,
+    pub app_rtt: WindowDist,
+    pub stack_overhead: WindowDist,
+}
+
+impl WindowStats {
+    pub fn is_empty(&self) -> bool {
+        self.sent == 0 && self.received == 0 && self.lost == 0 && self.duplicates == 0
+    }
+
+    pub fn loss_ratio(&self) -> f64 {
+        let done = self.received + self.lost;
+        if done == 0 {
+            0.0
+        } else {
+            self.lost as f64 / done as f64
+        }
+    }
+
+    /// Fills the counting and distribution fields of a summary, then resets the window.
+    pub fn drain_into(&mut self, s: &mut pb::WindowSummary) {
+        s.sent = self.sent;
+        s.received = self.received;
+        s.lost = self.lost;
+        s.duplicates = self.duplicates;
+        s.reordered = self.reordered;
+        s.late = self.late;
+        s.loss_ratio = self.loss_ratio();
+        s.network_rtt_ns = Some(self.network_rtt.quantiles());
+        s.turnaround_ns = Some(self.turnaround.quantiles());
+        s.app_rtt_ns = Some(self.app_rtt.quantiles());
+        s.stack_overhead_ns = Some(self.stack_overhead.quantiles());
+        self.sent = 0;
+        self.received = 0;
+        self.lost = 0;
+        self.duplicates = 0;
+        self.reordered = 0;
+        self.late = 0;
+        self.network_rtt.reset();
+        self.turnaround.reset();
+        self.app_rtt.reset();
+        self.stack_overhead.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_quantiles_are_nearest_rank() {
+        let mut d = WindowDist::default();
+        for v in [50, 10, 40, 20, 30] {
+            d.record(v);
+        }
+        let q = d.quantiles();
+        assert_eq!((q.count, q.min, q.max), (5, 10, 50));
+        assert_eq!(q.p50, 30);
+        assert_eq!(q.p90, 50);
+        assert_eq!(q.mean, 30.0);
+    }
+
+    #[test]
+    fn spilled_window_matches_raw_within_hdr_precision() {
+        let mut d = WindowDist::default();
+        for v in 1..=10_000i64 {
+            d.record(v * 1_000);
+        }
+        let q = d.quantiles();
+        assert_eq!(q.count, 10_000);
+        assert_eq!((q.min, q.max), (1_000, 10_000_000));
+        for (got, want) in [(q.p50, 5_000_000i64), (q.p99, 9_900_000), (q.p999, 9_990_000)] {
+            assert!((got - want).abs() <= want / 1000 + 1, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn reset_keeps_allocations_and_forgets_values() {
+        let mut d = WindowDist::default();
+        for v in 0..1000 {
+            d.record(v);
+        }
+        d.reset();
+        assert_eq!(d.quantiles().count, 0);
+        d.record(7);
+        let q = d.quantiles();
+        assert_eq!((q.count, q.min, q.p50, q.max), (1, 7, 7, 7));
+        assert!(d.hist.is_some(), "the histogram stays allocated for the next busy window");
+    }
+
+    #[test]
+    fn negative_values_are_kept_in_min() {
+        let mut d = WindowDist::default();
+        d.record(-5);
+        d.record(10);
+        let q = d.quantiles();
+        assert_eq!(q.min, -5);
+        assert_eq!(q.p50, -5);
+    }
+
+    #[test]
+    fn seq_ring_classifies_like_the_session_tracker() {
+        use crate::stats::ReplyKind;
+        let mut r = SeqRing::default();
+        for want in 0..5 {
+            assert_eq!(r.sent(), want);
+        }
+        assert_eq!(r.reply(0), ReplyKind::InOrder);
+        assert_eq!(r.reply(2), ReplyKind::InOrder);
+        assert_eq!(r.reply(1), ReplyKind::Reordered);
+        assert_eq!(r.reply(1), ReplyKind::Duplicate);
+        assert!(r.time_out(3));
+        assert!(!r.time_out(3));
+        assert!(!r.time_out(2), "answered probes are not lost");
+        assert_eq!(r.reply(3), ReplyKind::Late);
+        assert_eq!(r.reply(99), ReplyKind::Unknown, "never sent");
+    }
+
+    #[test]
+    fn seq_ring_forgets_old_numbers_and_wraps() {
+        use crate::stats::ReplyKind;
+        let mut r = SeqRing {
+            next: u32::MAX - 10,
+            ..Default::default()
+        };
+        let first = r.sent();
+        for _ in 0..SEQ_RING as u32 + 20 {
+            let s = r.sent();
+            assert_eq!(r.reply(s), ReplyKind::InOrder, "seq {s} across the wrap");
+        }
+        assert_eq!(r.reply(first), ReplyKind::Unknown, "older than the ring");
+        assert!(!r.time_out(first));
+    }
+
+    #[test]
+    fn drain_resets_counts() {
+        let mut w = WindowStats {
+            sent: 10,
+            received: 9,
+            lost: 1,
+            ..Default::default()
+        };
+        w.network_rtt.record(5_000);
+        let mut s = pb::WindowSummary::default();
+        w.drain_into(&mut s);
+        assert_eq!((s.sent, s.received, s.lost), (10, 9, 1));
+        assert!((s.loss_ratio - 0.1).abs() < 1e-9);
+        assert_eq!(s.network_rtt_ns.unwrap().p50, 5_000);
+        assert!(w.is_empty());
+        assert_eq!(w.network_rtt.count(), 0);
+    }
+}
+
+/// Answer state of the most recent `SEQ_RING` sequence numbers of one session: loss,
+/// duplicate, late and reorder classification in a fixed 1 KiB per peer, whatever the uptime.
+pub struct SeqRing {
+    states: Box<[u8; SEQ_RING]>,
+    next: u32,
+    highest_answered: Option<u32>,
+}
+
+pub const SEQ_RING: usize = 1024;
+const UNUSED: u8 = 0;
+const OUTSTANDING: u8 = 1;
+const ANSWERED: u8 = 2;
+const TIMED_OUT: u8 = 3;
+
+impl Default for SeqRing {
+    fn default() -> Self {
+        Self {
+            states: Box::new([UNUSED; SEQ_RING]),
+            next: 0,
+            highest_answered: None,
+        }
+    }
+}
+
+impl SeqRing {
+    fn slot(seq: u32) -> usize {
+        seq as usize % SEQ_RING
+    }
+
+    /// Sent and still remembered.
+    fn known(&self, seq: u32) -> bool {
+        let age = self.next.wrapping_sub(seq);
+        age >= 1 && age as usize <= SEQ_RING
+    }
+
+    /// Registers the next sequence number (sessions send 0, 1, 2, ...).
+    pub fn sent(&mut self) -> u32 {
+        let seq = self.next;
+        self.states[Self::slot(seq)] = OUTSTANDING;
+        self.next = seq.wrapping_add(1);
+        seq
+    }
+
+    pub fn reply(&mut self, seq: u32) -> crate::stats::ReplyKind {
+        use crate::stats::ReplyKind;
+        if !self.known(seq) {
+            return ReplyKind::Unknown;
+        }
+        let st = &mut self.states[Self::slot(seq)];
+        match *st {
+            OUTSTANDING => {
+                *st = ANSWERED;
+                // Wrapping comparison: seq is older than the highest answered one.
+                let reordered = self
+                    .highest_answered
+                    .is_some_and(|h| (h.wrapping_sub(seq) as i32) > 0);
+                if reordered {
+                    ReplyKind::Reordered
+                } else {
+                    self.highest_answered = Some(seq);
+                    ReplyKind::InOrder
+                }
+            }
+            ANSWERED => ReplyKind::Duplicate,
+            TIMED_OUT => ReplyKind::Late,
+            _ => ReplyKind::Unknown,
+        }
+    }
+
+    /// Marks an outstanding probe lost; false if it was answered meanwhile or is unknown.
+    pub fn time_out(&mut self, seq: u32) -> bool {
+        if !self.known(seq) {
+            return false;
+        }
+        let st = &mut self.states[Self::slot(seq)];
+        if *st == OUTSTANDING {
+            *st = TIMED_OUT;
+            true
+        } else {
+            false
+        }
+    }
+}
