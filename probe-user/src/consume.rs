@@ -1,7 +1,7 @@
 //! `meshprobe consume`: read the records topic from the beginning (every partition, no
 //! consumer group offsets), decode and print them like the agent's stdout output.
 use std::{
-    collections::BTreeMap,
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
@@ -11,7 +11,7 @@ use rdkafka::{
     ClientConfig, ClientContext, Offset, TopicPartitionList,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, Consumer as _, ConsumerContext},
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
     message::Message as _,
 };
 use tracing::debug;
@@ -86,6 +86,17 @@ impl ClientContext for Quiet {
 
 impl ConsumerContext for Quiet {}
 
+/// One message value: a Record, `None` for a Record of a kind this version does not know (a
+/// newer producer), or why it is no Record.
+fn decode(payload: Option<&[u8]>) -> Result<Option<pb::Record>, String> {
+    let payload = payload.ok_or("message without value")?;
+    match pb::Record::decode(payload) {
+        Ok(rec) if rec.kind.is_none() => Ok(None),
+        Ok(rec) => Ok(Some(rec)),
+        Err(e) => Err(format!("not a meshprobe Record: {e}")),
+    }
+}
+
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     // librdkafka's consumer API blocks; keep it off the async workers.
     tokio::task::spawn_blocking(move || consume(&args))
@@ -116,26 +127,25 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
     let Some(t) = md.topics().iter().find(|t| t.name() == topic.as_str()) else {
         bail!("topic {topic:?} not found at {bs}");
     };
-    if let Some(e) = t.error() {
-        bail!(
-            "topic {topic:?} at {bs}: {}",
-            rdkafka::error::RDKafkaErrorCode::from(e)
-        );
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => {}
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            bail!("topic {topic:?} does not exist at {bs} (check --kafka-topic / KAFKA_TOPIC)")
+        }
+        Some(e) => bail!("topic {topic:?} at {bs}: {e}"),
     }
     if t.partitions().is_empty() {
         bail!("topic {topic:?} at {bs} has no partitions");
     }
 
-    // Without --follow, read each partition up to its end as of now.
-    let mut todo = BTreeMap::new();
+    // Without --follow, read until librdkafka reports the end (EOF) of every partition. EOF
+    // is judged against the high watermark of each fetch response; the start-time
+    // watermarks (ListOffsets) are not used because some Kafka-compatible brokers (Tansu)
+    // answer them per batch rather than per record.
+    let mut todo = BTreeSet::new();
     let mut tpl = TopicPartitionList::new();
     for p in t.partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), args.timeout)
-            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {topic}/{}: {e}", p.id()))?;
-        if high > low {
-            todo.insert(p.id(), high);
-        }
+        todo.insert(p.id());
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
     }
     consumer.assign(&tpl).context("assigning partitions")?;
@@ -158,7 +168,7 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
                         "no progress from Kafka at {bs} for {}; partitions not read to their end: \
                          {:?}{}",
                         humantime::format_duration(args.timeout),
-                        todo.keys().collect::<Vec<_>>(),
+                        todo,
                         if last_err.is_empty() {
                             String::new()
                         } else {
@@ -170,24 +180,16 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
             Some(Ok(msg)) => {
                 progress = Instant::now();
                 let (p, off) = (msg.partition(), msg.offset());
-                if todo.get(&p).is_some_and(|&high| off + 1 >= high) {
-                    todo.remove(&p);
-                }
-                let Some(payload) = msg.payload() else {
-                    bad += 1;
-                    eprintln!("warning: {topic} partition {p} offset {off}: message without value");
-                    continue;
-                };
-                match pb::Record::decode(payload) {
-                    Ok(rec) if rec.kind.is_none() => unknown += 1,
-                    Ok(rec) => {
+                match decode(msg.payload()) {
+                    Ok(Some(rec)) => {
                         if args.wants(&rec) {
                             out.send(&rec);
                         }
                     }
-                    Err(e) => {
+                    Ok(None) => unknown += 1,
+                    Err(why) => {
                         bad += 1;
-                        eprintln!("warning: {topic} partition {p} offset {off}: not a Record: {e}");
+                        eprintln!("warning: {topic} partition {p} offset {off}: {why}");
                     }
                 }
             }
@@ -257,6 +259,18 @@ mod tests {
         assert!(a.follow && a.json);
         assert_eq!(a.kind, KindFilter::Probe);
         assert_eq!(a.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn decoding() {
+        let rec = pb::Record {
+            kind: Some(Kind::Summary(summary("a", "b", 1))),
+        };
+        assert_eq!(decode(Some(&rec.encode_to_vec())), Ok(Some(rec.clone())));
+        // An empty value decodes as a Record without kind (a kind added later).
+        assert_eq!(decode(Some(b"")), Ok(None));
+        assert!(decode(None).is_err());
+        assert!(decode(Some(b"{\"a\":1}")).is_err());
     }
 
     #[test]
