@@ -46,7 +46,7 @@ enum Cmd {
     /// Lab/test delay element (no netem here): hold each packet on an interface for a time.
     Delay(DelayArgs),
     #[cfg(any())]
-    Agent(crate::agent::AgentArgs),
+    Agent(Box<crate::agent::AgentArgs>),
     /// Read the Kafka topic and print decoded records (table or JSON lines).
     Consume(crate::consume::ConsumeArgs),
 }
@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Ping(a) => ping(a).await,
         Cmd::Delay(a) => delay(a).await,
         #[cfg(any())]
-        Cmd::Agent(a) => crate::agent::run(a, stop_signal()?).await,
+        Cmd::Agent(a) => crate::agent::run(*a, stop_signal()?).await,
         Cmd::Consume(a) => crate::consume::run(a).await,
     }
 }

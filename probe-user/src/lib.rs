@@ -1,7 +1,7 @@
 //! meshprobe: kernel-timestamped STAMP (RFC 8762/8972) latency probing.
-pub mod cli;
 #[cfg(any())] // WIP: enabled once discovery lands
 pub mod agent;
+pub mod cli;
 pub mod clock;
 pub mod consume;
 pub mod discovery;

@@ -60,10 +60,20 @@ pub struct AgentArgs {
     #[arg(long, env = "SERVERS_ZK", help_heading = "ZooKeeper")]
     pub servers_zk: Option<String>,
     /// ZooKeeper root path.
-    #[arg(long, env = "ROOT_PATH_ZK", default_value = "meshprobe", help_heading = "ZooKeeper")]
+    #[arg(
+        long,
+        env = "ROOT_PATH_ZK",
+        default_value = "meshprobe",
+        help_heading = "ZooKeeper"
+    )]
     pub root_path_zk: String,
     /// Members register at /ROOT_PATH_ZK/HEART_BEAT_NODE_PATH/<node-id>.
-    #[arg(long, env = "HEART_BEAT_NODE_PATH", default_value = "heartbeat", help_heading = "ZooKeeper")]
+    #[arg(
+        long,
+        env = "HEART_BEAT_NODE_PATH",
+        default_value = "heartbeat",
+        help_heading = "ZooKeeper"
+    )]
     pub heart_beat_node_path: String,
     /// Seconds: ZooKeeper session timeout and Kafka connection timeout.
     #[arg(long, env = "CONN_TIMEOUT", default_value = "10", value_parser = parse_seconds, help_heading = "ZooKeeper")]
@@ -77,7 +87,12 @@ pub struct AgentArgs {
     pub register_public_port: Option<u16>,
 
     /// Address the reflector listens on (`::` also accepts IPv4).
-    #[arg(long, env = "REGISTER_LISTENER_DNS", default_value = "::", help_heading = "Reflector")]
+    #[arg(
+        long,
+        env = "REGISTER_LISTENER_DNS",
+        default_value = "::",
+        help_heading = "Reflector"
+    )]
     pub register_listener_dns: String,
     /// UDP port the reflector listens on (STAMP's registered port is 862).
     #[arg(long, env = "REGISTER_LISTENER_PORT", default_value_t = STAMP_DEFAULT_PORT, help_heading = "Reflector")]
@@ -85,7 +100,12 @@ pub struct AgentArgs {
 
     /// Static peers, comma separated: `[id=]host[:port]`. Used alone, or with ZooKeeper as
     /// extra targets.
-    #[arg(long, env = "MESHPROBE_PEERS", value_delimiter = ',', help_heading = "Peers")]
+    #[arg(
+        long,
+        env = "MESHPROBE_PEERS",
+        value_delimiter = ',',
+        help_heading = "Peers"
+    )]
     pub peers: Vec<String>,
     /// File with one static peer per line (`[id=]host[:port]`, `#` comments).
     #[arg(long, env = "MESHPROBE_PEERS_FILE", help_heading = "Peers")]
@@ -98,14 +118,25 @@ pub struct AgentArgs {
     #[arg(long, env = "MESHPROBE_INTERVAL", default_value = "1s", value_parser = parse_duration, help_heading = "Probing")]
     pub interval: Duration,
     /// Random spread of each interval, ± percent (0-50), so agents do not synchronise.
-    #[arg(long, env = "MESHPROBE_JITTER", default_value_t = 10, help_heading = "Probing")]
+    #[arg(
+        long,
+        env = "MESHPROBE_JITTER",
+        default_value_t = 10,
+        help_heading = "Probing"
+    )]
     pub jitter: u8,
     /// A probe without a reply after this long is lost.
     #[arg(long, env = "MESHPROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration, help_heading = "Probing")]
     pub timeout: Duration,
     /// UDP payload sizes in octets, comma separated, used in turn (44, or 48..9000; 68 and up
     /// carry T4 in-band).
-    #[arg(long, env = "MESHPROBE_SIZES", value_delimiter = ',', default_value = "68", help_heading = "Probing")]
+    #[arg(
+        long,
+        env = "MESHPROBE_SIZES",
+        value_delimiter = ',',
+        default_value = "68",
+        help_heading = "Probing"
+    )]
     pub sizes: Vec<usize>,
     /// Statistics window, aligned to the TAI clock (all agents share boundaries).
     #[arg(long, env = "MESHPROBE_WINDOW", default_value = "10s", value_parser = parse_duration, help_heading = "Probing")]
@@ -115,20 +146,40 @@ pub struct AgentArgs {
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", help_heading = "Kafka")]
     pub kafka_bootstrap_servers: Option<String>,
     /// Topic for summaries (and probe records).
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "distributedTrace", help_heading = "Kafka")]
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC",
+        default_value = "distributedTrace",
+        help_heading = "Kafka"
+    )]
     pub kafka_topic: String,
     /// The producer's client.id.
-    #[arg(long, env = "KAFKA_PRODUCER_GROUP", default_value = "meshprobe", help_heading = "Kafka")]
+    #[arg(
+        long,
+        env = "KAFKA_PRODUCER_GROUP",
+        default_value = "meshprobe",
+        help_heading = "Kafka"
+    )]
     pub kafka_producer_group: String,
     /// Also send one record per probe (large at scale).
     #[arg(long, env = "MESHPROBE_KAFKA_PROBES", help_heading = "Kafka")]
     pub kafka_probes: bool,
     /// Records buffered while the broker is unreachable; beyond that they are dropped, counted
     /// and logged.
-    #[arg(long, env = "MESHPROBE_KAFKA_BUFFER_MESSAGES", default_value_t = 100_000, help_heading = "Kafka")]
+    #[arg(
+        long,
+        env = "MESHPROBE_KAFKA_BUFFER_MESSAGES",
+        default_value_t = 100_000,
+        help_heading = "Kafka"
+    )]
     pub kafka_buffer_messages: usize,
     /// Compression: none, gzip, snappy, lz4, zstd.
-    #[arg(long, env = "MESHPROBE_KAFKA_COMPRESSION", default_value = "zstd", help_heading = "Kafka")]
+    #[arg(
+        long,
+        env = "MESHPROBE_KAFKA_COMPRESSION",
+        default_value = "zstd",
+        help_heading = "Kafka"
+    )]
     pub kafka_compression: String,
 
     /// stdout: `table`, `json` (JSON lines) or `none` [default: table without Kafka, none
@@ -139,7 +190,12 @@ pub struct AgentArgs {
     #[arg(long, env = "MESHPROBE_ADMIN_LISTEN", default_value = "[::]:9862", value_parser = parse_admin, help_heading = "Output")]
     pub admin_listen: AdminListen,
     /// Peers with their own Prometheus series; the rest share peer="_other".
-    #[arg(long, env = "MESHPROBE_METRICS_PEER_LIMIT", default_value_t = 256, help_heading = "Output")]
+    #[arg(
+        long,
+        env = "MESHPROBE_METRICS_PEER_LIMIT",
+        default_value_t = 256,
+        help_heading = "Output"
+    )]
     pub metrics_peer_limit: usize,
     /// On SIGTERM/SIGINT: deregister, let probes in flight finish, flush Kafka; at most this
     /// long.
@@ -148,7 +204,13 @@ pub struct AgentArgs {
 
     /// Interfaces for the TC programs (comma separated) [default: every UP interface with an
     /// address and an Ethernet header, loopback included].
-    #[arg(short = 'I', long = "interface", env = "MESHPROBE_INTERFACES", value_delimiter = ',', help_heading = "Stamping")]
+    #[arg(
+        short = 'I',
+        long = "interface",
+        env = "MESHPROBE_INTERFACES",
+        value_delimiter = ',',
+        help_heading = "Stamping"
+    )]
     pub interfaces: Vec<String>,
     /// Do not load eBPF; use socket timestamps (SO_TIMESTAMPING software).
     #[arg(long, env = "MESHPROBE_NO_EBPF", help_heading = "Stamping")]
@@ -191,8 +253,13 @@ pub fn file_defaults(
     cmd: &clap::Command,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let setting = format!("MESHPROBE_CONFIG ({})", path.display());
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad(&setting, format!("cannot read it: {e}"), "give a readable TOML file"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(
+            &setting,
+            format!("cannot read it: {e}"),
+            "give a readable TOML file",
+        )
+    })?;
     let table: toml::Table = text
         .parse()
         .map_err(|e| bad(&setting, format!("not valid TOML: {e}"), "fix the syntax"))?;
@@ -211,7 +278,11 @@ pub fn file_defaults(
             ));
         };
         if arg.get_id() == "config" {
-            return Err(bad(&setting, "a config file cannot name another", "remove the key"));
+            return Err(bad(
+                &setting,
+                "a config file cannot name another",
+                "remove the key",
+            ));
         }
         let text = match value {
             toml::Value::String(s) => s,
@@ -356,7 +427,11 @@ impl AgentArgs {
             ));
         }
         if self.sizes.is_empty() {
-            return Err(bad("MESHPROBE_SIZES (--sizes)", "empty", "e.g. 68 or 68,512,1400"));
+            return Err(bad(
+                "MESHPROBE_SIZES (--sizes)",
+                "empty",
+                "e.g. 68 or 68,512,1400",
+            ));
         }
         for &s in &self.sizes {
             if s < off::BASE_LEN
@@ -426,7 +501,11 @@ impl AgentArgs {
                 "set KAFKA_BOOTSTRAP_SERVERS or drop the option",
             ));
         }
-        if self.servers_zk.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        if self
+            .servers_zk
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             return Err(bad(
                 "SERVERS_ZK (--servers-zk)",
                 "empty",
@@ -456,11 +535,12 @@ impl AgentArgs {
 
     /// stdout output: given, else table without Kafka and none with it.
     pub fn output(&self) -> OutputFormat {
-        self.output.unwrap_or(if self.kafka_bootstrap_servers.is_some() {
-            OutputFormat::None
-        } else {
-            OutputFormat::Table
-        })
+        self.output
+            .unwrap_or(if self.kafka_bootstrap_servers.is_some() {
+                OutputFormat::None
+            } else {
+                OutputFormat::Table
+            })
     }
 }
 
@@ -513,11 +593,17 @@ mod tests {
         let a = parse(&["t", "agent", "--config", fs, "--interval", "2s"]);
         assert_eq!(a.kafka_topic, "fromfile");
         assert_eq!(a.conn_timeout, Duration::from_secs(7));
-        assert_eq!(a.interval, Duration::from_secs(2), "the flag wins over the file");
+        assert_eq!(
+            a.interval,
+            Duration::from_secs(2),
+            "the flag wins over the file"
+        );
         assert_eq!(a.peers, vec!["a=198.18.0.2", "198.18.0.3:900"]);
         std::fs::write(&f, "NO_SUCH_SETTING = 1\n").unwrap();
-        let argv: Vec<std::ffi::OsString> =
-            ["t", "agent", "--config", fs].iter().map(Into::into).collect();
+        let argv: Vec<std::ffi::OsString> = ["t", "agent", "--config", fs]
+            .iter()
+            .map(Into::into)
+            .collect();
         let e = with_file_defaults(T::command(), &argv).unwrap_err();
         assert!(e.to_string().contains("NO_SUCH_SETTING"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -529,13 +615,22 @@ mod tests {
             (&["--jitter", "90"], "MESHPROBE_JITTER"),
             (&["--interval", "20s"], "MESHPROBE_INTERVAL"),
             (&["--timeout", "11s"], "MESHPROBE_TIMEOUT"),
-            (&["--interval", "1ms", "--timeout", "1s"], "MESHPROBE_TIMEOUT"),
+            (
+                &["--interval", "1ms", "--timeout", "1s"],
+                "MESHPROBE_TIMEOUT",
+            ),
             (&["--sizes", "45"], "MESHPROBE_SIZES"),
             (&["--register-listener-port", "0"], "REGISTER_LISTENER_PORT"),
-            (&["--register-listener-dns", "nope"], "REGISTER_LISTENER_DNS"),
+            (
+                &["--register-listener-dns", "nope"],
+                "REGISTER_LISTENER_DNS",
+            ),
             (&["--node-id", "a/b"], "MESHPROBE_NODE_ID"),
             (&["--kafka-probes"], "MESHPROBE_KAFKA_PROBES"),
-            (&["--register-public-dns", "198.18.0.2"], "REGISTER_PUBLIC_DNS"),
+            (
+                &["--register-public-dns", "198.18.0.2"],
+                "REGISTER_PUBLIC_DNS",
+            ),
             (&["--conn-timeout", "0"], "CONN_TIMEOUT"),
         ];
         for (args, setting) in cases {
@@ -549,7 +644,10 @@ mod tests {
     #[test]
     fn conn_timeout_takes_seconds_or_durations() {
         assert_eq!(parse_seconds("4").unwrap(), Duration::from_secs(4));
-        assert_eq!(parse_seconds("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_seconds("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert!(parse_seconds("x").is_err());
     }
 }

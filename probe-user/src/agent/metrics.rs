@@ -248,8 +248,14 @@ mod tests {
         m.on_lost(&c);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(out.contains("meshprobe_peer_probes_lost_total{peer=\"_other\"} 1"), "{out}");
-        assert!(out.contains("meshprobe_peer_network_rtt_seconds_count{peer=\"a\"} 1"), "{out}");
+        assert!(
+            out.contains("meshprobe_peer_probes_lost_total{peer=\"_other\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("meshprobe_peer_network_rtt_seconds_count{peer=\"a\"} 1"),
+            "{out}"
+        );
         m.forget(&a);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();

@@ -103,7 +103,8 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
         conn_timeout: a.conn_timeout,
     });
     if let Some(k) = &kafka {
-        sink::validate(k).map_err(|e| cfg_err("Kafka settings", e, "see meshprobe agent --help"))?;
+        sink::validate(k)
+            .map_err(|e| cfg_err("Kafka settings", e, "see meshprobe agent --help"))?;
     }
     let zk = match &a.servers_zk {
         None => None,
@@ -120,7 +121,9 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
                             "set REGISTER_PUBLIC_DNS to the address peers should probe",
                         )
                     })?;
-                    info!("REGISTER_PUBLIC_DNS unset: registering {ip}, our address towards {first}");
+                    info!(
+                        "REGISTER_PUBLIC_DNS unset: registering {ip}, our address towards {first}"
+                    );
                     ip.to_string()
                 }
             };

@@ -120,9 +120,16 @@ pub struct Prober {
 /// Binds the sender socket: dual stack when the host has IPv6, else IPv4 only.
 fn bind_sender(kernel: bool) -> std::io::Result<ProbeSocket> {
     // Socket mode takes T1 from TX software stamps; kernel mode from TC.
-    ProbeSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), !kernel).or_else(
-        |_| ProbeSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), !kernel),
+    ProbeSocket::bind(
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        !kernel,
     )
+    .or_else(|_| {
+        ProbeSocket::bind(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            !kernel,
+        )
+    })
 }
 
 fn window_index(tai_ns: u64, window: Duration) -> u64 {
@@ -182,7 +189,10 @@ impl Prober {
         loop {
             let next_ev = self.heap.peek().map(|Reverse((t, _, _))| *t);
             if let Some(until) = stopping {
-                let in_flight = self.peers.values().any(|p| p.pending.iter().any(|q| !q.done));
+                let in_flight = self
+                    .peers
+                    .values()
+                    .any(|p| p.pending.iter().any(|q| !q.done));
                 if !in_flight || Instant::now() >= until {
                     break;
                 }
@@ -263,12 +273,7 @@ impl Prober {
     }
 
     fn event(&self, kind: &'static str, p: &Peer) {
-        info!(
-            "{}: {} at {}",
-            kind.replace('_', " "),
-            p.node_id,
-            p.addr
-        );
+        info!("{}: {} at {}", kind.replace('_', " "), p.node_id, p.addr);
         if self.opts.json_events {
             emit_json(&PeerEvent {
                 kind,
@@ -344,7 +349,8 @@ impl Prober {
             // so that many new peers at once do not burst.
             let first = Duration::from_millis(200).min(self.opts.interval);
             let first = first.mul_f64(rand::rng().random_range(0.0..1.0));
-            self.heap.push(Reverse((now + first, id, Ev::Send { generation: 0 })));
+            self.heap
+                .push(Reverse((now + first, id, Ev::Send { generation: 0 })));
             self.event("peer_added", peer);
         }
         self.metrics

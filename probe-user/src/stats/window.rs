@@ -157,114 +157,6 @@ impl WindowStats {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_quantiles_are_nearest_rank() {
-        let mut d = WindowDist::default();
-        for v in [50, 10, 40, 20, 30] {
-            d.record(v);
-        }
-        let q = d.quantiles();
-        assert_eq!((q.count, q.min, q.max), (5, 10, 50));
-        assert_eq!(q.p50, 30);
-        assert_eq!(q.p90, 50);
-        assert_eq!(q.mean, 30.0);
-    }
-
-    #[test]
-    fn spilled_window_matches_raw_within_hdr_precision() {
-        let mut d = WindowDist::default();
-        for v in 1..=10_000i64 {
-            d.record(v * 1_000);
-        }
-        let q = d.quantiles();
-        assert_eq!(q.count, 10_000);
-        assert_eq!((q.min, q.max), (1_000, 10_000_000));
-        for (got, want) in [(q.p50, 5_000_000i64), (q.p99, 9_900_000), (q.p999, 9_990_000)] {
-            assert!((got - want).abs() <= want / 1000 + 1, "{got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn reset_keeps_allocations_and_forgets_values() {
-        let mut d = WindowDist::default();
-        for v in 0..1000 {
-            d.record(v);
-        }
-        d.reset();
-        assert_eq!(d.quantiles().count, 0);
-        d.record(7);
-        let q = d.quantiles();
-        assert_eq!((q.count, q.min, q.p50, q.max), (1, 7, 7, 7));
-        assert!(d.hist.is_some(), "the histogram stays allocated for the next busy window");
-    }
-
-    #[test]
-    fn negative_values_are_kept_in_min() {
-        let mut d = WindowDist::default();
-        d.record(-5);
-        d.record(10);
-        let q = d.quantiles();
-        assert_eq!(q.min, -5);
-        assert_eq!(q.p50, -5);
-    }
-
-    #[test]
-    fn seq_ring_classifies_like_the_session_tracker() {
-        use crate::stats::ReplyKind;
-        let mut r = SeqRing::default();
-        for want in 0..5 {
-            assert_eq!(r.sent(), want);
-        }
-        assert_eq!(r.reply(0), ReplyKind::InOrder);
-        assert_eq!(r.reply(2), ReplyKind::InOrder);
-        assert_eq!(r.reply(1), ReplyKind::Reordered);
-        assert_eq!(r.reply(1), ReplyKind::Duplicate);
-        assert!(r.time_out(3));
-        assert!(!r.time_out(3));
-        assert!(!r.time_out(2), "answered probes are not lost");
-        assert_eq!(r.reply(3), ReplyKind::Late);
-        assert_eq!(r.reply(99), ReplyKind::Unknown, "never sent");
-    }
-
-    #[test]
-    fn seq_ring_forgets_old_numbers_and_wraps() {
-        use crate::stats::ReplyKind;
-        let mut r = SeqRing {
-            next: u32::MAX - 10,
-            ..Default::default()
-        };
-        let first = r.sent();
-        for _ in 0..SEQ_RING as u32 + 20 {
-            let s = r.sent();
-            assert_eq!(r.reply(s), ReplyKind::InOrder, "seq {s} across the wrap");
-        }
-        assert_eq!(r.reply(first), ReplyKind::Unknown, "older than the ring");
-        assert!(!r.time_out(first));
-    }
-
-    #[test]
-    fn drain_resets_counts() {
-        let mut w = WindowStats {
-            sent: 10,
-            received: 9,
-            lost: 1,
-            ..Default::default()
-        };
-        w.network_rtt.record(5_000);
-        let mut s = pb::WindowSummary::default();
-        w.drain_into(&mut s);
-        assert_eq!((s.sent, s.received, s.lost), (10, 9, 1));
-        assert!((s.loss_ratio - 0.1).abs() < 1e-9);
-        assert_eq!(s.network_rtt_ns.unwrap().p50, 5_000);
-        assert!(w.is_empty());
-        assert_eq!(w.network_rtt.count(), 0);
-    }
-}
-
 /// Answer state of the most recent `SEQ_RING` sequence numbers of one session: loss,
 /// duplicate, late and reorder classification in a fixed 1 KiB per peer, whatever the uptime.
 pub struct SeqRing {
@@ -346,5 +238,120 @@ impl SeqRing {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_quantiles_are_nearest_rank() {
+        let mut d = WindowDist::default();
+        for v in [50, 10, 40, 20, 30] {
+            d.record(v);
+        }
+        let q = d.quantiles();
+        assert_eq!((q.count, q.min, q.max), (5, 10, 50));
+        assert_eq!(q.p50, 30);
+        assert_eq!(q.p90, 50);
+        assert_eq!(q.mean, 30.0);
+    }
+
+    #[test]
+    fn spilled_window_matches_raw_within_hdr_precision() {
+        let mut d = WindowDist::default();
+        for v in 1..=10_000i64 {
+            d.record(v * 1_000);
+        }
+        let q = d.quantiles();
+        assert_eq!(q.count, 10_000);
+        assert_eq!((q.min, q.max), (1_000, 10_000_000));
+        for (got, want) in [
+            (q.p50, 5_000_000i64),
+            (q.p99, 9_900_000),
+            (q.p999, 9_990_000),
+        ] {
+            assert!((got - want).abs() <= want / 1000 + 1, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn reset_keeps_allocations_and_forgets_values() {
+        let mut d = WindowDist::default();
+        for v in 0..1000 {
+            d.record(v);
+        }
+        d.reset();
+        assert_eq!(d.quantiles().count, 0);
+        d.record(7);
+        let q = d.quantiles();
+        assert_eq!((q.count, q.min, q.p50, q.max), (1, 7, 7, 7));
+        assert!(
+            d.hist.is_some(),
+            "the histogram stays allocated for the next busy window"
+        );
+    }
+
+    #[test]
+    fn negative_values_are_kept_in_min() {
+        let mut d = WindowDist::default();
+        d.record(-5);
+        d.record(10);
+        let q = d.quantiles();
+        assert_eq!(q.min, -5);
+        assert_eq!(q.p50, -5);
+    }
+
+    #[test]
+    fn seq_ring_classifies_like_the_session_tracker() {
+        use crate::stats::ReplyKind;
+        let mut r = SeqRing::default();
+        for want in 0..5 {
+            assert_eq!(r.sent(), want);
+        }
+        assert_eq!(r.reply(0), ReplyKind::InOrder);
+        assert_eq!(r.reply(2), ReplyKind::InOrder);
+        assert_eq!(r.reply(1), ReplyKind::Reordered);
+        assert_eq!(r.reply(1), ReplyKind::Duplicate);
+        assert!(r.time_out(3));
+        assert!(!r.time_out(3));
+        assert!(!r.time_out(2), "answered probes are not lost");
+        assert_eq!(r.reply(3), ReplyKind::Late);
+        assert_eq!(r.reply(99), ReplyKind::Unknown, "never sent");
+    }
+
+    #[test]
+    fn seq_ring_forgets_old_numbers_and_wraps() {
+        use crate::stats::ReplyKind;
+        let mut r = SeqRing {
+            next: u32::MAX - 10,
+            ..Default::default()
+        };
+        let first = r.sent();
+        for _ in 0..SEQ_RING as u32 + 20 {
+            let s = r.sent();
+            assert_eq!(r.reply(s), ReplyKind::InOrder, "seq {s} across the wrap");
+        }
+        assert_eq!(r.reply(first), ReplyKind::Unknown, "older than the ring");
+        assert!(!r.time_out(first));
+    }
+
+    #[test]
+    fn drain_resets_counts() {
+        let mut w = WindowStats {
+            sent: 10,
+            received: 9,
+            lost: 1,
+            ..Default::default()
+        };
+        w.network_rtt.record(5_000);
+        let mut s = pb::WindowSummary::default();
+        w.drain_into(&mut s);
+        assert_eq!((s.sent, s.received, s.lost), (10, 9, 1));
+        assert!((s.loss_ratio - 0.1).abs() < 1e-9);
+        assert_eq!(s.network_rtt_ns.unwrap().p50, 5_000);
+        assert!(w.is_empty());
+        assert_eq!(w.network_rtt.count(), 0);
     }
 }
