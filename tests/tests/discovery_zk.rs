@@ -1,0 +1,693 @@
+//! ZooKeeper membership (`meshprobe::discovery::run_zk`) against a real ZooKeeper 3.8, in
+//! process: each member runs on its own thread inside a harness namespace, with its own tokio
+//! runtime, so its ZooKeeper connection comes from that namespace's address.
+//!
+//! Topology: TwoHosts; ZooKeeper listens on A (198.18.0.1:2181); member "a" runs in A, member
+//! "b" in B (198.18.0.2), so B's ZooKeeper traffic can be cut with nftables alone.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use meshprobe::discovery::{DiscoveryError, PeerMap, ZkOptions, ZkState, run_zk};
+use meshprobe::pb::NodeInfo;
+use meshprobe_tests::env::{exclusive, missing_prerequisite, skip};
+use meshprobe_tests::netns::Netns;
+use meshprobe_tests::services::{TcpBlock, ZooKeeper, zookeeper_missing};
+use meshprobe_tests::topo::TwoHosts;
+use tokio::sync::watch;
+
+const ZK_PORT: u16 = 2181;
+const ROOT: &str = "/meshprobe-test/";
+const HEARTBEAT: &str = "heartbeat";
+const MEMBERS: &str = "/meshprobe-test/heartbeat";
+const PROBE_PORT: u16 = 862;
+
+/// Root, ip, nft, java and the ZooKeeper jars, and the machine to ourselves; else skip.
+fn prereq(test: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    if let Some(why) = missing_prerequisite(&["nft"]).or_else(zookeeper_missing) {
+        skip(test, &why);
+        return Ok(None);
+    }
+    Ok(Some(exclusive()?))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn node_info(id: &str, addr: IpAddr, port: u32, tag: &str) -> NodeInfo {
+    NodeInfo {
+        node_id: id.into(),
+        public_address: addr.to_string(),
+        public_port: port,
+        zone: format!("zone-{id}"),
+        rack: "rack-1".into(),
+        version: tag.into(),
+        capabilities: vec!["stamp-reflector".into()],
+        started_tai_ns: now_ns(),
+    }
+}
+
+fn options(servers: &str, me: NodeInfo, timeout: Duration) -> ZkOptions {
+    ZkOptions {
+        servers: servers.into(),
+        root_path: ROOT.into(),
+        heartbeat_path: HEARTBEAT.into(),
+        session_timeout: timeout,
+        me,
+        default_port: PROBE_PORT,
+    }
+}
+
+/// Protobuf of a NodeInfo with the fields the tests set by hand (the tests crate has no prost):
+/// strings 1 node_id, 2 public_address, 6 version; varints 3 public_port, 8 started_tai_ns.
+fn encode_node_info(id: &str, addr: &str, port: u32, version: &str, started: u64) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn string(out: &mut Vec<u8>, field: u64, s: &str) {
+        varint(out, field << 3 | 2);
+        varint(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = Vec::new();
+    string(&mut out, 1, id);
+    string(&mut out, 2, addr);
+    varint(&mut out, 3 << 3);
+    varint(&mut out, port.into());
+    string(&mut out, 6, version);
+    varint(&mut out, 8 << 3);
+    varint(&mut out, started);
+    out
+}
+
+/// Runs `f` with a ZooKeeper client connected from inside `ns`. A `detached` session is not
+/// closed afterwards: it stays alive on the server until its timeout, like the session of an
+/// agent that was killed.
+fn zk_session<T, F>(ns: &Netns, servers: &str, detached: Option<Duration>, f: F) -> Result<T>
+where
+    T: Send,
+    F: AsyncFnOnce(&zookeeper_client::Client) -> Result<T> + Send,
+{
+    let servers = servers.to_string();
+    ns.enter(move || -> Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let mut c = zookeeper_client::Client::connector()
+                .with_session_timeout(detached.unwrap_or(Duration::from_secs(5)));
+            if detached.is_some() {
+                c = c.with_detached();
+            }
+            let client = tokio::time::timeout(Duration::from_secs(10), c.connect(&servers))
+                .await
+                .map_err(|_| anyhow!("connecting to ZooKeeper {servers} timed out"))?
+                .with_context(|| format!("connecting to ZooKeeper {servers}"))?;
+            let r = tokio::time::timeout(Duration::from_secs(10), f(&client))
+                .await
+                .map_err(|_| anyhow!("ZooKeeper operation timed out"))?;
+            drop(client);
+            r
+        })
+    })?
+}
+
+/// Data and ephemeral owner of `path`, `None` if it does not exist.
+fn znode(ns: &Netns, servers: &str, path: &str) -> Result<Option<(Vec<u8>, i64)>> {
+    let p = path.to_string();
+    zk_session(ns, servers, None, async move |c| {
+        match c.get_data(&p).await {
+            Ok((data, stat)) => Ok(Some((data, stat.ephemeral_owner))),
+            Err(zookeeper_client::Error::NoNode) => Ok(None),
+            Err(e) => Err(anyhow!("get_data {p}: {e}")),
+        }
+    })
+}
+
+fn delete_znode(ns: &Netns, servers: &str, path: &str) -> Result<()> {
+    let p = path.to_string();
+    zk_session(ns, servers, None, async move |c| {
+        c.delete(&p, None)
+            .await
+            .map_err(|e| anyhow!("delete {p}: {e}"))
+    })
+}
+
+fn persistent_opts() -> zookeeper_client::CreateOptions<'static> {
+    zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all())
+}
+
+/// Creates `path` (and its parents) holding `data`: ephemeral in a detached session that
+/// lives for `session` (returns its id), or persistent with `None`.
+fn create_znode(
+    ns: &Netns,
+    servers: &str,
+    path: &str,
+    data: Vec<u8>,
+    session: Option<Duration>,
+) -> Result<i64> {
+    let p = path.to_string();
+    zk_session(ns, servers, session, async move |c| {
+        let parent = &p[..p.rfind('/').unwrap()];
+        c.mkdir(parent, &persistent_opts())
+            .await
+            .map_err(|e| anyhow!("mkdir {parent}: {e}"))?;
+        let mode = if session.is_some() {
+            zookeeper_client::CreateMode::Ephemeral
+        } else {
+            zookeeper_client::CreateMode::Persistent
+        };
+        c.create(
+            &p,
+            &data,
+            &mode.with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .await
+        .map_err(|e| anyhow!("create {p}: {e}"))?;
+        Ok(c.session_id().0)
+    })
+}
+
+type Outcome = Result<Result<(), DiscoveryError>>;
+
+/// One `run_zk` on its own thread (and current-thread runtime) inside a namespace. Dropping it
+/// stops it (graceful leave) and joins the thread.
+struct Member {
+    name: String,
+    stop: watch::Sender<bool>,
+    peers: watch::Receiver<PeerMap>,
+    state: watch::Receiver<ZkState>,
+    thread: Option<JoinHandle<Outcome>>,
+}
+
+impl Member {
+    fn start(ns: &Netns, opts: ZkOptions) -> Member {
+        let name = opts.me.node_id.clone();
+        let (peers_tx, peers) = watch::channel(PeerMap::new());
+        let (state_tx, state) = watch::channel(ZkState::Connecting);
+        let (stop, stop_rx) = watch::channel(false);
+        let thread = ns.spawn_thread(move || -> Result<(), DiscoveryError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(run_zk(opts, peers_tx, state_tx, stop_rx))
+        });
+        Member {
+            name,
+            stop,
+            peers,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    fn state(&self) -> ZkState {
+        *self.state.borrow()
+    }
+
+    fn peer_ids(&self) -> BTreeSet<String> {
+        self.peers.borrow().keys().cloned().collect()
+    }
+
+    fn has_peer(&self, id: &str) -> bool {
+        self.peers.borrow().contains_key(id)
+    }
+
+    /// Polls (every 1 ms) until `cond` holds; returns how long that took.
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&PeerMap, ZkState) -> bool,
+    ) -> Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            if cond(&self.peers.borrow(), self.state()) {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "{}: not {what} within {timeout:?} (state {}, peers {:?})",
+                    self.name,
+                    self.state(),
+                    self.peer_ids()
+                );
+            }
+            if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                bail!("{}: run_zk returned while waiting for {what}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn wait_registered_with(&self, peers: &[&str], timeout: Duration) -> Result<Duration> {
+        let want: BTreeSet<String> = peers.iter().map(|s| s.to_string()).collect();
+        self.wait(
+            &format!("registered with peers {want:?}"),
+            timeout,
+            |m, s| s == ZkState::Registered && m.keys().cloned().collect::<BTreeSet<_>>() == want,
+        )
+    }
+
+    /// Stops `run_zk` and returns how long it took to return.
+    fn stop(&mut self) -> Result<Duration> {
+        let t0 = Instant::now();
+        self.stop.send_replace(true);
+        let Some(h) = self.thread.take() else {
+            return Ok(Duration::ZERO);
+        };
+        while !h.is_finished() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("{}: run_zk did not return within 10 s of stop", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let took = t0.elapsed();
+        match h.join() {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => bail!("{}: run_zk failed: {e}", self.name),
+            Ok(Err(e)) => bail!("{}: could not enter the namespace: {e:#}", self.name),
+            Err(_) => bail!("{}: run_zk panicked", self.name),
+        }
+        ensure!(
+            self.state() == ZkState::Stopped,
+            "{}: state after stop is {}",
+            self.name,
+            self.state()
+        );
+        Ok(took)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.thread.is_some()
+            && let Err(e) = self.stop()
+        {
+            eprintln!("discovery_zk: {e:#}");
+        }
+    }
+}
+
+fn a_addr() -> IpAddr {
+    TwoHosts::A4.into()
+}
+
+fn b_addr() -> IpAddr {
+    TwoHosts::B4.into()
+}
+
+/// Discovery within well under 2 s, peer details, junk members skipped, the registration's
+/// content, and an immediate drop of a member that stops.
+#[test]
+fn members_see_each_other_and_leave_at_once() -> Result<()> {
+    let test = "members_see_each_other_and_leave_at_once";
+    let Some(_lock) = prereq(test)? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
+    let servers = zk.connect_string();
+    // Junk next to the real members: not a NodeInfo, and a name that cannot resolve.
+    create_znode(
+        &t.a,
+        &servers,
+        &format!("{MEMBERS}/junk"),
+        vec![0xff; 3],
+        None,
+    )?;
+    let unresolvable = encode_node_info("ghost", "no-such-host.invalid", 862, "t", 1);
+    create_znode(
+        &t.a,
+        &servers,
+        &format!("{MEMBERS}/ghost"),
+        unresolvable,
+        None,
+    )?;
+
+    let timeout = Duration::from_secs(4);
+    let mut a = Member::start(
+        &t.a,
+        options(&servers, node_info("a", a_addr(), 862, "test-a"), timeout),
+    );
+    a.wait_registered_with(&[], Duration::from_secs(10))?;
+
+    // b registers port 0: a must use its default port.
+    let t0 = Instant::now();
+    let mut b = Member::start(
+        &t.b,
+        options(&servers, node_info("b", b_addr(), 0, "test-b"), timeout),
+    );
+    b.wait("registered", Duration::from_secs(10), |_, s| {
+        s == ZkState::Registered
+    })?;
+    let registered_at = t0.elapsed();
+    let seen = a.wait("seeing b", Duration::from_secs(2), |m, _| {
+        m.contains_key("b")
+    })?;
+    let seen_at = t0.elapsed();
+    let after_registration = seen_at.saturating_sub(registered_at);
+    eprintln!(
+        "discovery_zk: b registered {registered_at:?} after start; a saw b {after_registration:?} \
+         after b's registration ({seen_at:?} after start)"
+    );
+    ensure!(
+        after_registration < Duration::from_millis(500),
+        "a saw b only {after_registration:?} after b registered"
+    );
+    ensure!(seen < Duration::from_secs(2));
+    b.wait_registered_with(&["a"], Duration::from_secs(2))?;
+
+    let pb = a.peers.borrow()["b"].clone();
+    ensure!(
+        pb.addr == "198.18.0.2:862".parse()? && pb.zone == "zone-b" && pb.rack == "rack-1",
+        "a's view of b: {pb:?}"
+    );
+    let pa = b.peers.borrow()["a"].clone();
+    ensure!(
+        pa.addr == "198.18.0.1:862".parse()?,
+        "b's view of a: {pa:?}"
+    );
+    ensure!(
+        a.peer_ids() == BTreeSet::from(["b".to_string()]),
+        "junk members or ourselves in a's map: {:?}",
+        a.peer_ids()
+    );
+
+    // Our registration is an ephemeral znode holding our NodeInfo.
+    let (data, owner) =
+        znode(&t.a, &servers, &format!("{MEMBERS}/a"))?.ok_or_else(|| anyhow!("no znode for a"))?;
+    ensure!(owner != 0, "a's znode is not ephemeral");
+    ensure!(
+        data.windows(6).any(|w| w == b"test-a"),
+        "a's znode does not hold a's NodeInfo: {data:?}"
+    );
+
+    // b stops: its znode goes first, a's map drops it at once.
+    let t0 = Instant::now();
+    let stop_took = b.stop()?;
+    let gone = a.wait("dropping b", Duration::from_secs(2), |m, _| {
+        !m.contains_key("b")
+    })?;
+    let gone_after_stop = t0.elapsed();
+    eprintln!(
+        "discovery_zk: b's stop took {stop_took:?}; a dropped b {gone_after_stop:?} after the \
+         stop began ({gone:?} after it returned)"
+    );
+    ensure!(
+        stop_took < Duration::from_millis(2500),
+        "stop took {stop_took:?}"
+    );
+    ensure!(
+        gone_after_stop < Duration::from_secs(1),
+        "a dropped b only after {gone_after_stop:?}"
+    );
+    ensure!(znode(&t.a, &servers, &format!("{MEMBERS}/b"))?.is_none());
+
+    // A new member appears again within well under 2 s (watch re-armed after each event).
+    let t0 = Instant::now();
+    let _c = Member::start(
+        &t.b,
+        options(&servers, node_info("c", b_addr(), 862, "test-c"), timeout),
+    );
+    a.wait("seeing c", Duration::from_secs(2), |m, _| {
+        m.contains_key("c")
+    })?;
+    eprintln!(
+        "discovery_zk: a saw a third member c {:?} after c started",
+        t0.elapsed()
+    );
+    a.stop()?;
+    Ok(())
+}
+
+/// ZooKeeper down at start, then up; killed for 3 s and restarted on the same data: the maps
+/// stay populated throughout and both members are registered again afterwards. Member b uses
+/// a connect string with a dead server first.
+#[test]
+fn zookeeper_outage_keeps_the_map() -> Result<()> {
+    let test = "zookeeper_outage_keeps_the_map";
+    let Some(_lock) = prereq(test)? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let live = format!("{}:{ZK_PORT}", a_addr());
+    let with_dead = format!("{}:{},{live}", a_addr(), ZK_PORT + 1);
+    let timeout = Duration::from_secs(6);
+    let a = Member::start(
+        &t.a,
+        options(&live, node_info("a", a_addr(), 862, "test-a"), timeout),
+    );
+    let b = Member::start(
+        &t.b,
+        options(&with_dead, node_info("b", b_addr(), 862, "test-b"), timeout),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for m in [&a, &b] {
+        ensure!(
+            m.state() == ZkState::Connecting && m.peer_ids().is_empty(),
+            "{} without ZooKeeper: state {}, peers {:?}",
+            m.name,
+            m.state(),
+            m.peer_ids()
+        );
+    }
+    let mut zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
+    let t0 = Instant::now();
+    a.wait_registered_with(&["b"], Duration::from_secs(15))?;
+    b.wait_registered_with(&["a"], Duration::from_secs(15))?;
+    eprintln!(
+        "discovery_zk: both registered and complete {:?} after ZooKeeper came up (started late)",
+        t0.elapsed()
+    );
+
+    zk.stop();
+    let t0 = Instant::now();
+    let mut seen = BTreeSet::new();
+    while t0.elapsed() < Duration::from_secs(3) {
+        for (m, other) in [(&a, "b"), (&b, "a")] {
+            ensure!(
+                m.has_peer(other),
+                "{} lost {other} from its map during the outage ({:?} in, state {})",
+                m.name,
+                t0.elapsed(),
+                m.state()
+            );
+            seen.insert((m.name.clone(), m.state().as_str()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for m in [&a, &b] {
+        ensure!(
+            seen.contains(&(m.name.clone(), "disconnected")),
+            "{} never reported Disconnected: {seen:?}",
+            m.name
+        );
+    }
+    zk.start_again()?;
+    let t0 = Instant::now();
+    a.wait_registered_with(&["b"], Duration::from_secs(15))?;
+    b.wait_registered_with(&["a"], Duration::from_secs(15))?;
+    eprintln!(
+        "discovery_zk: after a 3 s ZooKeeper outage both were registered again {:?} after it \
+         came back; maps stayed complete throughout",
+        t0.elapsed()
+    );
+    let members: BTreeSet<String> = zk
+        .ephemerals()?
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.starts_with(MEMBERS))
+        .collect();
+    ensure!(
+        members == BTreeSet::from([format!("{MEMBERS}/a"), format!("{MEMBERS}/b")]),
+        "ephemerals after the outage: {members:?}"
+    );
+    // Leave while ZooKeeper is still up (locals drop in reverse order: zk first).
+    drop(b);
+    drop(a);
+    Ok(())
+}
+
+/// b's traffic to ZooKeeper is dropped for longer than the session timeout: its session
+/// expires (a sees b go), b keeps its map, then creates a new session and registers again.
+#[test]
+fn session_expiry_registers_again() -> Result<()> {
+    let test = "session_expiry_registers_again";
+    let Some(_lock) = prereq(test)? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
+    let servers = zk.connect_string();
+    let timeout = Duration::from_secs(2);
+    let a = Member::start(
+        &t.a,
+        options(&servers, node_info("a", a_addr(), 862, "test-a"), timeout),
+    );
+    let b = Member::start(
+        &t.b,
+        options(&servers, node_info("b", b_addr(), 862, "test-b"), timeout),
+    );
+    a.wait_registered_with(&["b"], Duration::from_secs(10))?;
+    b.wait_registered_with(&["a"], Duration::from_secs(10))?;
+    let (_, old_session) =
+        znode(&t.a, &servers, &format!("{MEMBERS}/b"))?.ok_or_else(|| anyhow!("no znode for b"))?;
+
+    let block = TcpBlock::install(&t.b, ZK_PORT)?;
+    let t0 = Instant::now();
+    let mut b_states = BTreeSet::new();
+    let mut a_lost_b = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        ensure!(
+            b.has_peer("a"),
+            "b lost a from its map while cut off ({:?} in, state {})",
+            t0.elapsed(),
+            b.state()
+        );
+        b_states.insert(b.state().as_str());
+        if a_lost_b.is_none() && !a.has_peer("b") {
+            a_lost_b = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(block);
+    let unblocked = Instant::now();
+    eprintln!(
+        "discovery_zk: b cut off for 5 s with a 2 s session timeout: b's states {b_states:?}; \
+         a dropped b {a_lost_b:?} into the cut"
+    );
+    ensure!(
+        b_states.contains("expired"),
+        "b never reported its session expired: {b_states:?}"
+    );
+    ensure!(a_lost_b.is_some(), "a kept b although b's session expired");
+    b.wait_registered_with(&["a"], Duration::from_secs(10))?;
+    let back = unblocked.elapsed();
+    a.wait("seeing b again", Duration::from_secs(2), |m, _| {
+        m.contains_key("b")
+    })?;
+    let (_, new_session) = znode(&t.a, &servers, &format!("{MEMBERS}/b"))?
+        .ok_or_else(|| anyhow!("no znode for b after the expiry"))?;
+    ensure!(
+        new_session != old_session,
+        "b's znode still belongs to the expired session {old_session:#x}"
+    );
+    eprintln!(
+        "discovery_zk: b registered again in a new session {back:?} after the cut ended \
+         (session {old_session:#x} -> {new_session:#x}); a saw b again {:?} after the cut",
+        unblocked.elapsed()
+    );
+    Ok(())
+}
+
+/// A znode left by our previous incarnation (same address, session still alive) is taken
+/// over at once; one held by another agent (different address) is not, until it goes; our
+/// znode deleted by someone else is created again.
+#[test]
+fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
+    let test = "stale_own_znode_is_taken_over_conflicts_are_not";
+    let Some(_lock) = prereq(test)? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
+    let servers = zk.connect_string();
+    let linger = Some(Duration::from_secs(40));
+    let timeout = Duration::from_secs(4);
+
+    // A "crashed" a: its session lives on for 40 s.
+    let stale = encode_node_info("a", "198.18.0.1", 862, "crashed-a", 1);
+    let stale_session = create_znode(&t.a, &servers, &format!("{MEMBERS}/a"), stale, linger)?;
+    let t0 = Instant::now();
+    let a = Member::start(
+        &t.a,
+        options(&servers, node_info("a", a_addr(), 862, "test-a"), timeout),
+    );
+    let took = a.wait_registered_with(&[], Duration::from_secs(10))?;
+    let (data, owner) =
+        znode(&t.a, &servers, &format!("{MEMBERS}/a"))?.ok_or_else(|| anyhow!("no znode for a"))?;
+    ensure!(
+        owner != stale_session && data.windows(6).any(|w| w == b"test-a"),
+        "a's znode still the stale one (owner {owner:#x}, stale {stale_session:#x})"
+    );
+    eprintln!(
+        "discovery_zk: a took over its stale znode (session {stale_session:#x} still alive) \
+         {took:?} after start ({:?})",
+        t0.elapsed()
+    );
+
+    // Another agent (198.18.0.9) holds "c": c waits and does not steal it.
+    let other = encode_node_info("c", "198.18.0.9", 862, "other-c", 1);
+    let other_session = create_znode(&t.a, &servers, &format!("{MEMBERS}/c"), other, linger)?;
+    let c = Member::start(
+        &t.b,
+        options(&servers, node_info("c", b_addr(), 862, "test-c"), timeout),
+    );
+    // It still watches the members meanwhile.
+    c.wait("seeing a", Duration::from_secs(10), |m, _| {
+        m.contains_key("a")
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        c.state() == ZkState::Connecting,
+        "c with a conflicting node id: state {}",
+        c.state()
+    );
+    let (_, owner) = znode(&t.a, &servers, &format!("{MEMBERS}/c"))?
+        .ok_or_else(|| anyhow!("the other agent's znode c is gone"))?;
+    ensure!(owner == other_session, "c stole the other agent's znode");
+    // a sees the other agent's c (its data is valid), not ours.
+    ensure!(
+        a.peers.borrow().get("c").map(|p| p.addr) == Some("198.18.0.9:862".parse()?),
+        "a's view of c: {:?}",
+        a.peers.borrow().get("c")
+    );
+    // The other agent leaves: c registers at once (it watches the conflicting znode).
+    delete_znode(&t.a, &servers, &format!("{MEMBERS}/c"))?;
+    let t0 = Instant::now();
+    c.wait("registered", Duration::from_secs(3), |_, s| {
+        s == ZkState::Registered
+    })?;
+    let c_took = t0.elapsed();
+    a.wait("seeing our c", Duration::from_secs(2), |m, _| {
+        m.get("c")
+            .is_some_and(|p| p.addr == "198.18.0.2:862".parse().unwrap())
+    })?;
+    eprintln!("discovery_zk: c registered {c_took:?} after the conflicting znode went");
+    ensure!(
+        c_took < Duration::from_secs(1),
+        "c registered only after {c_took:?}"
+    );
+
+    // Someone deletes a's znode: a creates it again.
+    delete_znode(&t.a, &servers, &format!("{MEMBERS}/a"))?;
+    let t0 = Instant::now();
+    let mut recreated = None;
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Some((_, owner)) = znode(&t.a, &servers, &format!("{MEMBERS}/a"))?
+            && owner != 0
+        {
+            recreated = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let recreated = recreated.ok_or_else(|| anyhow!("a did not re-create its deleted znode"))?;
+    a.wait_registered_with(&["c"], Duration::from_secs(2))?;
+    eprintln!("discovery_zk: a re-created its deleted znode within {recreated:?}");
+    ensure!(recreated < Duration::from_secs(1));
+    Ok(())
+}
