@@ -45,7 +45,6 @@ enum Cmd {
     Ping(PingArgs),
     /// Lab/test delay element (no netem here): hold each packet on an interface for a time.
     Delay(DelayArgs),
-    #[cfg(any())]
     Agent(Box<crate::agent::AgentArgs>),
     /// Read the Kafka topic and print decoded records (table or JSON lines).
     Consume(crate::consume::ConsumeArgs),
@@ -170,7 +169,6 @@ pub fn main() -> ExitCode {
     use clap::{CommandFactory as _, FromArgMatches as _};
     // The agent's TOML file supplies defaults below flags and environment.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    #[cfg(any())]
     let cmd = match crate::agent::config::with_file_defaults(Cli::command(), &argv) {
         Ok(c) => c,
         Err(e) => {
@@ -178,7 +176,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cmd = Cli::command();
     let cli = match Cli::from_arg_matches(&cmd.get_matches_from(argv)) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -186,7 +183,8 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESHPROBE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                // zookeeper-client retries loudly on its own; our discovery logs each outage once.
+                .unwrap_or_else(|_| "info,zookeeper_client=error".into()),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: logs collected from a pipe stay plain text.
@@ -205,7 +203,6 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        #[cfg(any())]
         Err(e) if e.downcast_ref::<crate::agent::ConfigError>().is_some() => {
             eprintln!("meshprobe: {e:#}");
             ExitCode::from(2)
@@ -222,7 +219,6 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Reflect(a) => reflect(a).await,
         Cmd::Ping(a) => ping(a).await,
         Cmd::Delay(a) => delay(a).await,
-        #[cfg(any())]
         Cmd::Agent(a) => crate::agent::run(*a, stop_signal()?).await,
         Cmd::Consume(a) => crate::consume::run(a).await,
     }

@@ -1,5 +1,4 @@
 //! meshprobe: kernel-timestamped STAMP (RFC 8762/8972) latency probing.
-#[cfg(any())] // WIP: enabled once discovery lands
 pub mod agent;
 pub mod cli;
 pub mod clock;

@@ -230,12 +230,37 @@ pub struct AgentArgs {
 }
 
 /// A setting that cannot work, with its names and the fix. Exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{setting}: {problem}; {fix}")]
+#[derive(Debug)]
 pub struct ConfigError {
     pub setting: String,
     pub problem: String,
     pub fix: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.setting)?;
+        if !self.problem.is_empty() {
+            write!(f, ": {}", self.problem)?;
+        }
+        if !self.fix.is_empty() {
+            write!(f, "; {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// An error from a module that already names the setting and says what is wrong.
+    pub fn named(e: impl std::fmt::Display) -> Self {
+        Self {
+            setting: e.to_string(),
+            problem: String::new(),
+            fix: String::new(),
+        }
+    }
 }
 
 fn bad(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {

@@ -84,15 +84,8 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
     let static_peers = if a.peers.is_empty() && a.peers_file.is_none() {
         PeerMap::new()
     } else {
-        discovery::parse_static(&a.peers, a.peers_file.as_deref(), STAMP_DEFAULT_PORT).map_err(
-            |e| {
-                cfg_err(
-                    "MESHPROBE_PEERS / MESHPROBE_PEERS_FILE",
-                    e,
-                    "fix the entry: [id=]host[:port]",
-                )
-            },
-        )?
+        discovery::parse_static(&a.peers, a.peers_file.as_deref(), STAMP_DEFAULT_PORT)
+            .map_err(ConfigError::named)?
     };
     let kafka = a.kafka_bootstrap_servers.as_ref().map(|b| KafkaOptions {
         brokers: b.trim().to_string(),
@@ -103,8 +96,7 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
         conn_timeout: a.conn_timeout,
     });
     if let Some(k) = &kafka {
-        sink::validate(k)
-            .map_err(|e| cfg_err("Kafka settings", e, "see meshprobe agent --help"))?;
+        sink::validate(k).map_err(ConfigError::named)?;
     }
     let zk = match &a.servers_zk {
         None => None,
@@ -146,8 +138,7 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
                 },
                 default_port: STAMP_DEFAULT_PORT,
             };
-            discovery::validate_zk(&opts)
-                .map_err(|e| cfg_err("ZooKeeper settings", e, "see meshprobe agent --help"))?;
+            discovery::validate_zk(&opts).map_err(ConfigError::named)?;
             Some(opts)
         }
     };
