@@ -548,13 +548,6 @@ impl AgentArgs {
                 "give host:port[,host:port], or unset it to print to stdout",
             ));
         }
-        if self.servers_zk.is_none() && self.register_public_dns.is_some() {
-            return Err(bad(
-                "REGISTER_PUBLIC_DNS (--register-public-dns)",
-                "set without SERVERS_ZK: nothing would read it",
-                "set SERVERS_ZK, or unset REGISTER_PUBLIC_DNS when using static peers",
-            ));
-        }
         Ok(())
     }
 

@@ -101,6 +101,10 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
     let zk = match &a.servers_zk {
         None => None,
         Some(servers) => {
+            // Syntax first: a bad connect string must be named as such, not as a failure to
+            // derive our address from it.
+            let servers = discovery::normalize_servers(servers).map_err(ConfigError::named)?;
+            let servers = &servers;
             let public = match &a.register_public_dns {
                 Some(p) => p.clone(),
                 None if !listen_ip.is_unspecified() => listen_ip.to_string(),
@@ -142,6 +146,10 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
             Some(opts)
         }
     };
+    if zk.is_none() && a.register_public_dns.is_some() {
+        // Harmless (templates often set it everywhere), but worth knowing.
+        info!("REGISTER_PUBLIC_DNS is set but SERVERS_ZK is not: it is not used");
+    }
     if zk.is_none() && static_peers.is_empty() {
         warn!("no SERVERS_ZK and no static peers: this agent only reflects");
     }
