@@ -211,8 +211,9 @@ impl Agent {
         if !cfg.env.contains_key("MESHPROBE_NODE_ID") {
             cmd.env("MESHPROBE_NODE_ID", node_id);
         }
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+        // The agent's log filter (tracing EnvFilter syntax); the caller's value wins.
+        if std::env::var_os("MESHPROBE_LOG").is_none() {
+            cmd.env("MESHPROBE_LOG", "info");
         }
         cmd.envs(&cfg.env);
         harden(&mut cmd);
@@ -680,6 +681,24 @@ pub const TEST_INTERVAL: &str = "100ms";
 pub const TEST_CONN_TIMEOUT_S: u64 = 4;
 pub const TEST_PEER_GRACE: &str = "2s";
 pub const TEST_SHUTDOWN_GRACE: &str = "3s";
+/// CLOCK_TAI now, in nanoseconds (the agents' window clock).
+pub fn tai_now_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_TAI).expect("CLOCK_TAI");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// The index (`window_seq`) of the window in progress now, for windows of `len`: agents align
+/// windows to CLOCK_TAI, `window_seq = window_start_tai_ns / window_length_ns`. Its summary is
+/// printed once it ends.
+pub fn window_now_of(len: Duration) -> u64 {
+    tai_now_ns() / len.as_nanos() as u64
+}
+
+/// [`window_now_of`] the test window ([`TEST_WINDOW_DURATION`]).
+pub fn window_now() -> u64 {
+    window_now_of(TEST_WINDOW_DURATION)
+}
+
 /// The znode folder with the defaults ROOT_PATH_ZK=meshprobe, HEART_BEAT_NODE_PATH=heartbeat.
 pub const HEARTBEAT_PATH: &str = "/meshprobe/heartbeat";
 pub const ZK_PORT: u16 = 2181;
@@ -910,6 +929,43 @@ impl Lab {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// State for a failure message: TCP sockets and neighbours of every namespace, ZooKeeper's
+    /// connections and members, the tail of every agent's stderr.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let mut section = |title: String, body: String| {
+            out.push_str(&format!("--- {title}\n{}\n", body.trim_end()));
+        };
+        let run = |ns: &Netns, argv: &[&str]| match ns.output(argv) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        section(
+            "core: ss -tnoi".into(),
+            run(self.mesh.core(), &["ss", "-tnoi"]),
+        );
+        for i in self.mesh.node_indices() {
+            let ns = self.mesh.node(i);
+            section(format!("node{i}: ss -tnoi"), run(ns, &["ss", "-tnoi"]));
+            section(format!("node{i}: ip neigh"), run(ns, &["ip", "neigh"]));
+        }
+        if let Some(zk) = &self.zk {
+            section(
+                "ZooKeeper cons".into(),
+                zk.four_letter("cons").unwrap_or_else(|e| format!("{e:#}")),
+            );
+            section(
+                format!("ZooKeeper ls {HEARTBEAT_PATH}"),
+                format!("{:?}", zk.ls(HEARTBEAT_PATH)),
+            );
+            section("ZooKeeper log".into(), zk.log_tail(15));
+        }
+        for (i, a) in &self.agents {
+            section(format!("agent node{i} stderr"), a.stderr_tail(25));
+        }
+        out
     }
 
     /// SIGTERMs every agent, then waits for each exit (at most `timeout` each).

@@ -28,6 +28,8 @@ pub struct Mesh {
 
 impl Mesh {
     pub const BRIDGE: &'static str = "br0";
+    /// Locally administered, fixed for the bridge's life.
+    pub const BRIDGE_MAC: &'static str = "02:00:c6:12:00:01";
     pub const CORE4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
     pub const CORE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 
@@ -51,6 +53,17 @@ impl Mesh {
             "0",
         ])
         .context("creating the mesh bridge")?;
+        // A fixed MAC: otherwise the bridge takes the lowest MAC of its ports and changes it
+        // as nodes are added, and nodes that resolved the core earlier keep sending to a MAC
+        // that is no longer the bridge's (their TCP connections to the core then fail).
+        core.run([
+            "ip",
+            "link",
+            "set",
+            Self::BRIDGE,
+            "address",
+            Self::BRIDGE_MAC,
+        ])?;
         core.run(["ip", "link", "set", Self::BRIDGE, "up"])?;
         add_addr(&core, Self::BRIDGE, Self::CORE4.into(), 24)?;
         add_addr(&core, Self::BRIDGE, Self::CORE6.into(), 64)?;

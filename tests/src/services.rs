@@ -243,6 +243,7 @@ impl ZooKeeper {
             "-XX:+UseSerialGC".into(),
             "-Dzookeeper.jmx.log4j.disable=true".into(),
             "-Dorg.slf4j.simpleLogger.showDateTime=true".into(),
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX".into(),
             format!("-Dorg.slf4j.simpleLogger.logFile={}", self.log.display()),
             "-cp".into(),
             classpath,
@@ -544,16 +545,36 @@ impl Tansu {
         format!("tcp://{}", host_port(self.addr, self.port))
     }
 
+    /// Where the broker listens: its address; for an IPv6 address every address of the
+    /// namespace (`[::]`, dual-stack), because tansu's own client (`tansu topic create`) cannot
+    /// connect to an IPv6 literal ("UnknownHost") and goes through 127.0.0.1 instead. Clients
+    /// are still told (advertised) the IPv6 address.
+    fn listener_url(&self) -> String {
+        match self.addr {
+            IpAddr::V4(_) => self.url(),
+            IpAddr::V6(_) => format!("tcp://[::]:{}", self.port),
+        }
+    }
+
+    /// The URL `tansu topic ...` uses (see [`Tansu::listener_url`]).
+    fn admin_url(&self) -> String {
+        match self.addr {
+            IpAddr::V4(_) => self.url(),
+            IpAddr::V6(_) => format!("tcp://127.0.0.1:{}", self.port),
+        }
+    }
+
     fn launch(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("tansu on {} is already running", self.bootstrap());
         }
         let url = self.url();
+        let listener = self.listener_url();
         let mut cmd = self.ns.command([
             self.bin.as_os_str(),
             "broker".as_ref(),
             "--listener-url".as_ref(),
-            url.as_ref(),
+            listener.as_ref(),
             "--advertised-listener-url".as_ref(),
             url.as_ref(),
             "--storage-engine".as_ref(),
@@ -636,7 +657,7 @@ impl Tansu {
     /// `tansu topic create NAME --partitions N` against this broker (from inside its
     /// namespace).
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        let url = self.url();
+        let url = self.admin_url();
         let parts = partitions.to_string();
         let mut cmd = self.ns.command([
             self.bin.as_os_str(),

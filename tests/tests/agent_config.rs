@@ -8,6 +8,7 @@ use anyhow::{Result, bail, ensure};
 use meshprobe_tests::Netns;
 use meshprobe_tests::agent::{
     Agent, AgentConfig, HEARTBEAT_PATH, KAFKA_PORT, Lab, TEST_TOPIC, ZK_PORT, num, summary_key,
+    window_now,
 };
 use meshprobe_tests::env::TestEnv;
 use meshprobe_tests::services::{Tansu, ZooKeeper, tansu_missing, wait_until, zookeeper_missing};
@@ -251,7 +252,7 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
         lab.start_agent_with(i, &cfg)?;
     }
     // Three windows without a broker.
-    let s0 = lab.max_window_seq();
+    let s0 = window_now();
     lab.wait_pairs_measured(&[0, 1], s0 + 3, Duration::from_secs(20))?;
     for i in 0..2 {
         let a = lab.agent_mut(i);

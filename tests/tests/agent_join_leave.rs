@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, num};
+use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, num, window_now};
 use meshprobe_tests::topo::Family;
 
 const DISCOVERY_BOUND: Duration = Duration::from_secs(2);
@@ -37,7 +37,7 @@ fn fourth_agent_is_probed_within_2s_and_a_leaving_agent_raises_no_loss() -> Resu
             }
         }
     }
-    let s0 = lab.max_window_seq();
+    let s0 = window_now();
     lab.wait_pairs_measured(&[0, 1, 2], s0 + 1, Duration::from_secs(15))?;
 
     // Join: node 3. Its registration time is when its znode is first seen (polled every 20 ms
@@ -88,8 +88,8 @@ fn fourth_agent_is_probed_within_2s_and_a_leaving_agent_raises_no_loss() -> Resu
         wait_peer_added(&mut lab, n3, b)?;
     }
     // Its pairs appear in summaries, both directions.
-    let s1 = lab.max_window_seq();
-    lab.wait_pairs_measured(&[0, 1, 2, n3], s1, Duration::from_secs(15))?;
+    let s1 = window_now();
+    lab.wait_pairs_measured(&[0, 1, 2, n3], s1 + 1, Duration::from_secs(15))?;
 
     // Leave: node 1, gracefully.
     let leaver = 1;
@@ -126,7 +126,7 @@ fn fourth_agent_is_probed_within_2s_and_a_leaving_agent_raises_no_loss() -> Resu
     }
     // Two more windows, then no summary towards the leaver may show loss, and none may come
     // after its peer_removed.
-    let s2 = lab.max_window_seq();
+    let s2 = window_now();
     lab.wait_pairs_measured(&[0, 2, n3], s2 + 2, Duration::from_secs(15))?;
     let mut failures = Vec::new();
     for &(i, _) in &marks {

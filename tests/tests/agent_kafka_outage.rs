@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{Lab, num, summary_key};
+use meshprobe_tests::agent::{Lab, num, summary_key, window_now};
 use meshprobe_tests::services::wait_until;
 use meshprobe_tests::topo::Family;
 use serde_json::Value;
@@ -66,7 +66,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
     for i in NODES {
         lab.start_agent(i)?;
     }
-    let s0 = lab.max_window_seq();
+    let s0 = window_now();
     lab.wait_pairs_measured(&NODES, s0 + 1, Duration::from_secs(20))?;
     for i in NODES {
         let ok = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
@@ -80,9 +80,9 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
         );
     }
 
+    let before = window_now();
     lab.kafka_mut().stop();
     let stopped = Instant::now();
-    let before = lab.max_window_seq();
     while stopped.elapsed() < OUTAGE {
         std::thread::sleep(Duration::from_millis(500));
         for i in NODES {
@@ -96,7 +96,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
             }
         }
     }
-    let during_last = lab.max_window_seq();
+    let during_last = window_now();
     for i in NODES {
         let b = metric(&lab, i, "meshprobe_kafka_buffered")?;
         eprintln!(
@@ -138,7 +138,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
         );
     }
     // One more window under steady probing, then a clean stop (flushes the last windows).
-    let now = lab.max_window_seq();
+    let now = window_now();
     lab.wait_pairs_measured(&NODES, now + 1, Duration::from_secs(15))?;
     lab.stop_agents(Duration::from_secs(15))?;
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{Lab, num, num2, summary_key};
+use meshprobe_tests::agent::{Lab, num, num2, summary_key, window_now};
 use meshprobe_tests::stats::{median, us};
 use meshprobe_tests::topo::Family;
 
@@ -76,9 +76,9 @@ fn run(test: &str, family: Family) -> Result<()> {
     check_discovery(&mut lab, &[0, 1, 2])?;
 
     // Baseline windows: complete before the delays are attached.
-    let b0 = lab.max_window_seq();
+    let b0 = window_now();
     lab.wait_pairs_measured(&[0, 1, 2], b0 + 2, Duration::from_secs(20))?;
-    let base_last = lab.max_window_seq();
+    let base_last = window_now() - 1;
 
     let mut delays = Vec::new();
     for (i, d) in DELAYS_US.iter().enumerate() {
@@ -90,10 +90,10 @@ fn run(test: &str, family: Family) -> Result<()> {
             &["--udp-port", "862"],
         )?);
     }
-    // The window in progress now (or the next, if the last one is not printed yet) is mixed.
-    let first_delayed = lab.max_window_seq() + 3;
+    // The window in progress now is mixed; the next ones are fully delayed.
+    let first_delayed = window_now() + 1;
     lab.wait_pairs_measured(&[0, 1, 2], first_delayed + 2, Duration::from_secs(30))?;
-    let last_checked = lab.max_window_seq();
+    let last_checked = window_now() - 1;
     lab.stop_agents(Duration::from_secs(15))?;
     drop(delays);
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, TEST_CONN_TIMEOUT_S, ZK_PORT, num};
+use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now};
 use meshprobe_tests::services::{TcpBlock, wait_until};
 use meshprobe_tests::topo::Family;
 
@@ -30,11 +30,17 @@ fn mesh_up(test: &str) -> Result<Option<Lab>> {
                     .wait_for(Duration::from_secs(10), |e| {
                         e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
                     })
-                    .with_context(|| format!("{} never added {id_b}", Lab::node_id(a)))?;
+                    .with_context(|| {
+                        format!(
+                            "{} never added {id_b}\n{}",
+                            Lab::node_id(a),
+                            lab.diagnostics()
+                        )
+                    })?;
             }
         }
     }
-    let s0 = lab.max_window_seq();
+    let s0 = window_now();
     lab.wait_pairs_measured(&NODES, s0 + 1, Duration::from_secs(15))?;
     Ok(Some(lab))
 }
@@ -80,7 +86,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
         return Ok(());
     };
     let t0 = Instant::now();
-    let before = lab.max_window_seq();
+    let before = window_now();
     let removed_before: Vec<usize> = NODES
         .iter()
         .map(|&i| lab.agent(i).lines("peer_removed").len())
@@ -104,7 +110,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
             readyz_during = NODES.iter().map(|&i| readyz(&lab, i)).collect();
         }
     }
-    let during_last = lab.max_window_seq();
+    let during_last = window_now();
     eprintln!("/readyz 10 s into the outage: {readyz_during:?}");
     lab.zk_mut().start_again()?;
     let restarted = Instant::now();
@@ -136,7 +142,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
     }
     // Windows from the one in progress when ZooKeeper stopped to the one after the restart.
     lab.wait_pairs_measured(&NODES, during_last + 2, Duration::from_secs(15))?;
-    let mut failures = check_no_pause(&lab, &NODES, before + 1, during_last + 2);
+    let mut failures = check_no_pause(&lab, &NODES, before, during_last + 1);
     for (k, &i) in NODES.iter().enumerate() {
         let removed = &lab.agent(i).lines("peer_removed")[removed_before[k]..];
         if !removed.is_empty() {
@@ -168,8 +174,8 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
     }
     eprintln!(
         "{test}: windows {}..={} checked, {:?}",
-        before + 1,
-        during_last + 2,
+        before,
+        during_last + 1,
         t0.elapsed()
     );
     if !failures.is_empty() {
@@ -200,7 +206,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
     let znode = format!("{HEARTBEAT_PATH}/{id}");
     let session_before = session_of(&lab, &znode)
         .with_context(|| format!("{znode} is not an ephemeral znode of any session"))?;
-    let before = lab.max_window_seq();
+    let before = window_now();
     let marks: Vec<_> = NODES.iter().map(|&i| lab.agent(i).mark()).collect();
 
     // Cut the victim off ZooKeeper for twice the session timeout: the server expires the
@@ -222,7 +228,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
         )
     })?;
     eprintln!("{znode} deleted {gone_after:?} after the block (session expired)");
-    let during_last = lab.max_window_seq();
+    let during_last = window_now();
     drop(block);
     let unblocked = Instant::now();
 
@@ -277,7 +283,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
             Lab::node_id(i)
         );
     }
-    let now = lab.max_window_seq();
+    let now = window_now();
     lab.wait_pairs_measured(&NODES, now + 1, Duration::from_secs(15))?;
     // The victim never stopped probing the peers it knew.
     let mut failures = Vec::new();
@@ -287,7 +293,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
             continue;
         }
         let dst = Lab::node_id(j);
-        for w in before + 1..=during_last + 1 {
+        for w in before..=during_last {
             let sent: u64 = sums
                 .iter()
                 .filter(|s| s["dst"] == dst.as_str() && num(s, "window_seq") == w)
