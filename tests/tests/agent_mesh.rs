@@ -92,7 +92,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     }
     // The window in progress now is mixed; the next ones are fully delayed.
     let first_delayed = window_now() + 1;
-    lab.wait_pairs_measured(&[0, 1, 2], first_delayed + 2, Duration::from_secs(30))?;
+    lab.wait_pairs_measured(&[0, 1, 2], first_delayed + 3, Duration::from_secs(30))?;
     let last_checked = window_now() - 1;
     lab.stop_agents(Duration::from_secs(15))?;
     drop(delays);
