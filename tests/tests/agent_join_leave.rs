@@ -74,10 +74,18 @@ fn fourth_agent_is_probed_within_2s_and_a_leaving_agent_raises_no_loss() -> Resu
     for a in 0..3 {
         let at = wait_peer_added(&mut lab, a, n3)?;
         let late = at.saturating_duration_since(registered);
-        eprintln!(
-            "{} added {id3} {late:?} after its registration",
-            Lab::node_id(a)
-        );
+        if at < registered {
+            eprintln!(
+                "{} added {id3} {:?} before the harness saw its znode",
+                Lab::node_id(a),
+                registered - at
+            );
+        } else {
+            eprintln!(
+                "{} added {id3} {late:?} after its registration",
+                Lab::node_id(a)
+            );
+        }
         ensure!(
             late <= DISCOVERY_BOUND,
             "{} reported peer_added {id3} {late:?} after it registered (bound {DISCOVERY_BOUND:?})",
