@@ -645,10 +645,6 @@ mod tests {
             ),
             (&["--node-id", "a/b"], "MESHPROBE_NODE_ID"),
             (&["--kafka-probes"], "MESHPROBE_KAFKA_PROBES"),
-            (
-                &["--register-public-dns", "198.18.0.2"],
-                "REGISTER_PUBLIC_DNS",
-            ),
             (&["--conn-timeout", "0"], "CONN_TIMEOUT"),
         ];
         for (args, setting) in cases {
