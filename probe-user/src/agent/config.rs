@@ -2,7 +2,7 @@
 //! optional TOML file; flag > environment > file > default. Validated before anything starts.
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, parser::ValueSource};
+use clap::Args;
 use probe_common::{STAMP_DEFAULT_PORT, wire as off};
 
 use crate::{ebpf::AttachMode, sink::OutputFormat};
@@ -372,14 +372,6 @@ pub fn with_file_defaults(
         sc
     });
     Ok(cmd)
-}
-
-/// Whether a setting was given by the user (flag, environment or file) rather than defaulted.
-pub fn given(m: &clap::ArgMatches, id: &str) -> bool {
-    matches!(
-        m.value_source(id),
-        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-    )
 }
 
 impl AgentArgs {

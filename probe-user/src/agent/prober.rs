@@ -448,15 +448,8 @@ impl Prober {
             self.metrics.on_lost(&p.label);
             if self.sinks.kafka_probes {
                 self.sinks.probe(pb::ProbeResult {
-                    src: self.opts.node_id.clone(),
-                    dst: p.peer.node_id.clone(),
-                    dst_address: p.peer.addr.to_string(),
-                    ssid: u32::from(p.ssid),
-                    seq: q.seq,
                     lost: true,
-                    timestamping: timestamping(&self.st) as i32,
-                    sent_tai_ns: q.app_tx_tai,
-                    ..Default::default()
+                    ..probe_record(&self.opts, p, &self.st, q.seq, q.app_tx_tai)
                 });
             }
         }
@@ -547,12 +540,6 @@ impl Prober {
         self.metrics.on_reply(&p.label, m.network_rtt);
         if self.sinks.kafka_probes {
             self.sinks.probe(pb::ProbeResult {
-                src: self.opts.node_id.clone(),
-                dst: p.peer.node_id.clone(),
-                dst_address: p.peer.addr.to_string(),
-                ssid: u32::from(p.ssid),
-                seq,
-                lost: false,
                 t1_ns: m.t1,
                 t2_ns: m.t2,
                 t3_ns: m.t3,
@@ -563,10 +550,9 @@ impl Prober {
                 stack_overhead_ns: m.stack_overhead,
                 t1_source: stamp_source(m.t1_source) as i32,
                 t4_source: stamp_source(m.t4_source) as i32,
-                timestamping: timestamping(&self.st) as i32,
                 ttl: u32::from(rep.sender_ttl),
                 reordered: kind == ReplyKind::Reordered,
-                sent_tai_ns: app_tx,
+                ..probe_record(&self.opts, p, &self.st, seq, app_tx)
             });
         }
     }
@@ -624,6 +610,26 @@ impl Prober {
                 debug!("dropped state of departed peer {}", p.peer.node_id);
             }
         }
+    }
+}
+
+/// The fields every probe record towards `p` shares, answered or lost.
+fn probe_record(
+    opts: &ProberOptions,
+    p: &PeerState,
+    st: &Stamping,
+    seq: u32,
+    sent_tai_ns: u64,
+) -> pb::ProbeResult {
+    pb::ProbeResult {
+        src: opts.node_id.clone(),
+        dst: p.peer.node_id.clone(),
+        dst_address: p.peer.addr.to_string(),
+        ssid: u32::from(p.ssid),
+        seq,
+        timestamping: timestamping(st) as i32,
+        sent_tai_ns,
+        ..Default::default()
     }
 }
 

@@ -135,6 +135,17 @@ impl SeqTracker {
     }
 }
 
+/// lost / (received + lost): the share of resolved probes that got no reply; 0 when none is
+/// resolved yet.
+pub fn loss_ratio(lost: u64, received: u64) -> f64 {
+    let done = received + lost;
+    if done == 0 {
+        0.0
+    } else {
+        lost as f64 / done as f64
+    }
+}
+
 /// Everything reported for one peer.
 #[derive(Default)]
 pub struct SessionStats {
@@ -173,12 +184,7 @@ pub struct SummaryRecord<'a> {
 
 impl SessionStats {
     pub fn loss_pct(&self) -> f64 {
-        let done = self.received + self.lost;
-        if done == 0 {
-            0.0
-        } else {
-            self.lost as f64 * 100.0 / done as f64
-        }
+        loss_ratio(self.lost, self.received) * 100.0
     }
 
     pub fn record<'a>(

@@ -123,12 +123,7 @@ impl WindowStats {
     }
 
     pub fn loss_ratio(&self) -> f64 {
-        let done = self.received + self.lost;
-        if done == 0 {
-            0.0
-        } else {
-            self.lost as f64 / done as f64
-        }
+        super::loss_ratio(self.lost, self.received)
     }
 
     /// Fills the counting and distribution fields of a summary, then resets the window.
