@@ -155,7 +155,10 @@ pub mod counter {
     /// Delay element: packets held, and holds cut short by the loop bound.
     pub const DELAY_HELD: u32 = 16;
     pub const DELAY_CUT_SHORT: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// Delay element: packets whose hold time came from the `DELAY_DST` map (also counted in
+    /// `DELAY_HELD` or `DELAY_CUT_SHORT`).
+    pub const DELAY_DST_HIT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     /// Names for display, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +180,7 @@ pub mod counter {
         "err_map",
         "delay_held",
         "delay_cut_short",
+        "delay_dst_hit",
     ];
 }
 
@@ -188,8 +192,50 @@ pub struct DelayConfig {
     pub delay_ns: u64,
     /// Only hold UDP packets to or from this port (0 = every packet).
     pub udp_port: u16,
-    pub _pad: [u8; 6],
+    /// `DelayConfig::*` bits.
+    pub flags: u16,
+    pub _pad: [u8; 4],
 }
+
+impl DelayConfig {
+    /// The `DELAY_DST` map has entries: look up each (matching) packet's destination there
+    /// first, and hold it for that time if found (else for `delay_ns`). Without this bit the
+    /// map is not consulted, so a plain `--delay` pays nothing for it.
+    pub const PER_DST: u16 = 1;
+}
+
+const _: () = assert!(core::mem::size_of::<DelayConfig>() == 16);
+
+/// Key of the `DELAY_DST` hash map: a packet's IP destination address, 16 octets in network
+/// order; IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). The value is the hold time
+/// in nanoseconds (`u64`, host order).
+///
+/// 16 octets, align 1, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DelayDstKey {
+    pub addr: [u8; 16],
+}
+
+impl DelayDstKey {
+    /// Most entries of the `DELAY_DST` map.
+    pub const MAX_ENTRIES: u32 = 1024;
+
+    /// `::ffff:a.b.c.d` for an IPv4 address given as its four octets.
+    pub const fn v4(o: [u8; 4]) -> Self {
+        Self {
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+            ],
+        }
+    }
+
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<DelayDstKey>() == 16);
 
 /// Names of the programs and maps in the BPF object.
 pub mod names {
@@ -201,6 +247,7 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";
     pub const MAP_DELAY: &str = "DELAY";
+    pub const MAP_DELAY_DST: &str = "DELAY_DST";
 }
 
 #[cfg(feature = "user")]
@@ -210,4 +257,5 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::StampKey {}
     unsafe impl aya::Pod for super::DelayConfig {}
+    unsafe impl aya::Pod for super::DelayDstKey {}
 }

@@ -15,11 +15,11 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_loop, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use probe_common::{Config, DelayConfig, RxStamp, StampKey, counter, port, wire};
+use probe_common::{Config, DelayConfig, DelayDstKey, RxStamp, StampKey, counter, port, wire};
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
@@ -35,6 +35,12 @@ static T4_FALLBACK: LruHashMap<StampKey, RxStamp> = LruHashMap::with_max_entries
 
 #[map(name = "DELAY")]
 static DELAY: Array<DelayConfig> = Array::with_max_entries(1, 0);
+
+/// Per-destination hold times of the delay element (ns), consulted when `DelayConfig::PER_DST`
+/// is set.
+#[map(name = "DELAY_DST")]
+static DELAY_DST: HashMap<DelayDstKey, u64> =
+    HashMap::with_max_entries(DelayDstKey::MAX_ENTRIES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -457,15 +463,36 @@ extern "C" fn hold_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
 }
 
+/// The IP destination address as a `DELAY_DST` key (IPv4 as `::ffff:a.b.c.d`); `None` for a
+/// packet that is not IP, or whose header is not in the linear data (counted as `ERR_PULL`).
+#[inline(always)]
+fn dst_key(ctx: &TcContext) -> Option<DelayDstKey> {
+    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    if proto == ETH_P_IP {
+        // IPv4 destination address: octets 16..20 of the header.
+        let a: [u8; 4] = unsafe { *ptr_at(ctx, ETH_HLEN + 16)? };
+        Some(DelayDstKey::v4(a))
+    } else if proto == ETH_P_IPV6 {
+        // IPv6 destination address: octets 24..40 of the fixed header.
+        let a: [u8; 16] = unsafe { *ptr_at(ctx, ETH_HLEN + 24)? };
+        Some(DelayDstKey::v6(a))
+    } else {
+        None
+    }
+}
+
 /// Delay element for tests and labs (this kernel has no netem): holds each matching packet for
-/// the configured time by spinning with bpf_loop, on whatever hook it is attached to.
+/// the configured time by spinning with bpf_loop, on whatever hook it is attached to. The time
+/// is the packet's destination's entry in `DELAY_DST` when there is one (`PER_DST` set), else
+/// `DELAY[0].delay_ns`; 0 passes the packet at once.
 #[classifier]
 pub fn meshprobe_delay(ctx: TcContext) -> i32 {
     let start = unsafe { bpf_ktime_get_ns() };
     let Some(cfg) = DELAY.get(0) else {
         return TC_ACT_UNSPEC;
     };
-    if cfg.delay_ns == 0 {
+    let per_dst = cfg.flags & DelayConfig::PER_DST != 0;
+    if cfg.delay_ns == 0 && !per_dst {
         return TC_ACT_UNSPEC;
     }
     if cfg.udp_port != 0 {
@@ -474,10 +501,20 @@ pub fn meshprobe_delay(ctx: TcContext) -> i32 {
             _ => return TC_ACT_UNSPEC,
         }
     }
-    let mut hold = Hold {
-        start,
-        delay: cfg.delay_ns,
-    };
+    let mut delay = cfg.delay_ns;
+    let mut hit = false;
+    if per_dst
+        && let Some(key) = dst_key(&ctx)
+        && let Some(d) = DELAY_DST.get_ptr(key)
+    {
+        // SAFETY: a u64 map value; userspace writes the entries before it sets PER_DST.
+        delay = unsafe { *d };
+        hit = true;
+    }
+    if delay == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    let mut hold = Hold { start, delay };
     unsafe {
         bpf_loop(
             DELAY_MAX_LOOPS,
@@ -487,11 +524,14 @@ pub fn meshprobe_delay(ctx: TcContext) -> i32 {
         );
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    count(if now.wrapping_sub(start) >= cfg.delay_ns {
+    count(if now.wrapping_sub(start) >= delay {
         counter::DELAY_HELD
     } else {
         counter::DELAY_CUT_SHORT
     });
+    if hit {
+        count(counter::DELAY_DST_HIT);
+    }
     TC_ACT_UNSPEC
 }
 

@@ -124,9 +124,14 @@ struct DelayArgs {
     /// Interface to delay packets on.
     #[arg(short = 'I', long = "interface", required = true)]
     interface: String,
-    /// How long to hold each packet (e.g. 500us).
+    /// How long to hold each packet (e.g. 500us); with --to, packets to other destinations.
+    /// Default 0 (pass); give --delay, --to, or both.
     #[arg(long, value_parser = humantime::parse_duration)]
-    delay: Duration,
+    delay: Option<Duration>,
+    /// Hold packets to ADDR (IPv4 or IPv6 destination address) for DUR instead, e.g.
+    /// `--to 198.18.0.12=250us --to fd00::12=250us`. Repeatable; DUR 0 exempts ADDR.
+    #[arg(long = "to", value_name = "ADDR=DUR")]
+    to: Vec<String>,
     /// Delay ingress instead of egress.
     #[arg(long)]
     ingress: bool,
@@ -404,10 +409,54 @@ fn detach(st: Stamping) {
 }
 
 async fn delay(a: DelayArgs) -> Result<()> {
-    if a.delay > Duration::from_millis(100) {
+    /// The longest hold, per packet: the packet is held by spinning on a CPU.
+    const MAX_HOLD: Duration = Duration::from_millis(100);
+
+    /// `--to ADDR=DUR` → (address, duration), or an error naming the argument.
+    fn parse_to(arg: &str) -> Result<(IpAddr, Duration)> {
+        let Some((addr, dur)) = arg.split_once('=') else {
+            bail!("--to {arg}: expected ADDR=DUR, e.g. --to 198.18.0.12=250us");
+        };
+        let addr = addr.trim();
+        let ip: IpAddr = addr
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr)
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--to {arg}: `{addr}` is not an IPv4 or IPv6 address"))?;
+        let d = humantime::parse_duration(dur.trim()).map_err(|e| {
+            anyhow::anyhow!("--to {arg}: `{dur}` is not a duration ({e}); e.g. 250us, 1ms")
+        })?;
+        if d > MAX_HOLD {
+            bail!("--to {arg}: at most 100ms (the packet is held by spinning on a CPU)");
+        }
+        Ok((ip, d))
+    }
+
+    let base = a.delay.unwrap_or(Duration::ZERO);
+    if base > MAX_HOLD {
+        bail!("--delay {base:?}: at most 100ms (the packet is held by spinning on a CPU)");
+    }
+    if a.delay.is_none() && a.to.is_empty() {
+        bail!("give --delay DUR, --to ADDR=DUR (repeatable), or both");
+    }
+    let mut to: Vec<(IpAddr, Duration)> = Vec::with_capacity(a.to.len());
+    for arg in &a.to {
+        let (ip, d) = parse_to(arg)?;
+        let key = crate::ebpf::delay_dst_key(ip);
+        if let Some((prev, _)) = to
+            .iter()
+            .find(|(p, _)| crate::ebpf::delay_dst_key(*p) == key)
+        {
+            bail!("--to {arg}: destination {prev} is given twice");
+        }
+        to.push((ip, d));
+    }
+    if to.len() > probe_common::DelayDstKey::MAX_ENTRIES as usize {
         bail!(
-            "--delay {:?}: at most 100ms (the packet is held by spinning on a CPU)",
-            a.delay
+            "--to: {} destinations, at most {}",
+            to.len(),
+            probe_common::DelayDstKey::MAX_ENTRIES
         );
     }
     let stop = stop_signal()?;
@@ -421,10 +470,17 @@ async fn delay(a: DelayArgs) -> Result<()> {
         &[(names::PROG_DELAY, dir)],
         &LoadOptions::default(),
     )?;
+    // Entries first: the program reads the map only once PER_DST is set.
+    att.set_delay_to(&to)?;
     att.set_delay(DelayConfig {
-        delay_ns: a.delay.as_nanos() as u64,
+        delay_ns: base.as_nanos() as u64,
         udp_port: a.udp_port.unwrap_or(0),
-        _pad: [0; 6],
+        flags: if to.is_empty() {
+            0
+        } else {
+            DelayConfig::PER_DST
+        },
+        _pad: [0; 4],
     })?;
     announce(
         a.json,
@@ -444,6 +500,7 @@ async fn delay(a: DelayArgs) -> Result<()> {
             "type": "delay_summary",
             "held": counters.get("delay_held"),
             "cut_short": counters.get("delay_cut_short"),
+            "dst_hit": counters.get("delay_dst_hit"),
         }));
     } else {
         println!(

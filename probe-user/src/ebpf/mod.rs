@@ -2,7 +2,7 @@
 //! otherwise), and gives typed access to its maps.
 mod leftovers;
 
-use std::{collections::BTreeMap, io};
+use std::{collections::BTreeMap, io, net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +14,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use probe_common::{Config, DelayConfig, RxStamp, StampKey, counter, names};
+use probe_common::{Config, DelayConfig, DelayDstKey, RxStamp, StampKey, counter, names};
 use tracing::{debug, info, warn};
 
 pub use leftovers::LeftoverReport;
@@ -260,6 +260,26 @@ impl Attached {
         self.array_set(names::MAP_DELAY, 0, cfg)
     }
 
+    /// Fills the delay element's per-destination map (`DELAY_DST`): packets to each address
+    /// are held for its duration instead of `DelayConfig::delay_ns`. The program consults the
+    /// map only once `DelayConfig::PER_DST` is set, so call this first, then `set_delay`.
+    /// At most `DelayDstKey::MAX_ENTRIES` addresses; a repeated address keeps the last value.
+    pub fn set_delay_to(&mut self, entries: &[(IpAddr, Duration)]) -> Result<(), EbpfError> {
+        let name = names::MAP_DELAY_DST;
+        let err = |source| EbpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+        let mut m: BpfHashMap<&mut MapData, DelayDstKey, u64> =
+            BpfHashMap::try_from(map).map_err(err)?;
+        for &(addr, d) in entries {
+            let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            m.insert(delay_dst_key(addr), ns, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
         let name = names::MAP_COUNTERS;
@@ -314,6 +334,18 @@ impl Drop for Attached {
     }
 }
 
+/// The `DELAY_DST` key of an address: IPv4 (and IPv4-mapped IPv6) as `::ffff:a.b.c.d`, the
+/// form the program builds from an IPv4 header.
+pub fn delay_dst_key(addr: IpAddr) -> DelayDstKey {
+    match addr {
+        IpAddr::V4(a) => DelayDstKey::v4(a.octets()),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => DelayDstKey::v4(v4.octets()),
+            None => DelayDstKey::v6(a.octets()),
+        },
+    }
+}
+
 fn check_kernel() -> Result<(), EbpfError> {
     match KernelVersion::current() {
         Ok(v) if v < KernelVersion::new(6, 1, 0) => Err(EbpfError::KernelTooOld(format!("{v:?}"))),
@@ -349,4 +381,22 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_dst_keys_map_ipv4_into_ipv6() {
+        let v4 = delay_dst_key("198.18.0.12".parse().unwrap());
+        assert_eq!(
+            v4.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 12]
+        );
+        assert_eq!(delay_dst_key("::ffff:198.18.0.12".parse().unwrap()), v4);
+        let v6 = delay_dst_key("fd00::12".parse().unwrap());
+        assert_eq!(v6.addr[0..2], [0xfd, 0]);
+        assert_eq!(v6.addr[15], 0x12);
+    }
 }
