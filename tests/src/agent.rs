@@ -143,6 +143,8 @@ fn harden(cmd: &mut Command) {
 pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
+    /// Do not keep `{"type":"probe"}` lines (long-running labs: memory stays flat).
+    pub drop_probe_lines: bool,
 }
 
 impl AgentConfig {
@@ -228,6 +230,7 @@ impl Agent {
         let events = Arc::new(Mutex::new(Vec::new()));
         let other = Arc::new(Mutex::new(Vec::new()));
         let (ev, ot) = (events.clone(), other.clone());
+        let drop_probes = cfg.drop_probe_lines;
         let reader = thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut buf = Vec::new();
@@ -239,6 +242,7 @@ impl Agent {
                         let line = String::from_utf8_lossy(&buf);
                         let line = line.trim_end_matches(['\n', '\r']);
                         match parse_json_line(line) {
+                            Some(v) if drop_probes && v["type"] == "probe" => {}
                             Some(v) => ev.lock().unwrap().push(Event {
                                 at: Instant::now(),
                                 v,

@@ -12,6 +12,7 @@ pub mod craft;
 pub mod env;
 pub mod fake;
 pub mod interrupt;
+pub mod lab;
 pub mod load;
 pub mod mesh;
 pub mod meshprobe;
