@@ -34,26 +34,55 @@ pub fn list_namespaces() -> Result<Vec<String>> {
         .collect())
 }
 
-/// Deletes namespaces left by harness processes that no longer exist (a test run that was
-/// SIGKILLed cannot run its destructors).
-fn sweep_stale() {
-    let Ok(names) = list_namespaces() else { return };
+/// Deletes namespaces left by harness processes that no longer exist (a test run or lab
+/// supervisor that was SIGKILLed cannot run its destructors), after killing any process still
+/// inside them. Returns the names deleted.
+pub fn sweep_stale_namespaces() -> Vec<String> {
+    let Ok(names) = list_namespaces() else {
+        return Vec::new();
+    };
     let me = std::process::id();
+    let mut deleted = Vec::new();
     for name in names {
-        let mut parts = name.split('-');
-        if parts.next() != Some(PREFIX) {
-            continue;
-        }
-        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = owner_pid(&name) else {
             continue;
         };
-        if pid != me && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("harness: deleting stale namespace {name} (pid {pid} is gone)");
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "delete", &name]);
-            let _ = run_with_timeout(cmd, CMD_TIMEOUT);
+        if pid == me || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("harness: deleting stale namespace {name} (pid {pid} is gone)");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "pids", &name]);
+        if let Ok(out) = run_with_timeout(cmd, CMD_TIMEOUT) {
+            for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(p) = p.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "delete", &name]);
+        if run_with_timeout(cmd, CMD_TIMEOUT).is_ok() {
+            deleted.push(name);
         }
     }
+    deleted
+}
+
+/// The pid in a harness namespace name `PREFIX-<pid>-...`, if `name` is one.
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let mut parts = name.split('-');
+    if parts.next() != Some(PREFIX) {
+        return None;
+    }
+    parts.next().and_then(|p| p.parse::<u32>().ok())
+}
+
+fn sweep_stale() {
+    sweep_stale_namespaces();
 }
 
 /// A network namespace; `Drop` deletes it (and with it its veth ends).

@@ -76,6 +76,32 @@ impl Drop for TempDir {
     }
 }
 
+/// Removes `<tmp>/meshprobe-tests-<pid>-...` dirs whose process is gone (left by a SIGKILLed
+/// test or lab supervisor). Returns the paths removed.
+pub fn sweep_stale_temp_dirs() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("meshprobe-tests-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 /// `ip:port` with brackets for IPv6.
 pub fn host_port(addr: IpAddr, port: u16) -> String {
     SocketAddr::new(addr, port).to_string()

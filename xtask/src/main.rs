@@ -6,6 +6,7 @@ mod build;
 mod build_ebpf;
 mod demo;
 mod lint;
+mod mesh;
 mod setup;
 mod test;
 mod util;
@@ -44,6 +45,11 @@ enum Command {
     Demo,
     /// Benchmarks (arrive with issue 6).
     Bench,
+    /// A whole meshprobe cluster on this machine: up, status, logs, matrix, chaos, down.
+    Mesh {
+        #[command(subcommand)]
+        cmd: mesh::MeshCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let bin = build::run(&ws)?;
             demo::run(&bin)
         }
+        Command::Mesh { cmd } => mesh::run(&ws, cmd),
         Command::Bench => unreachable!("handled above"),
     }
 }
