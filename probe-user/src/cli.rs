@@ -48,6 +48,8 @@ enum Cmd {
     Agent(Box<crate::agent::AgentArgs>),
     /// Read the Kafka topic and print decoded records (table or JSON lines).
     Consume(crate::consume::ConsumeArgs),
+    /// Latency heatmap of the mesh (terminal UI, plain text, SVG/HTML) from Kafka or JSON lines.
+    Matrix(Box<crate::matrix::MatrixArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -226,6 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Delay(a) => delay(a).await,
         Cmd::Agent(a) => crate::agent::run(*a, stop_signal()?).await,
         Cmd::Consume(a) => crate::consume::run(a).await,
+        Cmd::Matrix(a) => crate::matrix::run(*a).await,
     }
 }
 

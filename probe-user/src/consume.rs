@@ -1,5 +1,6 @@
 //! `meshprobe consume`: read the records topic from the beginning (every partition, no
-//! consumer group offsets), decode and print them like the agent's stdout output.
+//! consumer group offsets), decode and print them like the agent's stdout output. The reading
+//! itself ([`TopicReader`]) is shared with `meshprobe matrix`.
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
@@ -88,7 +89,7 @@ impl ConsumerContext for Quiet {}
 
 /// One message value: a Record, `None` for a Record of a kind this version does not know (a
 /// newer producer), or why it is no Record.
-fn decode(payload: Option<&[u8]>) -> Result<Option<pb::Record>, String> {
+pub fn decode(payload: Option<&[u8]>) -> Result<Option<pb::Record>, String> {
     let payload = payload.ok_or("message without value")?;
     match pb::Record::decode(payload) {
         Ok(rec) if rec.kind.is_none() => Ok(None),
@@ -105,51 +106,11 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
-    let bs = &args.kafka_bootstrap_servers;
-    let topic = &args.kafka_topic;
-    validate_bootstrap(bs)?;
-    let timeout_ms = args.timeout.as_millis().clamp(1000, i32::MAX as u128);
-    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-        .set("bootstrap.servers", bs)
-        // librdkafka's assign() needs a group; nothing is ever committed to it.
-        .set("group.id", "meshprobe-consume")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("socket.connection.setup.timeout.ms", timeout_ms.to_string())
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create_with_context(Quiet)
-        .context("creating the Kafka consumer")?;
-
-    let md = consumer
-        .fetch_metadata(Some(topic), args.timeout)
-        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}"))?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic.as_str()) else {
-        bail!("topic {topic:?} not found at {bs}");
-    };
-    match t.error().map(RDKafkaErrorCode::from) {
-        None => {}
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-            bail!("topic {topic:?} does not exist at {bs} (check --kafka-topic / KAFKA_TOPIC)")
-        }
-        Some(e) => bail!("topic {topic:?} at {bs}: {e}"),
-    }
-    if t.partitions().is_empty() {
-        bail!("topic {topic:?} at {bs} has no partitions");
-    }
-
-    // Without --follow, read until librdkafka reports the end (EOF) of every partition. EOF
-    // is judged against the high watermark of each fetch response; the start-time
-    // watermarks (ListOffsets) are not used because some Kafka-compatible brokers (Tansu)
-    // answer them per batch rather than per record.
-    let mut todo = BTreeSet::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in t.partitions() {
-        todo.insert(p.id());
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&tpl).context("assigning partitions")?;
-
+    let mut reader = TopicReader::open(
+        &args.kafka_bootstrap_servers,
+        &args.kafka_topic,
+        args.timeout,
+    )?;
     let out = StdoutSink {
         format: if args.json {
             OutputFormat::Json
@@ -157,62 +118,176 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
             OutputFormat::Table
         },
     };
-    let (mut bad, mut unknown) = (0u64, 0u64);
-    let mut last_err = String::new();
-    let mut progress = Instant::now();
-    while args.follow || !todo.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
+    while args.follow || !reader.at_end() {
+        match reader.poll(args.follow)? {
+            Some(Polled::Record(rec)) if args.wants(&rec) => out.send(&rec),
+            Some(Polled::Warning(w)) => eprintln!("warning: {w}"),
+            Some(Polled::Record(_)) | None => {}
+        }
+    }
+    if reader.unknown > 0 {
+        eprintln!(
+            "note: skipped {} record(s) of a kind this version does not know",
+            reader.unknown
+        );
+    }
+    if reader.bad > 0 {
+        bail!(
+            "{} message(s) in {} could not be decoded",
+            reader.bad,
+            args.kafka_topic
+        );
+    }
+    Ok(())
+}
+
+/// What one [`TopicReader::poll`] brought.
+#[derive(Debug)]
+pub enum Polled {
+    Record(Box<pb::Record>),
+    /// A message that is no Record, or a Kafka error not reported just before (once per
+    /// change, so a broker outage is one line, not one per poll).
+    Warning(String),
+}
+
+/// Reads every partition of a topic from the beginning, without consumer-group offsets; shared
+/// by `consume` and `matrix`. Blocking: run it on a thread of its own.
+pub struct TopicReader {
+    consumer: BaseConsumer<Quiet>,
+    bootstrap: String,
+    topic: String,
+    timeout: Duration,
+    /// Partitions whose end (EOF) has not been reached yet.
+    todo: BTreeSet<i32>,
+    progress: Instant,
+    last_err: String,
+    /// Messages that were no Record.
+    pub bad: u64,
+    /// Records of a kind this version does not know (from a newer producer).
+    pub unknown: u64,
+}
+
+impl TopicReader {
+    /// Connects, checks the topic and assigns all its partitions from the beginning; `timeout`
+    /// bounds the connection and, when not following, the wait for progress.
+    pub fn open(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
+        let bs = bootstrap;
+        validate_bootstrap(bs)?;
+        let timeout_ms = timeout.as_millis().clamp(1000, i32::MAX as u128);
+        let consumer: BaseConsumer<Quiet> = ClientConfig::new()
+            .set("bootstrap.servers", bs)
+            // librdkafka's assign() needs a group; nothing is ever committed to it.
+            .set("group.id", "meshprobe-consume")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("socket.connection.setup.timeout.ms", timeout_ms.to_string())
+            .set_log_level(RDKafkaLogLevel::Warning)
+            .create_with_context(Quiet)
+            .context("creating the Kafka consumer")?;
+
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}"))?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            bail!("topic {topic:?} not found at {bs}");
+        };
+        match t.error().map(RDKafkaErrorCode::from) {
+            None => {}
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                bail!("topic {topic:?} does not exist at {bs} (check --kafka-topic / KAFKA_TOPIC)")
+            }
+            Some(e) => bail!("topic {topic:?} at {bs}: {e}"),
+        }
+        if t.partitions().is_empty() {
+            bail!("topic {topic:?} at {bs} has no partitions");
+        }
+
+        // The end of the topic is when librdkafka reports EOF for every partition. EOF is
+        // judged against the high watermark of each fetch response; the start-time
+        // watermarks (ListOffsets) are not used because some Kafka-compatible brokers (Tansu)
+        // answer them per batch rather than per record.
+        let mut todo = BTreeSet::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in t.partitions() {
+            todo.insert(p.id());
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+        consumer.assign(&tpl).context("assigning partitions")?;
+        Ok(TopicReader {
+            consumer,
+            bootstrap: bs.to_string(),
+            topic: topic.to_string(),
+            timeout,
+            todo,
+            progress: Instant::now(),
+            last_err: String::new(),
+            bad: 0,
+            unknown: 0,
+        })
+    }
+
+    /// Every partition has been read to its end (at least once).
+    pub fn at_end(&self) -> bool {
+        self.todo.is_empty()
+    }
+
+    /// Waits up to 200 ms for the next record or warning. Without `follow`, no progress for
+    /// the timeout before the end of every partition is an error.
+    pub fn poll(&mut self, follow: bool) -> anyhow::Result<Option<Polled>> {
+        let (bs, topic) = (&self.bootstrap, &self.topic);
+        match self.consumer.poll(Duration::from_millis(200)) {
             None => {
-                if !args.follow && progress.elapsed() > args.timeout {
+                if !follow && !self.at_end() && self.progress.elapsed() > self.timeout {
                     bail!(
                         "no progress from Kafka at {bs} for {}; partitions not read to their end: \
                          {:?}{}",
-                        humantime::format_duration(args.timeout),
-                        todo,
-                        if last_err.is_empty() {
+                        humantime::format_duration(self.timeout),
+                        self.todo,
+                        if self.last_err.is_empty() {
                             String::new()
                         } else {
-                            format!(" (last error: {last_err})")
+                            format!(" (last error: {})", self.last_err)
                         }
                     );
                 }
+                Ok(None)
             }
             Some(Ok(msg)) => {
-                progress = Instant::now();
+                self.progress = Instant::now();
                 let (p, off) = (msg.partition(), msg.offset());
                 match decode(msg.payload()) {
-                    Ok(Some(rec)) => {
-                        if args.wants(&rec) {
-                            out.send(&rec);
-                        }
+                    Ok(Some(rec)) => Ok(Some(Polled::Record(Box::new(rec)))),
+                    Ok(None) => {
+                        self.unknown += 1;
+                        Ok(None)
                     }
-                    Ok(None) => unknown += 1,
                     Err(why) => {
-                        bad += 1;
-                        eprintln!("warning: {topic} partition {p} offset {off}: {why}");
+                        self.bad += 1;
+                        Ok(Some(Polled::Warning(format!(
+                            "{topic} partition {p} offset {off}: {why}"
+                        ))))
                     }
                 }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                progress = Instant::now();
-                todo.remove(&p);
+                self.progress = Instant::now();
+                self.todo.remove(&p);
+                Ok(None)
             }
             Some(Err(e)) => {
                 let e = e.to_string();
-                if e != last_err {
-                    eprintln!("warning: Kafka at {bs}: {e}");
-                    last_err = e;
+                if e == self.last_err {
+                    return Ok(None);
                 }
+                self.last_err = e;
+                Ok(Some(Polled::Warning(format!(
+                    "Kafka at {bs}: {}",
+                    self.last_err
+                ))))
             }
         }
     }
-    if unknown > 0 {
-        eprintln!("note: skipped {unknown} record(s) of a kind this version does not know");
-    }
-    if bad > 0 {
-        bail!("{bad} message(s) in {topic} could not be decoded");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

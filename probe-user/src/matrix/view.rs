@@ -1,0 +1,432 @@
+//! What every front end draws: the grid of cells with their text, marks and place on the
+//! colour scale, built once from the model so the terminal, the text and the SVG agree.
+use std::{
+    collections::BTreeSet,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use super::{Metric, Model, Settings, model::Freshness};
+use crate::pb;
+
+/// The state of one cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// src == dst: left blank.
+    Diagonal,
+    /// No summary for this pair.
+    NoData,
+    Fresh,
+    Stale,
+    Left,
+}
+
+impl Mark {
+    /// The marker after a value, in text and terminal (explained by [`MARKS_LEGEND`]).
+    pub fn marker(self) -> &'static str {
+        match self {
+            Mark::Stale => "*",
+            Mark::Left => "!",
+            _ => "",
+        }
+    }
+
+    /// The word the SVG writes under a value.
+    pub fn word(self) -> Option<&'static str> {
+        match self {
+            Mark::Stale => Some("stale"),
+            Mark::Left => Some("peer left"),
+            _ => None,
+        }
+    }
+}
+
+/// The explanation of the marks, for the text and terminal legends.
+pub const MARKS_LEGEND: &str = "* stale (no new window for > 3 window lengths)  ! peer left  \
+                                - no data";
+
+/// Shown for a cell without data.
+pub const NO_DATA: &str = "-";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    pub mark: Mark,
+    /// The metric's value (ns for RTT, a ratio for loss); `None` without data or samples.
+    pub value: Option<f64>,
+    /// The value for people, e.g. `412µs`, `0.25%`, `all lost`; empty on the diagonal.
+    pub text: String,
+    /// The known added RTT, e.g. `+400µs` (RTT metrics only).
+    pub expected: Option<String>,
+    /// Place on the colour scale, 0 (low) ..= 1 (high).
+    pub t: Option<f64>,
+}
+
+impl Cell {
+    /// Value, marker and expected on one line: `412µs* (+400µs)`.
+    pub fn one_line(&self) -> String {
+        let mut s = format!("{}{}", self.text, self.mark.marker());
+        if let Some(e) = &self.expected {
+            s.push_str(&format!(" ({e})"));
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub id: String,
+    /// Empty when the summaries carry no zone.
+    pub zone: String,
+}
+
+impl Node {
+    /// `node1 (eu-1a)`, or the id alone.
+    pub fn label(&self) -> String {
+        if self.zone.is_empty() {
+            self.id.clone()
+        } else {
+            format!("{} ({})", self.id, self.zone)
+        }
+    }
+}
+
+/// The colour scale: `min..max` of the shown values, or `0..--scale-max`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scale {
+    pub min: f64,
+    pub max: f64,
+    pub fixed: bool,
+}
+
+impl Scale {
+    pub fn t(&self, v: f64) -> f64 {
+        if self.max > self.min {
+            ((v - self.min) / (self.max - self.min)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub title: String,
+    pub metric: Metric,
+    pub nodes: Vec<Node>,
+    /// `cells[src][dst]`, in the order of `nodes`.
+    pub cells: Vec<Vec<Cell>>,
+    /// `None` when no cell has a value.
+    pub scale: Option<Scale>,
+    pub source: String,
+    pub windows: usize,
+    pub summaries: u64,
+    /// The newest window: start in UTC (RFC 3339) and length.
+    pub newest: Option<(String, Duration)>,
+    pub zones: bool,
+}
+
+impl View {
+    pub fn build(model: &Model, s: &Settings, metric: Metric) -> View {
+        let ids: BTreeSet<&str> = model.nodes().chain(s.expected.nodes()).collect();
+        let nodes: Vec<Node> = ids
+            .iter()
+            .map(|id| Node {
+                id: id.to_string(),
+                zone: model.zone(id).unwrap_or_default().to_string(),
+            })
+            .collect();
+        let mut cells: Vec<Vec<Cell>> = nodes
+            .iter()
+            .map(|src| {
+                nodes
+                    .iter()
+                    .map(|dst| cell(model, s, metric, &src.id, &dst.id))
+                    .collect()
+            })
+            .collect();
+        let values = || cells.iter().flatten().filter_map(|c| c.value);
+        let scale = match s.scale_max.and_then(|m| m.for_metric(metric)) {
+            Some(max) => Some(Scale {
+                min: 0.0,
+                max,
+                fixed: true,
+            }),
+            None => values().reduce(f64::min).map(|min| Scale {
+                min,
+                max: values().fold(min, f64::max),
+                fixed: false,
+            }),
+        };
+        if let Some(sc) = scale {
+            for c in cells.iter_mut().flatten() {
+                c.t = c.value.map(|v| sc.t(v));
+            }
+        }
+        View {
+            title: s.title.clone(),
+            metric,
+            zones: nodes.iter().any(|n| !n.zone.is_empty()),
+            nodes,
+            cells,
+            scale,
+            source: s.source.clone(),
+            windows: model.windows_seen(),
+            summaries: model.summaries,
+            newest: model
+                .newest()
+                .map(|(start, len)| (utc(start, s.tai_offset_ns), Duration::from_nanos(len))),
+        }
+    }
+
+    /// `12 windows (36 summaries), newest 2023-11-14T22:13:20Z (10s)`.
+    pub fn progress(&self) -> String {
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut s = format!(
+            "{} ({})",
+            plural(self.windows as u64, "window", "windows"),
+            plural(self.summaries, "summary", "summaries")
+        );
+        match &self.newest {
+            Some((t, len)) => s.push_str(&format!(
+                ", newest {t} ({})",
+                humantime::format_duration(*len)
+            )),
+            None => s.push_str(", waiting for window summaries"),
+        }
+        s
+    }
+
+    /// `scale 31.2µs .. 412µs (min..max)`, or `fixed` with --scale-max.
+    pub fn scale_text(&self) -> String {
+        match self.scale {
+            Some(sc) => format!(
+                "{} .. {} ({})",
+                fmt_value(self.metric, sc.min),
+                fmt_value(self.metric, sc.max),
+                if sc.fixed { "fixed" } else { "min..max" }
+            ),
+            None => "no values".into(),
+        }
+    }
+
+    /// Any cell shows an expected value.
+    pub fn has_expected(&self) -> bool {
+        self.cells.iter().flatten().any(|c| c.expected.is_some())
+    }
+}
+
+fn cell(model: &Model, s: &Settings, metric: Metric, src: &str, dst: &str) -> Cell {
+    let expected = (metric.is_rtt() && src != dst)
+        .then(|| s.expected.get(src, dst))
+        .flatten()
+        .map(|d| format!("+{}", fmt_rtt(d.as_nanos() as f64)));
+    let (mark, value, text) = if src == dst {
+        (Mark::Diagonal, None, String::new())
+    } else if let Some(sum) = model.get(src, dst) {
+        let mark = match model.freshness(sum) {
+            Freshness::Fresh => Mark::Fresh,
+            Freshness::Stale => Mark::Stale,
+            Freshness::Left => Mark::Left,
+        };
+        let value = metric_value(metric, sum);
+        let text = match value {
+            Some(v) => fmt_value(metric, v),
+            None if sum.lost > 0 => "all lost".into(),
+            None => "no probes".into(),
+        };
+        (mark, value, text)
+    } else {
+        (Mark::NoData, None, NO_DATA.into())
+    };
+    Cell {
+        mark,
+        value,
+        text,
+        expected,
+        t: None,
+    }
+}
+
+/// The metric of a summary: RTT quantiles need at least one reply, loss one resolved probe.
+pub fn metric_value(metric: Metric, s: &pb::WindowSummary) -> Option<f64> {
+    let q = s.network_rtt_ns.as_ref().filter(|q| q.count > 0);
+    match metric {
+        Metric::P50 => q.map(|q| q.p50 as f64),
+        Metric::P99 => q.map(|q| q.p99 as f64),
+        Metric::Loss => (s.received + s.lost > 0).then_some(s.loss_ratio),
+    }
+}
+
+pub fn fmt_value(metric: Metric, v: f64) -> String {
+    if metric.is_rtt() {
+        fmt_rtt(v)
+    } else {
+        fmt_loss(v)
+    }
+}
+
+/// Three significant digits with the unit: `950ns`, `45.3µs`, `412µs`, `1.25ms`, `2.00s`.
+pub fn fmt_rtt(ns: f64) -> String {
+    let (v, unit) = match ns.abs() {
+        a if a < 1e3 => return format!("{ns:.0}ns"),
+        a if a < 1e6 => (ns / 1e3, "µs"),
+        a if a < 1e9 => (ns / 1e6, "ms"),
+        _ => (ns / 1e9, "s"),
+    };
+    // 999.95µs would print as 1000µs: fine, still three digits of the same unit.
+    match v.abs() {
+        a if a < 10.0 => format!("{v:.2}{unit}"),
+        a if a < 100.0 => format!("{v:.1}{unit}"),
+        _ => format!("{v:.0}{unit}"),
+    }
+}
+
+/// A loss ratio as a percentage: `0%`, `0.25%`, `1.5%`, `12%`.
+pub fn fmt_loss(ratio: f64) -> String {
+    let p = ratio * 100.0;
+    match p {
+        0.0 => "0%".into(),
+        p if p < 1.0 => format!("{p:.2}%"),
+        p if p < 10.0 => format!("{p:.1}%"),
+        p => format!("{p:.0}%"),
+    }
+}
+
+/// A TAI instant (ns) as UTC, RFC 3339 to the second.
+pub fn utc(tai_ns: u64, tai_offset_ns: i64) -> String {
+    let unix = (tai_ns as i128 - tai_offset_ns as i128).max(0) as u64;
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(unix)).to_string()
+}
+
+/// Colour of scale position `t` (green, yellow, red; light enough for black text).
+pub fn rgb(t: f64) -> (u8, u8, u8) {
+    const STOPS: [(f64, f64, f64); 3] = [
+        (87.0, 187.0, 138.0),
+        (255.0, 214.0, 102.0),
+        (230.0, 124.0, 115.0),
+    ];
+    let t = t.clamp(0.0, 1.0) * 2.0;
+    let i = (t.floor() as usize).min(1);
+    let f = t - i as f64;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let mix = |x: f64, y: f64| (x + (y - x) * f).round() as u8;
+    (mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::matrix::{
+        Expected, ScaleMax,
+        model::tests::{LEN, at},
+    };
+
+    pub(crate) fn settings(expected: &str) -> Settings {
+        Settings {
+            title: "lab <mesh> & co".into(),
+            metric: Metric::P50,
+            scale_max: None,
+            expected: Expected::parse(expected).unwrap(),
+            svg: None,
+            html: None,
+            once: false,
+            source: "file agent.jsonl".into(),
+            ordered_input: true,
+            tai_offset_ns: 37_000_000_000,
+        }
+    }
+
+    /// Three nodes: a<->b fresh (b->a with +400µs expected), a->c stale, c->a peer left, b->c
+    /// and c->b without data.
+    pub(crate) fn model() -> Model {
+        let mut m = Model::default();
+        m.ingest(at("a", "c", 10, 45_300)).unwrap();
+        m.ingest(at("a", "b", 20, 412_000)).unwrap();
+        m.ingest(at("b", "a", 20, 398_000)).unwrap();
+        let mut left = at("c", "a", 19, 1_250_000);
+        left.peer_left = true;
+        m.ingest(left).unwrap();
+        m
+    }
+
+    #[test]
+    fn cells_values_marks_and_expected() {
+        let v = View::build(&model(), &settings("a,b,400us\n"), Metric::P50);
+        let ids: Vec<&str> = v.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let c = |s: usize, d: usize| &v.cells[s][d];
+        assert_eq!(c(0, 0).mark, Mark::Diagonal);
+        assert_eq!(c(0, 0).text, "");
+        assert_eq!(c(0, 1).text, "412µs");
+        assert_eq!(c(0, 1).expected.as_deref(), Some("+400µs"));
+        assert_eq!(c(0, 1).one_line(), "412µs (+400µs)");
+        assert_eq!(c(0, 2).mark, Mark::Stale);
+        assert_eq!(c(0, 2).one_line(), "45.3µs*");
+        assert_eq!(c(2, 0).mark, Mark::Left);
+        assert_eq!(c(2, 0).one_line(), "1.25ms!");
+        assert_eq!(c(1, 2).mark, Mark::NoData);
+        assert_eq!(c(1, 2).text, NO_DATA);
+        let sc = v.scale.unwrap();
+        assert_eq!((sc.min, sc.max, sc.fixed), (45_300.0, 1_250_000.0, false));
+        assert_eq!(c(0, 2).t, Some(0.0));
+        assert_eq!(c(2, 0).t, Some(1.0));
+        assert_eq!(v.windows, 3);
+        // Window 20 starts at 200 s TAI = 163 s UTC.
+        assert_eq!(
+            v.newest,
+            Some(("1970-01-01T00:02:43Z".into(), Duration::from_nanos(LEN)))
+        );
+    }
+
+    #[test]
+    fn loss_metric_and_fixed_scale() {
+        let mut s = settings("a,b,400us\n");
+        s.scale_max = Some(ScaleMax::Loss(0.2));
+        let v = View::build(&model(), &s, Metric::Loss);
+        assert_eq!(v.cells[0][1].text, "10%");
+        // Expected RTT is not shown beside a loss.
+        assert_eq!(v.cells[0][1].expected, None);
+        assert_eq!(v.cells[0][1].t, Some(0.5));
+        assert_eq!(v.scale_text(), "0% .. 20% (fixed)");
+        // A duration scale does not apply to loss.
+        s.scale_max = Some(ScaleMax::Rtt(1e6));
+        assert!(!View::build(&model(), &s, Metric::Loss).scale.unwrap().fixed);
+    }
+
+    #[test]
+    fn expected_nodes_get_rows_and_all_lost_is_said() {
+        let mut m = Model::default();
+        let mut s = at("a", "b", 1, 1);
+        s.network_rtt_ns.as_mut().unwrap().count = 0;
+        s.received = 0;
+        m.ingest(s).unwrap();
+        let v = View::build(&m, &settings("a,z,1ms\n"), Metric::P99);
+        let ids: Vec<&str> = v.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "z"]);
+        assert_eq!(v.cells[0][1].text, "all lost");
+        assert_eq!(v.cells[0][1].value, None);
+        assert_eq!(v.cells[0][2].one_line(), "- (+1.00ms)");
+        assert!(v.scale.is_none());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(fmt_rtt(950.0), "950ns");
+        assert_eq!(fmt_rtt(45_300.0), "45.3µs");
+        assert_eq!(fmt_rtt(400_000.0), "400µs");
+        assert_eq!(fmt_rtt(1_250_000.0), "1.25ms");
+        assert_eq!(fmt_rtt(12_500_000.0), "12.5ms");
+        assert_eq!(fmt_rtt(2e9), "2.00s");
+        assert_eq!(fmt_loss(0.0), "0%");
+        assert_eq!(fmt_loss(0.0025), "0.25%");
+        assert_eq!(fmt_loss(0.015), "1.5%");
+        assert_eq!(fmt_loss(1.0), "100%");
+        assert_eq!(
+            utc(1_700_000_037_000_000_000, 37_000_000_000),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(rgb(0.0), (87, 187, 138));
+        assert_eq!(rgb(0.5), (255, 214, 102));
+        assert_eq!(rgb(1.0), (230, 124, 115));
+    }
+}
