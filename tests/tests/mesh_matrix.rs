@@ -1,0 +1,104 @@
+//! Issue 4, end to end: a 4-node lab (two zones, four different added RTTs, ZooKeeper and the
+//! broker in the core namespace), and the latency matrix built from what reached Kafka must
+//! match the injected matrix for every ordered pair, over IPv4 and over IPv6. The same data
+//! through `meshprobe matrix --svg` must give a heatmap with every node and every pair.
+//!
+//! The delay element holds half of each pair's added RTT in each direction on the bridge
+//! ports (lab/links.rs), so a pair's network RTT is the bridge path (about 20 µs here) plus
+//! the injected value. A pair passes when its median per-window p50 is within
+//! [injected − 10 µs, injected + 80 µs]: the low side allows clock granularity, the high side
+//! the bridge path and a loaded CI machine, and both are far tighter than the gaps between the
+//! injected values (100, 250, 600, 1000 µs), so a pair measured against the wrong delay fails.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use meshprobe_tests::lab::{LabSpec, MeshLab, Shape, node_name};
+use meshprobe_tests::topo::Family;
+
+const LOW_US: f64 = 10.0;
+const HIGH_US: f64 = 80.0;
+/// Windows measured after every pair is up.
+const WINDOWS: u64 = 4;
+
+fn spec(family: Family) -> Result<LabSpec> {
+    let us = Duration::from_micros;
+    let mut s = LabSpec::new(4)?.zoned(2, us(100), us(600))?;
+    // Different delays inside the two zones and one slower cross-zone pair.
+    s.set(
+        2,
+        3,
+        Shape {
+            rtt: us(250),
+            loss_pct: 0.0,
+        },
+    );
+    s.set(
+        0,
+        3,
+        Shape {
+            rtt: us(1000),
+            loss_pct: 0.0,
+        },
+    );
+    s.family = family;
+    Ok(s)
+}
+
+fn run(family: Family) -> Result<()> {
+    let Some(mut lab) = MeshLab::up(spec(family)?)? else {
+        return Ok(());
+    };
+    eprintln!("injected ({}):\n{}", family.label(), lab.spec.describe());
+    let start = lab.window_now() + 1;
+    lab.wait_all_measured(start, Duration::from_secs(20))
+        .with_context(|| lab.lab.diagnostics())?;
+    let last = start + WINDOWS;
+    lab.wait_window(last + 1);
+    // Every agent has sent its summaries of windows ..=last; give the producers a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let w = lab.kafka_windows()?;
+    let mut failures = Vec::new();
+    let n = lab.spec.nodes;
+    for a in 0..n {
+        for b in 0..n {
+            if a == b {
+                continue;
+            }
+            let pair = (node_name(a), node_name(b));
+            let injected = lab.spec.shape(a, b).rtt.as_secs_f64() * 1e6;
+            let gaps = w.gaps(&pair, start..=last);
+            let measured = w.median_p50_us(&pair, start..=last);
+            eprintln!(
+                "{}->{}: injected {injected:.0} µs, measured p50 {measured:?} µs, windows \
+                 missing {gaps:?}",
+                pair.0, pair.1
+            );
+            match measured {
+                Some(m) if m >= injected - LOW_US && m <= injected + HIGH_US && gaps.is_empty() => {
+                }
+                _ => failures.push(format!(
+                    "{}->{}: {measured:?} vs {injected} (gaps {gaps:?})",
+                    pair.0, pair.1
+                )),
+            }
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{}: pairs off the injected matrix: {failures:?}",
+        family.label()
+    );
+    lab.check()?;
+    Ok(())
+}
+
+#[test]
+fn matrix_from_kafka_matches_injected_ipv4() -> Result<()> {
+    run(Family::V4)
+}
+
+#[test]
+fn matrix_from_kafka_matches_injected_ipv6() -> Result<()> {
+    run(Family::V6)
+}
