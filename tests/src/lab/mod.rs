@@ -7,6 +7,7 @@
 //! part is a guard: dropping a [`MeshLab`] stops the agents, the delay elements, the broker
 //! and ZooKeeper, then deletes the namespaces.
 
+pub mod chaos;
 pub mod data;
 pub mod links;
 pub mod spec;
