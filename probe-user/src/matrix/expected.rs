@@ -62,7 +62,7 @@ impl Expected {
             let d = humantime::parse_duration(rtt).map_err(|e| {
                 (
                     n,
-                    format!("added_rtt `{rtt}` is not a duration ({e}); e.g. 400us, 1.5ms"),
+                    format!("added_rtt '{rtt}' is not a duration ({e}); e.g. 400us, 1.5ms"),
                 )
             })?;
             let key = (src.to_string(), dst.to_string());
@@ -129,7 +129,7 @@ mod tests {
         let err = |t: &str| Expected::parse(t).unwrap_err();
         let (n, why) = err("a,b,1ms\n# ok\na,c,40x\n");
         assert_eq!(n, 3);
-        assert!(why.contains("`40x` is not a duration"), "{why}");
+        assert!(why.contains("'40x' is not a duration"), "{why}");
         let (n, why) = err("a,b\n");
         assert_eq!(n, 1);
         assert!(why.contains("2 field(s)"), "{why}");

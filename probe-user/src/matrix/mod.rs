@@ -167,13 +167,13 @@ pub enum MatrixError {
         line: usize,
         problem: String,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         #[source]
@@ -187,7 +187,7 @@ pub enum MatrixError {
         dst: String,
         problem: &'static str,
     },
-    #[error("terminal: {0}")]
+    #[error("terminal input/output failed")]
     Terminal(#[source] std::io::Error),
 }
 
@@ -291,7 +291,8 @@ fn run_blocking(args: MatrixArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         Some(p) => Expected::load(p).map_err(|e| {
             flag_error(
                 "--expected",
-                e,
+                // With its cause (e.g. the file is missing): the error is flattened to text.
+                format!("{:#}", anyhow::Error::new(e)),
                 "lines are `src,dst,added_rtt`, e.g. `node1,node2,400us`",
             )
         })?,

@@ -9,6 +9,25 @@ const MARGIN: usize = 16;
 const CHAR_W: usize = 7;
 const LINE_H: usize = 14;
 const LEGEND_BAR_W: usize = 200;
+/// Where the colour bar starts, after the metric's name.
+const LEGEND_BAR_X: usize = MARGIN + 110;
+/// The cell styles the legend explains: class, fill, label.
+const SWATCHES: [(&str, &str, &str); 3] = [
+    ("stale", "#57bb8a", "stale (> 3 windows old)"),
+    ("left", "#57bb8a", "peer left"),
+    ("nodata", "#f7f7f7", "no data"),
+];
+
+/// x of each swatch after the colour bar, and where the legend ends.
+fn swatch_xs() -> ([usize; 3], usize) {
+    let mut x = LEGEND_BAR_X + LEGEND_BAR_W + 24;
+    let mut xs = [0; 3];
+    for (i, (_, _, label)) in SWATCHES.iter().enumerate() {
+        xs[i] = x;
+        x += 16 + chars(label) * CHAR_W + 12;
+    }
+    (xs, x)
+}
 
 /// `&`, `<`, `>`, `"`, `'` as entities: safe in text and in attribute values.
 pub fn esc(s: &str) -> String {
@@ -84,7 +103,7 @@ fn svg_element(v: &View) -> String {
     let width = (x0 + n * cell_w + MARGIN)
         .max(MARGIN * 2 + chars(&v.title) * 11)
         .max(MARGIN * 2 + chars(&subtitle) * CHAR_W)
-        .max(MARGIN * 2 + LEGEND_BAR_W + 360);
+        .max(swatch_xs().1 + MARGIN);
     let height = grid_bottom + 70;
 
     let mut s = String::new();
@@ -267,7 +286,7 @@ fn legend(s: &mut String, v: &View, y: usize) {
         y + 10,
         esc(v.metric.label())
     );
-    let bx = MARGIN + 110;
+    let bx = LEGEND_BAR_X;
     let _ = writeln!(
         s,
         "<rect class=\"legend-bar\" x=\"{bx}\" y=\"{y}\" width=\"{LEGEND_BAR_W}\" height=\"12\" \
@@ -297,18 +316,14 @@ fn legend(s: &mut String, v: &View, y: usize) {
         y + 28,
         esc(&hi)
     );
-    let mut x = bx + LEGEND_BAR_W + 24;
-    for (class, fill, label) in [
-        ("stale", "#57bb8a", "stale (> 3 windows old)"),
-        ("left", "#57bb8a", "peer left"),
-        ("nodata", "#f7f7f7", "no data"),
-    ] {
+    for ((class, fill, label), x) in SWATCHES.iter().zip(swatch_xs().0) {
+        let nodata = *class == "nodata";
         let _ = writeln!(
             s,
             "<rect class=\"legend-swatch {class}\" x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" \
              fill=\"{fill}\" fill-opacity=\"{}\" stroke=\"#666666\"{}/>",
-            if class == "nodata" { "1" } else { "0.35" },
-            if class == "nodata" {
+            if nodata { "1" } else { "0.35" },
+            if nodata {
                 ""
             } else {
                 " stroke-dasharray=\"4 2\""
@@ -320,7 +335,6 @@ fn legend(s: &mut String, v: &View, y: usize) {
             x + 16,
             y + 10
         );
-        x += 16 + chars(label) * CHAR_W + 12;
     }
     s.push_str("</g>\n");
 }

@@ -176,11 +176,11 @@ impl App<'_> {
         );
         f.render_widget(
             Paragraph::new(format!(
-                "{} | {} | {} | metric {} (m)",
+                "metric {} | {} | {} | {}",
+                v.metric.label(),
                 v.source,
                 self.state,
-                v.progress(),
-                v.metric.label()
+                v.progress()
             )),
             status,
         );
