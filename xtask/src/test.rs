@@ -52,6 +52,8 @@ pub fn run(ws: &Workspace) -> Result<()> {
             util::run(
                 ws.cargo()
                     .env("MESHPROBE_BIN", &bin)
+                    // The lab CLI test drives `cargo xtask mesh` through this very binary.
+                    .env("MESHPROBE_XTASK", std::env::current_exe()?)
                     .args([
                         "test",
                         "-p",

@@ -220,7 +220,14 @@ fn up(ws: &Workspace, a: &UpArgs) -> Result<()> {
         );
     }
     sweep(false);
-    let bin = crate::build::run(ws)?;
+    // The test suite (and anyone with a built binary) passes it in; otherwise build it.
+    let bin = match std::env::var_os("MESHPROBE_BIN").map(PathBuf::from) {
+        Some(p) if p.is_file() => {
+            println!("[mesh] using MESHPROBE_BIN={}", p.display());
+            p
+        }
+        _ => crate::build::run(ws)?,
+    };
     let dir = state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = dir.join(control::LOG_FILE);
