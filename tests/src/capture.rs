@@ -243,6 +243,25 @@ pub fn read_pcap(path: &std::path::Path) -> Result<Vec<Packet>> {
     Ok(out)
 }
 
+/// One-way delays of the packets of `rx` that also appear in `tx` (same addresses, ports and
+/// payload; the first such packet of `tx`): `rx` capture time minus `tx` capture time, in
+/// the order of `rx`. Captures on one machine share CLOCK_REALTIME, so across namespaces the
+/// difference needs no clock synchronisation. Give every packet a unique payload.
+pub fn one_way_delays<'a>(tx: &[Packet], rx: &'a [Packet]) -> Vec<(&'a Packet, i64)> {
+    let mut sent: std::collections::HashMap<(SocketAddr, SocketAddr, &[u8]), u64> =
+        std::collections::HashMap::new();
+    for p in tx {
+        sent.entry((p.src, p.dst, p.payload.as_slice()))
+            .or_insert(p.ts_ns);
+    }
+    rx.iter()
+        .filter_map(|p| {
+            let t = sent.get(&(p.src, p.dst, p.payload.as_slice()))?;
+            Some((p, p.ts_ns as i64 - *t as i64))
+        })
+        .collect()
+}
+
 /// Result of a stopped capture.
 #[derive(Debug)]
 pub struct CaptureResult {

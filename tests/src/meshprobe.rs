@@ -300,6 +300,44 @@ impl Meshprobe {
             .context("meshprobe delay ready line")?;
         Ok(child)
     }
+
+    /// Starts `meshprobe delay --json -I IF ARGS` in `ns` (ARGS say `--delay`, `--to`, ...)
+    /// and waits for its ready line. Stop it with [`stop_delay`] for its summary.
+    pub fn delay_element(&self, ns: &Netns, iface: &str, args: &[&str]) -> Result<ChildGuard> {
+        let mut a = vec!["--json", "-I", iface];
+        a.extend_from_slice(args);
+        let mut child = ns.spawn(self.argv("delay", &a))?;
+        let ready = child
+            .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
+            .with_context(|| format!("meshprobe delay {args:?} ready line"))?;
+        if ready["role"] != "delay" {
+            bail!("delay ready line has role {}: {ready}", ready["role"]);
+        }
+        Ok(child)
+    }
+}
+
+/// Stops a `meshprobe delay --json` (SIGTERM) and returns its `delay_summary` line
+/// (`held`, `cut_short`, `dst_hit`).
+pub fn stop_delay(mut child: ChildGuard) -> Result<Value> {
+    let fin = child.stop()?;
+    if !fin.status.success() {
+        bail!(
+            "meshprobe delay exited {} after SIGTERM; stderr:\n{}",
+            fin.status,
+            fin.stderr_text()
+        );
+    }
+    fin.json_lines()
+        .into_iter()
+        .find(|v| v["type"] == "delay_summary")
+        .ok_or_else(|| {
+            anyhow!(
+                "meshprobe delay printed no delay_summary; stdout: {:?}; stderr:\n{}",
+                fin.stdout,
+                fin.stderr_text()
+            )
+        })
 }
 
 /// Reads `ebpf_counters.NAME` from a reflector summary (0 when absent).

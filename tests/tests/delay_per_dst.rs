@@ -1,0 +1,377 @@
+//! Per-destination delays: `meshprobe delay --to ADDR=DUR` on a bridge mesh.
+//!
+//! One delay element on node 1's core-side port (`veth-c1`, ingress: everything node 1 sends)
+//! holds packets to node 2 for 400 µs and to node 3 for 150 µs, IPv4 and IPv6 addresses alike.
+//! Plain UDP packets 1 → 2, 1 → 3, 1 → 0 and the control pair 2 → 3 are captured at the
+//! sender's egress and the receiver's ingress (tcpdump on the node-side interfaces); a
+//! packet's one-way delay is the difference of its two capture times (one machine, one
+//! CLOCK_REALTIME). Runs without the element and with it alternate (A B … B A); the median
+//! added delay of each flow must match what was asked. In the middle, a second element checks
+//! the fallback to `--delay`, an explicit `ADDR=0`, and the `--udp-port` filter.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use meshprobe_tests::capture::{Capture, one_way_delays};
+use meshprobe_tests::mesh::Mesh;
+use meshprobe_tests::meshprobe::stop_delay;
+use meshprobe_tests::stats::{median, us};
+use meshprobe_tests::{Family, TestEnv};
+use serde_json::Value;
+
+const TEST: &str = "per_destination_delays_on_a_mesh";
+/// The flows' destination port, and one the `--udp-port` filter leaves alone.
+const PORT: u16 = 9300;
+const OTHER_PORT: u16 = 9301;
+/// Measured packets per flow and run; warm-up rounds (neighbour resolution) before each run.
+const ROUNDS: u32 = 200;
+const WARMUP: u32 = 3;
+/// Pause between rounds (one packet per flow each).
+const GAP: Duration = Duration::from_millis(1);
+const TOLERANCE_NS: i64 = 30_000;
+/// Fewest packets per flow seen in both captures for a run to count.
+const MIN_MATCHED: usize = (ROUNDS as usize) * 9 / 10;
+
+const SENDER: usize = 1;
+const FAR: usize = 2;
+const NEAR: usize = 3;
+const OTHER: usize = 0;
+
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    src: usize,
+    dst: usize,
+    fam: Family,
+    port: u16,
+    /// Added one-way delay expected with the element of the run, µs.
+    expect_us: i64,
+}
+
+impl Flow {
+    fn label(&self) -> String {
+        format!(
+            "{} -> {} {} :{}",
+            self.src,
+            self.dst,
+            self.fam.label(),
+            self.port
+        )
+    }
+
+    /// Baseline key: the path, whatever the port.
+    fn path(&self) -> (usize, usize, Family) {
+        (self.src, self.dst, self.fam)
+    }
+}
+
+const fn flow(src: usize, dst: usize, fam: Family, port: u16, expect_us: i64) -> Flow {
+    Flow {
+        src,
+        dst,
+        fam,
+        port,
+        expect_us,
+    }
+}
+
+/// The mesh with a bound receiver for both ports on every node (no ICMP unreachable noise)
+/// and one sender socket per node and family.
+struct Rig {
+    mesh: Mesh,
+    senders: Vec<(usize, Family, UdpSocket)>,
+    _receivers: Vec<UdpSocket>,
+}
+
+impl Rig {
+    fn new() -> Result<Rig> {
+        let mesh = Mesh::new(4)?;
+        let mut receivers = Vec::new();
+        let mut senders = Vec::new();
+        for i in mesh.node_indices() {
+            for port in [PORT, OTHER_PORT] {
+                let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
+                receivers.push(mesh.node(i).enter(move || UdpSocket::bind(any))??);
+            }
+            for fam in [Family::V4, Family::V6] {
+                let local = SocketAddr::new(mesh.node_ip(i, fam), 0);
+                senders.push((i, fam, mesh.node(i).enter(move || UdpSocket::bind(local))??));
+            }
+        }
+        Ok(Rig {
+            mesh,
+            senders,
+            _receivers: receivers,
+        })
+    }
+
+    fn sender(&self, node: usize, fam: Family) -> &UdpSocket {
+        &self
+            .senders
+            .iter()
+            .find(|(i, f, _)| *i == node && *f == fam)
+            .expect("a sender per node and family")
+            .2
+    }
+
+    fn send(&self, f: &Flow, payload: &[u8]) -> Result<()> {
+        let dst = SocketAddr::new(self.mesh.node_ip(f.dst, f.fam), f.port);
+        self.sender(f.src, f.fam)
+            .send_to(payload, dst)
+            .with_context(|| format!("sending {}", f.label()))?;
+        Ok(())
+    }
+
+    /// Sends `ROUNDS` packets per flow (after `WARMUP` uncaptured rounds) and returns each
+    /// flow's one-way delays, ns.
+    fn measure(&self, run: &str, flows: &[Flow]) -> Result<Vec<Vec<i64>>> {
+        for r in 0..WARMUP {
+            for f in flows {
+                self.send(f, format!("warm {r}").as_bytes())?;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let filter = format!("udp portrange {PORT}-{OTHER_PORT}");
+        let nodes = self.mesh.node_indices();
+        let mut caps = Vec::new();
+        for &i in &nodes {
+            caps.push(Capture::start_filter(
+                self.mesh.node(i),
+                &self.mesh.node_if(i),
+                &filter,
+            )?);
+        }
+        for r in 0..ROUNDS {
+            // Rotate the order so that no flow is always first after the pause (colder).
+            for j in 0..flows.len() {
+                let k = (j + r as usize) % flows.len();
+                self.send(&flows[k], format!("{run} {k} {r}").as_bytes())?;
+            }
+            std::thread::sleep(GAP);
+        }
+        let mut packets = Vec::new();
+        for (c, &i) in caps.into_iter().zip(&nodes) {
+            let res = c.stop()?;
+            if res.dropped_by_kernel > 0 {
+                eprintln!(
+                    "{run}: tcpdump on node {i} dropped {} packets",
+                    res.dropped_by_kernel
+                );
+            }
+            packets.push((i, res.packets));
+        }
+        let of = |node: usize| {
+            &packets
+                .iter()
+                .find(|(i, _)| *i == node)
+                .expect("a capture per node")
+                .1
+        };
+        let mut out = Vec::new();
+        for (k, f) in flows.iter().enumerate() {
+            let tag = format!("{run} {k} ");
+            let d: Vec<i64> = one_way_delays(of(f.src), of(f.dst))
+                .into_iter()
+                .filter(|(p, _)| p.payload.starts_with(tag.as_bytes()))
+                .map(|(_, d)| d)
+                .collect();
+            if d.len() < MIN_MATCHED {
+                bail!(
+                    "{run} {}: only {} of {ROUNDS} packets in both captures",
+                    f.label(),
+                    d.len()
+                );
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
+
+/// Each flow's median one-way delay, µs, for the log.
+fn medians(per_flow: &[Vec<i64>]) -> String {
+    per_flow
+        .iter()
+        .map(|d| format!("{:.1}", median(d).unwrap_or(0) as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn counter(summary: &Value, name: &str) -> u64 {
+    summary[name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn per_destination_delays_on_a_mesh() -> Result<()> {
+    let Some(env) = TestEnv::acquire(TEST, &["tcpdump"])? else {
+        return Ok(());
+    };
+    let rig = Rig::new()?;
+    let m = &rig.mesh;
+    let core_port = m.core_if(SENDER);
+    let to = |node: usize, fam: Family, d: &str| format!("{}={d}", m.node_ip(node, fam));
+    use Family::{V4, V6};
+
+    // Element 1: per destination only, nothing else held.
+    let per_dst_args = [
+        "--ingress".to_string(),
+        "--to".into(),
+        to(FAR, V4, "400us"),
+        "--to".into(),
+        to(FAR, V6, "400us"),
+        "--to".into(),
+        to(NEAR, V4, "150us"),
+        "--to".into(),
+        to(NEAR, V6, "150us"),
+    ];
+    let per_dst_flows = [
+        flow(SENDER, FAR, V4, PORT, 400),
+        flow(SENDER, FAR, V6, PORT, 400),
+        flow(SENDER, NEAR, V4, PORT, 150),
+        flow(SENDER, NEAR, V6, PORT, 150),
+        flow(SENDER, OTHER, V4, PORT, 0), // not listed, no --delay: passes
+        flow(SENDER, OTHER, V6, PORT, 0),
+        flow(FAR, NEAR, V4, PORT, 0), // control: no element on its path
+        flow(FAR, NEAR, V6, PORT, 0),
+    ];
+    // Element 2: fallback --delay, an exempted address, and the UDP port filter.
+    let fallback_args = [
+        "--ingress".to_string(),
+        "--delay".into(),
+        "250us".into(),
+        "--udp-port".into(),
+        PORT.to_string(),
+        "--to".into(),
+        to(FAR, V6, "0"),
+        "--to".into(),
+        to(NEAR, V4, "150us"),
+        "--to".into(),
+        to(NEAR, V6, "150us"),
+    ];
+    let fallback_flows = [
+        flow(SENDER, FAR, V4, PORT, 250), // not listed: --delay
+        flow(SENDER, FAR, V6, PORT, 0),   // listed with 0: exempt
+        flow(SENDER, NEAR, V4, PORT, 150),
+        flow(SENDER, NEAR, V6, PORT, 150),
+        flow(SENDER, OTHER, V6, PORT, 250),
+        flow(SENDER, FAR, V4, OTHER_PORT, 0), // --udp-port: not held at all
+        flow(SENDER, NEAR, V6, OTHER_PORT, 0),
+        flow(FAR, NEAR, V4, PORT, 0),
+    ];
+    // Held per round by element 2: the four flows with a non-zero time, two of them by --to.
+    let fallback_held = 4 * u64::from(ROUNDS + WARMUP);
+    let fallback_dst_hit = 2 * u64::from(ROUNDS + WARMUP);
+
+    let mut base: Vec<((usize, usize, Family), Vec<i64>)> = Vec::new();
+    let mut with_per_dst: Vec<Vec<i64>> = vec![Vec::new(); per_dst_flows.len()];
+    let mut with_fallback: Vec<Vec<i64>> = Vec::new();
+    let mut problems = Vec::new();
+
+    for run in ["A1", "B1", "C", "B2", "A2"] {
+        match &run[..1] {
+            "A" => {
+                let d = rig.measure(run, &per_dst_flows)?;
+                eprintln!("{run}: medians {}", medians(&d));
+                for (f, d) in per_dst_flows.iter().zip(d) {
+                    match base.iter_mut().find(|(p, _)| *p == f.path()) {
+                        Some((_, v)) => v.extend(d),
+                        None => base.push((f.path(), d)),
+                    }
+                }
+            }
+            "B" => {
+                let args: Vec<&str> = per_dst_args.iter().map(String::as_str).collect();
+                let el = env.mp.delay_element(m.core(), &core_port, &args)?;
+                let d = rig.measure(run, &per_dst_flows);
+                let sum = stop_delay(el)?;
+                let d = d?;
+                eprintln!("{run}: medians {}", medians(&d));
+                for (acc, d) in with_per_dst.iter_mut().zip(d) {
+                    acc.extend(d);
+                }
+                eprintln!("{run}: element summary {sum}");
+                let holds = counter(&sum, "held") + counter(&sum, "cut_short");
+                // At least our four listed flows; more if neighbour discovery went to a
+                // listed address. Every hold came from --to (there is no --delay).
+                if holds < 4 * u64::from(ROUNDS + WARMUP)
+                    || counter(&sum, "dst_hit") != holds
+                    || counter(&sum, "cut_short") != 0
+                {
+                    problems.push(format!("{run}: unexpected element counters {sum}"));
+                }
+            }
+            _ => {
+                let args: Vec<&str> = fallback_args.iter().map(String::as_str).collect();
+                let el = env.mp.delay_element(m.core(), &core_port, &args)?;
+                let d = rig.measure(run, &fallback_flows);
+                let sum = stop_delay(el)?;
+                with_fallback = d?;
+                eprintln!("{run}: element summary {sum}");
+                if counter(&sum, "held") + counter(&sum, "cut_short") != fallback_held
+                    || counter(&sum, "dst_hit") != fallback_dst_hit
+                {
+                    problems.push(format!(
+                        "{run}: element counters {sum}, want {fallback_held} holds of which \
+                         {fallback_dst_hit} by --to"
+                    ));
+                }
+            }
+        }
+    }
+
+    let base_of = |f: &Flow| -> Result<i64> {
+        let v = &base
+            .iter()
+            .find(|(p, _)| *p == f.path())
+            .context("baseline of a path")?
+            .1;
+        median(v).context("empty baseline")
+    };
+    let mut check = |title: &str, flows: &[Flow], with: &[Vec<i64>]| -> Result<()> {
+        eprintln!("{title}");
+        eprintln!(
+            "  {:<22} {:>10} {:>12} {:>12} {:>12} {:>6}",
+            "flow", "asked", "baseline", "with", "added", "n"
+        );
+        for (f, d) in flows.iter().zip(with) {
+            let b = base_of(f)?;
+            let w = median(d).context("no samples")?;
+            let added = w - b;
+            let ok = (added - f.expect_us * 1000).abs() <= TOLERANCE_NS;
+            eprintln!(
+                "  {:<22} {:>10} {:>12} {:>12} {:>12} {:>6} {}",
+                f.label(),
+                us(f.expect_us * 1000),
+                us(b),
+                us(w),
+                us(added),
+                d.len(),
+                if ok { "ok" } else { "OUT OF RANGE" }
+            );
+            if !ok {
+                problems.push(format!(
+                    "{title}, {}: added {} (median {} vs baseline {}), asked {} ± {}",
+                    f.label(),
+                    us(added),
+                    us(w),
+                    us(b),
+                    us(f.expect_us * 1000),
+                    us(TOLERANCE_NS)
+                ));
+            }
+        }
+        Ok(())
+    };
+    check(
+        "per destination (--to FAR=400us --to NEAR=150us), runs B1+B2:",
+        &per_dst_flows,
+        &with_per_dst,
+    )?;
+    check(
+        "fallback (--delay 250us --udp-port 9300 --to FAR6=0 --to NEAR=150us), run C:",
+        &fallback_flows,
+        &with_fallback,
+    )?;
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
