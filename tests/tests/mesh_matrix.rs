@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use meshprobe_tests::lab::{LabSpec, MeshLab, Shape, node_name};
+use meshprobe_tests::services::TempDir;
 use meshprobe_tests::topo::Family;
 
 const LOW_US: f64 = 10.0;
@@ -89,8 +90,112 @@ fn run(family: Family) -> Result<()> {
         "{}: pairs off the injected matrix: {failures:?}",
         family.label()
     );
+    check_svg(&lab)?;
     lab.check()?;
     Ok(())
+}
+
+/// `meshprobe matrix --svg` from the same topic: well-formed, every node labelled on both
+/// axes, one cell per ordered pair with the measured value and the injected one beside it.
+fn check_svg(lab: &MeshLab) -> Result<()> {
+    let dir = TempDir::new("matrix-svg")?;
+    let expected = dir.path().join("expected.csv");
+    lab.write_expected(&expected)?;
+    let svg_path = dir.path().join("matrix.svg");
+    let bin = lab.bin().to_str().context("utf-8 path")?;
+    lab.mesh().core().run([
+        bin,
+        "matrix",
+        "--kafka-bootstrap-servers",
+        &lab.bootstrap(),
+        "--kafka-topic",
+        lab.topic(),
+        "--expected",
+        expected.to_str().context("utf-8 path")?,
+        "--svg",
+        svg_path.to_str().context("utf-8 path")?,
+    ])?;
+    let text = std::fs::read_to_string(&svg_path)?;
+    let doc = roxmltree::Document::parse(&text).context("the SVG is not well-formed XML")?;
+    let n = lab.spec.nodes;
+    for i in 0..n {
+        let name = node_name(i);
+        let labels = doc
+            .descendants()
+            .filter(|d| {
+                d.attribute("class").is_some_and(|c| c.starts_with("label"))
+                    && d.text() == Some(name.as_str())
+            })
+            .count();
+        ensure!(
+            labels == 2,
+            "{name}: {labels} axis labels in the SVG, expected 2"
+        );
+    }
+    let mut cells = 0;
+    for g in doc
+        .descendants()
+        .filter(|d| d.attribute("class") == Some("pair"))
+    {
+        let (src, dst) = (
+            g.attribute("data-src").unwrap_or(""),
+            g.attribute("data-dst").unwrap_or(""),
+        );
+        ensure!(src != dst, "a cell for {src}->{src}");
+        ensure!(
+            g.children()
+                .any(|c| c.attribute("class").is_some_and(|k| k.starts_with("cell"))),
+            "pair {src}->{dst} has no cell rect"
+        );
+        // The injected value is printed as "(+X)" beside the measurement.
+        let injected: Vec<f64> = g
+            .descendants()
+            .filter_map(|d| d.text())
+            .filter_map(|t| t.trim().strip_prefix("(+")?.strip_suffix(')').map(parse_us))
+            .flatten()
+            .collect();
+        let want = injected_us(lab, src, dst);
+        ensure!(
+            injected.iter().any(|v| (v - want).abs() < 0.5),
+            "pair {src}->{dst}: injected {want} µs not shown beside the measurement ({injected:?})"
+        );
+        cells += 1;
+    }
+    ensure!(
+        cells == n * (n - 1),
+        "{cells} cells in the SVG, expected {}",
+        n * (n - 1)
+    );
+    eprintln!(
+        "SVG: {} bytes, {cells} cells, every node labelled",
+        text.len()
+    );
+    Ok(())
+}
+
+/// The injected added RTT of `src->dst` in µs.
+fn injected_us(lab: &MeshLab, src: &str, dst: &str) -> f64 {
+    let idx = |s: &str| {
+        s.trim_start_matches("node")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    };
+    lab.spec.shape(idx(src), idx(dst)).rtt.as_secs_f64() * 1e6
+}
+
+/// `1.00ms`, `100µs`, `250us`, `2s` in µs.
+fn parse_us(t: &str) -> Option<f64> {
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "ns" => 1e-3,
+        "µs" | "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        _ => return None,
+    };
+    Some(v * scale)
 }
 
 #[test]
