@@ -1,217 +1,143 @@
-//! `cargo xtask demo`: a reflector and a sender in network namespaces, a router between them
-//! that adds a known delay, and meshprobe's measurement printed next to the injected value.
+//! `cargo xtask demo`: a 4-node meshprobe cluster on this machine (the harness's
+//! [`MeshLab`]: node namespaces on a bridge, real ZooKeeper and Kafka-protocol broker in the
+//! core namespace, one agent per node), two zones with different known delays, and the live
+//! heatmap (`meshprobe matrix`) read from Kafka with the injected delay beside every cell.
 //!
-//! Topology (the test harness's `Routed`): A <-> R <-> B. `meshprobe delay` holds probe packets
-//! on R's interface toward B, so every request is 300 µs late and replies are not delayed: the
-//! network RTT should grow by 300 µs. Everything lives in namespaces that are deleted at the
-//! end, also on Ctrl-C (the handler only sets a flag; the loops below notice it and return, so
-//! every guard drops).
+//! `q` or Ctrl-C ends it: the heatmap is also written as an SVG, then the lab is stopped and
+//! every namespace, process and temp dir removed (the guards drop, also on errors).
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::child::ChildGuard;
-use meshprobe_tests::{Family, Meshprobe, Routed, interrupt};
+use meshprobe_tests::interrupt;
+use meshprobe_tests::lab::{LabSpec, MeshLab, Shape};
+use meshprobe_tests::services::TempDir;
 
-const DELAY: &str = "300us";
-const DELAY_US: f64 = 300.0;
-const BASELINE_PROBES: u32 = 5;
-const PROBES: u32 = 20;
-const INTERVAL: &str = "200ms";
-/// Longest line echoed from meshprobe (its notes can carry a whole verifier log).
-const MAX_LINE: usize = 200;
-const MAX_LINES: usize = 120;
+/// How long the agents may take to measure every pair once.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn run(meshprobe_bin: &Path) -> Result<()> {
+/// The demo's layout: zone a = node0, node1 (100 µs apart); zone b = node2, node3 (250 µs
+/// apart); 600 µs across zones, except node0–node3 at 1 ms.
+pub fn spec() -> Result<LabSpec> {
+    let us = Duration::from_micros;
+    let mut s = LabSpec::new(4)?.zoned(2, us(100), us(600))?;
+    s.set(
+        2,
+        3,
+        Shape {
+            rtt: us(250),
+            loss_pct: 0.0,
+        },
+    );
+    s.set(
+        0,
+        3,
+        Shape {
+            rtt: us(1000),
+            loss_pct: 0.0,
+        },
+    );
+    Ok(s)
+}
+
+pub fn run(meshprobe_bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
     if !meshprobe_tests::env::is_root() {
         bail!("the demo creates network namespaces and attaches eBPF programs: run it as root");
     }
-    if let Some(why) = meshprobe_tests::env::missing_prerequisite(&[]) {
-        bail!("cannot run the demo: {why}");
-    }
+    // SAFETY: single-threaded here; the harness reads it to find the binary it just built.
+    unsafe { std::env::set_var("MESHPROBE_BIN", meshprobe_bin) };
     interrupt::install()?;
-    let result = demo(meshprobe_bin);
-    // Every namespace and process is gone once `demo` returned (guards dropped).
-    println!("\n[demo] torn down: namespaces deleted, meshprobe processes stopped");
+    let result = demo(meshprobe_bin, svg_out, duration);
+    println!("\n[demo] torn down: agents, broker and ZooKeeper stopped, namespaces deleted");
     result
 }
 
-fn demo(bin: &Path) -> Result<()> {
-    let mp = Meshprobe::new(bin);
-    println!("[demo] building A <-> R <-> B in network namespaces (198.18.0.0/15, fd00::/8)");
-    let t = Routed::new()?;
+fn demo(bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
+    let spec = spec()?;
     println!(
-        "[demo] A {} ({}) -> R ({} / {}) -> B {} ({})",
-        Routed::A4,
-        t.a.name(),
-        Routed::RA_IF,
-        Routed::RB_IF,
-        Routed::B4,
-        t.b.name()
+        "[demo] starting a {}-node mesh in network namespaces (198.18.0.0/24): ZooKeeper and \
+         the broker in the core namespace, one meshprobe agent per node",
+        spec.nodes
     );
-    let bin_s = bin.to_str().context("meshprobe path is not UTF-8")?;
-
-    let mut refl = t.b.spawn([bin_s, "reflect"])?;
-    refl.wait_ready_either(Duration::from_secs(15), |v| v["type"] == "ready", "ready")
-        .context("meshprobe reflect did not become ready")?;
-    println!("[demo] meshprobe reflect running in B");
-    show_stderr_head(&refl, "reflect");
-
-    let peer = t.b_addr(Family::V4).to_string();
-    println!("\n[demo] baseline: {BASELINE_PROBES} probes, no added delay");
-    let base = probe_run(&mp, &t, &peer, BASELINE_PROBES, None)?;
-
-    let delay = mp
-        .delay(&t.r, Routed::RB_IF, DELAY, &["--udp-port", "862"])
-        .context("starting meshprobe delay on R")?;
-    println!(
-        "\n[demo] meshprobe delay: holding every probe on R's {} (toward B) for {DELAY}",
-        Routed::RB_IF
-    );
-    let delayed = probe_run(&mp, &t, &peer, PROBES, Some(DELAY_US))?;
-    drop(delay);
-
-    if let (Some(b), Some(d)) = (median(&base), median(&delayed)) {
-        println!(
-            "\n[demo] median network RTT: {b:.1} µs without, {d:.1} µs with the delay element -> \
-             measured +{:.1} µs, injected +{DELAY_US:.0} µs",
-            d - b
-        );
-    } else {
-        println!("\n[demo] no network RTT values could be read from meshprobe's output");
-    }
-    Ok(())
-}
-
-/// Runs `meshprobe ping` (human output) in A, streaming its lines with the injected delay
-/// beside each probe line; returns the `net=` values in µs.
-fn probe_run(
-    mp: &Meshprobe,
-    t: &Routed,
-    peer: &str,
-    count: u32,
-    injected_us: Option<f64>,
-) -> Result<Vec<f64>> {
-    let count_s = count.to_string();
-    let mut ping = mp.ping_spawn(&t.a, &[peer, "-c", &count_s, "-i", INTERVAL])?;
-    let deadline = Instant::now() + Duration::from_millis(200) * count + Duration::from_secs(20);
-    let mut nets = Vec::new();
-    let mut shown = 0usize;
-    let mut show = |line: &str, nets: &mut Vec<f64>| {
-        let net = net_us(line);
-        if let Some(v) = net {
-            nets.push(v);
-        }
-        if shown >= MAX_LINES {
-            return;
-        }
-        shown += 1;
-        let mut l: String = line.chars().take(MAX_LINE).collect();
-        if l.len() < line.len() {
-            l.push_str(" …");
-        }
-        match (net, injected_us) {
-            (Some(_), Some(inj)) => println!("  {l:<90}   <- injected +{inj:.0} µs"),
-            (Some(_), None) => println!("  {l:<90}   <- no added delay"),
-            _ => println!("  {l}"),
-        }
+    let t0 = Instant::now();
+    let Some(mut lab) = MeshLab::up(spec)? else {
+        bail!("cannot run the demo (the SKIP line above says why)");
     };
+    println!(
+        "[demo] up in {:.1}s: ZooKeeper {}, broker {}, topic {}",
+        t0.elapsed().as_secs_f64(),
+        lab.lab.zk().connect_string(),
+        lab.bootstrap(),
+        lab.topic()
+    );
+    println!(
+        "\n[demo] injected delay (added round-trip time per pair):\n{}",
+        lab.spec.describe()
+    );
+    let first = lab.window_now() + 1;
+    lab.wait_all_measured(first, MEASURE_TIMEOUT)
+        .context("waiting for every pair to be measured")?;
+    println!(
+        "[demo] every pair measured; the heatmap below reads the summaries from Kafka and shows \
+         the injected value beside each measurement as (+X). Keys: m = p50/p99/loss, q = quit."
+    );
+    if interrupt::interrupted() {
+        return Ok(());
+    }
+    let dir = TempDir::new("demo")?;
+    let expected = dir.path().join("expected.csv");
+    lab.write_expected(&expected)?;
+    let core = lab.mesh().core().name().to_string();
+    let bootstrap = lab.bootstrap();
+    let matrix = |extra: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &core])
+            .arg(bin)
+            .args(["matrix", "--kafka-bootstrap-servers", &bootstrap])
+            .args(["--kafka-topic", lab.topic(), "--expected"])
+            .arg(&expected)
+            .args(extra);
+        c
+    };
+    // In the foreground process group (it reads the terminal); without a terminal it prints
+    // a text matrix per window.
+    let mut c = matrix(&[]);
+    let dur_s = duration.map(|d| format!("{}ms", d.as_millis()));
+    if let Some(d) = &dur_s {
+        c.args(["--duration", d]);
+    }
+    let mut child = c.spawn().context("starting meshprobe matrix")?;
     loop {
-        if interrupt::interrupted() {
-            bail!("interrupted (Ctrl-C): tearing down");
-        }
-        if Instant::now() > deadline {
-            bail!("meshprobe ping did not finish in time");
-        }
-        match ping.next_line(Duration::from_millis(100)) {
-            Some(line) => show(&line, &mut nets),
-            None if !ping.is_running() => break,
-            None => {}
-        }
-    }
-    let fin = ping.wait_exit(Duration::from_secs(5))?;
-    for line in &fin.stdout {
-        show(line, &mut nets);
-    }
-    if !fin.status.success() {
-        show_lines(&fin.stderr, "ping");
-        bail!("meshprobe ping exited with {}", fin.status);
-    }
-    show_lines(&fin.stderr, "ping");
-    Ok(nets)
-}
-
-/// The first stderr line of a running process, shortened (warnings such as a fallback to
-/// socket timestamps matter to the viewer).
-fn show_stderr_head(child: &ChildGuard, who: &str) {
-    let text = child.stderr_text();
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    show_lines(&lines, who);
-}
-
-fn show_lines(lines: &[String], who: &str) {
-    for l in lines
-        .iter()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .take(2)
-    {
-        let s: String = strip_ansi(l).chars().take(MAX_LINE).collect();
-        println!("  [{who} stderr] {s}");
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for d in it.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
+        if let Some(st) = child.try_wait()? {
+            if !st.success() && !interrupt::interrupted() {
+                println!("[demo] meshprobe matrix exited {st}");
             }
-        } else {
-            out.push(c);
+            break;
         }
+        if interrupt::interrupted() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    out
-}
-
-/// `net=12.3 µs` (or ns / ms / s) in a human probe line, in µs.
-fn net_us(line: &str) -> Option<f64> {
-    let rest = &line[line.find("net=")? + 4..];
-    let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let v: f64 = rest[..num_end].parse().ok()?;
-    let unit = rest[num_end..].trim_start();
-    let scale = if unit.starts_with("µs") || unit.starts_with("us") {
-        1.0
-    } else if unit.starts_with("ns") {
-        1e-3
-    } else if unit.starts_with("ms") {
-        1e3
-    } else if unit.starts_with('s') {
-        1e6
+    let st = matrix(&["--svg"])
+        .arg(svg_out)
+        .arg("--timeout")
+        .arg("5s")
+        .output()?;
+    if st.status.success() {
+        println!("\n[demo] heatmap written to {}", svg_out.display());
     } else {
-        return None;
-    };
-    Some(v * scale)
-}
-
-fn median(v: &[f64]) -> Option<f64> {
-    meshprobe_tests::stats::median(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::net_us;
-
-    #[test]
-    fn parses_net_values() {
-        let l = "68 bytes from 198.18.1.2:862: seq=0 net=292.8 µs app=708.8 µs ttl=64";
-        assert_eq!(net_us(l), Some(292.8));
-        assert_eq!(net_us("seq=1 net=1.5 ms"), Some(1500.0));
-        assert_eq!(net_us("seq=1 net=800 ns"), Some(0.8));
-        assert_eq!(net_us("no value here"), None);
+        println!(
+            "\n[demo] could not write the SVG: {}",
+            String::from_utf8_lossy(&st.stderr).trim()
+        );
     }
+    lab.shutdown(Duration::from_secs(10))
 }

@@ -41,8 +41,16 @@ enum Command {
     Lint,
     /// What CI runs: setup, build, lint, unit tests, root integration tests.
     Test,
-    /// Setup, build, then a reflector and a sender in two network namespaces with a known delay.
-    Demo,
+    /// Setup, build, then a 4-node mesh (ZooKeeper, Kafka, two zones, known delays) and its
+    /// live heatmap; q or Ctrl-C tears it all down.
+    Demo {
+        /// Stop after this long (default: until q or Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Where to write the heatmap SVG at the end.
+        #[arg(long, default_value = "target/meshprobe-demo.svg")]
+        svg: std::path::PathBuf,
+    },
     /// Benchmarks (arrive with issue 6).
     Bench,
     /// A whole meshprobe cluster on this machine: up, status, logs, matrix, chaos, down.
@@ -75,9 +83,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build => build::run(&ws).map(|_| ()),
         Command::Lint => lint::run(&ws),
         Command::Test => test::run(&ws),
-        Command::Demo => {
+        Command::Demo { duration, svg } => {
             let bin = build::run(&ws)?;
-            demo::run(&bin)
+            let svg = if svg.is_absolute() {
+                svg
+            } else {
+                ws.root.join(svg)
+            };
+            demo::run(&bin, &svg, duration)
         }
         Command::Mesh { cmd } => mesh::run(&ws, cmd),
         Command::Bench => unreachable!("handled above"),
