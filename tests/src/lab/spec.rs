@@ -201,7 +201,7 @@ pub fn fmt_duration(d: Duration) -> String {
     let us = d.as_micros();
     if us == 0 {
         "0".into()
-    } else if us % 1000 == 0 {
+    } else if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else if us >= 1000 {
         format!("{:.1}ms", us as f64 / 1000.0)
@@ -345,16 +345,16 @@ pub fn parse_matrix(text: &str) -> Result<LabSpec> {
                 }
                 continue;
             }
-            if let Some(&(other_ln, other)) = cells.get(&(b, a)) {
-                if other != s {
-                    bail!(
-                        "line {ln}: {first}->{} is {cell} but line {other_ln} gives {}->{first} \
+            if let Some(&(other_ln, other)) = cells.get(&(b, a))
+                && other != s
+            {
+                bail!(
+                    "line {ln}: {first}->{} is {cell} but line {other_ln} gives {}->{first} \
                          another value; the matrix must be symmetric (the delay element adds \
                          half of a pair's RTT in each direction)",
-                        node_name(b),
-                        node_name(b)
-                    );
-                }
+                    node_name(b),
+                    node_name(b)
+                );
             }
             cells.insert((a, b), (ln, s));
         }
