@@ -1,8 +1,19 @@
-//! `mesh chaos`: runs one of the harness's chaos experiments on the lab and prints its verdict.
+//! `mesh chaos`: runs one of the harness's chaos experiments (tests/src/lab/chaos.rs) on the
+//! running lab and prints its hypothesis, progress and verdict.
 
 use anyhow::{Result, bail};
 use meshprobe_tests::lab::MeshLab;
+use meshprobe_tests::lab::chaos::{self, Experiment};
 
-pub fn run(_lab: &mut MeshLab, args: &[String], _out: &mut dyn FnMut(&str)) -> Result<()> {
-    bail!("chaos {args:?}: not wired yet")
+pub fn run(lab: &mut MeshLab, args: &[String], out: &mut dyn FnMut(&str)) -> Result<()> {
+    let exp = Experiment::from_args(args)?;
+    out(&format!("[chaos] {exp}: running (the verdict follows)"));
+    let verdict = chaos::run(lab, &exp, out)?;
+    for l in verdict.to_string().lines() {
+        out(l);
+    }
+    if !verdict.holds {
+        bail!("the hypothesis does not hold (see the verdict above)");
+    }
+    Ok(())
 }
