@@ -47,6 +47,13 @@ pub fn run(ws: &Workspace) -> Result<()> {
     })?;
 
     let root = util::is_root();
+    if root && let Some(pid) = crate::mesh::live_supervisor() {
+        // The lab holds the harness lock for as long as it runs: the tests would wait forever.
+        anyhow::bail!(
+            "a lab mesh is up (supervisor pid {pid}); stop it with `cargo xtask mesh down` \
+             before running the root integration tests"
+        );
+    }
     if root {
         step("root integration tests", &mut || {
             util::run(

@@ -198,7 +198,7 @@ fn state_dir() -> PathBuf {
 }
 
 /// The supervisor's pid if it is alive.
-fn live_supervisor() -> Option<u32> {
+pub fn live_supervisor() -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(state_dir().join(control::PID_FILE))
         .ok()?
         .trim()
@@ -391,7 +391,15 @@ fn matrix(extra: &[String]) -> Result<()> {
 fn down() -> Result<()> {
     if let Some(pid) = live_supervisor() {
         println!("[mesh] stopping the lab (supervisor pid {pid})");
-        let _ = request(&control::Request::Down, |l| println!("{l}"));
+        if let Err(e) = request(&control::Request::Down, |l| println!("{l}")) {
+            // Still coming up (not listening yet) or stuck: SIGTERM makes it stop as soon as
+            // it can, removing what it built.
+            println!("[mesh] the supervisor did not answer ({e:#}): SIGTERM");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
