@@ -36,7 +36,8 @@ pub const NAMES: [&str; 6] = [
 
 /// Windows of the clean baseline every experiment starts from.
 pub const BASELINE_WINDOWS: u64 = 3;
-/// kill-agent: the agent stays dead at least this many windows (and until every peer dropped it).
+/// kill-agent: the agent stays dead at least this many windows, and at least one window after
+/// the last peer dropped it.
 pub const KILL_DOWN_WINDOWS: u64 = 2;
 /// kill-agent and partition: every pair involving the node is measured again by the end of
 /// this many windows after the restart / the healing. Agent start (the ready line, about one
@@ -256,8 +257,8 @@ impl Experiment {
                     "After SIGKILL of {x}'s agent the other agents count loss towards {x} only \
                      until its ZooKeeper session expires (CONN_TIMEOUT {conn:.0} s: peer_removed \
                      within {removal:.0} s, no loss counted after it), and pairs not involving {x} \
-                     miss no window and lose no probe. Restarted {KILL_DOWN_WINDOWS} windows later, \
-                     {x} registers again and every pair involving it is measured again within \
+                     miss no window and lose no probe. Restarted (after at least {KILL_DOWN_WINDOWS} \
+                     windows, and one after the last peer dropped it), {x} registers again and every pair involving it is measured again within \
                      {RECOVERY_WINDOWS} windows ({:.0} s).",
                     RECOVERY_WINDOWS as f64 * w
                 )
@@ -392,12 +393,17 @@ impl fmt::Display for Verdict {
             writeln!(f, "  - {x}")?;
         }
         if !self.figures.is_empty() {
-            let figs: Vec<String> = self
-                .figures
-                .iter()
-                .map(|(k, v)| format!("{k}={}", fmt_num(*v)))
-                .collect();
-            writeln!(f, "figures: {}", figs.join(" "))?;
+            // Wrapped at about 100 columns.
+            let mut line = String::from("figures:");
+            for (k, v) in &self.figures {
+                let item = format!(" {k}={}", fmt_num(*v));
+                if line.len() + item.len() > 100 && line.len() > "figures:".len() {
+                    writeln!(f, "{line}")?;
+                    line = String::from("        ");
+                }
+                line.push_str(&item);
+            }
+            writeln!(f, "{line}")?;
         }
         write!(
             f,
@@ -653,6 +659,25 @@ fn wait_kafka(
     }
 }
 
+// `Windows::of`, `loss` and `median_p50_us` panic on an empty range (BTreeMap::range with
+// start > end); these return nothing for one.
+
+fn of_in<'a>(w: &'a Windows, p: &Pair, r: RangeInclusive<u64>) -> Vec<&'a super::data::Obs> {
+    if r.is_empty() { Vec::new() } else { w.of(p, r) }
+}
+
+fn loss_in(w: &Windows, p: &Pair, r: RangeInclusive<u64>) -> (u64, u64) {
+    if r.is_empty() { (0, 0) } else { w.loss(p, r) }
+}
+
+fn median_in(w: &Windows, p: &Pair, r: RangeInclusive<u64>) -> Option<f64> {
+    if r.is_empty() {
+        None
+    } else {
+        w.median_p50_us(p, r)
+    }
+}
+
 /// Every pair of `pairs` has a summary in every window of `range`.
 fn complete(w: &Windows, pairs: &[Pair], range: RangeInclusive<u64>) -> bool {
     pairs.iter().all(|p| w.gaps(p, range.clone()).is_empty())
@@ -687,8 +712,11 @@ impl Health {
         range: RangeInclusive<u64>,
         lossy: &dyn Fn(&Pair) -> bool,
     ) -> Health {
+        if range.is_empty() {
+            return Health::default();
+        }
         let mut h = Health {
-            windows: range.end().saturating_sub(*range.start()) + 1,
+            windows: range.end() - range.start() + 1,
             ..Health::default()
         };
         for p in pairs {
@@ -705,7 +733,7 @@ impl Health {
             if !silent.is_empty() {
                 h.silent.push((p.clone(), silent));
             }
-            let (sent, lost) = w.loss(p, range.clone());
+            let (sent, lost) = loss_in(w, p, range.clone());
             h.sent += sent;
             if lost > 0 && !lossy(p) {
                 h.lost.push((p.clone(), sent, lost));
@@ -859,6 +887,18 @@ fn wait_members(
     }
 }
 
+/// The session owning each member znode (node id → session), from ZooKeeper's `dump`.
+fn znode_sessions(lab: &MeshLab) -> BTreeMap<String, String> {
+    let prefix = format!("{}/", crate::agent::HEARTBEAT_PATH);
+    lab.lab
+        .zk()
+        .ephemerals()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(s, p)| Some((p.strip_prefix(&prefix)?.to_string(), s)))
+        .collect()
+}
+
 /// What the lab looked like before the fault, to check it is back to that.
 struct Prior {
     agents: Vec<usize>,
@@ -925,7 +965,8 @@ impl Prior {
 ///   `recovered_windows.<pair>` and `.max`, `recovered_s.max`, `others_gaps`, `others_lost`,
 ///   `duplicates`.
 /// - zk-outage: `outage_windows`, `gaps`, `windows_without_replies`, `lost`, `duplicates`,
-///   `members_back_s`, `agents_ready_s`, `peer_removed_events`.
+///   `members_back_s`, `agents_ready_s`, `sessions_replaced`, `peer_removed_events`,
+///   `peer_readded_max_s`.
 /// - broker-outage: `buffered_windows`, `buffered_records`, `delivered_after_s`, `gaps`,
 ///   `duplicates`, `lost`, `windows_without_replies`, `kafka_dropped`.
 /// - link-delay: `added_us`, `before_us.<pair>`, `during_us.<pair>`, `after_us.<pair>`,
@@ -933,9 +974,9 @@ impl Prior {
 /// - link-loss: `loss_pct.<pair>`, `sigma_pct.<pair>`, `nft_dropped`, `lost_total`,
 ///   `others_lost`, `lost_after_restore`.
 /// - partition: `removed_after_s.<peer>` and `.max`, `lost_towards_x.<peer>`,
-///   `lost_after_removal`, `x_gaps`, `x_received_during`, `x_delivered_after_s`,
-///   `registered_after_s`, `recovered_windows.<pair>` and `.max`, `others_gaps`, `others_lost`,
-///   `duplicates`.
+///   `lost_after_removal`, `others_received_from_x_during`, `x_gaps`, `x_received_during`,
+///   `x_delivered_after_s`, `registered_after_s`, `recovered_windows.<pair>` and `.max`,
+///   `others_gaps`, `others_lost`, `duplicates`.
 pub fn run(lab: &mut MeshLab, exp: &Experiment, log: &mut dyn FnMut(&str)) -> Result<Verdict> {
     let n = lab.spec.nodes;
     let node_ok = |i: usize| -> Result<()> {
@@ -1021,8 +1062,10 @@ fn kill_agent(
         removed.insert(i, ev.map(|e| e.at));
     }
     let last_removed = removed.values().flatten().max().copied();
+    // Down for KILL_DOWN_WINDOWS, and a whole window after the last peer dropped it (so the
+    // mesh without it is seen, and the restart is not within the peers' grace period).
     let not_before = (kill_at + t.window * KILL_DOWN_WINDOWS as u32)
-        .max(last_removed.map_or(kill_at, |r| r + Duration::from_millis(500)));
+        .max(last_removed.map_or(kill_at, |r| r + t.window));
     std::thread::sleep(not_before.saturating_duration_since(Instant::now()));
 
     let marks2: BTreeMap<usize, usize> = others
@@ -1068,7 +1111,7 @@ fn kill_agent(
     let mut all_removed = true;
     for &i in &others {
         let p = pair(i, x);
-        let (_, lost) = w.loss(&p, kill_w..=restart_w);
+        let (_, lost) = loss_in(&w, &p, kill_w..=restart_w);
         j.fig(format!("lost_towards_x.{}", node_name(i)), lost as f64);
         let lost_windows: Vec<u64> = w
             .of(&p, kill_w..=restart_w)
@@ -1089,16 +1132,18 @@ fn kill_agent(
         max_removed = max_removed.max(after);
         j.fig(format!("removed_after_s.{}", node_name(i)), after);
         let rw = clock.window_of(r);
-        let late_loss: u64 = w.loss(&p, rw + 1..=restart_w).1;
+        let late_loss: u64 = loss_in(&w, &p, rw + 1..=restart_w).1;
         lost_after_removal += late_loss;
         let silent: Vec<u64> = w.gaps(&p, rw + 1..=restart_w);
+        let (later_sent, _) = loss_in(&w, &p, rw + 1..=restart_w);
         j.note(format!(
             "{}: counted {lost} probes to {xid} lost (windows {}, ≈{:.1} s of probing), \
-             removed it {after:.1} s after the kill (window {rw}), then {late_loss} lost and no \
-             summary in windows {}",
+             removed it {after:.1} s after the kill (window {rw}); windows {}..={restart_w} \
+             until the restart: {later_sent} probes sent, {late_loss} lost, no summary in {}",
             arrow(&p),
             ranges(&lost_windows),
             lost as f64 * secs(t.interval),
+            rw + 1,
             ranges(&silent)
         ));
     }
@@ -1251,7 +1296,7 @@ fn zk_outage(
     let base = baseline(lab, log)?;
     let marks: BTreeMap<usize, usize> = (0..n).map(|i| (i, lab.lab.agent(i).mark())).collect();
     let stop_w = at_mid_window(lab);
-    let stop_at = Instant::now();
+    let sessions_before = znode_sessions(lab);
     lab.lab.zk_mut().stop();
     log(&format!(
         "ZooKeeper stopped in window {stop_w} for {secs_} s"
@@ -1264,70 +1309,74 @@ fn zk_outage(
     held?;
     restarted.context("starting ZooKeeper again")?;
 
-    // Members: complete, and staying complete for a session timeout (a znode of a session
-    // that is not resumed disappears within it). Agents: all /readyz 200 (registered).
+    // Per agent: when its /readyz says registered again. Membership: complete, and staying
+    // complete for a session timeout (a session that is not resumed in time expires, and its
+    // znode goes). Then whose session was resumed and who registered in a new one.
     let ids: Vec<String> = (0..n).map(node_name).collect();
     let settle = t.conn_timeout + Duration::from_secs(1);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut complete_since: Option<Instant> = None;
-    let mut first_complete: Option<Instant> = None;
-    let mut vanished: Vec<String> = Vec::new();
-    let mut ready_at: Option<Instant> = None;
+    let mut ready: BTreeMap<usize, Instant> = BTreeMap::new();
     loop {
         let now = Instant::now();
         match lab.zk_members() {
-            Ok(m) => {
-                let missing: Vec<&String> = ids.iter().filter(|i| !m.contains(i)).collect();
-                if missing.is_empty() {
-                    complete_since.get_or_insert(now);
-                    first_complete.get_or_insert(now);
-                } else {
-                    if complete_since.is_some() || first_complete.is_some() {
-                        for m in &missing {
-                            vanished.push(format!("{m} at +{:.1} s", secs(now - back_at)));
-                        }
-                    }
-                    complete_since = None;
-                }
+            Ok(m) if ids.iter().all(|i| m.contains(i)) => {
+                complete_since.get_or_insert(now);
             }
-            Err(_) => complete_since = None,
+            _ => complete_since = None,
         }
-        if ready_at.is_none()
-            && (0..n).all(|i| {
-                lab.lab
+        for i in 0..n {
+            if !ready.contains_key(&i)
+                && lab
+                    .lab
                     .agent(i)
                     .http_get("/readyz")
                     .is_ok_and(|(s, _)| s == 200)
-            })
-        {
-            ready_at = Some(Instant::now());
+            {
+                ready.insert(i, Instant::now());
+            }
         }
         let settled = complete_since.is_some_and(|c| now - c >= settle);
-        if (settled && ready_at.is_some()) || now >= deadline {
+        if (settled && ready.len() == n) || now >= deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let sessions_after = znode_sessions(lab);
+    let mut replaced = 0;
+    let mut per_node = Vec::new();
+    let mut ready_max: f64 = 0.0;
+    for (i, id) in ids.iter().enumerate() {
+        let r = ready
+            .get(&i)
+            .map(|r| secs(r.saturating_duration_since(back_at)));
+        ready_max = ready_max.max(r.unwrap_or(f64::INFINITY));
+        let how = match (sessions_before.get(id), sessions_after.get(id)) {
+            (Some(b), Some(a)) if a == b => "session resumed".to_string(),
+            (_, Some(_)) => {
+                replaced += 1;
+                "session expired, registered in a new one".to_string()
+            }
+            (_, None) => "not registered".to_string(),
+        };
+        per_node.push(format!(
+            "{id} {how}, /readyz 200 {}",
+            r.map_or("never".into(), |r| format!("at +{r:.1} s"))
+        ));
+    }
     let members_back = complete_since.map(|c| secs(c.saturating_duration_since(back_at)));
-    let ready_s = ready_at.map(|r| secs(r - back_at));
-    let back = members_back
-        .unwrap_or(f64::INFINITY)
-        .max(ready_s.unwrap_or(f64::INFINITY));
+    let back = members_back.unwrap_or(f64::INFINITY).max(ready_max);
     j.fig("members_back_s", members_back.unwrap_or(f64::NAN));
-    j.fig("agents_ready_s", ready_s.unwrap_or(f64::NAN));
+    j.fig("agents_ready_s", ready_max);
+    j.fig("sessions_replaced", replaced as f64);
     j.note(format!(
-        "after ZooKeeper's return: all {n} members listed {} (first complete listing {}), \
-         {}; every agent's /readyz 200 {}",
+        "after ZooKeeper's return ({} s session timeout): {}; ZooKeeper listed all {n} znodes {}",
+        secs(t.conn_timeout),
+        per_node.join("; "),
         members_back.map_or("never for good".into(), |s| format!(
-            "for good from +{s:.1} s"
+            "in every poll from +{s:.1} s on (every 0.2 s; a znode replaced between two polls \
+             is not seen)"
         )),
-        first_complete.map_or("never".into(), |f| format!("+{:.1} s", secs(f - back_at))),
-        if vanished.is_empty() {
-            "no znode vanished meanwhile".to_string()
-        } else {
-            format!("znodes vanished meanwhile: {}", vanished.join(", "))
-        },
-        ready_s.map_or("never (60 s)".into(), |s| format!("+{s:.1} s"))
     ));
     j.check(
         back <= secs(ZK_REREGISTER_BOUND),
@@ -1337,30 +1386,59 @@ fn zk_outage(
         ),
     );
 
+    // What the agents made of it: a peer whose znode was replaced is removed and added back
+    // (within the grace period the same probe session goes on).
     let mut events = Vec::new();
     let mut removed_events = 0;
+    let mut max_readd: f64 = 0.0;
+    let mut not_readded = Vec::new();
     for i in 0..n {
-        for e in lab.lab.agent(i).events_since(marks[&i]) {
-            if e.kind().starts_with("peer_") {
-                if e.kind() == "peer_removed" {
-                    removed_events += 1;
+        let evs = lab.lab.agent(i).events_since(marks[&i]);
+        for (k, e) in evs.iter().enumerate() {
+            if e.kind() != "peer_removed" {
+                continue;
+            }
+            removed_events += 1;
+            let y = e.v["node_id"].as_str().unwrap_or("?");
+            match evs[k + 1..]
+                .iter()
+                .find(|f| f.kind() == "peer_added" && f.v["node_id"] == y)
+            {
+                Some(f) => {
+                    let gap = secs(f.at - e.at);
+                    max_readd = max_readd.max(gap);
+                    events.push(format!(
+                        "{} dropped {y} at +{:.1} s and added it back {:.0} ms later",
+                        node_name(i),
+                        secs(e.at.saturating_duration_since(back_at)),
+                        gap * 1000.0
+                    ));
                 }
-                events.push(format!(
-                    "{} {} {} at +{:.1} s",
-                    node_name(i),
-                    e.kind(),
-                    e.v["node_id"].as_str().unwrap_or("?"),
-                    secs(e.at.saturating_duration_since(stop_at))
-                ));
+                None => not_readded.push(format!("{}: {y}", node_name(i))),
             }
         }
     }
     j.fig("peer_removed_events", removed_events as f64);
+    j.fig("peer_readded_max_s", max_readd);
     j.note(if events.is_empty() {
-        "no agent reported peer_added/peer_removed during or after the outage".to_string()
+        "no agent reported peer_removed during or after the outage".to_string()
     } else {
-        format!("membership events since the stop: {}", events.join(", "))
+        format!(
+            "membership events (times from ZooKeeper's return): {}",
+            events.join(", ")
+        )
     });
+    j.check(
+        not_readded.is_empty(),
+        format!(
+            "every peer dropped after the return was added back{}",
+            if not_readded.is_empty() {
+                String::new()
+            } else {
+                format!(" (not: {})", not_readded.join(", "))
+            }
+        ),
+    );
 
     let last = end_w + 2;
     lab.wait_window(last + 1);
@@ -1557,10 +1635,8 @@ fn link_delay(
         fmt_duration(new.rtt)
     ));
     let during = c1 + 1..=c1 + DELAY_WINDOWS;
-    let held = (|| -> Result<()> {
-        lab.wait_window(c1 + DELAY_WINDOWS + 1);
-        lab.check()
-    })();
+    lab.wait_window(c1 + DELAY_WINDOWS + 1);
+    let held = lab.check();
     let r0 = at_mid_window(lab);
     let restored = lab.set_link(a, b, old);
     let r1 = lab.window_now();
@@ -1586,9 +1662,9 @@ fn link_delay(
     let mut max_restored: f64 = 0.0;
     for p in [&pa, &pb] {
         let (Some(before), Some(dur), Some(aft)) = (
-            w.median_p50_us(p, base.clone()),
-            w.median_p50_us(p, during.clone()),
-            w.median_p50_us(p, after.clone()),
+            median_in(&w, p, base.clone()),
+            median_in(&w, p, during.clone()),
+            median_in(&w, p, after.clone()),
         ) else {
             ok_affected = false;
             j.note(format!("{}: no p50 in some phase", arrow(p)));
@@ -1673,9 +1749,9 @@ fn link_delay(
     let mut lines = Vec::new();
     for p in pairs.iter().filter(|p| **p != pa && **p != pb) {
         let (Some(before), Some(dur), Some(aft)) = (
-            w.median_p50_us(p, base.clone()),
-            w.median_p50_us(p, during.clone()),
-            w.median_p50_us(p, after.clone()),
+            median_in(&w, p, base.clone()),
+            median_in(&w, p, during.clone()),
+            median_in(&w, p, after.clone()),
         ) else {
             missing.push(arrow(p));
             continue;
@@ -1758,10 +1834,8 @@ fn link_loss(
         node_name(lo),
         node_name(hi)
     ));
-    let held = (|| -> Result<()> {
-        lab.wait_window(c1 + LOSS_WINDOWS + 1);
-        lab.check()
-    })();
+    lab.wait_window(c1 + LOSS_WINDOWS + 1);
+    let held = lab.check();
     let r0 = at_mid_window(lab);
     let dropped = lab.links.loss_dropped(lab.mesh(), lo, hi);
     let restored = lab.set_link(lo, hi, old);
@@ -1784,7 +1858,7 @@ fn link_loss(
     let p = loss / 100.0;
     let mut in_bound = true;
     for pr in [pair(lo, hi), pair(hi, lo)] {
-        let (sent, lost) = w.loss(&pr, full.clone());
+        let (sent, lost) = loss_in(&w, &pr, full.clone());
         let obs = pct(sent, lost);
         let sigma = if sent == 0 {
             f64::INFINITY
@@ -1820,7 +1894,7 @@ fn link_loss(
     // Every packet the rule dropped is one lost probe (a dropped request or a dropped reply).
     let around = c0..=r1 + 1;
     let lost_total =
-        w.loss(&pair(lo, hi), around.clone()).1 + w.loss(&pair(hi, lo), around.clone()).1;
+        loss_in(&w, &pair(lo, hi), around.clone()).1 + loss_in(&w, &pair(hi, lo), around.clone()).1;
     j.fig("nft_dropped", dropped as f64);
     j.fig("lost_total", lost_total as f64);
     j.note(format!(
@@ -1839,8 +1913,8 @@ fn link_loss(
                  and removing the rule)"
             ),
         );
-        let after_restore: u64 =
-            w.loss(&pair(lo, hi), r1 + 2..=last).1 + w.loss(&pair(hi, lo), r1 + 2..=last).1;
+        let after_restore: u64 = loss_in(&w, &pair(lo, hi), r1 + 2..=last).1
+            + loss_in(&w, &pair(hi, lo), r1 + 2..=last).1;
         j.fig("lost_after_restore", after_restore as f64);
         j.check(
             after_restore == 0,
@@ -1957,6 +2031,8 @@ fn partition(
     }
 
     // The others towards x.
+    let inside = p_w + 1..=h_w - 1;
+    let mut others_received = 0;
     let bound = t.conn_timeout + REMOVAL_SLACK;
     let mut max_removed: f64 = 0.0;
     let mut all_removed = true;
@@ -1964,12 +2040,17 @@ fn partition(
     for &i in &others {
         let p = pair(i, x);
         let removed = event_about(lab, i, marks[&i], "peer_removed", &xid).filter(|e| e.at < h_at);
-        let (sent, lost) = w.loss(&p, p_w..=h_w);
+        let (sent, lost) = loss_in(&w, &p, p_w..=h_w);
         j.fig(format!("lost_towards_x.{}", node_name(i)), lost as f64);
+        let got: u64 = of_in(&w, &p, inside.clone())
+            .iter()
+            .map(|o| o.received)
+            .sum();
+        others_received += got;
         let rows: Vec<String> = w
             .of(&p, p_w..=h_w)
             .iter()
-            .map(|o| format!("{}:{}/{}", o.seq, o.lost, o.sent))
+            .map(|o| format!("{} {}/{}", o.seq, o.lost, o.sent))
             .collect();
         let Some(r) = removed else {
             all_removed = false;
@@ -1985,16 +2066,20 @@ fn partition(
         max_removed = max_removed.max(after);
         j.fig(format!("removed_after_s.{}", node_name(i)), after);
         let rw = clock.window_of(r.at);
-        let late = w.loss(&p, rw + 1..=h_w).1;
+        let late = loss_in(&w, &p, rw + 1..=h_w).1;
         lost_after_removal += late;
         let silent = w.gaps(&p, rw + 1..=h_w);
         let back = added[&i].map(|a| secs(a - h_at));
         j.note(format!(
-            "{}: {lost} of {sent} probes lost in windows {p_w}..={h_w} (lost/sent by window: \
-             {}); removed {xid} {after:.1} s into the partition (window {rw}); no summary in \
+            "{}: {lost} of {sent} probes lost in windows {p_w}..={h_w} (lost/sent by window, \
+             a loss counting in the window its {:.0} s timeout ends: {}); {got} replies in \
+             windows {}..={}; removed {xid} {after:.1} s into the partition (window {rw}); no summary in \
              windows {}; peer_added again {} after healing",
             arrow(&p),
+            secs(t.probe_timeout),
             rows.join(" "),
+            inside.start(),
+            inside.end(),
             ranges(&silent),
             back.map_or("never".into(), |s| format!("{s:.1} s"))
         ));
@@ -2011,6 +2096,16 @@ fn partition(
     j.check(
         lost_after_removal == 0,
         format!("{lost_after_removal} probes to {xid} counted lost after peer_removed"),
+    );
+    j.fig("others_received_from_x_during", others_received as f64);
+    j.check(
+        others_received == 0,
+        format!(
+            "the others got {others_received} replies from {xid} in windows {}..={}, while it \
+             was cut off",
+            inside.start(),
+            inside.end()
+        ),
     );
 
     // x's own rows.
@@ -2029,18 +2124,20 @@ fn partition(
             )
         })
         .collect();
-    let inside = p_w + 1..=h_w - 1;
     let mut x_gaps = 0;
     let mut x_received = 0;
     let mut x_rows_text = Vec::new();
     for p in &x_rows {
         let g = w.gaps(p, *base.start()..=end);
         x_gaps += g.len();
-        let got: u64 = w.of(p, inside.clone()).iter().map(|o| o.received).sum();
+        let got: u64 = of_in(&w, p, inside.clone())
+            .iter()
+            .map(|o| o.received)
+            .sum();
         x_received += got;
-        let (sent, lost) = w.loss(p, inside.clone());
+        let (sent, lost) = loss_in(&w, p, inside.clone());
         x_rows_text.push(format!(
-            "{} {lost}/{sent} lost, {got} replies, missing windows {}",
+            "{} sent {sent}, lost {lost}, {got} replies, missing windows {}",
             arrow(p),
             ranges(&g)
         ));
