@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::lab::{LabSpec, MeshLab, Shape, node_name};
+use meshprobe_tests::lab::{LabSpec, MeshLab, node_name};
 use meshprobe_tests::services::TempDir;
 use meshprobe_tests::topo::Family;
 
@@ -23,25 +23,7 @@ const HIGH_US: f64 = 80.0;
 const WINDOWS: u64 = 4;
 
 fn spec(family: Family) -> Result<LabSpec> {
-    let us = Duration::from_micros;
-    let mut s = LabSpec::new(4)?.zoned(2, us(100), us(600))?;
-    // Different delays inside the two zones and one slower cross-zone pair.
-    s.set(
-        2,
-        3,
-        Shape {
-            rtt: us(250),
-            loss_pct: 0.0,
-        },
-    );
-    s.set(
-        0,
-        3,
-        Shape {
-            rtt: us(1000),
-            loss_pct: 0.0,
-        },
-    );
+    let mut s = LabSpec::two_zone_demo()?;
     s.family = family;
     Ok(s)
 }

@@ -12,35 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use meshprobe_tests::interrupt;
-use meshprobe_tests::lab::{LabSpec, MeshLab, Shape};
+use meshprobe_tests::lab::{LabSpec, MeshLab};
 use meshprobe_tests::services::TempDir;
 
 /// How long the agents may take to measure every pair once.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The demo's layout: zone a = node0, node1 (100 µs apart); zone b = node2, node3 (250 µs
-/// apart); 600 µs across zones, except node0–node3 at 1 ms.
-pub fn spec() -> Result<LabSpec> {
-    let us = Duration::from_micros;
-    let mut s = LabSpec::new(4)?.zoned(2, us(100), us(600))?;
-    s.set(
-        2,
-        3,
-        Shape {
-            rtt: us(250),
-            loss_pct: 0.0,
-        },
-    );
-    s.set(
-        0,
-        3,
-        Shape {
-            rtt: us(1000),
-            loss_pct: 0.0,
-        },
-    );
-    Ok(s)
-}
 
 pub fn run(meshprobe_bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
     if !meshprobe_tests::env::is_root() {
@@ -55,7 +31,7 @@ pub fn run(meshprobe_bin: &Path, svg_out: &Path, duration: Option<Duration>) -> 
 }
 
 fn demo(bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
-    let spec = spec()?;
+    let spec = LabSpec::two_zone_demo()?;
     println!(
         "[demo] starting a {}-node mesh in network namespaces (198.18.0.0/24): ZooKeeper and \
          the broker in the core namespace, one meshprobe agent per node",

@@ -89,6 +89,31 @@ impl LabSpec {
         })
     }
 
+    /// The demo's and the lab test's layout: zone a = node0, node1 (100 µs apart); zone b =
+    /// node2, node3 (250 µs apart); 600 µs across zones, except node0–node3 at 1 ms. Four
+    /// different values, far enough apart that a pair measured against the wrong one shows.
+    pub fn two_zone_demo() -> Result<LabSpec> {
+        let us = Duration::from_micros;
+        let mut s = LabSpec::new(4)?.zoned(2, us(100), us(600))?;
+        s.set(
+            2,
+            3,
+            Shape {
+                rtt: us(250),
+                loss_pct: 0.0,
+            },
+        );
+        s.set(
+            0,
+            3,
+            Shape {
+                rtt: us(1000),
+                loss_pct: 0.0,
+            },
+        );
+        Ok(s)
+    }
+
     /// The same added RTT and loss on every pair.
     pub fn uniform(mut self, rtt: Duration, loss_pct: f64) -> Result<LabSpec> {
         check_shape("--delay/--loss", rtt, loss_pct)?;
