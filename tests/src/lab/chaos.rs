@@ -36,8 +36,8 @@ pub const NAMES: [&str; 6] = [
 
 /// Windows of the clean baseline every experiment starts from.
 pub const BASELINE_WINDOWS: u64 = 3;
-/// kill-agent: the agent stays dead at least this many windows, and at least one window after
-/// the last peer dropped it.
+/// kill-agent: the agent stays dead at least this many windows, and until the middle of the
+/// second window after the one in which the last peer dropped it.
 pub const KILL_DOWN_WINDOWS: u64 = 2;
 /// kill-agent and partition: every pair involving the node is measured again by the end of
 /// this many windows after the restart / the healing. Agent start (the ready line, about one
@@ -257,8 +257,8 @@ impl Experiment {
                     "After SIGKILL of {x}'s agent the other agents count loss towards {x} only \
                      until its ZooKeeper session expires (CONN_TIMEOUT {conn:.0} s: peer_removed \
                      within {removal:.0} s, no loss counted after it), and pairs not involving {x} \
-                     miss no window and lose no probe. Restarted (after at least {KILL_DOWN_WINDOWS} \
-                     windows, and one after the last peer dropped it), {x} registers again and every pair involving it is measured again within \
+                     miss no window and lose no probe. Restarted once the peers had a whole window \
+                     without it (at least {KILL_DOWN_WINDOWS} windows), {x} registers again and every pair involving it is measured again within \
                      {RECOVERY_WINDOWS} windows ({:.0} s).",
                     RECOVERY_WINDOWS as f64 * w
                 )
@@ -1062,11 +1062,15 @@ fn kill_agent(
         removed.insert(i, ev.map(|e| e.at));
     }
     let last_removed = removed.values().flatten().max().copied();
-    // Down for KILL_DOWN_WINDOWS, and a whole window after the last peer dropped it (so the
-    // mesh without it is seen, and the restart is not within the peers' grace period).
-    let not_before = (kill_at + t.window * KILL_DOWN_WINDOWS as u32)
-        .max(last_removed.map_or(kill_at, |r| r + t.window));
-    std::thread::sleep(not_before.saturating_duration_since(Instant::now()));
+    // Down for KILL_DOWN_WINDOWS, and with one whole window after the one in which the last
+    // peer dropped it (their grace period is over by its end: the mesh without it is recorded,
+    // and the restart is a new peer for them, not a resumed one): the middle of the window
+    // after that.
+    let len = lab.spec.window.as_nanos() as u64;
+    let kill_tai = clock.tai_of(kill_at);
+    let target = (kill_tai + KILL_DOWN_WINDOWS * len)
+        .max(last_removed.map_or(0, |r| (clock.window_of(r) + 2) * len + len / 2));
+    std::thread::sleep(Duration::from_nanos(target.saturating_sub(tai_now_ns())));
 
     let marks2: BTreeMap<usize, usize> = others
         .iter()
@@ -1139,7 +1143,8 @@ fn kill_agent(
         j.note(format!(
             "{}: counted {lost} probes to {xid} lost (windows {}, ≈{:.1} s of probing), \
              removed it {after:.1} s after the kill (window {rw}); windows {}..={restart_w} \
-             until the restart: {later_sent} probes sent, {late_loss} lost, no summary in {}",
+             (to the restart): {later_sent} probes sent, {late_loss} lost, windows without a \
+             summary: {}",
             arrow(&p),
             ranges(&lost_windows),
             lost as f64 * secs(t.interval),
