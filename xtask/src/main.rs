@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod build_ebpf;
+mod chart;
 mod demo;
 mod lint;
 mod mesh;
@@ -41,6 +42,9 @@ enum Command {
     Lint,
     /// What CI runs: setup, build, lint, unit tests, root integration tests.
     Test,
+    /// Helm chart tests (charts/meshprobe): lint, render, schema, Kubernetes schemas; in a
+    /// cached venv with the pinned helm-python-sdk and kubernetes-validate.
+    Chart,
     /// Setup, build, then a 4-node mesh (ZooKeeper, Kafka, two zones, known delays) and its
     /// live heatmap; q or Ctrl-C tears it all down.
     Demo {
@@ -83,6 +87,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build => build::run(&ws).map(|_| ()),
         Command::Lint => lint::run(&ws),
         Command::Test => test::run(&ws),
+        Command::Chart => chart::run(&ws),
         Command::Demo { duration, svg } => {
             let bin = build::run(&ws)?;
             let svg = if svg.is_absolute() {

@@ -31,6 +31,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("default-jre-headless", "java"),
     ("zookeeper", "java"),
     ("libslf4j-java", "java"),
+    // The Helm chart tests run in a Python venv (`cargo xtask chart`).
+    ("python3-venv", "python3"),
+    // setcap: the capability test gives a copy of the binary file capabilities.
+    ("libcap2-bin", "setcap"),
 ];
 
 /// bpf-linker release built when it is missing: the one tested here (features `llvm-21`,

@@ -35,6 +35,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
     })?;
     let bin = bin.expect("build step sets the binary path");
     step("lint", &mut || lint::run(ws))?;
+    step("chart tests", &mut || crate::chart::run(ws))?;
     step("unit + property tests", &mut || {
         util::run(ws.cargo().args([
             "test",

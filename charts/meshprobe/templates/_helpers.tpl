@@ -1,0 +1,200 @@
+{{/* Names and labels. */}}
+{{- define "meshprobe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "meshprobe.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshprobe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meshprobe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "meshprobe.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "meshprobe.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "meshprobe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "meshprobe.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshprobe.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* SERVERS_ZK: the bundled ZooKeeper when enabled, else zookeeper.servers. */}}
+{{- define "meshprobe.zkServers" -}}
+{{- if .Values.zookeeper.enabled -}}
+{{- printf "%s-zookeeper.%s.svc:2181" (include "meshprobe.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.zookeeper.servers -}}
+{{- end -}}
+{{- end -}}
+
+{{/* MESHPROBE_ADMIN_LISTEN: [v6]:port or v4:port. */}}
+{{- define "meshprobe.adminListen" -}}
+{{- $a := .Values.agent.adminAddress -}}
+{{- if contains ":" $a -}}
+{{- printf "[%s]:%d" $a (int .Values.agent.adminPort) -}}
+{{- else -}}
+{{- printf "%s:%d" $a (int .Values.agent.adminPort) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap with configToml and the peers file exists. */}}
+{{- define "meshprobe.needsConfigMap" -}}
+{{- if or .Values.agent.configToml .Values.agent.peersFile -}}true{{- end -}}
+{{- end -}}
+
+{{- define "meshprobe.rbacNeeded" -}}
+{{- if and .Values.rbac.create (eq .Values.zone.source "nodeLabel") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Duration strings go to the agent as they are (humantime). */}}
+{{- define "meshprobe.env" -}}
+{{- $a := .Values.agent -}}
+{{- $k := .Values.kafka -}}
+{{- $z := .Values.zookeeper -}}
+- name: MESHPROBE_NODE_ID
+{{- if $a.nodeId }}
+  value: {{ $a.nodeId | quote }}
+{{- else }}
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- end }}
+{{- if eq .Values.zone.source "value" }}
+- name: MESHPROBE_ZONE
+  value: {{ .Values.zone.value | quote }}
+{{- else if eq .Values.zone.source "podLabel" }}
+- name: MESHPROBE_ZONE
+  valueFrom:
+    fieldRef:
+      fieldPath: {{ printf "metadata.labels['%s']" .Values.zone.nodeLabel | quote }}
+{{- end }}
+- name: MESHPROBE_RACK
+  value: {{ $a.rack | quote }}
+{{- $zk := include "meshprobe.zkServers" . }}
+{{- if $zk }}
+- name: SERVERS_ZK
+  value: {{ $zk | quote }}
+{{- end }}
+- name: ROOT_PATH_ZK
+  value: {{ $z.rootPath | quote }}
+- name: HEART_BEAT_NODE_PATH
+  value: {{ $z.heartBeatNodePath | quote }}
+- name: CONN_TIMEOUT
+  value: {{ $a.connTimeout | toString | quote }}
+{{- if $k.bootstrapServers }}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ $k.bootstrapServers | quote }}
+{{- end }}
+- name: KAFKA_TOPIC
+  value: {{ $k.topic | quote }}
+- name: KAFKA_PRODUCER_GROUP
+  value: {{ $k.producerGroup | quote }}
+{{- if $k.probes }}
+- name: MESHPROBE_KAFKA_PROBES
+  value: "true"
+{{- end }}
+- name: MESHPROBE_KAFKA_BUFFER_MESSAGES
+  value: {{ $k.bufferMessages | int64 | toString | quote }}
+- name: MESHPROBE_KAFKA_COMPRESSION
+  value: {{ $k.compression | quote }}
+- name: REGISTER_PUBLIC_DNS
+{{- if $a.register.publicDns }}
+  value: {{ $a.register.publicDns | quote }}
+{{- else }}
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
+{{- if $a.register.publicPort }}
+- name: REGISTER_PUBLIC_PORT
+  value: {{ $a.register.publicPort | int | toString | quote }}
+{{- end }}
+- name: REGISTER_LISTENER_DNS
+  value: {{ $a.register.listenerDns | quote }}
+- name: REGISTER_LISTENER_PORT
+  value: {{ $a.register.listenerPort | int | toString | quote }}
+{{- if $a.peers }}
+- name: MESHPROBE_PEERS
+  value: {{ join "," $a.peers | quote }}
+{{- end }}
+{{- if $a.peersFile }}
+- name: MESHPROBE_PEERS_FILE
+  value: /etc/meshprobe/chart/peers.txt
+{{- end }}
+- name: MESHPROBE_INTERVAL
+  value: {{ $a.interval | quote }}
+- name: MESHPROBE_JITTER
+  value: {{ $a.jitter | int | toString | quote }}
+- name: MESHPROBE_TIMEOUT
+  value: {{ $a.timeout | quote }}
+- name: MESHPROBE_SIZES
+  value: {{ join "," $a.sizes | quote }}
+- name: MESHPROBE_WINDOW
+  value: {{ $a.window | quote }}
+- name: MESHPROBE_PEER_GRACE
+  value: {{ $a.peerGrace | quote }}
+{{- if $a.output }}
+- name: MESHPROBE_OUTPUT
+  value: {{ $a.output | quote }}
+{{- end }}
+- name: MESHPROBE_ADMIN_LISTEN
+  value: {{ include "meshprobe.adminListen" . | quote }}
+- name: MESHPROBE_METRICS_PEER_LIMIT
+  value: {{ $a.metricsPeerLimit | int | toString | quote }}
+- name: MESHPROBE_SHUTDOWN_GRACE
+  value: {{ $a.shutdownGrace | quote }}
+{{- if $a.interfaces }}
+- name: MESHPROBE_INTERFACES
+  value: {{ join "," $a.interfaces | quote }}
+{{- end }}
+{{- if $a.noEbpf }}
+- name: MESHPROBE_NO_EBPF
+  value: "true"
+{{- end }}
+- name: MESHPROBE_ATTACH
+  value: {{ $a.attach | quote }}
+- name: MESHPROBE_EBPF_LOG_LEVEL
+  value: {{ $a.ebpfLogLevel | int | toString | quote }}
+{{- if $a.clockSynchronized }}
+- name: MESHPROBE_CLOCK_SYNCHRONIZED
+  value: "true"
+{{- end }}
+{{- if $a.hwRxStamps }}
+- name: MESHPROBE_HW_RX_STAMPS
+  value: "true"
+{{- end }}
+{{- if eq .Values.zone.source "nodeLabel" }}
+- name: MESHPROBE_CONFIG
+  value: /etc/meshprobe/agent/agent.toml
+{{- else if $a.configToml }}
+- name: MESHPROBE_CONFIG
+  value: /etc/meshprobe/chart/config.toml
+{{- end }}
+- name: MESHPROBE_LOG
+  value: {{ $a.logLevel | quote }}
+{{- with $a.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
