@@ -244,6 +244,20 @@ class Lint(unittest.TestCase):
             self.assertEqual(chart.metadata["appVersion"], version)
 
 
+class Image(unittest.TestCase):
+    def test_dockerfile_file_capabilities_match_the_chart(self) -> None:
+        docker = (CHART.parent / "Dockerfile").read_text()
+        m = re.search(r"setcap ([a-z_,]+)\+ep (\S+)", docker)
+        self.assertIsNotNone(m, "no setcap line in charts/Dockerfile")
+        caps = [c.removeprefix("cap_").upper() for c in m.group(1).split(",")]
+        self.assertEqual(caps, PROVEN_CAPS)
+        with helm.Chart.load(CHART) as chart:
+            self.assertEqual(m.group(2), chart.values["securityContext"]["fileCapabilitiesBinary"])
+        self.assertIn('ENTRYPOINT ["/usr/local/bin/meshprobe"]', docker)
+        ignore = (CHART.parent / "Dockerfile.dockerignore").read_text().split()
+        self.assertIn("target", ignore)
+
+
 class Schema(unittest.TestCase):
     def test_defaults_and_overrides_pass(self) -> None:
         with helm.Chart.load(CHART) as chart:
@@ -488,6 +502,12 @@ class Overrides(unittest.TestCase):
         self.assertEqual(sc["runAsUser"], 65532)
         self.assertIs(sc["allowPrivilegeEscalation"], True, "file capabilities need it")
         self.assertEqual(sc["capabilities"]["add"], PROVEN_CAPS)
+        agent = agent_container(one(objects(render({"securityContext": {"runAsNonRoot": True}})), "DaemonSet"))
+        self.assertEqual(agent["command"], ["/usr/local/bin/meshprobe-fcaps"])
+        self.assertNotIn("command", self.agent, "as uid 0: the image's plain binary")
+        with self.assertRaises(helm.HelmRenderError) as cm:
+            render({"securityContext": {"runAsNonRoot": True, "capabilities": {"add": ["BPF", "NET_ADMIN", "PERFMON"]}}})
+        self.assertIn("securityContext.runAsNonRoot needs NET_BIND_SERVICE in securityContext.capabilities.add", str(cm.exception))
 
     def test_zone_from_the_pod_label(self) -> None:
         ds = one(objects(render({"zone": {"source": "podLabel"}})), "DaemonSet")
