@@ -1924,8 +1924,8 @@ fn link_loss(
         j.check(
             after_restore == 0,
             format!(
-                "{after_restore} probes lost in windows {}..={last}, a window after the restore",
-                r1 + 2
+                "{after_restore} probes lost in window(s) {}, a window after the restore",
+                ranges(&(r1 + 2..=last).collect::<Vec<_>>())
             ),
         );
     }
