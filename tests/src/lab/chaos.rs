@@ -659,25 +659,6 @@ fn wait_kafka(
     }
 }
 
-// `Windows::of`, `loss` and `median_p50_us` panic on an empty range (BTreeMap::range with
-// start > end); these return nothing for one.
-
-fn of_in<'a>(w: &'a Windows, p: &Pair, r: RangeInclusive<u64>) -> Vec<&'a super::data::Obs> {
-    if r.is_empty() { Vec::new() } else { w.of(p, r) }
-}
-
-fn loss_in(w: &Windows, p: &Pair, r: RangeInclusive<u64>) -> (u64, u64) {
-    if r.is_empty() { (0, 0) } else { w.loss(p, r) }
-}
-
-fn median_in(w: &Windows, p: &Pair, r: RangeInclusive<u64>) -> Option<f64> {
-    if r.is_empty() {
-        None
-    } else {
-        w.median_p50_us(p, r)
-    }
-}
-
 /// Every pair of `pairs` has a summary in every window of `range`.
 fn complete(w: &Windows, pairs: &[Pair], range: RangeInclusive<u64>) -> bool {
     pairs.iter().all(|p| w.gaps(p, range.clone()).is_empty())
@@ -733,7 +714,7 @@ impl Health {
             if !silent.is_empty() {
                 h.silent.push((p.clone(), silent));
             }
-            let (sent, lost) = loss_in(w, p, range.clone());
+            let (sent, lost) = w.loss(p, range.clone());
             h.sent += sent;
             if lost > 0 && !lossy(p) {
                 h.lost.push((p.clone(), sent, lost));
@@ -1115,7 +1096,7 @@ fn kill_agent(
     let mut all_removed = true;
     for &i in &others {
         let p = pair(i, x);
-        let (_, lost) = loss_in(&w, &p, kill_w..=restart_w);
+        let (_, lost) = w.loss(&p, kill_w..=restart_w);
         j.fig(format!("lost_towards_x.{}", node_name(i)), lost as f64);
         let lost_windows: Vec<u64> = w
             .of(&p, kill_w..=restart_w)
@@ -1136,10 +1117,10 @@ fn kill_agent(
         max_removed = max_removed.max(after);
         j.fig(format!("removed_after_s.{}", node_name(i)), after);
         let rw = clock.window_of(r);
-        let late_loss: u64 = loss_in(&w, &p, rw + 1..=restart_w).1;
+        let late_loss: u64 = w.loss(&p, rw + 1..=restart_w).1;
         lost_after_removal += late_loss;
         let silent: Vec<u64> = w.gaps(&p, rw + 1..=restart_w);
-        let (later_sent, _) = loss_in(&w, &p, rw + 1..=restart_w);
+        let (later_sent, _) = w.loss(&p, rw + 1..=restart_w);
         j.note(format!(
             "{}: counted {lost} probes to {xid} lost (windows {}, ≈{:.1} s of probing), \
              removed it {after:.1} s after the kill (window {rw}); windows {}..={restart_w} \
@@ -1667,9 +1648,9 @@ fn link_delay(
     let mut max_restored: f64 = 0.0;
     for p in [&pa, &pb] {
         let (Some(before), Some(dur), Some(aft)) = (
-            median_in(&w, p, base.clone()),
-            median_in(&w, p, during.clone()),
-            median_in(&w, p, after.clone()),
+            w.median_p50_us(p, base.clone()),
+            w.median_p50_us(p, during.clone()),
+            w.median_p50_us(p, after.clone()),
         ) else {
             ok_affected = false;
             j.note(format!("{}: no p50 in some phase", arrow(p)));
@@ -1754,9 +1735,9 @@ fn link_delay(
     let mut lines = Vec::new();
     for p in pairs.iter().filter(|p| **p != pa && **p != pb) {
         let (Some(before), Some(dur), Some(aft)) = (
-            median_in(&w, p, base.clone()),
-            median_in(&w, p, during.clone()),
-            median_in(&w, p, after.clone()),
+            w.median_p50_us(p, base.clone()),
+            w.median_p50_us(p, during.clone()),
+            w.median_p50_us(p, after.clone()),
         ) else {
             missing.push(arrow(p));
             continue;
@@ -1863,7 +1844,7 @@ fn link_loss(
     let p = loss / 100.0;
     let mut in_bound = true;
     for pr in [pair(lo, hi), pair(hi, lo)] {
-        let (sent, lost) = loss_in(&w, &pr, full.clone());
+        let (sent, lost) = w.loss(&pr, full.clone());
         let obs = pct(sent, lost);
         let sigma = if sent == 0 {
             f64::INFINITY
@@ -1899,7 +1880,7 @@ fn link_loss(
     // Every packet the rule dropped is one lost probe (a dropped request or a dropped reply).
     let around = c0..=r1 + 1;
     let lost_total =
-        loss_in(&w, &pair(lo, hi), around.clone()).1 + loss_in(&w, &pair(hi, lo), around.clone()).1;
+        w.loss(&pair(lo, hi), around.clone()).1 + w.loss(&pair(hi, lo), around.clone()).1;
     j.fig("nft_dropped", dropped as f64);
     j.fig("lost_total", lost_total as f64);
     j.note(format!(
@@ -1918,8 +1899,8 @@ fn link_loss(
                  and removing the rule)"
             ),
         );
-        let after_restore: u64 = loss_in(&w, &pair(lo, hi), r1 + 2..=last).1
-            + loss_in(&w, &pair(hi, lo), r1 + 2..=last).1;
+        let after_restore: u64 =
+            w.loss(&pair(lo, hi), r1 + 2..=last).1 + w.loss(&pair(hi, lo), r1 + 2..=last).1;
         j.fig("lost_after_restore", after_restore as f64);
         j.check(
             after_restore == 0,
@@ -2045,12 +2026,9 @@ fn partition(
     for &i in &others {
         let p = pair(i, x);
         let removed = event_about(lab, i, marks[&i], "peer_removed", &xid).filter(|e| e.at < h_at);
-        let (sent, lost) = loss_in(&w, &p, p_w..=h_w);
+        let (sent, lost) = w.loss(&p, p_w..=h_w);
         j.fig(format!("lost_towards_x.{}", node_name(i)), lost as f64);
-        let got: u64 = of_in(&w, &p, inside.clone())
-            .iter()
-            .map(|o| o.received)
-            .sum();
+        let got: u64 = w.of(&p, inside.clone()).iter().map(|o| o.received).sum();
         others_received += got;
         let rows: Vec<String> = w
             .of(&p, p_w..=h_w)
@@ -2071,7 +2049,7 @@ fn partition(
         max_removed = max_removed.max(after);
         j.fig(format!("removed_after_s.{}", node_name(i)), after);
         let rw = clock.window_of(r.at);
-        let late = loss_in(&w, &p, rw + 1..=h_w).1;
+        let late = w.loss(&p, rw + 1..=h_w).1;
         lost_after_removal += late;
         let silent = w.gaps(&p, rw + 1..=h_w);
         let back = added[&i].map(|a| secs(a - h_at));
@@ -2135,12 +2113,9 @@ fn partition(
     for p in &x_rows {
         let g = w.gaps(p, *base.start()..=end);
         x_gaps += g.len();
-        let got: u64 = of_in(&w, p, inside.clone())
-            .iter()
-            .map(|o| o.received)
-            .sum();
+        let got: u64 = w.of(p, inside.clone()).iter().map(|o| o.received).sum();
         x_received += got;
-        let (sent, lost) = loss_in(&w, p, inside.clone());
+        let (sent, lost) = w.loss(p, inside.clone());
         x_rows_text.push(format!(
             "{} sent {sent}, lost {lost}, {got} replies, missing windows {}",
             arrow(p),

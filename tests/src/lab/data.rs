@@ -70,6 +70,10 @@ impl Windows {
 
     /// Summaries of `pair` in windows `range`, one per window (the first of duplicates).
     pub fn of(&self, pair: &Pair, range: RangeInclusive<u64>) -> Vec<&Obs> {
+        // BTreeMap::range panics on start > end; an empty range simply has no windows.
+        if range.is_empty() {
+            return Vec::new();
+        }
         self.by_pair
             .get(pair)
             .map(|m| m.range(range).filter_map(|(_, v)| v.first()).collect())
@@ -175,5 +179,9 @@ mod tests {
         assert_eq!(pct(60, 5), 100.0 * 5.0 / 60.0);
         let ba = ("b".to_string(), "a".to_string());
         assert_eq!(w.gaps(&ba, 1..=2), vec![1, 2]);
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = 13..=10;
+        assert_eq!(w.median_p50_us(&ab, empty.clone()), None);
+        assert_eq!(w.loss(&ab, empty), (0, 0));
     }
 }
