@@ -2,7 +2,7 @@
 //! consumer group offsets), decode and print them like the agent's stdout output. The reading
 //! itself ([`TopicReader`]) is shared with `meshprobe matrix`.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -57,6 +57,10 @@ pub struct ConsumeArgs {
     /// How long to wait for Kafka (connecting, and without `--follow` for progress).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// Print, per partition, the records read and the next offset (at the end of the topic)
+    /// instead of the records.
+    #[arg(long, conflicts_with = "follow")]
+    pub offsets: bool,
 }
 
 impl ConsumeArgs {
@@ -120,10 +124,14 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
     };
     while args.follow || !reader.at_end() {
         match reader.poll(args.follow)? {
+            Some(Polled::Record(_)) if args.offsets => {}
             Some(Polled::Record(rec)) if args.wants(&rec) => out.send(&rec),
             Some(Polled::Warning(w)) => eprintln!("warning: {w}"),
             Some(Polled::Record(_)) | None => {}
         }
+    }
+    if args.offsets {
+        print_offsets(&reader, args.json);
     }
     if reader.unknown > 0 {
         eprintln!(
@@ -139,6 +147,36 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `{"type":"offsets","topic":..,"partitions":[{"partition":0,"records":N,"next_offset":M}]}`
+/// or a table.
+fn print_offsets(reader: &TopicReader, json: bool) {
+    let parts = reader.partitions();
+    if json {
+        let v: Vec<_> = parts
+            .iter()
+            .map(|(p, o)| serde_json::json!({"partition": p, "records": o.records, "next_offset": o.next_offset}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"type": "offsets", "topic": reader.topic, "partitions": v})
+        );
+    } else {
+        println!("{:>9} {:>9} {:>11}", "partition", "records", "next offset");
+        for (p, o) in parts {
+            println!("{p:>9} {:>9} {:>11}", o.records, o.next_offset);
+        }
+    }
+}
+
+/// What has been read of one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionRead {
+    /// Messages read (Records or not).
+    pub records: u64,
+    /// Offset after the last message read (0 when none was).
+    pub next_offset: i64,
 }
 
 /// What one [`TopicReader::poll`] brought.
@@ -159,6 +197,7 @@ pub struct TopicReader {
     timeout: Duration,
     /// Partitions whose end (EOF) has not been reached yet.
     todo: BTreeSet<i32>,
+    read: BTreeMap<i32, PartitionRead>,
     progress: Instant,
     last_err: String,
     /// Messages that were no Record.
@@ -209,8 +248,10 @@ impl TopicReader {
         // answer them per batch rather than per record.
         let mut todo = BTreeSet::new();
         let mut tpl = TopicPartitionList::new();
+        let mut read = BTreeMap::new();
         for p in t.partitions() {
             todo.insert(p.id());
+            read.insert(p.id(), PartitionRead::default());
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
         }
         consumer.assign(&tpl).context("assigning partitions")?;
@@ -220,11 +261,17 @@ impl TopicReader {
             topic: topic.to_string(),
             timeout,
             todo,
+            read,
             progress: Instant::now(),
             last_err: String::new(),
             bad: 0,
             unknown: 0,
         })
+    }
+
+    /// Per partition: messages read so far and the next offset.
+    pub fn partitions(&self) -> &BTreeMap<i32, PartitionRead> {
+        &self.read
     }
 
     /// Every partition has been read to its end (at least once).
@@ -256,6 +303,9 @@ impl TopicReader {
             Some(Ok(msg)) => {
                 self.progress = Instant::now();
                 let (p, off) = (msg.partition(), msg.offset());
+                let r = self.read.entry(p).or_default();
+                r.records += 1;
+                r.next_offset = off + 1;
                 match decode(msg.payload()) {
                     Ok(Some(rec)) => Ok(Some(Polled::Record(Box::new(rec)))),
                     Ok(None) => {
@@ -313,7 +363,16 @@ mod tests {
         assert_eq!(a.kafka_topic, "distributedTrace");
         assert_eq!(a.kind, KindFilter::All);
         assert_eq!(a.timeout, Duration::from_secs(10));
-        assert!(!a.follow && !a.json);
+        assert!(!a.follow && !a.json && !a.offsets);
+        assert!(
+            parse(&[
+                "--kafka-bootstrap-servers",
+                "k:9092",
+                "--offsets",
+                "--follow"
+            ])
+            .is_err()
+        );
         let a = parse(&[
             "--kafka-bootstrap-servers",
             "k:9092",

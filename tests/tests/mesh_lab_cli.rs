@@ -316,6 +316,10 @@ fn down_after_a_crashed_up_leaves_nothing_and_up_cleans_first() -> Result<()> {
         status.matches(" yes").count() == 2,
         "both agents should be in ZooKeeper: {status}"
     );
+    ensure!(
+        status.contains("topic offsets: partition 0:"),
+        "status shows no topic offsets: {status}"
+    );
     run_ok(&bin, &mp, &["down"])?;
     assert_eq!(footprint()?, before, "down after up left something behind");
     Ok(())

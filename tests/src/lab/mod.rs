@@ -143,6 +143,28 @@ impl MeshLab {
         Ok(Windows::from_json(&self.kafka_summaries()?))
     }
 
+    /// Per partition of the topic: (partition, records, next offset), read to its end
+    /// (`meshprobe consume --offsets`).
+    pub fn topic_offsets(&self) -> Result<Vec<(i64, u64, i64)>> {
+        let lines = self.lab.consume(&["--offsets"])?;
+        let v = lines
+            .iter()
+            .find(|v| v["type"] == "offsets")
+            .context("meshprobe consume --offsets printed no offsets line")?;
+        Ok(v["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["partition"].as_i64().unwrap_or(-1),
+                    p["records"].as_u64().unwrap_or(0),
+                    p["next_offset"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
     /// Node ids registered in ZooKeeper now.
     pub fn zk_members(&self) -> Result<Vec<String>> {
         let mut v = self.lab.zk().ls(HEARTBEAT_PATH)?;

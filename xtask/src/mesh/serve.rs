@@ -237,6 +237,17 @@ fn status(lab: &mut MeshLab, started: Instant, out: &mut dyn FnMut(&str)) -> Res
         }
         Err(e) => out(&format!("topic {}: cannot read it: {e:#}", lab.topic())),
     }
+    match lab.topic_offsets() {
+        Ok(parts) => out(&format!(
+            "topic offsets: {}",
+            parts
+                .iter()
+                .map(|(p, n, next)| format!("partition {p}: {n} records, next offset {next}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+        Err(e) => out(&format!("topic offsets: cannot read them: {e:#}")),
+    }
     Ok(())
 }
 
