@@ -145,6 +145,14 @@ fn footprint() -> Result<Footprint> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("meshprobe-tests-"))
+        // Temp dirs of live harness processes (other tests) are theirs.
+        .filter(|n| {
+            !n.trim_start_matches("meshprobe-tests-")
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        })
         .collect();
     Ok(Footprint {
         // Namespaces of live harness processes (other tests) are theirs, not leftovers.
