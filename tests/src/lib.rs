@@ -6,6 +6,7 @@
 //! fd00::/8 only.
 
 pub mod agent;
+pub mod bench_util;
 pub mod capture;
 pub mod child;
 pub mod craft;

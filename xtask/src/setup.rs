@@ -37,6 +37,17 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libcap2-bin", "setcap"),
 ];
 
+/// What only `cargo xtask bench` needs on top of [`APT_PACKAGES`] (installed by
+/// [`bench_tools`], never by `setup`/`test`): the contenders and loads the benchmarks run.
+pub const BENCH_APT_PACKAGES: &[(&str, &str)] = &[
+    ("iputils-ping", "ping"),   // precision: the kernel-stamped ICMP contender
+    ("sockperf", "sockperf"),   // precision and fast path: UDP/TCP ping-pong
+    ("stress-ng", "stress-ng"), // precision under full CPU load
+    ("iperf3", "iperf3"),       // fast path and eBPF cost: TCP/UDP traffic
+    ("bpftool", "bpftool"),     // eBPF cost: program names behind the fds
+    ("strace", "strace"),       // footprint: syscall counts when a goal is missed
+];
+
 /// bpf-linker release built when it is missing: the one tested here (features `llvm-21`,
 /// `llvm-22`, `llvm-23`), pinned with `--locked` so a fresh machine builds what was tested.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -126,9 +137,13 @@ fn has_dpkg() -> bool {
 }
 
 fn apt_missing(ws: &Workspace) -> Vec<&'static str> {
+    apt_missing_of(ws, APT_PACKAGES)
+}
+
+/// The packages of `list` that are not installed.
+fn apt_missing_of(ws: &Workspace, list: &[(&'static str, &str)]) -> Vec<&'static str> {
     let dpkg = has_dpkg();
-    APT_PACKAGES
-        .iter()
+    list.iter()
         .filter(|(pkg, bin)| {
             if dpkg {
                 // `dpkg -s` also succeeds for removed-but-not-purged packages: read Status.
@@ -158,7 +173,30 @@ fn apt_check(ws: &Workspace) -> Result<State> {
 }
 
 fn apt_install(ws: &Workspace) -> Result<()> {
-    let missing = apt_missing(ws);
+    apt_install_list(ws, &apt_missing(ws))
+}
+
+/// The bench's tools ([`BENCH_APT_PACKAGES`]): installs what is missing, one progress line
+/// like the other steps.
+pub fn bench_tools(ws: &Workspace) -> Result<()> {
+    let tag = "[setup] bench tools";
+    let missing = apt_missing_of(ws, BENCH_APT_PACKAGES);
+    let all: Vec<_> = BENCH_APT_PACKAGES.iter().map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        println!("{tag}: installed {} (cached)", all.join(" "));
+        return Ok(());
+    }
+    println!("{tag}: missing {}; installing...", missing.join(" "));
+    apt_install_list(ws, &missing).with_context(|| format!("{tag}: install failed"))?;
+    let still = apt_missing_of(ws, BENCH_APT_PACKAGES);
+    if !still.is_empty() {
+        bail!("{tag}: still missing after install: {}", still.join(" "));
+    }
+    println!("{tag}: installed {}", all.join(" "));
+    Ok(())
+}
+
+fn apt_install_list(ws: &Workspace, missing: &[&str]) -> Result<()> {
     if !has_dpkg() || which::which("apt-get").is_err() {
         bail!(
             "not a Debian-like system (no dpkg/apt-get): install the packages providing {} \
@@ -192,7 +230,7 @@ fn apt_install(ws: &Workspace) -> Result<()> {
     };
     util::run(&mut apt(&["update"]))?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
-    install.args(&missing);
+    install.args(missing);
     util::run(&mut install)
 }
 

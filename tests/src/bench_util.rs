@@ -1,0 +1,260 @@
+//! Measurement helpers for `cargo xtask bench`: the kernel's BPF run-time accounting
+//! (`kernel.bpf_stats_enabled`, per-program `run_time_ns`/`run_cnt`), a process's memory and
+//! CPU from /proc, and a znode's creation time from ZooKeeper.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::child::run_checked;
+use crate::netns::{CMD_TIMEOUT, Netns};
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` set to 1 for as long as the guard lives; the value found before
+/// is written back on drop.
+pub struct BpfStatsGuard {
+    previous: String,
+}
+
+impl BpfStatsGuard {
+    pub fn enable() -> Result<BpfStatsGuard> {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?
+            .trim()
+            .to_string();
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("writing 1 to {BPF_STATS_SYSCTL}"))?;
+        Ok(BpfStatsGuard { previous })
+    }
+
+    /// The value found before (`"0"` or `"1"`).
+    pub fn previous(&self) -> &str {
+        &self.previous
+    }
+}
+
+impl Drop for BpfStatsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS_SYSCTL, &self.previous) {
+            eprintln!(
+                "bench: could not restore kernel.bpf_stats_enabled={}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// The current `kernel.bpf_stats_enabled` (`None` if unreadable).
+pub fn bpf_stats_enabled() -> Option<String> {
+    std::fs::read_to_string(BPF_STATS_SYSCTL)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// One BPF program's run-time accounting, as the kernel keeps it (needs
+/// `kernel.bpf_stats_enabled=1` to advance).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgStats {
+    pub id: u32,
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+impl ProgStats {
+    /// (run_time_ns, run_cnt) advanced since `before`.
+    pub fn delta(&self, before: &ProgStats) -> (u64, u64) {
+        (
+            self.run_time_ns.saturating_sub(before.run_time_ns),
+            self.run_cnt.saturating_sub(before.run_cnt),
+        )
+    }
+}
+
+/// A program's name from `bpftool prog show id ID --json`.
+pub fn prog_name(id: u32) -> Result<String> {
+    let mut cmd = std::process::Command::new("bpftool");
+    cmd.args(["prog", "show", "id", &id.to_string(), "--json"]);
+    let out = run_checked(cmd, CMD_TIMEOUT)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("bpftool prog show id {id}: {out}"))?;
+    Ok(v["name"].as_str().unwrap_or("").to_string())
+}
+
+/// Every BPF program process `pid` holds a file descriptor of, with its kernel accounting,
+/// read from `/proc/PID/fdinfo` (one entry per program id). Names come from bpftool and are
+/// cached in `names`.
+pub fn process_progs(pid: u32, names: &mut BTreeMap<u32, String>) -> Result<Vec<ProgStats>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut by_id: BTreeMap<u32, ProgStats> = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(e) = e else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        // Program fds carry prog_type and run_time_ns; link fds name a prog_id too but have a
+        // link_type.
+        if text.contains("link_type:") || !text.contains("run_time_ns:") {
+            continue;
+        }
+        let field = |k: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (Some(id), Some(rt), Some(cnt)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        else {
+            continue;
+        };
+        let id = id as u32;
+        let name = match names.get(&id) {
+            Some(n) => n.clone(),
+            None => {
+                let n = prog_name(id).unwrap_or_default();
+                names.insert(id, n.clone());
+                n
+            }
+        };
+        by_id.insert(
+            id,
+            ProgStats {
+                id,
+                name,
+                run_time_ns: rt,
+                run_cnt: cnt,
+            },
+        );
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// The program named `name` among `progs` (an error naming what there is otherwise).
+pub fn find_prog<'a>(progs: &'a [ProgStats], name: &str) -> Result<&'a ProgStats> {
+    let found: Vec<_> = progs.iter().filter(|p| p.name == name).collect();
+    match found.as_slice() {
+        [p] => Ok(p),
+        [] => Err(anyhow!(
+            "no BPF program {name} among {:?}",
+            progs.iter().map(|p| &p.name).collect::<Vec<_>>()
+        )),
+        _ => Err(anyhow!(
+            "{} BPF programs named {name}; cannot tell them apart",
+            found.len()
+        )),
+    }
+}
+
+/// A process's memory and CPU at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcSample {
+    pub at: Instant,
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// utime + stime of every thread, clock ticks.
+    pub cpu_ticks: u64,
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of utime/stime.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// VmRSS from `/proc/PID/status` and utime+stime from `/proc/PID/stat`.
+pub fn sample_process(pid: u32) -> Result<ProcSample> {
+    let at = Instant::now();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing paren.
+    let rest = &stat[stat
+        .rfind(')')
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?
+        + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let num = |i: usize| -> Result<u64> {
+        f.get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok(ProcSample {
+        at,
+        rss_kib,
+        cpu_ticks: num(14)? + num(15)?,
+    })
+}
+
+/// Wall-clock time (nanoseconds since the epoch) of an `Instant` taken in this process.
+pub fn instant_to_unix_ns(t: Instant) -> i128 {
+    let now_i = Instant::now();
+    let now_w = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as i128;
+    if t <= now_i {
+        now_w - (now_i - t).as_nanos() as i128
+    } else {
+        now_w + (t - now_i).as_nanos() as i128
+    }
+}
+
+/// The creation time (`ctime`, ms since the epoch, ZooKeeper server's clock) of the znode
+/// `path`, asked from inside `ns` with a client of ZooKeeper at `connect`.
+pub fn znode_ctime_ms(ns: &Netns, connect: &str, path: &str) -> Result<i64> {
+    let cs = connect.to_string();
+    let p = path.to_string();
+    ns.enter(move || -> Result<i64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let client = tokio::time::timeout(
+                Duration::from_secs(10),
+                zookeeper_client::Client::connector()
+                    .with_session_timeout(Duration::from_secs(5))
+                    .connect(&cs),
+            )
+            .await
+            .map_err(|_| anyhow!("connecting to ZooKeeper {cs} timed out"))?
+            .with_context(|| format!("connecting to ZooKeeper {cs}"))?;
+            let (_, stat) = tokio::time::timeout(Duration::from_secs(10), client.get_data(&p))
+                .await
+                .map_err(|_| anyhow!("get_data {p} timed out"))?
+                .map_err(|e| anyhow!("get_data {p}: {e}"))?;
+            Ok(stat.ctime)
+        })
+    })?
+}
+
+/// Runs `ip -batch FILE` in `ns` with `lines` (one `ip` command each, without the leading
+/// `ip`), for many addresses or routes at once.
+pub fn ip_batch(ns: &Netns, lines: &[String], scratch: &Path) -> Result<()> {
+    let file = scratch.join("ip.batch");
+    std::fs::write(&file, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    let f = file.to_string_lossy().into_owned();
+    ns.run(["ip", "-batch", &f])?;
+    Ok(())
+}
+
+/// Fails unless `tools` are all on PATH.
+pub fn require_tools(tools: &[&str]) -> Result<()> {
+    let missing: Vec<_> = tools.iter().filter(|t| !crate::env::have_tool(t)).collect();
+    if !missing.is_empty() {
+        bail!("missing tools: {missing:?}");
+    }
+    Ok(())
+}
