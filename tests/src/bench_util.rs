@@ -258,3 +258,84 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// An empty TC program (`return TC_ACT_UNSPEC`, two instructions) attached with TCX to one
+/// hook of one interface: the floor of what the kernel's accounting reports for any program on
+/// that hook (the dispatch and the clock reads around the run). Detached and unloaded on drop.
+/// Needs TCX (Linux ≥ 6.6).
+pub struct EmptyTcProg {
+    prog: std::os::fd::OwnedFd,
+    _link: std::os::fd::OwnedFd,
+}
+
+/// `bpf(2)` with an attribute block of 128 octets (zero beyond what the command uses).
+fn bpf_syscall(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: on success the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+impl EmptyTcProg {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    /// The program's name as bpftool shows it.
+    pub const NAME: &'static str = "bench_empty";
+
+    /// Loads the program and attaches it to `ifname`'s ingress or egress in `ns`.
+    pub fn attach(ns: &Netns, ifname: &str, ingress: bool) -> Result<EmptyTcProg> {
+        // r0 = -1 (TC_ACT_UNSPEC); exit
+        let insns: [u64; 2] = [0xb7 | ((-1i32 as u32 as u64) << 32), 0x95];
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&Self::BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+        attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        // log_level, log_size, log_buf, kern_version, prog_flags stay 0; prog_name at 48.
+        attr[48..48 + Self::NAME.len()].copy_from_slice(Self::NAME.as_bytes());
+        let prog = bpf_syscall(Self::BPF_PROG_LOAD, &mut attr)
+            .context("loading an empty SCHED_CLS program (bpf PROG_LOAD)")?;
+        let prog_fd = std::os::fd::AsRawFd::as_raw_fd(&prog) as u32;
+        let name = std::ffi::CString::new(ifname)?;
+        let attach_type = if ingress {
+            Self::BPF_TCX_INGRESS
+        } else {
+            Self::BPF_TCX_EGRESS
+        };
+        let link = ns.enter(move || -> Result<std::os::fd::OwnedFd> {
+            // SAFETY: a valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                bail!("no interface {name:?}");
+            }
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&prog_fd.to_ne_bytes());
+            attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
+            bpf_syscall(Self::BPF_LINK_CREATE, &mut attr)
+                .context("attaching the empty program with TCX (bpf LINK_CREATE; Linux ≥ 6.6)")
+        })??;
+        Ok(EmptyTcProg { prog, _link: link })
+    }
+
+    /// (run_time_ns, run_cnt) so far, from this process's fdinfo of the program.
+    pub fn stats(&self) -> Result<(u64, u64)> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.prog);
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        let field = |k: &str| -> Result<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| anyhow!("no {k} in the fdinfo of the empty program"))
+        };
+        Ok((field("run_time_ns:")?, field("run_cnt:")?))
+    }
+}

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use meshprobe_tests::{ChildGuard, Meshprobe, Reflector, TwoHosts};
 use serde_json::json;
 
-use super::ebpf_cost::iperf_client;
+use super::ebpf_cost::{iperf_client, iperf_server};
 use super::{Ctx, ScenarioReport, Table, max, median, min, pause, progress};
 
 const GOAL_RATIO: f64 = 0.98;
@@ -18,7 +18,7 @@ const SOCKPERF_PORT: &str = "11111";
 
 fn servers(t: &TwoHosts) -> Result<(ChildGuard, ChildGuard)> {
     let b4 = TwoHosts::B4.to_string();
-    let iperf = t.b.spawn(["iperf3", "-s", "-B", &b4, "-p", "5201"])?;
+    let iperf = iperf_server(t)?;
     let mut sock = t.b.spawn([
         "sockperf",
         "server",
