@@ -13,20 +13,25 @@ use crate::netns::{CMD_TIMEOUT, Netns};
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// `kernel.bpf_stats_enabled` set to 1 for as long as the guard lives; the value found before
-/// is written back on drop.
+/// `kernel.bpf_stats_enabled` set for as long as the guard lives (to 1 by
+/// [`BpfStatsGuard::enable`]); the value found before is written back on drop.
 pub struct BpfStatsGuard {
     previous: String,
 }
 
 impl BpfStatsGuard {
     pub fn enable() -> Result<BpfStatsGuard> {
+        Self::set("1")
+    }
+
+    /// Sets `kernel.bpf_stats_enabled` to `value` (`"0"` or `"1"`) until the guard drops.
+    pub fn set(value: &str) -> Result<BpfStatsGuard> {
         let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
             .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?
             .trim()
             .to_string();
-        std::fs::write(BPF_STATS_SYSCTL, "1")
-            .with_context(|| format!("writing 1 to {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, value)
+            .with_context(|| format!("writing {value} to {BPF_STATS_SYSCTL}"))?;
         Ok(BpfStatsGuard { previous })
     }
 
