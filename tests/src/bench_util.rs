@@ -344,3 +344,32 @@ impl EmptyTcProg {
         Ok((field("run_time_ns:")?, field("run_cnt:")?))
     }
 }
+
+/// Totals over every thread of process `pid`: CPU time run (`sum_exec_runtime` from
+/// `/proc/PID/task/*/schedstat`, nanoseconds) and context switches (voluntary + involuntary
+/// from `/proc/PID/task/*/status`). Threads that ended are not counted.
+pub fn thread_totals(pid: u32) -> Result<(u64, u64)> {
+    let dir = format!("/proc/{pid}/task");
+    let (mut ns, mut switches) = (0u64, 0u64);
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(e) = e else { continue };
+        if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
+            for l in s.lines() {
+                if let Some(v) = l
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    switches += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok((ns, switches))
+}

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use meshprobe_tests::TwoHosts;
 use meshprobe_tests::agent::{Agent, AgentConfig};
-use meshprobe_tests::bench_util::{ProcSample, clock_ticks_per_sec, ip_batch, sample_process};
+use meshprobe_tests::bench_util::{
+    ProcSample, clock_ticks_per_sec, ip_batch, sample_process, thread_totals,
+};
 use meshprobe_tests::services::TempDir;
 use serde_json::json;
 
@@ -21,9 +23,13 @@ use super::{Ctx, ScenarioReport, Table, max, mean, pause, progress};
 const PEERS: usize = 1000;
 const GOAL_RSS_MB: f64 = 25.0;
 const GOAL_CPU_PCT: f64 = 1.0;
-/// Flat: the last third's mean may exceed the first third's by at most this much.
+/// Flat: the last third's mean may exceed the first third's by at most this much (RSS), or by
+/// this fraction plus 0.1 percentage points (CPU).
 const FLAT_RSS_MB: f64 = 1.0;
-const FLAT_CPU_PP: f64 = 0.25;
+const FLAT_CPU_REL: f64 = 0.10;
+/// The agent's window: thirds are made of whole windows, so that each holds the same number
+/// of window ends (when 1000 summaries are written at once).
+const WINDOW_S: usize = 10;
 
 fn peer_addr(i: usize) -> String {
     format!("198.19.{}.{}", i / 250, i % 250 + 1)
@@ -109,14 +115,18 @@ fn perf_profile(pid: u32, secs: u64, dir: &std::path::Path) -> Option<String> {
         "-g",
         "none",
         "--percent-limit",
-        "1.5",
+        "0.8",
     ]);
     let out = meshprobe_tests::child::run_with_timeout(rep, Duration::from_secs(60)).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text
+    let lines: Vec<String> = text
         .lines()
         .filter(|l| !l.trim().is_empty() && (!l.starts_with('#') || l.contains("Samples")))
-        .take(30)
+        .map(|l| {
+            // perf pads its columns far to the right and ends each row with empty columns.
+            l.trim_end().trim_end_matches(['-', ' ']).to_string()
+        })
+        .take(25)
         .collect();
     Some(lines.join("\n"))
 }
@@ -152,8 +162,15 @@ struct Thirds {
     last: f64,
 }
 
+/// Means of the first and the last third of `v`, thirds rounded down to whole windows of
+/// [`WINDOW_S`] samples (at least one window each when there are two).
 fn thirds(v: &[f64]) -> Thirds {
-    let n = v.len() / 3;
+    let windows = v.len() / WINDOW_S;
+    let n = if windows >= 2 {
+        (windows / 3).max(1) * WINDOW_S
+    } else {
+        v.len() / 3
+    };
     if n == 0 {
         return Thirds {
             first: f64::NAN,
@@ -188,10 +205,11 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     ));
     rep.method(format!(
         "after a {warmup} s warm-up, VmRSS (/proc/PID/status) and utime+stime \
-         (/proc/PID/stat, {} ticks/s) sampled every second for {secs} s; flat = the last \
-         third's mean exceeds the first third's by at most {FLAT_RSS_MB} MB RSS and \
-         {FLAT_CPU_PP} percentage points of CPU",
-        clock_ticks_per_sec()
+         (/proc/PID/stat, {} ticks/s) sampled every second for {secs} s; flat = the mean \
+         of the last third (whole 10 s windows) exceeds the first third's by at most \
+         {FLAT_RSS_MB} MB RSS and by at most {:.0} % + 0.1 percentage points CPU",
+        clock_ticks_per_sec(),
+        FLAT_CPU_REL * 100.0
     ));
     let t = TwoHosts::new()?;
     let scratch = TempDir::new("bench-footprint")?;
@@ -230,6 +248,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     pause(Duration::from_secs(warmup))?;
     let sent0 = agent.metric("meshprobe_probes_sent")?.unwrap_or(0.0);
     let recv0 = agent.metric("meshprobe_probes_received")?.unwrap_or(0.0);
+    let totals0 = thread_totals(pid)?;
     let mut samples: Vec<ProcSample> = vec![sample_process(pid)?];
     let start = Instant::now();
     for k in 1..=secs {
@@ -237,6 +256,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         pause(next.saturating_duration_since(Instant::now()))?;
         samples.push(sample_process(pid)?);
     }
+    let totals1 = thread_totals(pid)?;
     let sent1 = agent.metric("meshprobe_probes_sent")?.unwrap_or(0.0);
     let recv1 = agent.metric("meshprobe_probes_received")?.unwrap_or(0.0);
     let hz = clock_ticks_per_sec() as f64;
@@ -251,6 +271,10 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let (first, last) = (samples[0], samples[samples.len() - 1]);
     let cpu_mean =
         (last.cpu_ticks - first.cpu_ticks) as f64 / hz / (last.at - first.at).as_secs_f64() * 100.0;
+    let span = (last.at - first.at).as_secs_f64();
+    // The same CPU time from the scheduler's nanosecond accounting, as a cross-check of ticks.
+    let cpu_sched = (totals1.0 - totals0.0) as f64 / 1e9 / span * 100.0;
+    let switches = (totals1.1 - totals0.1) as f64 / span;
     let rss_t = thirds(&rss_mb);
     let cpu_t = thirds(&cpu_pct);
     let rate = (sent1 - sent0) / secs as f64;
@@ -261,7 +285,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     };
     let mut table = Table::new("", &["", "mean", "max", "first third → last third", "flat"]);
     let rss_flat = rss_t.last - rss_t.first <= FLAT_RSS_MB;
-    let cpu_flat = cpu_t.last - cpu_t.first <= FLAT_CPU_PP;
+    let cpu_flat = cpu_t.last <= cpu_t.first * (1.0 + FLAT_CPU_REL) + 0.1;
     table.row([
         "RSS".to_string(),
         format!("{:.1} MB", mean(&rss_mb)),
@@ -279,7 +303,11 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     rep.tables.push(table);
     rep.note(format!(
         "Load: {rate:.0} probes/s sent during the samples, {answered:.1} % answered (agent \
-         metrics). MB = 2^20 octets."
+         metrics). CPU from the scheduler's own accounting (schedstat, all threads): \
+         {cpu_sched:.2} % of a core, {:.1} µs per probe. Context switches: {switches:.0} per \
+         second, {:.2} per probe. MB = 2^20 octets.",
+        cpu_sched / 100.0 / rate.max(1.0) * 1e6,
+        switches / rate.max(1.0)
     ));
     if rate < PEERS as f64 * 0.9 {
         rep.note(format!(
@@ -305,7 +333,17 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             .join(", ");
         rep.evidence
             .push(("CPU per thread (5 s, % of one core)".into(), tlist.clone()));
+        let mut top = None;
         if let Some(p) = perf_profile(pid, 10, scratch.path()) {
+            top = p
+                .lines()
+                .find(|l| {
+                    l.trim_start()
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_digit())
+                })
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
             rep.evidence
                 .push(("perf record -e cpu-clock -g, 10 s: top symbols".into(), p));
         }
@@ -328,7 +366,13 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             ));
         }
         cause_cpu = Some(format!(
-            "{cpu_mean:.2} % of a core for {rate:.0} probes/s; busiest threads: {tlist} (profile below)"
+            "{cpu_sched:.2} % of a core for {rate:.0} probes/s = {:.0} µs per probe, with \
+             {switches:.0} context switches/s ({:.2} per probe: about one wake-up per probe); \
+             busiest thread: {}; perf's top symbol: {} (profile below)",
+            cpu_sched / 100.0 / rate.max(1.0) * 1e6,
+            switches / rate.max(1.0),
+            tlist.split(", ").next().unwrap_or("?"),
+            top.unwrap_or_else(|| "n/a".into())
         ));
         cause_rss = Some(format!("max {:.1} MB (profile below)", max(&rss_mb)));
     }
@@ -369,6 +413,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "rss_mb": rss_mb,
         "cpu_pct_per_second": cpu_pct,
         "cpu_pct_mean": cpu_mean,
+        "cpu_pct_schedstat": cpu_sched,
+        "context_switches_per_second": switches,
         "rss_thirds_mb": [rss_t.first, rss_t.last],
         "cpu_thirds_pct": [cpu_t.first, cpu_t.last],
     });
@@ -389,5 +435,9 @@ mod tests {
         assert_eq!(peer_addr(999), "198.19.3.250");
         let t = thirds(&[1.0, 1.0, 5.0, 9.0, 3.0, 3.0]);
         assert_eq!((t.first, t.last), (1.0, 3.0));
+        // 20 samples: two windows, first vs last window.
+        let v: Vec<f64> = (0..20).map(|i| if i < 10 { 1.0 } else { 2.0 }).collect();
+        let t = thirds(&v);
+        assert_eq!((t.first, t.last), (1.0, 2.0));
     }
 }
