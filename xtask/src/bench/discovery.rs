@@ -185,7 +185,10 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             fmt_ms(max(v)),
         ]
     };
-    table.rows.push(row("newcomer's ready line", &all_ready));
+    table.rows.push(row(
+        "newcomer's ready line (before it registers)",
+        &all_ready,
+    ));
     table
         .rows
         .push(row("peer_added at the other agents", &all_added));
@@ -206,8 +209,13 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         )),
     );
     rep.note(
-        "ZooKeeper's ctime has millisecond resolution and the harness reads the agents' \
-         lines through a pipe (sub-millisecond); negative values would mean a clock problem."
+        "ZooKeeper's ctime has millisecond resolution; the harness reads the agents' lines \
+         through a pipe (sub-millisecond). The newcomer's ready line comes a few milliseconds \
+         before its znode exists: it says the reflector and the stamping are set up, and the \
+         registration follows (probe-user/src/agent/mod.rs; /readyz waits for it), so the \
+         ready line is not a registration time. From peer_added to the first probe is the \
+         prober's deliberate spread of first probes to new peers (random, up to 200 ms or the \
+         interval, probe-user/src/agent/prober.rs apply_members)."
             .to_string(),
     );
     rep.data = json!({

@@ -168,7 +168,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         rep.skip("needs at least 2 CPUs (fixed placement of iperf3 client and server)");
         return Ok(());
     }
-    let rounds = ctx.pick(3, 6);
+    let rounds = ctx.pick(3, 5);
     let secs: u64 = ctx.pick(2, 3);
     let stats = BpfStatsGuard::set("0")?;
     rep.method(format!(
