@@ -319,6 +319,11 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         );
     }
     rep.tables.push(table);
+    rep.note(format!(
+        "The split of a gap subtracts medians of separate conditions: with {rounds} rounds on a \
+         shared machine each is good to a few points (compare the min–max columns). The \
+         conditions run in the same order every round."
+    ));
     rep.data = json!({
         "rounds": rounds, "seconds_per_run": secs, "bpf_stats_enabled_before": stats_before,
         "metrics": data,

@@ -722,9 +722,12 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
             None => bail!("--no-build: no meshprobe binary (cargo xtask build)"),
         }
     } else {
-        let bin = build::run(ws)?;
-        setup::bench_tools(ws)?;
-        bin
+        // Setup and build talk on stdout; the report owns it.
+        stdout_to_stderr(|| {
+            let bin = build::run(ws)?;
+            setup::bench_tools(ws)?;
+            Ok(bin)
+        })?
     };
     let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     // SAFETY: single-threaded here; the harness reads it to find the binary under test.
@@ -805,6 +808,27 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         bail!("the bench broke in: {} (see the report)", broken.join(", "));
     }
     Ok(())
+}
+
+/// Runs `f` with file descriptor 1 pointing at stderr (for it and the commands it starts), so
+/// that stdout carries only the report.
+fn stdout_to_stderr<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use nix::libc;
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain descriptor duplication; 1 is restored below before anything else runs.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        return f();
+    }
+    let r = f();
+    let _ = std::io::stdout().flush();
+    // SAFETY: `saved` is the descriptor dup'ed above.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    r
 }
 
 fn write_json(path: &Path, report: &Report) -> Result<()> {
