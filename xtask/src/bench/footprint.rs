@@ -35,7 +35,8 @@ fn peer_addr(i: usize) -> String {
     format!("198.19.{}.{}", i / 250, i % 250 + 1)
 }
 
-/// CPU % of one core per thread over `secs` seconds (/proc/PID/task/*/stat), busiest first.
+/// CPU % of one core per thread (`name (tid N)`) over `secs` seconds (/proc/PID/task/*/stat),
+/// busiest first.
 fn thread_cpu(pid: u32, secs: u64) -> Result<Vec<(String, f64)>> {
     let read = || -> BTreeMap<String, (String, u64)> {
         let mut m = BTreeMap::new();
@@ -65,7 +66,7 @@ fn thread_cpu(pid: u32, secs: u64) -> Result<Vec<(String, f64)>> {
     let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
     for (tid, (comm, t1)) in &b {
         let t0 = a.get(tid).map(|x| x.1).unwrap_or(0);
-        *by_name.entry(comm.clone()).or_default() +=
+        *by_name.entry(format!("{comm} (tid {tid})")).or_default() +=
             (t1.saturating_sub(t0)) as f64 / hz / secs as f64 * 100.0;
     }
     let mut v: Vec<_> = by_name.into_iter().collect();
@@ -155,6 +156,77 @@ fn strace_counts(pid: u32, secs: u64) -> Option<String> {
         .take(25)
         .collect();
     Some(lines.join("\n"))
+}
+
+/// Which descriptors the agent writes to (`strace -f -e trace=write`, `secs` seconds): per
+/// descriptor the count per second and what it is (/proc/PID/fd); `None` without strace.
+fn strace_writes(pid: u32, secs: u64, dir: &std::path::Path) -> Option<String> {
+    if !meshprobe_tests::env::have_tool("strace") {
+        return None;
+    }
+    let log = dir.join("writes.strace");
+    let l = log.to_string_lossy().into_owned();
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args([
+        "-s",
+        "INT",
+        &secs.to_string(),
+        "strace",
+        "-f",
+        "-e",
+        "trace=write",
+        "-e",
+        "signal=none",
+        "-s",
+        "40",
+        "-o",
+        &l,
+        "-p",
+        &pid.to_string(),
+    ]);
+    meshprobe_tests::child::run_with_timeout(cmd, Duration::from_secs(secs + 20)).ok()?;
+    let text = std::fs::read_to_string(&log).ok()?;
+    let mut by_fd: BTreeMap<i32, (u64, String)> = BTreeMap::new();
+    let mut threads: BTreeMap<i32, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.split("write(").nth(1) else {
+            continue;
+        };
+        let tid = line.split_whitespace().next().unwrap_or("");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|_| format!("thread {tid}"));
+        let Some(fd) = rest
+            .split(',')
+            .next()
+            .and_then(|f| f.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        threads.entry(fd).or_default().insert(comm);
+        let e = by_fd.entry(fd).or_insert_with(|| {
+            let sample = rest.split(',').nth(1).unwrap_or("").trim().to_string();
+            (0, sample)
+        });
+        e.0 += 1;
+    }
+    let mut out = Vec::new();
+    for (fd, (n, sample)) in by_fd {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let by: Vec<String> = threads
+            .remove(&fd)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        out.push(format!(
+            "fd {fd} ({target}): {:.0} writes/s by {}, e.g. {sample}",
+            n as f64 / secs as f64,
+            by.join(", ")
+        ));
+    }
+    Some(out.join("\n"))
 }
 
 struct Thirds {
@@ -331,8 +403,13 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             .map(|(n, p)| format!("{n} {p:.2} %"))
             .collect::<Vec<_>>()
             .join(", ");
-        rep.evidence
-            .push(("CPU per thread (5 s, % of one core)".into(), tlist.clone()));
+        rep.evidence.push((
+            format!(
+                "CPU per thread (5 s, % of one core; {} threads in all, idle ones not listed)",
+                threads.len()
+            ),
+            tlist.clone(),
+        ));
         let mut top = None;
         if let Some(p) = perf_profile(pid, 10, scratch.path()) {
             top = p
@@ -363,6 +440,12 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             rep.evidence.push((
                 "strace -c -f, 5 s (slows the agent while attached)".into(),
                 s,
+            ));
+        }
+        if let Some(w) = strace_writes(pid, 5, scratch.path()) {
+            rep.evidence.push((
+                "write(2) by descriptor (strace -e trace=write, 5 s)".into(),
+                w,
             ));
         }
         cause_cpu = Some(format!(
