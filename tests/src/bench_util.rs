@@ -255,15 +255,6 @@ pub fn ip_batch(ns: &Netns, lines: &[String], scratch: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fails unless `tools` are all on PATH.
-pub fn require_tools(tools: &[&str]) -> Result<()> {
-    let missing: Vec<_> = tools.iter().filter(|t| !crate::env::have_tool(t)).collect();
-    if !missing.is_empty() {
-        bail!("missing tools: {missing:?}");
-    }
-    Ok(())
-}
-
 /// An empty TC program (`return TC_ACT_UNSPEC`, two instructions) attached with TCX to one
 /// hook of one interface: the floor of what the kernel's accounting reports for any program on
 /// that hook (the dispatch and the clock reads around the run). Detached and unloaded on drop.
