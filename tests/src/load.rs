@@ -35,3 +35,34 @@ pub fn online_cpus() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+/// A PM QoS request of 0 µs CPU wake-up latency (`/dev/cpu_dma_latency`), held while the guard
+/// lives, as latency tools such as cyclictest do: idle CPUs poll instead of halting, so a
+/// probe sent after 1 ms of idleness does not find the caches and TLB cold (on a KVM guest a
+/// halted vCPU gives its core away). The kernel drops the request when the file is closed.
+pub struct WakeLatency {
+    file: Option<std::fs::File>,
+}
+
+impl WakeLatency {
+    /// Requests 0 µs; without /dev/cpu_dma_latency (or permission) it says so and holds
+    /// nothing, and the measurement runs as the machine is.
+    pub fn zero() -> WakeLatency {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .and_then(|mut f| f.write_all(&0i32.to_ne_bytes()).map(|_| f));
+        match file {
+            Ok(f) => WakeLatency { file: Some(f) },
+            Err(e) => {
+                eprintln!("note: no PM QoS request (/dev/cpu_dma_latency: {e}); CPUs may halt");
+                WakeLatency { file: None }
+            }
+        }
+    }
+
+    pub fn held(&self) -> bool {
+        self.file.is_some()
+    }
+}
