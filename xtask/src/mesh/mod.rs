@@ -28,6 +28,8 @@ use crate::util::Workspace;
 
 /// Where the running lab keeps its socket, pid, log and state.
 pub const STATE_DIR: &str = "/run/meshprobe-mesh";
+/// Nodes of a lab without --nodes or --matrix.
+const DEFAULT_NODES: usize = 4;
 /// How long `up` waits for the lab (services, agents) to be ready.
 const UP_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -68,9 +70,9 @@ pub enum MeshCmd {
 /// The lab's shape. Delays are added round-trip times per node pair.
 #[derive(Args, Clone, Debug)]
 pub struct UpArgs {
-    /// Number of nodes (one agent each).
-    #[arg(long, default_value_t = 4)]
-    pub nodes: usize,
+    /// Number of nodes (one agent each) [default: 4, or the matrix file's].
+    #[arg(long)]
+    pub nodes: Option<usize>,
     /// Added RTT on every pair, e.g. 200us.
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["zones", "matrix"])]
     pub delay: Option<Duration>,
@@ -105,18 +107,14 @@ impl UpArgs {
         let mut s = match &self.matrix {
             Some(p) => {
                 let s = LabSpec::from_matrix_file(p)?;
-                if std::env::args().any(|a| a == "--nodes" || a.starts_with("--nodes="))
-                    && s.nodes != self.nodes
+                if let Some(n) = self.nodes
+                    && n != s.nodes
                 {
-                    bail!(
-                        "--nodes {} but the matrix file has {} nodes",
-                        self.nodes,
-                        s.nodes
-                    );
+                    bail!("--nodes {n} but the matrix file has {} nodes", s.nodes);
                 }
                 s
             }
-            None => LabSpec::new(self.nodes)?,
+            None => LabSpec::new(self.nodes.unwrap_or(DEFAULT_NODES))?,
         };
         if let Some(z) = self.zones {
             s = s.zoned(z, self.intra_zone, self.inter_zone)?;
@@ -149,7 +147,10 @@ impl UpArgs {
 
     /// The flags that reproduce these arguments (for the supervisor's command line).
     fn to_argv(&self) -> Vec<String> {
-        let mut v = vec!["--nodes".to_string(), self.nodes.to_string()];
+        let mut v = Vec::new();
+        if let Some(n) = self.nodes {
+            v.extend(["--nodes".to_string(), n.to_string()]);
+        }
         let d = |d: Duration| format!("{}ns", d.as_nanos());
         if let Some(x) = self.delay {
             v.extend(["--delay".into(), d(x)]);
@@ -443,4 +444,69 @@ fn sweep(verbose: bool) {
 fn tail(text: &str, n: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn parse(argv: &[&str]) -> UpArgs {
+        Cli::try_parse_from(std::iter::once("up").chain(argv.iter().copied()))
+            .expect("valid flags")
+            .up
+    }
+
+    /// The supervisor gets `to_argv()`: it must describe the same lab as the user's flags.
+    fn same_lab(a: &LabSpec, b: &LabSpec) -> bool {
+        a.nodes == b.nodes
+            && a.zones == b.zones
+            && a.links == b.links
+            && a.family == b.family
+            && a.window == b.window
+            && a.interval == b.interval
+    }
+
+    #[test]
+    fn supervisor_flags_describe_the_same_lab() {
+        let dir = std::env::temp_dir().join(format!("xtask-mesh-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = dir.join("three.matrix");
+        std::fs::write(
+            &m,
+            "node0 node1 node2\nnode0 - 1ms 2ms\nnode1 1ms - 3ms\nnode2 2ms 3ms -\n",
+        )
+        .unwrap();
+        let m = m.to_str().unwrap();
+        for argv in [
+            vec![],
+            vec!["--nodes", "3", "--delay", "250us", "--loss", "2%", "--ipv6"],
+            vec!["--zones", "2", "--inter-zone", "700us", "--window", "4s"],
+            // A matrix of 3 nodes without --nodes: the default of 4 must not get in the way.
+            vec!["--matrix", m],
+        ] {
+            let user = parse(&argv);
+            let mine = user.spec().unwrap();
+            let argv2 = user.to_argv();
+            let sup = parse(&argv2.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(
+                same_lab(&mine, &sup.spec().unwrap()),
+                "{argv:?} -> {argv2:?}"
+            );
+        }
+        assert_eq!(parse(&["--matrix", m]).spec().unwrap().nodes, 3);
+        let e = parse(&["--matrix", m, "--nodes", "4"]).spec().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--nodes 4 but the matrix file has 3"),
+            "{e:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
