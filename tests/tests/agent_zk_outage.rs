@@ -45,12 +45,20 @@ fn mesh_up(test: &str) -> Result<Option<Lab>> {
     Ok(Some(lab))
 }
 
-/// Every pair among `nodes` has a summary with `sent > 0` for every window in `lo..=hi`.
-fn check_no_pause(lab: &Lab, nodes: &[usize], lo: u64, hi: u64) -> Vec<String> {
+/// Every pair from `srcs` to `dsts` has a summary with `sent > 0` for every window in
+/// `lo..=hi`; each failure ends with `when`.
+fn check_no_pause(
+    lab: &Lab,
+    srcs: &[usize],
+    dsts: &[usize],
+    lo: u64,
+    hi: u64,
+    when: &str,
+) -> Vec<String> {
     let mut failures = Vec::new();
-    for &i in nodes {
+    for &i in srcs {
         let sums = lab.agent(i).summaries();
-        for &j in nodes {
+        for &j in dsts {
             if i == j {
                 continue;
             }
@@ -63,7 +71,7 @@ fn check_no_pause(lab: &Lab, nodes: &[usize], lo: u64, hi: u64) -> Vec<String> {
                     .sum();
                 if sent == 0 {
                     failures.push(format!(
-                        "{} -> {dst}: window {w} has no probes sent (or no summary)",
+                        "{} -> {dst}: window {w} has no probes sent {when}",
                         Lab::node_id(i)
                     ));
                 }
@@ -142,7 +150,14 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
     }
     // Windows from the one in progress when ZooKeeper stopped to the one after the restart.
     lab.wait_pairs_measured(&NODES, during_last + 2, Duration::from_secs(15))?;
-    let mut failures = check_no_pause(&lab, &NODES, before, during_last + 1);
+    let mut failures = check_no_pause(
+        &lab,
+        &NODES,
+        &NODES,
+        before,
+        during_last + 1,
+        "(or no summary)",
+    );
     for (k, &i) in NODES.iter().enumerate() {
         let removed = &lab.agent(i).lines("peer_removed")[removed_before[k]..];
         if !removed.is_empty() {
@@ -286,26 +301,14 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
     let now = window_now();
     lab.wait_pairs_measured(&NODES, now + 1, Duration::from_secs(15))?;
     // The victim never stopped probing the peers it knew.
-    let mut failures = Vec::new();
-    let sums = lab.agent(victim).summaries();
-    for j in NODES {
-        if j == victim {
-            continue;
-        }
-        let dst = Lab::node_id(j);
-        for w in before..=during_last {
-            let sent: u64 = sums
-                .iter()
-                .filter(|s| s["dst"] == dst.as_str() && num(s, "window_seq") == w)
-                .map(|s| num(s, "sent"))
-                .sum();
-            if sent == 0 {
-                failures.push(format!(
-                    "{id} -> {dst}: window {w} has no probes sent while ZooKeeper was cut off"
-                ));
-            }
-        }
-    }
+    let failures = check_no_pause(
+        &lab,
+        &[victim],
+        &NODES,
+        before,
+        during_last,
+        "while ZooKeeper was cut off",
+    );
     eprintln!("{test}: {:?}", t0.elapsed());
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
