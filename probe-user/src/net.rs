@@ -1,18 +1,21 @@
 //! UDP sockets for probes: software RX/TX timestamps (SO_TIMESTAMPING) and the received TTL,
-//! read from control messages; interface discovery.
+//! read from control messages; batched receive and send (recvmmsg/sendmmsg); interface
+//! discovery.
 use std::{
     collections::BTreeSet,
-    io::{self, IoSliceMut},
+    io::{self, IoSlice, IoSliceMut},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsFd as _, AsRawFd as _},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use nix::{
     cmsg_space,
+    errno::Errno,
     sys::{
         socket::{
-            ControlMessageOwned, MsgFlags, SockaddrLike as _, SockaddrStorage, TimestampingFlag,
-            recvmsg, setsockopt, sockopt,
+            ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrLike as _,
+            SockaddrStorage, TimestampingFlag, recvmmsg, recvmsg, sendmmsg, setsockopt, sockopt,
         },
         time::TimeSpec,
     },
@@ -31,9 +34,57 @@ pub struct Received {
     pub ttl: Option<u8>,
 }
 
+/// Which software timestamps a probe socket asks the kernel to take.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SockStamps {
+    /// TX software stamps (socket mode's T1), read back with `drain_tx_stamps`.
+    pub tx: bool,
+    /// RX software stamps. Asking for them turns on the kernel's host-wide `netstamp_needed`
+    /// switch: every packet the host receives, in every namespace, then pays a clock read.
+    /// Kernel mode does not need them (the TC programs stamp probes), so it asks only to be
+    /// told of stamps that exist and turns them on with `ensure_rx_stamps` when a packet
+    /// arrives without its in-band stamp.
+    pub rx: bool,
+}
+
 pub struct ProbeSocket {
     io: AsyncFd<UdpSocket>,
     tx_stamps: bool,
+    rx_stamps: AtomicBool,
+}
+
+/// Datagrams one `recv_batch` call reads at most.
+pub const BATCH: usize = 32;
+
+/// Reusable buffers for `ProbeSocket::recv_batch`: `BATCH` datagrams of up to `len` octets.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<Received>,
+}
+
+impl RecvBatch {
+    pub fn new(len: usize) -> Self {
+        Self {
+            bufs: vec![vec![0u8; len]; BATCH],
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The datagrams of the last call, with their payloads.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Received)> {
+        self.got
+            .iter()
+            .zip(&self.bufs)
+            .map(|(r, b)| (&b[..r.len.min(b.len())], *r))
+    }
+
+    pub fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
+    }
 }
 
 fn ts_ns(ts: &TimeSpec) -> Option<u64> {
@@ -53,10 +104,10 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl ProbeSocket {
-    /// Binds a UDP socket with RX software timestamps and TTL reporting; with `tx_stamps`, TX
-    /// software timestamps too (read back with `drain_tx_stamps`). Binding `::` accepts IPv4
-    /// as well (dual stack).
-    pub fn bind(addr: SocketAddr, tx_stamps: bool) -> io::Result<Self> {
+    /// Binds a UDP socket with TTL reporting and the software timestamps of `stamps`; stamps
+    /// the kernel took anyway are always reported. Binding `::` accepts IPv4 as well (dual
+    /// stack).
+    pub fn bind(addr: SocketAddr, stamps: SockStamps) -> io::Result<Self> {
         let domain = if addr.is_ipv6() {
             Domain::IPV6
         } else {
@@ -70,14 +121,7 @@ impl ProbeSocket {
         // Probes must not wait behind a small default buffer at high rates.
         let _ = s.set_recv_buffer_size(4 << 20);
         s.bind(&addr.into())?;
-        let mut flags = TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
-            | TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE;
-        if tx_stamps {
-            flags |= TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
-                | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
-                | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
-        }
-        setsockopt(&s, sockopt::Timestamping, &flags).map_err(io::Error::from)?;
+        setsockopt(&s, sockopt::Timestamping, &stamp_flags(stamps)).map_err(io::Error::from)?;
         // TTL of IPv4 packets (also IPv4-mapped ones on a dual-stack socket), hop limit of IPv6.
         let _ = setsockopt(&s, sockopt::Ipv4RecvTtl, &true);
         if addr.is_ipv6() {
@@ -88,17 +132,38 @@ impl ProbeSocket {
             // SAFETY: the AsyncFd owns the socket, so the fd stays valid while registered.
             io: unsafe { AsyncFd::register_with_interest(udp, Interest::READABLE) }
                 .map_err(|e| io::Error::other(e.to_string()))?,
-            tx_stamps,
+            tx_stamps: stamps.tx,
+            rx_stamps: AtomicBool::new(stamps.rx),
         })
     }
 
+    /// Turns RX software stamps on (once): for packets that reach the socket without the TC
+    /// program's in-band stamp. Returns true when this call turned them on.
+    pub fn ensure_rx_stamps(&self) -> bool {
+        if self.rx_stamps.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let flags = stamp_flags(SockStamps {
+            tx: self.tx_stamps,
+            rx: true,
+        });
+        if let Err(e) = setsockopt(self.io.get_ref(), sockopt::Timestamping, &flags) {
+            tracing::warn!("turning on RX software timestamps: {e}");
+        }
+        true
+    }
+
+    pub fn rx_stamps(&self) -> bool {
+        self.rx_stamps.load(Ordering::Relaxed)
+    }
+
     /// A socket connected to `peer`, on an ephemeral port of the matching family.
-    pub fn connect(peer: SocketAddr, tx_stamps: bool) -> io::Result<Self> {
+    pub fn connect(peer: SocketAddr, stamps: SockStamps) -> io::Result<Self> {
         let local = match peer {
             SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
         };
-        let s = Self::bind(local, tx_stamps)?;
+        let s = Self::bind(local, stamps)?;
         s.io.get_ref().connect(peer)?;
         Ok(s)
     }
@@ -135,6 +200,43 @@ impl ProbeSocket {
             match guard.try_io(|inner| recv_one(inner.get_ref().as_raw_fd(), buf)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives up to `BATCH` datagrams with one system call (waiting for the first).
+    pub async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        loop {
+            let mut guard = self.io.readable().await?;
+            match guard.try_io(|inner| recv_many(inner.get_ref().as_raw_fd(), batch)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends `msgs` with as few system calls as the kernel allows (sendmmsg). A datagram the
+    /// kernel refuses (no route, unreachable) is reported to `on_error` with its index and
+    /// the rest are still sent.
+    pub async fn send_batch(
+        &self,
+        msgs: &[(&[u8], SocketAddr)],
+        mut on_error: impl FnMut(usize, io::Error),
+    ) {
+        let fd = self.io.get_ref().as_raw_fd();
+        let mut start = 0;
+        while start < msgs.len() {
+            match send_many(fd, &msgs[start..(start + BATCH).min(msgs.len())]) {
+                Ok(0) => tokio::task::yield_now().await,
+                Ok(n) => start += n,
+                // UDP send buffers rarely fill; yield and retry rather than spin.
+                Err(Errno::EAGAIN) => tokio::task::yield_now().await,
+                Err(Errno::EINTR) => {}
+                // The first datagram of the chunk was refused: report it, go on.
+                Err(e) => {
+                    on_error(start, io::Error::from(e));
+                    start += 1;
+                }
             }
         }
     }
@@ -186,23 +288,72 @@ impl ProbeSocket {
     }
 }
 
-fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Received> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut cmsg = cmsg_space!(nix::sys::socket::Timestamps, libc::c_int, libc::c_int);
-    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+fn stamp_flags(stamps: SockStamps) -> TimestampingFlag {
+    // SOFTWARE alone only reports stamps; RX_SOFTWARE/TX_SOFTWARE make the kernel take them.
+    let mut flags = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE;
+    if stamps.rx {
+        flags |= TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE;
+    }
+    if stamps.tx {
+        flags |= TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
+            | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
+    }
+    flags
+}
+
+/// One sendmmsg call: how many of `chunk` the kernel took.
+fn send_many(fd: std::os::fd::RawFd, chunk: &[(&[u8], SocketAddr)]) -> Result<usize, Errno> {
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+    let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = chunk
+        .iter()
+        .map(|(_, a)| Some(SockaddrStorage::from(*a)))
+        .collect();
+    let sent = sendmmsg(fd, &mut hdrs, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT)?;
+    Ok(sent.count())
+}
+
+fn recv_many(fd: std::os::fd::RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
+    batch.got.clear();
+    // Fresh headers for every call: the kernel writes each message's used control length
+    // back into its header, and nix does not restore it, so reused headers would truncate
+    // a later message's timestamp (MSG_CTRUNC) after a message that carried only its TTL.
+    let cmsg = cmsg_space!(nix::sys::socket::Timestamps, libc::c_int, libc::c_int);
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(cmsg));
+    let mut iovs: Vec<[IoSliceMut<'_>; 1]> = batch
+        .bufs
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(b)])
+        .collect();
+    let res = recvmmsg(fd, &mut hdrs, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
         .map_err(io::Error::from)?;
-    let len = msg.bytes;
-    let from = msg
-        .address
-        .and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                .or_else(|| {
-                    a.as_sockaddr_in6()
-                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-                })
-        })
-        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    for msg in res {
+        // A datagram without a source address cannot be answered or matched: skip it, but
+        // keep the slot so payloads and results stay aligned.
+        batch.got.push(parse_received(&msg).unwrap_or(Received {
+            len: 0,
+            from: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            rx_sw_realtime_ns: None,
+            ttl: None,
+        }));
+    }
+    if batch.got.is_empty() {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(batch.got.len())
+}
+
+/// Source address, stamps and TTL of one received datagram.
+fn parse_received(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Received> {
+    let from = msg.address.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+            .or_else(|| {
+                a.as_sockaddr_in6()
+                    .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+            })
+    })?;
     let mut rx = None;
     let mut ttl = None;
     if let Ok(cmsgs) = msg.cmsgs() {
@@ -215,12 +366,20 @@ fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Received> {
             }
         }
     }
-    Ok(Received {
-        len,
+    Some(Received {
+        len: msg.bytes,
         from: canonical(from),
         rx_sw_realtime_ns: rx,
         ttl,
     })
+}
+
+fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = cmsg_space!(nix::sys::socket::Timestamps, libc::c_int, libc::c_int);
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+        .map_err(io::Error::from)?;
+    parse_received(&msg).ok_or_else(|| io::Error::other("datagram without a source address"))
 }
 
 /// ARPHRD_* of an interface (`/sys/class/net/IF/type`).
@@ -302,4 +461,100 @@ pub fn route_interface(peer: SocketAddr) -> io::Result<String> {
         io::ErrorKind::NotFound,
         format!("no interface holds {local}, the source address for {peer}"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn local() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+    }
+
+    #[tokio::test]
+    async fn batches_arrive_whole_and_in_order_and_a_refused_datagram_does_not_stop_the_rest() {
+        let stamps = SockStamps::default();
+        let a = ProbeSocket::bind(local(), stamps).unwrap();
+        let b = ProbeSocket::bind(local(), stamps).unwrap();
+        let to = b.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 44 + usize::from(i)]).collect();
+        // An IPv6 destination on an IPv4 socket is refused by the kernel (EAFNOSUPPORT).
+        let bad = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), to.port());
+        let mut msgs: Vec<(&[u8], SocketAddr)> = payloads.iter().map(|p| (&p[..], to)).collect();
+        msgs.insert(3, (&payloads[0][..], bad));
+        let mut refused = Vec::new();
+        a.send_batch(&msgs, |i, _| refused.push(i)).await;
+        assert_eq!(refused, vec![3]);
+        let mut batch = RecvBatch::new(2048);
+        let mut got = Vec::new();
+        while got.len() < payloads.len() {
+            let n = tokio::time::timeout(Duration::from_secs(5), b.recv_batch(&mut batch))
+                .await
+                .expect("datagrams arrive")
+                .unwrap();
+            assert!(n <= BATCH);
+            assert_eq!(n, batch.len());
+            for (p, rx) in batch.iter() {
+                assert_eq!(rx.from, a.local_addr().unwrap());
+                assert_eq!(rx.len, p.len());
+                assert!(rx.ttl.is_some());
+                got.push(p.to_vec());
+            }
+        }
+        assert_eq!(got, payloads);
+    }
+
+    #[tokio::test]
+    async fn rx_stamps_are_reported_once_turned_on_in_every_batch() {
+        let a = ProbeSocket::bind(local(), SockStamps::default()).unwrap();
+        let b = ProbeSocket::bind(local(), SockStamps::default()).unwrap();
+        assert!(!b.rx_stamps());
+        assert!(b.ensure_rx_stamps());
+        assert!(!b.ensure_rx_stamps(), "only the first call turns them on");
+        let to = b.local_addr().unwrap();
+        let mut batch = RecvBatch::new(2048);
+        // The kernel turns its stamping switch on from a work item: allow it a moment, then
+        // every datagram of every later batch must carry its stamp.
+        let mut stamped_rounds = 0;
+        let mut stamp = None;
+        for _ in 0..200 {
+            a.send_batch(&[(&[7u8; 44][..], to), (&[8u8; 60][..], to)], |_, e| {
+                panic!("{e}")
+            })
+            .await;
+            let mut seen = 0;
+            while seen < 2 {
+                tokio::time::timeout(Duration::from_secs(5), b.recv_batch(&mut batch))
+                    .await
+                    .expect("datagrams arrive")
+                    .unwrap();
+                for (_, rx) in batch.iter() {
+                    seen += 1;
+                    match (rx.rx_sw_realtime_ns, stamped_rounds) {
+                        (Some(t), _) => stamp = Some(t),
+                        (None, 0) => {}
+                        (None, _) => panic!("a datagram after stamping began has no stamp"),
+                    }
+                }
+            }
+            if stamp.is_some() {
+                stamped_rounds += 1;
+                if stamped_rounds == 20 {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(stamped_rounds, 20, "stamps never began");
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).unwrap();
+        let now = ts_ns(&now).unwrap();
+        let stamp = stamp.unwrap();
+        assert!(
+            stamp <= now && now - stamp < 5_000_000_000,
+            "{stamp} vs {now}"
+        );
+    }
 }

@@ -6,12 +6,12 @@ use probe_common::port;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Stamping, emit_json, rx_time};
 use crate::{
     clock,
-    net::ProbeSocket,
+    net::{ProbeSocket, Received, RecvBatch, SockStamps},
     wire::{self, SenderPacket, Timestamp},
 };
 
@@ -85,7 +85,12 @@ pub enum ReflectorError {
 
 /// Binds the reflector socket and registers its port (before `ready` is announced).
 pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, ReflectorError> {
-    let sock = ProbeSocket::bind(opts.listen, false).map_err(|source| ReflectorError::Bind {
+    // Kernel mode: T2 comes from the ingress program, so no host-wide RX stamps.
+    let stamps = SockStamps {
+        tx: false,
+        rx: !st.is_kernel(),
+    };
+    let sock = ProbeSocket::bind(opts.listen, stamps).map_err(|source| ReflectorError::Bind {
         addr: opts.listen,
         source,
     })?;
@@ -97,7 +102,8 @@ pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, Refle
     Ok(sock)
 }
 
-/// Answers requests until `stop` fires.
+/// Answers requests until `stop` fires. Requests are read and answered in batches
+/// (recvmmsg/sendmmsg): one wake-up and two system calls for all that are waiting.
 pub async fn run(
     sock: ProbeSocket,
     opts: ReflectorOptions,
@@ -105,84 +111,129 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> ReflectorStats {
     let mut stats = ReflectorStats::default();
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(2048);
+    let mut batch = RecvBatch::new(65536);
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let ee = st.error_estimate();
     loop {
-        let rx = tokio::select! {
-            r = sock.recv(&mut buf) => r,
+        let r = tokio::select! {
+            r = sock.recv_batch(&mut batch) => r,
             _ = stop.changed() => break,
         };
         let app_rx = clock::tai_now_ns();
-        let rx = match rx {
-            Ok(rx) => rx,
-            Err(e) => {
-                debug!("recv: {e}");
+        if let Err(e) = r {
+            debug!("recv: {e}");
+            continue;
+        }
+        let mut n_out = 0;
+        for (payload, rx) in batch.iter() {
+            if rx.len == 0 {
                 continue;
             }
-        };
-        stats.requests += 1;
-        if let Some(l) = &opts.live {
-            l.requests.inc();
-        }
-        let payload = &buf[..rx.len];
-        let req = match SenderPacket::decode_lenient(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                debug!("malformed request from {}: {e}", rx.from);
-                stats.malformed += 1;
-                if let Some(l) = &opts.live {
-                    l.malformed.inc();
-                }
+            let Some(mut reply) = answer(&sock, &st, ee, payload, rx, app_rx, &mut stats, &opts)
+            else {
                 continue;
+            };
+            if let Some(d) = opts.think_time {
+                tokio::time::sleep(d).await;
             }
-        };
-        if !req.is_well_formed() {
-            stats.malformed_tlv += 1;
-        }
-        let (t2, _) = rx_time(
-            &st,
-            wire::request_rx_stamp(payload),
-            rx.rx_sw_realtime_ns,
-            app_rx,
-        );
-        if let Some(d) = opts.think_time {
-            tokio::time::sleep(d).await;
-        }
-        // T3: overwritten by the egress program in kernel mode; our best guess otherwise.
-        let t3 = Timestamp::from_ptp_ns(clock::tai_now_ns());
-        // RFC 8972: echo known TLVs, flag unknown (U) and malformed (M) ones; same length.
-        let reply = wire::reflect_lenient(
-            &req,
-            &wire::ReflectParams {
-                timestamp: t3,
-                error_estimate: ee,
-                receive_timestamp: Timestamp::from_ptp_ns(t2),
-                sender_ttl: rx.ttl.unwrap_or(255),
-            },
-        );
-        out.clear();
-        reply.encode(&mut out);
-        match sock.send_to(&out, rx.from).await {
-            Ok(_) => {
-                stats.replies += 1;
-                if let Some(l) = &opts.live {
-                    l.replies.inc();
-                }
+            if replies.len() <= n_out {
+                replies.push((Vec::with_capacity(2048), rx.from));
             }
-            Err(e) => {
-                debug!("reply to {}: {e}", rx.from);
-                stats.send_errors += 1;
-                if let Some(l) = &opts.live {
-                    l.send_errors.inc();
-                }
+            let slot = &mut replies[n_out];
+            slot.1 = rx.from;
+            slot.0.clear();
+            // T3: overwritten by the egress program in kernel mode; our best guess otherwise.
+            reply.packet.timestamp = Timestamp::from_ptp_ns(clock::tai_now_ns());
+            reply.encode(&mut slot.0);
+            n_out += 1;
+            if opts.think_time.is_some() {
+                // Test aid: each reply leaves after its own wait.
+                send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
+                n_out = 0;
             }
         }
+        send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
     }
     if let Err(e) = st.set_port(opts.listen.port(), 0) {
         debug!("unregistering port: {e}");
     }
     stats
+}
+
+/// Decodes one request and builds its reply (T3 still to be set), counting what it sees.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    sock: &ProbeSocket,
+    st: &Stamping,
+    ee: wire::ErrorEstimate,
+    payload: &[u8],
+    rx: Received,
+    app_rx: u64,
+    stats: &mut ReflectorStats,
+    opts: &ReflectorOptions,
+) -> Option<wire::Lenient<wire::ReflectorPacket>> {
+    stats.requests += 1;
+    if let Some(l) = &opts.live {
+        l.requests.inc();
+    }
+    let req = match SenderPacket::decode_lenient(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!("malformed request from {}: {e}", rx.from);
+            stats.malformed += 1;
+            if let Some(l) = &opts.live {
+                l.malformed.inc();
+            }
+            return None;
+        }
+    };
+    if !req.is_well_formed() {
+        stats.malformed_tlv += 1;
+    }
+    let block = wire::request_rx_stamp(payload);
+    if block.is_none() && st.is_kernel() && sock.ensure_rx_stamps() {
+        // Arrived on an interface without our ingress program: take the kernel's RX stamp.
+        info!(
+            "request from {} without the ingress stamp: RX software timestamps turned on",
+            rx.from
+        );
+    }
+    let (t2, _) = rx_time(st, block, rx.rx_sw_realtime_ns, app_rx);
+    // RFC 8972: echo known TLVs, flag unknown (U) and malformed (M) ones; same length.
+    Some(wire::reflect_lenient(
+        &req,
+        &wire::ReflectParams {
+            timestamp: Timestamp::default(),
+            error_estimate: ee,
+            receive_timestamp: Timestamp::from_ptp_ns(t2),
+            sender_ttl: rx.ttl.unwrap_or(255),
+        },
+    ))
+}
+
+async fn send_all(
+    sock: &ProbeSocket,
+    replies: &[(Vec<u8>, SocketAddr)],
+    stats: &mut ReflectorStats,
+    opts: &ReflectorOptions,
+) {
+    if replies.is_empty() {
+        return;
+    }
+    let msgs: Vec<(&[u8], SocketAddr)> = replies.iter().map(|(b, a)| (&b[..], *a)).collect();
+    let mut failed = 0u64;
+    sock.send_batch(&msgs, |i, e| {
+        debug!("reply to {}: {e}", msgs[i].1);
+        failed += 1;
+    })
+    .await;
+    let sent = msgs.len() as u64 - failed;
+    stats.replies += sent;
+    stats.send_errors += failed;
+    if let Some(l) = &opts.live {
+        l.replies.inc_by(sent);
+        l.send_errors.inc_by(failed);
+    }
 }
 
 #[derive(Serialize)]

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::{ReplyContext, StampSource, Stamping, emit_json, fmt_ns, measure};
 use crate::{
     clock,
-    net::ProbeSocket,
+    net::{ProbeSocket, SockStamps},
     stats::{ReplyKind, SeqTracker, SessionStats},
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
@@ -102,7 +102,15 @@ pub async fn run_session(
     let sock_err = |source| SenderError::Socket { peer, source };
     let kernel = st.is_kernel();
     // Socket mode takes T1 from the TX software stamp (error queue); kernel mode from TC.
-    let sock = ProbeSocket::connect(peer, !kernel).map_err(sock_err)?;
+    let sock = ProbeSocket::connect(
+        peer,
+        // Kernel mode: T1 from TC egress, T4 in-band or from the map; no socket stamps.
+        SockStamps {
+            tx: !kernel,
+            rx: !kernel,
+        },
+    )
+    .map_err(sock_err)?;
     let lport = sock.local_addr().map_err(sock_err)?.port();
     st.set_port(lport, port::SENDER)
         .map_err(|source| SenderError::Register {
