@@ -262,6 +262,37 @@ impl Meshprobe {
         Ok(Reflector { child, ready })
     }
 
+    /// Like [`Meshprobe::reflect`], with the command run under `prefix` (e.g. `taskset -c 1`,
+    /// which execs meshprobe, so the child's pid is meshprobe's).
+    pub fn reflect_under(&self, ns: &Netns, prefix: &[&str], args: &[&str]) -> Result<Reflector> {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend(self.argv("reflect", &a));
+        let mut child = ns.spawn(argv)?;
+        let ready = child
+            .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
+            .context("meshprobe reflect ready line")?;
+        if ready["role"] != "reflector" {
+            bail!("reflector ready line has role {}: {ready}", ready["role"]);
+        }
+        self.check_timestamping("meshprobe reflect", &ready, &child.stderr_text())?;
+        Ok(Reflector { child, ready })
+    }
+
+    /// Starts `meshprobe ping ARGS` in `ns` under `prefix` (e.g. `taskset -c 0`) without
+    /// waiting; add `--json` yourself.
+    pub fn ping_spawn_under(
+        &self,
+        ns: &Netns,
+        prefix: &[&str],
+        args: &[&str],
+    ) -> Result<ChildGuard> {
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend(self.argv("ping", args));
+        ns.spawn(argv)
+    }
+
     /// Starts `meshprobe ping ARGS` in `ns` (add `--json` yourself) without waiting.
     pub fn ping_spawn(&self, ns: &Netns, args: &[&str]) -> Result<ChildGuard> {
         ns.spawn(self.argv("ping", args))

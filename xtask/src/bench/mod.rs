@@ -7,6 +7,7 @@
 //!
 //! This file holds the CLI, the driver and the report; each scenario has its own file.
 
+mod capacity;
 mod discovery;
 mod ebpf_cost;
 mod fast_path;
@@ -140,7 +141,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "capacity",
         title: "Probe capacity of one sender/reflector pair",
         goal: "≥ 200 000 probes/s per core with ≤ 0.1 % of probes missing a stamp",
-        run: None,
+        run: Some(capacity::run),
         plan: "step the probe rate of one sender/reflector pair up until more than 0.1 % of \
                the probes lack one of the four stamps (or are lost); report the highest rate \
                that held and CPU time per 1000 probes/s from /proc of both processes",

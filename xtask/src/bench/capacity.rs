@@ -1,0 +1,1245 @@
+//! Scenario 4: the probe capacity of one sender/reflector pair.
+//!
+//! One `meshprobe ping` in A (pinned to one CPU) sends to one `meshprobe reflect` in B (pinned
+//! to the other) over the harness veth, both with kernel stamps. The offered rate is stepped
+//! up; a step is one ping run of `-c N` probes (several sessions in the one process, i.e.
+//! the peer named several times, when one session's interval would be shorter than
+//! [`MIN_INTERVAL_NS`]). Per step:
+//!
+//! - the four stamps from the eBPF counters of both processes (`COUNTERS`: t1/t4 by the
+//!   sender's programs, t2/t3 by the reflector's), read through map descriptors this process
+//!   holds, so the sender's totals are read after it exited and stopped changing them;
+//! - sent/received/lost from the sender's summaries;
+//! - over a steady window in the middle of the run: the achieved rate (t1 counter), CPU of
+//!   both processes (schedstat nanoseconds; user/system split from utime/stime), context
+//!   switches, and the CPU of the ksoftirqd threads of both CPUs.
+//!
+//! The capacity is the highest achieved rate of a step with at most 0.1 % of its probes
+//! missing a stamp or a reply. At the highest offered rate the pair is then profiled (perf
+//! stat syscall and context-switch counts, strace -c, perf record) for where the time goes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use meshprobe_tests::TwoHosts;
+use meshprobe_tests::bench_util::{
+    HeldMap, clock_ticks_per_sec, counters_by_name, ksoftirqd_pid, thread_totals, user_sys_ticks,
+};
+use meshprobe_tests::child::run_with_timeout;
+use meshprobe_tests::meshprobe::READY_TIMEOUT;
+use meshprobe_tests::services::TempDir;
+use meshprobe_tests::{ChildGuard, Meshprobe};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Ctx, ScenarioReport, Table, pause, progress};
+
+const GOAL_PER_CORE: f64 = 200_000.0;
+/// At most this fraction of a step's probes may lack a stamp or a reply.
+const MAX_MISSING: f64 = 0.001;
+/// Offered rates, probes/s.
+const RATES: [u64; 6] = [10_000, 20_000, 50_000, 100_000, 200_000, 400_000];
+/// The shortest interval one session is asked for; faster steps use more sessions.
+const MIN_INTERVAL_NS: u64 = 20_000;
+/// Probes' reply timeout (`-W`).
+const TIMEOUT_S: u64 = 1;
+const SENDER_CPU: usize = 0;
+const REFLECTOR_CPU: usize = 1;
+
+/// Sessions and per-session interval that offer `rate` probes/s.
+fn plan_step(rate: u64) -> (u64, u64) {
+    let per_session_max = 1_000_000_000 / MIN_INTERVAL_NS;
+    let sessions = rate.div_ceil(per_session_max).max(1);
+    (sessions, sessions * 1_000_000_000 / rate)
+}
+
+/// Probes of a step that lack at least one of the four stamps or the reply: `sent` less the
+/// smallest of the stamp counts and the replies received. Exact when the gaps are nested (a
+/// probe that lacks an earlier stamp lacks the later ones, as a lost request or reply does);
+/// a lower bound otherwise (the stamp gaps are also listed one by one).
+fn missing(sent: u64, received: u64, stamps: [u64; 4]) -> u64 {
+    let complete = stamps.iter().copied().fold(received, u64::min);
+    sent.saturating_sub(complete)
+}
+
+/// Does a step hold: probes sent and at most [`MAX_MISSING`] of them incomplete?
+fn holds(sent: u64, missing: u64) -> bool {
+    sent > 0 && missing as f64 <= sent as f64 * MAX_MISSING
+}
+
+/// The step that gives the capacity: the highest achieved rate among those that hold.
+fn pick_capacity(steps: &[(bool, f64)]) -> Option<usize> {
+    steps
+        .iter()
+        .enumerate()
+        .filter(|(_, (ok, rate))| *ok && rate.is_finite() && *rate > 0.0)
+        .max_by(|a, b| a.1.1.total_cmp(&b.1.1))
+        .map(|(i, _)| i)
+}
+
+/// One process's CPU at an instant.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    /// sum_exec_runtime of every thread, ns.
+    sched_ns: u64,
+    switches: u64,
+    user_ticks: u64,
+    sys_ticks: u64,
+}
+
+impl Cpu {
+    fn read(pid: u32) -> Result<Cpu> {
+        let (sched_ns, switches) = thread_totals(pid)?;
+        let (user_ticks, sys_ticks) = user_sys_ticks(pid)?;
+        Ok(Cpu {
+            sched_ns,
+            switches,
+            user_ticks,
+            sys_ticks,
+        })
+    }
+}
+
+/// A process's use over a window.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Use {
+    /// Fraction of one core.
+    cores: f64,
+    /// Share of the CPU ticks in the kernel (stime / (utime + stime)).
+    sys_share: f64,
+    switches_per_s: f64,
+}
+
+fn usage(a: Cpu, b: Cpu, secs: f64) -> Use {
+    let user = b.user_ticks.saturating_sub(a.user_ticks) as f64;
+    let sys = b.sys_ticks.saturating_sub(a.sys_ticks) as f64;
+    Use {
+        cores: b.sched_ns.saturating_sub(a.sched_ns) as f64 / 1e9 / secs,
+        sys_share: if user + sys > 0.0 {
+            sys / (user + sys)
+        } else {
+            f64::NAN
+        },
+        switches_per_s: b.switches.saturating_sub(a.switches) as f64 / secs,
+    }
+}
+
+/// One CPU's counters from /proc/stat (USER_HZ ticks): busy (everything but idle and
+/// iowait), softirq + irq, steal, total.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuStat {
+    busy: u64,
+    irq: u64,
+    steal: u64,
+    total: u64,
+}
+
+fn parse_proc_stat(text: &str, cpu: usize) -> Option<CpuStat> {
+    let tag = format!("cpu{cpu}");
+    let l = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(tag.as_str()))?;
+    let f: Vec<u64> = l
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if f.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+    let total: u64 = f[..8].iter().sum();
+    Some(CpuStat {
+        busy: total - f[3] - f[4],
+        irq: f[5] + f[6],
+        steal: f[7],
+        total,
+    })
+}
+
+/// A CPU's use over a window, fractions of its time.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct CpuUse {
+    busy: f64,
+    irq: f64,
+    steal: f64,
+}
+
+fn cpu_use(a: CpuStat, b: CpuStat) -> CpuUse {
+    let t = b.total.saturating_sub(a.total) as f64;
+    if t <= 0.0 {
+        return CpuUse::default();
+    }
+    CpuUse {
+        busy: b.busy.saturating_sub(a.busy) as f64 / t,
+        irq: b.irq.saturating_sub(a.irq) as f64 / t,
+        steal: b.steal.saturating_sub(a.steal) as f64 / t,
+    }
+}
+
+/// Everything measured at one instant of a step.
+struct Sample {
+    /// /proc/stat of the sender's and the reflector's CPU.
+    cpus: [CpuStat; 2],
+    at: Instant,
+    sender: Cpu,
+    reflector: Cpu,
+    /// sum_exec_runtime of the ksoftirqd threads of both CPUs, ns.
+    ksoftirqd_ns: u64,
+    t1: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    offered: u64,
+    sessions: u64,
+    interval_ns: u64,
+    /// Probes asked for (`-c` per session × sessions).
+    count: u64,
+    sent: u64,
+    received: u64,
+    lost: u64,
+    /// Neither answered nor timed out when the sender was stopped (only when it had to be).
+    unresolved: u64,
+    /// The run had to be stopped at its deadline.
+    cut: bool,
+    /// t1..t4 stamped for this step's probes.
+    stamps: [u64; 4],
+    /// Any err_* counter of either side during the step.
+    stamp_errors: u64,
+    missing: u64,
+    holds: bool,
+    /// Window: seconds, achieved rate (t1 counter), CPU.
+    window_s: f64,
+    achieved: f64,
+    sender: Use,
+    reflector: Use,
+    /// Both ksoftirqd threads, fraction of one core.
+    ksoftirqd_cores: f64,
+    /// The sender's and the reflector's CPU as a whole (/proc/stat), anyone's work.
+    cpu_sender: CpuUse,
+    cpu_reflector: CpuUse,
+}
+
+impl Step {
+    fn pct(&self, n: u64) -> f64 {
+        if self.sent == 0 {
+            f64::NAN
+        } else {
+            n as f64 / self.sent as f64 * 100.0
+        }
+    }
+    fn cores(&self) -> f64 {
+        self.sender.cores + self.reflector.cores
+    }
+    /// µs of CPU (sender + reflector) per probe.
+    fn us_per_probe(&self) -> f64 {
+        self.cores() / self.achieved * 1e6
+    }
+    /// Achieved rate per core used by the two processes.
+    fn per_core(&self) -> f64 {
+        self.achieved / self.cores()
+    }
+}
+
+fn sample(
+    spid: u32,
+    rpid: u32,
+    cpus: [usize; 2],
+    ksoft: &[u32],
+    sender_counters: &HeldMap,
+) -> Result<Sample> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let cpu = |c| parse_proc_stat(&stat, c).with_context(|| format!("cpu{c} in /proc/stat"));
+    let cpus = [cpu(cpus[0])?, cpu(cpus[1])?];
+    let at = Instant::now();
+    let t1 = sender_counters.percpu_u64_sums()?[0];
+    let sender = Cpu::read(spid)?;
+    let reflector = Cpu::read(rpid)?;
+    let mut ksoftirqd_ns = 0;
+    for p in ksoft {
+        ksoftirqd_ns += thread_totals(*p).map(|t| t.0).unwrap_or(0);
+    }
+    Ok(Sample {
+        cpus,
+        at,
+        sender,
+        reflector,
+        ksoftirqd_ns,
+        t1,
+    })
+}
+
+/// Stamp counts (t1..t4) and the sum of the err_* counters of a COUNTERS map.
+fn stamps_of(m: &HeldMap) -> Result<([u64; 4], u64)> {
+    let c = counters_by_name(&m.percpu_u64_sums()?);
+    let g = |k: &str| c.get(k).copied().unwrap_or(0);
+    let errs = c
+        .iter()
+        .filter(|(k, _)| k.starts_with("err_"))
+        .map(|(_, v)| *v)
+        .sum();
+    Ok((
+        [
+            g("t1_stamped"),
+            g("t2_stamped"),
+            g("t3_stamped"),
+            g("t4_stamped"),
+        ],
+        errs,
+    ))
+}
+
+struct Pair<'a> {
+    mp: &'a Meshprobe,
+    cpus: [usize; 2],
+    t: &'a TwoHosts,
+    sender_cpu: String,
+    reflector_pid: u32,
+    reflector_counters: &'a HeldMap,
+    ksoft: Vec<u32>,
+}
+
+impl Pair<'_> {
+    /// Starts `meshprobe ping` (pinned) offering `rate`, `count` probes in all (0: until
+    /// stopped); returns it with its pid and its COUNTERS map.
+    fn start_ping(&self, rate: u64, count: u64) -> Result<(ChildGuard, u32, HeldMap)> {
+        let (sessions, interval_ns) = plan_step(rate);
+        let per_session = count.div_ceil(sessions).to_string();
+        let interval = format!("{interval_ns}ns");
+        let w = format!("{TIMEOUT_S}s");
+        let b4 = TwoHosts::B4.to_string();
+        let mut args = vec![
+            "--json",
+            "-q",
+            "-c",
+            &per_session,
+            "-i",
+            &interval,
+            "-W",
+            &w,
+            "-I",
+            TwoHosts::A_IF,
+        ];
+        for _ in 0..sessions {
+            args.push(&b4);
+        }
+        let mut ping =
+            self.mp
+                .ping_spawn_under(&self.t.a, &["taskset", "-c", &self.sender_cpu], &args)?;
+        let ready = ping
+            .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
+            .context("meshprobe ping ready line")?;
+        self.mp
+            .check_timestamping("meshprobe ping", &ready, &ping.stderr_text())?;
+        let pid = ping.pid().context("ping pid")?;
+        let counters = HeldMap::of_process(pid, "COUNTERS")?;
+        Ok((ping, pid, counters))
+    }
+
+    fn run_step(&self, rate: u64, settle: f64, window: f64) -> Result<Step> {
+        let (sessions, interval_ns) = plan_step(rate);
+        let run_s = settle + window + 0.3;
+        let count = ((rate as f64 * run_s) as u64).div_ceil(sessions) * sessions;
+        let (refl0, refl_err0) = stamps_of(self.reflector_counters)?;
+        let (mut ping, spid, sc) = self.start_ping(rate, count)?;
+        pause(Duration::from_secs_f64(settle))?;
+        let a = sample(spid, self.reflector_pid, self.cpus, &self.ksoft, &sc)?;
+        pause(Duration::from_secs_f64(window))?;
+        let b = sample(spid, self.reflector_pid, self.cpus, &self.ksoft, &sc)?;
+        // A sender slower than offered takes longer; bounded, then stopped.
+        let deadline = Duration::from_secs_f64(run_s + (run_s * 4.0).max(5.0) + TIMEOUT_S as f64);
+        let started = a.at - Duration::from_secs_f64(settle);
+        let left = deadline.saturating_sub(started.elapsed());
+        let (fin, cut) = match ping.wait_exit(left) {
+            Ok(f) => (f, false),
+            Err(_) if !ping.is_running() => bail!("meshprobe ping ended without output"),
+            Err(_) => (
+                ping.stop_with(Signal::SIGINT, Duration::from_secs(5))?,
+                true,
+            ),
+        };
+        if !fin.status.success() {
+            bail!(
+                "meshprobe ping at {rate}/s exited {}; stderr:\n{}",
+                fin.status,
+                fin.stderr_text()
+            );
+        }
+        let (mut sent, mut received, mut lost) = (0, 0, 0);
+        let mut summaries = 0;
+        for v in fin.json_lines() {
+            if v["type"] == "summary" {
+                summaries += 1;
+                sent += v["sent"].as_u64().unwrap_or(0);
+                received += v["received"].as_u64().unwrap_or(0);
+                lost += v["lost"].as_u64().unwrap_or(0);
+            }
+        }
+        if summaries != sessions {
+            bail!(
+                "meshprobe ping at {rate}/s printed {summaries} summaries for {sessions} \
+                 sessions; stderr:\n{}",
+                fin.stderr_text()
+            );
+        }
+        // Replies still on their way to a stopped sender: none when it ran to its count.
+        pause(Duration::from_millis(50))?;
+        let (s_stamps, s_err) = stamps_of(&sc)?;
+        let (refl1, refl_err1) = stamps_of(self.reflector_counters)?;
+        let stamps = [
+            s_stamps[0],
+            refl1[1].saturating_sub(refl0[1]),
+            refl1[2].saturating_sub(refl0[2]),
+            s_stamps[3],
+        ];
+        let unresolved = sent.saturating_sub(received + lost);
+        // A run stopped at its deadline leaves probes unresolved that did not fail: they are
+        // left out of the judgement (and shown).
+        let judged_sent = if cut { sent - unresolved } else { sent };
+        let miss = missing(judged_sent, received, stamps);
+        let secs = (b.at - a.at).as_secs_f64();
+        let ksoftirqd_cores = b.ksoftirqd_ns.saturating_sub(a.ksoftirqd_ns) as f64 / 1e9 / secs;
+        Ok(Step {
+            offered: rate,
+            sessions,
+            interval_ns,
+            count,
+            sent,
+            received,
+            lost,
+            unresolved,
+            cut,
+            stamps,
+            stamp_errors: s_err + refl_err1.saturating_sub(refl_err0),
+            missing: miss,
+            holds: holds(judged_sent, miss),
+            window_s: secs,
+            achieved: b.t1.saturating_sub(a.t1) as f64 / secs,
+            sender: usage(a.sender, b.sender, secs),
+            reflector: usage(a.reflector, b.reflector, secs),
+            ksoftirqd_cores,
+            cpu_sender: cpu_use(a.cpus[0], b.cpus[0]),
+            cpu_reflector: cpu_use(a.cpus[1], b.cpus[1]),
+        })
+    }
+}
+
+/// One perf stat reading of a process: syscalls, context switches, task-clock (ms), elapsed s.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct PerfStat {
+    syscalls: f64,
+    switches: f64,
+    task_clock_ms: f64,
+    elapsed_s: f64,
+}
+
+fn parse_perf_stat(text: &str) -> PerfStat {
+    let mut p = PerfStat::default();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (Some(v), Some(what)) = (f.first(), f.get(1)) else {
+            continue;
+        };
+        let Ok(v) = v.replace(',', "").parse::<f64>() else {
+            continue;
+        };
+        match *what {
+            "raw_syscalls:sys_enter" => p.syscalls = v,
+            "context-switches" | "cs" => p.switches = v,
+            "msec" if f.get(2) == Some(&"task-clock") => p.task_clock_ms = v,
+            "seconds" if l.contains("time elapsed") => p.elapsed_s = v,
+            _ => {}
+        }
+    }
+    p
+}
+
+fn perf_stat(pid: u32, secs: f64) -> Result<PerfStat> {
+    let mut cmd = std::process::Command::new("perf");
+    cmd.args([
+        "stat",
+        "--no-big-num",
+        "-e",
+        "raw_syscalls:sys_enter,context-switches,task-clock",
+        "-p",
+        &pid.to_string(),
+        "--",
+        "sleep",
+        &format!("{secs}"),
+    ]);
+    let out = run_with_timeout(cmd, Duration::from_secs_f64(secs + 30.0))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let p = parse_perf_stat(&text);
+    if p.elapsed_s <= 0.0 {
+        bail!("perf stat -p {pid}: {}", text.trim());
+    }
+    Ok(p)
+}
+
+/// `strace -c -f -p PID` for `secs` seconds: the summary table.
+fn strace_counts(pid: u32, secs: u64) -> Result<String> {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args([
+        "-s",
+        "INT",
+        &secs.to_string(),
+        "strace",
+        "-c",
+        "-f",
+        "-p",
+        &pid.to_string(),
+    ]);
+    let out = run_with_timeout(cmd, Duration::from_secs(secs + 20))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with("strace: Process"))
+        .take(14)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// (syscall, calls, errors) rows of a `strace -c` table.
+fn parse_strace(text: &str) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if f.len() < 5 || f[0].parse::<f64>().is_err() || f.last() == Some(&"total") {
+            continue;
+        }
+        let Ok(calls) = f[3].parse::<u64>() else {
+            continue;
+        };
+        let errors = if f.len() >= 6 {
+            f[4].parse::<u64>().unwrap_or(0)
+        } else {
+            0
+        };
+        out.push((f[f.len() - 1].to_string(), calls, errors));
+    }
+    out
+}
+
+/// "sendto 1.00, recvmsg 1.02 (0.04 failed)": each syscall's share of the strace counts
+/// scaled to `per_probe` syscalls per probe (perf stat's, untraced).
+fn per_probe_breakdown(rows: &[(String, u64, u64)], per_probe: f64) -> String {
+    let total: u64 = rows.iter().map(|r| r.1).sum();
+    if total == 0 || !per_probe.is_finite() {
+        return String::new();
+    }
+    rows.iter()
+        .filter(|r| r.1 as f64 / total as f64 * per_probe >= 0.005)
+        .map(|(n, c, e)| {
+            let k = per_probe / total as f64;
+            if *e > 0 {
+                format!("{n} {:.2} ({:.2} failed)", *c as f64 * k, *e as f64 * k)
+            } else {
+                format!("{n} {:.2}", *c as f64 * k)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `perf record -g` of `pid` for `secs` seconds: (kernel share of samples, top symbols).
+fn perf_profile(pid: u32, secs: u64, dir: &std::path::Path, tag: &str) -> Result<(f64, String)> {
+    let data = dir.join(format!("perf-{tag}.data"));
+    let d = data.to_string_lossy().into_owned();
+    let mut rec = std::process::Command::new("perf");
+    rec.args([
+        "record",
+        "-e",
+        "cpu-clock",
+        "-F",
+        "1999",
+        "-g",
+        "-p",
+        &pid.to_string(),
+        "-o",
+        &d,
+        "--",
+        "sleep",
+        &secs.to_string(),
+    ]);
+    let out = run_with_timeout(rec, Duration::from_secs(secs + 30))?;
+    if !out.status.success() {
+        bail!(
+            "perf record failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let report = |sort: &str, limit: &str| -> Result<String> {
+        let mut rep = std::process::Command::new("perf");
+        rep.args([
+            "report",
+            "-i",
+            &d,
+            "--stdio",
+            "--no-children",
+            "--sort",
+            sort,
+            "-g",
+            "none",
+            "--percent-limit",
+            limit,
+        ]);
+        let out = run_with_timeout(rep, Duration::from_secs(60))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let by_dso = report("dso", "0")?;
+    let kernel: f64 = by_dso
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("[kernel"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|v| v.trim_end_matches('%').parse::<f64>().ok())
+        .sum();
+    let top = report("dso,symbol", "1.5")?;
+    let lines: Vec<String> = top
+        .lines()
+        .filter(|l| !l.trim().is_empty() && (!l.starts_with('#') || l.contains("Samples")))
+        .map(|l| l.trim_end().trim_end_matches(['-', ' ']).to_string())
+        .take(18)
+        .collect();
+    Ok((kernel, lines.join("\n")))
+}
+
+fn fmt_rate(r: f64) -> String {
+    if !r.is_finite() {
+        return "—".into();
+    }
+    // Thin grouping of thousands.
+    let n = r.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt_interval(ns: u64) -> String {
+    if ns.is_multiple_of(1000) {
+        format!("{} µs", ns / 1000)
+    } else {
+        format!("{:.1} µs", ns as f64 / 1000.0)
+    }
+}
+
+pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
+    let env = match ctx.env("bench capacity", &["taskset"])? {
+        Ok(e) => e,
+        Err(why) => {
+            rep.skip(why);
+            return Ok(());
+        }
+    };
+    let cpus = meshprobe_tests::load::online_cpus();
+    let (scpu, rcpu) = if cpus >= 2 {
+        (SENDER_CPU, REFLECTOR_CPU)
+    } else {
+        (0, 0)
+    };
+    let settle = ctx.pick(0.3, 0.5);
+    let window = ctx.pick(1.2, 4.0);
+    let prof_s = ctx.pick(2u64, 3);
+    rep.method(format!(
+        "A ⟷ B on the harness veth; one `meshprobe ping` in A pinned to CPU {scpu} (`taskset`, \
+         all its threads) sends to one `meshprobe reflect` in B pinned to CPU {rcpu}; both \
+         attach their TC programs to the veth only (-I), kernel stamps; payload 68 octets \
+         (default, T4 in-band){}",
+        if cpus < 2 {
+            " — this machine has one CPU, so both share it"
+        } else {
+            ""
+        }
+    ));
+    rep.method(format!(
+        "steps of offered rate {} probes/s; a step is one ping run of -c N probes, N = rate × \
+         {:.1} s; a session (one socket, one tokio ticker) is asked for intervals down to {} µs, \
+         faster steps use several sessions in the one sender process (the peer named k times, \
+         -i = k / rate); -W {TIMEOUT_S}s",
+        RATES.map(|r| fmt_rate(r as f64)).join(", "),
+        settle + window + 0.3,
+        MIN_INTERVAL_NS / 1000
+    ));
+    rep.method(format!(
+        "stamps: the `COUNTERS` maps of both processes (t1/t4 stamped by the sender's programs, \
+         t2/t3 by the reflector's), read through map descriptors the bench holds, so the \
+         sender's totals are read after it exited; a probe is incomplete unless it has all four \
+         stamps and its reply: incomplete = sent − min(t1, t2, t3, t4, replies received) (exact \
+         when gaps are nested, as with a lost request or reply); a step holds with ≤ {:.1} % \
+         incomplete",
+        MAX_MISSING * 100.0
+    ));
+    rep.method(format!(
+        "CPU over a {window} s window starting {settle} s after the sender's ready line \
+         (excludes loading the programs): sum_exec_runtime of every thread \
+         (/proc/PID/task/*/schedstat) for CPU, utime/stime (/proc/PID/stat, {} ticks/s) for \
+         the user/kernel split, voluntary+involuntary context switches; achieved rate = t1 \
+         stamps in that window / its length; ksoftirqd/{scpu},{rcpu} CPU shown apart",
+        clock_ticks_per_sec()
+    ));
+    rep.method(
+        "probes/s per core = achieved rate / (sender CPU + reflector CPU, in cores); the CPU of \
+         a process includes the kernel work done in its context: on a veth a send runs the \
+         peer's receive path (TC ingress, UDP, socket enqueue, wake-up) on the sender's CPU"
+            .to_string(),
+    );
+    rep.method(format!(
+        "capacity = the highest achieved rate of a step that holds; then, at the highest offered \
+         rate, `perf stat -e raw_syscalls:sys_enter,context-switches,task-clock` of each \
+         process ({prof_s} s), `strace -c -f` ({prof_s} s, slows the process) and `perf record \
+         -e cpu-clock -g` ({prof_s} s)"
+    ));
+
+    let t = TwoHosts::new()?;
+    let scratch = TempDir::new("bench-capacity")?;
+    let mp = &env.mp;
+    let rcpu_s = rcpu.to_string();
+    let refl = mp.reflect_under(&t.b, &["taskset", "-c", &rcpu_s], &["-I", TwoHosts::B_IF])?;
+    let rpid = refl.child.pid().context("reflector pid")?;
+    let refl_counters = HeldMap::of_process(rpid, "COUNTERS")?;
+    let mut ksoft = Vec::new();
+    for c in [scpu, rcpu] {
+        if let Some(p) = ksoftirqd_pid(c)
+            && !ksoft.contains(&p)
+        {
+            ksoft.push(p);
+        }
+    }
+    let pair = Pair {
+        mp,
+        cpus: [scpu, rcpu],
+        t: &t,
+        sender_cpu: scpu.to_string(),
+        reflector_pid: rpid,
+        reflector_counters: &refl_counters,
+        ksoft,
+    };
+
+    let mut steps: Vec<Step> = Vec::new();
+    for rate in RATES {
+        progress(format!(
+            "capacity: {} probes/s offered",
+            fmt_rate(rate as f64)
+        ));
+        let s = pair.run_step(rate, settle, window)?;
+        progress(format!(
+            "capacity: achieved {} /s, {} of {} incomplete, sender {:.0} % reflector {:.0} %",
+            fmt_rate(s.achieved),
+            s.missing,
+            s.sent,
+            s.sender.cores * 100.0,
+            s.reflector.cores * 100.0
+        ));
+        steps.push(s);
+    }
+
+    let mut table = Table::new(
+        "Per step (CPU over the window; % = of one core; user/kernel split of each process in \
+         brackets):",
+        &[
+            "offered /s",
+            "sessions × interval",
+            "achieved /s",
+            "sent",
+            "lost %",
+            "incomplete %",
+            "sender CPU",
+            "reflector CPU",
+            "ksoftirqd",
+            "whole CPUs s / r busy (irq+softirq; steal)",
+            "ctx switches / probe (s + r)",
+            "µs CPU / probe",
+            "probes/s per core",
+            "holds",
+        ],
+    );
+    for s in &steps {
+        table.row([
+            fmt_rate(s.offered as f64),
+            format!("{} × {}", s.sessions, fmt_interval(s.interval_ns)),
+            fmt_rate(s.achieved),
+            format!(
+                "{}{}",
+                s.sent,
+                if s.cut {
+                    format!(" (stopped at deadline, {} unresolved)", s.unresolved)
+                } else {
+                    String::new()
+                }
+            ),
+            format!("{:.3}", s.pct(s.sent.saturating_sub(s.received))),
+            format!("{:.3}", s.pct(s.missing)),
+            format!(
+                "{:.0} % ({:.0}/{:.0})",
+                s.sender.cores * 100.0,
+                (1.0 - s.sender.sys_share) * 100.0,
+                s.sender.sys_share * 100.0
+            ),
+            format!(
+                "{:.0} % ({:.0}/{:.0})",
+                s.reflector.cores * 100.0,
+                (1.0 - s.reflector.sys_share) * 100.0,
+                s.reflector.sys_share * 100.0
+            ),
+            format!("{:.1} %", s.ksoftirqd_cores * 100.0),
+            format!(
+                "{:.0} / {:.0} % ({:.0}/{:.0}; {:.0}/{:.0})",
+                s.cpu_sender.busy * 100.0,
+                s.cpu_reflector.busy * 100.0,
+                s.cpu_sender.irq * 100.0,
+                s.cpu_reflector.irq * 100.0,
+                s.cpu_sender.steal * 100.0,
+                s.cpu_reflector.steal * 100.0
+            ),
+            format!(
+                "{:.2} + {:.2}",
+                s.sender.switches_per_s / s.achieved,
+                s.reflector.switches_per_s / s.achieved
+            ),
+            format!("{:.2}", s.us_per_probe()),
+            fmt_rate(s.per_core()),
+            if s.holds { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    rep.tables.push(table);
+    let mut stamps = Table::new(
+        "Stamps per step (t1/t4 sender's programs, t2/t3 reflector's) against probes sent and \
+         replies received:",
+        &[
+            "offered /s",
+            "sent",
+            "t1",
+            "t2",
+            "t3",
+            "t4",
+            "received",
+            "lost (timeout)",
+            "stamp errors",
+        ],
+    );
+    for s in &steps {
+        stamps.row([
+            fmt_rate(s.offered as f64),
+            s.sent.to_string(),
+            s.stamps[0].to_string(),
+            s.stamps[1].to_string(),
+            s.stamps[2].to_string(),
+            s.stamps[3].to_string(),
+            s.received.to_string(),
+            s.lost.to_string(),
+            s.stamp_errors.to_string(),
+        ]);
+    }
+    rep.tables.push(stamps);
+
+    // Where the time goes at the highest offered rate.
+    let top = *RATES.last().expect("rates");
+    progress(format!(
+        "capacity: profiling at {} probes/s offered",
+        fmt_rate(top as f64)
+    ));
+    let (mut ping, spid, sc) = pair.start_ping(top, 0)?;
+    pause(Duration::from_secs_f64(settle))?;
+    let p0 = sample(spid, rpid, pair.cpus, &pair.ksoft, &sc)?;
+    let r0 = stamps_of(&refl_counters)?.0[1];
+    let (ps, pr) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| perf_stat(spid, prof_s as f64));
+        let b = scope.spawn(|| perf_stat(rpid, prof_s as f64));
+        (
+            a.join().expect("perf stat thread"),
+            b.join().expect("perf stat thread"),
+        )
+    });
+    let p1 = sample(spid, rpid, pair.cpus, &pair.ksoft, &sc)?;
+    let r1 = stamps_of(&refl_counters)?.0[1];
+    let prof_secs = (p1.at - p0.at).as_secs_f64();
+    let prof_rate = p1.t1.saturating_sub(p0.t1) as f64 / prof_secs;
+    let prof_refl_rate = r1.saturating_sub(r0) as f64 / prof_secs;
+    let (su, ru) = (
+        usage(p0.sender, p1.sender, prof_secs),
+        usage(p0.reflector, p1.reflector, prof_secs),
+    );
+    let mut evidence_rows = Vec::new();
+    let mut prof_data = json!({ "rate": prof_rate, "reflector_rate": prof_refl_rate });
+    let mut syscalls_per_probe = [f64::NAN; 2];
+    let mut switches_per_probe = [f64::NAN; 2];
+    for (i, (who, r, rate)) in [
+        ("sender", &ps, prof_rate),
+        ("reflector", &pr, prof_refl_rate),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match r {
+            Ok(p) => {
+                let probes = rate * p.elapsed_s;
+                syscalls_per_probe[i] = p.syscalls / probes;
+                switches_per_probe[i] = p.switches / probes;
+                evidence_rows.push(format!(
+                    "{who}: {:.0} syscalls/s, {:.2} per probe; {:.0} context switches/s, {:.3} \
+                     per probe; task-clock {:.2} cores ({:.0} probes/s over {:.2} s)",
+                    p.syscalls / p.elapsed_s,
+                    syscalls_per_probe[i],
+                    p.switches / p.elapsed_s,
+                    switches_per_probe[i],
+                    p.task_clock_ms / 1000.0 / p.elapsed_s,
+                    rate,
+                    p.elapsed_s
+                ));
+                prof_data[who] = json!(p);
+            }
+            Err(e) => evidence_rows.push(format!("{who}: perf stat failed: {e:#}")),
+        }
+    }
+    rep.evidence.push((
+        format!(
+            "perf stat at {} probes/s offered ({} sessions), {prof_s} s",
+            fmt_rate(top as f64),
+            plan_step(top).0
+        ),
+        evidence_rows.join("\n"),
+    ));
+    let mut breakdown = [String::new(), String::new()];
+    let traces = std::thread::scope(|scope| {
+        let hs: Vec<_> = [spid, rpid]
+            .into_iter()
+            .map(|pid| scope.spawn(move || strace_counts(pid, prof_s)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("strace thread"))
+            .collect::<Vec<_>>()
+    });
+    for (i, (who, r)) in ["sender", "reflector"].into_iter().zip(traces).enumerate() {
+        match r {
+            Ok(s) => {
+                breakdown[i] = per_probe_breakdown(&parse_strace(&s), syscalls_per_probe[i]);
+                rep.evidence
+                    .push((format!("strace -c -f of the {who}, {prof_s} s"), s));
+            }
+            Err(e) => rep.note(format!("strace of the {who} failed: {e:#}")),
+        }
+    }
+    let mut kernel_share = [f64::NAN; 2];
+    let mut top_symbols = [String::new(), String::new()];
+    let dir = scratch.path();
+    let profiles = std::thread::scope(|scope| {
+        let hs: Vec<_> = [("sender", spid), ("reflector", rpid)]
+            .into_iter()
+            .map(|(who, pid)| scope.spawn(move || perf_profile(pid, prof_s, dir, who)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("perf record thread"))
+            .collect::<Vec<_>>()
+    });
+    for (i, (who, r)) in ["sender", "reflector"]
+        .into_iter()
+        .zip(profiles)
+        .enumerate()
+    {
+        match r {
+            Ok((k, txt)) => {
+                kernel_share[i] = k;
+                top_symbols[i] = txt
+                    .lines()
+                    .find(|l| {
+                        l.trim_start()
+                            .chars()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_digit())
+                    })
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                rep.evidence.push((
+                    format!(
+                        "perf record -e cpu-clock -g of the {who}, {prof_s} s: {k:.0} % of \
+                         samples in the kernel; top symbols"
+                    ),
+                    txt,
+                ));
+            }
+            Err(e) => rep.note(format!("perf record of the {who} failed: {e:#}")),
+        }
+    }
+    let _ = ping.stop_with(Signal::SIGINT, Duration::from_secs(5));
+    drop(ping);
+    drop(sc);
+    let refl_sum = refl.stop()?;
+
+    // The verdict.
+    let oks: Vec<(bool, f64)> = steps.iter().map(|s| (s.holds, s.achieved)).collect();
+    let cap = pick_capacity(&oks);
+    let first_fail = steps.iter().find(|s| !s.holds);
+    if let Some(f) = first_fail {
+        rep.note(format!(
+            "First step that did not hold: {} offered, {} achieved, {} of {} probes incomplete \
+             ({:.3} %): stamps t1..t4 {:?}, {} replies, {} lost after {TIMEOUT_S} s.",
+            fmt_rate(f.offered as f64),
+            fmt_rate(f.achieved),
+            f.missing,
+            f.sent,
+            f.pct(f.missing),
+            f.stamps,
+            f.received,
+            f.lost
+        ));
+    }
+    let saturated = steps.iter().find(|s| s.achieved < s.offered as f64 * 0.95);
+    if let Some(s) = saturated {
+        rep.note(format!(
+            "The sender could not offer {} probes/s: it achieved {} with its process at {:.0} % \
+             of a core ({:.0} % of it in the kernel) and the reflector at {:.0} %; steps above \
+             this are limited by the pair, not by the schedule.",
+            fmt_rate(s.offered as f64),
+            fmt_rate(s.achieved),
+            s.sender.cores * 100.0,
+            s.sender.sys_share * 100.0,
+            s.reflector.cores * 100.0
+        ));
+    }
+    rep.note(format!(
+        "Profile at the top step ({} probes/s offered, {} achieved): sender {:.0} % of a core, \
+         reflector {:.0} %; kernel share of the CPU (utime/stime) sender {:.0} %, reflector {:.0} %; perf \
+         samples in the kernel: sender {:.0} %, reflector {:.0} %. Syscalls per probe: sender \
+         {:.2}, reflector {:.2}; context switches per probe: sender {:.3}, reflector {:.3}.",
+        fmt_rate(top as f64),
+        fmt_rate(prof_rate),
+        su.cores * 100.0,
+        ru.cores * 100.0,
+        su.sys_share * 100.0,
+        ru.sys_share * 100.0,
+        kernel_share[0],
+        kernel_share[1],
+        syscalls_per_probe[0],
+        syscalls_per_probe[1],
+        switches_per_probe[0],
+        switches_per_probe[1],
+    ));
+    rep.note(format!(
+        "Reflector over the whole scenario: {} requests, {} replies, {} send errors.",
+        refl_sum["requests"], refl_sum["replies"], refl_sum["send_errors"]
+    ));
+    let kern = {
+        let (s, r) = (su.sys_share, ru.sys_share);
+        (s * su.cores + r * ru.cores) / (su.cores + ru.cores)
+    };
+    let saturation = match saturated {
+        Some(s) if s.sender.cores < 0.9 && s.cpu_sender.busy < 0.9 => format!(
+            "above {} probes/s the sender falls behind its schedule without saturating its CPU \
+             (process {:.0} % of a core, CPU {scpu} {:.0} % busy at the {} step), so the rate \
+             there is bounded by its one-probe-per-tick loop and wake-ups rather than by CPU; ",
+            fmt_rate(s.achieved),
+            s.sender.cores * 100.0,
+            s.cpu_sender.busy * 100.0,
+            fmt_rate(s.offered as f64)
+        ),
+        Some(s) => format!(
+            "above {} probes/s the sender's CPU is saturated (process {:.0} % of a core, CPU \
+             {scpu} {:.0} % busy at the {} step); ",
+            fmt_rate(s.achieved),
+            s.sender.cores * 100.0,
+            s.cpu_sender.busy * 100.0,
+            fmt_rate(s.offered as f64)
+        ),
+        None => String::new(),
+    };
+    let or_na = |t: &str| {
+        if t.is_empty() {
+            "n/a".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    let cause_tail = format!(
+        "{saturation}at the top step {:.0} % of the two processes' CPU is in the kernel \
+         (utime/stime; perf: {:.0} % / {:.0} % of samples), with {:.2} syscalls per probe in the \
+         sender ({}) and {:.2} in the reflector ({}), {:.3} / {:.3} context switches per probe; \
+         {} (perf's top symbols: sender {}; reflector {})",
+        kern * 100.0,
+        kernel_share[0],
+        kernel_share[1],
+        syscalls_per_probe[0],
+        or_na(&breakdown[0]),
+        syscalls_per_probe[1],
+        or_na(&breakdown[1]),
+        switches_per_probe[0],
+        switches_per_probe[1],
+        if kern > 0.5 {
+            "the kernel side (syscalls and the veth stack work they run) dominates; batching \
+             (sendmmsg/recvmmsg) saves the per-call entry/exit and wake-ups, not the per-packet \
+             stack work"
+        } else {
+            "user code dominates, not syscalls"
+        },
+        or_na(&top_symbols[0]),
+        or_na(&top_symbols[1]),
+    );
+    match cap {
+        Some(i) => {
+            let s = &steps[i];
+            let per_core = s.per_core();
+            let met = per_core >= GOAL_PER_CORE;
+            rep.note(format!(
+                "Capacity: {} probes/s (the {} probes/s step), {:.3} % incomplete; CPU {:.0} % \
+                 (sender) + {:.0} % (reflector) of a core = {:.2} µs per probe, i.e. {:.2} % of a \
+                 core per 1000 probes/s; per process {} probes/s per core (sender) and {} \
+                 (reflector); with ksoftirqd ({:.1} %) counted too, {} probes/s per core.",
+                fmt_rate(s.achieved),
+                fmt_rate(s.offered as f64),
+                s.pct(s.missing),
+                s.sender.cores * 100.0,
+                s.reflector.cores * 100.0,
+                s.us_per_probe(),
+                s.us_per_probe() / 10.0,
+                fmt_rate(s.achieved / s.sender.cores),
+                fmt_rate(s.achieved / s.reflector.cores),
+                s.ksoftirqd_cores * 100.0,
+                fmt_rate(s.achieved / (s.cores() + s.ksoftirqd_cores)),
+            ));
+            rep.goal(
+                "probes/s per core",
+                "≥ 200 000 (≤ 0.1 % incomplete)",
+                format!(
+                    "{} per core (capacity {} probes/s at {:.0} % + {:.0} % of a core, {:.2} µs \
+                     CPU per probe)",
+                    fmt_rate(per_core),
+                    fmt_rate(s.achieved),
+                    s.sender.cores * 100.0,
+                    s.reflector.cores * 100.0,
+                    s.us_per_probe()
+                ),
+                met,
+                Some(format!(
+                    "{:.2} µs of CPU per probe (sender {:.2}, reflector {:.2}); {cause_tail}",
+                    s.us_per_probe(),
+                    s.sender.cores / s.achieved * 1e6,
+                    s.reflector.cores / s.achieved * 1e6,
+                )),
+            );
+        }
+        None => rep.goal(
+            "probes/s per core",
+            "≥ 200 000 (≤ 0.1 % incomplete)",
+            "no step held",
+            false,
+            Some(format!(
+                "even {} probes/s left more than 0.1 % of probes incomplete; {cause_tail}",
+                fmt_rate(RATES[0] as f64)
+            )),
+        ),
+    }
+    rep.data = json!({
+        "sender_cpu": scpu,
+        "reflector_cpu": rcpu,
+        "settle_s": settle,
+        "window_s": window,
+        "steps": steps,
+        "capacity_step": cap.map(|i| steps[i].offered),
+        "capacity_rate": cap.map(|i| steps[i].achieved),
+        "per_core": cap.map(|i| steps[i].per_core()),
+        "profile": prof_data,
+        "profile_kernel_sample_pct": kernel_share,
+        "reflector_summary": refl_sum,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_plans() {
+        assert_eq!(plan_step(10_000), (1, 100_000));
+        assert_eq!(plan_step(50_000), (1, 20_000));
+        assert_eq!(plan_step(100_000), (2, 20_000));
+        assert_eq!(plan_step(400_000), (8, 20_000));
+        assert_eq!(plan_step(70_000), (2, 28_571));
+    }
+
+    #[test]
+    fn incomplete_probes() {
+        // All stamped and answered.
+        assert_eq!(missing(1000, 1000, [1000; 4]), 0);
+        // A lost request: no t2, t3, t4, no reply.
+        assert_eq!(missing(1000, 999, [1000, 999, 999, 999]), 1);
+        // A reply dropped at the sender's socket after T4 was stamped.
+        assert_eq!(missing(1000, 998, [1000, 1000, 1000, 1000]), 2);
+        // A stamp failed on a packet that went on.
+        assert_eq!(missing(1000, 1000, [1000, 1000, 997, 1000]), 3);
+        // Never negative.
+        assert_eq!(missing(10, 12, [12; 4]), 0);
+        assert!(holds(1000, 1));
+        assert!(!holds(1000, 2));
+        assert!(holds(100_000, 100));
+        assert!(!holds(0, 0));
+    }
+
+    #[test]
+    fn capacity_pick() {
+        assert_eq!(pick_capacity(&[]), None);
+        assert_eq!(pick_capacity(&[(false, 1.0)]), None);
+        // The highest achieved rate that held, not the last step that held.
+        let s = [
+            (true, 10_000.0),
+            (true, 50_000.0),
+            (false, 90_000.0),
+            (true, 80_000.0),
+            (true, f64::NAN),
+        ];
+        assert_eq!(pick_capacity(&s), Some(3));
+    }
+
+    #[test]
+    fn perf_stat_text() {
+        let t = "\n Performance counter stats for process id '42':\n\n\
+                 \x20          123456      raw_syscalls:sys_enter           #  41.1 K/sec\n\
+                 \x20             789      context-switches                 #  263 /sec\n\
+                 \x20         3001.50 msec task-clock                       #  1.0 CPUs utilized\n\n\
+                 \x20      3.002 seconds time elapsed\n";
+        let p = parse_perf_stat(t);
+        assert_eq!(p.syscalls, 123456.0);
+        assert_eq!(p.switches, 789.0);
+        assert_eq!(p.task_clock_ms, 3001.5);
+        assert_eq!(p.elapsed_s, 3.002);
+        assert_eq!(fmt_rate(1234567.4), "1 234 567");
+        assert_eq!(fmt_rate(999.0), "999");
+        assert_eq!(fmt_interval(20_000), "20 µs");
+    }
+
+    #[test]
+    fn proc_stat_and_strace() {
+        let st =
+            "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 20 60 10 5 5 0 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n";
+        let c = parse_proc_stat(st, 0).unwrap();
+        assert_eq!((c.busy, c.irq, c.steal, c.total), (40, 10, 0, 110));
+        assert!(parse_proc_stat(st, 2).is_none());
+        let u = cpu_use(CpuStat::default(), c);
+        assert!((u.busy - 40.0 / 110.0).abs() < 1e-9);
+        let t = "% time     seconds  usecs/call     calls    errors syscall\n\
+                 ------ ----------- ----------- --------- --------- ----------------\n\
+                 \x2059.21    0.652421          16     40000           sendto\n\
+                 \x2033.66    0.370901           8     42000      2000 recvmsg\n\
+                 ------ ----------- ----------- --------- --------- ----------------\n\
+                 100.00    1.101955          12     82000      2000 total\n";
+        let rows = parse_strace(t);
+        assert_eq!(
+            rows,
+            vec![
+                ("sendto".to_string(), 40000, 0),
+                ("recvmsg".to_string(), 42000, 2000)
+            ]
+        );
+        assert_eq!(
+            per_probe_breakdown(&rows, 2.05),
+            "sendto 1.00, recvmsg 1.05 (0.05 failed)"
+        );
+    }
+}
