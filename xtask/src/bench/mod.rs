@@ -12,6 +12,7 @@ mod discovery;
 mod ebpf_cost;
 mod fast_path;
 mod footprint;
+mod precision;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -115,7 +116,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "precision",
         title: "Precision against capture truth, idle and under load",
         goal: "meshprobe |error| p50/p99 ≤ 1/3 µs idle, ≤ 2/5 µs under stress; better than ping",
-        run: None,
+        run: Some(precision::run),
         plan: "meshprobe network RTT, its app RTT, iputils ping and sockperf ping-pong in the \
                same run, each against AF_PACKET capture RTTs at both ends; idle, stress-ng on \
                every core, and a noisy neighbour pinned to the reflector's core",
