@@ -209,7 +209,15 @@ impl ProbeSocket {
         loop {
             let mut guard = self.io.readable().await?;
             match guard.try_io(|inner| recv_many(inner.get_ref().as_raw_fd(), batch)) {
-                Ok(r) => return r,
+                Ok(Ok(n)) => {
+                    if n < BATCH {
+                        // Fewer than asked for: the queue is empty, so the next call would
+                        // only meet EAGAIN. (Readiness that arrived since is kept by tokio.)
+                        guard.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }

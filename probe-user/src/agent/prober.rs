@@ -125,7 +125,7 @@ pub struct Prober {
 /// handled early: probes leave at most this late (the schedule does not drift), timeouts
 /// expire at most this late.
 fn coalesce(interval: Duration) -> Duration {
-    (interval / 100).min(Duration::from_millis(5))
+    (interval / 100).min(Duration::from_millis(10))
 }
 
 /// Binds the sender socket: dual stack when the host has IPv6, else IPv4 only.

@@ -111,7 +111,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> ReflectorStats {
     let mut stats = ReflectorStats::default();
-    let mut batch = RecvBatch::new(65536);
+    // One octet over the largest valid packet: a longer datagram still reads as too long.
+    let mut batch = RecvBatch::new(wire::MAX_PACKET_LEN + 1);
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let ee = st.error_estimate();
     loop {

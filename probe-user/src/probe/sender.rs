@@ -1,19 +1,20 @@
 //! Session-Sender: sends STAMP test packets to each peer on a schedule, matches replies, and
 //! computes network RTT = (T4 − T1) − (T3 − T2) from kernel stamps.
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use probe_common::port;
 use serde::Serialize;
-use tokio::{
-    sync::watch,
-    time::{Instant, MissedTickBehavior},
-};
+use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
 use super::{ReplyContext, StampSource, Stamping, emit_json, fmt_ns, measure};
 use crate::{
     clock,
-    net::{ProbeSocket, SockStamps},
+    net::{BATCH, ProbeSocket, Received, RecvBatch, SockStamps},
     stats::{ReplyKind, SeqTracker, SessionStats},
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
@@ -79,10 +80,32 @@ struct SeqEvent<'a> {
 }
 
 struct Pending {
+    seq: u32,
     app_tx_tai: u64,
     deadline: Instant,
     /// SO_TIMESTAMPING OPT_ID key of the send (socket mode).
     tx_key: u32,
+    /// Answered, or refused by the kernel at send: nothing left to time out.
+    done: bool,
+}
+
+/// Below this interval the timer cannot wake for every probe (tokio's timer has 1 ms
+/// resolution, and a wake-up costs more than a probe): probes that fell due since the last
+/// wake-up leave together, with one sendmmsg. At longer intervals every probe is sent on its
+/// own wake-up and a late one is not made up (no bursts).
+const BURST_BELOW: Duration = Duration::from_millis(1);
+
+/// How many probes are due at `now` when the next one was due at `next`, at most `max`.
+fn due_count(next: Instant, now: Instant, interval: Duration, max: u64) -> u64 {
+    if now < next {
+        return 0;
+    }
+    if interval < BURST_BELOW && !interval.is_zero() {
+        let behind = (now - next).as_nanos() / interval.as_nanos();
+        (behind as u64).saturating_add(1).min(max)
+    } else {
+        1.min(max)
+    }
 }
 
 /// Result of one peer's session.
@@ -121,166 +144,114 @@ pub async fn run_session(
     let ee = st.error_estimate();
     let mut stats = SessionStats::default();
     let mut tracker = SeqTracker::default();
-    let mut pending: HashMap<u32, Pending> = HashMap::new();
+    // In flight, in sequence order; deadlines are send time + timeout, so also in deadline
+    // order: the next timeout is the front, a reply's entry is found by its offset.
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut tx_stamps: HashMap<u32, u64> = HashMap::new();
-    let mut ticker = tokio::time::interval(opts.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_send = Instant::now();
     let mut seq: u32 = 0;
     let mut tx_key: u32 = 0;
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(opts.size);
+    let mut batch = RecvBatch::new(crate::wire::MAX_PACKET_LEN + 1);
+    let mut out: Vec<Vec<u8>> = Vec::new();
     // Validate the size once; the packet shape is the same for every probe.
     SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size).map_err(SenderError::Size)?;
+    let mut ctx = ReplyCtx {
+        peer_s: &peer_s,
+        ssid,
+        lport,
+        st: &st,
+        opts: &opts,
+    };
 
     loop {
-        let more_to_send = opts.count == 0 || (seq as u64) < opts.count;
-        if !more_to_send && pending.is_empty() {
+        let left = if opts.count == 0 {
+            u64::MAX
+        } else {
+            opts.count.saturating_sub(u64::from(seq))
+        };
+        let more_to_send = left > 0;
+        let in_flight = pending.iter().any(|p| !p.done);
+        if !more_to_send && !in_flight {
             break;
         }
-        let next_deadline = pending.values().map(|p| p.deadline).min();
+        let next_deadline = pending.front().map(|p| p.deadline);
         tokio::select! {
-            _ = ticker.tick(), if more_to_send => {
+            _ = tokio::time::sleep_until(next_send), if more_to_send => {
+                let now = Instant::now();
+                let n = due_count(next_send, now, opts.interval, left.min(BATCH as u64));
+                if opts.interval < BURST_BELOW {
+                    next_send += opts.interval * n as u32;
+                    // Far behind (a stall): start again from now rather than burst.
+                    if next_send + opts.interval * BATCH as u32 <= now {
+                        next_send = now + opts.interval;
+                    }
+                } else {
+                    // As MissedTickBehavior::Delay: the next probe one interval after this one.
+                    next_send = now + opts.interval;
+                }
                 let app_tx = clock::tai_now_ns();
                 // Kernel mode: T1 goes out as zero and the egress program fills it, so a zero
                 // echo means the probe left through an interface without our program.
                 let t1 = if kernel { Timestamp::default() } else { Timestamp::from_ptp_ns(app_tx) };
-                let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size).map_err(SenderError::Size)?;
-                out.clear();
-                pkt.encode(&mut out);
-                match sock.send(&out).await {
-                    Ok(_) => {
-                        tracker.sent(seq);
-                        stats.sent += 1;
-                        pending.insert(seq, Pending {
-                            app_tx_tai: app_tx,
-                            deadline: Instant::now() + opts.timeout,
-                            tx_key,
-                        });
-                        tx_key = tx_key.wrapping_add(1);
+                let deadline = Instant::now() + opts.timeout;
+                let first = seq;
+                for i in 0..n as usize {
+                    if out.len() <= i {
+                        out.push(Vec::with_capacity(opts.size));
                     }
-                    Err(e) => {
-                        // Unreachable peer (ICMP error) or no route: the probe is lost.
-                        debug!("send to {peer}: {e}");
-                        stats.sent += 1;
-                        stats.lost += 1;
-                        if opts.json && !opts.quiet {
-                            emit_json(&SeqEvent { kind: "loss", peer: &peer_s, ssid, seq });
-                        }
-                    }
+                    let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size).map_err(SenderError::Size)?;
+                    out[i].clear();
+                    pkt.encode(&mut out[i]);
+                    tracker.sent(seq);
+                    stats.sent += 1;
+                    pending.push_back(Pending { seq, app_tx_tai: app_tx, deadline, tx_key, done: false });
+                    tx_key = tx_key.wrapping_add(1);
+                    seq = seq.wrapping_add(1);
                 }
-                seq = seq.wrapping_add(1);
+                let msgs: Vec<(&[u8], SocketAddr)> = out[..n as usize].iter().map(|b| (&b[..], peer)).collect();
+                sock.send_batch(&msgs, |i, e| {
+                    // Unreachable peer (ICMP error) or no route: the probe is lost.
+                    debug!("send to {peer}: {e}");
+                    let s = first.wrapping_add(i as u32);
+                    tracker.time_out(s);
+                    stats.lost += 1;
+                    if let Some(p) = pending.iter_mut().rev().find(|p| p.seq == s) {
+                        p.done = true;
+                    }
+                    if opts.json && !opts.quiet {
+                        emit_json(&SeqEvent { kind: "loss", peer: &peer_s, ssid, seq: s });
+                    }
+                }).await;
             }
-            r = sock.recv(&mut buf) => {
+            r = sock.recv_batch(&mut batch) => {
                 let app_rx = clock::tai_now_ns();
-                let rx = match r {
-                    Ok(rx) => rx,
-                    Err(e) => {
-                        // ECONNREFUSED from an earlier ICMP error: nothing listens there.
-                        debug!("recv from {peer}: {e}");
-                        continue;
-                    }
-                };
-                let payload = &buf[..rx.len];
-                let Ok(rep) = ReflectorPacket::decode(payload) else {
-                    stats.unknown += 1;
-                    continue;
-                };
-                // RFC 8762-only reflectors leave the SSID octets zero.
-                if rep.ssid != ssid && rep.ssid != 0 {
-                    stats.unknown += 1;
+                if let Err(e) = r {
+                    // ECONNREFUSED from an earlier ICMP error: nothing listens there.
+                    debug!("recv from {peer}: {e}");
                     continue;
                 }
-                let rseq = rep.sender_seq;
-                let kind = tracker.reply(rseq);
-                match kind {
-                    ReplyKind::Duplicate => {
-                        stats.duplicates += 1;
-                        if opts.json && !opts.quiet {
-                            emit_json(&SeqEvent { kind: "duplicate", peer: &peer_s, ssid, seq: rseq });
-                        }
-                        continue;
-                    }
-                    ReplyKind::Late => { stats.late += 1; continue; }
-                    ReplyKind::Unknown => { stats.unknown += 1; continue; }
-                    ReplyKind::Reordered => {
-                        stats.reordered += 1;
-                        if opts.json && !opts.quiet {
-                            emit_json(&SeqEvent { kind: "reordered", peer: &peer_s, ssid, seq: rseq });
-                        }
-                    }
-                    ReplyKind::InOrder => {}
-                }
-                let Some(p) = pending.remove(&rseq) else { continue };
-                for (k, t) in sock.drain_tx_stamps() {
-                    tx_stamps.insert(k, t);
-                }
-                let m = measure(&st, &rep, &ReplyContext {
-                    payload,
-                    rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
-                    app_tx_tai: p.app_tx_tai,
-                    app_rx_tai: app_rx,
-                    tx_sw_realtime_ns: tx_stamps.remove(&p.tx_key),
-                    t4_map_key: Some((lport, rseq)),
-                });
-                let (t1, t2, t3, t4) = (m.t1, m.t2, m.t3, m.t4);
-                let (t1_source, t4_source) = (m.t1_source, m.t4_source);
-                let (network, turnaround, app_rtt, overhead) =
-                    (m.network_rtt, m.turnaround, m.app_rtt, m.stack_overhead);
-                stats.received += 1;
-                stats.network_rtt.record(network);
-                stats.turnaround.record(turnaround);
-                stats.app_rtt.record(app_rtt);
-                stats.stack_overhead.record(overhead);
-                if !opts.quiet {
-                    let rec = ProbeRecord {
-                        kind: "probe",
-                        peer: peer_s.clone(),
-                        ssid,
-                        seq: rseq,
-                        t1_ns: t1,
-                        t2_ns: t2,
-                        t3_ns: t3,
-                        t4_ns: t4,
-                        network_rtt_ns: network,
-                        turnaround_ns: turnaround,
-                        app_rtt_ns: app_rtt,
-                        stack_overhead_ns: overhead,
-                        timestamping: st.label(),
-                        t1_source,
-                        t4_source,
-                        ttl: rep.sender_ttl,
-                        reordered: kind == ReplyKind::Reordered,
-                    };
-                    if opts.json {
-                        emit_json(&rec);
-                    } else {
-                        println!(
-                            "{} bytes from {peer}: seq={rseq} net={} app={} turnaround={} ttl={}{}",
-                            rx.len,
-                            fmt_ns(network),
-                            fmt_ns(app_rtt),
-                            fmt_ns(turnaround),
-                            rep.sender_ttl,
-                            if kind == ReplyKind::Reordered { " (reordered)" } else { "" },
-                        );
-                    }
+                for (payload, rx) in batch.iter() {
+                    ctx.on_reply(payload, rx, app_rx, &sock, &mut tracker, &mut pending, &mut tx_stamps, &mut stats);
                 }
             }
             _ = sleep_until_opt(next_deadline), if next_deadline.is_some() => {
                 let now = Instant::now();
-                let expired: Vec<u32> =
-                    pending.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
-                for s in expired {
-                    if let Some(p) = pending.remove(&s) {
-                        tx_stamps.remove(&p.tx_key);
+                while let Some(p) = pending.front() {
+                    if !p.done && p.deadline > now {
+                        break;
                     }
-                    if tracker.time_out(s) {
+                    let p = pending.pop_front().expect("front exists");
+                    if p.done {
+                        continue;
+                    }
+                    tx_stamps.remove(&p.tx_key);
+                    if tracker.time_out(p.seq) {
                         stats.lost += 1;
                         if !opts.quiet {
                             if opts.json {
-                                emit_json(&SeqEvent { kind: "loss", peer: &peer_s, ssid, seq: s });
+                                emit_json(&SeqEvent { kind: "loss", peer: &peer_s, ssid, seq: p.seq });
                             } else {
-                                println!("no reply from {peer}: seq={s} (timeout {})", fmt_ns(opts.timeout.as_nanos() as i64));
+                                println!("no reply from {peer}: seq={} (timeout {})", p.seq, fmt_ns(opts.timeout.as_nanos() as i64));
                             }
                         }
                     }
@@ -292,11 +263,152 @@ pub async fn run_session(
             }
             _ = stop.changed() => break,
         }
+        // Answered probes at the front need no timeout.
+        while pending.front().is_some_and(|p| p.done) {
+            pending.pop_front();
+        }
     }
     if let Err(e) = st.set_port(lport, 0) {
         warn!("unregistering port {lport}: {e}");
     }
     Ok(SessionResult { peer, stats })
+}
+
+/// What handling a reply needs besides the session's mutable state.
+struct ReplyCtx<'a> {
+    peer_s: &'a str,
+    ssid: u16,
+    lport: u16,
+    st: &'a Stamping,
+    opts: &'a SenderOptions,
+}
+
+impl ReplyCtx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn on_reply(
+        &mut self,
+        payload: &[u8],
+        rx: Received,
+        app_rx: u64,
+        sock: &ProbeSocket,
+        tracker: &mut SeqTracker,
+        pending: &mut VecDeque<Pending>,
+        tx_stamps: &mut HashMap<u32, u64>,
+        stats: &mut SessionStats,
+    ) {
+        let (ssid, opts, peer_s) = (self.ssid, self.opts, self.peer_s);
+        let Ok(rep) = ReflectorPacket::decode(payload) else {
+            stats.unknown += 1;
+            return;
+        };
+        // RFC 8762-only reflectors leave the SSID octets zero.
+        if rep.ssid != ssid && rep.ssid != 0 {
+            stats.unknown += 1;
+            return;
+        }
+        let rseq = rep.sender_seq;
+        let kind = tracker.reply(rseq);
+        match kind {
+            ReplyKind::Duplicate => {
+                stats.duplicates += 1;
+                if opts.json && !opts.quiet {
+                    emit_json(&SeqEvent {
+                        kind: "duplicate",
+                        peer: peer_s,
+                        ssid,
+                        seq: rseq,
+                    });
+                }
+                return;
+            }
+            ReplyKind::Late => {
+                stats.late += 1;
+                return;
+            }
+            ReplyKind::Unknown => {
+                stats.unknown += 1;
+                return;
+            }
+            ReplyKind::Reordered => {
+                stats.reordered += 1;
+                if opts.json && !opts.quiet {
+                    emit_json(&SeqEvent {
+                        kind: "reordered",
+                        peer: peer_s,
+                        ssid,
+                        seq: rseq,
+                    });
+                }
+            }
+            ReplyKind::InOrder => {}
+        }
+        let Some(front) = pending.front() else { return };
+        let idx = rseq.wrapping_sub(front.seq) as usize;
+        let Some(p) = pending.get_mut(idx).filter(|p| p.seq == rseq && !p.done) else {
+            return;
+        };
+        p.done = true;
+        let (app_tx_tai, p_tx_key) = (p.app_tx_tai, p.tx_key);
+        for (k, t) in sock.drain_tx_stamps() {
+            tx_stamps.insert(k, t);
+        }
+        let m = measure(
+            self.st,
+            &rep,
+            &ReplyContext {
+                payload,
+                rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
+                app_tx_tai,
+                app_rx_tai: app_rx,
+                tx_sw_realtime_ns: tx_stamps.remove(&p_tx_key),
+                t4_map_key: Some((self.lport, rseq)),
+            },
+        );
+        stats.received += 1;
+        stats.network_rtt.record(m.network_rtt);
+        stats.turnaround.record(m.turnaround);
+        stats.app_rtt.record(m.app_rtt);
+        stats.stack_overhead.record(m.stack_overhead);
+        if opts.quiet {
+            return;
+        }
+        let rec = ProbeRecord {
+            kind: "probe",
+            peer: peer_s.to_string(),
+            ssid,
+            seq: rseq,
+            t1_ns: m.t1,
+            t2_ns: m.t2,
+            t3_ns: m.t3,
+            t4_ns: m.t4,
+            network_rtt_ns: m.network_rtt,
+            turnaround_ns: m.turnaround,
+            app_rtt_ns: m.app_rtt,
+            stack_overhead_ns: m.stack_overhead,
+            timestamping: self.st.label(),
+            t1_source: m.t1_source,
+            t4_source: m.t4_source,
+            ttl: rep.sender_ttl,
+            reordered: kind == ReplyKind::Reordered,
+        };
+        if opts.json {
+            emit_json(&rec);
+        } else {
+            println!(
+                "{} bytes from {peer_s}: seq={rseq} net={} app={} turnaround={} ttl={}{}",
+                rx.len,
+                fmt_ns(m.network_rtt),
+                fmt_ns(m.app_rtt),
+                fmt_ns(m.turnaround),
+                rep.sender_ttl,
+                if kind == ReplyKind::Reordered {
+                    " (reordered)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -341,5 +453,29 @@ pub fn print_summary(res: &SessionResult, st: &Stamping, json: bool) {
         line("turnaround", &rec.turnaround_ns);
         line("app RTT", &rec.app_rtt_ns);
         line("stack overhead", &rec.stack_overhead_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_due_burst_only_below_the_timer_resolution() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        // Not yet due.
+        assert_eq!(due_count(t0 + us(5), t0, us(20), 32), 0);
+        // 20 µs interval, 100 µs late: this probe and the five that fell due since.
+        assert_eq!(due_count(t0, t0 + us(100), us(20), 32), 6);
+        assert_eq!(due_count(t0, t0 + us(100), us(20), 4), 4, "capped");
+        assert_eq!(due_count(t0, t0 + us(19), us(20), 32), 1);
+        // 10 ms interval, 35 ms late: one probe, no catching up.
+        assert_eq!(due_count(t0, t0 + us(35_000), us(10_000), 32), 1);
+        assert_eq!(
+            due_count(t0, t0 + us(1), us(20), 0),
+            0,
+            "nothing left to send"
+        );
     }
 }
