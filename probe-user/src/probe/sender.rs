@@ -95,6 +95,9 @@ struct Pending {
 /// own wake-up and a late one is not made up (no bursts).
 const BURST_BELOW: Duration = Duration::from_millis(1);
 
+/// Behind schedule by more than this, a fast sender gives up the probes it missed.
+const STALL: Duration = Duration::from_millis(50);
+
 /// How many probes are due at `now` when the next one was due at `next`, at most `max`.
 fn due_count(next: Instant, now: Instant, interval: Duration, max: u64) -> u64 {
     if now < next {
@@ -181,8 +184,9 @@ pub async fn run_session(
                 let n = due_count(next_send, now, opts.interval, left.min(BATCH as u64));
                 if opts.interval < BURST_BELOW {
                     next_send += opts.interval * n as u32;
-                    // Far behind (a stall): start again from now rather than burst.
-                    if next_send + opts.interval * BATCH as u32 <= now {
+                    // Far behind (a stall, well beyond the timer's own lateness): start again
+                    // from now rather than make up for it.
+                    if next_send + STALL <= now {
                         next_send = now + opts.interval;
                     }
                 } else {
