@@ -288,6 +288,18 @@ struct ReplyCtx<'a> {
 }
 
 impl ReplyCtx<'_> {
+    /// A JSON line for a duplicate or reordered reply (with `--json`, unless quiet).
+    fn seq_event(&self, kind: &'static str, seq: u32) {
+        if self.opts.json && !self.opts.quiet {
+            emit_json(&SeqEvent {
+                kind,
+                peer: self.peer_s,
+                ssid: self.ssid,
+                seq,
+            });
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn on_reply(
         &mut self,
@@ -315,14 +327,7 @@ impl ReplyCtx<'_> {
         match kind {
             ReplyKind::Duplicate => {
                 stats.duplicates += 1;
-                if opts.json && !opts.quiet {
-                    emit_json(&SeqEvent {
-                        kind: "duplicate",
-                        peer: peer_s,
-                        ssid,
-                        seq: rseq,
-                    });
-                }
+                self.seq_event("duplicate", rseq);
                 return;
             }
             ReplyKind::Late => {
@@ -335,14 +340,7 @@ impl ReplyCtx<'_> {
             }
             ReplyKind::Reordered => {
                 stats.reordered += 1;
-                if opts.json && !opts.quiet {
-                    emit_json(&SeqEvent {
-                        kind: "reordered",
-                        peer: peer_s,
-                        ssid,
-                        seq: rseq,
-                    });
-                }
+                self.seq_event("reordered", rseq);
             }
             ReplyKind::InOrder => {}
         }
