@@ -46,6 +46,7 @@ pub const BENCH_APT_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),       // fast path and eBPF cost: TCP/UDP traffic
     ("bpftool", "bpftool"),     // eBPF cost: program names behind the fds
     ("strace", "strace"),       // footprint: syscall counts when a goal is missed
+    ("linux-perf", "perf"),     // footprint and capacity: where the CPU goes (samples, counts)
 ];
 
 /// bpf-linker release built when it is missing: the one tested here (features `llvm-21`,
