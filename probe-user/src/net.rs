@@ -59,7 +59,9 @@ pub const BATCH: usize = 32;
 /// Reusable buffers for `ProbeSocket::recv_batch`: `BATCH` datagrams of up to `len` octets.
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
-    got: Vec<Received>,
+    /// One entry per datagram read, aligned with `bufs`; `None` for one without a source
+    /// address (it cannot be answered or matched).
+    got: Vec<Option<Received>>,
 }
 
 impl RecvBatch {
@@ -75,7 +77,7 @@ impl RecvBatch {
         self.got
             .iter()
             .zip(&self.bufs)
-            .map(|(r, b)| (&b[..r.len.min(b.len())], *r))
+            .filter_map(|(r, b)| r.map(|r| (&b[..r.len.min(b.len())], r)))
     }
 
     pub fn len(&self) -> usize {
@@ -337,14 +339,7 @@ fn recv_many(fd: std::os::fd::RawFd, batch: &mut RecvBatch) -> io::Result<usize>
     let res = recvmmsg(fd, &mut hdrs, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
         .map_err(io::Error::from)?;
     for msg in res {
-        // A datagram without a source address cannot be answered or matched: skip it, but
-        // keep the slot so payloads and results stay aligned.
-        batch.got.push(parse_received(&msg).unwrap_or(Received {
-            len: 0,
-            from: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            rx_sw_realtime_ns: None,
-            ttl: None,
-        }));
+        batch.got.push(parse_received(&msg));
     }
     if batch.got.is_empty() {
         return Err(io::ErrorKind::WouldBlock.into());

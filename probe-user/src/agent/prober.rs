@@ -233,9 +233,7 @@ impl Prober {
                     match r {
                         Ok(_) => {
                             for (payload, rx) in batch.iter() {
-                                if rx.len > 0 {
-                                    self.on_reply(&sock, payload, rx, app_rx);
-                                }
+                                self.on_reply(&sock, payload, rx, app_rx);
                             }
                         }
                         Err(e) => debug!("sender socket: {e}"),

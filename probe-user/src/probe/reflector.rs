@@ -127,9 +127,6 @@ pub async fn run(
         }
         let mut n_out = 0;
         for (payload, rx) in batch.iter() {
-            if rx.len == 0 {
-                continue;
-            }
             let Some(mut reply) = answer(&sock, &st, ee, payload, rx, app_rx, &mut stats, &opts)
             else {
                 continue;
