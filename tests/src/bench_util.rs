@@ -181,24 +181,11 @@ pub fn sample_process(pid: u32) -> Result<ProcSample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces: count fields after its closing paren.
-    let rest = &stat[stat
-        .rfind(')')
-        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?
-        + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime field 15.
-    let num = |i: usize| -> Result<u64> {
-        f.get(i - 3)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no field {i} in /proc/{pid}/stat"))
-    };
+    let (utime, stime) = user_sys_ticks(pid)?;
     Ok(ProcSample {
         at,
         rss_kib,
-        cpu_ticks: num(14)? + num(15)?,
+        cpu_ticks: utime + stime,
     })
 }
 
@@ -516,17 +503,17 @@ pub fn counters_by_name(sums: &[u64]) -> BTreeMap<&'static str, u64> {
 pub fn user_sys_ticks(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let rest = &stat[stat
-        .rfind(')')
-        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?
-        + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| -> Result<u64> {
-        f.get(i - 3)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no field {i} in /proc/{pid}/stat"))
-    };
-    Ok((num(14)?, num(15)?))
+    parse_stat_user_sys(&stat).ok_or_else(|| anyhow!("bad /proc/{pid}/stat: {stat:?}"))
+}
+
+/// utime and stime (fields 14 and 15, clock ticks) of a `/proc/PID/stat` or
+/// `/proc/PID/task/TID/stat` line.
+pub fn parse_stat_user_sys(stat: &str) -> Option<(u64, u64)> {
+    // The command name (field 2) may hold spaces: count fields after its closing paren.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // rest's first field is field 3 (state).
+    let mut f = rest.split_whitespace().skip(14 - 3);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
 /// The pid of the kernel thread `ksoftirqd/CPU`, if there is one.
@@ -541,7 +528,15 @@ pub fn ksoftirqd_pid(cpu: usize) -> Option<u32> {
 
 #[cfg(test)]
 mod held_map_tests {
-    use super::parse_cpu_list_max;
+    use super::{parse_cpu_list_max, parse_stat_user_sys};
+
+    #[test]
+    fn stat_ticks() {
+        let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 3 0\n";
+        assert_eq!(parse_stat_user_sys(stat), Some((17, 5)));
+        assert_eq!(parse_stat_user_sys("42 (x) S 1 2"), None);
+        assert_eq!(parse_stat_user_sys("no paren"), None);
+    }
 
     #[test]
     fn cpu_lists() {

@@ -13,11 +13,17 @@ use anyhow::{Context, Result};
 use meshprobe_tests::TwoHosts;
 use meshprobe_tests::agent::{Agent, AgentConfig};
 use meshprobe_tests::bench_util::{
-    ProcSample, clock_ticks_per_sec, ip_batch, sample_process, thread_totals,
+    ProcSample, clock_ticks_per_sec, ip_batch, parse_stat_user_sys, sample_process, thread_totals,
+    user_sys_ticks,
 };
 use meshprobe_tests::services::TempDir;
+use serde::Serialize;
 use serde_json::json;
 
+use super::profile::{
+    self, Runs, Split, StatsWindow, bpf_stats_window, ebpf_per_context, strace_total, top_symbol,
+    us_share,
+};
 use super::{Ctx, ScenarioReport, Table, max, mean, pause, progress};
 
 const PEERS: usize = 1000;
@@ -52,10 +58,8 @@ fn thread_cpu(pid: u32, secs: u64) -> Result<Vec<(String, f64)>> {
                 continue;
             };
             let comm = stat[o + 1..c].to_string();
-            let f: Vec<&str> = stat[c + 1..].split_whitespace().collect();
-            let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            m.insert(tid, (comm, ticks));
+            let (u, s) = parse_stat_user_sys(&stat).unwrap_or((0, 0));
+            m.insert(tid, (comm, u + s));
         }
         m
     };
@@ -74,62 +78,16 @@ fn thread_cpu(pid: u32, secs: u64) -> Result<Vec<(String, f64)>> {
     Ok(v)
 }
 
-/// `perf record` of the agent for `secs` seconds, then the top symbols; `None` without perf.
-fn perf_profile(pid: u32, secs: u64, dir: &std::path::Path) -> Option<String> {
+/// `perf record` of the agent for `secs` seconds into `data`, then the top symbols; `None`
+/// without perf.
+fn perf_profile(pid: u32, secs: u64, data: &std::path::Path) -> Option<String> {
     if !meshprobe_tests::env::have_tool("perf") {
         return None;
     }
-    let data = dir.join("perf.data");
-    let d = data.to_string_lossy().into_owned();
-    let mut rec = std::process::Command::new("perf");
-    rec.args([
-        "record",
-        "-e",
-        "cpu-clock",
-        "-F",
-        "999",
-        "-g",
-        "-p",
-        &pid.to_string(),
-        "-o",
-        &d,
-        "--",
-        "sleep",
-        &secs.to_string(),
-    ]);
-    let out = meshprobe_tests::child::run_with_timeout(rec, Duration::from_secs(secs + 30)).ok()?;
-    if !out.status.success() {
-        return Some(format!(
-            "perf record failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    if let Err(e) = profile::perf_record(pid, secs, 999, data) {
+        return Some(format!("{e:#}"));
     }
-    let mut rep = std::process::Command::new("perf");
-    rep.args([
-        "report",
-        "-i",
-        &d,
-        "--stdio",
-        "--no-children",
-        "--sort",
-        "dso,symbol",
-        "-g",
-        "none",
-        "--percent-limit",
-        "0.8",
-    ]);
-    let out = meshprobe_tests::child::run_with_timeout(rep, Duration::from_secs(60)).ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && (!l.starts_with('#') || l.contains("Samples")))
-        .map(|l| {
-            // perf pads its columns far to the right and ends each row with empty columns.
-            l.trim_end().trim_end_matches(['-', ' ']).to_string()
-        })
-        .take(25)
-        .collect();
-    Some(lines.join("\n"))
+    profile::perf_top(data, "0.8", 25).ok()
 }
 
 /// `strace -c -f` of the agent for `secs` seconds: syscall counts; `None` without strace.
@@ -137,25 +95,7 @@ fn strace_counts(pid: u32, secs: u64) -> Option<String> {
     if !meshprobe_tests::env::have_tool("strace") {
         return None;
     }
-    let mut cmd = std::process::Command::new("timeout");
-    cmd.args([
-        "-s",
-        "INT",
-        &secs.to_string(),
-        "strace",
-        "-c",
-        "-f",
-        "-p",
-        &pid.to_string(),
-    ]);
-    let out = meshprobe_tests::child::run_with_timeout(cmd, Duration::from_secs(secs + 20)).ok()?;
-    let text = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("strace: Process"))
-        .take(25)
-        .collect();
-    Some(lines.join("\n"))
+    profile::strace_counts(pid, secs, 25).ok()
 }
 
 /// Which descriptors the agent writes to (`strace -f -e trace=write`, `secs` seconds): per
@@ -166,12 +106,7 @@ fn strace_writes(pid: u32, secs: u64, dir: &std::path::Path) -> Option<String> {
     }
     let log = dir.join("writes.strace");
     let l = log.to_string_lossy().into_owned();
-    let mut cmd = std::process::Command::new("timeout");
-    cmd.args([
-        "-s",
-        "INT",
-        &secs.to_string(),
-        "strace",
+    let args = [
         "-f",
         "-e",
         "trace=write",
@@ -181,10 +116,8 @@ fn strace_writes(pid: u32, secs: u64, dir: &std::path::Path) -> Option<String> {
         "40",
         "-o",
         &l,
-        "-p",
-        &pid.to_string(),
-    ]);
-    meshprobe_tests::child::run_with_timeout(cmd, Duration::from_secs(secs + 20)).ok()?;
+    ];
+    profile::strace(pid, secs, &args).ok()?;
     let text = std::fs::read_to_string(&log).ok()?;
     let mut by_fd: BTreeMap<i32, (u64, String)> = BTreeMap::new();
     let mut threads: BTreeMap<i32, std::collections::BTreeSet<String>> = BTreeMap::new();
@@ -255,6 +188,243 @@ fn thirds(v: &[f64]) -> Thirds {
     }
 }
 
+/// The goal as CPU per probe, µs: 1 % of a core over [`PEERS`] probes/s.
+const GOAL_US_PER_PROBE: f64 = GOAL_CPU_PCT / 100.0 / PEERS as f64 * 1e6;
+
+/// The agent's cost per probe sent, over the samples.
+#[derive(Clone, Copy, Debug)]
+struct PerProbe {
+    /// µs of CPU (schedstat, all threads).
+    total: f64,
+    /// Context switches (wake-ups).
+    switches: f64,
+    /// Syscalls (strace -c, when it ran).
+    syscalls: Option<f64>,
+}
+
+/// The user-mode share of the agent's CPU: perf's user samples over user + kernel when it
+/// recorded (`modes`: kernel %, user %, BPF %), else utime / (utime + stime) (`ticks`); and
+/// whether it came from perf.
+fn user_share(modes: Option<(f64, f64, f64)>, ticks: (u64, u64)) -> (f64, bool) {
+    match modes {
+        Some((k, u, _)) if k + u > 0.0 => (u / (k + u), true),
+        _ if ticks.0 + ticks.1 > 0 => (ticks.0 as f64 / (ticks.0 + ticks.1) as f64, false),
+        _ => (f64::NAN, false),
+    }
+}
+
+/// A bpf_stats window's sample: when, probes sent so far (agent metric), the agent's
+/// sum_exec_runtime (ns).
+type Mark = (Instant, f64, u64);
+
+/// The stamping programs during the bpf_stats window and the split of the agent's CPU.
+#[derive(Debug, Serialize)]
+struct Decomp {
+    stats_s: f64,
+    /// Probes sent during the window.
+    probes: f64,
+    /// Per hook (order of [`profile::HOOKS`]): meshprobe's program, the empty program's floor.
+    runs: [Runs; 4],
+    floor: Option<[Runs; 4]>,
+    floor_error: Option<String>,
+    /// The agent's µs of CPU per probe with the accounting on.
+    us_per_probe_stats_on: f64,
+    /// µs per probe in eBPF on the agent's and on the reflector's CPU, as the kernel accounts
+    /// it and less the floor.
+    ebpf_raw: [f64; 2],
+    ebpf_net: [f64; 2],
+    split: Split,
+}
+
+impl Decomp {
+    fn runs_per_probe(&self, i: usize) -> f64 {
+        self.runs[i].run_cnt as f64 / self.probes
+    }
+}
+
+fn decompose(w: &StatsWindow<Mark>, total: f64, user_share: f64) -> Decomp {
+    let stats_s = (w.b.0 - w.a.0).as_secs_f64();
+    let probes = w.b.1 - w.a.1;
+    let floor = w.floor.as_ref().ok().map(|f| f.0);
+    let floor_ns = floor.map_or([0.0; 4], |f| f.map(|r| r.ns_per_run()));
+    let ebpf_net = ebpf_per_context(&w.runs, &floor_ns, probes);
+    Decomp {
+        stats_s,
+        probes,
+        runs: w.runs,
+        floor,
+        floor_error: w.floor.as_ref().err().cloned(),
+        us_per_probe_stats_on: w.b.2.saturating_sub(w.a.2) as f64 / 1000.0 / probes,
+        ebpf_raw: ebpf_per_context(&w.runs, &[0.0; 4], probes),
+        ebpf_net,
+        split: Split::new(total, user_share, ebpf_net[0]),
+    }
+}
+
+/// The breakdown table and its notes.
+#[allow(clippy::too_many_arguments)]
+fn render(
+    rep: &mut ScenarioReport,
+    d: &Decomp,
+    w: &StatsWindow<Mark>,
+    pp: PerProbe,
+    cpu_sched: f64,
+    rate: f64,
+    switches: f64,
+    modes: Option<(f64, f64, f64)>,
+    ticks: (u64, u64),
+) {
+    let s = d.split;
+    let ns = |i: usize| {
+        let raw = d.runs[i].ns_per_run();
+        let floor = d.floor.map_or(f64::NAN, |f| f[i].ns_per_run());
+        if floor.is_finite() {
+            format!(
+                "{:.2} runs/probe at {:.0} ns ({raw:.0} − floor {floor:.0})",
+                d.runs_per_probe(i),
+                raw - floor
+            )
+        } else {
+            format!(
+                "{:.2} runs/probe at {raw:.0} ns (floor unknown)",
+                d.runs_per_probe(i)
+            )
+        }
+    };
+    let mut table = Table::new(
+        &format!(
+            "Where the agent's CPU per probe goes ({rate:.0} probes/s sent, {cpu_sched:.2} % of \
+             a core): µs of CPU per probe and share of the total"
+        ),
+        &["", "µs / probe", "measured by"],
+    );
+    table.row([
+        "agent user space (meshprobe + libc)".to_string(),
+        us_share(s.user, s.total),
+        match modes {
+            Some((k, u, _)) if s.user.is_finite() && u + k > 0.0 => format!(
+                "perf record (cpu-clock, 999 Hz, 10 s): {u:.0} % of samples in user mode, \
+                 {k:.0} % in the kernel"
+            ),
+            _ => format!(
+                "utime/stime over the samples: {} / {} ticks",
+                ticks.0, ticks.1
+            ),
+        },
+    ]);
+    table.row([
+        "eBPF programs on the agent's CPU (T1: A's meshprobe_egress; T2: B's \
+         meshprobe_ingress, run in the agent's send context)"
+            .to_string(),
+        us_share(s.ebpf, s.total),
+        format!(
+            "kernel.bpf_stats_enabled=1, {:.1} s, {}: T1 {}; T2 {}",
+            d.stats_s,
+            if d.floor.is_some() {
+                "less an empty program's floor"
+            } else {
+                "floor included"
+            },
+            ns(0),
+            ns(1)
+        ),
+    ]);
+    table.row([
+        "rest of the kernel (UDP/IP/veth, route lookups for 1000 destinations, syscalls, \
+         wake-ups/context switches)"
+            .to_string(),
+        us_share(s.rest, s.total),
+        "total − user space − eBPF".to_string(),
+    ]);
+    table.row([
+        "total".to_string(),
+        format!("{:.2} µs", s.total),
+        format!(
+            "schedstat CPU of all threads over the samples / probes sent (goal: ≤ \
+             {GOAL_US_PER_PROBE:.0} µs)"
+        ),
+    ]);
+    table.row([
+        "wake-ups (context switches)".to_string(),
+        format!("{:.2} per probe", pp.switches),
+        format!("{switches:.0} per second, voluntary + involuntary, all threads"),
+    ]);
+    table.row([
+        "syscalls".to_string(),
+        pp.syscalls
+            .map_or("—".to_string(), |v| format!("{v:.2} per probe")),
+        "strace -c -f, 5 s (only when a goal is missed; slows the agent while attached)"
+            .to_string(),
+    ]);
+    rep.tables.push(table);
+    let floor_rate = w
+        .floor
+        .as_ref()
+        .ok()
+        .map(|(_, a, b)| (b.1 - a.1) / (b.0 - a.0).as_secs_f64());
+    rep.note(format!(
+        "eBPF per probe: {:.2} µs on the agent's CPU as the kernel accounts it, {:.2} µs above \
+         the floor; on the reflector's CPU (T3: B's egress, {}; T4: A's ingress, the agent's own \
+         program, run in the reflector's send context, {}) {:.2} µs above the floor, not \
+         charged to the agent. {} probes sent in the {:.1} s window ({:.0}/s{}); with the \
+         accounting on the agent used {:.2} µs per probe against {:.2} µs with it off.",
+        d.ebpf_raw[0],
+        d.ebpf_net[0],
+        ns(2),
+        ns(3),
+        d.ebpf_net[1],
+        d.probes,
+        d.stats_s,
+        d.probes / d.stats_s,
+        match (floor_rate, &d.floor_error) {
+            (Some(r), _) => format!("; {r:.0}/s during the floor's window"),
+            (None, Some(e)) => format!("; no floor: {e}"),
+            (None, None) => String::new(),
+        },
+        d.us_per_probe_stats_on,
+        s.total,
+    ));
+}
+
+/// The CPU verdict's cause: the measured cost per probe and where it goes (`split`, with
+/// whether user space came from perf), then `tail`.
+fn cpu_cause(
+    cpu_sched: f64,
+    rate: f64,
+    pp: PerProbe,
+    split: Option<(Split, bool)>,
+    tail: &str,
+) -> String {
+    let mut out = format!(
+        "{cpu_sched:.2} % of a core for {rate:.0} probes/s = {:.1} µs per probe (the goal \
+         allows {GOAL_US_PER_PROBE:.0} µs)",
+        pp.total
+    );
+    if let Some((s, perf)) = split {
+        out += &format!(
+            ": {} agent user space (meshprobe + libc, {}), {} eBPF programs on the agent's CPU \
+             (T1 and B's T2, kernel accounting less its floor), {} the rest of the kernel \
+             (UDP/IP/veth, route lookups for 1000 destinations, syscalls, wake-ups); the \
+             kernel's part alone is {:.1} µs{}",
+            us_share(s.user, s.total),
+            if perf { "perf samples" } else { "utime/stime" },
+            us_share(s.ebpf, s.total),
+            us_share(s.rest, s.total),
+            s.ebpf + s.rest,
+            if s.ebpf + s.rest > GOAL_US_PER_PROBE {
+                ", more than the goal allows by itself"
+            } else {
+                ""
+            },
+        );
+    }
+    out += &format!("; {:.2} context switches per probe", pp.switches);
+    if let Some(v) = pp.syscalls {
+        out += &format!(", {v:.2} syscalls per probe");
+    }
+    format!("{out}; {tail}")
+}
+
 pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let env = match ctx.env("bench footprint", &["ping"])? {
         Ok(e) => e,
@@ -265,6 +435,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     };
     let secs = ctx.pick(20u64, 60);
     let warmup = ctx.pick(5u64, 10);
+    // The decomposition: a bpf_stats window, then the floor's.
+    let (dec_s, floor_s) = ctx.pick((5.0, 3.0), (10.0, 5.0));
     rep.method(format!(
         "one `meshprobe agent` in A with {PEERS} static peers (MESHPROBE_PEERS_FILE), \
          interval 1s (jitter 10 %), window 10s, `--output json` to the harness (1000 summaries \
@@ -282,6 +454,16 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
          {FLAT_RSS_MB} MB RSS and by at most {:.0} % + 0.1 percentage points CPU",
         clock_ticks_per_sec(),
         FLAT_CPU_REL * 100.0
+    ));
+    rep.method(format!(
+        "where the agent's CPU per probe goes, after the samples: {dec_s} s with \
+         kernel.bpf_stats_enabled=1 (restored afterwards): run_time_ns/run_cnt of the stamping \
+         programs (fdinfo of the agent and the reflector), then {floor_s} s more with an empty \
+         program added on each of the four hooks (the accounting's own floor, subtracted); on \
+         a veth the receive path of a packet runs in the sender's context, so the agent's CPU \
+         carries T1 (its egress) and T2 (B's ingress); user space = the share of user-mode \
+         perf samples when the agent was profiled, else utime/stime over the samples; total = \
+         the samples' schedstat CPU per probe sent; rest of the kernel = total − user − eBPF"
     ));
     let t = TwoHosts::new()?;
     let scratch = TempDir::new("bench-footprint")?;
@@ -321,6 +503,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let sent0 = agent.metric("meshprobe_probes_sent")?.unwrap_or(0.0);
     let recv0 = agent.metric("meshprobe_probes_received")?.unwrap_or(0.0);
     let totals0 = thread_totals(pid)?;
+    let ticks0 = user_sys_ticks(pid)?;
     let mut samples: Vec<ProcSample> = vec![sample_process(pid)?];
     let start = Instant::now();
     for k in 1..=secs {
@@ -329,6 +512,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         samples.push(sample_process(pid)?);
     }
     let totals1 = thread_totals(pid)?;
+    let ticks1 = user_sys_ticks(pid)?;
     let sent1 = agent.metric("meshprobe_probes_sent")?.unwrap_or(0.0);
     let recv1 = agent.metric("meshprobe_probes_received")?.unwrap_or(0.0);
     let hz = clock_ticks_per_sec() as f64;
@@ -391,8 +575,23 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let cpu_met = cpu_mean <= GOAL_CPU_PCT;
     let flat = rss_flat && cpu_flat;
 
+    // The stamping programs' share, bpf_stats on.
+    progress(format!(
+        "footprint: {dec_s} s with kernel.bpf_stats_enabled=1, {floor_s} s for its floor"
+    ));
+    let rpid = refl.child.pid().context("reflector pid")?;
+    let window = bpf_stats_window([pid, rpid], &t, dec_s, floor_s, || {
+        let at = Instant::now();
+        let sent = agent.metric("meshprobe_probes_sent")?.unwrap_or(0.0);
+        Ok((at, sent, thread_totals(pid)?.0))
+    });
+
     // Profile when a goal is missed, while the agent still runs.
+    let perf_data = scratch.path().join("perf.data");
+    let mut syscalls_per_probe = None;
     let mut cause_cpu = None;
+    let mut busiest = None;
+    let mut top_sym = None;
     let mut cause_rss = None;
     if !cpu_met || !rss_met || !flat {
         progress("footprint: goal missed; profiling the agent");
@@ -411,26 +610,14 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             tlist.clone(),
         ));
         let mut top = None;
-        if let Some(p) = perf_profile(pid, 10, scratch.path()) {
-            top = p
-                .lines()
-                .find(|l| {
-                    l.trim_start()
-                        .chars()
-                        .next()
-                        .is_some_and(|c| c.is_ascii_digit())
-                })
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        if let Some(p) = perf_profile(pid, 10, &perf_data) {
+            top = top_symbol(&p);
             rep.evidence
                 .push(("perf record -e cpu-clock -g, 10 s: top symbols".into(), p));
         }
         if let Some(s) = strace_counts(pid, 5) {
-            let calls = s
-                .lines()
-                .find(|l| l.trim_end().ends_with("total"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse::<f64>().ok());
-            if let Some(c) = calls {
+            if let Some(c) = strace_total(&s) {
+                syscalls_per_probe = Some(c / 5.0 / rate.max(1.0));
                 rep.note(format!(
                     "Syscalls (strace -c -f, 5 s, while traced): {:.0} per second, {:.1} per probe.",
                     c / 5.0,
@@ -448,16 +635,54 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
                 w,
             ));
         }
-        cause_cpu = Some(format!(
-            "{cpu_sched:.2} % of a core for {rate:.0} probes/s = {:.0} µs per probe, with \
-             {switches:.0} context switches/s ({:.2} per probe: about one wake-up per probe); \
-             busiest thread: {}; perf's top symbol: {} (profile below)",
-            cpu_sched / 100.0 / rate.max(1.0) * 1e6,
-            switches / rate.max(1.0),
-            tlist.split(", ").next().unwrap_or("?"),
-            top.unwrap_or_else(|| "n/a".into())
-        ));
+        busiest = tlist.split(", ").next().map(str::to_string);
+        top_sym = top;
         cause_rss = Some(format!("max {:.1} MB (profile below)", max(&rss_mb)));
+    }
+
+    // Where the CPU of one probe goes.
+    let per_probe = PerProbe {
+        total: cpu_sched / 100.0 / rate.max(1.0) * 1e6,
+        switches: switches / rate.max(1.0),
+        syscalls: syscalls_per_probe,
+    };
+    let modes = if perf_data.exists() {
+        profile::perf_modes(&perf_data)
+            .map_err(|e| progress(format!("footprint: perf report failed: {e:#}")))
+            .ok()
+    } else {
+        None
+    };
+    let ticks = (ticks1.0 - ticks0.0, ticks1.1 - ticks0.1);
+    let (user_share, user_from_perf) = user_share(modes, ticks);
+    let decomp = match window {
+        Ok(w) => {
+            let d = decompose(&w, per_probe.total, user_share);
+            render(
+                rep, &d, &w, per_probe, cpu_sched, rate, switches, modes, ticks,
+            );
+            Some(d)
+        }
+        Err(e) => {
+            rep.note(format!(
+                "The decomposition of the agent's CPU per probe failed: {e:#}"
+            ));
+            None
+        }
+    };
+    if !cpu_met {
+        let tail = format!(
+            "busiest thread: {}; perf's top symbol: {} (profile below)",
+            busiest.unwrap_or_else(|| "?".into()),
+            top_sym.unwrap_or_else(|| "n/a".into())
+        );
+        cause_cpu = Some(cpu_cause(
+            cpu_sched,
+            rate,
+            per_probe,
+            decomp.as_ref().map(|d| (d.split, user_from_perf)),
+            &tail,
+        ));
     }
     rep.goal(
         "RSS",
@@ -500,6 +725,11 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "context_switches_per_second": switches,
         "rss_thirds_mb": [rss_t.first, rss_t.last],
         "cpu_thirds_pct": [cpu_t.first, cpu_t.last],
+        "us_per_probe": per_probe.total,
+        "syscalls_per_probe": per_probe.syscalls,
+        "user_share": user_share,
+        "user_share_from_perf": user_from_perf,
+        "decomposition": decomp,
     });
     drop(agent);
     let _ = refl.stop();
@@ -522,5 +752,53 @@ mod tests {
         let v: Vec<f64> = (0..20).map(|i| if i < 10 { 1.0 } else { 2.0 }).collect();
         let t = thirds(&v);
         assert_eq!((t.first, t.last), (1.0, 2.0));
+    }
+
+    #[test]
+    fn user_space_share() {
+        assert_eq!(user_share(Some((75.0, 25.0, 1.0)), (1, 1)), (0.25, true));
+        assert_eq!(user_share(None, (30, 90)), (0.25, false));
+        assert_eq!(user_share(Some((0.0, 0.0, 0.0)), (1, 3)), (0.25, false));
+        assert!(user_share(None, (0, 0)).0.is_nan());
+    }
+
+    #[test]
+    fn cause_text() {
+        assert_eq!(GOAL_US_PER_PROBE, 10.0);
+        let pp = PerProbe {
+            total: 31.0,
+            switches: 0.25,
+            syscalls: Some(1.5),
+        };
+        let cause = |pp, split| cpu_cause(3.1, 1000.0, pp, split, "x");
+        let c = cause(pp, Some((Split::new(31.0, 0.2, 0.62), true)));
+        assert!(
+            c.starts_with("3.10 % of a core for 1000 probes/s = 31.0 µs per probe (the goal allows 10 µs): 6.20 µs (20 %) agent user space (meshprobe + libc, perf samples), 0.62 µs (2 %) eBPF"),
+            "{c}"
+        );
+        assert!(c.contains("24.18 µs (78 %) the rest of the kernel"), "{c}");
+        assert!(
+            c.contains("the kernel's part alone is 24.8 µs, more than the goal allows by itself;"),
+            "{c}"
+        );
+        assert!(
+            c.ends_with("; 0.25 context switches per probe, 1.50 syscalls per probe; x"),
+            "{c}"
+        );
+        let c = cause(pp, Some((Split::new(9.0, 0.5, 0.5), false)));
+        assert!(c.contains("utime/stime"), "{c}");
+        assert!(c.contains("the kernel's part alone is 4.5 µs;"), "{c}");
+        let c = cause(
+            PerProbe {
+                syscalls: None,
+                ..pp
+            },
+            None,
+        );
+        assert_eq!(
+            c,
+            "3.10 % of a core for 1000 probes/s = 31.0 µs per probe (the goal allows 10 µs); \
+             0.25 context switches per probe; x"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod ebpf_cost;
 mod fast_path;
 mod footprint;
 mod precision;
+mod profile;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
