@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -217,7 +217,19 @@ pub fn decode_frame(ts_ns: u64, frame: &[u8]) -> Option<Packet> {
 }
 
 /// Reads every UDP packet of a nanosecond-resolution Ethernet pcap file.
-pub fn read_pcap(path: &std::path::Path) -> Result<Vec<Packet>> {
+pub fn read_pcap(path: &Path) -> Result<Vec<Packet>> {
+    read_pcap_with(path, decode_frame)
+}
+
+/// Every frame of a nanosecond-resolution Ethernet pcap file with its capture time (ns since
+/// the epoch), whatever the protocol.
+pub fn read_pcap_frames(path: &Path) -> Result<Vec<(u64, Vec<u8>)>> {
+    read_pcap_with(path, |ts, data| Some((ts, data.to_vec())))
+}
+
+/// `keep(capture time ns, frame)` of every frame of a nanosecond-resolution Ethernet pcap
+/// file, where it says `Some`.
+fn read_pcap_with<T>(path: &Path, mut keep: impl FnMut(u64, &[u8]) -> Option<T>) -> Result<Vec<T>> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut r = PcapReader::new(f).with_context(|| format!("pcap header of {}", path.display()))?;
     if r.header().ts_resolution != TsResolution::NanoSecond {
@@ -236,8 +248,8 @@ pub fn read_pcap(path: &std::path::Path) -> Result<Vec<Packet>> {
     let mut out = Vec::new();
     while let Some(p) = r.next_packet() {
         let p = p.with_context(|| format!("reading {}", path.display()))?;
-        if let Some(pkt) = decode_frame(p.timestamp.as_nanos() as u64, &p.data) {
-            out.push(pkt);
+        if let Some(v) = keep(p.timestamp.as_nanos() as u64, &p.data) {
+            out.push(v);
         }
     }
     Ok(out)
@@ -270,7 +282,33 @@ pub struct CaptureResult {
     pub dropped_by_kernel: u64,
 }
 
-/// A running `tcpdump -w` on one interface of one namespace.
+/// What a capture stopped with [`Capture::stop_frames`] saw: every frame, whatever the
+/// protocol.
+#[derive(Debug, Default)]
+pub struct Frames {
+    /// (capture time, CLOCK_REALTIME ns; the frame as captured, cut at the snap length).
+    pub frames: Vec<(u64, Vec<u8>)>,
+    /// tcpdump's "N packets dropped by kernel" at exit.
+    pub dropped_by_kernel: u64,
+}
+
+impl Frames {
+    /// `decode(capture time, frame)` of every frame where it says `Some` (e.g.
+    /// [`decode_frame`] for the UDP packets).
+    pub fn decode<T>(&self, decode: impl Fn(u64, &[u8]) -> Option<T>) -> Vec<T> {
+        self.frames
+            .iter()
+            .filter_map(|(ts, fr)| decode(*ts, fr))
+            .collect()
+    }
+}
+
+/// Kernel buffer of [`Capture::start`] and [`Capture::start_filter`], KiB.
+pub const BUFFER_KIB: u32 = 8192;
+
+/// A running `tcpdump -w` on one interface of one namespace (nanosecond stamps, both
+/// directions, 256-octet snap length). [`Capture::stop`] decodes the UDP packets;
+/// [`Capture::stop_frames`] returns every frame raw, whatever the protocol (e.g. ICMP).
 pub struct Capture {
     child: ChildGuard,
     path: PathBuf,
@@ -286,6 +324,16 @@ impl Capture {
 
     /// Like [`Capture::start`] with an arbitrary pcap filter expression.
     pub fn start_filter(ns: &Netns, iface: &str, filter: &str) -> Result<Capture> {
+        Self::start_buffered(ns, iface, filter, BUFFER_KIB)
+    }
+
+    /// Like [`Capture::start_filter`] with `buffer_kib` of kernel buffer (`tcpdump -B`).
+    pub fn start_buffered(
+        ns: &Netns,
+        iface: &str,
+        filter: &str,
+        buffer_kib: u32,
+    ) -> Result<Capture> {
         let path = std::env::temp_dir().join(format!(
             "{}-{}-{}-{iface}.pcap",
             ns.name(),
@@ -293,6 +341,7 @@ impl Capture {
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
         let p = path.to_string_lossy().into_owned();
+        let buf = buffer_kib.to_string();
         let mut argv = vec![
             "tcpdump",
             "-i",
@@ -307,20 +356,20 @@ impl Capture {
             "-Q",
             "inout",
             "-B",
-            "8192",
+            &buf,
             "-s",
             "256",
         ];
         argv.extend(filter.split_whitespace());
-        let mut child = ns.spawn(&argv)?;
-        let cap = Capture {
-            child: {
-                child.wait_stderr("listening on", Duration::from_secs(10))?;
-                child
-            },
+        let child = ns.spawn(&argv)?;
+        // Built first so that Drop removes the file even when tcpdump never gets ready.
+        let mut cap = Capture {
+            child,
             path,
             iface: iface.to_string(),
         };
+        cap.child
+            .wait_stderr("listening on", Duration::from_secs(10))?;
         Ok(cap)
     }
 
@@ -328,25 +377,40 @@ impl Capture {
         &self.iface
     }
 
-    /// Stops tcpdump with SIGINT (so it flushes and closes the file) and decodes the file.
-    /// Waits [`DRAIN`] first: tcpdump may still be reading the last packets from its ring.
+    /// Stops tcpdump with SIGINT (so it flushes and closes the file) and decodes the UDP
+    /// packets of the file. Waits [`DRAIN`] first: tcpdump may still be reading the last
+    /// packets from its ring.
     pub fn stop(mut self) -> Result<CaptureResult> {
+        let dropped_by_kernel = self.halt()?;
+        Ok(CaptureResult {
+            packets: read_pcap(&self.path)?,
+            dropped_by_kernel,
+        })
+    }
+
+    /// Like [`Capture::stop`], returning every frame of the file undecoded.
+    pub fn stop_frames(mut self) -> Result<Frames> {
+        let dropped_by_kernel = self.halt()?;
+        Ok(Frames {
+            frames: read_pcap_frames(&self.path)?,
+            dropped_by_kernel,
+        })
+    }
+
+    /// Waits [`DRAIN`], stops tcpdump with SIGINT and returns its "N packets dropped by
+    /// kernel".
+    fn halt(&mut self) -> Result<u64> {
         std::thread::sleep(DRAIN);
         let fin = self
             .child
             .stop_with(Signal::SIGINT, Duration::from_secs(5))?;
-        let dropped = fin
+        Ok(fin
             .stderr
             .iter()
             .find(|l| l.contains("dropped by kernel"))
             .and_then(|l| l.split_whitespace().next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let packets = read_pcap(&self.path)?;
-        Ok(CaptureResult {
-            packets,
-            dropped_by_kernel: dropped,
-        })
+            .unwrap_or(0))
     }
 }
 

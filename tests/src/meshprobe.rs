@@ -241,25 +241,17 @@ impl Meshprobe {
         Ok(())
     }
 
-    fn argv<'a>(&'a self, sub: &'a str, args: &'a [&'a str]) -> Vec<&'a str> {
-        let mut v = vec![self.bin.to_str().expect("utf-8 binary path"), sub];
+    /// `PREFIX... meshprobe SUB ARGS...`
+    fn argv<'a>(&'a self, prefix: &[&'a str], sub: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = prefix.to_vec();
+        v.extend([self.bin.to_str().expect("utf-8 binary path"), sub]);
         v.extend_from_slice(args);
         v
     }
 
     /// Starts `meshprobe reflect --json ARGS` in `ns` and waits for its ready line.
     pub fn reflect(&self, ns: &Netns, args: &[&str]) -> Result<Reflector> {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let mut child = ns.spawn(self.argv("reflect", &a))?;
-        let ready = child
-            .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
-            .context("meshprobe reflect ready line")?;
-        if ready["role"] != "reflector" {
-            bail!("reflector ready line has role {}: {ready}", ready["role"]);
-        }
-        self.check_timestamping("meshprobe reflect", &ready, &child.stderr_text())?;
-        Ok(Reflector { child, ready })
+        self.reflect_under(ns, &[], args)
     }
 
     /// Like [`Meshprobe::reflect`], with the command run under `prefix` (e.g. `taskset -c 1`,
@@ -267,9 +259,7 @@ impl Meshprobe {
     pub fn reflect_under(&self, ns: &Netns, prefix: &[&str], args: &[&str]) -> Result<Reflector> {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
-        let mut argv: Vec<&str> = prefix.to_vec();
-        argv.extend(self.argv("reflect", &a));
-        let mut child = ns.spawn(argv)?;
+        let mut child = ns.spawn(self.argv(prefix, "reflect", &a))?;
         let ready = child
             .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
             .context("meshprobe reflect ready line")?;
@@ -280,29 +270,38 @@ impl Meshprobe {
         Ok(Reflector { child, ready })
     }
 
-    /// Starts `meshprobe ping ARGS` in `ns` under `prefix` (e.g. `taskset -c 0`) without
-    /// waiting; add `--json` yourself.
+    /// Starts `meshprobe ping ARGS` in `ns` (add `--json` yourself) without waiting.
+    pub fn ping_spawn(&self, ns: &Netns, args: &[&str]) -> Result<ChildGuard> {
+        self.ping_spawn_under(ns, &[], args)
+    }
+
+    /// Like [`Meshprobe::ping_spawn`], with the command run under `prefix` (e.g.
+    /// `taskset -c 0`).
     pub fn ping_spawn_under(
         &self,
         ns: &Netns,
         prefix: &[&str],
         args: &[&str],
     ) -> Result<ChildGuard> {
-        let mut argv: Vec<&str> = prefix.to_vec();
-        argv.extend(self.argv("ping", args));
-        ns.spawn(argv)
-    }
-
-    /// Starts `meshprobe ping ARGS` in `ns` (add `--json` yourself) without waiting.
-    pub fn ping_spawn(&self, ns: &Netns, args: &[&str]) -> Result<ChildGuard> {
-        ns.spawn(self.argv("ping", args))
+        ns.spawn(self.argv(prefix, "ping", args))
     }
 
     /// Runs `meshprobe ping --json ARGS` in `ns` to completion (at most `timeout`).
     pub fn ping(&self, ns: &Netns, args: &[&str], timeout: Duration) -> Result<PingRun> {
+        self.ping_under(ns, &[], args, timeout)
+    }
+
+    /// Like [`Meshprobe::ping`], with the command run under `prefix` (e.g. `taskset -c 0`).
+    pub fn ping_under(
+        &self,
+        ns: &Netns,
+        prefix: &[&str],
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<PingRun> {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
-        let mut child = self.ping_spawn(ns, &a)?;
+        let mut child = self.ping_spawn_under(ns, prefix, &a)?;
         let fin = child.wait_exit(timeout)?;
         let run = PingRun::parse(&fin)?;
         if !run.exit_ok {
@@ -325,7 +324,7 @@ impl Meshprobe {
     pub fn delay(&self, ns: &Netns, iface: &str, delay: &str, args: &[&str]) -> Result<ChildGuard> {
         let mut a = vec!["-I", iface, "--delay", delay];
         a.extend_from_slice(args);
-        let mut child = ns.spawn(self.argv("delay", &a))?;
+        let mut child = ns.spawn(self.argv(&[], "delay", &a))?;
         child
             .wait_ready_either(READY_TIMEOUT, |v| v["type"] == "ready", "ready")
             .context("meshprobe delay ready line")?;
@@ -337,7 +336,7 @@ impl Meshprobe {
     pub fn delay_element(&self, ns: &Netns, iface: &str, args: &[&str]) -> Result<ChildGuard> {
         let mut a = vec!["--json", "-I", iface];
         a.extend_from_slice(args);
-        let mut child = ns.spawn(self.argv("delay", &a))?;
+        let mut child = ns.spawn(self.argv(&[], "delay", &a))?;
         let ready = child
             .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
             .with_context(|| format!("meshprobe delay {args:?} ready line"))?;

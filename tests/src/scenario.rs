@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 
 use crate::STAMP_PORT;
 use crate::capture::Capture;
@@ -27,6 +27,8 @@ pub struct Agreement {
     pub abs_err: Vec<i64>,
     /// Signed (meshprobe − reference) per matched probe, ns.
     pub signed_err: Vec<i64>,
+    /// Signed (meshprobe's app RTT − reference) per matched probe, ns.
+    pub app_signed_err: Vec<i64>,
     pub reference: Vec<i64>,
     pub capture_drops: u64,
     pub t4_sources: Vec<(String, usize)>,
@@ -107,6 +109,7 @@ pub fn compare(
         matched: 0,
         abs_err: Vec::new(),
         signed_err: Vec::new(),
+        app_signed_err: Vec::new(),
         reference: Vec::new(),
         capture_drops: 0,
         t4_sources: Vec::new(),
@@ -130,6 +133,7 @@ pub fn compare(
             a.matched += 1;
             a.signed_err.push(p.network_rtt_ns - t);
             a.abs_err.push((p.network_rtt_ns - t).abs());
+            a.app_signed_err.push(p.app_rtt_ns - t);
             a.reference.push(t);
         }
     }
@@ -203,122 +207,4 @@ pub fn parse_dur(s: &str) -> Result<Duration> {
 pub fn median_of(probes: &[Probe], f: impl Fn(&Probe) -> i64) -> Option<i64> {
     let v: Vec<i64> = probes.iter().map(f).collect();
     percentile(&v, 50.0)
-}
-
-/// A running `tcpdump -w` on one interface of one namespace whose packets come back as raw
-/// frames with their nanosecond capture times, whatever the protocol (for ICMP, which
-/// [`Capture`] does not decode, next to UDP). The pcap file is removed on drop.
-pub struct FrameCapture {
-    child: crate::child::ChildGuard,
-    path: std::path::PathBuf,
-}
-
-/// What a stopped [`FrameCapture`] saw.
-#[derive(Debug, Default)]
-pub struct Frames {
-    /// (capture time, CLOCK_REALTIME ns; the frame as captured, cut at the snap length).
-    pub frames: Vec<(u64, Vec<u8>)>,
-    /// tcpdump's "N packets dropped by kernel" at exit.
-    pub dropped_by_kernel: u64,
-}
-
-impl FrameCapture {
-    /// Starts `tcpdump` on `iface` in `ns` with the pcap filter `filter` (nanosecond stamps,
-    /// both directions, 256-octet snap length, `buffer_kib` of kernel buffer) and returns once
-    /// it is listening.
-    pub fn start(
-        ns: &crate::netns::Netns,
-        iface: &str,
-        filter: &str,
-        buffer_kib: u32,
-    ) -> Result<FrameCapture> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "{}-{}-frames-{}-{iface}.pcap",
-            ns.name(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let p = path.to_string_lossy().into_owned();
-        let buf = buffer_kib.to_string();
-        let mut argv = vec![
-            "tcpdump",
-            "-i",
-            iface,
-            "-n",
-            "-w",
-            &p,
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "--time-stamp-precision=nano",
-            "-Q",
-            "inout",
-            "-B",
-            &buf,
-            "-s",
-            "256",
-        ];
-        argv.extend(filter.split_whitespace());
-        let child = ns.spawn(&argv)?;
-        // Built first so that Drop removes the file even when tcpdump never gets ready.
-        let mut cap = FrameCapture { child, path };
-        cap.child
-            .wait_stderr("listening on", Duration::from_secs(10))?;
-        Ok(cap)
-    }
-
-    /// Stops tcpdump with SIGINT after [`crate::capture::DRAIN`] and reads the file.
-    pub fn stop(mut self) -> Result<Frames> {
-        std::thread::sleep(crate::capture::DRAIN);
-        let fin = self
-            .child
-            .stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(5))?;
-        let dropped_by_kernel = fin
-            .stderr
-            .iter()
-            .find(|l| l.contains("dropped by kernel"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Ok(Frames {
-            frames: read_pcap_frames(&self.path)?,
-            dropped_by_kernel,
-        })
-    }
-}
-
-impl Drop for FrameCapture {
-    fn drop(&mut self) {
-        let _ = self
-            .child
-            .stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(2));
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Every frame of a nanosecond-resolution Ethernet pcap file with its capture time (ns since
-/// the epoch).
-pub fn read_pcap_frames(path: &std::path::Path) -> Result<Vec<(u64, Vec<u8>)>> {
-    use pcap_file::pcap::PcapReader;
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut r = PcapReader::new(f).with_context(|| format!("pcap header of {}", path.display()))?;
-    ensure!(
-        r.header().ts_resolution == pcap_file::TsResolution::NanoSecond,
-        "{}: microsecond pcap; nanosecond timestamps needed",
-        path.display()
-    );
-    ensure!(
-        r.header().datalink == pcap_file::DataLink::ETHERNET,
-        "{}: datalink {:?}, expected Ethernet",
-        path.display(),
-        r.header().datalink
-    );
-    let mut out = Vec::new();
-    while let Some(p) = r.next_packet() {
-        let p = p.with_context(|| format!("reading {}", path.display()))?;
-        out.push((p.timestamp.as_nanos() as u64, p.data.into_owned()));
-    }
-    Ok(out)
 }
