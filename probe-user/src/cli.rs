@@ -73,6 +73,11 @@ struct Common {
     /// on: use the NIC's RX stamps for T2/T4 where it gives them.
     #[arg(long)]
     hw_rx_stamps: bool,
+    /// Kernel mode: do not ask for software RX stamps. T2/T4 are then taken when the packet
+    /// reaches TC rather than when it entered the stack, and received packets are no longer
+    /// stamped host-wide (a clock read per packet) on meshprobe's behalf.
+    #[arg(long)]
+    no_sw_rx_stamps: bool,
     /// JSON lines on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -258,6 +263,7 @@ fn start_stamping(c: &Common, interfaces: &[String]) -> Stamping {
     };
     let mut st = Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized);
     st.hw_rx_stamps = c.hw_rx_stamps;
+    st.sw_rx_stamps = !c.no_sw_rx_stamps;
     st
 }
 

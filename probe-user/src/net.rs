@@ -41,9 +41,10 @@ pub struct SockStamps {
     pub tx: bool,
     /// RX software stamps. Asking for them turns on the kernel's host-wide `netstamp_needed`
     /// switch: every packet the host receives, in every namespace, then pays a clock read.
-    /// Kernel mode does not need them (the TC programs stamp probes), so it asks only to be
-    /// told of stamps that exist and turns them on with `ensure_rx_stamps` when a packet
-    /// arrives without its in-band stamp.
+    /// Kernel mode asks for them by default (the ingress program reads the stamp from the
+    /// skb, see `Stamping::sock_stamps`); with `--no-sw-rx-stamps` it asks only to be told of
+    /// stamps that exist and turns them on with `ensure_rx_stamps` when a packet arrives
+    /// without its in-band stamp.
     pub rx: bool,
 }
 

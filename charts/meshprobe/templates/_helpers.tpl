@@ -185,6 +185,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: MESHPROBE_HW_RX_STAMPS
   value: "true"
 {{- end }}
+{{- if not $a.swRxStamps }}
+- name: MESHPROBE_NO_SW_RX_STAMPS
+  value: "true"
+{{- end }}
 {{- if eq .Values.zone.source "nodeLabel" }}
 - name: MESHPROBE_CONFIG
   value: /etc/meshprobe/agent/agent.toml

@@ -227,6 +227,10 @@ pub struct AgentArgs {
     /// NIC clocks are PTP-disciplined to TAI: use hardware RX stamps where present.
     #[arg(long, env = "MESHPROBE_HW_RX_STAMPS", help_heading = "Stamping")]
     pub hw_rx_stamps: bool,
+    /// Kernel mode: do not ask for software RX stamps (T2/T4 then come from the TC hook, and
+    /// received packets are no longer stamped host-wide on meshprobe's behalf).
+    #[arg(long, env = "MESHPROBE_NO_SW_RX_STAMPS", help_heading = "Stamping")]
+    pub no_sw_rx_stamps: bool,
 }
 
 /// A setting that cannot work, with its names and the fix. Exit code 2.

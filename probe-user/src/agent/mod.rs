@@ -208,6 +208,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         a.clock_synchronized,
     );
     st.hw_rx_stamps = a.hw_rx_stamps;
+    st.sw_rx_stamps = !a.no_sw_rx_stamps;
     info!("{}", st.note());
 
     let mut registry = Registry::with_labels(

@@ -129,13 +129,7 @@ fn coalesce(interval: Duration) -> Duration {
 }
 
 /// Binds the sender socket: dual stack when the host has IPv6, else IPv4 only.
-fn bind_sender(kernel: bool) -> std::io::Result<ProbeSocket> {
-    // Socket mode takes T1 from TX software stamps and T4 from RX ones; kernel mode takes both
-    // from TC and turns RX stamps on only for a reflector whose replies have no room for T4.
-    let stamps = SockStamps {
-        tx: !kernel,
-        rx: !kernel,
-    };
+fn bind_sender(stamps: SockStamps) -> std::io::Result<ProbeSocket> {
     ProbeSocket::bind(
         SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
         stamps,
@@ -188,7 +182,7 @@ impl Prober {
         mut members: watch::Receiver<PeerMap>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProberError> {
-        let sock = bind_sender(self.st.is_kernel()).map_err(ProberError::Socket)?;
+        let sock = bind_sender(self.st.sock_stamps()).map_err(ProberError::Socket)?;
         let lport = sock.local_addr().map_err(ProberError::Socket)?.port();
         self.st
             .set_port(lport, port::SENDER)

@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::{
     clock,
     ebpf::{Attached, Direction, EbpfError, LoadOptions},
+    net::SockStamps,
     wire::{ErrorEstimate, RxStampInfo},
 };
 
@@ -26,6 +27,10 @@ pub struct Stamping {
     pub synchronized: bool,
     /// NIC clocks run TAI (PTP-disciplined PHC): use hardware RX stamps for T2/T4.
     pub hw_rx_stamps: bool,
+    /// Kernel mode: ask for software RX stamps anyway (default), so that T2/T4 are the stamp
+    /// the kernel takes when a packet enters the stack, not the later moment it reaches TC
+    /// (`--no-sw-rx-stamps` turns this off).
+    pub sw_rx_stamps: bool,
 }
 
 impl Stamping {
@@ -44,6 +49,7 @@ impl Stamping {
             tai_offset_ns,
             synchronized,
             hw_rx_stamps: false,
+            sw_rx_stamps: true,
         };
         if disabled {
             s.fallback_reason = Some("--no-ebpf given".into());
@@ -82,6 +88,20 @@ impl Stamping {
 
     pub fn is_kernel(&self) -> bool {
         self.kernel.is_some()
+    }
+
+    /// What the probe sockets ask the kernel for. Socket mode: T1 from TX stamps, T2/T4 from
+    /// RX ones. Kernel mode: TC stamps T1/T3; RX software stamps are still asked for (unless
+    /// `--no-sw-rx-stamps`): the ingress program reads them from the skb (the earliest
+    /// trustworthy stamp, taken before the packet taps and the TC hook; measured at both ends
+    /// of a veth, that leg then agrees with the capture to the nanosecond). The price is the
+    /// kernel's host-wide receive stamping, one clock read per received packet (benchmark 3).
+    pub fn sock_stamps(&self) -> SockStamps {
+        let kernel = self.is_kernel();
+        SockStamps {
+            tx: !kernel,
+            rx: !kernel || self.sw_rx_stamps,
+        }
     }
 
     /// "kernel" or "socket".
@@ -316,6 +336,7 @@ mod tests {
             tai_offset_ns: 37_000_000_000,
             synchronized: false,
             hw_rx_stamps: hw,
+            sw_rx_stamps: true,
         }
     }
 

@@ -85,10 +85,10 @@ pub enum ReflectorError {
 
 /// Binds the reflector socket and registers its port (before `ready` is announced).
 pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, ReflectorError> {
-    // Kernel mode: T2 comes from the ingress program, so no host-wide RX stamps.
+    // The reflector's T3 comes from TC (kernel mode) or is the send time (socket mode).
     let stamps = SockStamps {
         tx: false,
-        rx: !st.is_kernel(),
+        ..st.sock_stamps()
     };
     let sock = ProbeSocket::bind(opts.listen, stamps).map_err(|source| ReflectorError::Bind {
         addr: opts.listen,

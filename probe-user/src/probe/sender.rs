@@ -128,15 +128,7 @@ pub async fn run_session(
     let sock_err = |source| SenderError::Socket { peer, source };
     let kernel = st.is_kernel();
     // Socket mode takes T1 from the TX software stamp (error queue); kernel mode from TC.
-    let sock = ProbeSocket::connect(
-        peer,
-        // Kernel mode: T1 from TC egress, T4 in-band or from the map; no socket stamps.
-        SockStamps {
-            tx: !kernel,
-            rx: !kernel,
-        },
-    )
-    .map_err(sock_err)?;
+    let sock = ProbeSocket::connect(peer, st.sock_stamps()).map_err(sock_err)?;
     let lport = sock.local_addr().map_err(sock_err)?.port();
     st.set_port(lport, port::SENDER)
         .map_err(|source| SenderError::Register {
