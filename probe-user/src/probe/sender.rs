@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::{ReplyContext, StampSource, Stamping, emit_json, fmt_ns, measure};
 use crate::{
     clock,
-    net::{BATCH, ProbeSocket, Received, RecvBatch, SockStamps},
+    net::{BATCH, ProbeSocket, Received, RecvBatch},
     stats::{ReplyKind, SeqTracker, SessionStats},
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };

@@ -200,7 +200,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let mut rr = Series::default();
     for r in 0..rounds {
         let mut order = [Cond::Off, Cond::On, Cond::Lean, Cond::Empty];
-        order.rotate_left(r % order.len());
+        let n = order.len();
+        order.rotate_left(r % n);
         for c in order {
             progress(format!(
                 "fast-path: round {}/{rounds}, {}",
