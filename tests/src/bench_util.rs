@@ -159,11 +159,11 @@ pub struct ProcSample {
     pub at: Instant,
     /// VmRSS, KiB.
     pub rss_kib: u64,
-    /// utime + stime of every thread, clock ticks.
-    pub cpu_ticks: u64,
     /// CPU time of every thread from the scheduler (schedstat), ns: a 1 s sample of a process
-    /// using 2 % of a core is 2 ticks, but 20 000 000 ns.
+    /// using 2 % of a core is 2 ticks of utime+stime, but 20 000 000 ns.
     pub cpu_ns: u64,
+    /// Voluntary + involuntary context switches of every thread.
+    pub switches: u64,
 }
 
 /// `sysconf(_SC_CLK_TCK)`: the unit of utime/stime.
@@ -184,13 +184,12 @@ pub fn sample_process(pid: u32) -> Result<ProcSample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
-    let (utime, stime) = user_sys_ticks(pid)?;
-    let (cpu_ns, _) = thread_totals(pid)?;
+    let (cpu_ns, switches) = thread_totals(pid)?;
     Ok(ProcSample {
         at,
         rss_kib,
-        cpu_ticks: utime + stime,
         cpu_ns,
+        switches,
     })
 }
 
