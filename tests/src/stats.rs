@@ -21,6 +21,117 @@ pub fn us(ns: i64) -> String {
     format!("{:.2} µs", ns as f64 / 1000.0)
 }
 
+/// Interquartile range (p75 − p25) of `v`; `None` when empty.
+pub fn iqr(v: &[i64]) -> Option<i64> {
+    Some(percentile(v, 75.0)? - percentile(v, 25.0)?)
+}
+
+/// Half-width of the ~95 % confidence interval of the median of `v`: 1.57·IQR/√n (McGill,
+/// Tukey and Larsen 1978, the notch of a box plot); `None` when empty.
+pub fn median_ci(v: &[i64]) -> Option<i64> {
+    Some((1.57 * iqr(v)? as f64 / (v.len() as f64).sqrt()).ceil() as i64)
+}
+
+/// How many times the run's own noise a measured shift may stray from the expected one. The
+/// noise is measured in the same run (a median's confidence interval, the drift between repeated
+/// runs of one condition), so a slower or noisier machine widens the bound with it; 4 noise
+/// units is well past the 95 % interval a single unit already is.
+pub const NOISE_K: i64 = 4;
+
+/// Floor of the noise estimate: a run whose samples are all alike would otherwise demand a
+/// shift exact to the nanosecond, finer than any delay a test can add.
+pub const NOISE_FLOOR_NS: i64 = 1_000;
+
+/// A shift of the median between baseline runs and treated runs measured in alternation
+/// (A B B A, so linear drift cancels), with the noise of those same runs.
+#[derive(Clone, Debug)]
+pub struct Shift {
+    /// Median of all baseline samples, ns.
+    pub baseline: i64,
+    /// Median of all treated samples, ns.
+    pub treated: i64,
+    /// `treated − baseline`, ns.
+    pub added: i64,
+    /// The largest of: each run's median confidence interval, the spread of the baseline runs'
+    /// medians and that of the treated runs' medians (drift); at least [`NOISE_FLOOR_NS`].
+    pub noise: i64,
+}
+
+impl Shift {
+    /// `None` when a run is empty.
+    pub fn of(baseline: &[Vec<i64>], treated: &[Vec<i64>]) -> Option<Shift> {
+        let spread = |runs: &[Vec<i64>]| -> Option<i64> {
+            let meds = runs.iter().map(|r| median(r)).collect::<Option<Vec<_>>>()?;
+            Some(meds.iter().max()? - meds.iter().min()?)
+        };
+        let mut noise = NOISE_FLOOR_NS.max(spread(baseline)?).max(spread(treated)?);
+        for r in baseline.iter().chain(treated) {
+            noise = noise.max(median_ci(r)?);
+        }
+        let b = median(&baseline.concat())?;
+        let t = median(&treated.concat())?;
+        Some(Shift {
+            baseline: b,
+            treated: t,
+            added: t - b,
+            noise,
+        })
+    }
+
+    /// [`NOISE_K`] × the noise.
+    pub fn tolerance(&self) -> i64 {
+        NOISE_K * self.noise
+    }
+
+    pub fn report(&self) -> String {
+        format!(
+            "median {} -> {}: added {} (noise {}, tolerance ±{})",
+            us(self.baseline),
+            us(self.treated),
+            us(self.added),
+            us(self.noise),
+            us(self.tolerance())
+        )
+    }
+
+    /// The shift is `expected` within the tolerance, and the tolerance is below half of
+    /// `expected`: a run too noisy to tell the effect from none fails rather than passes.
+    pub fn check(&self, expected: i64, what: &str) -> anyhow::Result<()> {
+        let tol = self.tolerance();
+        anyhow::ensure!(
+            2 * tol < expected.abs(),
+            "{what}: too noisy to judge a shift of {}: {}",
+            us(expected),
+            self.report()
+        );
+        anyhow::ensure!(
+            (self.added - expected).abs() <= tol,
+            "{what}: expected a shift of {}, measured {}",
+            us(expected),
+            self.report()
+        );
+        Ok(())
+    }
+
+    /// No shift within the tolerance, and the tolerance is below a tenth of `if_broken`, the
+    /// shift a defect would cause: a run too noisy to see that defect fails rather than passes.
+    pub fn check_unchanged(&self, if_broken: i64, what: &str) -> anyhow::Result<()> {
+        let tol = self.tolerance();
+        anyhow::ensure!(
+            10 * tol < if_broken.abs(),
+            "{what}: too noisy to tell a shift of {} from none: {}",
+            us(if_broken),
+            self.report()
+        );
+        anyhow::ensure!(
+            self.added.abs() <= tol,
+            "{what}: expected no shift, measured {}",
+            self.report()
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +145,24 @@ mod tests {
         assert_eq!(percentile(&v, 0.0), Some(1));
         assert_eq!(median(&[3, 1, 2]), Some(2));
         assert_eq!(percentile::<i64>(&[], 50.0), None);
+    }
+
+    #[test]
+    fn shift_within_noise() {
+        let a1: Vec<i64> = (0..100).map(|i| 10_000 + i * 10).collect();
+        let b1: Vec<i64> = a1.iter().map(|x| x + 500_000).collect();
+        let a2: Vec<i64> = a1.iter().map(|x| x + 2_000).collect();
+        let b2: Vec<i64> = b1.iter().map(|x| x + 2_000).collect();
+        let s = Shift::of(&[a1.clone(), a2.clone()], &[b1, b2]).unwrap();
+        assert_eq!(s.added, 500_000);
+        assert_eq!(s.noise, 2_000);
+        assert!(s.check(500_000, "t").is_ok());
+        assert!(s.check(520_000, "t").is_err());
+        // Too noisy: the tolerance (8 µs) is not below half of a 10 µs effect.
+        assert!(s.check(10_000, "t").is_err());
+        let u = Shift::of(&[a1.clone()], &[a2]).unwrap();
+        assert!(u.check_unchanged(5_000_000, "t").is_ok());
+        assert!(u.check_unchanged(30_000, "t").is_err());
+        assert!(Shift::of(&[a1], &[vec![]]).is_none());
     }
 }
