@@ -66,3 +66,52 @@ impl WakeLatency {
         self.file.is_some()
     }
 }
+
+/// One CPU's counters from /proc/stat (USER_HZ ticks): busy (everything but idle and iowait),
+/// softirq + irq, steal (time the hypervisor ran something else while this vCPU wanted to
+/// run), total.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuStat {
+    pub busy: u64,
+    pub irq: u64,
+    pub steal: u64,
+    pub total: u64,
+}
+
+impl CpuStat {
+    /// The line of CPU `cpu`, or with `None` the sum over all CPUs (the `cpu` line).
+    pub fn parse(text: &str, cpu: Option<usize>) -> Option<CpuStat> {
+        let tag = cpu.map_or_else(|| "cpu".to_string(), |c| format!("cpu{c}"));
+        let l = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(tag.as_str()))?;
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() < 8 {
+            return None;
+        }
+        // user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+        let total: u64 = f[..8].iter().sum();
+        Some(CpuStat {
+            busy: total - f[3] - f[4],
+            irq: f[5] + f[6],
+            steal: f[7],
+            total,
+        })
+    }
+
+    /// All CPUs now; `None` without a readable /proc/stat.
+    pub fn now() -> Option<CpuStat> {
+        CpuStat::parse(&std::fs::read_to_string("/proc/stat").ok()?, None)
+    }
+}
+
+/// Milliseconds in `ticks` of /proc/stat (USER_HZ).
+pub fn ticks_ms(ticks: u64) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}

@@ -6,6 +6,7 @@ use anyhow::{Result, ensure};
 
 use crate::STAMP_PORT;
 use crate::capture::Capture;
+use crate::load::{CpuStat, ticks_ms};
 use crate::meshprobe::{Meshprobe, PingRun, Probe};
 use crate::reference::capture_times;
 use crate::stats::{percentile, us};
@@ -36,6 +37,27 @@ pub struct Agreement {
     /// `[A out − T1, B in − T2, B out − T3, A in − T4]` (captures converted to TAI).
     /// meshprobe − reference = leg0 + leg2 − leg1 − leg3.
     pub legs: Vec<[i64; 4]>,
+    /// Per matched probe, its sequence number and T1 (TAI ns), for locating stalls.
+    pub seq_t1: Vec<(u32, u64)>,
+    /// meshprobe's app RTT (socket to socket) per matched probe, ns.
+    pub app_rtt: Vec<i64>,
+    /// CPU time the hypervisor took from this machine's vCPUs during the run (/proc/stat
+    /// steal, all CPUs), ms; `None` where /proc/stat cannot be read.
+    pub steal_ms: Option<u64>,
+}
+
+/// A matched probe whose egress leg (TC egress stamp → capture tap) took longer than the
+/// median socket-to-socket round trip of the same run: no code between the hook and the tap
+/// takes that long, so the sending CPU was taken away in between (a descheduled vCPU, an
+/// interrupt storm). The error it causes is the reference's, not the stamp's.
+#[derive(Clone, Debug)]
+pub struct Stall {
+    pub seq: u32,
+    /// `"A out-T1"` or `"B out-T3"`.
+    pub leg: &'static str,
+    pub ns: i64,
+    /// How late the next probe's T1 came after this probe's, ns.
+    pub next_t1_gap: Option<i64>,
 }
 
 impl Agreement {
@@ -69,10 +91,77 @@ impl Agreement {
             .join("; ")
     }
 
+    /// Signed error of the app RTT (socket level) of the same probes, ns.
+    pub fn app_abs_err(&self) -> Vec<i64> {
+        self.app_signed_err.iter().map(|e| e.abs()).collect()
+    }
+
+    /// Matched probes whose ingress legs are both exact (T2 and T4 are the receive stamps the
+    /// capture reports).
+    pub fn ingress_exact(&self) -> usize {
+        self.legs.iter().filter(|l| l[1] == 0 && l[3] == 0).count()
+    }
+
+    /// Matched probes with an egress leg below zero: a stamp taken after the capture tap saw
+    /// the packet leave, which the order of the kernel's egress path rules out.
+    pub fn egress_negative(&self) -> usize {
+        self.legs.iter().filter(|l| l[0] < 0 || l[2] < 0).count()
+    }
+
+    /// Probes whose egress leg outlasted the run's median app RTT (see [`Stall`]).
+    pub fn stalls(&self) -> Vec<Stall> {
+        let Some(bound) = percentile(&self.app_rtt, 50.0) else {
+            return Vec::new();
+        };
+        let mut next: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        for &(seq, t1) in &self.seq_t1 {
+            next.insert(seq, t1);
+        }
+        let mut out = Vec::new();
+        for (l, &(seq, t1)) in self.legs.iter().zip(&self.seq_t1) {
+            for (i, name) in [(0, "A out-T1"), (2, "B out-T3")] {
+                if l[i] > bound {
+                    out.push(Stall {
+                        seq,
+                        leg: name,
+                        ns: l[i],
+                        next_t1_gap: next.get(&(seq + 1)).map(|&n| n as i64 - t1 as i64),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// One line per stall, and the steal time of the run.
+    pub fn stalls_report(&self) -> String {
+        let st = self.stalls();
+        let steal = self
+            .steal_ms
+            .map_or_else(|| "unknown".to_string(), |m| format!("{m} ms"));
+        let mut s = format!(
+            "stalls (egress leg > median app RTT {}): {} of {} probes; vCPU steal during the run {steal}",
+            us(percentile(&self.app_rtt, 50.0).unwrap_or(0)),
+            st.len(),
+            self.matched
+        );
+        for x in &st {
+            s.push_str(&format!(
+                "\n    seq {} {} {} (next probe's T1 {} later)",
+                x.seq,
+                x.leg,
+                us(x.ns),
+                x.next_t1_gap.map_or_else(|| "-".to_string(), us)
+            ));
+        }
+        s
+    }
+
     pub fn report(&self, label: &str) -> String {
         format!(
             "{label}: sent {} probes {} matched {} ({:.2}%), |error| p50 {} p99 {} max {}, \
-             signed error p50 {}, reference RTT p50 {}, t4 sources {:?}, capture drops {}",
+             signed error p50 {}, app RTT |error| p50 {} p99 {}, reference RTT p50 {}, \
+             t4 sources {:?}, capture drops {}",
             self.sent,
             self.probes,
             self.matched,
@@ -81,6 +170,8 @@ impl Agreement {
             us(self.p(99.0)),
             us(self.p(100.0)),
             us(percentile(&self.signed_err, 50.0).unwrap_or(0)),
+            us(percentile(&self.app_abs_err(), 50.0).unwrap_or(0)),
+            us(percentile(&self.app_abs_err(), 99.0).unwrap_or(0)),
             us(percentile(&self.reference, 50.0).unwrap_or(0)),
             self.t4_sources,
             self.capture_drops
@@ -114,6 +205,9 @@ pub fn compare(
         capture_drops: 0,
         t4_sources: Vec::new(),
         legs: Vec::new(),
+        seq_t1: Vec::new(),
+        app_rtt: Vec::new(),
+        steal_ms: None,
     };
     let mut seen = std::collections::HashSet::new();
     for p in &run.probes {
@@ -134,6 +228,8 @@ pub fn compare(
             a.signed_err.push(p.network_rtt_ns - t);
             a.abs_err.push((p.network_rtt_ns - t).abs());
             a.app_signed_err.push(p.app_rtt_ns - t);
+            a.app_rtt.push(p.app_rtt_ns);
+            a.seq_t1.push((p.seq, p.t1_ns));
             a.reference.push(t);
         }
     }
@@ -162,6 +258,7 @@ pub fn agreement(
     let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
     let peer = t.b_addr(f).to_string();
     let iv: Duration = parse_dur(interval)?;
+    let steal0 = CpuStat::now();
     let run = mp.ping(
         &t.a,
         &[
@@ -175,6 +272,7 @@ pub fn agreement(
         ],
         ping_timeout(count, iv, Duration::from_millis(500)),
     )?;
+    let steal1 = CpuStat::now();
     let a = ca.stop()?;
     let b = cb.stop()?;
     refl.stop()?;
@@ -187,6 +285,9 @@ pub fn agreement(
     let times = capture_times(&a.packets, &b.packets, STAMP_PORT);
     let mut ag = compare(&run, &times);
     ag.capture_drops = a.dropped_by_kernel + b.dropped_by_kernel;
+    ag.steal_ms = steal0
+        .zip(steal1)
+        .map(|(s0, s1)| ticks_ms(s1.steal.saturating_sub(s0.steal)));
     Ok(ag)
 }
 

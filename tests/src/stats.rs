@@ -160,7 +160,7 @@ mod tests {
         assert!(s.check(520_000, "t").is_err());
         // Too noisy: the tolerance (8 µs) is not below half of a 10 µs effect.
         assert!(s.check(10_000, "t").is_err());
-        let u = Shift::of(&[a1.clone()], &[a2]).unwrap();
+        let u = Shift::of(std::slice::from_ref(&a1), &[a2]).unwrap();
         assert!(u.check_unchanged(5_000_000, "t").is_ok());
         assert!(u.check_unchanged(30_000, "t").is_err());
         assert!(Shift::of(&[a1], &[vec![]]).is_none());

@@ -1,21 +1,75 @@
 //! Issue tests 1 and 8: per-probe network RTT against an independent kernel reference
 //! (tcpdump on both veth ends), at idle and with every core busy, over IPv4 and IPv6.
+//!
+//! Judged by what holds at any machine speed, against what the same run measures (issue 12):
+//! - (nearly) every probe is matched by the reference;
+//! - T2 and T4 are the receive stamps the capture reports: both ingress legs exact;
+//! - T1 and T3 precede the capture tap: no egress leg below zero;
+//! - meshprobe's error is far below the socket-level (app RTT) error of the same probes.
+//!
+//! The absolute figures are printed; the absolute goals (1/3 µs idle, 2/5 µs loaded, p50/p99)
+//! are the bench's precision scenario's (`cargo xtask bench`), which reports them met or missed.
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use meshprobe_tests::load::{WakeLatency, cpu_stress, online_cpus};
-use meshprobe_tests::scenario::agreement;
+use meshprobe_tests::scenario::{Agreement, agreement};
+use meshprobe_tests::stats::{percentile, us};
 use meshprobe_tests::{Family, TestEnv, TwoHosts};
 
-/// p99 of |meshprobe − reference| at idle.
-const IDLE_P99_NS: i64 = 5_000;
-/// p99 of |meshprobe − reference| with every core busy.
-const LOADED_P99_NS: i64 = 20_000;
 const MIN_MATCHED: f64 = 0.99;
+/// Share of matched probes whose ingress legs must be exact. Not all: a probe whose reply came
+/// without room for the in-band T4 takes T4 elsewhere (the t4 sources line says which).
+const MIN_INGRESS_EXACT: f64 = 0.99;
+/// meshprobe's network-RTT error against the socket-level error of the same probes: the p50 of
+/// the first at most this fraction of the p50 of the second, and likewise at p99. The egress
+/// legs (TC → tap) that make meshprobe's error are a few calls of the path the socket-level
+/// error spans (syscalls, the UDP/IP stack, wake-ups, the reflector's turnaround), so the
+/// ratio holds on a slow machine as on a fast one.
+const MAX_ERROR_RATIO: f64 = 0.1;
 /// Probes per run (the issue asks for ≥ 1000). p99 rests on the worst 1 %: 2000 probes give 20
 /// samples there, a steadier estimate than 10.
 const PROBES: u32 = 2000;
+
+fn check(label: &str, a: &Agreement, count: u32) -> Result<()> {
+    ensure!(a.sent >= count as u64, "{label}: sent {} < {count}", a.sent);
+    ensure!(
+        a.matched_frac() >= MIN_MATCHED,
+        "{label}: only {} of {} probes matched a reference RTT ({} probe lines, capture drops {})",
+        a.matched,
+        a.sent,
+        a.probes,
+        a.capture_drops
+    );
+    let exact = a.ingress_exact();
+    ensure!(
+        exact as f64 >= MIN_INGRESS_EXACT * a.matched as f64,
+        "{label}: ingress legs exact for only {exact} of {} probes: {}",
+        a.matched,
+        a.legs_report()
+    );
+    ensure!(
+        a.egress_negative() == 0,
+        "{label}: {} probes stamped after the capture tap saw them leave: {}",
+        a.egress_negative(),
+        a.legs_report()
+    );
+    let app = a.app_abs_err();
+    for pct in [50.0, 99.0] {
+        let net = a.p(pct);
+        let sock = percentile(&app, pct).unwrap_or(0);
+        ensure!(
+            net as f64 <= MAX_ERROR_RATIO * sock as f64,
+            "{label}: p{pct} |error| {} is not below {MAX_ERROR_RATIO} × the socket-level \
+             p{pct} |error| {} of the same probes: {}",
+            us(net),
+            us(sock),
+            a.report(label)
+        );
+    }
+    Ok(())
+}
 
 fn run(test: &str, f: Family, count: u32) -> Result<()> {
     let Some(env) = TestEnv::acquire(test, &["tcpdump", "stress-ng", "ethtool"])? else {
@@ -24,8 +78,7 @@ fn run(test: &str, f: Family, count: u32) -> Result<()> {
     let t = TwoHosts::new()?;
 
     // Idle, as latency measurements are made: no load, CPUs polling rather than halting
-    // between probes (see WakeLatency). Without it the same VM measures idle p99 4.4-5.5 µs,
-    // all of it in the egress legs' cold path (the capture tap's skb_clone included).
+    // between probes (see WakeLatency).
     let idle = {
         let wake = WakeLatency::zero();
         let a = agreement(&env.mp, &t, f, count, "1ms")?;
@@ -37,6 +90,7 @@ fn run(test: &str, f: Family, count: u32) -> Result<()> {
         a
     };
     eprintln!("  legs (capture − stamp): {}", idle.legs_report());
+    eprintln!("  {}", idle.stalls_report());
 
     let loaded = {
         let _stress = cpu_stress(online_cpus(), Duration::from_secs(120))?;
@@ -51,31 +105,10 @@ fn run(test: &str, f: Family, count: u32) -> Result<()> {
         ))
     );
     eprintln!("  legs (capture − stamp): {}", loaded.legs_report());
+    eprintln!("  {}", loaded.stalls_report());
 
-    for (label, a) in [("idle", &idle), ("loaded", &loaded)] {
-        ensure!(a.sent >= count as u64, "{label}: sent {} < {count}", a.sent);
-        ensure!(
-            a.matched_frac() >= MIN_MATCHED,
-            "{label}: only {} of {} probes matched a reference RTT ({} probe lines, capture drops {})",
-            a.matched,
-            a.sent,
-            a.probes,
-            a.capture_drops
-        );
-    }
-    ensure!(
-        idle.p(99.0) <= IDLE_P99_NS,
-        "idle p99 |error| {} ns > {IDLE_P99_NS} ns: {}",
-        idle.p(99.0),
-        idle.report("idle")
-    );
-    ensure!(
-        loaded.p(99.0) <= LOADED_P99_NS,
-        "loaded p99 |error| {} ns > {LOADED_P99_NS} ns: {}",
-        loaded.p(99.0),
-        loaded.report("loaded")
-    );
-    Ok(())
+    check("idle", &idle, count)?;
+    check("loaded", &loaded, count)
 }
 
 #[test]

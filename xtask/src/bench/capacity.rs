@@ -28,6 +28,7 @@ use meshprobe_tests::TwoHosts;
 use meshprobe_tests::bench_util::{
     HeldMap, clock_ticks_per_sec, counters_by_name, ksoftirqd_pid, thread_totals, user_sys_ticks,
 };
+use meshprobe_tests::load::CpuStat;
 use meshprobe_tests::meshprobe::READY_TIMEOUT;
 use meshprobe_tests::services::TempDir;
 use meshprobe_tests::{ChildGuard, Meshprobe};
@@ -131,39 +132,6 @@ fn usage(a: Cpu, b: Cpu, secs: f64) -> Use {
     }
 }
 
-/// One CPU's counters from /proc/stat (USER_HZ ticks): busy (everything but idle and
-/// iowait), softirq + irq, steal, total.
-#[derive(Clone, Copy, Debug, Default)]
-struct CpuStat {
-    busy: u64,
-    irq: u64,
-    steal: u64,
-    total: u64,
-}
-
-fn parse_proc_stat(text: &str, cpu: usize) -> Option<CpuStat> {
-    let tag = format!("cpu{cpu}");
-    let l = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(tag.as_str()))?;
-    let f: Vec<u64> = l
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if f.len() < 8 {
-        return None;
-    }
-    // user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
-    let total: u64 = f[..8].iter().sum();
-    Some(CpuStat {
-        busy: total - f[3] - f[4],
-        irq: f[5] + f[6],
-        steal: f[7],
-        total,
-    })
-}
-
 /// A CPU's use over a window, fractions of its time.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 struct CpuUse {
@@ -257,7 +225,7 @@ fn sample(
     sender_counters: &HeldMap,
 ) -> Result<Sample> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let cpu = |c| parse_proc_stat(&stat, c).with_context(|| format!("cpu{c} in /proc/stat"));
+    let cpu = |c| CpuStat::parse(&stat, Some(c)).with_context(|| format!("cpu{c} in /proc/stat"));
     let cpus = [cpu(cpus[0])?, cpu(cpus[1])?];
     let at = Instant::now();
     let t1 = sender_counters.percpu_u64_sums()?[0];
@@ -1446,9 +1414,10 @@ mod tests {
     fn proc_stat_and_strace() {
         let st =
             "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 20 60 10 5 5 0 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n";
-        let c = parse_proc_stat(st, 0).unwrap();
+        let c = CpuStat::parse(st, Some(0)).unwrap();
         assert_eq!((c.busy, c.irq, c.steal, c.total), (40, 10, 0, 110));
-        assert!(parse_proc_stat(st, 2).is_none());
+        assert!(CpuStat::parse(st, Some(2)).is_none());
+        assert_eq!(CpuStat::parse(st, None).unwrap().steal, 8);
         let u = cpu_use(CpuStat::default(), c);
         assert!((u.busy - 40.0 / 110.0).abs() < 1e-9);
     }

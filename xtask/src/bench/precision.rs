@@ -587,6 +587,9 @@ struct CondResult {
     legs: Vec<[i64; 4]>,
     t4_sources: BTreeMap<String, usize>,
     capture_drops: u64,
+    /// meshprobe probes whose egress leg outlasted the burst's median app RTT: the CPU was
+    /// taken away between the TC hook and the tap (see `meshprobe_tests::scenario::Stall`).
+    stalls: usize,
     /// Per sockperf burst: (rows, best correlation, second best).
     align: Vec<(usize, f64, f64)>,
     mp_sent: u64,
@@ -604,6 +607,7 @@ fn judge(load: Load, bursts: &[Burst], a: &Frames, b: &Frames, seconds: f64) -> 
         legs: Vec::new(),
         t4_sources: BTreeMap::new(),
         capture_drops: a.dropped_by_kernel + b.dropped_by_kernel,
+        stalls: 0,
         align: Vec::new(),
         mp_sent: 0,
         ping_sent: 0,
@@ -627,6 +631,7 @@ fn judge(load: Load, bursts: &[Burst], a: &Frames, b: &Frames, seconds: f64) -> 
                 r.c[MP_NET].matched += ag.matched;
                 r.c[MP_NET].err.extend(&ag.signed_err);
                 r.legs.extend(&ag.legs);
+                r.stalls += ag.stalls().len();
                 r.truth.extend(&ag.reference);
                 r.c[MP_APP].reported += run.probes.len();
                 r.c[MP_APP].matched += ag.matched;
@@ -889,6 +894,11 @@ fn legs_cause(r: &CondResult) -> String {
             us(w)
         ));
     }
+    s.push_str(&format!(
+        "; {} of {} probes had an egress leg longer than the median socket round trip (the CPU \
+         taken away between hook and tap, e.g. a descheduled vCPU)",
+        r.stalls, r.c[MP_NET].matched
+    ));
     s
 }
 
@@ -1170,6 +1180,7 @@ fn report(rep: &mut ScenarioReport, plan: &Plan, results: &[CondResult], refl: &
                 "sockperf_alignment": r.align.iter()
                     .map(|(n, c, s)| json!({"rows": n, "r": c, "next_r": s})).collect::<Vec<_>>(),
                 "capture_drops": r.capture_drops,
+                "stalls": r.stalls,
                 "meshprobe_sent": r.mp_sent, "ping_sent": r.ping_sent,
             })
         })
