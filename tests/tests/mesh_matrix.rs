@@ -4,28 +4,42 @@
 //! through `meshprobe matrix --svg` must give a heatmap with every node and every pair.
 //!
 //! The delay element holds half of each pair's added RTT in each direction on the bridge
-//! ports (lab/links.rs), so a pair's network RTT is the bridge path (about 20 µs here) plus
-//! the injected value. A pair passes when its median per-window p50 is within
-//! [injected − 10 µs, injected + 80 µs]: the low side allows clock granularity, the high side
-//! the bridge path and a loaded CI machine, and both are far tighter than the gaps between the
-//! injected values (100, 250, 600, 1000 µs), so a pair measured against the wrong delay fails.
+//! ports (lab/links.rs), so a pair's network RTT is the bridge path plus the injected value.
+//! The lab has no run without the delays, so the pairs are judged against each other: every
+//! pair crosses the same bridge, so its offset (median per-window p50 − injected) must agree
+//! with the median offset of all pairs within [`NOISE_K`] × the noise (the largest confidence
+//! interval of a pair's median, from the spread of its per-window p50s), and that tolerance
+//! must be well below the smallest difference a wrong delay would make. A spin hold cannot come out short (a stall during it only adds),
+//! so no pair may measure less than it was injected by more than the noise.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::lab::{LabSpec, MeshLab, node_name};
-use meshprobe_tests::services::TempDir;
+use meshprobe_tests::lab::{LabSpec, MeshLab, Windows, node_name};
+use meshprobe_tests::services::{TempDir, wait_until};
+use meshprobe_tests::stats::{NOISE_FLOOR_NS, NOISE_K, median, median_ci, us};
 use meshprobe_tests::topo::Family;
 
-const LOW_US: f64 = 10.0;
-const HIGH_US: f64 = 80.0;
 /// Windows measured after every pair is up.
 const WINDOWS: u64 = 4;
+/// A safety timeout for the summaries of the measured windows to reach the topic.
+const KAFKA_WAIT: Duration = Duration::from_secs(30);
 
 fn spec(family: Family) -> Result<LabSpec> {
     let mut s = LabSpec::two_zone_demo()?;
     s.family = family;
     Ok(s)
+}
+
+/// One ordered pair's figures, ns.
+struct PairFigures {
+    name: String,
+    injected: i64,
+    /// Median of the per-window p50s.
+    measured: i64,
+    /// [`median_ci`] of the per-window p50s: how far `measured` may stray by chance.
+    ci: i64,
+    gaps: Vec<u64>,
 }
 
 fn run(family: Family) -> Result<()> {
@@ -38,43 +52,147 @@ fn run(family: Family) -> Result<()> {
         .with_context(|| lab.lab.diagnostics())?;
     let last = start + WINDOWS;
     lab.wait_window(last + 1);
-    // Every agent has sent its summaries of windows ..=last; give the producers a moment.
-    std::thread::sleep(Duration::from_secs(1));
-    let w = lab.kafka_windows()?;
-    let mut failures = Vec::new();
     let n = lab.spec.nodes;
-    for a in 0..n {
-        for b in 0..n {
-            if a == b {
-                continue;
-            }
-            let pair = (node_name(a), node_name(b));
-            let injected = lab.spec.shape(a, b).rtt.as_secs_f64() * 1e6;
-            let gaps = w.gaps(&pair, start..=last);
-            let measured = w.median_p50_us(&pair, start..=last);
-            eprintln!(
-                "{}->{}: injected {injected:.0} µs, measured p50 {measured:?} µs, windows \
-                 missing {gaps:?}",
-                pair.0, pair.1
-            );
-            match measured {
-                Some(m) if m >= injected - LOW_US && m <= injected + HIGH_US && gaps.is_empty() => {
-                }
-                _ => failures.push(format!(
-                    "{}->{}: {measured:?} vs {injected} (gaps {gaps:?})",
-                    pair.0, pair.1
-                )),
-            }
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|a| (0..n).filter(move |&b| b != a).map(move |b| (a, b)))
+        .collect();
+    let names = |&(a, b): &(usize, usize)| (node_name(a), node_name(b));
+    // The producers deliver asynchronously: read the topic until every measured window of
+    // every pair is there (a missing one after the wait is a failure below).
+    let mut w = None;
+    let mut read_err = None;
+    let t0 = Instant::now();
+    let complete = wait_until(KAFKA_WAIT, Duration::from_millis(500), || {
+        match lab.kafka_windows() {
+            Ok(read) => w = Some(read),
+            Err(e) => read_err = Some(e),
         }
+        w.as_ref().is_some_and(|w: &Windows| {
+            pairs
+                .iter()
+                .all(|p| w.gaps(&names(p), start..=last).is_empty())
+        })
+    });
+    let w = match (w, read_err) {
+        (Some(w), _) => w,
+        (None, Some(e)) => return Err(e.context("reading the summaries from Kafka")),
+        (None, None) => anyhow::bail!("no read of Kafka within {KAFKA_WAIT:?}"),
+    };
+    eprintln!(
+        "topic complete for windows {start}..={last}: {complete} after {:?}",
+        t0.elapsed()
+    );
+    let mut figures = Vec::new();
+    let mut failures = Vec::new();
+    for p in &pairs {
+        let pair = names(p);
+        let name = format!("{}->{}", pair.0, pair.1);
+        let injected = lab.spec.shape(p.0, p.1).rtt.as_nanos() as i64;
+        let gaps = w.gaps(&pair, start..=last);
+        let p50s: Vec<i64> = w
+            .of(&pair, start..=last)
+            .into_iter()
+            .filter_map(|o| o.p50_ns)
+            .collect();
+        eprintln!(
+            "{name}: injected {}, window p50s {:?}, windows missing {gaps:?}",
+            us(injected),
+            p50s.iter().map(|&v| us(v)).collect::<Vec<_>>()
+        );
+        match (median(&p50s), median_ci(&p50s)) {
+            (Some(measured), Some(ci)) => figures.push(PairFigures {
+                name,
+                injected,
+                measured,
+                ci,
+                gaps,
+            }),
+            _ => failures.push(format!("{name}: no window with replies (gaps {gaps:?})")),
+        }
+    }
+    if failures.is_empty() {
+        failures = judge(&figures, &lab.spec, n);
     }
     ensure!(
         failures.is_empty(),
-        "{}: pairs off the injected matrix: {failures:?}",
-        family.label()
+        "{}: pairs off the injected matrix:\n{}",
+        family.label(),
+        failures.join("\n")
     );
     check_svg(&lab)?;
     lab.check()?;
     Ok(())
+}
+
+/// The agreement of the pairs' offsets (see the module comment); the failures, one a line.
+fn judge(figures: &[PairFigures], spec: &LabSpec, n: usize) -> Vec<String> {
+    let offsets: Vec<i64> = figures.iter().map(|f| f.measured - f.injected).collect();
+    let common = median(&offsets).unwrap_or(0);
+    let noise = figures.iter().map(|f| f.ci).fold(NOISE_FLOOR_NS, i64::max);
+    let tol = NOISE_K * noise;
+    // The smallest difference a wrong delay would make: between two injected values, or
+    // between the smallest one and none.
+    let mut values: Vec<i64> = (0..n)
+        .flat_map(|a| (0..n).filter(move |&b| b != a).map(move |b| (a, b)))
+        .map(|(a, b)| spec.shape(a, b).rtt.as_nanos() as i64)
+        .chain([0])
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    let smallest_gap = values.windows(2).map(|v| v[1] - v[0]).min().unwrap_or(0);
+    eprintln!(
+        "offsets (measured − injected): common {}, per pair {}; noise {} (largest ci), \
+         tolerance ±{}, smallest gap between injected values {}",
+        us(common),
+        figures
+            .iter()
+            .zip(&offsets)
+            .map(|(f, o)| format!("{} {} (ci {})", f.name, us(*o), us(f.ci)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        us(noise),
+        us(tol),
+        us(smallest_gap)
+    );
+    let mut failures = Vec::new();
+    if 2 * tol >= smallest_gap {
+        failures.push(format!(
+            "too noisy to tell the injected values apart: tolerance ±{} (noise {}) is not below \
+             half of the smallest gap {}",
+            us(tol),
+            us(noise),
+            us(smallest_gap)
+        ));
+    }
+    for (f, off) in figures.iter().zip(&offsets) {
+        if !f.gaps.is_empty() {
+            failures.push(format!(
+                "{}: windows missing on the topic {:?}",
+                f.name, f.gaps
+            ));
+        }
+        if (off - common).abs() > tol {
+            failures.push(format!(
+                "{}: measured {} for an injected {}: offset {} vs the pairs' common {} (±{})",
+                f.name,
+                us(f.measured),
+                us(f.injected),
+                us(*off),
+                us(common),
+                us(tol)
+            ));
+        }
+        if *off < -noise {
+            failures.push(format!(
+                "{}: measured {}, less than the injected {} beyond the noise {}",
+                f.name,
+                us(f.measured),
+                us(f.injected),
+                us(noise)
+            ));
+        }
+    }
+    failures
 }
 
 /// `meshprobe matrix --svg` from the same topic: well-formed, every node labelled on both
