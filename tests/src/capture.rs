@@ -22,8 +22,12 @@ use crate::netns::Netns;
 /// Set to keep the pcap files (their paths are printed) for a look with tcpdump/wireshark.
 pub const KEEP_PCAP_ENV: &str = "MESHPROBE_KEEP_PCAP";
 
-/// Time given to tcpdump to catch up with its ring buffer before it is stopped.
+/// Time given to packets still on their way to reach the tap before tcpdump is stopped.
 pub const DRAIN: Duration = Duration::from_millis(300);
+
+/// Safety limit on waiting for tcpdump to read every packet its socket received (see
+/// [`Capture::stop`]); past it the capture stops anyway, as it would without the check.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -378,8 +382,10 @@ impl Capture {
     }
 
     /// Stops tcpdump with SIGINT (so it flushes and closes the file) and decodes the UDP
-    /// packets of the file. Waits [`DRAIN`] first: tcpdump may still be reading the last
-    /// packets from its ring.
+    /// packets of the file. Waits [`DRAIN`] first, then until tcpdump has read every packet
+    /// its socket received (at most [`CATCH_UP_LIMIT`]): SIGINT ends its loop at once, so
+    /// packets still in the ring would be missing from the file, however short the wait was
+    /// (a descheduled tcpdump falls behind by any amount).
     pub fn stop(mut self) -> Result<CaptureResult> {
         let dropped_by_kernel = self.halt()?;
         Ok(CaptureResult {
@@ -397,21 +403,70 @@ impl Capture {
         })
     }
 
-    /// Waits [`DRAIN`], stops tcpdump with SIGINT and returns its "N packets dropped by
-    /// kernel".
+    /// Waits [`DRAIN`] and for tcpdump to catch up, stops it with SIGINT and returns its "N
+    /// packets dropped by kernel".
     fn halt(&mut self) -> Result<u64> {
         std::thread::sleep(DRAIN);
+        self.catch_up();
         let fin = self
             .child
             .stop_with(Signal::SIGINT, Duration::from_secs(5))?;
+        // The exit report comes last (the SIGUSR1 reports before it carry the same words).
         Ok(fin
             .stderr
             .iter()
-            .find(|l| l.contains("dropped by kernel"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+            .rev()
+            .find_map(|l| tcpdump_count(l, "dropped by kernel"))
             .unwrap_or(0))
     }
+
+    /// Asks tcpdump for its counts (SIGUSR1) until every packet that passed the filter was
+    /// either written or dropped by the kernel, i.e. its ring is empty. Gives up silently
+    /// after [`CATCH_UP_LIMIT`] or on any error: the stop then goes ahead as it always did.
+    /// (On `lo` libpcap skips the outgoing copy of each packet, so the counts never meet
+    /// there: the harness captures on veth only.)
+    fn catch_up(&mut self) {
+        let deadline = std::time::Instant::now() + CATCH_UP_LIMIT;
+        while std::time::Instant::now() < deadline {
+            if self.child.signal(Signal::SIGUSR1).is_err() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = self.child.wait_stderr("received by filter", left) else {
+                return;
+            };
+            let count = |what| tcpdump_count(&line, what);
+            match (
+                count("captured"),
+                count("received by filter"),
+                count("dropped by kernel"),
+            ) {
+                (Some(c), Some(r), Some(d)) if c + d >= r => return,
+                (Some(_), Some(_), Some(_)) => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
+        eprintln!(
+            "harness: tcpdump on {} did not catch up within {CATCH_UP_LIMIT:?}; stopping it anyway",
+            self.iface
+        );
+    }
+}
+
+/// The number tcpdump reports before `what` ("captured", "received by filter", "dropped by
+/// kernel") in one of its statistics lines: the exit report ("12 packets captured", one per
+/// line) or a SIGUSR1 one ("tcpdump: 12 packets captured, 14 packets received by filter, 0
+/// packets dropped by kernel").
+fn tcpdump_count(line: &str, what: &str) -> Option<u64> {
+    line.split(',').find_map(|part| {
+        let part = part.trim();
+        let part = part.strip_prefix("tcpdump:").unwrap_or(part).trim_start();
+        let (n, rest) = part.split_once(' ')?;
+        let rest = rest
+            .strip_prefix("packets ")
+            .or(rest.strip_prefix("packet "))?;
+        (rest == what).then(|| n.parse().ok())?
+    })
 }
 
 impl Drop for Capture {

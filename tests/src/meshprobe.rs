@@ -82,6 +82,8 @@ pub struct Summary {
     pub loss_pct: f64,
     pub duplicates: u64,
     pub reordered: u64,
+    /// Replies that came after the probe's timeout (the probe counts as lost).
+    pub late: u64,
     pub network_rtt_ns: Option<Dist>,
     pub turnaround_ns: Option<Dist>,
     pub app_rtt_ns: Option<Dist>,

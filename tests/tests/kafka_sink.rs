@@ -164,6 +164,7 @@ fn summaries_arrive_exactly_once_in_order_per_key() -> Result<()> {
         let mut reg = Registry::default();
         let sink = KafkaSink::new(&opts(1000), &mut reg)?;
         let sent = send_summaries(&sink, 0..50);
+        // A safety limit: flush returns as soon as everything is acknowledged.
         let undelivered = sink.flush(Duration::from_secs(30));
         Ok((sent, undelivered, reg))
     })??;
@@ -194,12 +195,16 @@ fn records_wait_for_a_late_broker() -> Result<()> {
     // The producer starts while nothing listens: records must wait, not expire or fail.
     let sink = ns.enter(|| KafkaSink::new(&opts(1000), &mut reg))??;
     let sent = send_summaries(&sink, 0..5);
+    // A negative check, not a speed figure: with nothing listening (connections are refused
+    // at once) records can only stay buffered, whatever the machine's speed; the wait gives a
+    // defect (expiry, failure on a refused connection) time to show.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(sink.buffered(), sent);
     assert_eq!(metric(&reg, "meshprobe_kafka_connected"), 0.0);
 
     let tansu = Tansu::start(&ns, BROKER, PORT)?;
     tansu.create_topic(TOPIC, 3)?;
+    // A safety limit: flush returns as soon as everything is acknowledged.
     let undelivered = sink.flush(Duration::from_secs(60));
     ensure!(
         undelivered == 0,
@@ -238,7 +243,8 @@ fn full_buffer_drops_exactly_the_excess() -> Result<()> {
         assert_eq!(metric(&reg, "meshprobe_kafka_failed_total"), 0.0);
         assert_eq!(metric(&reg, "meshprobe_kafka_buffered"), 10.0);
         assert_eq!(sink.buffered(), 10);
-        // At shutdown the 10 buffered records are given up: counted as dropped too.
+        // At shutdown the 10 buffered records are given up: counted as dropped too. Nothing
+        // listens, so no flush timeout could see one delivered: the 500 ms is no speed figure.
         assert_eq!(sink.flush(Duration::from_millis(500)), 10);
         assert_eq!(metric(&reg, "meshprobe_kafka_dropped_total"), 15.0);
         assert_eq!(metric(&reg, "meshprobe_kafka_buffered"), 0.0);

@@ -14,6 +14,11 @@ use rand::RngCore;
 
 const STREAM_BYTES: usize = 4 << 20;
 
+/// `-W` of the runs that expect every reply: a reply later than this counts as lost. Generous,
+/// so a stalled vCPU cannot turn a slow reply into a loss; it costs nothing while replies come
+/// (the sender exits once the last one is in).
+const REPLY_WAIT: Duration = Duration::from_secs(5);
+
 #[test]
 fn non_probe_traffic_is_untouched() -> Result<()> {
     let Some(env) = TestEnv::acquire("non_probe_traffic_is_untouched", &["ping"])? else {
@@ -22,9 +27,11 @@ fn non_probe_traffic_is_untouched() -> Result<()> {
     let t = TwoHosts::new()?;
     let refl = env.mp.reflect(&t.b, &[])?;
     let peer = t.b_addr(Family::V4).to_string();
+    // Probes until stopped (-c 0): they must keep running through every check below,
+    // however long those take here.
     let mut sender = env.mp.ping_spawn(
         &t.a,
-        &["--json", &peer, "-c", "6000", "-i", "1ms", "-W", "500ms"],
+        &["--json", &peer, "-c", "0", "-i", "1ms", "-W", "500ms"],
     )?;
     let ready = sender.wait_json(Duration::from_secs(15), |v| v["type"] == "ready")?;
     env.mp
@@ -100,10 +107,11 @@ fn checksums(env: &TestEnv, t: &TwoHosts, f: Family, offload: bool) -> Result<()
     let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
     let peer = t.b_addr(f).to_string();
     let n = 200u32;
+    let wait = humantime::format_duration(REPLY_WAIT).to_string();
     let run = env.mp.ping(
         &t.a,
-        &[&peer, "-c", &n.to_string(), "-i", "2ms", "-W", "500ms"],
-        ping_timeout(n, Duration::from_millis(2), Duration::from_millis(500)),
+        &[&peer, "-c", &n.to_string(), "-i", "2ms", "-W", &wait],
+        ping_timeout(n, Duration::from_millis(2), REPLY_WAIT),
     )?;
     let pa = ca.stop()?.packets;
     let pb = cb.stop()?.packets;
@@ -133,6 +141,8 @@ fn checksums(env: &TestEnv, t: &TwoHosts, f: Family, offload: bool) -> Result<()
         s.received,
         err1 - err0
     );
+    // Each probe's request and reply, seen on both veth ends. Capture::stop waits until
+    // tcpdump has read everything its socket took in, so a slow tcpdump cannot cut this short.
     ensure!(
         all.len() as u64 >= 4 * s.sent,
         "captured {} packets for {} probes",
@@ -211,9 +221,12 @@ fn zero_udp_checksums_survive_the_rewrites() -> Result<()> {
     let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
     let sport = 40002;
     let sock = t.a.enter(|| UdpSocket::bind(SocketAddr::new(a, sport)))??;
-    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    // Only how often the loop below looks at its deadline: it ends once every request is
+    // answered, not after a silence.
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let (a_mac, b_mac) = (mac_of(&t.a, TwoHosts::A_IF)?, mac_of(&t.b, TwoHosts::B_IF)?);
     let n = 20u32;
+    let wait = humantime::format_duration(REPLY_WAIT).to_string();
     let frames = (0..n)
         .map(|seq| {
             let mut f = UdpFrame::new(
@@ -232,8 +245,11 @@ fn zero_udp_checksums_survive_the_rewrites() -> Result<()> {
     send_frames(&t.a, TwoHosts::A_IF, &frames, Duration::from_millis(2))?;
     let mut answered = std::collections::BTreeSet::new();
     let mut buf = [0u8; 256];
-    while let Ok((m, _)) = sock.recv_from(&mut buf) {
-        if let Some((_, seq)) = reply_key(&buf[..m]) {
+    let deadline = std::time::Instant::now() + REPLY_WAIT;
+    while answered.len() < n as usize && std::time::Instant::now() < deadline {
+        if let Ok((m, _)) = sock.recv_from(&mut buf)
+            && let Some((_, seq)) = reply_key(&buf[..m])
+        {
             answered.insert(seq);
         }
     }
@@ -275,9 +291,9 @@ fn zero_udp_checksums_survive_the_rewrites() -> Result<()> {
             "-i",
             "5ms",
             "-W",
-            "500ms",
+            &wait,
         ],
-        ping_timeout(n, Duration::from_millis(5), Duration::from_millis(500)),
+        ping_timeout(n, Duration::from_millis(5), REPLY_WAIT),
     )?;
     let caps = ca.stop()?.packets;
     fake.stop()?;
