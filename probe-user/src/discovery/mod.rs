@@ -18,7 +18,9 @@ use crate::pb::NodeInfo;
 
 pub use static_peers::parse_static;
 pub use syntax::{member_parent_path, normalize_root_path, normalize_servers};
-pub use zk::run_zk;
+/// Timing constants of the ZooKeeper membership, for tests and labs that derive their bounds
+/// from them.
+pub use zk::{BACKOFF_CAP, CONFLICT_RETRY, STOP_BUDGET, run_zk};
 
 /// One peer to probe.
 #[derive(Clone, Debug, PartialEq, Eq)]

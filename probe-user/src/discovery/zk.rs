@@ -25,16 +25,16 @@ use crate::pb::NodeInfo;
 
 /// New-session backoff: first delay, doubling up to the cap.
 const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Retry of a registration blocked by another agent with our node id.
-const CONFLICT_RETRY: Duration = Duration::from_secs(5);
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(5);
 /// Repeat of the node-id conflict error while it lasts.
 const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Retry of member addresses that did not resolve.
 const RESOLVE_RETRY: Duration = Duration::from_secs(30);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Graceful leave: deleting our znode, then closing the session, within this in total.
-const STOP_BUDGET: Duration = Duration::from_secs(2);
+pub const STOP_BUDGET: Duration = Duration::from_secs(2);
 const DELETE_BUDGET: Duration = Duration::from_millis(1500);
 /// Hold after an operation lost its connection (the session reconnects by itself).
 const CONNECTION_LOSS_HOLD: Duration = Duration::from_millis(200);

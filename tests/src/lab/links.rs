@@ -158,12 +158,34 @@ impl Links {
 
     /// Packets dropped so far by the loss rule of pair `(a, b)` (a < b), if there is one.
     pub fn loss_dropped(&self, mesh: &Mesh, a: usize, b: usize) -> Result<Option<u64>> {
+        Ok(self.loss_rule(mesh, a, b)?.map(|(_, packets)| packets))
+    }
+
+    /// Stops the loss rule of pair `(a, b)` (a < b) from dropping, then returns what it dropped
+    /// in all: read after it stopped, the count is final. A rule accepting the pair's packets
+    /// goes in front of it (in one nft transaction); the next [`Links::apply_nft`] removes
+    /// both. `None` without such a rule.
+    pub fn stop_loss(&self, mesh: &Mesh, a: usize, b: usize) -> Result<Option<u64>> {
+        let Some((handle, _)) = self.loss_rule(mesh, a, b)? else {
+            return Ok(None);
+        };
+        let script = format!(
+            "insert rule bridge {NFT_TABLE} forward position {handle} iifname \"{}\" oifname \"{}\" meta l4proto udp accept comment \"loss node{a}->node{b} stopped\"\n",
+            mesh.core_if(a),
+            mesh.core_if(b)
+        );
+        nft_script(mesh, &script)?;
+        self.loss_dropped(mesh, a, b)
+    }
+
+    /// Handle and packet counter of the loss rule of pair `(a, b)`, if there is one.
+    fn loss_rule(&self, mesh: &Mesh, a: usize, b: usize) -> Result<Option<(u64, u64)>> {
         if !self.nft_loaded {
             return Ok(None);
         }
         let text = mesh
             .core()
-            .run(["nft", "-j", "list", "table", "bridge", NFT_TABLE])?;
+            .run(["nft", "-j", "-a", "list", "table", "bridge", NFT_TABLE])?;
         let v: Value = serde_json::from_str(&text).context("nft -j output")?;
         let want = format!("loss node{a}->node{b}");
         for item in v["nftables"].as_array().into_iter().flatten() {
@@ -171,9 +193,12 @@ impl Links {
             if rule["comment"].as_str() != Some(want.as_str()) {
                 continue;
             }
+            let handle = rule["handle"]
+                .as_u64()
+                .context("nft rule without a handle")?;
             for e in rule["expr"].as_array().into_iter().flatten() {
                 if let Some(p) = e["counter"]["packets"].as_u64() {
-                    return Ok(Some(p));
+                    return Ok(Some((handle, p)));
                 }
             }
         }
