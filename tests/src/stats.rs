@@ -94,18 +94,24 @@ impl Shift {
         )
     }
 
-    /// The shift is `expected` within the tolerance, and the tolerance is below half of
-    /// `expected`: a run too noisy to tell the effect from none fails rather than passes.
-    pub fn check(&self, expected: i64, what: &str) -> anyhow::Result<()> {
-        let tol = self.tolerance();
+    /// The tolerance is below half of `effect`, so a shift of that size would land outside it:
+    /// a run too noisy to tell the effect from none fails rather than passes. `judged` names
+    /// the effect in the message.
+    fn resolves(&self, effect: i64, what: &str, judged: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
-            2 * tol < expected.abs(),
-            "{what}: too noisy to judge a shift of {}: {}",
-            us(expected),
+            2 * self.tolerance() < effect.abs(),
+            "{what}: too noisy to {judged} {}: {}",
+            us(effect),
             self.report()
         );
+        Ok(())
+    }
+
+    /// The shift is `expected` within the tolerance, and the run resolves `expected`.
+    pub fn check(&self, expected: i64, what: &str) -> anyhow::Result<()> {
+        self.resolves(expected, what, "judge a shift of")?;
         anyhow::ensure!(
-            (self.added - expected).abs() <= tol,
+            (self.added - expected).abs() <= self.tolerance(),
             "{what}: expected a shift of {}, measured {}",
             us(expected),
             self.report()
@@ -113,19 +119,12 @@ impl Shift {
         Ok(())
     }
 
-    /// No shift within the tolerance, and the tolerance is below half of `if_broken`, the
-    /// shift a defect would cause (which would then land outside it): a run too noisy to see
-    /// that defect fails rather than passes.
+    /// No shift within the tolerance, and the run resolves `if_broken`, the shift a defect
+    /// would cause.
     pub fn check_unchanged(&self, if_broken: i64, what: &str) -> anyhow::Result<()> {
-        let tol = self.tolerance();
+        self.resolves(if_broken, what, "tell from none a shift of")?;
         anyhow::ensure!(
-            2 * tol < if_broken.abs(),
-            "{what}: too noisy to tell a shift of {} from none: {}",
-            us(if_broken),
-            self.report()
-        );
-        anyhow::ensure!(
-            self.added.abs() <= tol,
+            self.added.abs() <= self.tolerance(),
             "{what}: expected no shift, measured {}",
             self.report()
         );
