@@ -125,6 +125,51 @@ pub struct StampKey {
     pub seq: u32,
 }
 
+/// Value of the `T1_SENT` array map: T1 of a request as the egress program stamped it, so the
+/// sender takes T1 from its own record, never from the reflector's echo. The slot is
+/// `SentT1::slot(port, ssid, seq)`; a slot reused before its reply came back holds another key,
+/// and userspace then has no record for that probe.
+///
+/// 16 octets, align 8, no implicit padding. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SentT1 {
+    /// TAI nanoseconds written into the request's Timestamp field.
+    pub t1: u64,
+    pub seq: u32,
+    /// Local (sender) UDP port.
+    pub port: u16,
+    pub ssid: u16,
+}
+
+impl SentT1 {
+    pub const ENTRIES: u32 = 1 << 16;
+
+    /// The slot of a request: consecutive sequence numbers of one session take consecutive
+    /// slots from a point that depends on the SSID and port (both random), so sessions
+    /// collide only when their windows of in-flight probes overlap.
+    pub const fn slot(port: u16, ssid: u16, seq: u32) -> u32 {
+        let base = (ssid as u32).wrapping_mul(0x9e37_79b9) ^ ((port as u32) << 16);
+        base.wrapping_add(seq) & (Self::ENTRIES - 1)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<SentT1>() == 16);
+
+/// Who a Session-Reflector may answer: the rules the ingress program and the reflector share.
+pub mod policy {
+    /// Lowest source port a request may come from. Below it live well-known services (echo,
+    /// chargen, DNS, NTP, STAMP's own 862) whose answer to a spoofed request would start a loop
+    /// or an amplification (CVE-2024-2169), and port 0, which no socket sends from.
+    pub const MIN_SRC_PORT: u16 = 1024;
+
+    /// A request from this source port is never answered (nor stamped): it is privileged, or it
+    /// is one of our reflector ports (two reflectors must never talk to each other).
+    pub const fn refused_src_port(src: u16, src_is_reflector_port: bool) -> bool {
+        src < MIN_SRC_PORT || src_is_reflector_port
+    }
+}
+
 /// Per-CPU counters (`COUNTERS` per-CPU array map, one `u64` per index).
 pub mod counter {
     pub const T1_STAMPED: u32 = 0;
@@ -246,6 +291,7 @@ pub mod names {
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";
+    pub const MAP_T1_SENT: &str = "T1_SENT";
     pub const MAP_DELAY: &str = "DELAY";
     pub const MAP_DELAY_DST: &str = "DELAY_DST";
 }
@@ -256,6 +302,7 @@ mod pod {
     unsafe impl aya::Pod for super::RxStamp {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::StampKey {}
+    unsafe impl aya::Pod for super::SentT1 {}
     unsafe impl aya::Pod for super::DelayConfig {}
     unsafe impl aya::Pod for super::DelayDstKey {}
 }

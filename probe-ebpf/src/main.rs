@@ -19,7 +19,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use probe_common::{Config, DelayConfig, DelayDstKey, RxStamp, StampKey, counter, port, wire};
+use probe_common::{
+    Config, DelayConfig, DelayDstKey, RxStamp, SentT1, StampKey, counter, port, wire,
+};
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
@@ -32,6 +34,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 #[map(name = "T4_FALLBACK")]
 static T4_FALLBACK: LruHashMap<StampKey, RxStamp> = LruHashMap::with_max_entries(16384, 0);
+
+/// T1 of each request the sender role stamped, by `SentT1::slot`.
+#[map(name = "T1_SENT")]
+static T1_SENT: Array<SentT1> = Array::with_max_entries(SentT1::ENTRIES, 0);
 
 #[map(name = "DELAY")]
 static DELAY: Array<DelayConfig> = Array::with_max_entries(1, 0);

@@ -14,7 +14,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use probe_common::{Config, DelayConfig, DelayDstKey, RxStamp, StampKey, counter, names};
+use probe_common::{Config, DelayConfig, DelayDstKey, RxStamp, SentT1, StampKey, counter, names};
 use tracing::{debug, info, warn};
 
 pub use leftovers::LeftoverReport;
@@ -309,6 +309,16 @@ impl Attached {
         let v = m.get(&key, 0).ok()?;
         let _ = m.remove(&key);
         Some(v)
+    }
+
+    /// T1 of the request (`port`, `ssid`, `seq`) as the egress program recorded it in
+    /// `T1_SENT`; `None` when the slot holds another request (reused before this reply came).
+    pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<u64> {
+        let name = names::MAP_T1_SENT;
+        let map = self.ebpf.map(name)?;
+        let arr: Array<&MapData, SentT1> = Array::try_from(map).ok()?;
+        let v = arr.get(&SentT1::slot(port, ssid, seq), 0).ok()?;
+        (v.port == port && v.ssid == ssid && v.seq == seq && v.t1 != 0).then_some(v.t1)
     }
 
     /// Detaches every program; errors are logged, not fatal (the kernel drops TCX links with

@@ -142,6 +142,11 @@ impl Stamping {
         clock::realtime_to_tai(realtime_ns, self.tai_offset_ns)
     }
 
+    /// T1 of one of our requests as the kernel stamped it (kernel mode), from our own record.
+    pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<u64> {
+        self.kernel()?.sent_t1(port, ssid, seq)
+    }
+
     pub fn set_port(&self, port: u16, flags: u8) -> Result<(), EbpfError> {
         match self.kernel() {
             Some(mut k) => k.set_port(port, flags),
