@@ -49,10 +49,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* MESHPROBE_ADMIN_LISTEN: [v6]:port or v4:port. */}}
+{{/* MESHPROBE_ADMIN_LISTEN: [v6]:port or v4:port; no address = the node's IP (kubelet expands
+     $(MESHPROBE_NODE_IP), set before it; the agent takes an IPv6 address without brackets). */}}
 {{- define "meshprobe.adminListen" -}}
 {{- $a := .Values.agent.adminAddress -}}
-{{- if contains ":" $a -}}
+{{- if not $a -}}
+{{- printf "$(MESHPROBE_NODE_IP):%d" (int .Values.agent.adminPort) -}}
+{{- else if contains ":" $a -}}
 {{- printf "[%s]:%d" $a (int .Values.agent.adminPort) -}}
 {{- else -}}
 {{- printf "%s:%d" $a (int .Values.agent.adminPort) -}}
@@ -158,6 +161,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $a.output }}
 - name: MESHPROBE_OUTPUT
   value: {{ $a.output | quote }}
+{{- end }}
+{{- if not $a.adminAddress }}
+- name: MESHPROBE_NODE_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
 {{- end }}
 - name: MESHPROBE_ADMIN_LISTEN
   value: {{ include "meshprobe.adminListen" . | quote }}

@@ -398,13 +398,18 @@ class DaemonSetDefaults(unittest.TestCase):
             "REGISTER_LISTENER_PORT": "862",
             "MESHPROBE_INTERVAL": "1s",
             "MESHPROBE_WINDOW": "10s",
-            "MESHPROBE_ADMIN_LISTEN": "[::]:9862",
+            "MESHPROBE_ADMIN_LISTEN": "$(MESHPROBE_NODE_IP):9862",
         }
         for k, v in expected.items():
             self.assertEqual(e.get(k), v, k)
         for name in ("REGISTER_PUBLIC_PORT", "MESHPROBE_PEERS", "MESHPROBE_NO_EBPF", "MESHPROBE_OUTPUT"):
             self.assertNotIn(name, e, "left to the agent's default")
-        known = agent_settings() | {"MESHPROBE_LOG"}
+        # The admin listener binds the node's IP only: kubelet expands $(MESHPROBE_NODE_IP),
+        # which must therefore come first.
+        self.assertEqual(e["MESHPROBE_NODE_IP"], {"fieldRef": {"fieldPath": "status.hostIP"}})
+        names = [v["name"] for v in self.agent["env"]]
+        self.assertLess(names.index("MESHPROBE_NODE_IP"), names.index("MESHPROBE_ADMIN_LISTEN"))
+        known = agent_settings() | {"MESHPROBE_LOG", "MESHPROBE_NODE_IP"}
         self.assertLessEqual(set(e), known, "every variable is an agent setting")
 
     def test_probes_on_the_admin_port(self) -> None:

@@ -27,9 +27,21 @@ fn parse_admin(s: &str) -> Result<AdminListen, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(AdminListen(None));
     }
-    s.parse()
-        .map(|a| AdminListen(Some(a)))
-        .map_err(|e| format!("{e} (expected ADDR:PORT such as [::]:9862, or off)"))
+    // Also `fd00::1:9862`: the chart builds the value from the node's IP, whose family it
+    // cannot know, so an IPv6 address may come without brackets (the port is the last field).
+    let unbracketed = || {
+        let (ip, port) = s.rsplit_once(':')?;
+        Some(std::net::SocketAddr::new(
+            ip.parse().ok()?,
+            port.parse().ok()?,
+        ))
+    };
+    match s.parse() {
+        Ok(a) => Ok(AdminListen(Some(a))),
+        Err(e) => unbracketed()
+            .map(|a| AdminListen(Some(a)))
+            .ok_or_else(|| format!("{e} (expected ADDR:PORT such as [::]:9862, or off)")),
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -186,7 +198,9 @@ pub struct AgentArgs {
     /// with Kafka].
     #[arg(long, env = "MESHPROBE_OUTPUT", value_enum, help_heading = "Output")]
     pub output: Option<OutputFormat>,
-    /// HTTP /metrics, /healthz, /readyz on this address, or `off`.
+    /// HTTP /metrics, /healthz, /readyz on this address, or `off`. No secrets are served, but
+    /// anyone who reaches it can read every metric: on a node, bind the node's IP (the chart
+    /// does), not every address.
     #[arg(long, env = "MESHPROBE_ADMIN_LISTEN", default_value = "[::]:9862", value_parser = parse_admin, help_heading = "Output")]
     pub admin_listen: AdminListen,
     /// Peers with their own Prometheus series; the rest share peer="_other".
@@ -562,6 +576,17 @@ impl AgentArgs {
 mod tests {
     use super::*;
     use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+
+    #[test]
+    fn admin_address_takes_ipv6_with_or_without_brackets() {
+        let a = |s: &str| parse_admin(s).map(|a| a.0.map(|a| a.to_string()));
+        assert_eq!(a("[::]:9862"), Ok(Some("[::]:9862".into())));
+        assert_eq!(a("fd00::1:9862"), Ok(Some("[fd00::1]:9862".into())));
+        assert_eq!(a("198.18.0.1:9862"), Ok(Some("198.18.0.1:9862".into())));
+        assert_eq!(a("off"), Ok(None));
+        assert!(a("fd00::1").is_err(), "no port");
+        assert!(a("node:9862").is_err(), "names are not resolved");
+    }
 
     #[derive(Parser)]
     struct T {

@@ -3,6 +3,7 @@
 //! flush Kafka, detach the programs, all within a grace timeout.
 pub mod admin;
 pub mod config;
+mod dedicated;
 pub mod metrics;
 pub mod prober;
 
@@ -221,6 +222,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     let health = Arc::new(admin::Health::default());
     let probe_metrics = metrics::ProbeMetrics::new(&mut registry, a.metrics_peer_limit);
     metrics::EbpfCollector::register(st.clone(), &mut registry);
+    let admin_metrics = admin::AdminMetrics::register(&mut registry);
     let live = LiveCounters::default();
     live.register(&mut registry);
     let zk_gauge = Gauge::<i64>::default();
@@ -247,16 +249,36 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         think_time: None,
         live: Some(live),
     };
-    let rsock = reflector::bind(&ropts, &st).with_context(|| {
-        format!(
-            "REGISTER_LISTENER_DNS/REGISTER_LISTENER_PORT {}: the reflector cannot listen there",
-            plan.listen
-        )
-    })?;
-    health.reflector.store(true, Ordering::Relaxed);
-
+    // The reflector binds on its own thread (its socket registers with that runtime); a bind
+    // error still stops the start, before `ready`.
     let (stop_reflector_tx, stop_reflector) = watch::channel(false);
-    let reflector_task = tokio::spawn(reflector::run(rsock, ropts, st.clone(), stop_reflector));
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let reflector_task = dedicated::spawn("reflector", {
+        let st = st.clone();
+        move || async move {
+            match reflector::bind(&ropts, &st) {
+                Ok(sock) => {
+                    let _ = bound_tx.send(Ok(()));
+                    Some(reflector::run(sock, ropts, st, stop_reflector).await)
+                }
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e));
+                    None
+                }
+            }
+        }
+    })?;
+    let listen = plan.listen;
+    bound_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the reflector thread stopped while binding"))?
+        .with_context(|| {
+            format!(
+                "REGISTER_LISTENER_DNS/REGISTER_LISTENER_PORT {listen}: the reflector cannot \
+                 listen there"
+            )
+        })?;
+    health.reflector.store(true, Ordering::Relaxed);
 
     // Membership: static peers, plus ZooKeeper's when configured.
     let (members_tx, members_rx) = watch::channel(plan.static_peers.clone());
@@ -317,6 +339,8 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
             l,
             registry.clone(),
             health.clone(),
+            admin::Limits::default(),
+            admin_metrics,
             stop_admin,
         ))
     });
@@ -353,7 +377,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         sinks.clone(),
         probe_metrics,
     );
-    let prober_task = tokio::spawn(prober.run(members_rx, stop_prober));
+    let prober_task = dedicated::spawn("prober", move || prober.run(members_rx, stop_prober))?;
     health.prober.store(true, Ordering::Relaxed);
 
     info!(
@@ -434,7 +458,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     Ok(())
 }
 
-fn report_prober(r: Result<Result<(), prober::ProberError>, tokio::task::JoinError>) {
+fn report_prober(r: Result<Result<(), prober::ProberError>, dedicated::DedicatedError>) {
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("prober: {e}"),
