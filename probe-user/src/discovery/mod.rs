@@ -136,13 +136,15 @@ pub enum ZkState {
 
 impl ZkState {
     /// Value for a gauge: 0 connecting, 1 registered, 2 disconnected, 3 expired, 4 stopped.
+    /// The `meshprobe_zookeeper_state` value (0 is "not configured", the gauge's default; the
+    /// dashboard and the help text use these numbers).
     pub fn as_i64(self) -> i64 {
         match self {
-            ZkState::Connecting => 0,
-            ZkState::Registered => 1,
-            ZkState::Disconnected => 2,
-            ZkState::Expired => 3,
-            ZkState::Stopped => 4,
+            ZkState::Connecting => 1,
+            ZkState::Registered => 2,
+            ZkState::Disconnected => 3,
+            ZkState::Expired => 4,
+            ZkState::Stopped => 5,
         }
     }
 
@@ -260,7 +262,7 @@ mod tests {
             ZkState::Stopped,
         ];
         let nums: Vec<_> = all.iter().map(|s| s.as_i64()).collect();
-        assert_eq!(nums, [0, 1, 2, 3, 4]);
+        assert_eq!(nums, [1, 2, 3, 4, 5], "0 is 'not configured'");
         assert_eq!(ZkState::Registered.to_string(), "registered");
     }
 }
