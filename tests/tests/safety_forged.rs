@@ -78,7 +78,17 @@ impl Segment {
             veth_pair(&sw, port, ns, ifname)?;
             sw.run(["ip", "link", "set", port, "master", "br0"])?;
             // No learning: unicast to B is flooded to F as well.
-            sw.run(["ip", "link", "set", "dev", port, "type", "bridge_slave", "learning", "off"])?;
+            sw.run([
+                "ip",
+                "link",
+                "set",
+                "dev",
+                port,
+                "type",
+                "bridge_slave",
+                "learning",
+                "off",
+            ])?;
         }
         sw.run(["ip", "link", "set", "br0", "up"])?;
         add_addr(&a, A_IF, A4.into(), 24)?;
@@ -135,7 +145,9 @@ impl Forger {
         let mode = Arc::new(AtomicU8::new(RECORD));
         let stop = Arc::new(AtomicBool::new(false));
         let (m, s) = (mode.clone(), stop.clone());
-        let handle = seg.f.spawn_thread(move || forge(a_mac, f_mac, (a, b, f), &m, &s));
+        let handle = seg
+            .f
+            .spawn_thread(move || forge(a_mac, f_mac, (a, b, f), &m, &s));
         Ok(Forger {
             mode,
             stop,
@@ -246,8 +258,8 @@ fn forge(
             log.replayed += 1;
         }
         for (src, payload) in frames {
-            let frame = UdpFrame::new(f_mac, a_mac, src, a, STAMP_PORT, to.port(), payload)
-                .build()?;
+            let frame =
+                UdpFrame::new(f_mac, a_mac, src, a, STAMP_PORT, to.port(), payload).build()?;
             match tx.send_to(&frame, None) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => bail!("forger send: {e}"),
@@ -322,13 +334,15 @@ fn run(env: &TestEnv, seg: &Segment, fam: Family) -> Result<()> {
     std::thread::sleep(PING_GENUINE);
 
     // B's reflector dies; F takes over.
-    refl.stop().with_context(|| format!("{l}: stopping B's reflector"))?;
+    refl.stop()
+        .with_context(|| format!("{l}: stopping B's reflector"))?;
     forger.attack();
     let attack_tai = tai_now_ns();
     let fin = ping.wait_exit(Duration::from_secs(30))?;
     let run = PingRun::parse(&fin)?;
     // Windows wholly after the attack began and its probes in flight timed out.
-    let first_attacked = (attack_tai + TIMEOUT.as_nanos() as u64).div_ceil(WINDOW.as_nanos() as u64);
+    let first_attacked =
+        (attack_tai + TIMEOUT.as_nanos() as u64).div_ceil(WINDOW.as_nanos() as u64);
     agent
         .wait_for(Duration::from_secs(15), |e| {
             e.kind() == "summary" && num(&e.v, "window_seq") >= first_attacked + ATTACK_WINDOWS
@@ -400,7 +414,10 @@ fn run(env: &TestEnv, seg: &Segment, fam: Family) -> Result<()> {
     for w in &attacked {
         let (sent, received, lost) = (num(w, "sent"), num(w, "received"), num(w, "lost"));
         let rtt_count = num2(w, "network_rtt_ns", "count").unwrap_or(0);
-        if received != 0 || rtt_count != 0 || lost == 0 || num(w, "duplicates") + num(w, "late") != 0
+        if received != 0
+            || rtt_count != 0
+            || lost == 0
+            || num(w, "duplicates") + num(w, "late") != 0
         {
             errors.push(format!(
                 "agent: window {} under attack: sent {sent} received {received} lost {lost} \
@@ -424,7 +441,10 @@ fn run(env: &TestEnv, seg: &Segment, fam: Family) -> Result<()> {
         "bad_stamps",
         "malformed",
     ];
-    let agent_rej: Vec<(&str, u64)> = reasons.iter().map(|r| (*r, rejected(&metrics, r))).collect();
+    let agent_rej: Vec<(&str, u64)> = reasons
+        .iter()
+        .map(|r| (*r, rejected(&metrics, r)))
+        .collect();
     eprintln!("{l}: agent rejected {agent_rej:?}");
     if agent_rej.iter().all(|(_, n)| *n == 0) {
         let replies: Vec<&str> = metrics.lines().filter(|m| m.contains("replies")).collect();
@@ -493,7 +513,10 @@ fn check_reasons(who: &str, count: &dyn Fn(&str) -> u64, from_elsewhere: bool) -
         }
     };
     if from_elsewhere {
-        want("replies from F's own address (wrong_source)", count("wrong_source"));
+        want(
+            "replies from F's own address (wrong_source)",
+            count("wrong_source"),
+        );
     }
     want(
         "spoofed replies with a 5 s old T1 (t1_mismatch / t1_implausible)",
