@@ -385,9 +385,12 @@ async fn ping(a: PingArgs) -> Result<()> {
         },
     );
     let mut tasks = Vec::new();
+    let mut ssids = std::collections::HashSet::new();
     for peer in peers {
-        // Random non-zero SSID per session (RFC 8972 §3).
-        let ssid: u16 = rand::random_range(1..=u16::MAX);
+        // Random non-zero SSID per session (RFC 8972 §3), unique among ours.
+        let ssid = crate::probe::session::alloc_ssid(|s| ssids.contains(&s))
+            .ok_or_else(|| anyhow::anyhow!("more peers than SSIDs (65535)"))?;
+        ssids.insert(ssid);
         tasks.push(tokio::spawn(sender::run_session(
             peer,
             ssid,

@@ -84,6 +84,9 @@ pub struct Summary {
     pub reordered: u64,
     /// Replies that came after the probe's timeout (the probe counts as lost).
     pub late: u64,
+    /// Replies that did not count, by reason (absent from binaries before issue 13).
+    #[serde(default)]
+    pub rejected: std::collections::BTreeMap<String, u64>,
     pub network_rtt_ns: Option<Dist>,
     pub turnaround_ns: Option<Dist>,
     pub app_rtt_ns: Option<Dist>,

@@ -15,8 +15,10 @@ use meshprobe_tests::{Family, STAMP_PORT, TestEnv, TwoHosts};
 
 const PROBES: u32 = 60;
 
-fn plan(seq: u32) -> Action {
-    match seq % 10 {
+/// The action for the `n`th probe of the session (counted from its first sequence number,
+/// which is random): the last probes get plain replies, so the session ends with nothing held.
+fn plan(n: u32) -> Action {
+    match n % 10 {
         3 => Action::Duplicate,
         6 => Action::Reorder,
         _ => Action::Reply,
@@ -33,10 +35,12 @@ fn duplicates_and_reordering_are_counted_not_sampled() -> Result<()> {
         return Ok(());
     };
     let t = TwoHosts::new()?;
+    // Requests arrive in order here (one veth): the first one carries the first sequence number.
+    let first = std::sync::OnceLock::new();
     let fake = FakeReflector::start(
         &t.b,
         SocketAddr::new(t.b_addr(Family::V4), STAMP_PORT),
-        plan,
+        move |seq| plan(seq.wrapping_sub(*first.get_or_init(|| seq))),
     )?;
     let peer = t.b_addr(Family::V4).to_string();
     let count = PROBES.to_string();
@@ -53,12 +57,13 @@ fn duplicates_and_reordering_are_counted_not_sampled() -> Result<()> {
     let s = run.summary()?;
     eprintln!("fake reflector: {st:?}");
     eprintln!(
-        "summary: sent {} received {} lost {} duplicates {} reordered {}; lines: {} probe, {} duplicate, {} reordered",
+        "summary: sent {} received {} lost {} duplicates {} reordered {} rejected {:?}; lines: {} probe, {} duplicate, {} reordered",
         s.sent,
         s.received,
         s.lost,
         s.duplicates,
         s.reordered,
+        s.rejected,
         run.probes.len(),
         run.duplicates.len(),
         run.reordered.len()

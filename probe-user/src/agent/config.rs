@@ -447,7 +447,7 @@ impl AgentArgs {
         }
         // In-flight probes per peer stay bounded (memory is fixed per peer).
         let in_flight = self.timeout.as_nanos() / self.interval.as_nanos().max(1);
-        if in_flight >= (crate::stats::window::SEQ_RING / 2) as u128 {
+        if in_flight >= crate::probe::session::AGENT_MAX_IN_FLIGHT as u128 {
             return Err(bad(
                 "MESHPROBE_TIMEOUT (--timeout)",
                 format!(
@@ -457,7 +457,7 @@ impl AgentArgs {
                 ),
                 format!(
                     "keep timeout/interval below {}",
-                    crate::stats::window::SEQ_RING / 2
+                    crate::probe::session::AGENT_MAX_IN_FLIGHT
                 ),
             ));
         }

@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::probe::Stamping;
+use crate::probe::{Stamping, session::Rejection};
 
 /// Label of the series that aggregates peers beyond the cardinality bound.
 pub const OTHER_PEERS: &str = "_other";
@@ -26,6 +26,12 @@ pub const OTHER_PEERS: &str = "_other";
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabel {
     pub peer: String,
+}
+
+/// `reason` of a rejected reply: one of `Rejection::ALL`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 fn rtt_histogram() -> Histogram {
@@ -41,6 +47,9 @@ pub struct ProbeMetrics {
     pub duplicates: Counter,
     pub late: Counter,
     pub unmatched: Counter,
+    rejected: Family<ReasonLabel, Counter>,
+    /// Samples whose T1 is the reflector's echo (kernel mode, no record of ours left).
+    pub t1_unrecorded: Counter,
     pub send_errors: Counter,
     pub peers: Gauge,
     pub windows: Counter,
@@ -61,6 +70,8 @@ impl ProbeMetrics {
             duplicates: Counter::default(),
             late: Counter::default(),
             unmatched: Counter::default(),
+            rejected: Family::default(),
+            t1_unrecorded: Counter::default(),
             send_errors: Counter::default(),
             peers: Gauge::default(),
             windows: Counter::default(),
@@ -95,8 +106,24 @@ impl ProbeMetrics {
         );
         r.register(
             "meshprobe_replies_unmatched",
-            "Packets on the sender socket that match no probe",
+            "Packets on the sender socket that did not count (sum of replies_rejected)",
             m.unmatched.clone(),
+        );
+        r.register(
+            "meshprobe_replies_rejected",
+            "Packets on the sender socket that did not count, by reason",
+            m.rejected.clone(),
+        );
+        // Every reason is exported from the start, so a rate over it needs no first event.
+        for reason in Rejection::ALL {
+            let _ = m.rejected.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
+        r.register(
+            "meshprobe_replies_t1_unrecorded",
+            "Samples whose T1 is the reflector's echo: no record of our own egress stamp was left",
+            m.t1_unrecorded.clone(),
         );
         r.register(
             "meshprobe_send_errors",
@@ -174,6 +201,13 @@ impl ProbeMetrics {
             .observe(network_rtt_ns.max(0) as f64 / 1e9);
     }
 
+    pub fn on_rejected(&self, r: Rejection) {
+        self.unmatched.inc();
+        self.rejected
+            .get_or_create(&ReasonLabel { reason: r.label() })
+            .inc();
+    }
+
     pub fn on_lost(&self, label: &PeerLabel) {
         self.lost.inc();
         self.peer_lost.get_or_create(label).inc();
@@ -246,6 +280,7 @@ mod tests {
         assert_eq!(m.label_for("a").peer, "a", "stable for a known peer");
         m.on_reply(&a, 5_000);
         m.on_lost(&c);
+        m.on_rejected(Rejection::WrongSource);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
         assert!(
@@ -256,6 +291,15 @@ mod tests {
             out.contains("meshprobe_peer_network_rtt_seconds_count{peer=\"a\"} 1"),
             "{out}"
         );
+        assert!(
+            out.contains("meshprobe_replies_rejected_total{reason=\"wrong_source\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("meshprobe_replies_rejected_total{reason=\"t1_mismatch\"} 0"),
+            "{out}"
+        );
+        assert!(out.contains("meshprobe_replies_unmatched_total 1"), "{out}");
         m.forget(&a);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();

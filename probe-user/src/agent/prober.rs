@@ -3,7 +3,7 @@
 //! bounded in-flight queue, window statistics), so it stays flat with uptime.
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, VecDeque},
+    collections::{BinaryHeap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -19,14 +19,14 @@ use super::metrics::{PeerLabel, ProbeMetrics};
 use crate::{
     clock,
     discovery::{Peer, PeerMap},
-    net::{ProbeSocket, RecvBatch, SockStamps},
+    net::{ProbeSocket, RecvBatch, SockStamps, canonical},
     pb,
-    probe::{ReplyContext, StampSource, Stamping, emit_json, measure},
-    sink::Sinks,
-    stats::{
-        ReplyKind,
-        window::{SeqRing, WindowStats},
+    probe::{
+        StampSource, Stamping, emit_json,
+        session::{self, Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
     },
+    sink::Sinks,
+    stats::window::WindowStats,
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
 
@@ -60,20 +60,10 @@ pub enum ProberError {
     },
 }
 
-struct Pending {
-    seq: u32,
-    app_tx_tai: u64,
-    deadline: Instant,
-    tx_key: u32,
-    done: bool,
-}
-
 struct PeerState {
     peer: Peer,
-    ssid: u16,
-    ring: SeqRing,
-    /// In flight, in sequence order; at most timeout/interval + 1 long.
-    pending: VecDeque<Pending>,
+    /// Sequence numbers, probes in flight and reply validation.
+    session: Session,
     win: WindowStats,
     label: PeerLabel,
     /// Left the membership at this instant: no new probes, no loss counted.
@@ -106,12 +96,13 @@ pub struct Prober {
     peers: HashMap<u64, PeerState>,
     by_node: HashMap<String, u64>,
     by_ssid: HashMap<u16, u64>,
+    /// By canonical address: replies of reflectors that zero the SSID.
     by_addr: HashMap<SocketAddr, u64>,
     heap: BinaryHeap<Reverse<(Instant, u64, Ev)>>,
     next_id: u64,
-    next_ssid: u16,
-    tx_stamps: HashMap<u32, u64>,
-    tx_key: u32,
+    tx_stamps: TxStamps,
+    /// The sender socket's port, once bound.
+    lport: u16,
     ee: crate::wire::ErrorEstimate,
     /// Probes built by one `run_due`, sent together (sendmmsg); buffers are reused.
     out: Vec<(Vec<u8>, SocketAddr)>,
@@ -166,9 +157,8 @@ impl Prober {
             by_addr: HashMap::new(),
             heap: BinaryHeap::new(),
             next_id: 0,
-            next_ssid: rand::rng().random_range(1..=u16::MAX),
-            tx_stamps: HashMap::new(),
-            tx_key: 0,
+            tx_stamps: TxStamps::default(),
+            lport: 0,
             ee,
             out: Vec::new(),
             n_out: 0,
@@ -184,6 +174,7 @@ impl Prober {
     ) -> Result<(), ProberError> {
         let sock = bind_sender(self.st.sock_stamps()).map_err(ProberError::Socket)?;
         let lport = sock.local_addr().map_err(ProberError::Socket)?.port();
+        self.lport = lport;
         self.st
             .set_port(lport, port::SENDER)
             .map_err(|source| ProberError::Register {
@@ -205,10 +196,7 @@ impl Prober {
                 .peek()
                 .map(|Reverse((t, _, _))| (*t).max(last_due + tick));
             if let Some(until) = stopping {
-                let in_flight = self
-                    .peers
-                    .values()
-                    .any(|p| p.pending.iter().any(|q| !q.done));
+                let in_flight = self.peers.values().any(|p| p.session.in_flight());
                 if !in_flight || Instant::now() >= until {
                     break;
                 }
@@ -275,16 +263,6 @@ impl Prober {
         Instant::now() + Duration::from_nanos(self.window_end_tai().saturating_sub(now))
     }
 
-    fn alloc_ssid(&mut self) -> u16 {
-        loop {
-            let s = self.next_ssid;
-            self.next_ssid = self.next_ssid.wrapping_add(1).max(1);
-            if !self.by_ssid.contains_key(&s) {
-                return s;
-            }
-        }
-    }
-
     fn jittered(&self, base: Duration) -> Duration {
         let j = f64::from(self.opts.jitter_pct) / 100.0;
         if j == 0.0 {
@@ -345,20 +323,21 @@ impl Prober {
                 }
                 continue;
             }
+            let Some(ssid) = session::alloc_ssid(|s| self.by_ssid.contains_key(&s)) else {
+                warn!("not probing {}: every SSID is in use", peer.node_id);
+                continue;
+            };
             let id = self.next_id;
             self.next_id += 1;
-            let ssid = self.alloc_ssid();
             let label = self.metrics.label_for(&peer.node_id);
             self.by_node.insert(node.clone(), id);
             self.by_ssid.insert(ssid, id);
-            self.by_addr.insert(peer.addr, id);
+            self.by_addr.insert(canonical(peer.addr), id);
             self.peers.insert(
                 id,
                 PeerState {
                     peer: peer.clone(),
-                    ssid,
-                    ring: SeqRing::default(),
-                    pending: VecDeque::new(),
+                    session: Session::new(peer.addr, ssid, self.opts.timeout, self.opts.interval),
                     win: WindowStats::default(),
                     label,
                     leaving: None,
@@ -422,7 +401,7 @@ impl Prober {
         if p.send_gen != generation || p.leaving.is_some() {
             return;
         }
-        let seq = p.ring.sent();
+        let seq = p.session.next_seq();
         let size = self.opts.sizes[seq as usize % self.opts.sizes.len()];
         let app_tx = clock::tai_now_ns();
         // Kernel mode: T1 leaves as zero and the egress program writes it.
@@ -437,7 +416,7 @@ impl Prober {
         let (buf, to) = &mut self.out[self.n_out];
         *to = p.peer.addr;
         buf.clear();
-        match SenderPacket::probe(seq, p.ssid, t1, self.ee, size) {
+        match SenderPacket::probe(seq, p.session.ssid(), t1, self.ee, size) {
             Ok(pkt) => pkt.encode(buf),
             Err(e) => {
                 // Sizes are validated with the configuration; this cannot happen.
@@ -447,17 +426,9 @@ impl Prober {
         }
         self.n_out += 1;
         let deadline = Instant::now() + self.opts.timeout;
-        let tx_key = self.tx_key;
-        self.tx_key = self.tx_key.wrapping_add(1);
+        p.session.sent(app_tx, self.tx_stamps.next_key(), deadline);
         p.win.sent += 1;
         self.metrics.on_sent(&p.label);
-        p.pending.push_back(Pending {
-            seq,
-            app_tx_tai: app_tx,
-            deadline,
-            tx_key,
-            done: false,
-        });
         self.heap.push(Reverse((deadline, id, Ev::Timeout)));
         // Next probe from the scheduled time, not from now: no drift under load.
         let next = due + self.jittered(self.opts.interval);
@@ -470,28 +441,30 @@ impl Prober {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        while let Some(front) = p.pending.front() {
-            if !front.done && front.deadline > now {
-                break;
-            }
-            let q = p.pending.pop_front().expect("front exists");
-            self.tx_stamps.remove(&q.tx_key);
-            if q.done || !p.ring.time_out(q.seq) {
-                continue;
-            }
+        let (opts, st, sinks, metrics) = (&self.opts, &self.st, &self.sinks, &self.metrics);
+        let leaving = p.leaving.is_some();
+        let (session, win) = (&mut p.session, &mut p.win);
+        let (peer, label, ssid) = (&p.peer, &p.label, session.ssid());
+        session.expire(now, &mut self.tx_stamps, |l| {
             // A departing peer's unanswered probes are not loss: it is leaving.
-            if p.leaving.is_some() {
-                continue;
+            if leaving {
+                return;
             }
-            p.win.lost += 1;
-            self.metrics.on_lost(&p.label);
-            if self.sinks.kafka_probes {
-                self.sinks.probe(pb::ProbeResult {
+            win.lost += 1;
+            metrics.on_lost(label);
+            if sinks.kafka_probes {
+                sinks.probe(pb::ProbeResult {
                     lost: true,
-                    ..probe_record(&self.opts, p, &self.st, q.seq, q.app_tx_tai)
+                    ..probe_record(opts, peer, ssid, st, l.seq, l.app_tx_tai)
                 });
             }
-        }
+        });
+    }
+
+    /// Counts a reply that does not count (no per-peer label: the set stays bounded).
+    fn reject(metrics: &ProbeMetrics, from: SocketAddr, r: Rejection) {
+        debug!("reply from {from} rejected: {}", r.label());
+        metrics.on_rejected(r);
     }
 
     fn on_reply(
@@ -502,61 +475,66 @@ impl Prober {
         app_rx: u64,
     ) {
         let Ok(rep) = ReflectorPacket::decode(payload) else {
-            self.metrics.unmatched.inc();
+            Self::reject(&self.metrics, rx.from, Rejection::Malformed);
             return;
         };
-        // Our reflectors echo the SSID; RFC 8762-only ones leave it zero: match by address.
+        // Our reflectors echo the SSID; RFC 8762-only ones leave it zero: found by address,
+        // which the session checks either way.
         let id = if rep.ssid != 0 {
             self.by_ssid.get(&rep.ssid)
         } else {
-            self.by_addr.get(&rx.from)
+            self.by_addr.get(&canonical(rx.from))
         };
-        let Some(&id) = id else {
-            self.metrics.unmatched.inc();
+        let Some(p) = id.copied().and_then(|id| self.peers.get_mut(&id)) else {
+            Self::reject(&self.metrics, rx.from, Rejection::UnknownSession);
             return;
         };
-        let Some(p) = self.peers.get_mut(&id) else {
-            self.metrics.unmatched.inc();
-            return;
+        if !self.st.is_kernel() {
+            self.tx_stamps.absorb(sock);
+        }
+        let reply = Reply {
+            payload,
+            from: rx.from,
+            rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
+            app_rx_tai: app_rx,
         };
-        let seq = rep.sender_seq;
-        let kind = p.ring.reply(seq);
-        match kind {
-            ReplyKind::Duplicate => {
+        let mut env = ReplyEnv {
+            st: &self.st,
+            lport: self.lport,
+            // One port for every peer: (port, seq) is not unique, so the kernel's T4 map is
+            // not used; the socket's RX stamp is the same skb stamp.
+            t4_map: false,
+            tx_stamps: &mut self.tx_stamps,
+        };
+        let outcome = p.session.reply(&reply, &rep, &mut env);
+        let (seq, m, reordered, app_tx) = match outcome {
+            Err(r) => {
+                Self::reject(&self.metrics, rx.from, r);
+                return;
+            }
+            Ok(Outcome::Duplicate { .. }) => {
                 p.win.duplicates += 1;
                 self.metrics.duplicates.inc();
                 return;
             }
-            ReplyKind::Late => {
+            Ok(Outcome::Late { .. }) => {
                 p.win.late += 1;
                 self.metrics.late.inc();
                 return;
             }
-            ReplyKind::Unknown => {
-                self.metrics.unmatched.inc();
-                return;
+            Ok(Outcome::Sample {
+                seq,
+                m,
+                reordered,
+                app_tx_tai,
+                t1_unrecorded,
+            }) => {
+                if t1_unrecorded {
+                    self.metrics.t1_unrecorded.inc();
+                }
+                (seq, m, reordered, app_tx_tai)
             }
-            ReplyKind::Reordered => p.win.reordered += 1,
-            ReplyKind::InOrder => {}
-        }
-        let Some(front) = p.pending.front() else {
-            return;
         };
-        let idx = seq.wrapping_sub(front.seq) as usize;
-        let Some(q) = p.pending.get_mut(idx).filter(|q| q.seq == seq) else {
-            return;
-        };
-        q.done = true;
-        let (app_tx, tx_key) = (q.app_tx_tai, q.tx_key);
-        if !self.st.is_kernel() {
-            for (k, t) in sock.drain_tx_stamps() {
-                self.tx_stamps.insert(k, t);
-            }
-            // Stamps of probes that were never answered must not pile up.
-            if self.tx_stamps.len() > 65_536 {
-                self.tx_stamps.clear();
-            }
-        }
         if self.st.is_kernel()
             && crate::wire::reply_rx_stamp(payload).is_none()
             && sock.ensure_rx_stamps()
@@ -568,25 +546,10 @@ impl Prober {
                 rx.from
             );
         }
-        let m = measure(
-            &self.st,
-            &rep,
-            &ReplyContext {
-                payload,
-                rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
-                app_tx_tai: app_tx,
-                app_rx_tai: app_rx,
-                tx_sw_realtime_ns: self.tx_stamps.remove(&tx_key),
-                // One port for every peer: (port, seq) is not unique, so the kernel's T4 map is
-                // not used; the socket's RX stamp is the same skb stamp.
-                t4_map_key: None,
-            },
-        );
-        p.win.received += 1;
-        p.win.network_rtt.record(m.network_rtt);
-        p.win.turnaround.record(m.turnaround);
-        p.win.app_rtt.record(m.app_rtt);
-        p.win.stack_overhead.record(m.stack_overhead);
+        if reordered {
+            p.win.reordered += 1;
+        }
+        p.win.sample(&m);
         self.metrics.on_reply(&p.label, m.network_rtt);
         if self.sinks.kafka_probes {
             self.sinks.probe(pb::ProbeResult {
@@ -601,8 +564,8 @@ impl Prober {
                 t1_source: stamp_source(m.t1_source) as i32,
                 t4_source: stamp_source(m.t4_source) as i32,
                 ttl: u32::from(rep.sender_ttl),
-                reordered: kind == ReplyKind::Reordered,
-                ..probe_record(&self.opts, p, &self.st, seq, app_tx)
+                reordered,
+                ..probe_record(&self.opts, &p.peer, p.session.ssid(), &self.st, seq, app_tx)
             });
         }
     }
@@ -652,9 +615,10 @@ impl Prober {
                 if self.by_node.get(&p.peer.node_id) == Some(&id) {
                     self.by_node.remove(&p.peer.node_id);
                 }
-                self.by_ssid.remove(&p.ssid);
-                if self.by_addr.get(&p.peer.addr) == Some(&id) {
-                    self.by_addr.remove(&p.peer.addr);
+                self.by_ssid.remove(&p.session.ssid());
+                let addr = canonical(p.peer.addr);
+                if self.by_addr.get(&addr) == Some(&id) {
+                    self.by_addr.remove(&addr);
                 }
                 self.metrics.forget(&p.label);
                 debug!("dropped state of departed peer {}", p.peer.node_id);
@@ -666,16 +630,17 @@ impl Prober {
 /// The fields every probe record towards `p` shares, answered or lost.
 fn probe_record(
     opts: &ProberOptions,
-    p: &PeerState,
+    peer: &Peer,
+    ssid: u16,
     st: &Stamping,
     seq: u32,
     sent_tai_ns: u64,
 ) -> pb::ProbeResult {
     pb::ProbeResult {
         src: opts.node_id.clone(),
-        dst: p.peer.node_id.clone(),
-        dst_address: p.peer.addr.to_string(),
-        ssid: u32::from(p.ssid),
+        dst: peer.node_id.clone(),
+        dst_address: peer.addr.to_string(),
+        ssid: u32::from(ssid),
         seq,
         timestamping: timestamping(st) as i32,
         sent_tai_ns,

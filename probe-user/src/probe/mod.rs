@@ -1,6 +1,7 @@
 //! Session-Sender and Session-Reflector, and what they share: how packets get stamped.
 pub mod reflector;
 pub mod sender;
+pub mod session;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -203,97 +204,6 @@ pub fn rx_time(
     match rx_sw_realtime_ns {
         Some(rt) => (st.realtime_to_tai(rt), StampSource::Socket),
         None => (app_ns, StampSource::App),
-    }
-}
-
-/// The four timestamps of one answered probe and the figures derived from them.
-#[derive(Clone, Copy, Debug)]
-pub struct Measurement {
-    pub t1: u64,
-    pub t2: u64,
-    pub t3: u64,
-    pub t4: u64,
-    pub t1_source: StampSource,
-    pub t4_source: StampSource,
-    /// (T4 − T1) − (T3 − T2).
-    pub network_rtt: i64,
-    /// T3 − T2: the reflector's think time.
-    pub turnaround: i64,
-    /// User-space send to user-space receive.
-    pub app_rtt: i64,
-    /// app RTT − (T4 − T1): the sender's own stack and scheduling.
-    pub stack_overhead: i64,
-}
-
-/// What the sender knows about one reply besides the packet itself.
-pub struct ReplyContext<'a> {
-    pub payload: &'a [u8],
-    /// Kernel software RX stamp of the reply (socket), CLOCK_REALTIME.
-    pub rx_sw_realtime_ns: Option<u64>,
-    /// User-space clock (TAI) at send and at receive.
-    pub app_tx_tai: u64,
-    pub app_rx_tai: u64,
-    /// The socket's TX software stamp of the request (CLOCK_REALTIME), socket mode.
-    pub tx_sw_realtime_ns: Option<u64>,
-    /// (local port, seq) to look T4 up in the kernel's fallback map, when the key is unique to
-    /// this session (one socket per session).
-    pub t4_map_key: Option<(u16, u32)>,
-}
-
-/// Derives T1..T4 and the RTT figures from a decoded reply.
-pub fn measure(
-    st: &Stamping,
-    rep: &crate::wire::ReflectorPacket,
-    ctx: &ReplyContext<'_>,
-) -> Measurement {
-    use crate::wire::TimestampFormat;
-    // T1: the TC egress stamp echoed by the reflector. (The driver's TX software stamp is not
-    // used when TC stamps exist: on veth it comes after the packet taps, whose work it then
-    // includes.) Socket mode: the TX software stamp, else the user-space send time.
-    let (t1, t1_source) = if st.is_kernel() && !rep.sender_timestamp.is_zero() {
-        (
-            rep.sender_timestamp.to_ns(TimestampFormat::Ptp),
-            StampSource::Tc,
-        )
-    } else {
-        match ctx.tx_sw_realtime_ns {
-            Some(rt) => (st.realtime_to_tai(rt), StampSource::TxSoftware),
-            None => (ctx.app_tx_tai, StampSource::App),
-        }
-    };
-    // T2, T3: the reflector's clock, in the format its Error Estimate announces.
-    let fmt = rep.error_estimate.format();
-    let t2 = rep.receive_timestamp.to_ns(fmt);
-    let t3 = rep.timestamp.to_ns(fmt);
-    // T4: in-band block, else the fallback map, else the socket stamp.
-    let (mut t4, mut t4_source) = rx_time(
-        st,
-        crate::wire::reply_rx_stamp(ctx.payload),
-        ctx.rx_sw_realtime_ns,
-        ctx.app_rx_tai,
-    );
-    if st.is_kernel()
-        && matches!(t4_source, StampSource::Socket | StampSource::App)
-        && let Some((port, seq)) = ctx.t4_map_key
-        && let Some(b) = st.kernel().and_then(|mut k| k.take_t4(port, seq))
-    {
-        t4 = crate::wire::rx_stamp_from_block(&b).tai_ns;
-        t4_source = StampSource::Map;
-    }
-    let turnaround = t3 as i64 - t2 as i64;
-    let network_rtt = (t4 as i64 - t1 as i64) - turnaround;
-    let app_rtt = ctx.app_rx_tai as i64 - ctx.app_tx_tai as i64;
-    Measurement {
-        t1,
-        t2,
-        t3,
-        t4,
-        t1_source,
-        t4_source,
-        network_rtt,
-        turnaround,
-        app_rtt,
-        stack_overhead: app_rtt - (t4 as i64 - t1 as i64),
     }
 }
 

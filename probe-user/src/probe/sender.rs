@@ -1,21 +1,20 @@
 //! Session-Sender: sends STAMP test packets to each peer on a schedule, matches replies, and
 //! computes network RTT = (T4 − T1) − (T3 − T2) from kernel stamps.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use probe_common::port;
 use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
-use super::{ReplyContext, StampSource, Stamping, emit_json, fmt_ns, measure};
+use super::{
+    StampSource, Stamping, emit_json, fmt_ns,
+    session::{Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
+};
 use crate::{
     clock,
     net::{BATCH, ProbeSocket, Received, RecvBatch},
-    stats::{ReplyKind, SeqTracker, SessionStats},
+    stats::SessionStats,
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
 
@@ -79,16 +78,6 @@ struct SeqEvent<'a> {
     seq: u32,
 }
 
-struct Pending {
-    seq: u32,
-    app_tx_tai: u64,
-    deadline: Instant,
-    /// SO_TIMESTAMPING OPT_ID key of the send (socket mode).
-    tx_key: u32,
-    /// Answered, or refused by the kernel at send: nothing left to time out.
-    done: bool,
-}
-
 /// Below this interval the timer cannot wake for every probe (tokio's timer has 1 ms
 /// resolution, and a wake-up costs more than a probe): probes that fell due since the last
 /// wake-up leave together, with one sendmmsg. At longer intervals every probe is sent on its
@@ -138,19 +127,15 @@ pub async fn run_session(
     let peer_s = peer.to_string();
     let ee = st.error_estimate();
     let mut stats = SessionStats::default();
-    let mut tracker = SeqTracker::default();
-    // In flight, in sequence order; deadlines are send time + timeout, so also in deadline
-    // order: the next timeout is the front, a reply's entry is found by its offset.
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut tx_stamps: HashMap<u32, u64> = HashMap::new();
+    let mut session = Session::new(peer, ssid, opts.timeout, opts.interval);
+    let mut tx_stamps = TxStamps::default();
     let mut next_send = Instant::now();
-    let mut seq: u32 = 0;
-    let mut tx_key: u32 = 0;
+    let mut sent: u64 = 0;
     let mut batch = RecvBatch::new(crate::wire::MAX_PACKET_LEN + 1);
     let mut out: Vec<Vec<u8>> = Vec::new();
     // Validate the size once; the packet shape is the same for every probe.
     SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size).map_err(SenderError::Size)?;
-    let mut ctx = ReplyCtx {
+    let ctx = ReplyCtx {
         peer_s: &peer_s,
         ssid,
         lport,
@@ -162,14 +147,13 @@ pub async fn run_session(
         let left = if opts.count == 0 {
             u64::MAX
         } else {
-            opts.count.saturating_sub(u64::from(seq))
+            opts.count.saturating_sub(sent)
         };
         let more_to_send = left > 0;
-        let in_flight = pending.iter().any(|p| !p.done);
-        if !more_to_send && !in_flight {
+        if !more_to_send && !session.in_flight() {
             break;
         }
-        let next_deadline = pending.front().map(|p| p.deadline);
+        let next_deadline = session.next_deadline();
         tokio::select! {
             _ = tokio::time::sleep_until(next_send), if more_to_send => {
                 let now = Instant::now();
@@ -190,32 +174,26 @@ pub async fn run_session(
                 // echo means the probe left through an interface without our program.
                 let t1 = if kernel { Timestamp::default() } else { Timestamp::from_ptp_ns(app_tx) };
                 let deadline = Instant::now() + opts.timeout;
-                let first = seq;
+                let first = session.next_seq();
                 for i in 0..n as usize {
                     if out.len() <= i {
                         out.push(Vec::with_capacity(opts.size));
                     }
+                    let seq = session.sent(app_tx, tx_stamps.next_key(), deadline);
                     let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size).map_err(SenderError::Size)?;
                     out[i].clear();
                     pkt.encode(&mut out[i]);
-                    tracker.sent(seq);
                     stats.sent += 1;
-                    pending.push_back(Pending { seq, app_tx_tai: app_tx, deadline, tx_key, done: false });
-                    tx_key = tx_key.wrapping_add(1);
-                    seq = seq.wrapping_add(1);
+                    sent += 1;
                 }
                 let msgs: Vec<(&[u8], SocketAddr)> = out[..n as usize].iter().map(|b| (&b[..], peer)).collect();
                 sock.send_batch(&msgs, |i, e| {
                     // Unreachable peer (ICMP error) or no route: the probe is lost.
                     debug!("send to {peer}: {e}");
                     let s = first.wrapping_add(i as u32);
-                    tracker.time_out(s);
-                    stats.lost += 1;
-                    if let Some(p) = pending.iter_mut().rev().find(|p| p.seq == s) {
-                        p.done = true;
-                    }
-                    if opts.json && !opts.quiet {
-                        emit_json(&SeqEvent { kind: "loss", peer: &peer_s, ssid, seq: s });
+                    if session.fail(s) {
+                        stats.lost += 1;
+                        ctx.seq_event("loss", s);
                     }
                 }).await;
             }
@@ -226,42 +204,21 @@ pub async fn run_session(
                     debug!("recv from {peer}: {e}");
                     continue;
                 }
+                tx_stamps.absorb(&sock);
                 for (payload, rx) in batch.iter() {
-                    ctx.on_reply(payload, rx, app_rx, &sock, &mut tracker, &mut pending, &mut tx_stamps, &mut stats);
+                    ctx.on_reply(payload, rx, app_rx, &mut session, &mut tx_stamps, &mut stats);
                 }
             }
             _ = sleep_until_opt(next_deadline), if next_deadline.is_some() => {
-                let now = Instant::now();
-                while let Some(p) = pending.front() {
-                    if !p.done && p.deadline > now {
-                        break;
+                session.expire(Instant::now(), &mut tx_stamps, |l| {
+                    stats.lost += 1;
+                    if !opts.quiet && !opts.json {
+                        println!("no reply from {peer}: seq={} (timeout {})", l.seq, fmt_ns(opts.timeout.as_nanos() as i64));
                     }
-                    let p = pending.pop_front().expect("front exists");
-                    if p.done {
-                        continue;
-                    }
-                    tx_stamps.remove(&p.tx_key);
-                    if tracker.time_out(p.seq) {
-                        stats.lost += 1;
-                        if !opts.quiet {
-                            if opts.json {
-                                emit_json(&SeqEvent { kind: "loss", peer: &peer_s, ssid, seq: p.seq });
-                            } else {
-                                println!("no reply from {peer}: seq={} (timeout {})", p.seq, fmt_ns(opts.timeout.as_nanos() as i64));
-                            }
-                        }
-                    }
-                }
-                // TX stamps of lost probes must not accumulate.
-                if tx_stamps.len() > 4096 {
-                    tx_stamps.clear();
-                }
+                    ctx.seq_event("loss", l.seq);
+                });
             }
             _ = stop.changed() => break,
-        }
-        // Answered probes at the front need no timeout.
-        while pending.front().is_some_and(|p| p.done) {
-            pending.pop_front();
         }
     }
     if let Err(e) = st.set_port(lport, 0) {
@@ -280,7 +237,7 @@ struct ReplyCtx<'a> {
 }
 
 impl ReplyCtx<'_> {
-    /// A JSON line for a duplicate or reordered reply (with `--json`, unless quiet).
+    /// A JSON line for a loss, duplicate or reordered reply (with `--json`, unless quiet).
     fn seq_event(&self, kind: &'static str, seq: u32) {
         if self.opts.json && !self.opts.quiet {
             emit_json(&SeqEvent {
@@ -292,85 +249,71 @@ impl ReplyCtx<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_reply(
-        &mut self,
+        &self,
         payload: &[u8],
         rx: Received,
         app_rx: u64,
-        sock: &ProbeSocket,
-        tracker: &mut SeqTracker,
-        pending: &mut VecDeque<Pending>,
-        tx_stamps: &mut HashMap<u32, u64>,
+        session: &mut Session,
+        tx_stamps: &mut TxStamps,
         stats: &mut SessionStats,
     ) {
-        let (ssid, opts, peer_s) = (self.ssid, self.opts, self.peer_s);
+        let (opts, peer_s) = (self.opts, self.peer_s);
         let Ok(rep) = ReflectorPacket::decode(payload) else {
-            stats.unknown += 1;
+            stats.rejected.add(Rejection::Malformed);
             return;
         };
-        // RFC 8762-only reflectors leave the SSID octets zero.
-        if rep.ssid != ssid && rep.ssid != 0 {
-            stats.unknown += 1;
-            return;
-        }
-        let rseq = rep.sender_seq;
-        let kind = tracker.reply(rseq);
-        match kind {
-            ReplyKind::Duplicate => {
-                stats.duplicates += 1;
-                self.seq_event("duplicate", rseq);
+        let reply = Reply {
+            payload,
+            from: rx.from,
+            rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
+            app_rx_tai: app_rx,
+        };
+        let mut env = ReplyEnv {
+            st: self.st,
+            lport: self.lport,
+            t4_map: true,
+            tx_stamps,
+        };
+        let (seq, m, reordered) = match session.reply(&reply, &rep, &mut env) {
+            Err(r) => {
+                debug!("reply from {} rejected: {}", rx.from, r.label());
+                stats.rejected.add(r);
                 return;
             }
-            ReplyKind::Late => {
+            Ok(Outcome::Duplicate { seq }) => {
+                stats.duplicates += 1;
+                self.seq_event("duplicate", seq);
+                return;
+            }
+            Ok(Outcome::Late { .. }) => {
                 stats.late += 1;
                 return;
             }
-            ReplyKind::Unknown => {
-                stats.unknown += 1;
-                return;
+            Ok(Outcome::Sample {
+                seq,
+                m,
+                reordered,
+                t1_unrecorded,
+                ..
+            }) => {
+                stats.t1_unrecorded += u64::from(t1_unrecorded);
+                (seq, m, reordered)
             }
-            ReplyKind::Reordered => {
-                stats.reordered += 1;
-                self.seq_event("reordered", rseq);
-            }
-            ReplyKind::InOrder => {}
-        }
-        let Some(front) = pending.front() else { return };
-        let idx = rseq.wrapping_sub(front.seq) as usize;
-        let Some(p) = pending.get_mut(idx).filter(|p| p.seq == rseq && !p.done) else {
-            return;
         };
-        p.done = true;
-        let (app_tx_tai, p_tx_key) = (p.app_tx_tai, p.tx_key);
-        for (k, t) in sock.drain_tx_stamps() {
-            tx_stamps.insert(k, t);
+        if reordered {
+            stats.reordered += 1;
+            self.seq_event("reordered", seq);
         }
-        let m = measure(
-            self.st,
-            &rep,
-            &ReplyContext {
-                payload,
-                rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
-                app_tx_tai,
-                app_rx_tai: app_rx,
-                tx_sw_realtime_ns: tx_stamps.remove(&p_tx_key),
-                t4_map_key: Some((self.lport, rseq)),
-            },
-        );
-        stats.received += 1;
-        stats.network_rtt.record(m.network_rtt);
-        stats.turnaround.record(m.turnaround);
-        stats.app_rtt.record(m.app_rtt);
-        stats.stack_overhead.record(m.stack_overhead);
+        stats.sample(&m);
         if opts.quiet {
             return;
         }
         let rec = ProbeRecord {
             kind: "probe",
             peer: peer_s.to_string(),
-            ssid,
-            seq: rseq,
+            ssid: self.ssid,
+            seq,
             t1_ns: m.t1,
             t2_ns: m.t2,
             t3_ns: m.t3,
@@ -383,23 +326,19 @@ impl ReplyCtx<'_> {
             t1_source: m.t1_source,
             t4_source: m.t4_source,
             ttl: rep.sender_ttl,
-            reordered: kind == ReplyKind::Reordered,
+            reordered,
         };
         if opts.json {
             emit_json(&rec);
         } else {
             println!(
-                "{} bytes from {peer_s}: seq={rseq} net={} app={} turnaround={} ttl={}{}",
+                "{} bytes from {peer_s}: seq={seq} net={} app={} turnaround={} ttl={}{}",
                 rx.len,
                 fmt_ns(m.network_rtt),
                 fmt_ns(m.app_rtt),
                 fmt_ns(m.turnaround),
                 rep.sender_ttl,
-                if kind == ReplyKind::Reordered {
-                    " (reordered)"
-                } else {
-                    ""
-                },
+                if reordered { " (reordered)" } else { "" },
             );
         }
     }
@@ -432,6 +371,14 @@ pub fn print_summary(res: &SessionResult, st: &Stamping, json: bool) {
         s.reordered,
         s.late
     );
+    if s.rejected.total() > 0 {
+        let by: Vec<String> = Rejection::ALL
+            .iter()
+            .filter(|&&r| s.rejected.get(r) > 0)
+            .map(|&r| format!("{} {}", s.rejected.get(r), r.label()))
+            .collect();
+        println!("{} replies rejected: {}", s.rejected.total(), by.join(", "));
+    }
     let line = |name: &str, d: &crate::stats::DistSummary| {
         println!(
             "{name:<15} min/p50/p90/p99/max = {} / {} / {} / {} / {}",

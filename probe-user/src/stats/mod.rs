@@ -1,11 +1,11 @@
-//! Per-peer statistics: HDR histograms of the four delay figures, and loss, duplicate and
-//! reordering accounting by sequence number.
+//! Per-peer statistics: HDR histograms of the four delay figures and the counts of what became
+//! of each probe and reply (classified by `probe::session`).
 pub mod window;
-
-use std::collections::{BTreeMap, HashSet};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::probe::session::{Measurement, RejectionCounts};
 
 /// Quantile summary of one figure, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
@@ -60,81 +60,6 @@ impl Dist {
     }
 }
 
-/// What became of a reply, by its sender sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
-    /// First reply for an outstanding probe, in order.
-    InOrder,
-    /// First reply for an outstanding probe, after a reply to a later probe.
-    Reordered,
-    /// A second (or later) reply for the same probe: counted, never a sample.
-    Duplicate,
-    /// A reply for a probe already declared lost (after its timeout), or never sent.
-    Late,
-    Unknown,
-}
-
-/// Sequence bookkeeping of one session.
-#[derive(Default)]
-pub struct SeqTracker {
-    /// seq -> still waiting.
-    outstanding: BTreeMap<u32, ()>,
-    answered: HashSet<u32>,
-    timed_out: HashSet<u32>,
-    highest_answered: Option<u32>,
-    next_seq: u32,
-}
-
-/// How many answered/timed-out sequence numbers are remembered for duplicate detection.
-const SEQ_MEMORY: u32 = 1 << 16;
-
-impl SeqTracker {
-    pub fn sent(&mut self, seq: u32) {
-        self.outstanding.insert(seq, ());
-        self.next_seq = seq.wrapping_add(1);
-        // Forget what is too old to matter: memory stays flat with uptime.
-        if seq >= SEQ_MEMORY && seq.is_multiple_of(1024) {
-            let floor = seq - SEQ_MEMORY;
-            self.answered.retain(|&s| s >= floor);
-            self.timed_out.retain(|&s| s >= floor);
-        }
-    }
-
-    pub fn reply(&mut self, seq: u32) -> ReplyKind {
-        if self.outstanding.remove(&seq).is_some() {
-            self.answered.insert(seq);
-            let reordered = self.highest_answered.is_some_and(|h| seq < h);
-            if !reordered {
-                self.highest_answered = Some(seq);
-            }
-            if reordered {
-                ReplyKind::Reordered
-            } else {
-                ReplyKind::InOrder
-            }
-        } else if self.answered.contains(&seq) {
-            ReplyKind::Duplicate
-        } else if self.timed_out.contains(&seq) {
-            ReplyKind::Late
-        } else {
-            ReplyKind::Unknown
-        }
-    }
-
-    pub fn time_out(&mut self, seq: u32) -> bool {
-        if self.outstanding.remove(&seq).is_some() {
-            self.timed_out.insert(seq);
-            true
-        } else {
-            false
-        }
-    }
-
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
-    }
-}
-
 /// lost / (received + lost): the share of resolved probes that got no reply; 0 when none is
 /// resolved yet.
 pub fn loss_ratio(lost: u64, received: u64) -> f64 {
@@ -155,7 +80,10 @@ pub struct SessionStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub late: u64,
-    pub unknown: u64,
+    /// Replies that did not count, by reason.
+    pub rejected: RejectionCounts,
+    /// Kernel mode: samples whose T1 is the reflector's echo (no record of ours was left).
+    pub t1_unrecorded: u64,
     pub network_rtt: Dist,
     pub turnaround: Dist,
     pub app_rtt: Dist,
@@ -174,6 +102,8 @@ pub struct SummaryRecord<'a> {
     pub duplicates: u64,
     pub reordered: u64,
     pub late: u64,
+    pub rejected: &'a RejectionCounts,
+    pub t1_unrecorded: u64,
     pub network_rtt_ns: DistSummary,
     pub turnaround_ns: DistSummary,
     pub app_rtt_ns: DistSummary,
@@ -187,8 +117,17 @@ impl SessionStats {
         loss_ratio(self.lost, self.received) * 100.0
     }
 
+    /// Counts a sample and records its figures.
+    pub fn sample(&mut self, m: &Measurement) {
+        self.received += 1;
+        self.network_rtt.record(m.network_rtt);
+        self.turnaround.record(m.turnaround);
+        self.app_rtt.record(m.app_rtt);
+        self.stack_overhead.record(m.stack_overhead);
+    }
+
     pub fn record<'a>(
-        &self,
+        &'a self,
         peer: String,
         timestamping: &'a str,
         note: &'a str,
@@ -203,6 +142,8 @@ impl SessionStats {
             duplicates: self.duplicates,
             reordered: self.reordered,
             late: self.late,
+            rejected: &self.rejected,
+            t1_unrecorded: self.t1_unrecorded,
             network_rtt_ns: self.network_rtt.summary(),
             turnaround_ns: self.turnaround.summary(),
             app_rtt_ns: self.app_rtt.summary(),
@@ -216,24 +157,6 @@ impl SessionStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn duplicates_reorders_and_late_replies_are_classified() {
-        let mut t = SeqTracker::default();
-        for s in 0..5 {
-            t.sent(s);
-        }
-        assert_eq!(t.reply(0), ReplyKind::InOrder);
-        assert_eq!(t.reply(2), ReplyKind::InOrder);
-        assert_eq!(t.reply(1), ReplyKind::Reordered);
-        assert_eq!(t.reply(1), ReplyKind::Duplicate);
-        assert_eq!(t.reply(2), ReplyKind::Duplicate);
-        assert!(t.time_out(3));
-        assert!(!t.time_out(3));
-        assert_eq!(t.reply(3), ReplyKind::Late);
-        assert_eq!(t.reply(99), ReplyKind::Unknown);
-        assert_eq!(t.outstanding(), 1);
-    }
 
     #[test]
     fn quantiles_from_known_values() {
@@ -250,19 +173,5 @@ mod tests {
         assert!((s.p50 as i64 - 500_000).abs() <= 500, "{s:?}");
         assert!((s.p99 as i64 - 990_000).abs() <= 1000, "{s:?}");
         assert!((s.max as i64 - 1_000_000).abs() <= 1000, "{s:?}");
-    }
-
-    #[test]
-    fn memory_stays_bounded() {
-        let mut t = SeqTracker::default();
-        for s in 0..300_000u32 {
-            t.sent(s);
-            t.reply(s);
-        }
-        assert!(
-            t.answered.len() <= (SEQ_MEMORY + 1024) as usize,
-            "{}",
-            t.answered.len()
-        );
     }
 }

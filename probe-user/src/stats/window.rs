@@ -122,6 +122,15 @@ impl WindowStats {
         self.sent == 0 && self.received == 0 && self.lost == 0 && self.duplicates == 0
     }
 
+    /// Counts a sample and records its figures.
+    pub fn sample(&mut self, m: &crate::probe::session::Measurement) {
+        self.received += 1;
+        self.network_rtt.record(m.network_rtt);
+        self.turnaround.record(m.turnaround);
+        self.app_rtt.record(m.app_rtt);
+        self.stack_overhead.record(m.stack_overhead);
+    }
+
     pub fn loss_ratio(&self) -> f64 {
         super::loss_ratio(self.lost, self.received)
     }
@@ -149,90 +158,6 @@ impl WindowStats {
         self.turnaround.reset();
         self.app_rtt.reset();
         self.stack_overhead.reset();
-    }
-}
-
-/// Answer state of the most recent `SEQ_RING` sequence numbers of one session: loss,
-/// duplicate, late and reorder classification in a fixed 1 KiB per peer, whatever the uptime.
-pub struct SeqRing {
-    states: Box<[u8; SEQ_RING]>,
-    next: u32,
-    highest_answered: Option<u32>,
-}
-
-pub const SEQ_RING: usize = 1024;
-const UNUSED: u8 = 0;
-const OUTSTANDING: u8 = 1;
-const ANSWERED: u8 = 2;
-const TIMED_OUT: u8 = 3;
-
-impl Default for SeqRing {
-    fn default() -> Self {
-        Self {
-            states: Box::new([UNUSED; SEQ_RING]),
-            next: 0,
-            highest_answered: None,
-        }
-    }
-}
-
-impl SeqRing {
-    fn slot(seq: u32) -> usize {
-        seq as usize % SEQ_RING
-    }
-
-    /// Sent and still remembered.
-    fn known(&self, seq: u32) -> bool {
-        let age = self.next.wrapping_sub(seq);
-        age >= 1 && age as usize <= SEQ_RING
-    }
-
-    /// Registers the next sequence number (sessions send 0, 1, 2, ...).
-    pub fn sent(&mut self) -> u32 {
-        let seq = self.next;
-        self.states[Self::slot(seq)] = OUTSTANDING;
-        self.next = seq.wrapping_add(1);
-        seq
-    }
-
-    pub fn reply(&mut self, seq: u32) -> crate::stats::ReplyKind {
-        use crate::stats::ReplyKind;
-        if !self.known(seq) {
-            return ReplyKind::Unknown;
-        }
-        let st = &mut self.states[Self::slot(seq)];
-        match *st {
-            OUTSTANDING => {
-                *st = ANSWERED;
-                // Wrapping comparison: seq is older than the highest answered one.
-                let reordered = self
-                    .highest_answered
-                    .is_some_and(|h| (h.wrapping_sub(seq) as i32) > 0);
-                if reordered {
-                    ReplyKind::Reordered
-                } else {
-                    self.highest_answered = Some(seq);
-                    ReplyKind::InOrder
-                }
-            }
-            ANSWERED => ReplyKind::Duplicate,
-            TIMED_OUT => ReplyKind::Late,
-            _ => ReplyKind::Unknown,
-        }
-    }
-
-    /// Marks an outstanding probe lost; false if it was answered meanwhile or is unknown.
-    pub fn time_out(&mut self, seq: u32) -> bool {
-        if !self.known(seq) {
-            return false;
-        }
-        let st = &mut self.states[Self::slot(seq)];
-        if *st == OUTSTANDING {
-            *st = TIMED_OUT;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -296,40 +221,6 @@ mod tests {
         let q = d.quantiles();
         assert_eq!(q.min, -5);
         assert_eq!(q.p50, -5);
-    }
-
-    #[test]
-    fn seq_ring_classifies_like_the_session_tracker() {
-        use crate::stats::ReplyKind;
-        let mut r = SeqRing::default();
-        for want in 0..5 {
-            assert_eq!(r.sent(), want);
-        }
-        assert_eq!(r.reply(0), ReplyKind::InOrder);
-        assert_eq!(r.reply(2), ReplyKind::InOrder);
-        assert_eq!(r.reply(1), ReplyKind::Reordered);
-        assert_eq!(r.reply(1), ReplyKind::Duplicate);
-        assert!(r.time_out(3));
-        assert!(!r.time_out(3));
-        assert!(!r.time_out(2), "answered probes are not lost");
-        assert_eq!(r.reply(3), ReplyKind::Late);
-        assert_eq!(r.reply(99), ReplyKind::Unknown, "never sent");
-    }
-
-    #[test]
-    fn seq_ring_forgets_old_numbers_and_wraps() {
-        use crate::stats::ReplyKind;
-        let mut r = SeqRing {
-            next: u32::MAX - 10,
-            ..Default::default()
-        };
-        let first = r.sent();
-        for _ in 0..SEQ_RING as u32 + 20 {
-            let s = r.sent();
-            assert_eq!(r.reply(s), ReplyKind::InOrder, "seq {s} across the wrap");
-        }
-        assert_eq!(r.reply(first), ReplyKind::Unknown, "older than the ring");
-        assert!(!r.time_out(first));
     }
 
     #[test]

@@ -1,0 +1,620 @@
+//! The Session-Sender core that `meshprobe ping` and the agent's prober share: random SSID and
+//! initial sequence number, the in-flight table, reply validation, turning a valid reply into a
+//! [`Measurement`], and the loss / duplicate / late / reordered classification. Sockets,
+//! schedules and statistics stay with the callers; every rule about replies lives here.
+//!
+//! What a reply must be to count (anything else is a [`Rejection`], counted by reason, and never
+//! a sample, a duplicate or a late reply):
+//! - from the address and port the probe went to (IPv4-mapped IPv6 compares equal to IPv4);
+//! - with our SSID (0 is accepted for RFC 8762-only reflectors, after the address check);
+//! - for a sequence number we sent and still remember;
+//! - with T1 as we recorded it (kernel mode), or, without a record, an echo between our own
+//!   send and receive times;
+//! - with sane reflected stamps: T2 ≤ T3, turnaround ≤ the timeout, 0 ≤ network RTT ≤ app RTT.
+//!
+//! Classification of a valid reply:
+//! - first reply to an outstanding probe: a sample (reordered if a later probe was answered
+//!   first);
+//! - another copy of an answered probe's reply, received before that probe's deadline (send +
+//!   timeout): a duplicate (the network duplicated it). A copy after the deadline is a replay:
+//!   rejected as `replayed`;
+//! - first reply to a probe already declared lost: late (the probe stays lost); any further copy
+//!   is `replayed`.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use rand::Rng as _;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{StampSource, Stamping, rx_time};
+use crate::{
+    net::{ProbeSocket, canonical},
+    wire::{ReflectorPacket, Timestamp, TimestampFormat},
+};
+
+/// Why a reply was not counted. The label set is fixed (Prometheus label, JSON key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rejection {
+    /// Not a STAMP reply.
+    Malformed,
+    /// Not from the address and port the probe went to.
+    WrongSource,
+    /// An SSID none of our sessions uses.
+    UnknownSession,
+    /// A sequence number never sent, or too old to be remembered.
+    NotInFlight,
+    /// A copy of a reply already counted, received after its probe's deadline.
+    Replayed,
+    /// The echoed T1 differs from the one we recorded at send.
+    T1Mismatch,
+    /// No record of T1, and the echo lies outside our own send..receive interval.
+    T1Implausible,
+    /// Reflected stamps that cannot be: T3 < T2, turnaround over the timeout, network RTT
+    /// negative or longer than the app RTT.
+    BadStamps,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 8] = [
+        Rejection::Malformed,
+        Rejection::WrongSource,
+        Rejection::UnknownSession,
+        Rejection::NotInFlight,
+        Rejection::Replayed,
+        Rejection::T1Mismatch,
+        Rejection::T1Implausible,
+        Rejection::BadStamps,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::WrongSource => "wrong_source",
+            Rejection::UnknownSession => "unknown_session",
+            Rejection::NotInFlight => "not_in_flight",
+            Rejection::Replayed => "replayed",
+            Rejection::T1Mismatch => "t1_mismatch",
+            Rejection::T1Implausible => "t1_implausible",
+            Rejection::BadStamps => "bad_stamps",
+        }
+    }
+}
+
+/// Rejections by reason, for a summary (every reason present, zeros included).
+#[derive(Clone, Debug, Default)]
+pub struct RejectionCounts([u64; Rejection::ALL.len()]);
+
+impl RejectionCounts {
+    pub fn add(&mut self, r: Rejection) {
+        self.0[r as usize] += 1;
+    }
+
+    pub fn get(&self, r: Rejection) -> u64 {
+        self.0[r as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl Serialize for RejectionCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(Rejection::ALL.len()))?;
+        for r in Rejection::ALL {
+            m.serialize_entry(r.label(), &self.get(r))?;
+        }
+        m.end()
+    }
+}
+
+/// Random draws before the SSID allocator falls back to a scan.
+const SSID_DRAWS: usize = 64;
+
+/// A random non-zero SSID that `in_use` does not hold (RFC 8972 §3; random so that an
+/// off-path host cannot guess it). Bounded: a few random draws, then one scan of the whole
+/// space from a random point; `None` when all 65 535 are in use.
+pub fn alloc_ssid(in_use: impl Fn(u16) -> bool) -> Option<u16> {
+    let mut rng = rand::rng();
+    for _ in 0..SSID_DRAWS {
+        let s = rng.random_range(1..=u16::MAX);
+        if !in_use(s) {
+            return Some(s);
+        }
+    }
+    let start: u16 = rng.random_range(1..=u16::MAX);
+    (0..u16::MAX)
+        .map(|i| ((u32::from(start) - 1 + u32::from(i)) % u32::from(u16::MAX) + 1) as u16)
+        .find(|&s| !in_use(s))
+}
+
+/// The four timestamps of one answered probe and the figures derived from them.
+#[derive(Clone, Copy, Debug)]
+pub struct Measurement {
+    pub t1: u64,
+    pub t2: u64,
+    pub t3: u64,
+    pub t4: u64,
+    pub t1_source: StampSource,
+    pub t4_source: StampSource,
+    /// (T4 − T1) − (T3 − T2).
+    pub network_rtt: i64,
+    /// T3 − T2: the reflector's think time.
+    pub turnaround: i64,
+    /// User-space send to user-space receive.
+    pub app_rtt: i64,
+    /// app RTT − (T4 − T1): the sender's own stack and scheduling.
+    pub stack_overhead: i64,
+}
+
+/// One received datagram on a sender socket.
+pub struct Reply<'a> {
+    pub payload: &'a [u8],
+    pub from: SocketAddr,
+    /// Kernel software RX stamp of the reply (socket), CLOCK_REALTIME.
+    pub rx_sw_realtime_ns: Option<u64>,
+    /// User-space clock (TAI) at receive.
+    pub app_rx_tai: u64,
+}
+
+/// What validating a reply needs from the caller besides the session.
+pub struct ReplyEnv<'a> {
+    pub st: &'a Stamping,
+    /// The sender socket's local port (key of the kernel's T1 record and T4 fallback map).
+    pub lport: u16,
+    /// Look T4 up in the kernel's fallback map: only where (port, seq) is unique to this
+    /// session (one socket per session).
+    pub t4_map: bool,
+    pub tx_stamps: &'a mut TxStamps,
+}
+
+/// A reply that counts.
+#[derive(Debug)]
+pub enum Outcome {
+    /// First reply to an outstanding probe.
+    Sample {
+        seq: u32,
+        m: Measurement,
+        /// A later probe was answered first.
+        reordered: bool,
+        app_tx_tai: u64,
+        /// Kernel mode without a T1 record: the echo was used (it lay within our own send and
+        /// receive times).
+        t1_unrecorded: bool,
+    },
+    /// Another copy of an answered probe's reply, within its deadline.
+    Duplicate { seq: u32 },
+    /// The first reply to a probe already declared lost.
+    Late { seq: u32 },
+}
+
+/// A probe whose deadline passed without a reply.
+#[derive(Clone, Copy, Debug)]
+pub struct Lost {
+    pub seq: u32,
+    pub app_tx_tai: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum State {
+    #[default]
+    Unused,
+    Outstanding,
+    Answered,
+    TimedOut,
+    /// Timed out, then answered late once.
+    LateAnswered,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    seq: u32,
+    state: State,
+    tx_key: u32,
+    app_tx_tai: u64,
+}
+
+/// The agent keeps per-peer memory fixed: its configuration refuses a timeout / interval at or
+/// above this (a session's ring then stays at most 1024 slots).
+pub const AGENT_MAX_IN_FLIGHT: usize = 512;
+
+/// Slots of the smallest ring: 64 probes of memory (at 1 probe/s, a minute).
+const MIN_SLOTS: usize = 64;
+
+/// One Session-Sender session: one peer, one SSID.
+pub struct Session {
+    peer: SocketAddr,
+    ssid: u16,
+    timeout: Duration,
+    next_seq: u32,
+    /// The last `slots.len()` sequence numbers sent, at `seq % len`. Grows (doubles) rather
+    /// than overwrite an outstanding probe, so its size follows timeout / interval.
+    slots: Vec<Slot>,
+    /// Outstanding probes in send order with their deadlines (send + timeout, so also in
+    /// deadline order); entries answered meanwhile are dropped lazily.
+    deadlines: VecDeque<(u32, Instant)>,
+    outstanding: usize,
+    highest_answered: Option<u32>,
+}
+
+impl Session {
+    /// A session with a random initial sequence number; its ring holds at least the probes
+    /// `timeout / interval` keeps in flight.
+    pub fn new(peer: SocketAddr, ssid: u16, timeout: Duration, interval: Duration) -> Self {
+        Self::with_first_seq(peer, ssid, timeout, interval, rand::rng().random())
+    }
+
+    fn with_first_seq(
+        peer: SocketAddr,
+        ssid: u16,
+        timeout: Duration,
+        interval: Duration,
+        first_seq: u32,
+    ) -> Self {
+        let in_flight = timeout.as_nanos() / interval.as_nanos().max(1);
+        let len = (2 * in_flight.min(1 << 20) as usize + 2)
+            .next_power_of_two()
+            .max(MIN_SLOTS);
+        Self {
+            peer: canonical(peer),
+            ssid,
+            timeout,
+            next_seq: first_seq,
+            slots: vec![Slot::default(); len],
+            deadlines: VecDeque::new(),
+            outstanding: 0,
+            highest_answered: None,
+        }
+    }
+
+    pub fn ssid(&self) -> u16 {
+        self.ssid
+    }
+
+    /// The sequence number the next probe gets.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Probes sent and neither answered nor timed out.
+    pub fn in_flight(&self) -> bool {
+        self.outstanding > 0
+    }
+
+    /// When the oldest outstanding probe times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|&(_, d)| d)
+    }
+
+    fn index(&self, seq: u32) -> usize {
+        seq as usize & (self.slots.len() - 1)
+    }
+
+    fn slot(&self, seq: u32) -> Option<&Slot> {
+        let s = &self.slots[self.index(seq)];
+        (s.seq == seq && s.state != State::Unused).then_some(s)
+    }
+
+    fn slot_mut(&mut self, seq: u32) -> Option<&mut Slot> {
+        let i = self.index(seq);
+        let s = &mut self.slots[i];
+        (s.seq == seq && s.state != State::Unused).then_some(s)
+    }
+
+    /// Doubles the ring, keeping every slot at its new index.
+    fn grow(&mut self) {
+        let mut slots = vec![Slot::default(); self.slots.len() * 2];
+        let mask = slots.len() - 1;
+        for s in self.slots.iter().filter(|s| s.state != State::Unused) {
+            slots[s.seq as usize & mask] = *s;
+        }
+        self.slots = slots;
+    }
+
+    /// Registers the next probe (sent at `app_tx_tai`, socket TX stamp key `tx_key`); returns
+    /// its sequence number.
+    pub fn sent(&mut self, app_tx_tai: u64, tx_key: u32, deadline: Instant) -> u32 {
+        let seq = self.next_seq;
+        while self.slots[self.index(seq)].state == State::Outstanding {
+            self.grow();
+        }
+        let i = self.index(seq);
+        self.slots[i] = Slot {
+            seq,
+            state: State::Outstanding,
+            tx_key,
+            app_tx_tai,
+        };
+        self.deadlines.push_back((seq, deadline));
+        self.outstanding += 1;
+        self.next_seq = seq.wrapping_add(1);
+        seq
+    }
+
+    /// Declares an outstanding probe lost now (the kernel refused to send it); false if it is
+    /// not outstanding.
+    pub fn fail(&mut self, seq: u32) -> bool {
+        let Some(s) = self.slot_mut(seq).filter(|s| s.state == State::Outstanding) else {
+            return false;
+        };
+        s.state = State::TimedOut;
+        self.outstanding -= 1;
+        self.trim();
+        true
+    }
+
+    /// Declares every outstanding probe whose deadline is `now` or earlier lost; `lost` gets
+    /// each, oldest first.
+    pub fn expire(&mut self, now: Instant, tx_stamps: &mut TxStamps, mut lost: impl FnMut(Lost)) {
+        while let Some(&(seq, deadline)) = self.deadlines.front() {
+            let i = self.index(seq);
+            let s = &mut self.slots[i];
+            let outstanding = s.seq == seq && s.state == State::Outstanding;
+            if outstanding && deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if !outstanding {
+                continue;
+            }
+            s.state = State::TimedOut;
+            self.outstanding -= 1;
+            tx_stamps.forget(s.tx_key);
+            lost(Lost {
+                seq,
+                app_tx_tai: s.app_tx_tai,
+            });
+        }
+    }
+
+    /// Drops resolved probes from the front of the deadline queue.
+    fn trim(&mut self) {
+        while let Some(&(seq, _)) = self.deadlines.front() {
+            if self
+                .slot(seq)
+                .is_some_and(|s| s.state == State::Outstanding)
+            {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+    }
+
+    /// Checks that the reply comes from this session's peer and carries its SSID.
+    pub fn owns(&self, from: SocketAddr, rep: &ReflectorPacket) -> Result<(), Rejection> {
+        let from = canonical(from);
+        if from.ip() != self.peer.ip() || from.port() != self.peer.port() {
+            return Err(Rejection::WrongSource);
+        }
+        // RFC 8762-only reflectors leave the SSID octets zero: accepted from the right source.
+        if rep.ssid != self.ssid && rep.ssid != 0 {
+            return Err(Rejection::UnknownSession);
+        }
+        Ok(())
+    }
+
+    /// Validates and classifies a decoded reply (see the module documentation).
+    pub fn reply(
+        &mut self,
+        r: &Reply<'_>,
+        rep: &ReflectorPacket,
+        env: &mut ReplyEnv<'_>,
+    ) -> Result<Outcome, Rejection> {
+        self.owns(r.from, rep)?;
+        let seq = rep.sender_seq;
+        let slot = *self.slot(seq).ok_or(Rejection::NotInFlight)?;
+        let past_deadline = r.app_rx_tai
+            > slot
+                .app_tx_tai
+                .saturating_add(self.timeout.as_nanos() as u64);
+        match slot.state {
+            State::LateAnswered => return Err(Rejection::Replayed),
+            State::Answered if past_deadline => return Err(Rejection::Replayed),
+            _ => {}
+        }
+        let (t1, t1_unrecorded) = self.t1(rep, &slot, r, env)?;
+        let m = measure(env.st, rep, r, &slot, t1, env)?;
+        check_stamps(&m, self.timeout)?;
+        let s = self.slot_mut(seq).expect("looked up above");
+        let out = match s.state {
+            State::Outstanding => {
+                s.state = State::Answered;
+                self.outstanding -= 1;
+                // Wrapping comparison: seq is older than the highest answered one.
+                let reordered = self
+                    .highest_answered
+                    .is_some_and(|h| (h.wrapping_sub(seq) as i32) > 0);
+                if !reordered {
+                    self.highest_answered = Some(seq);
+                }
+                self.trim();
+                Outcome::Sample {
+                    seq,
+                    m,
+                    reordered,
+                    app_tx_tai: slot.app_tx_tai,
+                    t1_unrecorded,
+                }
+            }
+            State::Answered => Outcome::Duplicate { seq },
+            State::TimedOut => {
+                s.state = State::LateAnswered;
+                Outcome::Late { seq }
+            }
+            State::LateAnswered | State::Unused => unreachable!("handled above"),
+        };
+        Ok(out)
+    }
+
+    /// T1 of the reply's probe (see [`choose_t1`]).
+    fn t1(
+        &self,
+        rep: &ReflectorPacket,
+        slot: &Slot,
+        r: &Reply<'_>,
+        env: &mut ReplyEnv<'_>,
+    ) -> Result<T1, Rejection> {
+        let kernel = env.st.is_kernel();
+        let recorded = if kernel {
+            env.st.sent_t1(env.lport, self.ssid, rep.sender_seq)
+        } else {
+            None
+        };
+        let tx_sw = env
+            .tx_stamps
+            .take(slot.tx_key)
+            .map(|rt| env.st.realtime_to_tai(rt));
+        choose_t1(
+            kernel,
+            recorded,
+            rep.sender_timestamp,
+            (slot.app_tx_tai, r.app_rx_tai),
+            tx_sw,
+        )
+    }
+}
+
+/// T1, where it came from, and whether it is an unrecorded echo.
+type T1 = ((u64, StampSource), bool);
+
+/// T1 and its source. Kernel mode: our own record of the egress stamp, which the echo must
+/// equal; without a record (slot reused, or a program that keeps none) the echo, if it lies
+/// within our own (send, receive) times. Socket mode, or a zero echo in kernel mode (the probe
+/// left through an interface without our program): the TX software stamp, else the
+/// user-space send time. (The driver's TX software stamp is not used when TC stamps exist: on
+/// veth it comes after the packet taps, whose work it then includes.)
+fn choose_t1(
+    kernel: bool,
+    recorded: Option<u64>,
+    echo: Timestamp,
+    (app_tx, app_rx): (u64, u64),
+    tx_sw_tai: Option<u64>,
+) -> Result<T1, Rejection> {
+    if kernel {
+        if let Some(rec) = recorded {
+            if Timestamp::from_ptp_ns(rec) != echo {
+                return Err(Rejection::T1Mismatch);
+            }
+            return Ok(((rec, StampSource::Tc), false));
+        }
+        if !echo.is_zero() {
+            let t1 = echo.to_ns(TimestampFormat::Ptp);
+            if t1 < app_tx || t1 > app_rx {
+                return Err(Rejection::T1Implausible);
+            }
+            return Ok(((t1, StampSource::Tc), true));
+        }
+    }
+    Ok(match tx_sw_tai {
+        Some(t) => ((t, StampSource::TxSoftware), false),
+        None => ((app_tx, StampSource::App), false),
+    })
+}
+
+/// Derives T2..T4 and the RTT figures of a reply whose T1 is known.
+fn measure(
+    st: &Stamping,
+    rep: &ReflectorPacket,
+    r: &Reply<'_>,
+    slot: &Slot,
+    (t1, t1_source): (u64, StampSource),
+    env: &ReplyEnv<'_>,
+) -> Result<Measurement, Rejection> {
+    // T2, T3: the reflector's clock, in the format its Error Estimate announces.
+    let fmt = rep.error_estimate.format();
+    let t2 = rep.receive_timestamp.to_ns(fmt);
+    let t3 = rep.timestamp.to_ns(fmt);
+    // T4: in-band block, else the fallback map, else the socket stamp.
+    let (mut t4, mut t4_source) = rx_time(
+        st,
+        crate::wire::reply_rx_stamp(r.payload),
+        r.rx_sw_realtime_ns,
+        r.app_rx_tai,
+    );
+    if st.is_kernel()
+        && env.t4_map
+        && matches!(t4_source, StampSource::Socket | StampSource::App)
+        && let Some(b) = st
+            .kernel()
+            .and_then(|mut k| k.take_t4(env.lport, rep.sender_seq))
+    {
+        t4 = crate::wire::rx_stamp_from_block(&b).tai_ns;
+        t4_source = StampSource::Map;
+    }
+    // Stamps far from each other (garbage) must not overflow the arithmetic.
+    let diff = |a: u64, b: u64| i64::try_from(i128::from(a) - i128::from(b));
+    let turnaround = diff(t3, t2).map_err(|_| Rejection::BadStamps)?;
+    let t4_t1 = diff(t4, t1).map_err(|_| Rejection::BadStamps)?;
+    let app_rtt = diff(r.app_rx_tai, slot.app_tx_tai).map_err(|_| Rejection::BadStamps)?;
+    Ok(Measurement {
+        t1,
+        t2,
+        t3,
+        t4,
+        t1_source,
+        t4_source,
+        network_rtt: t4_t1 - turnaround,
+        turnaround,
+        app_rtt,
+        stack_overhead: app_rtt - t4_t1,
+    })
+}
+
+/// Reflected stamps that a real reflector cannot produce.
+fn check_stamps(m: &Measurement, timeout: Duration) -> Result<(), Rejection> {
+    let timeout = timeout.as_nanos().min(i64::MAX as u128) as i64;
+    let ok = m.turnaround >= 0
+        && m.turnaround <= timeout
+        && m.network_rtt >= 0
+        && m.network_rtt <= m.app_rtt;
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::BadStamps)
+    }
+}
+
+/// Entries kept before TX stamps of probes that were never answered are dropped.
+const TX_STAMPS_MAX: usize = 65_536;
+
+/// The socket's TX software stamps (socket mode) by SO_TIMESTAMPING OPT_ID key, and the key the
+/// next send gets (one per datagram sent on the socket).
+#[derive(Default)]
+pub struct TxStamps {
+    map: HashMap<u32, u64>,
+    next_key: u32,
+}
+
+impl TxStamps {
+    /// The key of the next datagram sent on the socket.
+    pub fn next_key(&mut self) -> u32 {
+        let k = self.next_key;
+        self.next_key = k.wrapping_add(1);
+        k
+    }
+
+    /// Collects the stamps the socket has reported since the last call.
+    pub fn absorb(&mut self, sock: &ProbeSocket) {
+        self.map.extend(sock.drain_tx_stamps());
+        // Stamps of probes that were never answered must not pile up.
+        if self.map.len() > TX_STAMPS_MAX {
+            self.map.clear();
+        }
+    }
+
+    fn take(&mut self, key: u32) -> Option<u64> {
+        self.map.remove(&key)
+    }
+
+    fn forget(&mut self, key: u32) {
+        self.map.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::*;
+use crate::wire::{ErrorEstimate, ReflectParams, SenderPacket, reflect};
+
+const TIMEOUT: Duration = Duration::from_secs(1);
+const MS: u64 = 1_000_000;
+
+fn socket_mode() -> Stamping {
+    Stamping {
+        kernel: None,
+        fallback_reason: None,
+        tai_offset_ns: 37_000_000_000,
+        synchronized: false,
+        hw_rx_stamps: false,
+        sw_rx_stamps: true,
+    }
+}
+
+fn peer() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 862)
+}
+
+fn session(first_seq: u32) -> Session {
+    Session::with_first_seq(
+        peer(),
+        0x1234,
+        TIMEOUT,
+        Duration::from_millis(100),
+        first_seq,
+    )
+}
+
+/// A reply of a well-behaved reflector: T2 and T3 `turnaround` apart.
+fn reply_to(ssid: u16, seq: u32, t2: u64, turnaround: u64) -> ReflectorPacket {
+    let req = SenderPacket::probe(
+        seq,
+        ssid,
+        Timestamp::default(),
+        ErrorEstimate::default(),
+        44,
+    )
+    .expect("base packet");
+    reflect(
+        &req,
+        &ReflectParams {
+            timestamp: Timestamp::from_ptp_ns(t2 + turnaround),
+            error_estimate: ErrorEstimate::for_error_ns(1_000.0, false, true),
+            receive_timestamp: Timestamp::from_ptp_ns(t2),
+            sender_ttl: 64,
+        },
+    )
+}
+
+struct Harness {
+    st: Stamping,
+    tx: TxStamps,
+    s: Session,
+    t0: u64,
+}
+
+impl Harness {
+    fn new(first_seq: u32) -> Self {
+        Self {
+            st: socket_mode(),
+            tx: TxStamps::default(),
+            s: session(first_seq),
+            t0: 1_000_000 * MS,
+        }
+    }
+
+    /// Sends a probe at t0 + `at_ms`.
+    fn send(&mut self, at_ms: u64) -> u32 {
+        let key = self.tx.next_key();
+        self.s
+            .sent(self.t0 + at_ms * MS, key, Instant::now() + TIMEOUT)
+    }
+
+    /// A reply to `seq` sent at `sent_ms`, received at t0 + `rx_ms`, from `from`.
+    fn recv(
+        &mut self,
+        from: SocketAddr,
+        rep: &ReflectorPacket,
+        rx_ms: u64,
+    ) -> Result<Outcome, Rejection> {
+        let payload = rep.to_bytes();
+        let r = Reply {
+            payload: &payload,
+            from,
+            rx_sw_realtime_ns: None,
+            app_rx_tai: self.t0 + rx_ms * MS,
+        };
+        let mut env = ReplyEnv {
+            st: &self.st,
+            lport: 40_000,
+            t4_map: false,
+            tx_stamps: &mut self.tx,
+        };
+        self.s.reply(&r, rep, &mut env)
+    }
+}
+
+fn kind(o: &Result<Outcome, Rejection>) -> Result<&'static str, Rejection> {
+    match o {
+        Ok(Outcome::Sample {
+            reordered: false, ..
+        }) => Ok("sample"),
+        Ok(Outcome::Sample {
+            reordered: true, ..
+        }) => Ok("reordered"),
+        Ok(Outcome::Duplicate { .. }) => Ok("duplicate"),
+        Ok(Outcome::Late { .. }) => Ok("late"),
+        Err(e) => Err(*e),
+    }
+}
+
+#[test]
+fn sequence_numbers_start_at_random() {
+    let a: Vec<u32> = (0..8)
+        .map(|_| Session::new(peer(), 1, TIMEOUT, TIMEOUT).next_seq())
+        .collect();
+    assert!(a.iter().any(|&s| s != a[0]), "8 sessions, one start: {a:?}");
+}
+
+#[test]
+fn samples_duplicates_reordering_and_late_replies() {
+    let mut h = Harness::new(u32::MAX - 1); // wraps across the sequence space
+    let seqs: Vec<u32> = (0..4).map(|i| h.send(i * 10)).collect();
+    assert_eq!(seqs, vec![u32::MAX - 1, u32::MAX, 0, 1]);
+    let rep = |s: u32| reply_to(0x1234, s, 5_000, 1_000);
+    assert_eq!(kind(&h.recv(peer(), &rep(seqs[0]), 20)), Ok("sample"));
+    assert_eq!(kind(&h.recv(peer(), &rep(seqs[2]), 30)), Ok("sample"));
+    assert_eq!(kind(&h.recv(peer(), &rep(seqs[1]), 31)), Ok("reordered"));
+    // A network duplicate: same reply again within the probe's deadline.
+    assert_eq!(kind(&h.recv(peer(), &rep(seqs[1]), 40)), Ok("duplicate"));
+    // The same copy after the deadline is a replay, not a duplicate.
+    assert_eq!(
+        kind(&h.recv(peer(), &rep(seqs[0]), 2_000)),
+        Err(Rejection::Replayed)
+    );
+    assert!(h.s.in_flight());
+    assert!(h.s.fail(seqs[3]), "refused at send: lost now");
+    assert!(!h.s.fail(seqs[3]));
+    assert!(!h.s.in_flight());
+    assert_eq!(kind(&h.recv(peer(), &rep(seqs[3]), 500)), Ok("late"));
+    assert_eq!(
+        kind(&h.recv(peer(), &rep(seqs[3]), 501)),
+        Err(Rejection::Replayed),
+        "a late reply counts once"
+    );
+    assert_eq!(
+        kind(&h.recv(peer(), &rep(7), 50)),
+        Err(Rejection::NotInFlight)
+    );
+}
+
+#[test]
+fn expiry_reports_lost_probes_oldest_first() {
+    let mut h = Harness::new(10);
+    let now = Instant::now();
+    let key = h.tx.next_key();
+    let a = h.s.sent(h.t0, key, now);
+    let b = h.s.sent(h.t0, key, now + TIMEOUT);
+    let c = h.s.sent(h.t0, key, now);
+    assert_eq!(
+        kind(&h.recv(peer(), &reply_to(0x1234, a, 1, 1), 5)),
+        Ok("sample")
+    );
+    let mut lost = Vec::new();
+    h.s.expire(now, &mut h.tx, |l| lost.push(l.seq));
+    assert_eq!(
+        lost,
+        Vec::<u32>::new(),
+        "b is due later and blocks the queue"
+    );
+    assert_eq!(h.s.next_deadline(), Some(now + TIMEOUT));
+    h.s.expire(now + TIMEOUT, &mut h.tx, |l| lost.push(l.seq));
+    assert_eq!(lost, vec![b, c]);
+    assert!(!h.s.in_flight());
+    assert_eq!(h.s.next_deadline(), None);
+}
+
+#[test]
+fn replies_from_elsewhere_or_another_session_are_rejected() {
+    let mut h = Harness::new(0);
+    let seq = h.send(0);
+    let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 7, 77)), 862);
+    let rep = reply_to(0x1234, seq, 5_000, 1_000);
+    assert_eq!(kind(&h.recv(other, &rep, 1)), Err(Rejection::WrongSource));
+    let wrong_port = SocketAddr::new(peer().ip(), 863);
+    assert_eq!(
+        kind(&h.recv(wrong_port, &rep, 1)),
+        Err(Rejection::WrongSource)
+    );
+    assert_eq!(
+        kind(&h.recv(peer(), &reply_to(0x4321, seq, 5_000, 1_000), 1)),
+        Err(Rejection::UnknownSession)
+    );
+    assert!(h.s.in_flight(), "rejections leave the probe in flight");
+    // IPv4-mapped IPv6 is the same source; SSID 0 (RFC 8762-only reflector) is accepted.
+    let mapped = SocketAddr::new(
+        IpAddr::V6(Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped()),
+        862,
+    );
+    assert_eq!(
+        kind(&h.recv(mapped, &reply_to(0, seq, 5_000, 1_000), 1)),
+        Ok("sample")
+    );
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 862);
+    assert_eq!(kind(&h.recv(v6, &rep, 1)), Err(Rejection::WrongSource));
+}
+
+#[test]
+fn impossible_reflected_stamps_are_rejected() {
+    let mut h = Harness::new(0);
+    // T3 before T2.
+    let seq = h.send(0);
+    let mut rep = reply_to(0x1234, seq, 5_000, 1_000);
+    rep.timestamp = Timestamp::from_ptp_ns(4_000);
+    assert_eq!(kind(&h.recv(peer(), &rep, 10)), Err(Rejection::BadStamps));
+    // Turnaround beyond the timeout.
+    let rep = reply_to(0x1234, seq, 5_000, 2_000 * MS);
+    assert_eq!(kind(&h.recv(peer(), &rep, 10)), Err(Rejection::BadStamps));
+    // Turnaround longer than the whole exchange: negative network RTT.
+    let rep = reply_to(0x1234, seq, 5_000, 11 * MS);
+    assert_eq!(kind(&h.recv(peer(), &rep, 10)), Err(Rejection::BadStamps));
+    // Garbage far apart must not overflow.
+    let mut rep = reply_to(0x1234, seq, 0, 0);
+    rep.timestamp = Timestamp::from_ptp_ns(u64::from(u32::MAX) * 1_000_000_000);
+    assert_eq!(kind(&h.recv(peer(), &rep, 10)), Err(Rejection::BadStamps));
+    let rep = reply_to(0x1234, seq, 5_000, 9 * MS);
+    match h.recv(peer(), &rep, 10) {
+        Ok(Outcome::Sample { m, .. }) => {
+            assert_eq!((m.app_rtt, m.turnaround), (10 * MS as i64, 9 * MS as i64));
+            assert_eq!(m.network_rtt, MS as i64);
+            assert_eq!(m.t1_source, StampSource::App);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn t1_comes_from_our_record_and_an_unrecorded_echo_must_be_plausible() {
+    let app = (1_000, 2_000);
+    let echo = |ns| Timestamp::from_ptp_ns(ns);
+    // Kernel mode, recorded: the record, which the echo must equal.
+    assert_eq!(
+        choose_t1(true, Some(1_500), echo(1_500), app, None),
+        Ok(((1_500, StampSource::Tc), false))
+    );
+    assert_eq!(
+        choose_t1(true, Some(1_500), echo(1_501), app, None),
+        Err(Rejection::T1Mismatch)
+    );
+    assert_eq!(
+        choose_t1(true, Some(1_500), Timestamp::default(), app, None),
+        Err(Rejection::T1Mismatch)
+    );
+    // No record: the echo within our own send and receive times, flagged.
+    assert_eq!(
+        choose_t1(true, None, echo(1_200), app, None),
+        Ok(((1_200, StampSource::Tc), true))
+    );
+    for bad in [999, 2_001, 1] {
+        assert_eq!(
+            choose_t1(true, None, echo(bad), app, None),
+            Err(Rejection::T1Implausible),
+            "{bad}"
+        );
+    }
+    // A zero echo (no program on the way out): our own send time.
+    assert_eq!(
+        choose_t1(true, None, Timestamp::default(), app, None),
+        Ok(((1_000, StampSource::App), false))
+    );
+    // Socket mode ignores the echo.
+    assert_eq!(
+        choose_t1(false, None, echo(5), app, Some(1_100)),
+        Ok(((1_100, StampSource::TxSoftware), false))
+    );
+}
+
+#[test]
+fn ring_grows_instead_of_forgetting_outstanding_probes() {
+    let mut h = Harness::new(0);
+    let n = 3 * MIN_SLOTS as u32;
+    let seqs: Vec<u32> = (0..n).map(|_| h.send(0)).collect();
+    for &s in seqs.iter().rev() {
+        assert!(
+            matches!(
+                kind(&h.recv(peer(), &reply_to(0x1234, s, 1, 1), 1)),
+                Ok("sample" | "reordered")
+            ),
+            "seq {s}"
+        );
+    }
+    assert!(!h.s.in_flight());
+    // Once answered, old numbers are forgotten as the ring is reused.
+    for _ in 0..h.s.slots.len() {
+        let s = h.send(0);
+        h.recv(peer(), &reply_to(0x1234, s, 1, 1), 1)
+            .expect("fresh");
+    }
+    assert_eq!(
+        kind(&h.recv(peer(), &reply_to(0x1234, 0, 1, 1), 1)),
+        Err(Rejection::NotInFlight)
+    );
+}
+
+#[test]
+fn ssid_allocation_is_random_non_zero_unique_and_bounded() {
+    let mut used = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        let s = alloc_ssid(|s| used.contains(&s)).expect("space left");
+        assert_ne!(s, 0);
+        assert!(used.insert(s), "{s} handed out twice");
+    }
+    // Nearly full: the scan finds the one free value; full: None, without spinning.
+    let free = 4242;
+    assert_eq!(alloc_ssid(|s| s != free), Some(free));
+    assert_eq!(alloc_ssid(|_| true), None);
+}
+
+#[test]
+fn rejection_counts_serialize_every_reason() {
+    let mut c = RejectionCounts::default();
+    c.add(Rejection::WrongSource);
+    c.add(Rejection::WrongSource);
+    let v = serde_json::to_value(&c).unwrap();
+    assert_eq!(v["wrong_source"], 2);
+    assert_eq!(v["t1_mismatch"], 0);
+    assert_eq!(v.as_object().unwrap().len(), Rejection::ALL.len());
+    assert_eq!(c.total(), 2);
+}
