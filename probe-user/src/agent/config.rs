@@ -5,7 +5,11 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use clap::Args;
 use probe_common::{STAMP_DEFAULT_PORT, wire as off};
 
-use crate::{ebpf::AttachMode, sink::OutputFormat};
+use crate::{
+    ebpf::AttachMode,
+    probe::policy::{AllowList, Budget},
+    sink::OutputFormat,
+};
 
 /// Parses CONN_TIMEOUT: whole seconds as the heartbeat agent took them, or a duration (`4s`).
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -97,6 +101,31 @@ pub struct AgentArgs {
     /// UDP port the reflector listens on (STAMP's registered port is 862).
     #[arg(long, env = "REGISTER_LISTENER_PORT", default_value_t = STAMP_DEFAULT_PORT, help_heading = "Reflector")]
     pub register_listener_port: u16,
+    /// Networks answered besides the current peers: `CIDR[,CIDR...]`, or `any` [default:
+    /// only the peers].
+    #[arg(
+        long,
+        env = "MESHPROBE_REFLECT_ALLOW",
+        value_name = "CIDR[,...]",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Reflector"
+    )]
+    pub reflect_allow: AllowList,
+    /// Replies per second to one source address (token bucket, one second's burst), or off.
+    #[arg(long, env = "MESHPROBE_REFLECT_BUDGET_PER_SOURCE", value_name = "N/s", default_value_t = Budget::DEFAULT_PER_SOURCE, help_heading = "Reflector")]
+    pub reflect_budget_per_source: Budget,
+    /// Replies per second in all, or off.
+    #[arg(long, env = "MESHPROBE_REFLECT_BUDGET_TOTAL", value_name = "N/s", default_value_t = Budget::DEFAULT_TOTAL, help_heading = "Reflector")]
+    pub reflect_budget_total: Budget,
+    /// Listen even on a REGISTER_LISTENER_PORT inside net.ipv4.ip_local_port_range (where
+    /// tunnels' and senders' source ports come from).
+    #[arg(
+        long,
+        env = "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT",
+        help_heading = "Reflector"
+    )]
+    pub reflect_allow_ephemeral_port: bool,
 
     /// Static peers, comma separated: `[id=]host[:port]`. Used alone, or with ZooKeeper as
     /// extra targets.
