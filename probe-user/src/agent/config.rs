@@ -507,6 +507,16 @@ impl AgentArgs {
                 format!("use a port peers can reach, e.g. {STAMP_DEFAULT_PORT}"),
             ));
         }
+        if let Err(e) = crate::probe::policy::check_reflector_port(
+            self.register_listener_port,
+            self.reflect_allow_ephemeral_port,
+        ) {
+            return Err(bad(
+                "REGISTER_LISTENER_PORT (--register-listener-port)",
+                e.to_string(),
+                "",
+            ));
+        }
         if self.register_public_port == Some(0) {
             return Err(bad(
                 "REGISTER_PUBLIC_PORT (--register-public-port)",
@@ -677,6 +687,47 @@ mod tests {
             v.extend_from_slice(args);
             let e = parse(&v).validate().unwrap_err();
             assert!(e.to_string().starts_with(setting), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn reflector_settings() {
+        let a = parse(&["t", "agent"]);
+        assert!(!a.reflect_allow.is_any(), "peers only by default");
+        assert!(a.reflect_allow.networks.is_empty());
+        assert_eq!(a.reflect_budget_per_source, Budget::DEFAULT_PER_SOURCE);
+        let a = parse(&[
+            "t",
+            "agent",
+            "--reflect-allow",
+            "198.18.0.0/15,fd00::/8",
+            "--reflect-budget-total",
+            "off",
+        ]);
+        assert!(a.reflect_allow.allows("198.19.1.1".parse().unwrap()));
+        assert_eq!(a.reflect_budget_total, Budget(None));
+        let argv: Vec<std::ffi::OsString> = ["t", "agent", "--reflect-budget-per-source", "0/s"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let e = T::command().try_get_matches_from(argv).unwrap_err();
+        assert!(e.to_string().contains("not a rate"), "{e}");
+        // A reflector port inside the ephemeral range is refused unless allowed.
+        if let Some((lo, _)) = crate::probe::policy::local_port_range() {
+            let port = lo.to_string();
+            let e = parse(&["t", "agent", "--register-listener-port", &port])
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().starts_with("REGISTER_LISTENER_PORT"), "{e}");
+            parse(&[
+                "t",
+                "agent",
+                "--register-listener-port",
+                &port,
+                "--reflect-allow-ephemeral-port",
+            ])
+            .validate()
+            .unwrap();
         }
     }
 

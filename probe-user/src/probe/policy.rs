@@ -122,7 +122,8 @@ pub enum PolicyError {
     #[error(
         "reflector port {port} is inside net.ipv4.ip_local_port_range {lo}-{hi}: senders' and \
          tunnels' source ports are drawn from that range, so a foreign datagram could share \
-         the port; choose a port outside it (default 862), or allow it explicitly"
+         the port; choose a port outside it (default 862), or allow it explicitly \
+         (reflect --allow-ephemeral-port, agent MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT)"
     )]
     EphemeralPort { port: u16, lo: u16, hi: u16 },
 }
@@ -528,7 +529,7 @@ pub fn check_reflector_port(port: u16, allow_ephemeral: bool) -> Result<(), Poli
 }
 
 /// `net.ipv4.ip_local_port_range` of this network namespace.
-fn local_port_range() -> Option<(u16, u16)> {
+pub fn local_port_range() -> Option<(u16, u16)> {
     let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
     Some((it.next()??, it.next()??))
