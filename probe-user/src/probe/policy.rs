@@ -382,8 +382,10 @@ impl Default for PolicyConfig {
     }
 }
 
-/// Default per-source budget: a peer probing every millisecond is still answered in full.
-pub const DEFAULT_PER_SOURCE: u32 = 1000;
+/// Default per-source budget: a sender probing every half millisecond (or an agent probing
+/// a thousand addresses of one host every second, as the footprint bench does) is still
+/// answered in full; an agent's peer sends about one a second.
+pub const DEFAULT_PER_SOURCE: u32 = 2000;
 /// Default global budget.
 pub const DEFAULT_TOTAL: u32 = 20_000;
 

@@ -386,3 +386,41 @@ pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
         println!("eBPF counters: {}", nonzero.join(" "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_reason_is_exported_from_the_start_and_counted() {
+        let live = LiveCounters::default();
+        let mut reg = prometheus_client::registry::Registry::default();
+        live.register(&mut reg);
+        live.refused
+            .get_or_create(&RefusedLabel {
+                reason: Refusal::Reflected.as_str(),
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for r in Refusal::ALL {
+            let n = u64::from(r == Refusal::Reflected);
+            let line = format!("meshprobe_reflector_refused_total{{reason=\"{r}\"}} {n}");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_refusals_by_reason() {
+        let mut s = ReflectorStats::default();
+        s.refused.add(Refusal::SourcePort);
+        s.refused.add(Refusal::SourcePort);
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(v["refused"]["source_port"], 2);
+        assert_eq!(v["refused"]["total_budget"], 0);
+        assert_eq!(
+            v["refused"].as_object().unwrap().len(),
+            Refusal::ALL.len()
+        );
+    }
+}
