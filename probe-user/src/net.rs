@@ -15,8 +15,9 @@ use nix::{
     errno::Errno,
     sys::{
         socket::{
-            ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrLike as _,
-            SockaddrStorage, TimestampingFlag, recvmmsg, recvmsg, sendmmsg, setsockopt, sockopt,
+            ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg,
+            SockaddrLike as _, SockaddrStorage, TimestampingFlag, recvmmsg, recvmsg, sendmmsg,
+            setsockopt, sockopt,
         },
         time::TimeSpec,
     },

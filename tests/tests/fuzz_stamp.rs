@@ -88,7 +88,8 @@ fn fuzzed_requests_never_amplify_or_crash_the_reflector() -> Result<()> {
             &t.b,
             &["--budget-per-source", "off", "--budget-total", "off"],
         )?;
-        let sock = t.a.enter(|| UdpSocket::bind(SocketAddr::new(t.a_addr(f), SPORT)))??;
+        let sock =
+            t.a.enter(|| UdpSocket::bind(SocketAddr::new(t.a_addr(f), SPORT)))??;
         let rx = sock.try_clone()?;
         let receiver = std::thread::spawn(move || -> Result<Vec<Vec<u8>>> {
             rx.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -163,7 +164,11 @@ fn fuzzed_requests_never_amplify_or_crash_the_reflector() -> Result<()> {
             sum["refused"]
         );
         ensure!(twice == 0, "{}: {twice} requests answered twice", f.label());
-        ensure!(after == 3, "{}: {after}/3 pings answered after the fuzzing", f.label());
+        ensure!(
+            after == 3,
+            "{}: {after}/3 pings answered after the fuzzing",
+            f.label()
+        );
         ensure!(
             n("requests") == u64::from(CASES) + 3
                 && n("replies") == replies.len() as u64 + 3

@@ -30,8 +30,16 @@ fn the_agent_answers_its_peers_only() -> Result<()> {
     let t = TwoHosts::new()?;
     t.a.run(["ip", "addr", "add", "198.18.0.41/24", "dev", TwoHosts::A_IF])?;
     t.a.run([
-        "ip", "-6", "addr", "add", "fd00::41/64", "dev", TwoHosts::A_IF, "nodad",
-        "preferred_lft", "0",
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::41/64",
+        "dev",
+        TwoHosts::A_IF,
+        "nodad",
+        "preferred_lft",
+        "0",
     ])?;
     let peers = format!("a={},a6={}", TwoHosts::A4, TwoHosts::A6);
     let cfg = AgentConfig::new()
@@ -48,7 +56,8 @@ fn the_agent_answers_its_peers_only() -> Result<()> {
             Duration::from_secs(20),
         )?;
         let received = run.summary()?.received;
-        let sock = t.a.enter(|| UdpSocket::bind(SocketAddr::new(stranger(f), 40005)))??;
+        let sock =
+            t.a.enter(|| UdpSocket::bind(SocketAddr::new(stranger(f), 40005)))??;
         sock.set_read_timeout(Some(Duration::from_secs(1)))?;
         for seq in 0..STRAY {
             sock.send_to(
@@ -63,7 +72,11 @@ fn the_agent_answers_its_peers_only() -> Result<()> {
             f.label(),
             stranger(f)
         );
-        ensure!(received == 5, "{}: a peer got {received}/5 replies", f.label());
+        ensure!(
+            received == 5,
+            "{}: a peer got {received}/5 replies",
+            f.label()
+        );
         ensure!(
             stray_replies == 0,
             "{}: a source that is no peer got {stray_replies} replies",

@@ -114,7 +114,10 @@ fn a_multi_homed_reflector_answers_from_the_address_asked() -> Result<()> {
     // address, and an IPv6 address sharing a shorter prefix with A's than B's first one.
     let second: [(Family, IpAddr); 2] = [
         (Family::V4, Ipv4Addr::new(198, 18, 0, 11).into()),
-        (Family::V6, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xb).into()),
+        (
+            Family::V6,
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xb).into(),
+        ),
     ];
     for (_, addr) in second {
         let prefix = if addr.is_ipv4() { 24 } else { 64 };
@@ -135,7 +138,11 @@ fn a_multi_homed_reflector_answers_from_the_address_asked() -> Result<()> {
             );
             let replies = cap.stop()?.packets;
             let sources: Vec<IpAddr> = replies.iter().map(|p| p.src.ip()).collect();
-            let received = run.as_ref().ok().and_then(|r| r.summary().ok()).map(|s| s.received);
+            let received = run
+                .as_ref()
+                .ok()
+                .and_then(|r| r.summary().ok())
+                .map(|s| s.received);
             eprintln!(
                 "{}: ping {dst}: received {received:?}, reply sources {sources:?}",
                 f.label()

@@ -38,25 +38,33 @@ fn a_flooding_source_gets_its_budget_and_others_are_answered() -> Result<()> {
     let t = TwoHosts::new()?;
     // The flooder's own address on A, never A's default source (IPv4 secondary; IPv6
     // deprecated), so `ping` from A is another source.
+    t.a.run(["ip", "addr", "add", "198.18.0.31/24", "dev", TwoHosts::A_IF])?;
     t.a.run([
-        "ip", "addr", "add", "198.18.0.31/24", "dev", TwoHosts::A_IF,
-    ])?;
-    t.a.run([
-        "ip", "-6", "addr", "add", "fd00::31/64", "dev", TwoHosts::A_IF, "nodad",
-        "preferred_lft", "0",
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::31/64",
+        "dev",
+        TwoHosts::A_IF,
+        "nodad",
+        "preferred_lft",
+        "0",
     ])?;
     let budget = format!("{BUDGET}/s");
     for f in FAMILIES {
-        let refl = env
-            .mp
-            .reflect(&t.b, &["--budget-per-source", &budget, "--budget-total", "off"])?;
+        let refl = env.mp.reflect(
+            &t.b,
+            &["--budget-per-source", &budget, "--budget-total", "off"],
+        )?;
         let src = flood_addr(f);
         let cap = Capture::start_filter(
             &t.a,
             TwoHosts::A_IF,
             &format!("udp and src port {STAMP_PORT} and dst host {src}"),
         )?;
-        let sock = t.a.enter(|| UdpSocket::bind(SocketAddr::new(src, FLOOD_PORT)))??;
+        let sock =
+            t.a.enter(|| UdpSocket::bind(SocketAddr::new(src, FLOOD_PORT)))??;
         let to = SocketAddr::new(t.b_addr(f), STAMP_PORT);
         let peer = t.b_addr(f).to_string();
         let mut ping = env.mp.ping_spawn(

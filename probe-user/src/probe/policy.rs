@@ -15,13 +15,7 @@
 //!
 //! A reply is never longer than its request (RFC 8762 §4.3, RFC 8972), so there is nothing to
 //! amplify; the budgets bound what is reflected.
-use std::{
-    collections::HashMap,
-    fmt,
-    net::IpAddr,
-    str::FromStr,
-    time::Instant,
-};
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Instant};
 
 use probe_common::{policy::refused_src_port, wire as off};
 use serde::Serialize;
@@ -139,7 +133,9 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical_ip(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
@@ -611,7 +607,11 @@ mod tests {
                 B
             };
             let rx = test_received(from(src, 40000), dst);
-            assert_eq!(p.admit(&rx, &req, now), Err(Refusal::SourceAddress), "{src}");
+            assert_eq!(
+                p.admit(&rx, &req, now),
+                Err(Refusal::SourceAddress),
+                "{src}"
+            );
         }
         for dst in ["224.0.0.1", "255.255.255.255", "ff02::1"] {
             let rx = test_received(from("198.18.0.1", 40000), dst.parse().unwrap());
@@ -695,14 +695,18 @@ mod tests {
         );
         let req = [0u8; 44];
         let rx = |i: u8| test_received(from(&format!("198.18.0.{i}"), 40000), B);
-        let n = (0..100).filter(|_| p.admit(&rx(1), &req, t0).is_ok()).count();
+        let n = (0..100)
+            .filter(|_| p.admit(&rx(1), &req, t0).is_ok())
+            .count();
         assert_eq!(n, 10, "one second's worth at once");
         assert_eq!(p.admit(&rx(1), &req, t0), Err(Refusal::SourceBudget));
         // Another source is answered while the first is held back.
         assert_eq!(p.admit(&rx(3), &req, t0), Ok(()));
         // 0.5 s later: half a second's worth more.
         let t1 = t0 + Duration::from_millis(500);
-        let n = (0..100).filter(|_| p.admit(&rx(1), &req, t1).is_ok()).count();
+        let n = (0..100)
+            .filter(|_| p.admit(&rx(1), &req, t1).is_ok())
+            .count();
         assert_eq!(n, 5);
         // The global budget: 25 at once, 10 + 1 + 5 spent.
         let mut total = 0;
@@ -734,7 +738,10 @@ mod tests {
         let req = [0u8; 44];
         for i in 0..3 * SOURCE_TABLE as u32 {
             let ip = Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
-            let rx = test_received(SocketAddr::new(ip.into(), 40000), "fd00::2".parse().unwrap());
+            let rx = test_received(
+                SocketAddr::new(ip.into(), 40000),
+                "fd00::2".parse().unwrap(),
+            );
             let now = t0 + Duration::from_micros(u64::from(i));
             assert_eq!(p.admit(&rx, &req, now), Ok(()));
             assert!(p.per_source.as_ref().unwrap().map.len() <= SOURCE_TABLE);
@@ -760,6 +767,10 @@ mod tests {
         for bad in ["198.18.0.0/33", "fd00::/129", "nope", "198.18.0.0/"] {
             assert!(AllowList::parse(bad).is_err(), "{bad}");
         }
-        assert!(Cidr::from_str("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(
+            Cidr::from_str("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
     }
 }

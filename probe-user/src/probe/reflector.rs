@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use super::{
     Stamping, emit_json,
-    policy::{self, PolicyConfig, RefusedCounts, ReflectPolicy, Refusal},
+    policy::{self, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
     rx_time,
 };
 use crate::{
@@ -84,9 +84,10 @@ impl LiveCounters {
         );
         // Every reason exported from the start, at 0.
         for r in Refusal::ALL {
-            drop(self.refused.get_or_create(&RefusedLabel {
-                reason: r.as_str(),
-            }));
+            drop(
+                self.refused
+                    .get_or_create(&RefusedLabel { reason: r.as_str() }),
+            );
         }
         r.register(
             "meshprobe_reflector_refused",
@@ -418,9 +419,6 @@ mod tests {
         let v = serde_json::to_value(s).unwrap();
         assert_eq!(v["refused"]["source_port"], 2);
         assert_eq!(v["refused"]["total_budget"], 0);
-        assert_eq!(
-            v["refused"].as_object().unwrap().len(),
-            Refusal::ALL.len()
-        );
+        assert_eq!(v["refused"].as_object().unwrap().len(), Refusal::ALL.len());
     }
 }
