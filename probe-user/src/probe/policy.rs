@@ -533,9 +533,8 @@ pub fn local_port_range() -> Option<(u16, u16)> {
     Some((it.next()??, it.next()??))
 }
 
-/// Used in tests of this module and of the reflector.
-#[doc(hidden)]
-pub fn test_received(from: std::net::SocketAddr, dst: IpAddr) -> Received {
+#[cfg(test)]
+fn test_received(from: std::net::SocketAddr, dst: IpAddr) -> Received {
     Received {
         len: off::BASE_LEN,
         from,

@@ -113,7 +113,7 @@ pub struct ReflectorStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReflectorError {
-    #[error("{0}")]
+    #[error(transparent)]
     Port(#[from] policy::PolicyError),
     #[error("binding {addr}: {source}")]
     Bind {
