@@ -17,6 +17,7 @@ use crate::{
     net,
     probe::{
         Stamping, emit_json,
+        policy::{AllowList, Budget, PolicyConfig},
         reflector::{self, ReflectorOptions},
         sender::{self, SenderOptions},
     },
@@ -96,6 +97,20 @@ struct ReflectArgs {
     /// Test aid: wait this long before answering each request (e.g. 5ms).
     #[arg(long, value_parser = humantime::parse_duration)]
     think_time: Option<Duration>,
+    /// Answer only sources in these networks: `CIDR[,CIDR...]` (e.g. 198.18.0.0/15,fd00::/8),
+    /// or `any`.
+    #[arg(long, value_name = "CIDR[,...]", default_value = "any")]
+    allow: AllowList,
+    /// Replies per second to one source address (token bucket, one second's burst), or off.
+    #[arg(long, value_name = "N/s", default_value_t = Budget::DEFAULT_PER_SOURCE)]
+    budget_per_source: Budget,
+    /// Replies per second in all, or off.
+    #[arg(long, value_name = "N/s", default_value_t = Budget::DEFAULT_TOTAL)]
+    budget_total: Budget,
+    /// Listen even on a port inside net.ipv4.ip_local_port_range (where tunnels' and senders'
+    /// source ports come from).
+    #[arg(long)]
+    allow_ephemeral_port: bool,
 }
 
 #[derive(Args)]
@@ -278,10 +293,23 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
         a.common.interfaces.clone()
     };
     let st = start_stamping(&a.common, &interfaces);
+    if a.allow.is_any() {
+        warn!(
+            "--allow any: answering every source; give --allow CIDR[,...] to answer only your \
+             probers"
+        );
+    }
     let opts = ReflectorOptions {
         listen: SocketAddr::new(a.listen, a.port),
         think_time: a.think_time,
         live: None,
+        policy: PolicyConfig {
+            allow: a.allow,
+            per_source: a.budget_per_source.0,
+            total: a.budget_total.0,
+        },
+        peers: None,
+        allow_ephemeral_port: a.allow_ephemeral_port,
     };
     let sock = reflector::bind(&opts, &st)?;
     announce(

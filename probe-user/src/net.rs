@@ -1,5 +1,6 @@
-//! UDP sockets for probes: software RX/TX timestamps (SO_TIMESTAMPING) and the received TTL,
-//! read from control messages; batched receive and send (recvmmsg/sendmmsg); interface
+//! UDP sockets for probes: software RX/TX timestamps (SO_TIMESTAMPING), the received TTL and
+//! destination address (IP_PKTINFO / IPV6_RECVPKTINFO), read from control messages; batched
+//! receive and send (recvmmsg/sendmmsg), optionally from a chosen local address; interface
 //! discovery.
 use std::{
     collections::BTreeSet,
@@ -14,8 +15,9 @@ use nix::{
     errno::Errno,
     sys::{
         socket::{
-            ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrLike as _,
-            SockaddrStorage, TimestampingFlag, recvmmsg, recvmsg, sendmmsg, setsockopt, sockopt,
+            ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg,
+            SockaddrLike as _, SockaddrStorage, TimestampingFlag, recvmmsg, recvmsg, sendmmsg,
+            setsockopt, sockopt,
         },
         time::TimeSpec,
     },
@@ -32,6 +34,38 @@ pub struct Received {
     pub rx_sw_realtime_ns: Option<u64>,
     /// IPv4 TTL or IPv6 hop limit of the packet.
     pub ttl: Option<u8>,
+    /// Destination address of the IP header (IP_PKTINFO / IPV6_PKTINFO), IPv4-mapped ones
+    /// as IPv4.
+    pub dst: Option<IpAddr>,
+    /// IPv4 only: the local address the kernel would answer from (`ipi_spec_dst`). For a
+    /// unicast packet to a local address it equals `dst`; for a broadcast or multicast one it
+    /// is the receiving interface's address.
+    pub spec_dst: Option<Ipv4Addr>,
+    /// Interface the datagram arrived on.
+    pub ifindex: Option<u32>,
+}
+
+impl Received {
+    /// The address this datagram was sent to, as the source of an answer: a reply leaves from
+    /// exactly the address the request reached (multi-homed hosts). `None` when the kernel
+    /// did not say.
+    pub fn reply_source(&self) -> Option<Source> {
+        let addr = self.dst?;
+        // An IPv6 link-local address names a local address only with its interface.
+        let ifindex = match addr {
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => self.ifindex.unwrap_or(0),
+            _ => 0,
+        };
+        Some(Source { addr, ifindex })
+    }
+}
+
+/// A local address to send from (IP_PKTINFO `ipi_spec_dst` / IPV6_PKTINFO), and for an IPv6
+/// link-local one its interface (0: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub addr: IpAddr,
+    pub ifindex: u32,
 }
 
 /// Which software timestamps a probe socket asks the kernel to take.
@@ -129,6 +163,13 @@ impl ProbeSocket {
         let _ = setsockopt(&s, sockopt::Ipv4RecvTtl, &true);
         if addr.is_ipv6() {
             let _ = setsockopt(&s, sockopt::Ipv6RecvHopLimit, &true);
+        }
+        // Destination address of each datagram (the reflector answers only unicast requests to
+        // a local address, from that address). A dual-stack socket reports IP_PKTINFO for its
+        // IPv4 datagrams too, which carries `ipi_spec_dst`.
+        setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+        if addr.is_ipv6() {
+            setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
         }
         let udp: UdpSocket = s.into();
         Ok(Self {
@@ -232,12 +273,30 @@ impl ProbeSocket {
     pub async fn send_batch(
         &self,
         msgs: &[(&[u8], SocketAddr)],
+        on_error: impl FnMut(usize, io::Error),
+    ) {
+        let msgs: Vec<(&[u8], SocketAddr, Option<Source>)> =
+            msgs.iter().map(|&(b, to)| (b, to, None)).collect();
+        self.send_batch_from(&msgs, on_error).await
+    }
+
+    /// Like [`ProbeSocket::send_batch`], each datagram from its own local address (`None`:
+    /// the kernel picks). Consecutive datagrams from the same address share a system call.
+    pub async fn send_batch_from(
+        &self,
+        msgs: &[(&[u8], SocketAddr, Option<Source>)],
         mut on_error: impl FnMut(usize, io::Error),
     ) {
         let fd = self.io.get_ref().as_raw_fd();
         let mut start = 0;
         while start < msgs.len() {
-            match send_many(fd, &msgs[start..(start + BATCH).min(msgs.len())]) {
+            let from = msgs[start].2;
+            let run = msgs[start..]
+                .iter()
+                .take(BATCH)
+                .take_while(|m| m.2 == from)
+                .count();
+            match send_many(fd, &msgs[start..start + run], from) {
                 Ok(0) => tokio::task::yield_now().await,
                 Ok(n) => start += n,
                 // UDP send buffers rarely fill; yield and retry rather than spin.
@@ -313,15 +372,57 @@ fn stamp_flags(stamps: SockStamps) -> TimestampingFlag {
     flags
 }
 
-/// One sendmmsg call: how many of `chunk` the kernel took.
-fn send_many(fd: std::os::fd::RawFd, chunk: &[(&[u8], SocketAddr)]) -> Result<usize, Errno> {
-    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-    let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+/// One sendmmsg call: how many of `chunk` the kernel took. Every datagram of the chunk leaves
+/// from `from` (one control message shared by all, as sendmmsg takes it).
+fn send_many(
+    fd: std::os::fd::RawFd,
+    chunk: &[(&[u8], SocketAddr, Option<Source>)],
+    from: Option<Source>,
+) -> Result<usize, Errno> {
+    let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(b, ..)| [IoSlice::new(b)]).collect();
     let addrs: Vec<Option<SockaddrStorage>> = chunk
         .iter()
-        .map(|(_, a)| Some(SockaddrStorage::from(*a)))
+        .map(|(_, a, _)| Some(SockaddrStorage::from(*a)))
         .collect();
-    let sent = sendmmsg(fd, &mut hdrs, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT)?;
+    // The headers' control length is their buffer's capacity: sized for exactly the one
+    // message sent, since the kernel rejects a trailing empty control header.
+    let (v4, v6);
+    let (cmsgs, space) = match from {
+        None => (Vec::new(), None),
+        Some(Source {
+            addr: IpAddr::V4(a),
+            ifindex,
+        }) => {
+            v4 = libc::in_pktinfo {
+                ipi_ifindex: ifindex as libc::c_int,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(a).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            (
+                vec![ControlMessage::Ipv4PacketInfo(&v4)],
+                Some(cmsg_space!(libc::in_pktinfo)),
+            )
+        }
+        Some(Source {
+            addr: IpAddr::V6(a),
+            ifindex,
+        }) => {
+            v6 = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                ipi6_ifindex: ifindex,
+            };
+            (
+                vec![ControlMessage::Ipv6PacketInfo(&v6)],
+                Some(cmsg_space!(libc::in6_pktinfo)),
+            )
+        }
+    };
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), space);
+    let sent = sendmmsg(fd, &mut hdrs, &iovs, &addrs, &cmsgs, MsgFlags::MSG_DONTWAIT)?;
     Ok(sent.count())
 }
 
@@ -330,7 +431,7 @@ fn recv_many(fd: std::os::fd::RawFd, batch: &mut RecvBatch) -> io::Result<usize>
     // Fresh headers for every call: the kernel writes each message's used control length
     // back into its header, and nix does not restore it, so reused headers would truncate
     // a later message's timestamp (MSG_CTRUNC) after a message that carried only its TTL.
-    let cmsg = cmsg_space!(nix::sys::socket::Timestamps, libc::c_int, libc::c_int);
+    let cmsg = recv_cmsg_space();
     let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(cmsg));
     let mut iovs: Vec<[IoSliceMut<'_>; 1]> = batch
         .bufs
@@ -348,7 +449,19 @@ fn recv_many(fd: std::os::fd::RawFd, batch: &mut RecvBatch) -> io::Result<usize>
     Ok(batch.got.len())
 }
 
-/// Source address, stamps and TTL of one received datagram.
+/// Room for every control message a probe socket asks for: stamps, TTL/hop limit, and both
+/// packet-info kinds (a dual-stack socket gets both for an IPv4 datagram).
+fn recv_cmsg_space() -> Vec<u8> {
+    cmsg_space!(
+        nix::sys::socket::Timestamps,
+        libc::c_int,
+        libc::c_int,
+        libc::in_pktinfo,
+        libc::in6_pktinfo
+    )
+}
+
+/// Source and destination address, stamps and TTL of one received datagram.
 fn parse_received(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Received> {
     let from = msg.address.and_then(|a| {
         a.as_sockaddr_in()
@@ -360,27 +473,46 @@ fn parse_received(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Received> {
     })?;
     let mut rx = None;
     let mut ttl = None;
+    let (mut dst, mut spec_dst, mut ifindex) = (None, None, None);
+    let mut dst4 = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
                 ControlMessageOwned::ScmTimestampsns(t) => rx = ts_ns(&t.system),
                 ControlMessageOwned::Ipv4Ttl(t) => ttl = u8::try_from(t).ok(),
                 ControlMessageOwned::Ipv6HopLimit(h) => ttl = u8::try_from(h).ok(),
+                ControlMessageOwned::Ipv4PacketInfo(i) => {
+                    dst4 = Some(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr)));
+                    spec_dst = Some(Ipv4Addr::from(u32::from_be(i.ipi_spec_dst.s_addr)));
+                    ifindex = u32::try_from(i.ipi_ifindex).ok();
+                }
+                ControlMessageOwned::Ipv6PacketInfo(i) => {
+                    let a = Ipv6Addr::from(i.ipi6_addr.s6_addr);
+                    dst = Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4));
+                    ifindex = ifindex.or(Some(i.ipi6_ifindex));
+                }
                 _ => {}
             }
         }
+    }
+    // IP_PKTINFO is the more precise of the two for an IPv4 datagram.
+    if let Some(d) = dst4 {
+        dst = Some(IpAddr::V4(d));
     }
     Some(Received {
         len: msg.bytes,
         from: canonical(from),
         rx_sw_realtime_ns: rx,
         ttl,
+        dst,
+        spec_dst,
+        ifindex,
     })
 }
 
 fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut cmsg = cmsg_space!(nix::sys::socket::Timestamps, libc::c_int, libc::c_int);
+    let mut cmsg = recv_cmsg_space();
     let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
         .map_err(io::Error::from)?;
     parse_received(&msg).ok_or_else(|| io::Error::other("datagram without a source address"))
@@ -508,6 +640,46 @@ mod tests {
             }
         }
         assert_eq!(got, payloads);
+    }
+
+    #[tokio::test]
+    async fn the_destination_is_reported_and_a_reply_leaves_from_it() {
+        // Two local addresses (127.0.0.0/8 is all local) and IPv6 on one dual-stack socket.
+        let stamps = SockStamps::default();
+        let server = ProbeSocket::bind("[::]:0".parse().unwrap(), stamps).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut batch = RecvBatch::new(2048);
+        for (client, dst) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("127.0.0.1:0", "127.0.0.2"),
+            ("[::1]:0", "::1"),
+        ] {
+            let c = ProbeSocket::bind(client.parse().unwrap(), stamps).unwrap();
+            let dst: IpAddr = dst.parse().unwrap();
+            c.send_to(&[1u8; 44], SocketAddr::new(dst, port))
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(5), server.recv_batch(&mut batch))
+                .await
+                .expect("request arrives")
+                .unwrap();
+            let (_, rx) = batch.iter().next().unwrap();
+            assert_eq!(rx.dst, Some(dst));
+            assert!(rx.ifindex.is_some());
+            if let IpAddr::V4(d) = dst {
+                assert_eq!(rx.spec_dst, Some(d), "unicast: spec_dst is the destination");
+            }
+            let src = rx.reply_source();
+            server
+                .send_batch_from(&[(&[2u8; 44][..], rx.from, src)], |_, e| panic!("{e}"))
+                .await;
+            let mut buf = [0u8; 64];
+            let got = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+                .await
+                .expect("reply arrives")
+                .unwrap();
+            assert_eq!(got.from, SocketAddr::new(dst, port), "reply from {dst}");
+        }
     }
 
     #[tokio::test]

@@ -69,6 +69,10 @@ pub const AGENT_ENV_NAMES: &[&str] = &[
     "MESHPROBE_METRICS_PEER_LIMIT",
     "MESHPROBE_SHUTDOWN_GRACE",
     "MESHPROBE_INTERFACES",
+    "MESHPROBE_REFLECT_ALLOW",
+    "MESHPROBE_REFLECT_BUDGET_PER_SOURCE",
+    "MESHPROBE_REFLECT_BUDGET_TOTAL",
+    "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT",
 ];
 
 /// One stdout JSON line and when the harness read it.
@@ -819,7 +823,10 @@ impl Lab {
             .env("CONN_TIMEOUT", TEST_CONN_TIMEOUT_S)
             .env("MESHPROBE_PEER_GRACE", TEST_PEER_GRACE)
             .env("MESHPROBE_SHUTDOWN_GRACE", TEST_SHUTDOWN_GRACE)
-            .env("MESHPROBE_ADMIN_LISTEN", "127.0.0.1:9862");
+            .env("MESHPROBE_ADMIN_LISTEN", "127.0.0.1:9862")
+            // Tests probe agents with `meshprobe ping` from the core, which is no peer: the
+            // lab's networks are allowed besides the peers (the default answers peers only).
+            .env("MESHPROBE_REFLECT_ALLOW", "198.18.0.0/15,fd00::/8");
         if let Some(zk) = &self.zk {
             c = c.env("SERVERS_ZK", zk.connect_string());
         }

@@ -20,6 +20,7 @@ pub mod meshprobe;
 pub mod netns;
 pub mod nft;
 pub mod reference;
+pub mod safety;
 pub mod scenario;
 pub mod services;
 pub mod stamp;

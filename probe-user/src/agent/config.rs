@@ -5,7 +5,11 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use clap::Args;
 use probe_common::{STAMP_DEFAULT_PORT, wire as off};
 
-use crate::{ebpf::AttachMode, sink::OutputFormat};
+use crate::{
+    ebpf::AttachMode,
+    probe::policy::{AllowList, Budget},
+    sink::OutputFormat,
+};
 
 /// Parses CONN_TIMEOUT: whole seconds as the heartbeat agent took them, or a duration (`4s`).
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -109,6 +113,31 @@ pub struct AgentArgs {
     /// UDP port the reflector listens on (STAMP's registered port is 862).
     #[arg(long, env = "REGISTER_LISTENER_PORT", default_value_t = STAMP_DEFAULT_PORT, help_heading = "Reflector")]
     pub register_listener_port: u16,
+    /// Networks answered besides the current peers: `CIDR[,CIDR...]`, or `any` [default:
+    /// only the peers].
+    #[arg(
+        long,
+        env = "MESHPROBE_REFLECT_ALLOW",
+        value_name = "CIDR[,...]",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Reflector"
+    )]
+    pub reflect_allow: AllowList,
+    /// Replies per second to one source address (token bucket, one second's burst), or off.
+    #[arg(long, env = "MESHPROBE_REFLECT_BUDGET_PER_SOURCE", value_name = "N/s", default_value_t = Budget::DEFAULT_PER_SOURCE, help_heading = "Reflector")]
+    pub reflect_budget_per_source: Budget,
+    /// Replies per second in all, or off.
+    #[arg(long, env = "MESHPROBE_REFLECT_BUDGET_TOTAL", value_name = "N/s", default_value_t = Budget::DEFAULT_TOTAL, help_heading = "Reflector")]
+    pub reflect_budget_total: Budget,
+    /// Listen even on a REGISTER_LISTENER_PORT inside net.ipv4.ip_local_port_range (where
+    /// tunnels' and senders' source ports come from).
+    #[arg(
+        long,
+        env = "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT",
+        help_heading = "Reflector"
+    )]
+    pub reflect_allow_ephemeral_port: bool,
 
     /// Static peers, comma separated: `[id=]host[:port]`. Used alone, or with ZooKeeper as
     /// extra targets.
@@ -492,6 +521,16 @@ impl AgentArgs {
                 format!("use a port peers can reach, e.g. {STAMP_DEFAULT_PORT}"),
             ));
         }
+        if let Err(e) = crate::probe::policy::check_reflector_port(
+            self.register_listener_port,
+            self.reflect_allow_ephemeral_port,
+        ) {
+            return Err(bad(
+                "REGISTER_LISTENER_PORT (--register-listener-port)",
+                e.to_string(),
+                "",
+            ));
+        }
         if self.register_public_port == Some(0) {
             return Err(bad(
                 "REGISTER_PUBLIC_PORT (--register-public-port)",
@@ -673,6 +712,47 @@ mod tests {
             v.extend_from_slice(args);
             let e = parse(&v).validate().unwrap_err();
             assert!(e.to_string().starts_with(setting), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn reflector_settings() {
+        let a = parse(&["t", "agent"]);
+        assert!(!a.reflect_allow.is_any(), "peers only by default");
+        assert!(a.reflect_allow.networks.is_empty());
+        assert_eq!(a.reflect_budget_per_source, Budget::DEFAULT_PER_SOURCE);
+        let a = parse(&[
+            "t",
+            "agent",
+            "--reflect-allow",
+            "198.18.0.0/15,fd00::/8",
+            "--reflect-budget-total",
+            "off",
+        ]);
+        assert!(a.reflect_allow.allows("198.19.1.1".parse().unwrap()));
+        assert_eq!(a.reflect_budget_total, Budget(None));
+        let argv: Vec<std::ffi::OsString> = ["t", "agent", "--reflect-budget-per-source", "0/s"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let e = T::command().try_get_matches_from(argv).unwrap_err();
+        assert!(e.to_string().contains("not a rate"), "{e}");
+        // A reflector port inside the ephemeral range is refused unless allowed.
+        if let Some((lo, _)) = crate::probe::policy::local_port_range() {
+            let port = lo.to_string();
+            let e = parse(&["t", "agent", "--register-listener-port", &port])
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().starts_with("REGISTER_LISTENER_PORT"), "{e}");
+            parse(&[
+                "t",
+                "agent",
+                "--register-listener-port",
+                &port,
+                "--reflect-allow-ephemeral-port",
+            ])
+            .validate()
+            .unwrap();
         }
     }
 

@@ -29,6 +29,7 @@ use crate::{
     net, pb,
     probe::{
         Stamping, emit_json,
+        policy::PolicyConfig,
         reflector::{self, LiveCounters, ReflectorOptions},
     },
     sink::{self, KafkaOptions, KafkaSink, OutputFormat, Sinks, StdoutSink},
@@ -243,11 +244,17 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     });
     let registry = Arc::new(registry);
 
-    // Reflector.
+    // Membership: static peers, plus ZooKeeper's when configured.
+    let (members_tx, members_rx) = watch::channel(plan.static_peers.clone());
+
+    // Reflector: answers the current peers (it follows the membership) and REFLECT_ALLOW.
     let ropts = ReflectorOptions {
         listen: plan.listen,
         think_time: None,
         live: Some(live),
+        policy: reflector_policy(&a),
+        peers: Some(members_rx.clone()),
+        allow_ephemeral_port: a.reflect_allow_ephemeral_port,
     };
     // The reflector binds on its own thread (its socket registers with that runtime); a bind
     // error still stops the start, before `ready`.
@@ -279,9 +286,6 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
             )
         })?;
     health.reflector.store(true, Ordering::Relaxed);
-
-    // Membership: static peers, plus ZooKeeper's when configured.
-    let (members_tx, members_rx) = watch::channel(plan.static_peers.clone());
     let (stop_disc_tx, stop_disc) = watch::channel(false);
     let mut disc_task = None;
     if let Some(mut zk) = plan.zk.clone() {
@@ -456,6 +460,17 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     }
     info!("agent stopped");
     Ok(())
+}
+
+fn reflector_policy(a: &AgentArgs) -> PolicyConfig {
+    if a.reflect_allow.is_any() {
+        warn!("MESHPROBE_REFLECT_ALLOW=any: the reflector answers every source");
+    }
+    PolicyConfig {
+        allow: a.reflect_allow.clone(),
+        per_source: a.reflect_budget_per_source.0,
+        total: a.reflect_budget_total.0,
+    }
 }
 
 fn report_prober(r: Result<Result<(), prober::ProberError>, dedicated::DedicatedError>) {

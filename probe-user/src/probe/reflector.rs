@@ -1,17 +1,26 @@
 //! Session-Reflector (RFC 8762 stateless mode, RFC 8972 SSID and TLVs): answers every
-//! well-formed test packet with T2 from the ingress stamp and T3 stamped at egress.
+//! well-formed test packet the policy admits (`policy.rs`) with T2 from the ingress stamp and
+//! T3 stamped at egress, from the address the request was sent to.
 use std::{net::SocketAddr, time::Duration};
 
 use probe_common::port;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::{Stamping, emit_json, rx_time};
+use super::{
+    Stamping, emit_json,
+    policy::{self, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
+    rx_time,
+};
 use crate::{
     clock,
-    net::{ProbeSocket, Received, RecvBatch, SockStamps},
+    discovery::PeerMap,
+    net::{ProbeSocket, Received, RecvBatch, SockStamps, Source},
     wire::{self, SenderPacket, Timestamp},
 };
 
@@ -22,6 +31,22 @@ pub struct ReflectorOptions {
     pub think_time: Option<Duration>,
     /// Counters that scrapes read while the reflector runs (the agent's /metrics).
     pub live: Option<LiveCounters>,
+    /// Who is answered, and how often.
+    pub policy: PolicyConfig,
+    /// The agent's membership: its peers are answered besides `policy.allow`, and their
+    /// reflector ports are refused as source ports. Read again whenever it changes.
+    pub peers: Option<watch::Receiver<PeerMap>>,
+    /// Bind even inside net.ipv4.ip_local_port_range (see `policy::check_reflector_port`).
+    pub allow_ephemeral_port: bool,
+}
+
+/// Batches read back to back before the reflector yields to other tasks: a flood at the
+/// reflector port must not starve the prober, discovery or the admin server.
+const BATCHES_PER_WAKE: u32 = 8;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    reason: &'static str,
 }
 
 /// Prometheus counters mirroring `ReflectorStats` as it changes.
@@ -31,6 +56,8 @@ pub struct LiveCounters {
     pub replies: Counter,
     pub malformed: Counter,
     pub send_errors: Counter,
+    /// By `Refusal` reason: a fixed label set, never per peer.
+    pub refused: Family<RefusedLabel, Counter>,
 }
 
 impl LiveCounters {
@@ -55,9 +82,22 @@ impl LiveCounters {
             "Replies the kernel refused to send",
             self.send_errors.clone(),
         );
+        // Every reason exported from the start, at 0.
+        for r in Refusal::ALL {
+            drop(
+                self.refused
+                    .get_or_create(&RefusedLabel { reason: r.as_str() }),
+            );
+        }
+        r.register(
+            "meshprobe_reflector_refused",
+            "Requests not answered by policy, by reason",
+            self.refused.clone(),
+        );
     }
 }
 
+/// requests = refused (sum) + malformed + replies + send_errors.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct ReflectorStats {
     pub requests: u64,
@@ -67,10 +107,14 @@ pub struct ReflectorStats {
     /// Answered, but with a malformed TLV (RFC 8972: reflected with the M flag).
     pub malformed_tlv: u64,
     pub send_errors: u64,
+    /// Not answered by policy, by reason (every reason, zeros too).
+    pub refused: RefusedCounts,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReflectorError {
+    #[error(transparent)]
+    Port(#[from] policy::PolicyError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -85,6 +129,7 @@ pub enum ReflectorError {
 
 /// Binds the reflector socket and registers its port (before `ready` is announced).
 pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, ReflectorError> {
+    policy::check_reflector_port(opts.listen.port(), opts.allow_ephemeral_port)?;
     // The reflector's T3 comes from TC (kernel mode) or is the send time (socket mode).
     let stamps = SockStamps {
         tx: false,
@@ -113,32 +158,60 @@ pub async fn run(
     let mut stats = ReflectorStats::default();
     // One octet over the largest valid packet: a longer datagram still reads as too long.
     let mut batch = RecvBatch::new(wire::MAX_PACKET_LEN + 1);
-    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    let mut replies: Vec<(Vec<u8>, SocketAddr, Option<Source>)> = Vec::new();
     let ee = st.error_estimate();
+    let mut policy = ReflectPolicy::new(
+        &opts.policy,
+        &[opts.listen.port()],
+        std::time::Instant::now(),
+    );
+    let mut peers = opts.peers.clone();
+    if let Some(p) = &mut peers {
+        policy.set_peers(p.borrow_and_update().values().map(|p| p.addr));
+    }
+    let mut full_batches = 0u32;
     loop {
         let r = tokio::select! {
             r = sock.recv_batch(&mut batch) => r,
             _ = stop.changed() => break,
         };
         let app_rx = clock::tai_now_ns();
+        let now = std::time::Instant::now();
         if let Err(e) = r {
             debug!("recv: {e}");
             continue;
         }
+        if let Some(p) = &mut peers
+            && p.has_changed().unwrap_or(false)
+        {
+            policy.set_peers(p.borrow_and_update().values().map(|p| p.addr));
+        }
         let mut n_out = 0;
         for (payload, rx) in batch.iter() {
-            let Some(mut reply) = answer(&sock, &st, ee, payload, rx, app_rx, &mut stats, &opts)
-            else {
+            let Some(mut reply) = answer(
+                &sock,
+                &st,
+                ee,
+                payload,
+                rx,
+                app_rx,
+                &mut stats,
+                &opts,
+                &mut policy,
+                now,
+            ) else {
                 continue;
             };
             if let Some(d) = opts.think_time {
                 tokio::time::sleep(d).await;
             }
             if replies.len() <= n_out {
-                replies.push((Vec::with_capacity(2048), rx.from));
+                replies.push((Vec::with_capacity(2048), rx.from, None));
             }
             let slot = &mut replies[n_out];
             slot.1 = rx.from;
+            // From exactly the address the request was sent to (multi-homed hosts).
+            slot.2 = rx.reply_source();
             slot.0.clear();
             // T3: overwritten by the egress program in kernel mode; our best guess otherwise.
             reply.packet.timestamp = Timestamp::from_ptp_ns(clock::tai_now_ns());
@@ -151,6 +224,16 @@ pub async fn run(
             }
         }
         send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
+        // A full batch means more are waiting: after a few, let the other tasks run.
+        if batch.len() >= crate::net::BATCH {
+            full_batches += 1;
+            if full_batches >= BATCHES_PER_WAKE {
+                full_batches = 0;
+                tokio::task::yield_now().await;
+            }
+        } else {
+            full_batches = 0;
+        }
     }
     if let Err(e) = st.set_port(opts.listen.port(), 0) {
         debug!("unregistering port: {e}");
@@ -169,10 +252,23 @@ fn answer(
     app_rx: u64,
     stats: &mut ReflectorStats,
     opts: &ReflectorOptions,
+    policy: &mut ReflectPolicy,
+    now: std::time::Instant,
 ) -> Option<wire::Lenient<wire::ReflectorPacket>> {
     stats.requests += 1;
     if let Some(l) = &opts.live {
         l.requests.inc();
+    }
+    // Before decoding: a refused flood costs only these checks.
+    if let Err(r) = policy.admit(&rx, payload, now) {
+        debug!("request from {} to {:?} refused: {r}", rx.from, rx.dst);
+        stats.refused.add(r);
+        if let Some(l) = &opts.live {
+            l.refused
+                .get_or_create(&RefusedLabel { reason: r.as_str() })
+                .inc();
+        }
+        return None;
     }
     let req = match SenderPacket::decode_lenient(payload) {
         Ok(r) => r,
@@ -211,16 +307,17 @@ fn answer(
 
 async fn send_all(
     sock: &ProbeSocket,
-    replies: &[(Vec<u8>, SocketAddr)],
+    replies: &[(Vec<u8>, SocketAddr, Option<Source>)],
     stats: &mut ReflectorStats,
     opts: &ReflectorOptions,
 ) {
     if replies.is_empty() {
         return;
     }
-    let msgs: Vec<(&[u8], SocketAddr)> = replies.iter().map(|(b, a)| (&b[..], *a)).collect();
+    let msgs: Vec<(&[u8], SocketAddr, Option<Source>)> =
+        replies.iter().map(|(b, a, s)| (&b[..], *a, *s)).collect();
     let mut failed = 0u64;
-    sock.send_batch(&msgs, |i, e| {
+    sock.send_batch_from(&msgs, |i, e| {
         debug!("reply to {}: {e}", msgs[i].1);
         failed += 1;
     })
@@ -265,9 +362,22 @@ pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
     println!("timestamps: {note}");
     println!(
         "{} requests, {} replies, {} malformed (no reply), {} with malformed TLVs (M flag), \
-         {} send errors",
-        stats.requests, stats.replies, stats.malformed, stats.malformed_tlv, stats.send_errors
+         {} send errors, {} refused by policy",
+        stats.requests,
+        stats.replies,
+        stats.malformed,
+        stats.malformed_tlv,
+        stats.send_errors,
+        stats.refused.total()
     );
+    let refused: Vec<String> = Refusal::ALL
+        .iter()
+        .filter(|r| stats.refused.get(**r) > 0)
+        .map(|r| format!("{r}={}", stats.refused.get(*r)))
+        .collect();
+    if !refused.is_empty() {
+        println!("refused: {}", refused.join(" "));
+    }
     let nonzero: Vec<String> = counters
         .iter()
         .filter(|(_, v)| **v > 0)
@@ -275,5 +385,40 @@ pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
         .collect();
     if !nonzero.is_empty() {
         println!("eBPF counters: {}", nonzero.join(" "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_reason_is_exported_from_the_start_and_counted() {
+        let live = LiveCounters::default();
+        let mut reg = prometheus_client::registry::Registry::default();
+        live.register(&mut reg);
+        live.refused
+            .get_or_create(&RefusedLabel {
+                reason: Refusal::Reflected.as_str(),
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for r in Refusal::ALL {
+            let n = u64::from(r == Refusal::Reflected);
+            let line = format!("meshprobe_reflector_refused_total{{reason=\"{r}\"}} {n}");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_refusals_by_reason() {
+        let mut s = ReflectorStats::default();
+        s.refused.add(Refusal::SourcePort);
+        s.refused.add(Refusal::SourcePort);
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(v["refused"]["source_port"], 2);
+        assert_eq!(v["refused"]["total_budget"], 0);
+        assert_eq!(v["refused"].as_object().unwrap().len(), Refusal::ALL.len());
     }
 }

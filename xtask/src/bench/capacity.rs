@@ -907,7 +907,19 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let scratch = TempDir::new("bench-capacity")?;
     let mp = &env.mp;
     let rcpu_s = rcpu.to_string();
-    let refl = mp.reflect_under(&t.b, &["taskset", "-c", &rcpu_s], &["-I", TwoHosts::B_IF])?;
+    // The pair's capacity is measured from one source: no reply budget in the way.
+    let refl = mp.reflect_under(
+        &t.b,
+        &["taskset", "-c", &rcpu_s],
+        &[
+            "-I",
+            TwoHosts::B_IF,
+            "--budget-per-source",
+            "off",
+            "--budget-total",
+            "off",
+        ],
+    )?;
     let rpid = refl.child.pid().context("reflector pid")?;
     let refl_counters = HeldMap::of_process(rpid, "COUNTERS")?;
     let mut ksoft = Vec::new();

@@ -1,0 +1,775 @@
+//! Which requests the Session-Reflector answers: the one place that decides.
+//!
+//! A reflector on every node of a cluster must not become a weapon. It never answers:
+//! - a privileged source port, or a reflector's (ours, or a known peer's): two reflectors
+//!   must never talk to each other (the "Loop DoS" pattern, CVE-2024-2169);
+//! - a source that is not a unicast address (multicast, broadcast, unspecified): no reply could
+//!   be meant for it;
+//! - a request not addressed to a local unicast address (subnet or limited broadcast,
+//!   multicast): one spoofed packet must not draw an answer from every node of a segment;
+//! - a packet shaped like a reply (see [`looks_reflected`]), so no two reflectors loop on
+//!   any ports;
+//! - a source outside the allow-list;
+//! - beyond its per-source or the global reply budget (token buckets, checked before the
+//!   request is decoded, so a flood costs little).
+//!
+//! A reply is never longer than its request (RFC 8762 §4.3, RFC 8972), so there is nothing to
+//! amplify; the budgets bound what is reflected.
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Instant};
+
+use probe_common::{policy::refused_src_port, wire as off};
+use serde::Serialize;
+
+use crate::net::Received;
+
+/// Why a request was not answered. The set is fixed: it labels a Prometheus family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Privileged source port, or one of our or our peers' reflector ports.
+    SourcePort,
+    /// Source address not unicast (multicast, broadcast, unspecified).
+    SourceAddress,
+    /// Not addressed to a local unicast address (broadcast, multicast), or the kernel did not
+    /// say where it was addressed.
+    Destination,
+    /// Shaped like a reflected packet (non-zero octets 36..44), or arrived with TTL 0 so our
+    /// reply would not be recognisable as one.
+    Reflected,
+    /// Source not in the allow-list.
+    NotAllowed,
+    /// Over the per-source reply budget.
+    SourceBudget,
+    /// Over the global reply budget.
+    TotalBudget,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::SourcePort,
+        Refusal::SourceAddress,
+        Refusal::Destination,
+        Refusal::Reflected,
+        Refusal::NotAllowed,
+        Refusal::SourceBudget,
+        Refusal::TotalBudget,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::SourcePort => "source_port",
+            Refusal::SourceAddress => "source_address",
+            Refusal::Destination => "destination",
+            Refusal::Reflected => "reflected",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::SourceBudget => "source_budget",
+            Refusal::TotalBudget => "total_budget",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Refusals counted by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedCounts([u64; Refusal::ALL.len()]);
+
+impl RefusedCounts {
+    pub fn add(&mut self, r: Refusal) {
+        self.0[r.index()] += 1;
+    }
+
+    pub fn get(&self, r: Refusal) -> u64 {
+        self.0[r.index()]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl Serialize for RefusedCounts {
+    /// A map of every reason (zeros too), so readers need not know which appeared.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(Refusal::ALL.len()))?;
+        for r in Refusal::ALL {
+            m.serialize_entry(r.as_str(), &self.get(r))?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("`{0}` is not a network: expected ADDR/PREFIX (198.18.0.0/15, fd00::/8), ADDR, or any")]
+    BadCidr(String),
+    #[error("`{0}` is not a rate: expected N/s (e.g. 1000/s), N, or off")]
+    BadRate(String),
+    #[error(
+        "reflector port {port} is inside net.ipv4.ip_local_port_range {lo}-{hi}: senders' and \
+         tunnels' source ports are drawn from that range, so a foreign datagram could share \
+         the port; choose a port outside it (default 862), or allow it explicitly \
+         (reflect --allow-ephemeral-port, agent MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT)"
+    )]
+    EphemeralPort { port: u16, lo: u16, hi: u16 },
+}
+
+/// An IP network: address and prefix length. IPv4-mapped IPv6 addresses match as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical_ip(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || PolicyError::BadCidr(s.to_string());
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr = canonical_ip(a.parse::<IpAddr>().map_err(|_| bad())?);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Who may be answered: `any`, or a list of networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    pub any: bool,
+    pub networks: Vec<Cidr>,
+}
+
+impl AllowList {
+    pub const ANY: AllowList = AllowList {
+        any: true,
+        networks: Vec::new(),
+    };
+
+    /// `any`, or networks separated by commas (empty items ignored).
+    pub fn parse(s: &str) -> Result<AllowList, PolicyError> {
+        let mut out = AllowList::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item.eq_ignore_ascii_case("any") {
+                out.any = true;
+            } else {
+                out.networks.push(item.parse()?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_any(&self) -> bool {
+        self.any
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.any || self.networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+impl FromStr for AllowList {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AllowList::parse(s)
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut items: Vec<String> = self.networks.iter().map(ToString::to_string).collect();
+        if self.any {
+            items.insert(0, "any".into());
+        }
+        if items.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&items.join(","))
+    }
+}
+
+/// A budget setting: a rate, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub Option<Rate>);
+
+impl FromStr for Budget {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Rate::parse(s).map(Budget)
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(r) => write!(f, "{}/s", r.per_sec),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl Budget {
+    pub const DEFAULT_PER_SOURCE: Budget = Budget(Some(Rate {
+        per_sec: DEFAULT_PER_SOURCE,
+    }));
+    pub const DEFAULT_TOTAL: Budget = Budget(Some(Rate {
+        per_sec: DEFAULT_TOTAL,
+    }));
+}
+
+/// A reply budget: `per_sec` on average, up to one second's worth at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u32,
+}
+
+impl Rate {
+    /// `N/s` or `N` (N ≥ 1); `off` (or `unlimited`) is `None`: no budget.
+    pub fn parse(s: &str) -> Result<Option<Rate>, PolicyError> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("unlimited") {
+            return Ok(None);
+        }
+        let n = t.strip_suffix("/s").unwrap_or(t).trim();
+        match n.parse::<u32>() {
+            Ok(per_sec) if per_sec > 0 => Ok(Some(Rate { per_sec })),
+            _ => Err(PolicyError::BadRate(s.to_string())),
+        }
+    }
+}
+
+/// A token bucket of `Rate`: starts full (one second's worth).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate, now: Instant) -> Bucket {
+        Bucket {
+            tokens: f64::from(rate.per_sec),
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        let cap = f64::from(rate.per_sec);
+        self.tokens = (self.tokens + dt * cap).min(cap);
+        self.last = now;
+    }
+
+    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Sources with their own bucket at most; beyond it the least recently seen are forgotten.
+pub const SOURCE_TABLE: usize = 4096;
+
+/// Per-source buckets in a bounded table. A forgotten source starts again with a full bucket,
+/// which is what an idle one would have anyway; a flood from many spoofed sources is bounded
+/// by the global budget instead.
+#[derive(Debug)]
+struct SourceBuckets {
+    rate: Rate,
+    cap: usize,
+    map: HashMap<IpAddr, Bucket>,
+}
+
+impl SourceBuckets {
+    fn take(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if !self.map.contains_key(&ip) && self.map.len() >= self.cap {
+            self.evict(now);
+        }
+        let rate = self.rate;
+        self.map
+            .entry(ip)
+            .or_insert_with(|| Bucket::new(rate, now))
+            .take(rate, now)
+    }
+
+    /// Frees at least an eighth of the table (amortised O(1) per new source): the sources
+    /// whose bucket has refilled (as good as new), else the least recently seen.
+    fn evict(&mut self, now: Instant) {
+        let rate = self.rate;
+        let full = f64::from(rate.per_sec);
+        self.map.retain(|_, b| {
+            b.refill(rate, now);
+            b.tokens < full
+        });
+        let want = self.cap - self.cap / 8;
+        if self.map.len() > want {
+            let mut seen: Vec<Instant> = self.map.values().map(|b| b.last).collect();
+            let k = self.map.len() - want;
+            let (_, cut, _) = seen.select_nth_unstable(k - 1);
+            let cut = *cut;
+            self.map.retain(|_, b| b.last > cut);
+        }
+    }
+}
+
+/// What the reflector answers (configuration).
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub allow: AllowList,
+    pub per_source: Option<Rate>,
+    pub total: Option<Rate>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            allow: AllowList::ANY,
+            per_source: Some(Rate {
+                per_sec: DEFAULT_PER_SOURCE,
+            }),
+            total: Some(Rate {
+                per_sec: DEFAULT_TOTAL,
+            }),
+        }
+    }
+}
+
+/// Default per-source budget: a sender probing every half millisecond (or an agent probing
+/// a thousand addresses of one host every second, as the footprint bench does) is still
+/// answered in full; an agent's peer sends about one a second.
+pub const DEFAULT_PER_SOURCE: u32 = 2000;
+/// Default global budget.
+pub const DEFAULT_TOTAL: u32 = 20_000;
+
+/// The admission decision, with the state it needs (buckets, the current peers).
+#[derive(Debug)]
+pub struct ReflectPolicy {
+    allow: AllowList,
+    /// Known peers' addresses, answered besides `allow` (the agent's membership).
+    peers: Vec<IpAddr>,
+    /// Our reflector ports and known peers' (a request from one is never answered).
+    reflector_ports: Vec<u16>,
+    own_ports: Vec<u16>,
+    per_source: Option<SourceBuckets>,
+    total: Option<(Rate, Bucket)>,
+}
+
+impl ReflectPolicy {
+    pub fn new(cfg: &PolicyConfig, own_ports: &[u16], now: Instant) -> ReflectPolicy {
+        ReflectPolicy {
+            allow: cfg.allow.clone(),
+            peers: Vec::new(),
+            reflector_ports: own_ports.to_vec(),
+            own_ports: own_ports.to_vec(),
+            per_source: cfg.per_source.map(|rate| SourceBuckets {
+                rate,
+                cap: SOURCE_TABLE,
+                map: HashMap::new(),
+            }),
+            total: cfg.total.map(|r| (r, Bucket::new(r, now))),
+        }
+    }
+
+    /// The current peers' reflector addresses: they are answered (besides the allow-list),
+    /// and their reflector ports are refused as source ports.
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = std::net::SocketAddr>) {
+        self.peers.clear();
+        self.reflector_ports.clone_from(&self.own_ports);
+        for p in peers {
+            self.peers.push(canonical_ip(p.ip()));
+            self.reflector_ports.push(p.port());
+        }
+        self.peers.sort_unstable();
+        self.peers.dedup();
+        self.reflector_ports.sort_unstable();
+        self.reflector_ports.dedup();
+    }
+
+    /// Whether the request `payload` received as `rx` may be answered. Cheap checks first, the
+    /// budgets last (only a request that passes everything else spends a token); the request
+    /// is decoded only after this.
+    pub fn admit(&mut self, rx: &Received, payload: &[u8], now: Instant) -> Result<(), Refusal> {
+        let sport = rx.from.port();
+        if refused_src_port(sport, self.reflector_ports.contains(&sport)) {
+            return Err(Refusal::SourcePort);
+        }
+        let src = canonical_ip(rx.from.ip());
+        if !is_unicast(src) {
+            return Err(Refusal::SourceAddress);
+        }
+        if !addressed_to_local_unicast(rx) {
+            return Err(Refusal::Destination);
+        }
+        if looks_reflected(payload) || rx.ttl == Some(0) {
+            return Err(Refusal::Reflected);
+        }
+        if !self.allow.allows(src) && self.peers.binary_search(&src).is_err() {
+            return Err(Refusal::NotAllowed);
+        }
+        if let Some(b) = &mut self.per_source
+            && !b.take(src, now)
+        {
+            return Err(Refusal::SourceBudget);
+        }
+        if let Some((rate, b)) = &mut self.total
+            && !b.take(*rate, now)
+        {
+            return Err(Refusal::TotalBudget);
+        }
+        Ok(())
+    }
+}
+
+/// A request's octets 36..44 are MBZ, and our ingress program writes only 16..36 (the RX
+/// stamp); every real reply carries the Sender TTL at octet 40, which is never 0 in a reply
+/// to a request we answer (we refuse TTL 0), and usually the Sender Error Estimate at 36..38.
+/// So a non-zero octet there means a reflected packet, or garbage: refuse it.
+///
+/// Deviation from RFC 8762 §4.2.1, which says MBZ fields are ignored on receipt: answering
+/// them would let two reflectors (on any ports, of any implementation whose replies carry a
+/// TTL) answer each other for ever.
+pub fn looks_reflected(payload: &[u8]) -> bool {
+    payload
+        .get(off::SENDER_ERROR_ESTIMATE..off::BASE_LEN)
+        .is_some_and(|b| b.iter().any(|&o| o != 0))
+}
+
+/// Unicast: not multicast, broadcast or unspecified.
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+    }
+}
+
+/// The request's IP destination is a unicast address of this host. For IPv4 the kernel's
+/// `ipi_spec_dst` equals the header's destination only for a packet to a local unicast
+/// address (it is the interface's address for a subnet or limited broadcast or multicast).
+fn addressed_to_local_unicast(rx: &Received) -> bool {
+    let Some(dst) = rx.dst else {
+        return false;
+    };
+    if !is_unicast(dst) {
+        return false;
+    }
+    match dst {
+        IpAddr::V4(d) => rx.spec_dst == Some(d),
+        // IPv6 has no broadcast; multicast is excluded above.
+        IpAddr::V6(_) => true,
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Refuses a reflector port inside `net.ipv4.ip_local_port_range` (which also bounds IPv6
+/// ephemeral ports): tunnels hash their UDP source ports into it, and our own senders'
+/// sockets get theirs from it, so a datagram that is not a request could share the port.
+pub fn check_reflector_port(port: u16, allow_ephemeral: bool) -> Result<(), PolicyError> {
+    if allow_ephemeral {
+        return Ok(());
+    }
+    let Some((lo, hi)) = local_port_range() else {
+        return Ok(());
+    };
+    if (lo..=hi).contains(&port) {
+        return Err(PolicyError::EphemeralPort { port, lo, hi });
+    }
+    Ok(())
+}
+
+/// `net.ipv4.ip_local_port_range` of this network namespace.
+pub fn local_port_range() -> Option<(u16, u16)> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+#[cfg(test)]
+fn test_received(from: std::net::SocketAddr, dst: IpAddr) -> Received {
+    Received {
+        len: off::BASE_LEN,
+        from,
+        rx_sw_realtime_ns: None,
+        ttl: Some(64),
+        dst: Some(dst),
+        spec_dst: match dst {
+            IpAddr::V4(d) => Some(d),
+            IpAddr::V6(_) => None,
+        },
+        ifindex: Some(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+        time::Duration,
+    };
+
+    use super::*;
+
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+
+    fn from(ip: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), port)
+    }
+
+    fn open(now: Instant) -> ReflectPolicy {
+        ReflectPolicy::new(
+            &PolicyConfig {
+                allow: AllowList::ANY,
+                per_source: None,
+                total: None,
+            },
+            &[8620],
+            now,
+        )
+    }
+
+    #[test]
+    fn refuses_privileged_and_reflector_source_ports() {
+        let now = Instant::now();
+        let mut p = open(now);
+        let req = [0u8; 44];
+        for port in [0, 7, 19, 53, 123, 862, 1023, 8620] {
+            let rx = test_received(from("198.18.0.1", port), B);
+            assert_eq!(p.admit(&rx, &req, now), Err(Refusal::SourcePort), "{port}");
+        }
+        let rx = test_received(from("198.18.0.1", 40000), B);
+        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+        // A peer's reflector port is refused once the peer is known.
+        p.set_peers([from("198.18.0.7", 40000)]);
+        assert_eq!(p.admit(&rx, &req, now), Err(Refusal::SourcePort));
+        p.set_peers([]);
+        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+    }
+
+    #[test]
+    fn refuses_non_unicast_sources_and_destinations() {
+        let now = Instant::now();
+        let mut p = open(now);
+        let req = [0u8; 44];
+        for src in ["224.0.0.1", "255.255.255.255", "0.0.0.0", "ff02::1", "::"] {
+            let dst = if src.contains(':') {
+                "fd00::2".parse().unwrap()
+            } else {
+                B
+            };
+            let rx = test_received(from(src, 40000), dst);
+            assert_eq!(
+                p.admit(&rx, &req, now),
+                Err(Refusal::SourceAddress),
+                "{src}"
+            );
+        }
+        for dst in ["224.0.0.1", "255.255.255.255", "ff02::1"] {
+            let rx = test_received(from("198.18.0.1", 40000), dst.parse().unwrap());
+            assert_eq!(p.admit(&rx, &req, now), Err(Refusal::Destination), "{dst}");
+        }
+        // Subnet broadcast: the kernel's spec_dst is the interface's address, not the header's.
+        let mut rx = test_received(from("198.18.0.1", 40000), "198.18.0.255".parse().unwrap());
+        rx.spec_dst = Some(Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(p.admit(&rx, &req, now), Err(Refusal::Destination));
+        rx.dst = None;
+        assert_eq!(p.admit(&rx, &req, now), Err(Refusal::Destination));
+        let rx = test_received(from("fd00::1", 40000), "fd00::2".parse().unwrap());
+        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+    }
+
+    #[test]
+    fn refuses_reply_shaped_packets_and_ttl_zero() {
+        let now = Instant::now();
+        let mut p = open(now);
+        let rx = test_received(from("198.18.0.1", 40000), B);
+        let mut req = vec![0u8; 68];
+        // Our ingress program's RX stamp (16..36) and TLVs (44..) are not a reply's shape.
+        req[16..36].fill(0xab);
+        req[44..].fill(0xcd);
+        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+        for i in 36..44 {
+            let mut r = req.clone();
+            r[i] = 1;
+            assert_eq!(p.admit(&rx, &r, now), Err(Refusal::Reflected), "octet {i}");
+        }
+        let mut rx0 = rx;
+        rx0.ttl = Some(0);
+        assert_eq!(p.admit(&rx0, &req, now), Err(Refusal::Reflected));
+        // Too short to tell: left to the decoder (malformed).
+        assert_eq!(p.admit(&rx, &[1u8; 20], now), Ok(()));
+    }
+
+    #[test]
+    fn allow_list_and_peers() {
+        let now = Instant::now();
+        let mut p = ReflectPolicy::new(
+            &PolicyConfig {
+                allow: AllowList::parse("198.18.4.0/24, fd00:1::/32").unwrap(),
+                per_source: None,
+                total: None,
+            },
+            &[862],
+            now,
+        );
+        let req = [0u8; 44];
+        let ok = |p: &mut ReflectPolicy, src: &str, dst: &str| {
+            p.admit(
+                &test_received(from(src, 40000), dst.parse().unwrap()),
+                &req,
+                now,
+            )
+        };
+        assert_eq!(ok(&mut p, "198.18.4.9", "198.18.0.2"), Ok(()));
+        assert_eq!(ok(&mut p, "::ffff:198.18.4.9", "198.18.0.2"), Ok(()));
+        assert_eq!(ok(&mut p, "fd00:1::9", "fd00::2"), Ok(()));
+        assert_eq!(
+            ok(&mut p, "198.18.5.9", "198.18.0.2"),
+            Err(Refusal::NotAllowed)
+        );
+        p.set_peers([from("198.18.5.9", 862)]);
+        assert_eq!(ok(&mut p, "198.18.5.9", "198.18.0.2"), Ok(()));
+        assert_eq!(ok(&mut p, "fd00:2::1", "fd00::2"), Err(Refusal::NotAllowed));
+    }
+
+    #[test]
+    fn budgets_per_source_and_total() {
+        let t0 = Instant::now();
+        let mut p = ReflectPolicy::new(
+            &PolicyConfig {
+                allow: AllowList::ANY,
+                per_source: Some(Rate { per_sec: 10 }),
+                total: Some(Rate { per_sec: 25 }),
+            },
+            &[862],
+            t0,
+        );
+        let req = [0u8; 44];
+        let rx = |i: u8| test_received(from(&format!("198.18.0.{i}"), 40000), B);
+        let n = (0..100)
+            .filter(|_| p.admit(&rx(1), &req, t0).is_ok())
+            .count();
+        assert_eq!(n, 10, "one second's worth at once");
+        assert_eq!(p.admit(&rx(1), &req, t0), Err(Refusal::SourceBudget));
+        // Another source is answered while the first is held back.
+        assert_eq!(p.admit(&rx(3), &req, t0), Ok(()));
+        // 0.5 s later: half a second's worth more.
+        let t1 = t0 + Duration::from_millis(500);
+        let n = (0..100)
+            .filter(|_| p.admit(&rx(1), &req, t1).is_ok())
+            .count();
+        assert_eq!(n, 5);
+        // The global budget: 25 at once, 10 + 1 + 5 spent.
+        let mut total = 0;
+        for i in 10..20 {
+            for _ in 0..10 {
+                match p.admit(&rx(i), &req, t1) {
+                    Ok(()) => total += 1,
+                    Err(Refusal::TotalBudget) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        // 25 - 11 at t0, refilled to the cap of 25 by t1, 5 spent: 20 left.
+        assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn the_source_table_stays_bounded() {
+        let t0 = Instant::now();
+        let mut p = ReflectPolicy::new(
+            &PolicyConfig {
+                allow: AllowList::ANY,
+                per_source: Some(Rate { per_sec: 2 }),
+                total: None,
+            },
+            &[862],
+            t0,
+        );
+        let req = [0u8; 44];
+        for i in 0..3 * SOURCE_TABLE as u32 {
+            let ip = Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
+            let rx = test_received(
+                SocketAddr::new(ip.into(), 40000),
+                "fd00::2".parse().unwrap(),
+            );
+            let now = t0 + Duration::from_micros(u64::from(i));
+            assert_eq!(p.admit(&rx, &req, now), Ok(()));
+            assert!(p.per_source.as_ref().unwrap().map.len() <= SOURCE_TABLE);
+        }
+    }
+
+    #[test]
+    fn parses_settings_and_names_bad_ones() {
+        assert_eq!(Rate::parse("1000/s"), Ok(Some(Rate { per_sec: 1000 })));
+        assert_eq!(Rate::parse("7"), Ok(Some(Rate { per_sec: 7 })));
+        assert_eq!(Rate::parse("off"), Ok(None));
+        for bad in ["0/s", "-1", "10/m", "", "x"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+        let a = AllowList::parse("any").unwrap();
+        assert!(a.allows("203.0.113.1".parse().unwrap()));
+        let a = AllowList::parse("198.18.0.0/15,fd00::/8,10.1.2.3").unwrap();
+        assert!(a.allows("198.19.255.255".parse().unwrap()));
+        assert!(!a.allows("198.20.0.0".parse().unwrap()));
+        assert!(a.allows("10.1.2.3".parse().unwrap()));
+        assert!(!a.allows("10.1.2.4".parse().unwrap()));
+        assert!(a.allows("fd12::1".parse().unwrap()));
+        for bad in ["198.18.0.0/33", "fd00::/129", "nope", "198.18.0.0/"] {
+            assert!(AllowList::parse(bad).is_err(), "{bad}");
+        }
+        assert!(
+            Cidr::from_str("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+    }
+}
