@@ -185,7 +185,7 @@ impl Prober {
         let sock = bind_sender(self.st.sock_stamps()).map_err(ProberError::Socket)?;
         let lport = sock.local_addr().map_err(ProberError::Socket)?.port();
         self.st
-            .set_port(lport, port::SENDER)
+            .register_socket(&sock, port::SENDER)
             .map_err(|source| ProberError::Register {
                 port: lport,
                 source,
@@ -258,7 +258,7 @@ impl Prober {
         }
         // The last, partial window: nothing measured is left unreported.
         self.close_window();
-        if let Err(e) = self.st.set_port(lport, 0) {
+        if let Err(e) = self.st.unregister_socket(&sock) {
             warn!("unregistering sender port {lport}: {e}");
         }
         Ok(())
@@ -437,7 +437,7 @@ impl Prober {
         let (buf, to) = &mut self.out[self.n_out];
         *to = p.peer.addr;
         buf.clear();
-        match SenderPacket::probe(seq, p.ssid, t1, self.ee, size) {
+        match SenderPacket::probe(seq, p.ssid, t1, self.ee, size, self.st.probe_tag) {
             Ok(pkt) => pkt.encode(buf),
             Err(e) => {
                 // Sizes are validated with the configuration; this cannot happen.
@@ -558,7 +558,7 @@ impl Prober {
             }
         }
         if self.st.is_kernel()
-            && crate::wire::reply_rx_stamp(payload).is_none()
+            && crate::wire::reply_rx_stamp(payload, self.st.block_key).is_err()
             && sock.ensure_rx_stamps()
         {
             // A reply without room for the in-band T4 (a reflector that does not echo our

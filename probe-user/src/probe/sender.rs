@@ -130,7 +130,7 @@ pub async fn run_session(
     // Socket mode takes T1 from the TX software stamp (error queue); kernel mode from TC.
     let sock = ProbeSocket::connect(peer, st.sock_stamps()).map_err(sock_err)?;
     let lport = sock.local_addr().map_err(sock_err)?.port();
-    st.set_port(lport, port::SENDER)
+    st.register_socket(&sock, port::SENDER)
         .map_err(|source| SenderError::Register {
             port: lport,
             source,
@@ -149,7 +149,7 @@ pub async fn run_session(
     let mut batch = RecvBatch::new(crate::wire::MAX_PACKET_LEN + 1);
     let mut out: Vec<Vec<u8>> = Vec::new();
     // Validate the size once; the packet shape is the same for every probe.
-    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size).map_err(SenderError::Size)?;
+    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size, st.probe_tag).map_err(SenderError::Size)?;
     let mut ctx = ReplyCtx {
         peer_s: &peer_s,
         ssid,
@@ -195,7 +195,7 @@ pub async fn run_session(
                     if out.len() <= i {
                         out.push(Vec::with_capacity(opts.size));
                     }
-                    let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size).map_err(SenderError::Size)?;
+                    let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size, st.probe_tag).map_err(SenderError::Size)?;
                     out[i].clear();
                     pkt.encode(&mut out[i]);
                     tracker.sent(seq);
@@ -264,7 +264,7 @@ pub async fn run_session(
             pending.pop_front();
         }
     }
-    if let Err(e) = st.set_port(lport, 0) {
+    if let Err(e) = st.unregister_socket(&sock) {
         warn!("unregistering port {lport}: {e}");
     }
     Ok(SessionResult { peer, stats })
