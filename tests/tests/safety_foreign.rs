@@ -127,11 +127,24 @@ fn a2(f: Family) -> IpAddr {
     }
 }
 
-fn b2(f: Family) -> IpAddr {
-    match f {
-        Family::V4 => Ipv4Addr::new(198, 18, 0, 12).into(),
-        Family::V6 => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x12).into(),
-    }
+/// Adds `a2(f)` to A's interface as an address the host never picks as a source (IPv4
+/// secondary, IPv6 deprecated), so the sender's socket keeps A's first address and another
+/// socket can bind the sender's port on this one.
+fn add_a2(ns: &Netns, ifname: &str) -> Result<()> {
+    add_addr(ns, ifname, a2(Family::V4), 24)?;
+    ns.run([
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", a2(Family::V6)),
+        "dev",
+        ifname,
+        "nodad",
+        "preferred_lft",
+        "0",
+    ])?;
+    Ok(())
 }
 
 /// Counter `name` of a summary, printed.
@@ -146,11 +159,7 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
     };
     let t = TwoHosts::new()?;
     pin_ephemeral_port(&t.a)?;
-    for f in [Family::V4, Family::V6] {
-        let plen = if f == Family::V4 { 24 } else { 64 };
-        add_addr(&t.a, TwoHosts::A_IF, a2(f), plen)?;
-        add_addr(&t.b, TwoHosts::B_IF, b2(f), plen)?;
-    }
+    add_a2(&t.a, TwoHosts::A_IF)?;
     let (mac_a, mac_b) = (mac_of(&t.a, TwoHosts::A_IF)?, mac_of(&t.b, TwoHosts::B_IF)?);
     let refl = env.mp.reflect(&t.b, &[])?;
     let mut all = Vec::new();
@@ -167,11 +176,11 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             &t.a,
             SocketAddr::new(a2(f), P),
             &t.b,
-            SocketAddr::new(b2(f), 9000),
+            SocketAddr::new(t.b_addr(f), 9000),
         )?);
         all.push(exchange(
             &t.b,
-            SocketAddr::new(b2(f), 9001),
+            SocketAddr::new(t.b_addr(f), 9001),
             &t.a,
             SocketAddr::new(a2(f), P),
         )?);
@@ -399,10 +408,6 @@ fn routed_traffic_to_a_pod_is_untouched() -> Result<()> {
     // A — R — B: R runs a reflector and a sender (on both its interfaces); B is the "pod".
     let t = Routed::new()?;
     pin_ephemeral_port(&t.r)?;
-    for f in [Family::V4, Family::V6] {
-        let plen = if f == Family::V4 { 24 } else { 64 };
-        add_addr(&t.a, Routed::A_IF, a2(f), plen)?;
-    }
     // A's reflector (for R's sender) on another port: A's own sockets use 862 below.
     let refl_a = env.mp.reflect(&t.a, &["--port", "4862"])?;
     let refl_r = env.mp.reflect(&t.r, &[])?;
@@ -430,7 +435,7 @@ fn routed_traffic_to_a_pod_is_untouched() -> Result<()> {
             ],
         )?;
         ping.wait_json(Duration::from_secs(15), |v| v["type"] == "probe")?;
-        let (a, b) = (a2(f), t.b_addr(f));
+        let (a, b) = (t.a_addr(f), t.b_addr(f));
         for (from, to) in [
             (SocketAddr::new(a, P), SocketAddr::new(b, STAMP_PORT)),
             (SocketAddr::new(a, STAMP_PORT), SocketAddr::new(b, P)),
