@@ -27,7 +27,9 @@ fn pin_ephemeral_port(ns: &Netns) -> Result<()> {
 /// A datagram shaped like a STAMP request and reply with room for every in-band stamp (what
 /// port-only matching would rewrite): base packet, then an Extra Padding TLV header.
 fn foreign_payload(i: usize) -> Vec<u8> {
-    let mut p: Vec<u8> = (0..96).map(|k| (k as u8).wrapping_mul(37) ^ i as u8).collect();
+    let mut p: Vec<u8> = (0..96)
+        .map(|k| (k as u8).wrapping_mul(37) ^ i as u8)
+        .collect();
     p[44..48].copy_from_slice(&[0x80, 0x01, 0x00, 48]);
     p
 }
@@ -116,7 +118,10 @@ fn report(all: &[Delivered]) -> Result<()> {
         );
     }
     let bad: Vec<&Delivered> = all.iter().filter(|d| !d.ok()).collect();
-    ensure!(bad.is_empty(), "foreign datagrams not delivered intact: {bad:?}");
+    ensure!(
+        bad.is_empty(),
+        "foreign datagrams not delivered intact: {bad:?}"
+    );
     Ok(())
 }
 
@@ -185,7 +190,8 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             SocketAddr::new(a2(f), P),
         )?);
         // From 862 on the reflector's host: a raw frame (AF_PACKET socket) through its egress.
-        let rx = t.a.enter(|| UdpSocket::bind(SocketAddr::new(a2(f), 9002)))??;
+        let rx =
+            t.a.enter(|| UdpSocket::bind(SocketAddr::new(a2(f), 9002)))??;
         let frames = (0..N)
             .map(|i| {
                 UdpFrame::new(
@@ -208,7 +214,8 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
         )?);
         // To 862 from ports the reflector never answers (a loop or amplification source).
         for sport in [53, STAMP_PORT] {
-            let tx = t.a.enter(|| UdpSocket::bind(SocketAddr::new(a2(f), sport)))??;
+            let tx =
+                t.a.enter(|| UdpSocket::bind(SocketAddr::new(a2(f), sport)))??;
             for i in 0..N {
                 tx.send_to(
                     &foreign_payload(i),
@@ -278,8 +285,20 @@ fn vxlan(t: &TwoHosts, underlay: Family, vni: u16) -> Result<()> {
     let name = format!("vx{vni}");
     let dstport = (4789 + vni).to_string();
     for (ns, ifname, local, remote, host) in [
-        (&t.a, TwoHosts::A_IF, t.a_addr(underlay), t.b_addr(underlay), 1u8),
-        (&t.b, TwoHosts::B_IF, t.b_addr(underlay), t.a_addr(underlay), 2u8),
+        (
+            &t.a,
+            TwoHosts::A_IF,
+            t.a_addr(underlay),
+            t.b_addr(underlay),
+            1u8,
+        ),
+        (
+            &t.b,
+            TwoHosts::B_IF,
+            t.b_addr(underlay),
+            t.a_addr(underlay),
+            2u8,
+        ),
     ] {
         ns.run([
             "ip",
@@ -344,8 +363,18 @@ fn tunnel_packets_on_the_sender_port_are_untouched() -> Result<()> {
             let mut ping = env.mp.ping_spawn(
                 &t.a,
                 &[
-                    "--json", "-I", TwoHosts::A_IF, "-I", &vx, &peer, "-c", "50", "-i", "20ms",
-                    "-W", "2s",
+                    "--json",
+                    "-I",
+                    TwoHosts::A_IF,
+                    "-I",
+                    &vx,
+                    &peer,
+                    "-c",
+                    "50",
+                    "-i",
+                    "20ms",
+                    "-W",
+                    "2s",
                 ],
             )?;
             ping.wait_json(Duration::from_secs(15), |v| v["type"] == "ready")?;
@@ -385,7 +414,10 @@ fn tunnel_packets_on_the_sender_port_are_untouched() -> Result<()> {
             c(&v, "skip_no_tag"),
             c(&v, "skip_not_our_socket")
         );
-        ensure!(s.received == s.sent, "{label}: probes through the tunnel lost");
+        ensure!(
+            s.received == s.sent,
+            "{label}: probes through the tunnel lost"
+        );
         ensure!(
             c(&v, "t1_stamped") == s.sent && c(&v, "skip_no_tag") >= s.sent,
             "{label}: the outer packets of our probes were stamped or not counted: {v}"
@@ -396,7 +428,10 @@ fn tunnel_packets_on_the_sender_port_are_untouched() -> Result<()> {
         );
     }
     ensure!(!outer.is_empty(), "no tunnel packet captured");
-    ensure!(bad_vni == 0, "{bad_vni} outer packets with an altered VXLAN header");
+    ensure!(
+        bad_vni == 0,
+        "{bad_vni} outer packets with an altered VXLAN header"
+    );
     Ok(())
 }
 
@@ -482,8 +517,7 @@ fn routed_traffic_to_a_pod_is_untouched() -> Result<()> {
             "R's sender stamped forwarded datagrams: {v}"
         );
         ensure!(
-            c(&v, "skip_not_local") >= 2 * N as u64
-                && c(&v, "skip_not_our_socket") >= 2 * N as u64,
+            c(&v, "skip_not_local") >= 2 * N as u64 && c(&v, "skip_not_our_socket") >= 2 * N as u64,
             "R's sender skips not counted: {v}"
         );
     }

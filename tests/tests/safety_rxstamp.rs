@@ -102,12 +102,7 @@ fn reflector_ignores_forged_t2_blocks_in_skipped_requests() -> Result<()> {
                 UdpFrame::new(mac_a, mac_b, a, b, SPORT, STAMP_PORT, req),
                 family,
             );
-            send_frames(
-                &t.a,
-                TwoHosts::A_IF,
-                &frame.build_frames()?,
-                Duration::ZERO,
-            )?;
+            send_frames(&t.a, TwoHosts::A_IF, &frame.build_frames()?, Duration::ZERO)?;
             sent += 1;
             let mut buf = [0u8; 2048];
             let (n, _) = sock
@@ -130,7 +125,9 @@ fn reflector_ignores_forged_t2_blocks_in_skipped_requests() -> Result<()> {
         ebpf_counter(&summary, "skip_fragment"),
         ebpf_counter(&summary, "skip_ipv6_ext"),
     );
-    eprintln!("reflector: rx_block_untrusted {untrusted}, skip_fragment {frag}, skip_ipv6_ext {ext}");
+    eprintln!(
+        "reflector: rx_block_untrusted {untrusted}, skip_fragment {frag}, skip_ipv6_ext {ext}"
+    );
     ensure!(
         untrusted == sent,
         "{sent} forged blocks, {untrusted} counted as untrusted"
@@ -170,7 +167,15 @@ fn forging_reflector(
             reply[wire::REPLY_RX_STAMP..wire::REPLY_RX_STAMP + 20]
                 .copy_from_slice(&forgery.block());
             let frame = skipped(
-                UdpFrame::new(macs.1, macs.0, addr, from.ip(), STAMP_PORT, from.port(), reply),
+                UdpFrame::new(
+                    macs.1,
+                    macs.0,
+                    addr,
+                    from.ip(),
+                    STAMP_PORT,
+                    from.port(),
+                    reply,
+                ),
                 family,
             );
             send_frames_here(TwoHosts::B_IF, &frame.build_frames()?, Duration::ZERO)?;
@@ -199,7 +204,9 @@ fn sender_ignores_forged_t4_blocks_in_skipped_replies() -> Result<()> {
                 &[&peer, "-c", &N.to_string(), "-i", "100ms", "-W", "2s"],
                 Duration::from_secs(30),
             );
-            let answered = fake.join().map_err(|_| anyhow::anyhow!("fake panicked"))???;
+            let answered = fake
+                .join()
+                .map_err(|_| anyhow::anyhow!("fake panicked"))???;
             let run = run?;
             let s = run.summary()?;
             let label = format!("{} {forgery:?}", family.label());

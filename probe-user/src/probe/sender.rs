@@ -149,7 +149,8 @@ pub async fn run_session(
     let mut batch = RecvBatch::new(crate::wire::MAX_PACKET_LEN + 1);
     let mut out: Vec<Vec<u8>> = Vec::new();
     // Validate the size once; the packet shape is the same for every probe.
-    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size, st.probe_tag).map_err(SenderError::Size)?;
+    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size, st.probe_tag)
+        .map_err(SenderError::Size)?;
     let mut ctx = ReplyCtx {
         peer_s: &peer_s,
         ssid,

@@ -749,7 +749,8 @@ fn t2_in_request_mbz() {
 #[test]
 fn t4_in_reply_padding() {
     let ee = ErrorEstimate::from_bits(0x4001);
-    let probe = SenderPacket::probe(3, 0xBEEF, Timestamp::new(10, 20), ee, MIN_PROBE_LEN, TAG).unwrap();
+    let probe =
+        SenderPacket::probe(3, 0xBEEF, Timestamp::new(10, 20), ee, MIN_PROBE_LEN, TAG).unwrap();
     let params = ReflectParams {
         timestamp: Timestamp::new(12, 0),
         error_estimate: ee,
