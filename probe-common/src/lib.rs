@@ -49,6 +49,17 @@ pub mod wire {
     /// Smallest request meshprobe sends: base + Extra Padding TLV big enough for a stamp block.
     pub const MIN_PROBE_LEN: usize = REPLY_RX_STAMP + super::RxStamp::LEN;
 
+    /// Where our requests carry `Config::probe_tag` (4 octets, big-endian): the first octets of
+    /// the Extra Padding value, which the reflector echoes and where the reply's T4 block goes.
+    pub const PROBE_TAG: usize = REPLY_RX_STAMP;
+    /// A request shorter than this has no room for the tag (base-length probes, 48..51 octets).
+    pub const PROBE_TAG_END: usize = PROBE_TAG + 4;
+    /// The shortest UDP payload that can carry one of our datagrams encapsulated (IP-in-UDP
+    /// with no tunnel header: IPv4 20 + UDP 8 + base packet). A datagram of our socket shorter
+    /// than this is our own probe, not a tunnel's outer packet: it needs no tag.
+    pub const MIN_ENCAPSULATED: usize = 20 + 8 + BASE_LEN;
+    const _: () = assert!(PROBE_TAG_END <= MIN_ENCAPSULATED);
+
     /// Error Estimate bits (RFC 4656 §4.1.2): S(1) Z(1) Scale(6) Multiplier(8).
     pub const EE_S: u16 = 0x8000;
     pub const EE_Z: u16 = 0x4000;
@@ -57,38 +68,47 @@ pub mod wire {
 /// Receive stamp block written in-band by the ingress programs (local only: it is written after
 /// the packet has left the wire). All multi-byte fields hold big-endian values, as on the wire.
 ///
+/// The block is trusted by its `key`, a per-load random secret (`Config::block_key`) that never
+/// leaves the host: octets an attacker put where a block goes (in a packet the programs
+/// skipped, e.g. a fragment) cannot carry it.
+///
 /// 20 octets, align 4, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxStamp {
     /// TAI seconds (PTPv2 truncated, low 32 bits), big-endian.
     pub secs: u32,
-    /// Nanoseconds, big-endian.
+    /// Nanoseconds (low 30 bits) and one of `RxStamp::SOURCE_*` (top 2 bits), big-endian.
     pub nsecs: u32,
     /// Raw NIC hardware receive stamp (`__sk_buff.hwtstamp`, the NIC's own clock), high and
     /// low 32 bits, big-endian; zero when the NIC gave none.
     pub hw_hi: u32,
     pub hw_lo: u32,
-    /// `RxStamp::MAGIC`, big-endian: tells userspace the kernel wrote this block.
-    pub magic: u16,
-    /// One of `RxStamp::SOURCE_*`.
-    pub source: u8,
-    pub _pad: u8,
+    /// `Config::block_key` of the programs that wrote the block, big-endian.
+    pub key: u32,
 }
 
 impl RxStamp {
     pub const LEN: usize = 20;
-    pub const MAGIC: u16 = 0x4d50; // "MP"
+    /// Where the source sits in `nsecs` (nanoseconds are below 10^9 < 2^30).
+    pub const SOURCE_SHIFT: u32 = 30;
+    pub const NSECS_MASK: u32 = (1 << Self::SOURCE_SHIFT) - 1;
     /// `bpf_ktime_get_tai_ns()` taken when the TC program ran.
     pub const SOURCE_TC_NOW: u8 = 1;
     /// The kernel's software RX stamp (`skb->tstamp`, taken when the packet was queued to the
     /// stack, before TC), converted from CLOCK_REALTIME to TAI. Earlier than `SOURCE_TC_NOW`.
     pub const SOURCE_SKB_RX: u8 = 2;
+
+    /// `nsecs` in host order: nanoseconds with the source on top.
+    pub const fn pack_nsecs(nsecs: u32, source: u8) -> u32 {
+        (nsecs & Self::NSECS_MASK) | ((source as u32) << Self::SOURCE_SHIFT)
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<RxStamp>() == RxStamp::LEN);
 
-/// Flags in the `PORTS` map (one `u8` per UDP port, indexed by the port in host order).
+/// Flags in the `PORTS` map (one `u8` per UDP port, indexed by the port in host order), and
+/// roles in the `SOCKETS` map (socket cookie → one of these).
 pub mod port {
     /// Local port of a meshprobe Session-Sender socket: stamp T1 at egress, T4 at ingress.
     pub const SENDER: u8 = 1;
@@ -97,7 +117,13 @@ pub mod port {
     pub const MAP_ENTRIES: u32 = 65536;
 }
 
+/// Most entries of the `SOCKETS` map: meshprobe's own probe sockets (one per `ping` session,
+/// one sender and one reflector socket per agent).
+pub const SOCKETS_MAX_ENTRIES: u32 = 1024;
+
 /// Value of the single-entry `CONFIG` array map.
+///
+/// 24 octets, align 8, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -105,8 +131,17 @@ pub struct Config {
     pub tai_offset_ns: i64,
     /// `CFG_*` bits.
     pub flags: u32,
+    /// Per-load random tag our requests carry at `wire::PROBE_TAG` (big-endian on the wire),
+    /// echoed in replies: what tells our probes from other datagrams with our socket or port
+    /// (a tunnel's outer packet keeps the inner packet's socket). Public: it is on the wire.
+    pub probe_tag: u32,
+    /// Per-load random secret written into every `RxStamp` (`RxStamp::key`); never on the
+    /// wire, never equal to `probe_tag`.
+    pub block_key: u32,
     pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 impl Config {
     /// Prefer the kernel's software RX stamp (`skb->tstamp`) when it is earlier than now.
@@ -120,7 +155,8 @@ impl Config {
 pub struct StampKey {
     /// Local (sender) UDP port, host order.
     pub port: u16,
-    pub _pad: u16,
+    /// SSID of the reply, host order.
+    pub ssid: u16,
     /// Session-Sender Sequence Number echoed in the reply, host order.
     pub seq: u32,
 }
@@ -203,7 +239,19 @@ pub mod counter {
     /// Delay element: packets whose hold time came from the `DELAY_DST` map (also counted in
     /// `DELAY_HELD` or `DELAY_CUT_SHORT`).
     pub const DELAY_DST_HIT: u32 = 18;
-    pub const COUNT: u32 = 19;
+    // Ownership skips: a datagram on a probe port that is not meshprobe's (left untouched).
+    /// Egress: the sending socket is not one of ours (`SOCKETS`).
+    pub const SKIP_NOT_OUR_SOCKET: u32 = 19;
+    /// Sender role: our socket's datagram (egress) or a reply (ingress, no in-band rewrite)
+    /// without our probe tag.
+    pub const SKIP_NO_TAG: u32 = 20;
+    /// Ingress: not addressed to this host at link level (`skb->pkt_type != PACKET_HOST`).
+    pub const SKIP_NOT_HOST: u32 = 21;
+    /// Ingress: destination address not local (forwarded or routed to a pod).
+    pub const SKIP_NOT_LOCAL: u32 = 22;
+    /// Reflector ingress: source port refused (`policy::refused_src_port`).
+    pub const SKIP_SRC_PORT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Names for display, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -226,6 +274,11 @@ pub mod counter {
         "delay_held",
         "delay_cut_short",
         "delay_dst_hit",
+        "skip_not_our_socket",
+        "skip_no_tag",
+        "skip_not_host",
+        "skip_not_local",
+        "skip_src_port",
     ];
 }
 
@@ -288,6 +341,7 @@ pub mod names {
     pub const PROG_INGRESS: &str = "meshprobe_ingress";
     pub const PROG_DELAY: &str = "meshprobe_delay";
     pub const MAP_PORTS: &str = "PORTS";
+    pub const MAP_SOCKETS: &str = "SOCKETS";
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";

@@ -8,23 +8,48 @@
 //!
 //! Every program returns `TC_ACT_UNSPEC` (TCX_NEXT) so other programs on the hook still run.
 //! A packet that is not UDP to or from a registered port leaves after a handful of loads.
+//!
+//! The programs touch only meshprobe's own packets. The port (`PORTS`) is a prefilter, never
+//! enough on its own; each skip below is counted:
+//! - egress: the sending socket's cookie is in `SOCKETS` with that role (a forwarded packet or
+//!   another process's datagram from the same port has another socket, or none); sender role:
+//!   a request with room for it must carry our `Config::probe_tag` (a VXLAN/Geneve outer packet
+//!   keeps the inner packet's socket and may hash its source port onto ours);
+//! - ingress: addressed to this host at link level (`PACKET_HOST`) and to a local address (FIB
+//!   lookup: never forwarded, routed-to-pod or bridged traffic); reflector role: a source port
+//!   the reflector may answer (`policy::refused_src_port`); sender role: the in-band T4 only
+//!   into a reply echoing our tag, anything else gets at most a `T4_FALLBACK` entry.
+//!
+//! Receive stamp blocks carry `Config::block_key`, a secret, so userspace never trusts octets
+//! that an attacker placed where a block goes in a packet these programs skipped.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_loop, bpf_skb_load_bytes},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NOT_FWDED, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams,
+    },
+    helpers::{
+        bpf_fib_lookup, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_loop,
+        bpf_skb_load_bytes,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Config, DelayConfig, DelayDstKey, RxStamp, SentT1, StampKey, counter, port, wire,
+    Config, DelayConfig, DelayDstKey, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, counter,
+    policy, port, wire,
 };
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
+
+/// meshprobe's own probe sockets: socket cookie (`SO_COOKIE`) → role (`port::*`).
+#[map(name = "SOCKETS")]
+static SOCKETS: HashMap<u64, u8> = HashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -62,6 +87,10 @@ const DELAY_MAX_LOOPS: u32 = 1 << 22;
 /// `__sk_buff.tstamp_type` for a CLOCK_REALTIME receive stamp (BPF_SKB_CLOCK_REALTIME).
 const SKB_CLOCK_REALTIME: u8 = 0;
 const SKB_CLOCK_TAI: u8 = 2;
+/// `skb->pkt_type` of a frame addressed to this host's link-level address.
+const PACKET_HOST: u32 = 0;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 #[inline(always)]
 fn count(idx: u32) {
@@ -169,6 +198,90 @@ fn port_flags(p: u16) -> u8 {
         Some(f) => *f,
         None => 0,
     }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    let c = CONFIG.get(0);
+    if c.is_none() {
+        count(counter::ERR_MAP);
+    }
+    c
+}
+
+/// Egress: the role (among `flags`, the source port's) of the socket that sent this packet,
+/// 0 when the socket is not one of ours (counted).
+#[inline(always)]
+fn our_socket_role(ctx: &TcContext, flags: u8) -> u8 {
+    // 0 for a packet without a socket (forwarded): never in the map.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
+    // SAFETY: a u8 map value, read once.
+    let role = match unsafe { SOCKETS.get(&cookie) } {
+        Some(r) => *r & flags,
+        None => 0,
+    };
+    if role == 0 {
+        count(counter::SKIP_NOT_OUR_SOCKET);
+    }
+    role
+}
+
+/// Ingress: the packet is for this host, link and network level. A frame for another MAC
+/// (bridged to a pod, promiscuous capture) is not `PACKET_HOST`; a packet routed through this
+/// host (to a pod, a VM, another node) is not a local destination in the FIB. The FIB is the
+/// kernel's own answer, so nothing has to be kept in sync with the host's addresses.
+#[inline(always)]
+fn for_this_host(ctx: &TcContext, udp: &Udp) -> bool {
+    // SAFETY: reads of the context the verifier allows for TC programs.
+    let (pkt_type, ifindex, proto) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.pkt_type, skb.ifindex, u16::from_be(skb.protocol as u16))
+    };
+    if pkt_type != PACKET_HOST {
+        count(counter::SKIP_NOT_HOST);
+        return false;
+    }
+    // SAFETY: a plain C struct of integers; all-zero is its empty value.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = IPPROTO_UDP;
+    p.sport = udp.src.to_be();
+    p.dport = udp.dst.to_be();
+    p.ifindex = ifindex;
+    if proto == ETH_P_IP {
+        let Some(a) = ptr_at::<[u32; 2]>(ctx, ETH_HLEN + 12) else {
+            return false;
+        };
+        // SAFETY: bounds checked by ptr_at.
+        let a = unsafe { *a };
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = a[0];
+        p.__bindgen_anon_4.ipv4_dst = a[1];
+    } else {
+        let Some(a) = ptr_at::<[u32; 8]>(ctx, ETH_HLEN + 8) else {
+            return false;
+        };
+        // SAFETY: bounds checked by ptr_at.
+        let a = unsafe { *a };
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = [a[0], a[1], a[2], a[3]];
+        p.__bindgen_anon_4.ipv6_dst = [a[4], a[5], a[6], a[7]];
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    // NOT_FWDED: a local (or broadcast) route. FWD_DISABLED: the interface does not forward,
+    // so the kernel delivers the packet locally or drops it; it never goes on to anyone else.
+    // Anything else (a unicast route, no route, an error) is not for us.
+    if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 || rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
+        return true;
+    }
+    count(counter::SKIP_NOT_LOCAL);
+    false
 }
 
 /// Payload offset and length of a probe, or `None` (counted) if it cannot be a STAMP packet.
@@ -301,11 +414,11 @@ fn commit<const N: usize>(ctx: &mut TcContext, b: &Before<N>, new: &[u32; N]) ->
     true
 }
 
-/// Writes the current TAI time into the Timestamp field (T1 or T3). Everything that does not
-/// need the time happens before the clock is read, so the stamp is as close to the wire as TC
-/// gets.
+/// Reflector egress: writes the current TAI time into the reply's Timestamp field (T3).
+/// Everything that does not need the time happens before the clock is read, so the stamp is as
+/// close to the wire as TC gets.
 #[inline(always)]
-fn stamp_egress(ctx: &mut TcContext, udp: &Udp, which: u32) {
+fn stamp_t3(ctx: &mut TcContext, udp: &Udp) {
     let Some((payload, _)) = probe_payload(ctx, udp) else {
         return;
     };
@@ -314,18 +427,78 @@ fn stamp_egress(ctx: &mut TcContext, udp: &Udp, which: u32) {
     };
     let (s, n) = split_ptp(tai_now());
     if commit(ctx, &before, &[s.to_be(), n.to_be()]) {
-        count(which);
+        count(counter::T3_STAMPED);
+    }
+}
+
+/// Loads a big-endian field of the payload (a load error is counted).
+#[inline(always)]
+fn load_be<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    match ctx.load::<T>(off) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counter::ERR_LOAD);
+            None
+        }
+    }
+}
+
+/// Sender egress: T1 into a request of ours, and T1 into `T1_SENT` so userspace has its own
+/// record of it. A request with room for the probe tag must carry ours: this is what tells our
+/// request from a tunnel's outer packet that kept our socket (one without room for the tag is
+/// shorter than any packet that could encapsulate one of ours, `wire::MIN_ENCAPSULATED`).
+#[inline(always)]
+fn stamp_t1(ctx: &mut TcContext, udp: &Udp) {
+    let Some((payload, len)) = probe_payload(ctx, udp) else {
+        return;
+    };
+    let Some(cfg) = config() else {
+        return;
+    };
+    if len >= wire::PROBE_TAG_END {
+        let Some(tag) = load_be::<u32>(ctx, payload + wire::PROBE_TAG) else {
+            return;
+        };
+        if u32::from_be(tag) != cfg.probe_tag {
+            count(counter::SKIP_NO_TAG);
+            return;
+        }
+    }
+    // Everything but the clock read and the stores before the clock.
+    let Some(seq) = load_be::<u32>(ctx, payload + wire::SEQ) else {
+        return;
+    };
+    let Some(ssid) = load_be::<u16>(ctx, payload + wire::SSID) else {
+        return;
+    };
+    let (seq, ssid) = (u32::from_be(seq), u16::from_be(ssid));
+    let record = T1_SENT.get_ptr_mut(SentT1::slot(udp.src, ssid, seq));
+    let Some(before) = prepare::<2>(ctx, payload + wire::TIMESTAMP, udp.l4 + 6) else {
+        return;
+    };
+    let now = tai_now();
+    let (s, n) = split_ptp(now);
+    if commit(ctx, &before, &[s.to_be(), n.to_be()]) {
+        count(counter::T1_STAMPED);
+        if let Some(r) = record {
+            // SAFETY: an array slot; a concurrent writer of the same slot is another request
+            // of the same session, and userspace checks the key it reads back.
+            unsafe {
+                *r = SentT1 {
+                    t1: now,
+                    seq,
+                    port: udp.src,
+                    ssid,
+                }
+            };
+        }
     }
 }
 
 /// The earliest trustworthy receive time in TAI, and where it came from.
 #[inline(always)]
-fn rx_time(ctx: &TcContext) -> (u64, u8) {
+fn rx_time(ctx: &TcContext, cfg: &Config) -> (u64, u8) {
     let now = tai_now();
-    let Some(cfg) = CONFIG.get(0) else {
-        count(counter::ERR_MAP);
-        return (now, RxStamp::SOURCE_TC_NOW);
-    };
     if cfg.flags & Config::USE_SKB_RX_TSTAMP != 0 {
         let (ts, ty) = unsafe { ((*ctx.skb.skb).tstamp, (*ctx.skb.skb).tstamp_type) };
         let tai = match ty {
@@ -343,8 +516,8 @@ fn rx_time(ctx: &TcContext) -> (u64, u8) {
 }
 
 #[inline(always)]
-fn rx_block(ctx: &TcContext) -> RxStamp {
-    let (t, source) = rx_time(ctx);
+fn rx_block(ctx: &TcContext, cfg: &Config) -> RxStamp {
+    let (t, source) = rx_time(ctx, cfg);
     let hw = unsafe { (*ctx.skb.skb).hwtstamp };
     if hw != 0 {
         count(counter::RX_HW_TSTAMP_SEEN);
@@ -352,12 +525,10 @@ fn rx_block(ctx: &TcContext) -> RxStamp {
     let (s, n) = split_ptp(t);
     RxStamp {
         secs: s.to_be(),
-        nsecs: n.to_be(),
+        nsecs: RxStamp::pack_nsecs(n, source).to_be(),
         hw_hi: ((hw >> 32) as u32).to_be(),
         hw_lo: (hw as u32).to_be(),
-        magic: RxStamp::MAGIC.to_be(),
-        source,
-        _pad: 0,
+        key: cfg.block_key.to_be(),
     }
 }
 
@@ -373,52 +544,99 @@ fn stamp_t2(ctx: &mut TcContext, udp: &Udp) {
     let Some((payload, _)) = probe_payload(ctx, udp) else {
         return;
     };
+    let Some(cfg) = config() else {
+        return;
+    };
     let Some(before) = prepare::<5>(ctx, payload + wire::REQUEST_RX_STAMP, udp.l4 + 6) else {
         return;
     };
-    if commit(ctx, &before, &block_words(&rx_block(ctx))) {
+    if commit(ctx, &before, &block_words(&rx_block(ctx, cfg))) {
         count(counter::T2_STAMPED);
     }
 }
 
-/// Sender ingress: T4 block into the reply's echoed Extra Padding TLV, or into the map.
+/// Sender ingress: T4 block into the reply's echoed Extra Padding TLV when it echoes our probe
+/// tag there, else into the map (a reply without room: a reflector that does not echo our
+/// padding). A datagram with room but without our tag is not rewritten (counted): it gets at
+/// most a map entry, which userspace reads only for a reply it has validated.
 #[inline(always)]
 fn stamp_t4(ctx: &mut TcContext, udp: &Udp) {
     let Some((payload, len)) = probe_payload(ctx, udp) else {
         return;
     };
-    let block = rx_block(ctx);
-    // In-band when the reply echoes our Extra Padding TLV with room for the block.
+    let Some(cfg) = config() else {
+        return;
+    };
+    let block = rx_block(ctx, cfg);
+    let mut ours = true;
     if len >= wire::MIN_PROBE_LEN
         && let Ok(tlv) = ctx.load::<[u8; 4]>(payload + wire::TLV_START)
         && tlv[1] == wire::TLV_TYPE_EXTRA_PADDING
         && u16::from_be_bytes([tlv[2], tlv[3]]) as usize >= RxStamp::LEN
     {
-        if let Some(before) = prepare::<5>(ctx, payload + wire::REPLY_RX_STAMP, udp.l4 + 6)
-            && commit(ctx, &before, &block_words(&block))
+        if let Ok(tag) = ctx.load::<u32>(payload + wire::PROBE_TAG)
+            && u32::from_be(tag) == cfg.probe_tag
         {
-            count(counter::T4_STAMPED);
-        }
-        return;
-    }
-    let seq = match ctx.load::<u32>(payload + wire::SENDER_SEQ) {
-        Ok(v) => u32::from_be(v),
-        Err(_) => {
-            count(counter::ERR_LOAD);
+            if let Some(before) = prepare::<5>(ctx, payload + wire::REPLY_RX_STAMP, udp.l4 + 6)
+                && commit(ctx, &before, &block_words(&block))
+            {
+                count(counter::T4_STAMPED);
+            }
             return;
         }
+        count(counter::SKIP_NO_TAG);
+        ours = false;
+    }
+    let Some(seq) = load_be::<u32>(ctx, payload + wire::SENDER_SEQ) else {
+        return;
+    };
+    let Some(ssid) = load_be::<u16>(ctx, payload + wire::SSID) else {
+        return;
     };
     let key = StampKey {
         port: udp.dst,
-        _pad: 0,
-        seq,
+        ssid: u16::from_be(ssid),
+        seq: u32::from_be(seq),
     };
     if T4_FALLBACK.insert(key, block, 0).is_err() {
         count(counter::ERR_MAP);
         return;
     }
-    count(counter::T4_STAMPED);
-    count(counter::T4_TO_MAP);
+    if ours {
+        count(counter::T4_STAMPED);
+        count(counter::T4_TO_MAP);
+    }
+}
+
+/// A datagram from a probe port: stamped only if one of our sockets sent it, in its role.
+#[inline(always)]
+fn egress_probe(ctx: &mut TcContext, udp: &Udp, flags: u8) {
+    let role = our_socket_role(ctx, flags);
+    if role & port::SENDER != 0 {
+        debug!(ctx, "T1 sport={}", udp.src);
+        stamp_t1(ctx, udp);
+    } else if role & port::REFLECTOR != 0 {
+        stamp_t3(ctx, udp);
+    }
+}
+
+/// A datagram to a probe port: stamped only if it is for this host and fits the role.
+#[inline(always)]
+fn ingress_probe(ctx: &mut TcContext, udp: &Udp, flags: u8) {
+    if !for_this_host(ctx, udp) {
+        return;
+    }
+    if flags & port::REFLECTOR != 0 {
+        // What the reflector will not answer is not stamped either.
+        if policy::refused_src_port(udp.src, port_flags(udp.src) & port::REFLECTOR != 0) {
+            count(counter::SKIP_SRC_PORT);
+            return;
+        }
+        stamp_t2(ctx, udp);
+    } else if flags & port::SENDER != 0 {
+        debug!(ctx, "T4 dport={}", udp.dst);
+        stamp_t4(ctx, udp);
+    }
 }
 
 #[classifier]
@@ -426,12 +644,7 @@ pub fn meshprobe_egress(mut ctx: TcContext) -> i32 {
     if let Some(udp) = parse_udp(&ctx) {
         let f = port_flags(udp.src);
         if f != 0 {
-            if f & port::SENDER != 0 {
-                debug!(&ctx, "T1 sport={}", udp.src);
-                stamp_egress(&mut ctx, &udp, counter::T1_STAMPED);
-            } else if f & port::REFLECTOR != 0 {
-                stamp_egress(&mut ctx, &udp, counter::T3_STAMPED);
-            }
+            egress_probe(&mut ctx, &udp, f);
         }
     }
     TC_ACT_UNSPEC
@@ -442,12 +655,7 @@ pub fn meshprobe_ingress(mut ctx: TcContext) -> i32 {
     if let Some(udp) = parse_udp(&ctx) {
         let f = port_flags(udp.dst);
         if f != 0 {
-            if f & port::REFLECTOR != 0 {
-                stamp_t2(&mut ctx, &udp);
-            } else if f & port::SENDER != 0 {
-                debug!(&ctx, "T4 dport={}", udp.dst);
-                stamp_t4(&mut ctx, &udp);
-            }
+            ingress_probe(&mut ctx, &udp, f);
         }
     }
     TC_ACT_UNSPEC

@@ -435,6 +435,13 @@ async fn ping(a: PingArgs) -> Result<()> {
             Err(e) => failed = Some(anyhow::anyhow!("session task failed: {e}")),
         }
     }
+    if a.common.json {
+        // What the programs did and skipped (the reflector prints these in its summary).
+        emit_json(&serde_json::json!({
+            "type": "stamping_summary",
+            "ebpf_counters": st.counters(),
+        }));
+    }
     detach(st);
     match failed {
         Some(e) => Err(e),

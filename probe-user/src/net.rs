@@ -140,6 +140,12 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+impl std::os::fd::AsRawFd for ProbeSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.io.get_ref().as_raw_fd()
+    }
+}
+
 impl ProbeSocket {
     /// Binds a UDP socket with TTL reporting and the software timestamps of `stamps`; stamps
     /// the kernel took anyway are always reported. Binding `::` accepts IPv4 as well (dual

@@ -40,6 +40,11 @@ pub struct UdpFrame {
     pub udp_len: Option<u16>,
     pub csum: Csum,
     pub ttl: u8,
+    /// IPv4: send the datagram as two fragments, the first carrying this many octets of the
+    /// UDP segment (a multiple of 8). See [`UdpFrame::build_frames`].
+    pub ipv4_fragment_at: Option<usize>,
+    /// IPv6: this many Destination Options headers (8 octets each) before the UDP header.
+    pub ipv6_dst_opts: usize,
 }
 
 impl UdpFrame {
@@ -63,12 +68,13 @@ impl UdpFrame {
             udp_len: None,
             csum: Csum::Valid,
             ttl: 64,
+            ipv4_fragment_at: None,
+            ipv6_dst_opts: 0,
         }
     }
 
-    /// The Ethernet frame. IP lengths always describe the octets present; only the UDP length
-    /// field can lie (`udp_len`).
-    pub fn build(&self) -> Result<Vec<u8>> {
+    /// The UDP segment: header (checksum as `csum` says) and payload.
+    fn segment(&self) -> Vec<u8> {
         let seg_len = 8 + self.payload.len();
         let mut seg = vec![0u8; seg_len];
         seg[0..2].copy_from_slice(&self.sport.to_be_bytes());
@@ -82,6 +88,85 @@ impl UdpFrame {
             Csum::Raw(v) => v,
         };
         seg[6..8].copy_from_slice(&c.to_be_bytes());
+        seg
+    }
+
+    fn eth_header(&self, ethertype: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(1514);
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// The Ethernet frames of this datagram: one, or two IPv4 fragments (`ipv4_fragment_at`),
+    /// with `ipv6_dst_opts` extension headers on IPv6. The UDP checksum covers the whole
+    /// datagram, as the receiver checks it after reassembly.
+    pub fn build_frames(&self) -> Result<Vec<Vec<u8>>> {
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let Some(at) = self.ipv4_fragment_at else {
+                    return Ok(vec![self.build()?]);
+                };
+                let seg = self.segment();
+                if at % 8 != 0 || at == 0 || at >= seg.len() {
+                    bail!("fragment split {at} of a {}-octet segment", seg.len());
+                }
+                let id: u16 = rand::random();
+                let mut frames = Vec::new();
+                for (part, off, more) in [(&seg[..at], 0, true), (&seg[at..], at, false)] {
+                    let mut ip = [0u8; 20];
+                    ip[0] = 0x45;
+                    ip[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+                    ip[4..6].copy_from_slice(&id.to_be_bytes());
+                    let frag = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+                    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+                    ip[8] = self.ttl;
+                    ip[9] = 17;
+                    ip[12..16].copy_from_slice(&s.octets());
+                    ip[16..20].copy_from_slice(&d.octets());
+                    let c = crate::capture::csum_fold(crate::capture::csum_add(0, &ip));
+                    ip[10..12].copy_from_slice(&(!c).to_be_bytes());
+                    let mut f = self.eth_header(0x0800);
+                    f.extend_from_slice(&ip);
+                    f.extend_from_slice(part);
+                    frames.push(f);
+                }
+                Ok(frames)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                if self.ipv6_dst_opts == 0 {
+                    return Ok(vec![self.build()?]);
+                }
+                let seg = self.segment();
+                let mut ext = Vec::new();
+                for i in 0..self.ipv6_dst_opts {
+                    let next = if i + 1 == self.ipv6_dst_opts { 17 } else { 60 };
+                    // Next Header, Hdr Ext Len 0 (8 octets), PadN of 4 octets.
+                    ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+                }
+                let mut ip = [0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&((ext.len() + seg.len()) as u16).to_be_bytes());
+                ip[6] = 60;
+                ip[7] = self.ttl;
+                ip[8..24].copy_from_slice(&s.octets());
+                ip[24..40].copy_from_slice(&d.octets());
+                let mut f = self.eth_header(0x86DD);
+                f.extend_from_slice(&ip);
+                f.extend_from_slice(&ext);
+                f.extend_from_slice(&seg);
+                Ok(vec![f])
+            }
+            _ => bail!("mixed address families"),
+        }
+    }
+
+    /// The Ethernet frame. IP lengths always describe the octets present; only the UDP length
+    /// field can lie (`udp_len`).
+    pub fn build(&self) -> Result<Vec<u8>> {
+        let seg = self.segment();
+        let seg_len = seg.len();
 
         let ip_len = match self.src {
             IpAddr::V4(_) => 20,
@@ -132,27 +217,30 @@ impl UdpFrame {
 /// Sends `frames` out of `ifname` in `ns` through an AF_PACKET channel (pnet datalink), with
 /// `gap` between frames.
 pub fn send_frames(ns: &Netns, ifname: &str, frames: &[Vec<u8>], gap: Duration) -> Result<()> {
-    ns.enter(|| -> Result<()> {
-        let iface = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == ifname)
-            .ok_or_else(|| anyhow!("no interface {ifname} in {}", ns.name()))?;
-        let cfg = Config {
-            read_timeout: Some(Duration::from_millis(10)),
-            ..Config::default()
-        };
-        let mut tx = match datalink::channel(&iface, cfg).context("datalink channel")? {
-            Channel::Ethernet(tx, _rx) => tx,
-            _ => bail!("unexpected channel type"),
-        };
-        for f in frames {
-            match tx.send_to(f, None) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => bail!("send_to {ifname}: {e}"),
-                None => bail!("send_to {ifname}: no result"),
-            }
-            std::thread::sleep(gap);
+    ns.enter(|| send_frames_here(ifname, frames, gap))?
+}
+
+/// [`send_frames`] from the calling thread's namespace (e.g. in a [`Netns::spawn_thread`]).
+pub fn send_frames_here(ifname: &str, frames: &[Vec<u8>], gap: Duration) -> Result<()> {
+    let iface = datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == ifname)
+        .ok_or_else(|| anyhow!("no interface {ifname} here"))?;
+    let cfg = Config {
+        read_timeout: Some(Duration::from_millis(10)),
+        ..Config::default()
+    };
+    let mut tx = match datalink::channel(&iface, cfg).context("datalink channel")? {
+        Channel::Ethernet(tx, _rx) => tx,
+        _ => bail!("unexpected channel type"),
+    };
+    for f in frames {
+        match tx.send_to(f, None) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => bail!("send_to {ifname}: {e}"),
+            None => bail!("send_to {ifname}: no result"),
         }
-        Ok(())
-    })?
+        std::thread::sleep(gap);
+    }
+    Ok(())
 }

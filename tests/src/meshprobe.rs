@@ -105,6 +105,8 @@ pub struct PingRun {
     pub duplicates: Vec<Value>,
     pub reordered: Vec<Value>,
     pub summaries: Vec<Summary>,
+    /// The `stamping_summary` line (eBPF counters of the sender's programs), if printed.
+    pub stamping: Option<Value>,
     pub exit_ok: bool,
     pub stderr: String,
 }
@@ -119,6 +121,7 @@ impl PingRun {
             duplicates: Vec::new(),
             reordered: Vec::new(),
             summaries: Vec::new(),
+            stamping: None,
             exit_ok: fin.status.success(),
             stderr: fin.stderr_text(),
         };
@@ -129,6 +132,7 @@ impl PingRun {
                     serde_json::from_value(v.clone()).with_context(|| format!("probe line {v}"))?,
                 ),
                 Some("loss") => run.losses.push(v),
+                Some("stamping_summary") => run.stamping = Some(v),
                 Some("duplicate") => run.duplicates.push(v),
                 Some("reordered") => run.reordered.push(v),
                 Some("summary") => run.summaries.push(
@@ -375,7 +379,8 @@ pub fn stop_delay(mut child: ChildGuard) -> Result<Value> {
         })
 }
 
-/// Reads `ebpf_counters.NAME` from a reflector summary (0 when absent).
+/// Reads `ebpf_counters.NAME` from a reflector summary or a sender's `stamping_summary` (0 when
+/// absent).
 pub fn ebpf_counter(summary: &Value, name: &str) -> u64 {
     summary["ebpf_counters"][name].as_u64().unwrap_or(0)
 }

@@ -247,9 +247,10 @@ impl Collector for EbpfCollector {
             MetricType::Gauge,
         )?;
         prometheus_client::metrics::gauge::ConstGauge::new(i64::from(kernel)).encode(m)?;
-        let Some(counters) = self.st.0.kernel().and_then(|k| k.counters().ok()) else {
+        if !kernel {
             return Ok(());
-        };
+        }
+        let counters = self.st.0.counters();
         m = encoder.encode_descriptor(
             "meshprobe_ebpf_events",
             "eBPF program events by kind (probe_common::counter::NAMES), all CPUs",

@@ -176,7 +176,7 @@ impl Prober {
         let lport = sock.local_addr().map_err(ProberError::Socket)?.port();
         self.lport = lport;
         self.st
-            .set_port(lport, port::SENDER)
+            .register_socket(&sock, port::SENDER)
             .map_err(|source| ProberError::Register {
                 port: lport,
                 source,
@@ -246,7 +246,7 @@ impl Prober {
         }
         // The last, partial window: nothing measured is left unreported.
         self.close_window();
-        if let Err(e) = self.st.set_port(lport, 0) {
+        if let Err(e) = self.st.unregister_socket(&sock) {
             warn!("unregistering sender port {lport}: {e}");
         }
         Ok(())
@@ -416,7 +416,7 @@ impl Prober {
         let (buf, to) = &mut self.out[self.n_out];
         *to = p.peer.addr;
         buf.clear();
-        match SenderPacket::probe(seq, p.session.ssid(), t1, self.ee, size) {
+        match SenderPacket::probe(seq, p.session.ssid(), t1, self.ee, size, self.st.probe_tag) {
             Ok(pkt) => pkt.encode(buf),
             Err(e) => {
                 // Sizes are validated with the configuration; this cannot happen.
@@ -501,9 +501,6 @@ impl Prober {
         let mut env = ReplyEnv {
             st: &self.st,
             lport: self.lport,
-            // One port for every peer: (port, seq) is not unique, so the kernel's T4 map is
-            // not used; the socket's RX stamp is the same skb stamp.
-            t4_map: false,
             tx_stamps: &mut self.tx_stamps,
         };
         let outcome = p.session.reply(&reply, &rep, &mut env);
@@ -536,7 +533,7 @@ impl Prober {
             }
         };
         if self.st.is_kernel()
-            && crate::wire::reply_rx_stamp(payload).is_none()
+            && crate::wire::reply_rx_stamp(payload, self.st.block_key).is_err()
             && sock.ensure_rx_stamps()
         {
             // A reply without room for the in-band T4 (a reflector that does not echo our

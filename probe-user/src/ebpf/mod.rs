@@ -56,6 +56,8 @@ pub enum EbpfError {
     NotEthernet(String, Option<u16>),
     #[error("kernel {0} is too old: bpf_ktime_get_tai_ns needs Linux 6.1 or newer")]
     KernelTooOld(String),
+    #[error("probe socket: {0}")]
+    Socket(io::Error),
     #[error("state file {path}: {source}")]
     State { path: String, source: io::Error },
 }
@@ -247,9 +249,23 @@ impl Attached {
         arr.set(index, value, 0).map_err(err)
     }
 
-    /// Marks a local UDP port as a sender's or reflector's (`probe_common::port` flags).
-    pub fn set_port(&mut self, port: u16, flags: u8) -> Result<(), EbpfError> {
-        self.array_set(names::MAP_PORTS, port as u32, flags)
+    /// Registers one of our probe sockets: its local port (the programs' prefilter) and its
+    /// cookie (what they act on) with `role` (`probe_common::port` flags); role 0 removes both.
+    pub fn set_socket(&mut self, port: u16, cookie: u64, role: u8) -> Result<(), EbpfError> {
+        let name = names::MAP_SOCKETS;
+        let err = |source| EbpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+        let mut m: BpfHashMap<&mut MapData, u64, u8> = BpfHashMap::try_from(map).map_err(err)?;
+        if role == 0 {
+            // Already gone is fine: unregistering is best effort.
+            let _ = m.remove(&cookie);
+        } else {
+            m.insert(cookie, role, 0).map_err(err)?;
+        }
+        self.array_set(names::MAP_PORTS, port as u32, role)
     }
 
     pub fn set_config(&mut self, cfg: Config) -> Result<(), EbpfError> {
@@ -300,12 +316,13 @@ impl Attached {
         Ok(out)
     }
 
-    /// Takes T4 of a reply that had no room for it in-band (see `T4_FALLBACK`).
-    pub fn take_t4(&mut self, port: u16, seq: u32) -> Option<RxStamp> {
+    /// Takes T4 of a reply (local `port`, the reply's `ssid` and Session-Sender sequence
+    /// number) that had no room for it in-band (see `T4_FALLBACK`).
+    pub fn take_t4(&mut self, port: u16, ssid: u16, seq: u32) -> Option<RxStamp> {
         let name = names::MAP_T4_FALLBACK;
         let map = self.ebpf.map_mut(name)?;
         let mut m: BpfHashMap<&mut MapData, StampKey, RxStamp> = BpfHashMap::try_from(map).ok()?;
-        let key = StampKey { port, _pad: 0, seq };
+        let key = StampKey { port, ssid, seq };
         let v = m.get(&key, 0).ok()?;
         let _ = m.remove(&key);
         Some(v)

@@ -4,7 +4,14 @@ pub mod reflector;
 pub mod sender;
 pub mod session;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    collections::BTreeMap,
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use probe_common::{Config, RxStamp};
 use serde::Serialize;
@@ -13,8 +20,8 @@ use tracing::warn;
 use crate::{
     clock,
     ebpf::{Attached, Direction, EbpfError, LoadOptions},
-    net::SockStamps,
-    wire::{ErrorEstimate, RxStampInfo},
+    net::{ProbeSocket, SockStamps},
+    wire::{ErrorEstimate, NoBlock, RxStampInfo},
 };
 
 /// Where timestamps come from for this process.
@@ -33,6 +40,27 @@ pub struct Stamping {
     /// the kernel takes when a packet enters the stack, not the later moment it reaches TC
     /// (`--no-sw-rx-stamps` turns this off).
     pub sw_rx_stamps: bool,
+    /// Our requests carry it (`probe_common::wire::PROBE_TAG`); see `Config::probe_tag`.
+    pub probe_tag: u32,
+    /// The secret of our receive stamp blocks; see `Config::block_key`.
+    pub block_key: u32,
+    /// Receive stamp blocks read with a key that is not ours (forged): never used.
+    pub untrusted_blocks: Arc<AtomicU64>,
+}
+
+/// Name of the `untrusted_blocks` count among the stamping counters.
+pub const RX_BLOCK_UNTRUSTED: &str = "rx_block_untrusted";
+
+/// A per-load tag and block key: random, non-zero (zero octets are "never stamped") and
+/// different from each other (the tag is public, the key secret).
+fn tag_and_key() -> (u32, u32) {
+    let tag = rand::random_range(1..=u32::MAX);
+    loop {
+        let key = rand::random_range(1..=u32::MAX);
+        if key != tag {
+            return (tag, key);
+        }
+    }
 }
 
 impl Stamping {
@@ -45,6 +73,7 @@ impl Stamping {
         synchronized: bool,
     ) -> Self {
         let tai_offset_ns = clock::tai_offset_ns();
+        let (probe_tag, block_key) = tag_and_key();
         let mut s = Self {
             kernel: None,
             fallback_reason: None,
@@ -52,6 +81,9 @@ impl Stamping {
             synchronized,
             hw_rx_stamps: false,
             sw_rx_stamps: true,
+            probe_tag,
+            block_key,
+            untrusted_blocks: Arc::default(),
         };
         if disabled {
             s.fallback_reason = Some("--no-ebpf given".into());
@@ -65,6 +97,8 @@ impl Stamping {
             a.set_config(Config {
                 tai_offset_ns,
                 flags: Config::USE_SKB_RX_TSTAMP,
+                probe_tag,
+                block_key,
                 _pad: 0,
             })?;
             Ok::<_, EbpfError>(a)
@@ -149,12 +183,71 @@ impl Stamping {
         self.kernel()?.sent_t1(port, ssid, seq)
     }
 
-    pub fn set_port(&self, port: u16, flags: u8) -> Result<(), EbpfError> {
-        match self.kernel() {
-            Some(mut k) => k.set_port(port, flags),
-            None => Ok(()),
-        }
+    /// Lets the programs stamp what `sock` sends and receives in `role` (`probe_common::port`):
+    /// they act on its port only for datagrams of this very socket (its `SO_COOKIE`).
+    pub fn register_socket(&self, sock: &ProbeSocket, role: u8) -> Result<(), EbpfError> {
+        let Some(mut k) = self.kernel() else {
+            return Ok(());
+        };
+        let port = sock.local_addr().map_err(EbpfError::Socket)?.port();
+        k.set_socket(port, socket_cookie(sock).map_err(EbpfError::Socket)?, role)
     }
+
+    /// Undoes `register_socket` (best effort: the socket is going away).
+    pub fn unregister_socket(&self, sock: &ProbeSocket) -> Result<(), EbpfError> {
+        self.register_socket(sock, 0)
+    }
+
+    /// T2 block of a received request, if it is ours (a forged one is counted).
+    pub fn request_rx_stamp(&self, request: &[u8]) -> Option<RxStampInfo> {
+        self.trusted(crate::wire::request_rx_stamp(request, self.block_key))
+    }
+
+    /// T4 block of a received reply, if it is ours (a forged one is counted).
+    pub fn reply_rx_stamp(&self, reply: &[u8]) -> Option<RxStampInfo> {
+        self.trusted(crate::wire::reply_rx_stamp(reply, self.block_key))
+    }
+
+    fn trusted(&self, r: Result<RxStampInfo, NoBlock>) -> Option<RxStampInfo> {
+        if r == Err(NoBlock::Untrusted) {
+            self.untrusted_blocks.fetch_add(1, Ordering::Relaxed);
+        }
+        r.ok()
+    }
+
+    /// The programs' counters (kernel mode) and `RX_BLOCK_UNTRUSTED`, for summaries.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        let mut c = self
+            .kernel()
+            .and_then(|k| k.counters().ok())
+            .unwrap_or_default();
+        c.insert(
+            RX_BLOCK_UNTRUSTED,
+            self.untrusted_blocks.load(Ordering::Relaxed),
+        );
+        c
+    }
+}
+
+/// The kernel's cookie of a socket (`SO_COOKIE`): what the egress program sees as
+/// `bpf_get_socket_cookie(skb)` for the packets it sends.
+fn socket_cookie(sock: &ProbeSocket) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket fd and an out-buffer of the length we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Where a receive stamp came from.
@@ -253,6 +346,9 @@ mod tests {
             synchronized: false,
             hw_rx_stamps: hw,
             sw_rx_stamps: true,
+            probe_tag: 1,
+            block_key: 2,
+            untrusted_blocks: Arc::default(),
         }
     }
 

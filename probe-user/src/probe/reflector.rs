@@ -139,7 +139,7 @@ pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, Refle
         addr: opts.listen,
         source,
     })?;
-    st.set_port(opts.listen.port(), port::REFLECTOR)
+    st.register_socket(&sock, port::REFLECTOR)
         .map_err(|source| ReflectorError::Register {
             port: opts.listen.port(),
             source,
@@ -235,7 +235,7 @@ pub async fn run(
             full_batches = 0;
         }
     }
-    if let Err(e) = st.set_port(opts.listen.port(), 0) {
+    if let Err(e) = st.unregister_socket(&sock) {
         debug!("unregistering port: {e}");
     }
     stats
@@ -284,7 +284,7 @@ fn answer(
     if !req.is_well_formed() {
         stats.malformed_tlv += 1;
     }
-    let block = wire::request_rx_stamp(payload);
+    let block = st.request_rx_stamp(payload);
     if block.is_none() && st.is_kernel() && sock.ensure_rx_stamps() {
         // Arrived on an interface without our ingress program: take the kernel's RX stamp.
         info!(
@@ -343,10 +343,7 @@ struct SummaryLine<'a> {
 }
 
 pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
-    let counters = st
-        .kernel()
-        .and_then(|k| k.counters().ok())
-        .unwrap_or_default();
+    let counters = st.counters();
     let note = st.note();
     if json {
         emit_json(&SummaryLine {

@@ -119,7 +119,7 @@ pub async fn run_session(
     // Socket mode takes T1 from the TX software stamp (error queue); kernel mode from TC.
     let sock = ProbeSocket::connect(peer, st.sock_stamps()).map_err(sock_err)?;
     let lport = sock.local_addr().map_err(sock_err)?.port();
-    st.set_port(lport, port::SENDER)
+    st.register_socket(&sock, port::SENDER)
         .map_err(|source| SenderError::Register {
             port: lport,
             source,
@@ -134,7 +134,8 @@ pub async fn run_session(
     let mut batch = RecvBatch::new(crate::wire::MAX_PACKET_LEN + 1);
     let mut out: Vec<Vec<u8>> = Vec::new();
     // Validate the size once; the packet shape is the same for every probe.
-    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size).map_err(SenderError::Size)?;
+    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size, st.probe_tag)
+        .map_err(SenderError::Size)?;
     let ctx = ReplyCtx {
         peer_s: &peer_s,
         ssid,
@@ -180,7 +181,7 @@ pub async fn run_session(
                         out.push(Vec::with_capacity(opts.size));
                     }
                     let seq = session.sent(app_tx, tx_stamps.next_key(), deadline);
-                    let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size).map_err(SenderError::Size)?;
+                    let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size, st.probe_tag).map_err(SenderError::Size)?;
                     out[i].clear();
                     pkt.encode(&mut out[i]);
                     stats.sent += 1;
@@ -221,7 +222,7 @@ pub async fn run_session(
             _ = stop.changed() => break,
         }
     }
-    if let Err(e) = st.set_port(lport, 0) {
+    if let Err(e) = st.unregister_socket(&sock) {
         warn!("unregistering port {lport}: {e}");
     }
     Ok(SessionResult { peer, stats })
@@ -272,7 +273,6 @@ impl ReplyCtx<'_> {
         let mut env = ReplyEnv {
             st: self.st,
             lport: self.lport,
-            t4_map: true,
             tx_stamps,
         };
         let (seq, m, reordered) = match session.reply(&reply, &rep, &mut env) {

@@ -165,11 +165,9 @@ pub struct Reply<'a> {
 /// What validating a reply needs from the caller besides the session.
 pub struct ReplyEnv<'a> {
     pub st: &'a Stamping,
-    /// The sender socket's local port (key of the kernel's T1 record and T4 fallback map).
+    /// The sender socket's local port: with the SSID and sequence number, the key of the
+    /// kernel's T1 record and T4 fallback map (unique: SSIDs are unique per socket).
     pub lport: u16,
-    /// Look T4 up in the kernel's fallback map: only where (port, seq) is unique to this
-    /// session (one socket per session).
-    pub t4_map: bool,
     pub tx_stamps: &'a mut TxStamps,
 }
 
@@ -532,16 +530,15 @@ fn measure(
     // T4: in-band block, else the fallback map, else the socket stamp.
     let (mut t4, mut t4_source) = rx_time(
         st,
-        crate::wire::reply_rx_stamp(r.payload),
+        st.reply_rx_stamp(r.payload),
         r.rx_sw_realtime_ns,
         r.app_rx_tai,
     );
     if st.is_kernel()
-        && env.t4_map
         && matches!(t4_source, StampSource::Socket | StampSource::App)
         && let Some(b) = st
             .kernel()
-            .and_then(|mut k| k.take_t4(env.lport, rep.sender_seq))
+            .and_then(|mut k| k.take_t4(env.lport, rep.ssid, rep.sender_seq))
     {
         t4 = crate::wire::rx_stamp_from_block(&b).tai_ns;
         t4_source = StampSource::Map;

@@ -73,7 +73,7 @@
 //!
 //! // Session-Sender: a 68-octet probe (room for the T4 block in the reply's Extra Padding).
 //! let ee = ErrorEstimate::for_error_ns(1_000.0, false, true);
-//! let probe = SenderPacket::probe(1, 0xBEEF, Timestamp::from_ptp_ns(1_000_000_007), ee, 68)?;
+//! let probe = SenderPacket::probe(1, 0xBEEF, Timestamp::from_ptp_ns(1_000_000_007), ee, 68, 7)?;
 //! let mut request = Vec::new();
 //! probe.encode(&mut request);
 //! assert_eq!(request.len(), 68);
@@ -109,7 +109,7 @@ mod tests;
 pub use error_estimate::ErrorEstimate;
 pub use packet::{Lenient, ReflectParams, ReflectorPacket, SenderPacket, reflect, reflect_lenient};
 pub use rx_stamp::{
-    RxStampInfo, read_rx_stamp, reply_rx_stamp, request_rx_stamp, rx_stamp_from_block,
+    NoBlock, RxStampInfo, read_rx_stamp, reply_rx_stamp, request_rx_stamp, rx_stamp_from_block,
     write_rx_stamp,
 };
 pub use timestamp::{NTP_UNIX_OFFSET_SECS, Timestamp, TimestampFormat};

@@ -127,6 +127,10 @@ impl SenderPacket {
     ///   `total_len >= probe_common::wire::MIN_PROBE_LEN` (68); shorter probes get T4 through
     ///   the kernel's fallback map.
     ///
+    /// The padding value starts with `tag` (`probe_common::wire::PROBE_TAG`, big-endian) when
+    /// it has room for it: the programs stamp only requests (and in-band replies) that carry
+    /// their probe tag. The rest of the value is zero.
+    ///
     /// 45..=47 cannot be built (no room for a TLV header, and the octets after the base packet
     /// must be TLVs): [`WireError::BadLength`]. Above [`MAX_PACKET_LEN`]:
     /// [`WireError::Oversize`].
@@ -136,6 +140,7 @@ impl SenderPacket {
         timestamp: Timestamp,
         error_estimate: ErrorEstimate,
         total_len: usize,
+        tag: u32,
     ) -> Result<Self, WireError> {
         if total_len > MAX_PACKET_LEN {
             return Err(WireError::Oversize {
@@ -149,7 +154,11 @@ impl SenderPacket {
             let value_len = total_len
                 .checked_sub(TLV_START + TLV_HEADER_LEN)
                 .ok_or(WireError::BadLength { len: total_len })?;
-            vec![Tlv::extra_padding(value_len)]
+            let mut pad = Tlv::extra_padding(value_len);
+            if let Some(t) = pad.value.first_chunk_mut::<4>() {
+                *t = tag.to_be_bytes();
+            }
+            vec![pad]
         };
         Ok(Self {
             seq,

@@ -6,6 +6,11 @@
 //! (`.to_be()`) and copies the struct's memory into the packet. This module reads those octets
 //! back into an `RxStamp` at the struct's own field offsets (`offset_of!`), as the memory image
 //! it is, and only then converts from big-endian, so both sides follow one definition.
+//!
+//! A block is trusted only when it carries this process's key (`probe_common::Config::
+//! block_key`, a per-load secret that never leaves the host): the octets where a block goes
+//! are the sender's (or the reflector's) in any packet the programs skipped (a fragment, a long
+//! IPv6 extension chain), so a constant marker could be forged.
 
 use core::mem::offset_of;
 
@@ -20,9 +25,7 @@ const OFF_SECS: usize = offset_of!(RxStamp, secs);
 const OFF_NSECS: usize = offset_of!(RxStamp, nsecs);
 const OFF_HW_HI: usize = offset_of!(RxStamp, hw_hi);
 const OFF_HW_LO: usize = offset_of!(RxStamp, hw_lo);
-const OFF_MAGIC: usize = offset_of!(RxStamp, magic);
-const OFF_SOURCE: usize = offset_of!(RxStamp, source);
-const OFF_PAD: usize = offset_of!(RxStamp, _pad);
+const OFF_KEY: usize = offset_of!(RxStamp, key);
 
 // Every field lies inside the 20-octet block, which makes the fixed indexing below infallible.
 const _: () = {
@@ -31,9 +34,7 @@ const _: () = {
     assert!(OFF_NSECS + 4 <= RxStamp::LEN);
     assert!(OFF_HW_HI + 4 <= RxStamp::LEN);
     assert!(OFF_HW_LO + 4 <= RxStamp::LEN);
-    assert!(OFF_MAGIC + 2 <= RxStamp::LEN);
-    assert!(OFF_SOURCE < RxStamp::LEN);
-    assert!(OFF_PAD < RxStamp::LEN);
+    assert!(OFF_KEY + 4 <= RxStamp::LEN);
     // T4 sits at the start of the Extra Padding value that follows the base packet.
     assert!(REPLY_RX_STAMP == TLV_START + TLV_HEADER_LEN);
 };
@@ -58,9 +59,7 @@ fn rx_stamp_from_octets(block: &Block) -> RxStamp {
         nsecs: u32::from_ne_bytes(field(block, OFF_NSECS)),
         hw_hi: u32::from_ne_bytes(field(block, OFF_HW_HI)),
         hw_lo: u32::from_ne_bytes(field(block, OFF_HW_LO)),
-        magic: u16::from_ne_bytes(field(block, OFF_MAGIC)),
-        source: block[OFF_SOURCE],
-        _pad: block[OFF_PAD],
+        key: u32::from_ne_bytes(field(block, OFF_KEY)),
     }
 }
 
@@ -71,9 +70,7 @@ fn block_from_rx_stamp(raw: &RxStamp) -> Block {
     set_field(&mut block, OFF_NSECS, raw.nsecs.to_ne_bytes());
     set_field(&mut block, OFF_HW_HI, raw.hw_hi.to_ne_bytes());
     set_field(&mut block, OFF_HW_LO, raw.hw_lo.to_ne_bytes());
-    set_field(&mut block, OFF_MAGIC, raw.magic.to_ne_bytes());
-    block[OFF_SOURCE] = raw.source;
-    block[OFF_PAD] = raw._pad;
+    set_field(&mut block, OFF_KEY, raw.key.to_ne_bytes());
     block
 }
 
@@ -89,32 +86,42 @@ pub struct RxStampInfo {
     pub source: u8,
 }
 
+/// Why no trusted block was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoBlock {
+    /// Nothing claims to be a block there: out of the packet, not where the programs write
+    /// one, or a zero key (octets the programs did not stamp).
+    Absent,
+    /// A non-zero key that is not ours, or nanoseconds out of range: forged, or written by
+    /// another process's programs. Never used; callers count it.
+    Untrusted,
+}
+
 impl RxStampInfo {
     /// Decodes a block as the eBPF side stores it (in a packet or in the `T4_FALLBACK` map):
-    /// big-endian fields. `None` unless the magic is `RxStamp::MAGIC` and the nanoseconds are
-    /// below one second.
-    pub fn from_rx_stamp(raw: &RxStamp) -> Option<Self> {
-        if u16::from_be(raw.magic) != RxStamp::MAGIC {
-            return None;
+    /// big-endian fields. Trusted only with `key` (this process's `Config::block_key`, never
+    /// 0) and nanoseconds below one second.
+    pub fn from_rx_stamp(raw: &RxStamp, key: u32) -> Result<Self, NoBlock> {
+        match u32::from_be(raw.key) {
+            0 => return Err(NoBlock::Absent),
+            k if k != key => return Err(NoBlock::Untrusted),
+            _ => {}
         }
-        let nsecs = u32::from_be(raw.nsecs);
-        if u64::from(nsecs) >= NS_PER_SEC {
-            return None;
+        if u64::from(u32::from_be(raw.nsecs) & RxStamp::NSECS_MASK) >= NS_PER_SEC {
+            return Err(NoBlock::Untrusted);
         }
-        Some(rx_stamp_from_block(raw))
+        Ok(rx_stamp_from_block(raw))
     }
 
-    /// The block the eBPF side would write for this stamp (big-endian fields, magic set).
-    pub fn to_rx_stamp(&self) -> RxStamp {
+    /// The block the eBPF side would write for this stamp with `key` (big-endian fields).
+    pub fn to_rx_stamp(&self, key: u32) -> RxStamp {
         let ts = Timestamp::from_ptp_ns(self.tai_ns);
         RxStamp {
             secs: ts.secs.to_be(),
-            nsecs: ts.frac.to_be(),
+            nsecs: RxStamp::pack_nsecs(ts.frac, self.source).to_be(),
             hw_hi: ((self.hw_ns >> 32) as u32).to_be(),
             hw_lo: (self.hw_ns as u32).to_be(),
-            magic: RxStamp::MAGIC.to_be(),
-            source: self.source,
-            _pad: 0,
+            key: key.to_be(),
         }
     }
 
@@ -124,59 +131,67 @@ impl RxStampInfo {
     }
 }
 
-/// Decodes a block without checking its magic or nanoseconds: for `RxStamp` values taken from
+/// Decodes a block without checking its key or nanoseconds: for `RxStamp` values taken from
 /// the kernel's `T4_FALLBACK` map, which only the eBPF program writes. Fields are big-endian as
 /// stored. For octets from a packet use [`read_rx_stamp`] (or [`RxStampInfo::from_rx_stamp`]),
 /// which validate.
 pub fn rx_stamp_from_block(raw: &RxStamp) -> RxStampInfo {
     let secs = u64::from(u32::from_be(raw.secs));
-    let nsecs = u64::from(u32::from_be(raw.nsecs));
+    let packed = u32::from_be(raw.nsecs);
+    let nsecs = u64::from(packed & RxStamp::NSECS_MASK);
     let hw = u64::from(u32::from_be(raw.hw_hi)) << 32 | u64::from(u32::from_be(raw.hw_lo));
     RxStampInfo {
         tai_ns: secs * NS_PER_SEC + nsecs,
         hw_ns: hw,
-        source: raw.source,
+        source: (packed >> RxStamp::SOURCE_SHIFT) as u8,
     }
 }
 
-/// Decodes the `RxStamp` block at `payload[offset..offset + 20]`. `None` when it does not fit
-/// in `payload` or is not a valid block (see [`RxStampInfo::from_rx_stamp`]).
-pub fn read_rx_stamp(payload: &[u8], offset: usize) -> Option<RxStampInfo> {
-    let end = offset.checked_add(RxStamp::LEN)?;
-    let block: &Block = payload.get(offset..end)?.try_into().ok()?;
-    RxStampInfo::from_rx_stamp(&rx_stamp_from_octets(block))
+/// Decodes the `RxStamp` block at `payload[offset..offset + 20]`, trusted only with `key` (see
+/// [`RxStampInfo::from_rx_stamp`]); [`NoBlock::Absent`] when it does not fit in `payload`.
+pub fn read_rx_stamp(payload: &[u8], offset: usize, key: u32) -> Result<RxStampInfo, NoBlock> {
+    let block = offset
+        .checked_add(RxStamp::LEN)
+        .and_then(|end| payload.get(offset..end))
+        .and_then(|b| <&Block>::try_from(b).ok())
+        .ok_or(NoBlock::Absent)?;
+    RxStampInfo::from_rx_stamp(&rx_stamp_from_octets(block), key)
 }
 
-/// Writes `info` as an `RxStamp` block at `payload[offset..offset + 20]`, exactly as the eBPF
-/// side does (for tests and for userspace fallbacks).
+/// Writes `info` as an `RxStamp` block with `key` at `payload[offset..offset + 20]`, exactly as
+/// the eBPF side does (for tests and for userspace fallbacks).
 pub fn write_rx_stamp(
     payload: &mut [u8],
     offset: usize,
     info: &RxStampInfo,
+    key: u32,
 ) -> Result<(), WireError> {
     let got = payload.len();
     let end = offset.saturating_add(RxStamp::LEN);
     let dst = payload
         .get_mut(offset..end)
         .ok_or(WireError::Truncated { need: end, got })?;
-    dst.copy_from_slice(&block_from_rx_stamp(&info.to_rx_stamp()));
+    dst.copy_from_slice(&block_from_rx_stamp(&info.to_rx_stamp(key)));
     Ok(())
 }
 
 /// T2 from a received request: the block the reflector-ingress program writes into the
 /// request's MBZ octets (`REQUEST_RX_STAMP`).
-pub fn request_rx_stamp(request: &[u8]) -> Option<RxStampInfo> {
-    read_rx_stamp(request, REQUEST_RX_STAMP)
+pub fn request_rx_stamp(request: &[u8], key: u32) -> Result<RxStampInfo, NoBlock> {
+    read_rx_stamp(request, REQUEST_RX_STAMP, key)
 }
 
 /// T4 from a received reply: the block the sender-ingress program writes at `REPLY_RX_STAMP`.
 /// Read only where that program writes it: when the TLV at `TLV_START` is an Extra Padding
 /// TLV whose value holds at least a whole block (the same check the program makes).
-pub fn reply_rx_stamp(reply: &[u8]) -> Option<RxStampInfo> {
-    let hdr = reply.get(TLV_START..)?.first_chunk::<TLV_HEADER_LEN>()?;
+pub fn reply_rx_stamp(reply: &[u8], key: u32) -> Result<RxStampInfo, NoBlock> {
+    let hdr = reply
+        .get(TLV_START..)
+        .and_then(|r| r.first_chunk::<TLV_HEADER_LEN>())
+        .ok_or(NoBlock::Absent)?;
     let value_len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
     if hdr[1] != TLV_EXTRA_PADDING || value_len < RxStamp::LEN {
-        return None;
+        return Err(NoBlock::Absent);
     }
-    read_rx_stamp(reply, REPLY_RX_STAMP)
+    read_rx_stamp(reply, REPLY_RX_STAMP, key)
 }

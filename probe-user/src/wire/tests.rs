@@ -2,7 +2,9 @@
 //! (RFC 8762 §4.2.1 / §4.3.1, RFC 8972 §3 / §4, RFC 4656 §4.1.2), not produced by the encoder.
 
 use probe_common::RxStamp;
-use probe_common::wire::{BASE_LEN, MIN_PROBE_LEN, REPLY_RX_STAMP, REQUEST_RX_STAMP, TLV_START};
+use probe_common::wire::{
+    BASE_LEN, MIN_PROBE_LEN, PROBE_TAG, PROBE_TAG_END, REPLY_RX_STAMP, REQUEST_RX_STAMP, TLV_START,
+};
 use proptest::prelude::*;
 
 use super::*;
@@ -332,6 +334,7 @@ fn probe_with_padding_matches_hand_vector() {
         Timestamp::new(0x0A0B_0C0D, 0x0102_0304),
         ErrorEstimate::from_bits(0x4001),
         52,
+        0xA1B2_C3D4,
     )
     .unwrap();
     #[rustfmt::skip]
@@ -343,7 +346,7 @@ fn probe_with_padding_matches_hand_vector() {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         0x80, 0x01, 0x00, 0x04, // Extra Padding: Flags U, Type 1, Length 4
-        0x00, 0x00, 0x00, 0x00, // zeros
+        0xA1, 0xB2, 0xC3, 0xD4, // probe tag
     ];
     assert_eq!(encode_sender(&p), want);
     assert_eq!(SenderPacket::decode(&want).unwrap(), p);
@@ -353,30 +356,37 @@ fn probe_with_padding_matches_hand_vector() {
 fn probe_lengths() {
     let ts = Timestamp::ZERO;
     let ee = ErrorEstimate::default();
-    let base = SenderPacket::probe(1, 2, ts, ee, BASE_LEN).unwrap();
+    let base = SenderPacket::probe(1, 2, ts, ee, BASE_LEN, 0).unwrap();
     assert!(base.tlvs.is_empty());
     assert_eq!(encode_sender(&base).len(), BASE_LEN);
     for len in 45..=47 {
         assert_eq!(
-            SenderPacket::probe(1, 2, ts, ee, len),
+            SenderPacket::probe(1, 2, ts, ee, len, 0),
             Err(WireError::BadLength { len })
         );
     }
     for len in [0, 1, 43] {
         assert_eq!(
-            SenderPacket::probe(1, 2, ts, ee, len),
+            SenderPacket::probe(1, 2, ts, ee, len, 0),
             Err(WireError::BadLength { len })
         );
     }
-    let min = SenderPacket::probe(1, 2, ts, ee, 48).unwrap();
+    let min = SenderPacket::probe(1, 2, ts, ee, 48, 9).unwrap();
     assert_eq!(min.tlvs, vec![Tlv::extra_padding(0)]);
-    let stamp = SenderPacket::probe(1, 2, ts, ee, MIN_PROBE_LEN).unwrap();
+    // No room for the probe tag below PROBE_TAG_END: zero padding.
+    let short = SenderPacket::probe(1, 2, ts, ee, PROBE_TAG_END - 1, 9).unwrap();
+    assert_eq!(short.tlvs, vec![Tlv::extra_padding(3)]);
+    let tagged = SenderPacket::probe(1, 2, ts, ee, MIN_PROBE_LEN, 9).unwrap();
+    let buf = encode_sender(&tagged);
+    assert_eq!(buf[PROBE_TAG..PROBE_TAG_END], 9u32.to_be_bytes());
+    assert!(buf[PROBE_TAG_END..].iter().all(|&b| b == 0));
+    let stamp = SenderPacket::probe(1, 2, ts, ee, MIN_PROBE_LEN, 0).unwrap();
     assert_eq!(stamp.tlvs[0].value.len(), RxStamp::LEN);
     assert_eq!(encode_sender(&stamp).len(), MIN_PROBE_LEN);
-    let max = SenderPacket::probe(1, 2, ts, ee, MAX_PACKET_LEN).unwrap();
+    let max = SenderPacket::probe(1, 2, ts, ee, MAX_PACKET_LEN, 0).unwrap();
     assert_eq!(encode_sender(&max).len(), MAX_PACKET_LEN);
     assert_eq!(
-        SenderPacket::probe(1, 2, ts, ee, MAX_PACKET_LEN + 1),
+        SenderPacket::probe(1, 2, ts, ee, MAX_PACKET_LEN + 1, 0),
         Err(WireError::Oversize {
             max: MAX_PACKET_LEN,
             got: MAX_PACKET_LEN + 1
@@ -605,21 +615,27 @@ fn errors_display() {
 // In-band RxStamp block
 // ---------------------------------------------------------------------------------------------
 
+/// This process's block key in these tests, and the probe tag.
+const KEY: u32 = 0x5EC2_E7A1;
+const TAG: u32 = 0x7A67_0001;
+
 /// The octets the eBPF side puts in the packet: it builds the struct with `.to_be()` fields and
 /// copies its memory (`transmute_copy` into `[u32; 5]` in probe-ebpf).
-fn ebpf_block(secs: u32, nsecs: u32, hw: u64, source: u8) -> [u8; RxStamp::LEN] {
+fn ebpf_block_keyed(secs: u32, nsecs: u32, hw: u64, source: u8, key: u32) -> [u8; RxStamp::LEN] {
     let stamp = RxStamp {
         secs: secs.to_be(),
-        nsecs: nsecs.to_be(),
+        nsecs: RxStamp::pack_nsecs(nsecs, source).to_be(),
         hw_hi: ((hw >> 32) as u32).to_be(),
         hw_lo: (hw as u32).to_be(),
-        magic: RxStamp::MAGIC.to_be(),
-        source,
-        _pad: 0,
+        key: key.to_be(),
     };
     // SAFETY: RxStamp is repr(C), 20 octets of plain integers with no implicit padding
     // (probe-common asserts its size), so all 20 octets are initialised.
     unsafe { core::mem::transmute_copy(&stamp) }
+}
+
+fn ebpf_block(secs: u32, nsecs: u32, hw: u64, source: u8) -> [u8; RxStamp::LEN] {
+    ebpf_block_keyed(secs, nsecs, hw, source, KEY)
 }
 
 #[test]
@@ -634,18 +650,16 @@ fn rx_stamp_agrees_with_ebpf_layout() {
     #[rustfmt::skip]
     let want: [u8; 20] = [
         0x65, 0x53, 0xF1, 0x00, // secs
-        0x07, 0x5B, 0xCD, 0x15, // nsecs
+        0x87, 0x5B, 0xCD, 0x15, // source 2 in the top 2 bits, nsecs 0x075BCD15
         0x01, 0x02, 0x03, 0x04, // hw_hi
         0x05, 0x06, 0x07, 0x08, // hw_lo
-        0x4D, 0x50,             // magic "MP"
-        0x02,                   // source
-        0x00,                   // pad
+        0x5E, 0xC2, 0xE7, 0xA1, // key
     ];
     assert_eq!(block, want);
 
     let mut payload = vec![0xEE; 30];
     payload[7..27].copy_from_slice(&block);
-    let info = read_rx_stamp(&payload, 7).unwrap();
+    let info = read_rx_stamp(&payload, 7, KEY).unwrap();
     assert_eq!(
         info,
         RxStampInfo {
@@ -658,35 +672,51 @@ fn rx_stamp_agrees_with_ebpf_layout() {
 
     // Our writer produces the same octets as the eBPF side.
     let mut mine = vec![0xEE; 30];
-    write_rx_stamp(&mut mine, 7, &info).unwrap();
+    write_rx_stamp(&mut mine, 7, &info, KEY).unwrap();
     assert_eq!(mine, payload);
     // And the struct form (as read from the T4_FALLBACK map) agrees.
-    assert_eq!(RxStampInfo::from_rx_stamp(&info.to_rx_stamp()), Some(info));
-    assert_eq!(rx_stamp_from_block(&info.to_rx_stamp()), info);
+    assert_eq!(
+        RxStampInfo::from_rx_stamp(&info.to_rx_stamp(KEY), KEY),
+        Ok(info)
+    );
+    assert_eq!(rx_stamp_from_block(&info.to_rx_stamp(KEY)), info);
 }
 
 #[test]
 fn rx_stamp_rejects_bad_blocks() {
     let block = ebpf_block(1, 2, 0, RxStamp::SOURCE_TC_NOW);
-    let mut bad_magic = block;
-    bad_magic[16] ^= 1;
-    assert_eq!(read_rx_stamp(&bad_magic, 0), None);
-    // A zeroed block (what meshprobe's padding holds when no program wrote) is not a stamp.
-    assert_eq!(read_rx_stamp(&[0; 20], 0), None);
+    // Any other key: forged (or another process's), told apart from "no block".
+    let mut bad_key = block;
+    bad_key[16] ^= 1;
+    assert_eq!(read_rx_stamp(&bad_key, 0, KEY), Err(NoBlock::Untrusted));
+    assert_eq!(read_rx_stamp(&block, 0, KEY ^ 1), Err(NoBlock::Untrusted));
+    // The old constant marker ("MP", source, pad) is just another wrong key.
+    let mut old_magic = block;
+    old_magic[16..20].copy_from_slice(&[0x4D, 0x50, 0x01, 0x00]);
+    assert_eq!(read_rx_stamp(&old_magic, 0, KEY), Err(NoBlock::Untrusted));
+    // A zeroed block (what meshprobe's padding holds when no program wrote) is not a stamp,
+    // nor is the probe tag alone.
+    assert_eq!(read_rx_stamp(&[0; 20], 0, KEY), Err(NoBlock::Absent));
+    let mut tag_only = [0u8; 20];
+    tag_only[..4].copy_from_slice(&TAG.to_be_bytes());
+    assert_eq!(read_rx_stamp(&tag_only, 0, KEY), Err(NoBlock::Absent));
     // Nanoseconds of a full second or more.
     let bad_ns = ebpf_block(1, 1_000_000_000, 0, RxStamp::SOURCE_TC_NOW);
-    assert_eq!(read_rx_stamp(&bad_ns, 0), None);
+    assert_eq!(read_rx_stamp(&bad_ns, 0, KEY), Err(NoBlock::Untrusted));
     // Out of range, overflowing offsets.
-    assert_eq!(read_rx_stamp(&block, 1), None);
-    assert_eq!(read_rx_stamp(&block[..19], 0), None);
-    assert_eq!(read_rx_stamp(&block, usize::MAX), None);
-    assert_eq!(read_rx_stamp(&block, usize::MAX - 5), None);
-    let info = read_rx_stamp(&block, 0).unwrap();
+    assert_eq!(read_rx_stamp(&block, 1, KEY), Err(NoBlock::Absent));
+    assert_eq!(read_rx_stamp(&block[..19], 0, KEY), Err(NoBlock::Absent));
+    assert_eq!(read_rx_stamp(&block, usize::MAX, KEY), Err(NoBlock::Absent));
     assert_eq!(
-        write_rx_stamp(&mut [0u8; 25], 6, &info),
+        read_rx_stamp(&block, usize::MAX - 5, KEY),
+        Err(NoBlock::Absent)
+    );
+    let info = read_rx_stamp(&block, 0, KEY).unwrap();
+    assert_eq!(
+        write_rx_stamp(&mut [0u8; 25], 6, &info, KEY),
         Err(WireError::Truncated { need: 26, got: 25 })
     );
-    assert!(write_rx_stamp(&mut [0u8; 25], usize::MAX, &info).is_err());
+    assert!(write_rx_stamp(&mut [0u8; 25], usize::MAX, &info, KEY).is_err());
 }
 
 #[test]
@@ -697,10 +727,11 @@ fn t2_in_request_mbz() {
         Timestamp::new(10, 20),
         ErrorEstimate::from_bits(0x4001),
         MIN_PROBE_LEN,
+        TAG,
     )
     .unwrap();
     let mut request = encode_sender(&probe);
-    assert_eq!(request_rx_stamp(&request), None);
+    assert_eq!(request_rx_stamp(&request, KEY), Err(NoBlock::Absent));
     // What the reflector-ingress program does.
     request[REQUEST_RX_STAMP..REQUEST_RX_STAMP + 20].copy_from_slice(&ebpf_block(
         11,
@@ -711,14 +742,15 @@ fn t2_in_request_mbz() {
     // The request still decodes to the same probe (MBZ is ignored)...
     assert_eq!(SenderPacket::decode(&request).unwrap(), probe);
     // ...and T2 is there for the reflector.
-    let t2 = request_rx_stamp(&request).unwrap();
+    let t2 = request_rx_stamp(&request, KEY).unwrap();
     assert_eq!(t2.tai_ns, 11_000_000_005);
 }
 
 #[test]
 fn t4_in_reply_padding() {
     let ee = ErrorEstimate::from_bits(0x4001);
-    let probe = SenderPacket::probe(3, 0xBEEF, Timestamp::new(10, 20), ee, MIN_PROBE_LEN).unwrap();
+    let probe =
+        SenderPacket::probe(3, 0xBEEF, Timestamp::new(10, 20), ee, MIN_PROBE_LEN, TAG).unwrap();
     let params = ReflectParams {
         timestamp: Timestamp::new(12, 0),
         error_estimate: ee,
@@ -727,7 +759,9 @@ fn t4_in_reply_padding() {
     };
     let mut reply = encode_reflector(&reflect(&probe, &params));
     assert_eq!(reply.len(), MIN_PROBE_LEN);
-    assert_eq!(reply_rx_stamp(&reply), None); // zero padding: no stamp
+    // The echoed tag and zero padding: no stamp.
+    assert_eq!(reply[PROBE_TAG..PROBE_TAG_END], TAG.to_be_bytes());
+    assert_eq!(reply_rx_stamp(&reply, KEY), Err(NoBlock::Absent));
     // What the sender-ingress program does.
     reply[REPLY_RX_STAMP..REPLY_RX_STAMP + 20].copy_from_slice(&ebpf_block(
         13,
@@ -738,11 +772,11 @@ fn t4_in_reply_padding() {
     let decoded = ReflectorPacket::decode(&reply).unwrap();
     assert_eq!(decoded.sender_seq, 3);
     assert_eq!(decoded.tlvs.len(), 1);
-    let t4 = reply_rx_stamp(&reply).unwrap();
+    let t4 = reply_rx_stamp(&reply, KEY).unwrap();
     assert_eq!((t4.tai_ns, t4.hw_ns, t4.source), (13_000_000_007, 99, 2));
 
     // Too short a padding value, or another TLV type first: not read (as in the program).
-    let short = SenderPacket::probe(3, 1, Timestamp::ZERO, ee, MIN_PROBE_LEN - 1).unwrap();
+    let short = SenderPacket::probe(3, 1, Timestamp::ZERO, ee, MIN_PROBE_LEN - 1, TAG).unwrap();
     let mut reply = encode_reflector(&reflect(&short, &params));
     reply.extend_from_slice(&[0; 1]); // long enough to hold a block at 48, but value is 19
     reply[REPLY_RX_STAMP..REPLY_RX_STAMP + 20].copy_from_slice(&ebpf_block(
@@ -751,7 +785,7 @@ fn t4_in_reply_padding() {
         99,
         RxStamp::SOURCE_SKB_RX,
     ));
-    assert_eq!(reply_rx_stamp(&reply), None);
+    assert_eq!(reply_rx_stamp(&reply, KEY), Err(NoBlock::Absent));
     let mut other = encode_reflector(&reflect(&probe, &params));
     other[TLV_START + 1] = 0xF0;
     other[REPLY_RX_STAMP..REPLY_RX_STAMP + 20].copy_from_slice(&ebpf_block(
@@ -760,9 +794,9 @@ fn t4_in_reply_padding() {
         99,
         RxStamp::SOURCE_SKB_RX,
     ));
-    assert_eq!(reply_rx_stamp(&other), None);
-    assert_eq!(reply_rx_stamp(&other[..50]), None);
-    assert_eq!(reply_rx_stamp(&[]), None);
+    assert_eq!(reply_rx_stamp(&other, KEY), Err(NoBlock::Absent));
+    assert_eq!(reply_rx_stamp(&other[..50], KEY), Err(NoBlock::Absent));
+    assert_eq!(reply_rx_stamp(&[], KEY), Err(NoBlock::Absent));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -838,10 +872,10 @@ fn decode_everything(buf: &[u8]) {
     if let Ok(l) = ReflectorPacket::decode_lenient(buf) {
         l.encode(&mut Vec::new());
     }
-    let _ = request_rx_stamp(buf);
-    let _ = reply_rx_stamp(buf);
+    let _ = request_rx_stamp(buf, KEY);
+    let _ = reply_rx_stamp(buf, KEY);
     for off in [0, 1, 16, 48, buf.len(), usize::MAX] {
-        let _ = read_rx_stamp(buf, off);
+        let _ = read_rx_stamp(buf, off, KEY);
     }
 }
 
@@ -1023,8 +1057,8 @@ proptest! {
     }
 
     #[test]
-    fn probe_has_exact_length(len in 48usize..=MAX_PACKET_LEN, seq in any::<u32>(), ssid in any::<u16>()) {
-        let p = SenderPacket::probe(seq, ssid, Timestamp::ZERO, ErrorEstimate::default(), len).unwrap();
+    fn probe_has_exact_length(len in 48usize..=MAX_PACKET_LEN, seq in any::<u32>(), ssid in any::<u16>(), tag in any::<u32>()) {
+        let p = SenderPacket::probe(seq, ssid, Timestamp::ZERO, ErrorEstimate::default(), len, tag).unwrap();
         let buf = encode_sender(&p);
         prop_assert_eq!(buf.len(), len);
         prop_assert_eq!(SenderPacket::decode(&buf), Ok(p));
@@ -1075,30 +1109,30 @@ proptest! {
         secs in any::<u32>(),
         nsecs in 0u32..1_000_000_000,
         hw in any::<u64>(),
-        source in any::<u8>(),
+        source in 0u8..4,
         before in prop::collection::vec(any::<u8>(), 0..64),
         after in prop::collection::vec(any::<u8>(), 0..8),
     ) {
         let mut payload = before.clone();
         payload.extend_from_slice(&ebpf_block(secs, nsecs, hw, source));
         payload.extend_from_slice(&after);
-        let info = read_rx_stamp(&payload, before.len()).unwrap();
+        let info = read_rx_stamp(&payload, before.len(), KEY).unwrap();
         prop_assert_eq!(info.tai_ns, u64::from(secs) * 1_000_000_000 + u64::from(nsecs));
         prop_assert_eq!(info.hw_ns, hw);
         prop_assert_eq!(info.source, source);
 
         let mut mine = payload.clone();
         mine[before.len()..before.len() + RxStamp::LEN].fill(0);
-        write_rx_stamp(&mut mine, before.len(), &info).unwrap();
+        write_rx_stamp(&mut mine, before.len(), &info, KEY).unwrap();
         prop_assert_eq!(mine, payload);
     }
 
     #[test]
     fn read_rx_stamp_never_panics(buf in prop::collection::vec(any::<u8>(), 0..64), off in any::<usize>()) {
-        let _ = read_rx_stamp(&buf, off);
-        let _ = read_rx_stamp(&buf, off % 80);
+        let _ = read_rx_stamp(&buf, off, KEY);
+        let _ = read_rx_stamp(&buf, off % 80, KEY);
         let mut b = buf.clone();
-        let _ = write_rx_stamp(&mut b, off, &RxStampInfo { tai_ns: 1, hw_ns: 2, source: 3 });
-        let _ = write_rx_stamp(&mut b, off % 80, &RxStampInfo { tai_ns: 1, hw_ns: 2, source: 3 });
+        let _ = write_rx_stamp(&mut b, off, &RxStampInfo { tai_ns: 1, hw_ns: 2, source: 3 }, KEY);
+        let _ = write_rx_stamp(&mut b, off % 80, &RxStampInfo { tai_ns: 1, hw_ns: 2, source: 3 }, KEY);
     }
 }

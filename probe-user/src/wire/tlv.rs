@@ -50,9 +50,8 @@ impl Tlv {
     }
 
     /// A Session-Sender's Extra Padding TLV with `len` value octets, all zero (RFC 8972 §4.1
-    /// allows zeros). meshprobe wants zeros: the sender-ingress program writes the T4 block at
-    /// the start of this value in the reply, and userspace trusts the block only by its magic,
-    /// which zeros can never fake.
+    /// allows zeros). The sender-ingress program writes the T4 block at the start of this value
+    /// in the reply; zeros are never mistaken for a block (its key is never zero).
     pub fn extra_padding(len: usize) -> Self {
         Self::new(TLV_EXTRA_PADDING, vec![0; len])
     }

@@ -14,6 +14,9 @@ fn socket_mode() -> Stamping {
         synchronized: false,
         hw_rx_stamps: false,
         sw_rx_stamps: true,
+        probe_tag: 1,
+        block_key: 2,
+        untrusted_blocks: Default::default(),
     }
 }
 
@@ -39,6 +42,7 @@ fn reply_to(ssid: u16, seq: u32, t2: u64, turnaround: u64) -> ReflectorPacket {
         Timestamp::default(),
         ErrorEstimate::default(),
         44,
+        0,
     )
     .expect("base packet");
     reflect(
@@ -93,7 +97,6 @@ impl Harness {
         let mut env = ReplyEnv {
             st: &self.st,
             lport: 40_000,
-            t4_map: false,
             tx_stamps: &mut self.tx,
         };
         self.s.reply(&r, rep, &mut env)
