@@ -501,6 +501,7 @@ impl Prober {
         let mut env = ReplyEnv {
             st: &self.st,
             lport: self.lport,
+            t4_map: false,
             tx_stamps: &mut self.tx_stamps,
         };
         let outcome = p.session.reply(&reply, &rep, &mut env);

@@ -273,6 +273,7 @@ impl ReplyCtx<'_> {
         let mut env = ReplyEnv {
             st: self.st,
             lport: self.lport,
+            t4_map: true,
             tx_stamps,
         };
         let (seq, m, reordered) = match session.reply(&reply, &rep, &mut env) {

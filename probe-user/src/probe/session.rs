@@ -168,6 +168,10 @@ pub struct ReplyEnv<'a> {
     /// The sender socket's local port: with the SSID and sequence number, the key of the
     /// kernel's T1 record and T4 fallback map (unique: SSIDs are unique per socket).
     pub lport: u16,
+    /// Look T4 up in the kernel's fallback map when the reply has no in-band block (ping). The
+    /// agent turns on its socket's RX stamps instead (the same skb stamp, no system call per
+    /// reply).
+    pub t4_map: bool,
     pub tx_stamps: &'a mut TxStamps,
 }
 
@@ -535,6 +539,7 @@ fn measure(
         r.app_rx_tai,
     );
     if st.is_kernel()
+        && env.t4_map
         && matches!(t4_source, StampSource::Socket | StampSource::App)
         && let Some(b) = st
             .kernel()

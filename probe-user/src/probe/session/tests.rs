@@ -96,6 +96,7 @@ impl Harness {
         };
         let mut env = ReplyEnv {
             st: &self.st,
+            t4_map: false,
             lport: 40_000,
             tx_stamps: &mut self.tx,
         };
