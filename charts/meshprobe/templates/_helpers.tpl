@@ -170,6 +170,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 - name: MESHPROBE_ADMIN_LISTEN
   value: {{ include "meshprobe.adminListen" . | quote }}
+{{- if $a.reflectAllow }}
+- name: MESHPROBE_REFLECT_ALLOW
+  value: {{ $a.reflectAllow | quote }}
+{{- end }}
+{{- if $a.reflectBudgetPerSource }}
+- name: MESHPROBE_REFLECT_BUDGET_PER_SOURCE
+  value: {{ $a.reflectBudgetPerSource | quote }}
+{{- end }}
+{{- if $a.reflectBudgetTotal }}
+- name: MESHPROBE_REFLECT_BUDGET_TOTAL
+  value: {{ $a.reflectBudgetTotal | quote }}
+{{- end }}
+{{- if $a.reflectAllowEphemeralPort }}
+- name: MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT
+  value: "true"
+{{- end }}
 - name: MESHPROBE_METRICS_PEER_LIMIT
   value: {{ $a.metricsPeerLimit | int | toString | quote }}
 - name: MESHPROBE_SHUTDOWN_GRACE
