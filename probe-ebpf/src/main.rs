@@ -216,7 +216,7 @@ fn our_socket_role(ctx: &TcContext, flags: u8) -> u8 {
     // 0 for a packet without a socket (forwarded): never in the map.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     // SAFETY: a u8 map value, read once.
-    let role = match unsafe { SOCKETS.get(&cookie) } {
+    let role = match unsafe { SOCKETS.get(cookie) } {
         Some(r) => *r & flags,
         None => 0,
     };
