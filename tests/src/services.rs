@@ -461,6 +461,15 @@ impl ZooKeeper {
         }
         Ok(out)
     }
+
+    /// The session holding the ephemeral znode `path`, if any (from `dump`).
+    pub fn session_of(&self, path: &str) -> Option<String> {
+        self.ephemerals()
+            .ok()?
+            .into_iter()
+            .find(|(_, p)| p == path)
+            .map(|(s, _)| s)
+    }
 }
 
 impl Drop for ZooKeeper {

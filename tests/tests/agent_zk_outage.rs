@@ -199,16 +199,6 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
     Ok(())
 }
 
-/// The session of the ephemeral znode `path` (from `dump`), if any.
-fn session_of(lab: &Lab, path: &str) -> Option<String> {
-    lab.zk()
-        .ephemerals()
-        .ok()?
-        .into_iter()
-        .find(|(_, p)| p == path)
-        .map(|(s, _)| s)
-}
-
 #[test]
 fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
     let test = "forced_session_expiry_agent_reregisters_and_peers_keep_it";
@@ -219,7 +209,9 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
     let victim = 0;
     let id = Lab::node_id(victim);
     let znode = format!("{HEARTBEAT_PATH}/{id}");
-    let session_before = session_of(&lab, &znode)
+    let session_before = lab
+        .zk()
+        .session_of(&znode)
         .with_context(|| format!("{znode} is not an ephemeral znode of any session"))?;
     let before = window_now();
     let marks: Vec<_> = NODES.iter().map(|&i| lab.agent(i).mark()).collect();
@@ -259,7 +251,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
         "{id} re-registered {:?} after the unblock",
         unblocked.elapsed()
     );
-    let session_after = session_of(&lab, &znode);
+    let session_after = lab.zk().session_of(&znode);
     ensure!(
         session_after.as_ref() != Some(&session_before),
         "{znode} still belongs to the old session {session_before}"

@@ -135,7 +135,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     let first = window_now_of(WINDOW) + 1;
     wait_measured(&mut lab, first, Duration::from_secs(20)).with_context(|| lab.diagnostics())?;
     let znode = format!("{HEARTBEAT_PATH}/{}", Lab::node_id(A));
-    let session_before = with_zk.then(|| session_of(&lab, &znode)).flatten();
+    let session_before = with_zk.then(|| lab.zk().session_of(&znode)).flatten();
     if with_zk && session_before.is_none() {
         bail!(
             "{znode} is no ephemeral znode before the test\n{}",
@@ -383,7 +383,7 @@ fn run(test: &str, family: Family) -> Result<()> {
 
     // ZooKeeper.
     if with_zk {
-        let session_after = session_of(&lab, &znode);
+        let session_after = lab.zk().session_of(&znode);
         let ready = lab.agent(A).http_get("/readyz");
         eprintln!(
             "ZooKeeper: A's session {session_before:?} before, {session_after:?} after; \
@@ -449,16 +449,6 @@ fn wait_measured(lab: &mut Lab, min_seq: u64, timeout: Duration) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The session of the ephemeral znode `path`, if any.
-fn session_of(lab: &Lab, path: &str) -> Option<String> {
-    lab.zk()
-        .ephemerals()
-        .ok()?
-        .into_iter()
-        .find(|(_, p)| p == path)
-        .map(|(s, _)| s)
 }
 
 /// Sleeps until [`PHASE_OFFSET`] after the start of window `w`: (w, that instant).
