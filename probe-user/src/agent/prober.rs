@@ -547,7 +547,7 @@ impl Prober {
         if reordered {
             p.win.reordered += 1;
         }
-        p.win.sample(&m);
+        p.win.sample(&m.figures());
         self.metrics.on_reply(&p.label, m.network_rtt);
         if self.sinks.kafka_probes {
             self.sinks.probe(pb::ProbeResult {

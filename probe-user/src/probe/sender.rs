@@ -306,7 +306,7 @@ impl ReplyCtx<'_> {
             stats.reordered += 1;
             self.seq_event("reordered", seq);
         }
-        stats.sample(&m);
+        stats.sample(&m.figures());
         if opts.quiet {
             return;
         }

@@ -1,11 +1,23 @@
 //! Per-peer statistics: HDR histograms of the four delay figures and the counts of what became
 //! of each probe and reply (classified by `probe::session`).
+mod rejection;
 pub mod window;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::probe::session::{Measurement, RejectionCounts};
+pub use rejection::{Rejection, RejectionCounts};
+
+/// The figures of one answered probe that the statistics keep, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Figures {
+    /// (T4 − T1) − (T3 − T2).
+    pub network_rtt: i64,
+    /// T3 − T2.
+    pub turnaround: i64,
+    pub app_rtt: i64,
+    pub stack_overhead: i64,
+}
 
 /// Quantile summary of one figure, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
@@ -118,7 +130,7 @@ impl SessionStats {
     }
 
     /// Counts a sample and records its figures.
-    pub fn sample(&mut self, m: &Measurement) {
+    pub fn sample(&mut self, m: &Figures) {
         self.received += 1;
         self.network_rtt.record(m.network_rtt);
         self.turnaround.record(m.turnaround);

@@ -123,7 +123,7 @@ impl WindowStats {
     }
 
     /// Counts a sample and records its figures.
-    pub fn sample(&mut self, m: &crate::probe::session::Measurement) {
+    pub fn sample(&mut self, m: &super::Figures) {
         self.received += 1;
         self.network_rtt.record(m.network_rtt);
         self.turnaround.record(m.turnaround);
