@@ -69,6 +69,19 @@ impl FakeReflector {
         plan: impl Fn(u32) -> Action + Send + 'static,
         no_checksum: bool,
     ) -> Result<FakeReflector> {
+        Self::spawn(ns, bind, no_checksum, move |sock, stop| {
+            serve(sock, plan, stop)
+        })
+    }
+
+    /// Binds `bind` inside `ns` (ready when this returns) and runs `serve` on the socket on a
+    /// background thread until stopped.
+    fn spawn(
+        ns: &Netns,
+        bind: SocketAddr,
+        no_checksum: bool,
+        serve: impl FnOnce(UdpSocket, &AtomicBool) -> Result<FakeStats> + Send + 'static,
+    ) -> Result<FakeReflector> {
         let sock = ns
             .enter(|| UdpSocket::bind(bind))?
             .with_context(|| format!("binding fake reflector on {bind}"))?;
@@ -79,7 +92,7 @@ impl FakeReflector {
         let local = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let handle = std::thread::spawn(move || serve(sock, plan, &stop2));
+        let handle = std::thread::spawn(move || serve(sock, &stop2));
         Ok(FakeReflector {
             stop,
             handle: Some(handle),
@@ -193,6 +206,71 @@ fn serve(sock: UdpSocket, plan: impl Fn(u32) -> Action, stop: &AtomicBool) -> Re
         // Nothing came after it: it goes out last but is not out of order.
         send(&build_reply(&h, hseq, ht2, tai_now_ns(), 64)?, to, &mut st)?;
         st.answered += 1;
+    }
+    Ok(st)
+}
+
+impl FakeReflector {
+    /// A fake reflector that answers every request with one genuine reply whose T3 is exactly
+    /// `turnaround_ns` after its T2 (PTP format, and sent no earlier than that T3), then, from
+    /// the same socket, with the datagrams `followers(n, &reply)` returns for the `n`th request
+    /// (counted from 0), in that order. In its stats, `answered` counts the genuine replies and
+    /// `datagrams_sent - answered` the followers.
+    pub fn start_followed(
+        ns: &Netns,
+        bind: SocketAddr,
+        turnaround_ns: u64,
+        followers: impl FnMut(u64, &[u8]) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> Result<FakeReflector> {
+        Self::spawn(ns, bind, false, move |sock, stop| {
+            serve_followed(sock, turnaround_ns, followers, stop)
+        })
+    }
+}
+
+fn serve_followed(
+    sock: UdpSocket,
+    turnaround_ns: u64,
+    mut followers: impl FnMut(u64, &[u8]) -> Vec<Vec<u8>>,
+    stop: &AtomicBool,
+) -> Result<FakeStats> {
+    let mut st = FakeStats::default();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + FAKE_MAX_LIFE;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let (n, peer) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e).context("fake reflector recv"),
+        };
+        let t2 = tai_now_ns();
+        st.requests += 1;
+        let req = &buf[..n];
+        if request_key(req).is_none() {
+            st.malformed += 1;
+            continue;
+        }
+        let t3 = t2 + turnaround_ns;
+        let reply = build_reply(req, st.answered as u32, t2, t3, 64)?;
+        // Honour the T3 it reports, or the sender's network RTT would come out short.
+        while let Some(left) = t3.checked_sub(tai_now_ns()).filter(|l| *l > 0) {
+            std::thread::sleep(Duration::from_nanos(left));
+        }
+        let extra = followers(st.answered, &reply);
+        sock.send_to(&reply, peer).context("fake reflector send")?;
+        st.answered += 1;
+        st.datagrams_sent += 1;
+        for p in &extra {
+            sock.send_to(p, peer).context("fake reflector send")?;
+            st.datagrams_sent += 1;
+        }
     }
     Ok(st)
 }

@@ -3,10 +3,11 @@
 
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::craft::UdpFrame;
+use crate::netns::Netns;
 use crate::topo::mac_of;
 use crate::{Family, TwoHosts};
 
@@ -63,3 +64,20 @@ pub fn frame_from_a(
 
 /// Both families, for suites that run each check twice.
 pub const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+/// A UDP counter of `/proc/net/snmp` (`Udp` FIELD) and `/proc/net/snmp6` (`Udp6`FIELD) of a
+/// namespace, added up: a datagram counts under its own family, whatever the socket's.
+pub fn udp_counter(ns: &Netns, field: &str) -> Result<u64> {
+    let v6 = format!("Udp6{field}");
+    let text = ns.run(["cat", "/proc/net/snmp6"])?;
+    let six: u64 = text
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(n, _)| *n == v6)
+        .with_context(|| format!("no {v6} in /proc/net/snmp6"))?
+        .1
+        .trim()
+        .parse()
+        .with_context(|| format!("{v6} in /proc/net/snmp6"))?;
+    Ok(ns.snmp_counter("Udp", field)? + six)
+}

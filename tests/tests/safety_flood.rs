@@ -36,6 +36,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, metric_sum, num, tai_now_ns, window_now_of};
 use meshprobe_tests::load::{CpuStat, ticks_ms};
 use meshprobe_tests::netns::Netns;
+use meshprobe_tests::safety::udp_counter;
 use meshprobe_tests::services::zookeeper_missing;
 use meshprobe_tests::stamp::build_request;
 use meshprobe_tests::topo::Family;
@@ -512,9 +513,8 @@ impl Counters {
         Ok(Counters {
             rx_packets: rx["packets"].as_u64().unwrap_or(0),
             rx_dropped: rx["dropped"].as_u64().unwrap_or(0),
-            udp_in: ns.snmp_counter("Udp", "InDatagrams")? + snmp6(ns, "Udp6InDatagrams")?,
-            udp_rcvbuf_errors: ns.snmp_counter("Udp", "RcvbufErrors")?
-                + snmp6(ns, "Udp6RcvbufErrors")?,
+            udp_in: udp_counter(ns, "InDatagrams")?,
+            udp_rcvbuf_errors: udp_counter(ns, "RcvbufErrors")?,
             requests: metric("meshprobe_reflector_requests"),
             replies: metric("meshprobe_reflector_replies"),
             refused: (!refused.is_empty()).then(|| refused.join("; ")),
@@ -528,19 +528,6 @@ impl Counters {
             (b, Some(a)) => format!("before the test {b:?}, at the end {a}"),
         }
     }
-}
-
-/// One counter of `/proc/net/snmp6` (IPv6; lines `Name value`) in `ns`.
-fn snmp6(ns: &Netns, name: &str) -> Result<u64> {
-    let text = ns.run(["cat", "/proc/net/snmp6"])?;
-    text.lines()
-        .filter_map(|l| l.split_once(char::is_whitespace))
-        .find(|(n, _)| *n == name)
-        .with_context(|| format!("no {name} in /proc/net/snmp6"))?
-        .1
-        .trim()
-        .parse()
-        .with_context(|| format!("{name} in /proc/net/snmp6"))
 }
 
 /// What one flood sender achieved.
