@@ -139,6 +139,28 @@ fn set_no_check(sock: &UdpSocket) -> Result<()> {
     Ok(())
 }
 
+/// The next datagram, waiting in read-timeout steps; `None` once `stop` is set or `deadline`
+/// has passed.
+fn next_datagram(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    stop: &AtomicBool,
+    deadline: Instant,
+) -> Result<Option<(usize, SocketAddr)>> {
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match sock.recv_from(buf) {
+            Ok(x) => return Ok(Some(x)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e).context("fake reflector recv"),
+        }
+    }
+    Ok(None)
+}
+
 fn serve(sock: UdpSocket, plan: impl Fn(u32) -> Action, stop: &AtomicBool) -> Result<FakeStats> {
     let mut st = FakeStats::default();
     let mut buf = [0u8; 2048];
@@ -150,19 +172,7 @@ fn serve(sock: UdpSocket, plan: impl Fn(u32) -> Action, stop: &AtomicBool) -> Re
         st.datagrams_sent += 1;
         Ok(())
     };
-    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        let (n, peer) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e).context("fake reflector recv"),
-        };
+    while let Some((n, peer)) = next_datagram(&sock, &mut buf, stop, deadline)? {
         let t2 = tai_now_ns();
         st.requests += 1;
         let req = &buf[..n];
@@ -237,19 +247,7 @@ fn serve_followed(
     let mut st = FakeStats::default();
     let mut buf = [0u8; 2048];
     let deadline = Instant::now() + FAKE_MAX_LIFE;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        let (n, peer) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e).context("fake reflector recv"),
-        };
+    while let Some((n, peer)) = next_datagram(&sock, &mut buf, stop, deadline)? {
         let t2 = tai_now_ns();
         st.requests += 1;
         let req = &buf[..n];

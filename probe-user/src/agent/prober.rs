@@ -492,12 +492,7 @@ impl Prober {
         if !self.st.is_kernel() {
             self.tx_stamps.absorb(sock);
         }
-        let reply = Reply {
-            payload,
-            from: rx.from,
-            rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
-            app_rx_tai: app_rx,
-        };
+        let reply = Reply::received(payload, &rx, app_rx);
         let mut env = ReplyEnv {
             st: &self.st,
             lport: self.lport,

@@ -264,12 +264,7 @@ impl ReplyCtx<'_> {
             stats.rejected.add(Rejection::Malformed);
             return;
         };
-        let reply = Reply {
-            payload,
-            from: rx.from,
-            rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
-            app_rx_tai: app_rx,
-        };
+        let reply = Reply::received(payload, &rx, app_rx);
         let mut env = ReplyEnv {
             st: self.st,
             lport: self.lport,

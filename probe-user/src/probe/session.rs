@@ -99,6 +99,18 @@ pub struct Reply<'a> {
     pub app_rx_tai: u64,
 }
 
+impl<'a> Reply<'a> {
+    /// A datagram as the socket gave it, read at `app_rx_tai`.
+    pub fn received(payload: &'a [u8], rx: &crate::net::Received, app_rx_tai: u64) -> Self {
+        Self {
+            payload,
+            from: rx.from,
+            rx_sw_realtime_ns: rx.rx_sw_realtime_ns,
+            app_rx_tai,
+        }
+    }
+}
+
 /// What validating a reply needs from the caller besides the session.
 pub struct ReplyEnv<'a> {
     pub st: &'a Stamping,
