@@ -6,6 +6,7 @@
 //!   `/<ROOT_PATH_ZK>/<HEART_BEAT_NODE_PATH>/<node_id>` holding its [`NodeInfo`](crate::pb::NodeInfo)
 //!   and watches its siblings.
 
+pub mod layout;
 mod static_peers;
 mod syntax;
 mod zk;

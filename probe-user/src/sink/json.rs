@@ -42,6 +42,10 @@ pub fn line(rec: &pb::Record) -> Option<String> {
             kind: "probe",
             rec: p,
         }),
+        Kind::Zone(z) => serde_json::to_string(&Line {
+            kind: "zone",
+            rec: z,
+        }),
     };
     // Plain structs of numbers and strings: serialization cannot fail.
     r.ok()

@@ -160,6 +160,7 @@ impl Meta {
         let (kind, seq) = match &rec.kind {
             Some(Kind::Summary(s)) => ("summary", s.window_seq),
             Some(Kind::Probe(p)) => ("probe", u64::from(p.seq)),
+            Some(Kind::Zone(z)) => ("zone", z.window_seq),
             None => ("empty", 0),
         };
         Meta {
@@ -172,7 +173,7 @@ impl Meta {
 
 impl fmt::Display for Meta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let seq = if self.kind == "summary" {
+        let seq = if self.kind != "probe" {
             "window_seq"
         } else {
             "seq"
