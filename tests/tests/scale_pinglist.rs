@@ -479,15 +479,31 @@ fn pinglists_at_scale() -> Result<()> {
     Ok(())
 }
 
-/// The harness parts by themselves: the registrar registers 10 000 members as the product
-/// lays them out, fast; the counting proxy sees a listing and a notification byte for byte
-/// as [`wire`] says; every ephemeral goes with the registrar.
+/// The harness parts by themselves: one reflector namespace answers the synthetic addresses;
+/// the registrar registers 10 000 members as the product lays them out, fast; the counting
+/// proxy sees a listing and a notification byte for byte as [`wire`] says; every ephemeral
+/// goes with the registrar.
 #[test]
 fn registrar_and_counting_proxy() -> Result<()> {
     let test = "scale_pinglist::registrar_and_counting_proxy";
-    let Some(lab) = Lab::acquire(test, 1, FAMILY, true, false)? else {
+    let Some(lab) = Lab::acquire(test, 2, FAMILY, true, false)? else {
         return Ok(());
     };
+    synthetic::answer_all(lab.mesh.node(1), FAMILY)?;
+    let refl_if = lab.mesh.node_if(1);
+    let reflector = lab.env.mp.reflect(lab.mesh.node(1), &["-I", &refl_if])?;
+    synthetic::route_via(lab.mesh.node(0), lab.node_ip(1))?;
+    for i in [0, SHAPE.members() - 1] {
+        let dst = synthetic::address(i, FAMILY).to_string();
+        let run = lab.env.mp.ping(
+            lab.mesh.node(0),
+            &[dst.as_str(), "-c", "3", "-i", "100ms", "-W", "500ms"],
+            Duration::from_secs(20),
+        )?;
+        let s = run.summary()?;
+        ensure!(s.received == 3, "synthetic address {dst} not answered: {s:?}");
+    }
+    drop(reflector);
     let core_ip = lab.mesh.core_ip(FAMILY);
     let zk_addr = SocketAddr::new(core_ip, ZK_PORT);
     let proxy = CountingProxy::start(
