@@ -57,6 +57,9 @@ pub struct Registered {
     pub ctime_ms: i64,
 }
 
+/// The registrar's thread body.
+type Job = Box<dyn FnOnce() -> Result<()> + Send>;
+
 enum Cmd {
     Add(
         Vec<SyntheticMember>,
@@ -80,15 +83,35 @@ impl Registrar {
         codec: Arc<dyn MemberCodec>,
         members: Vec<SyntheticMember>,
     ) -> Result<Registrar> {
+        Self::launch(connect, codec, members, |f| ns.spawn_thread(f))
+    }
+
+    /// [`Registrar::start`] from the namespace this process is in.
+    pub fn start_here(
+        connect: &str,
+        codec: Arc<dyn MemberCodec>,
+        members: Vec<SyntheticMember>,
+    ) -> Result<Registrar> {
+        Self::launch(connect, codec, members, |f| {
+            std::thread::spawn(move || Ok(f()))
+        })
+    }
+
+    fn launch(
+        connect: &str,
+        codec: Arc<dyn MemberCodec>,
+        members: Vec<SyntheticMember>,
+        spawn: impl FnOnce(Job) -> std::thread::JoinHandle<Result<Result<()>>>,
+    ) -> Result<Registrar> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let cs = connect.to_string();
-        let thread = ns.spawn_thread(move || -> Result<()> {
+        let thread = spawn(Box::new(move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(serve(cs, codec, rx, ready_tx))
-        });
+        }));
         let mut reg = Registrar {
             tx: Some(tx),
             thread: Some(thread),

@@ -220,7 +220,12 @@ impl Scale {
                 let at = since.elapsed();
                 match self.served(i) {
                     Ok(s) => {
-                        ensure!(s.node_id == a.node_id, "{}: /pinglist of {}", a.node_id, s.node_id);
+                        ensure!(
+                            s.node_id == a.node_id,
+                            "{}: /pinglist of {}",
+                            a.node_id,
+                            s.node_id
+                        );
                         let want = support::expected(&topo, a, &s.params);
                         if s.peers == want && s.members == topo.len() as u64 {
                             done[i] = Some(at);
@@ -343,7 +348,10 @@ fn pinglists_at_scale() -> Result<()> {
     )?;
     synthetic::answer_all(lab.mesh.node(refl_node), FAMILY)?;
     let refl_if = lab.mesh.node_if(refl_node);
-    let reflector = lab.env.mp.reflect(lab.mesh.node(refl_node), &["-I", &refl_if])?;
+    let reflector = lab
+        .env
+        .mp
+        .reflect(lab.mesh.node(refl_node), &["-I", &refl_if])?;
     let refl_ip = lab.node_ip(refl_node);
 
     let layout = Arc::new(ProductLayout::default_paths());
@@ -439,7 +447,12 @@ fn pinglists_at_scale() -> Result<()> {
     let bound = start_bound(&sc.layout, &members);
     let mut per_agent = Vec::new();
     for (a, t) in sc.agents.iter().zip(sc.traffic()) {
-        ensure!(t.connections == 1, "{}: {} ZooKeeper connections", a.node_id, t.connections);
+        ensure!(
+            t.connections == 1,
+            "{}: {} ZooKeeper connections",
+            a.node_id,
+            t.connections
+        );
         let start = t.work_bytes() - t.to_client.event_bytes;
         ensure!(
             start as usize <= bound,
@@ -501,7 +514,10 @@ fn registrar_and_counting_proxy() -> Result<()> {
             Duration::from_secs(20),
         )?;
         let s = run.summary()?;
-        ensure!(s.received == 3, "synthetic address {dst} not answered: {s:?}");
+        ensure!(
+            s.received == 3,
+            "synthetic address {dst} not answered: {s:?}"
+        );
     }
     drop(reflector);
     let core_ip = lab.mesh.core_ip(FAMILY);
@@ -536,7 +552,10 @@ fn registrar_and_counting_proxy() -> Result<()> {
         "10 000 members took {took:?} to register (the scale test needs well under a minute)"
     );
     let zone_dir = layout.zone_path(&members[0].zone);
-    ensure!(lab.zk().ls(&zone_dir)? == zone0, "zone listing of {zone_dir}");
+    ensure!(
+        lab.zk().ls(&zone_dir)? == zone0,
+        "zone listing of {zone_dir}"
+    );
     ensure!(lab.zk().ls(HEARTBEAT_PATH)?.len() == members.len());
     let info = lab
         .zk()
@@ -568,7 +587,10 @@ fn registrar_and_counting_proxy() -> Result<()> {
             ensure!(names.len() == zone0.len(), "listing through the proxy");
             let listing = proxy.client(node_ip).since(&before);
             let w = c
-                .watch(&topo_root, zookeeper_client::AddWatchMode::PersistentRecursive)
+                .watch(
+                    &topo_root,
+                    zookeeper_client::AddWatchMode::PersistentRecursive,
+                )
                 .await?;
             anyhow::Ok((c, w, listing))
         })?;
@@ -615,7 +637,11 @@ fn registrar_and_counting_proxy() -> Result<()> {
 
     // A leave, then every member at once when the registrar goes.
     reg.remove(&joiner.node_id)?;
-    ensure!(!lab.zk().ls(&zone_dir)?.contains(&ProductLayout::entry_name(&joiner)));
+    ensure!(
+        !lab.zk()
+            .ls(&zone_dir)?
+            .contains(&ProductLayout::entry_name(&joiner))
+    );
     drop(reg);
     let gone = meshprobe_tests::services::wait_until(
         Duration::from_secs(10),

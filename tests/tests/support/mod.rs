@@ -91,7 +91,11 @@ pub fn topology<'a>(members: impl IntoIterator<Item = &'a SyntheticMember>) -> T
 }
 
 /// `me`'s pinglist in `topo` with `params`: peer id -> reason, as `GET /pinglist` names them.
-pub fn expected(topo: &Topology, me: &SyntheticMember, params: &Params) -> BTreeMap<String, String> {
+pub fn expected(
+    topo: &Topology,
+    me: &SyntheticMember,
+    params: &Params,
+) -> BTreeMap<String, String> {
     let place = Place {
         zone: me.zone.clone(),
         rack: me.rack.clone(),

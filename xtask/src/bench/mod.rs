@@ -14,6 +14,7 @@ mod fast_path;
 mod footprint;
 mod precision;
 mod profile;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -162,6 +163,15 @@ const SCENARIOS: &[Scenario] = &[
         title: "Discovery: a 21st agent joins 20 (ZooKeeper)",
         goal: "≤ 2 s from registration to every agent probing it",
         run: Some(discovery::run),
+        plan: "",
+    },
+    Scenario {
+        id: 7,
+        name: "scale",
+        title: "One agent among 10 000 members (ZooKeeper, pinglists)",
+        goal: "≤ 128 peers, ≤ 1 % of a core, ≤ 25 MB RSS, ZooKeeper ≤ 200 B/member at start and \
+               ≤ 300 B per change, a new member probed within 2 s",
+        run: Some(scale::run),
         plan: "",
     },
 ];
@@ -896,7 +906,7 @@ mod tests {
         let s = select(&["6".into(), "ebpf-cost".into(), "discovery".into()]).unwrap();
         assert_eq!(s.iter().map(|s| s.id).collect::<Vec<_>>(), vec![2, 6]);
         assert!(select(&["nope".into()]).is_err());
-        assert_eq!(select(&[]).unwrap().len(), 6);
+        assert_eq!(select(&[]).unwrap().len(), 7);
     }
 
     #[test]
