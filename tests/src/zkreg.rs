@@ -25,7 +25,7 @@ use crate::netns::Netns;
 /// Requests outstanding at once while registering many members.
 pub const IN_FLIGHT: usize = 512;
 /// Session timeout of the registrar's session: short, so a crashed test's members expire soon.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on one command (a bulk registration of 10 000 members included).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -51,7 +51,9 @@ pub trait MemberCodec: Send + Sync + 'static {
     fn znodes(&self, m: &SyntheticMember) -> Vec<Znode>;
 }
 
-/// When ZooKeeper created a registration (its first znode's `ctime`, ms since the epoch).
+/// When ZooKeeper created a registration (its first znode's `ctime`, ms since the epoch, from
+/// the multi's answer; servers before 3.7 answer without a Stat there, ZOOKEEPER-4026, and the
+/// value is then not a time).
 #[derive(Clone, Copy, Debug)]
 pub struct Registered {
     pub ctime_ms: i64,

@@ -376,6 +376,9 @@ fn pinglists_at_scale() -> Result<()> {
             .env("SERVERS_ZK", proxy.connect_string())
             .env("MESHPROBE_ZONE", &a.zone)
             .env("MESHPROBE_RACK", &a.rack)
+            // The product's default session timeout: 2 cores carry 20 agents and ZooKeeper
+            // with 10 000 members here; the lab's short one could expire a session.
+            .env("CONN_TIMEOUT", 10)
             // One probe per peer per second and 5 s windows: 20 agents × 128 peers stay quiet.
             .env("MESHPROBE_INTERVAL", "1s")
             .env("MESHPROBE_WINDOW", "5s");
