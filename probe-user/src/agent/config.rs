@@ -7,6 +7,7 @@ use probe_common::{STAMP_DEFAULT_PORT, wire as off};
 
 use crate::{
     ebpf::AttachMode,
+    pinglist::Params,
     probe::policy::{AllowList, Budget},
     sink::OutputFormat,
 };
@@ -154,6 +155,22 @@ pub struct AgentArgs {
     /// Keep a departed peer's state this long; its unanswered probes are not counted as lost.
     #[arg(long, env = "MESHPROBE_PEER_GRACE", default_value = "5s", value_parser = parse_duration, help_heading = "Peers")]
     pub peer_grace: Duration,
+
+    /// Pinglist: the full mesh while the cluster has at most this many other members.
+    #[arg(long, env = "MESHPROBE_PINGLIST_FULL_MESH_MAX", default_value_t = Params::default().full_mesh_max, help_heading = "Pinglist")]
+    pub pinglist_full_mesh_max: usize,
+    /// Pinglist: cap of the own rack's (own zone's, without racks) full mesh.
+    #[arg(long, env = "MESHPROBE_PINGLIST_RACK_PEERS", default_value_t = Params::default().rack_peers, help_heading = "Pinglist")]
+    pub pinglist_rack_peers: usize,
+    /// Pinglist: k, peers per other zone (and among the own zone's other racks).
+    #[arg(long, env = "MESHPROBE_PINGLIST_ZONE_PEERS", default_value_t = Params::default().zone_peers, help_heading = "Pinglist")]
+    pub pinglist_zone_peers: usize,
+    /// Pinglist: m, probers from other zones every node gets.
+    #[arg(long, env = "MESHPROBE_PINGLIST_MIN_PROBERS", default_value_t = Params::default().min_probers, help_heading = "Pinglist")]
+    pub pinglist_min_probers: usize,
+    /// Pinglist: at most this many peers probed.
+    #[arg(long, env = "MESHPROBE_PINGLIST_MAX_PEERS", default_value_t = Params::default().max_peers, help_heading = "Pinglist")]
+    pub pinglist_max_peers: usize,
 
     /// Time between probes to one peer.
     #[arg(long, env = "MESHPROBE_INTERVAL", default_value = "1s", value_parser = parse_duration, help_heading = "Probing")]
@@ -601,6 +618,17 @@ impl AgentArgs {
     }
 
     /// stdout output: given, else table without Kafka and none with it.
+    /// The pinglist function's tuning.
+    pub fn pinglist_params(&self) -> Params {
+        Params {
+            full_mesh_max: self.pinglist_full_mesh_max,
+            rack_peers: self.pinglist_rack_peers,
+            zone_peers: self.pinglist_zone_peers,
+            min_probers: self.pinglist_min_probers,
+            max_peers: self.pinglist_max_peers,
+        }
+    }
+
     pub fn output(&self) -> OutputFormat {
         self.output
             .unwrap_or(if self.kafka_bootstrap_servers.is_some() {

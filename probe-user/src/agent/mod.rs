@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 mod dedicated;
 pub mod metrics;
+pub mod pinglist;
 pub mod prober;
 
 use std::{
@@ -163,6 +164,17 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
         kafka,
         output: a.output(),
     })
+}
+
+/// JSON output: the pinglist changed (`GET /pinglist` has the list).
+#[derive(Serialize)]
+struct PinglistChanged<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    node_id: &'a str,
+    members: usize,
+    peers: usize,
+    trimmed: usize,
 }
 
 #[derive(Serialize)]
@@ -332,6 +344,32 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         drop(members_tx);
     }
 
+    // Pinglist: who of the members the prober probes.
+    let json = plan.output == OutputFormat::Json;
+    let changed = move |v: &pinglist::PinglistView| {
+        if json {
+            emit_json(&PinglistChanged {
+                kind: "pinglist",
+                node_id: &v.node_id,
+                members: v.members,
+                peers: v.peers.len(),
+                trimmed: v.trimmed,
+            });
+        }
+    };
+    let lists = pinglist::spawn(
+        pinglist::Me {
+            node_id: plan.node_id.clone(),
+            place: crate::pinglist::Place {
+                zone: a.zone.clone(),
+                rack: a.rack.clone(),
+            },
+        },
+        a.pinglist_params(),
+        members_rx.clone(),
+        changed,
+    );
+
     // Admin.
     let (stop_admin_tx, stop_admin) = watch::channel(false);
     let admin_addr = admin_listener
@@ -343,6 +381,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
             l,
             registry.clone(),
             health.clone(),
+            lists.view.clone(),
             admin::Limits::default(),
             admin_metrics,
             stop_admin,
@@ -362,6 +401,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     if plan.output == OutputFormat::Json {
         emit_json(&ready);
     }
+    changed(&lists.view.borrow());
     // Prober.
     let (stop_prober_tx, stop_prober) = watch::channel(false);
     let prober = prober::Prober::new(
@@ -381,7 +421,8 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         sinks.clone(),
         probe_metrics,
     );
-    let prober_task = dedicated::spawn("prober", move || prober.run(members_rx, stop_prober))?;
+    let probed = lists.probed;
+    let prober_task = dedicated::spawn("prober", move || prober.run(probed, stop_prober))?;
     health.prober.store(true, Ordering::Relaxed);
 
     info!(
