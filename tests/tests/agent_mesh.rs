@@ -165,7 +165,9 @@ fn check_metrics(lab: &Lab, i: usize) -> Result<Vec<String>> {
         let peer = format!("peer=\"{}\"", Lab::node_id(j));
         let zone = format!("zone=\"{}\"", ZONES[j]);
         if !text.lines().any(|l| {
-            l.starts_with("meshprobe_worst_peer_loss_ratio{") && l.contains(&peer) && l.contains(&zone)
+            l.starts_with("meshprobe_worst_peer_loss_ratio{")
+                && l.contains(&peer)
+                && l.contains(&zone)
         }) {
             failures.push(format!("{src}: no worst-peer loss gauge for {peer}"));
         }
@@ -175,7 +177,9 @@ fn check_metrics(lab: &Lab, i: usize) -> Result<Vec<String>> {
         .filter(|l| l.contains("peer=\"") && !l.starts_with("meshprobe_worst_peer_"))
         .collect();
     if !named.is_empty() {
-        failures.push(format!("{src}: per-peer series outside the worst K: {named:?}"));
+        failures.push(format!(
+            "{src}: per-peer series outside the worst K: {named:?}"
+        ));
     }
     Ok(failures)
 }
@@ -189,8 +193,8 @@ fn run(test: &str, family: Family) -> Result<()> {
         return Ok(());
     };
     let t0 = Instant::now();
-    for i in 0..3 {
-        let cfg = lab.config(i).env("MESHPROBE_ZONE", ZONES[i]);
+    for (i, zone) in ZONES.iter().enumerate() {
+        let cfg = lab.config(i).env("MESHPROBE_ZONE", zone);
         lab.start_agent_with(i, &cfg)?;
     }
     check_discovery(&mut lab, &[0, 1, 2])?;

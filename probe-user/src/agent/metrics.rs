@@ -424,7 +424,11 @@ mod tests {
     fn labels_from_the_network_are_bounded() {
         let long = "é".repeat(100); // 200 bytes
         let v = label_value(&long);
-        assert!(v.len() <= MAX_LABEL_LEN && v.len() >= MAX_LABEL_LEN - 1, "{}", v.len());
+        assert!(
+            v.len() <= MAX_LABEL_LEN && v.len() >= MAX_LABEL_LEN - 1,
+            "{}",
+            v.len()
+        );
         assert!(long.starts_with(&v));
         assert_eq!(label_value("short"), "short");
         let mut r = Registry::default();
@@ -470,7 +474,10 @@ mod tests {
             ),
             "{out}"
         );
-        assert!(out.contains("meshprobe_worst_peer_loss_ratio{peer=\"b\""), "{out}");
+        assert!(
+            out.contains("meshprobe_worst_peer_loss_ratio{peer=\"b\""),
+            "{out}"
+        );
         assert!(
             !out.contains("p99_seconds{peer=\"b\""),
             "no reply, no p99: {out}"
@@ -480,8 +487,14 @@ mod tests {
         m.set_worst(vec![pw("b", 0.1, Some(5_000)), pw("c", 0.9, None)]);
         let out = text(&r);
         assert!(!out.contains("peer=\"a\""), "a's series are removed: {out}");
-        assert!(out.contains("loss_ratio{peer=\"c\",zone=\"z2\"} 0.9"), "{out}");
-        assert!(out.contains("p99_seconds{peer=\"b\",zone=\"z2\"} 0.000005"), "{out}");
+        assert!(
+            out.contains("loss_ratio{peer=\"c\",zone=\"z2\"} 0.9"),
+            "{out}"
+        );
+        assert!(
+            out.contains("p99_seconds{peer=\"b\",zone=\"z2\"} 0.000005"),
+            "{out}"
+        );
         // K = 0: nothing by name, ever.
         let mut r0 = Registry::default();
         let m0 = ProbeMetrics::new(&mut r0, "z1", 0);

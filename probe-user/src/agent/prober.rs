@@ -627,10 +627,7 @@ impl Prober {
                         peer: s.dst.clone(),
                         zone: s.dst_zone.clone(),
                         loss_ratio: s.loss_ratio,
-                        rtt_p99_ns: s
-                            .network_rtt_ns
-                            .filter(|q| q.count > 0)
-                            .map(|q| q.p99),
+                        rtt_p99_ns: s.network_rtt_ns.filter(|q| q.count > 0).map(|q| q.p99),
                     });
                 }
                 self.metrics.windows.inc();

@@ -99,11 +99,18 @@ mod tests {
         assert_eq!(v["type"], "zone");
         assert_eq!(v["src"], "a");
         assert_eq!(v["dst_zone"], "");
-        assert_eq!((v["pairs"].as_u64(), v["dst_zone_members"].as_u64()), (Some(3), Some(5)));
+        assert_eq!(
+            (v["pairs"].as_u64(), v["dst_zone_members"].as_u64()),
+            (Some(3), Some(5))
+        );
         assert_eq!(v["timestamping"], "TIMESTAMPING_KERNEL");
         assert_eq!(v["pair_p50_ns"]["p50"], 40_000);
-        let hdr = v["network_rtt_hdr"].as_str().expect("a string, not a number array");
-        let back = base64::engine::general_purpose::STANDARD.decode(hdr).unwrap();
+        let hdr = v["network_rtt_hdr"]
+            .as_str()
+            .expect("a string, not a number array");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(hdr)
+            .unwrap();
         assert_eq!(back, z.network_rtt_hdr);
         assert_eq!(v.as_object().unwrap().len(), 17 + 1);
     }

@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(upto(&row), upto(&summary));
         assert!(row.starts_with("22:13:20  node-a -> zone:eu-1 "), "{row}");
         assert!(row.contains("    30     27   10.00"), "{row}");
-        assert!(row.contains("12.50 ms  pairs 3/5  pair p50 20.0 µs..52.0 µs"), "{row}");
+        assert!(
+            row.contains("12.50 ms  pairs 3/5  pair p50 20.0 µs..52.0 µs"),
+            "{row}"
+        );
         // RTT max ends where it ends in a summary row (before its APP p50 and TURN p50).
         let p = row.find("  pairs").unwrap();
         assert_eq!(
@@ -273,7 +276,10 @@ mod tests {
         e.timestamping = Timestamping::Socket as i32;
         let row = zone_row(&e, OFFSET);
         assert!(row.contains("a -> zone:\"\" "), "{row}");
-        assert!(row.ends_with("-          -          -  pairs 3/5  socket-stamps"), "{row}");
+        assert!(
+            row.ends_with("-          -          -  pairs 3/5  socket-stamps"),
+            "{row}"
+        );
     }
 
     #[test]

@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn zone_sizes_count_every_label_the_empty_one_too() {
         let m = zone_sizes(["a", "b", "a", ""]);
-        assert_eq!(m, ZoneSizes::from([("".into(), 1), ("a".into(), 2), ("b".into(), 1)]));
+        assert_eq!(
+            m,
+            ZoneSizes::from([("".into(), 1), ("a".into(), 2), ("b".into(), 1)])
+        );
     }
 
     #[test]
@@ -115,7 +118,11 @@ mod tests {
         let mut s = pb::ZoneSummary::default();
         z.drain_into(&mut s);
         assert_eq!((s.pairs, s.sent, s.received, s.lost), (3, 24, 15, 9));
-        assert!((s.loss_ratio - 9.0 / 24.0).abs() < 1e-12, "{}", s.loss_ratio);
+        assert!(
+            (s.loss_ratio - 9.0 / 24.0).abs() < 1e-12,
+            "{}",
+            s.loss_ratio
+        );
         let q = s.network_rtt_ns.unwrap();
         assert_eq!((q.count, q.min, q.max), (15, 1_000, 500_000));
         // Pairs with samples only: a's p50 (5 µs) and b's (300 µs).
@@ -156,7 +163,9 @@ mod tests {
         }
         // What a consumer does with two agents' records: add the decoded histograms.
         let mut bytes = Vec::new();
-        V2DeflateSerializer::new().serialize(&all, &mut bytes).unwrap();
+        V2DeflateSerializer::new()
+            .serialize(&all, &mut bytes)
+            .unwrap();
         let mut twice = decode(&bytes);
         twice.add(&merged).unwrap();
         assert_eq!(twice.len(), 2 * all.len());
