@@ -193,8 +193,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT
   value: "true"
 {{- end }}
-- name: MESHPROBE_METRICS_PEER_LIMIT
-  value: {{ $a.metricsPeerLimit | int | toString | quote }}
+- name: MESHPROBE_METRICS_WORST_PEERS
+  value: {{ $a.metricsWorstPeers | int | toString | quote }}
 - name: MESHPROBE_SHUTDOWN_GRACE
   value: {{ $a.shutdownGrace | quote }}
 {{- if $a.interfaces }}

@@ -249,14 +249,19 @@ pub struct AgentArgs {
     /// does), not every address.
     #[arg(long, env = "MESHPROBE_ADMIN_LISTEN", default_value = "[::]:9862", value_parser = parse_admin, help_heading = "Output")]
     pub admin_listen: AdminListen,
-    /// Peers with their own Prometheus series; the rest share peer="_other".
+    /// /metrics names this many peers: the worst of the last window by loss ratio, then p99
+    /// RTT (0: none); every other series is per zone pair [default: 10].
     #[arg(
         long,
-        env = "MESHPROBE_METRICS_PEER_LIMIT",
-        default_value_t = 256,
+        env = "MESHPROBE_METRICS_WORST_PEERS",
+        value_name = "K",
         help_heading = "Output"
     )]
-    pub metrics_peer_limit: usize,
+    pub metrics_worst_peers: Option<usize>,
+    /// Deprecated alias of MESHPROBE_METRICS_WORST_PEERS (per-peer series for every peer are
+    /// gone); read only when that is unset, with a warning.
+    #[arg(long, env = "MESHPROBE_METRICS_PEER_LIMIT", hide = true)]
+    pub metrics_peer_limit: Option<usize>,
     /// On SIGTERM/SIGINT: deregister, let probes in flight finish, flush Kafka; at most this
     /// long.
     #[arg(long, env = "MESHPROBE_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, help_heading = "Output")]
@@ -326,6 +331,11 @@ impl ConfigError {
         }
     }
 }
+
+/// Default of MESHPROBE_METRICS_WORST_PEERS.
+pub const DEFAULT_WORST_PEERS: usize = 10;
+/// Most peers /metrics may name: the series count stays bounded whatever the setting.
+pub const MAX_WORST_PEERS: usize = 1000;
 
 fn bad(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -578,6 +588,17 @@ impl AgentArgs {
                 "use a name without '/' or '->', e.g. the node's host name",
             ));
         }
+        let (worst, setting) = self.metrics_worst_peers();
+        if worst > MAX_WORST_PEERS {
+            return Err(bad(
+                setting,
+                format!("{worst} peers by name is too many series"),
+                format!(
+                    "use 0 to {MAX_WORST_PEERS} (default {DEFAULT_WORST_PEERS}); zone pairs \
+                     cover every peer"
+                ),
+            ));
+        }
         if self.kafka_buffer_messages == 0 {
             return Err(bad(
                 "MESHPROBE_KAFKA_BUFFER_MESSAGES (--kafka-buffer-messages)",
@@ -615,6 +636,35 @@ impl AgentArgs {
             ));
         }
         Ok(())
+    }
+
+    /// The worst peers /metrics names, and the setting that said so: MESHPROBE_METRICS_WORST_PEERS,
+    /// else the deprecated MESHPROBE_METRICS_PEER_LIMIT, else the default.
+    pub fn metrics_worst_peers(&self) -> (usize, &'static str) {
+        match (self.metrics_worst_peers, self.metrics_peer_limit) {
+            (Some(k), _) => (k, "MESHPROBE_METRICS_WORST_PEERS (--metrics-worst-peers)"),
+            (None, Some(k)) => (k, "MESHPROBE_METRICS_PEER_LIMIT (--metrics-peer-limit)"),
+            (None, None) => (
+                DEFAULT_WORST_PEERS,
+                "MESHPROBE_METRICS_WORST_PEERS (--metrics-worst-peers)",
+            ),
+        }
+    }
+
+    /// What to warn about a deprecated setting that is still set.
+    pub fn deprecation(&self) -> Option<String> {
+        let old = self.metrics_peer_limit?;
+        Some(match self.metrics_worst_peers {
+            Some(k) => format!(
+                "MESHPROBE_METRICS_PEER_LIMIT={old} is deprecated and ignored: \
+                 MESHPROBE_METRICS_WORST_PEERS={k} is set; remove the old setting"
+            ),
+            None => format!(
+                "MESHPROBE_METRICS_PEER_LIMIT is deprecated: /metrics now has series per zone \
+                 pair and names only the worst K peers; read as MESHPROBE_METRICS_WORST_PEERS={old}. \
+                 Rename the setting"
+            ),
+        })
     }
 
     /// stdout output: given, else table without Kafka and none with it.
@@ -734,6 +784,14 @@ mod tests {
             (&["--node-id", "a/b"], "MESHPROBE_NODE_ID"),
             (&["--kafka-probes"], "MESHPROBE_KAFKA_PROBES"),
             (&["--conn-timeout", "0"], "CONN_TIMEOUT"),
+            (
+                &["--metrics-worst-peers", "1001"],
+                "MESHPROBE_METRICS_WORST_PEERS",
+            ),
+            (
+                &["--metrics-peer-limit", "5000"],
+                "MESHPROBE_METRICS_PEER_LIMIT",
+            ),
         ];
         for (args, setting) in cases {
             let mut v = vec!["t", "agent"];
@@ -782,6 +840,41 @@ mod tests {
             .validate()
             .unwrap();
         }
+    }
+
+    #[test]
+    fn worst_peers_default_and_the_deprecated_peer_limit() {
+        let a = parse(&["t", "agent"]);
+        assert_eq!(a.metrics_worst_peers().0, DEFAULT_WORST_PEERS);
+        assert!(a.deprecation().is_none());
+        let a = parse(&["t", "agent", "--metrics-worst-peers", "0"]);
+        a.validate().unwrap();
+        assert_eq!(a.metrics_worst_peers().0, 0);
+        // The old setting still starts the agent: read as the new one, with a warning.
+        let a = parse(&["t", "agent", "--metrics-peer-limit", "64"]);
+        a.validate().unwrap();
+        assert_eq!(a.metrics_worst_peers().0, 64);
+        let w = a.deprecation().unwrap();
+        assert!(w.contains("MESHPROBE_METRICS_WORST_PEERS=64"), "{w}");
+        // Both: the new one wins; the old one is named as ignored.
+        let a = parse(&[
+            "t",
+            "agent",
+            "--metrics-peer-limit",
+            "64",
+            "--metrics-worst-peers",
+            "3",
+        ]);
+        assert_eq!(a.metrics_worst_peers().0, 3);
+        assert!(a.deprecation().unwrap().contains("ignored"));
+        // Hidden from --help, still a known key of the config file.
+        let help = T::command()
+            .find_subcommand_mut("agent")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("MESHPROBE_METRICS_WORST_PEERS"), "{help}");
+        assert!(!help.contains("MESHPROBE_METRICS_PEER_LIMIT"), "{help}");
     }
 
     #[test]

@@ -78,6 +78,9 @@ struct Plan {
 
 fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
     a.validate()?;
+    if let Some(w) = a.deprecation() {
+        warn!("{w}");
+    }
     let node_id = a.node_id.clone().unwrap_or_else(hostname);
     let listen_ip: IpAddr = a
         .register_listener_dns
@@ -233,7 +236,8 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         .into_iter(),
     );
     let health = Arc::new(admin::Health::default());
-    let probe_metrics = metrics::ProbeMetrics::new(&mut registry, a.metrics_peer_limit);
+    let probe_metrics =
+        metrics::ProbeMetrics::new(&mut registry, &a.zone, a.metrics_worst_peers().0);
     metrics::EbpfCollector::register(st.clone(), &mut registry);
     let admin_metrics = admin::AdminMetrics::register(&mut registry);
     let live = LiveCounters::default();

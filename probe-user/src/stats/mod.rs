@@ -2,6 +2,7 @@
 //! of each probe and reply (classified by `probe::session`).
 mod rejection;
 pub mod window;
+pub mod zone;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
