@@ -424,7 +424,8 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         st.clone(),
         sinks.clone(),
         probe_metrics,
-    );
+    )
+    .with_zone_sizes(lists.zone_sizes);
     let probed = lists.probed;
     let prober_task = dedicated::spawn("prober", move || prober.run(probed, stop_prober))?;
     health.prober.store(true, Ordering::Relaxed);

@@ -12,6 +12,7 @@ use tracing::{debug, info};
 
 use crate::discovery::PeerMap;
 use crate::pinglist::{self, Params, Place, Topology};
+use crate::stats::zone::{ZoneSizes, zone_sizes};
 
 /// Quiet time after a membership change before the list is recomputed.
 pub const SETTLE: Duration = Duration::from_millis(250);
@@ -81,9 +82,17 @@ pub fn topology_of(me: &Me, members: &PeerMap) -> Topology {
     t
 }
 
+/// What one membership gives: the probed peers, the view, the size of every zone.
+pub struct Computed {
+    pub probed: PeerMap,
+    pub view: PinglistView,
+    pub zone_sizes: ZoneSizes,
+}
+
 /// Computes the probed peers and the view of one membership.
-pub fn compute(me: &Me, params: &Params, members: &PeerMap) -> (PeerMap, PinglistView) {
+pub fn compute(me: &Me, params: &Params, members: &PeerMap) -> Computed {
     let topology = topology_of(me, members);
+    let sizes = zone_sizes(topology.values().map(|p| p.zone.as_str()));
     let list = pinglist::select(&topology, &me.node_id, &me.place, params);
     let probed: PeerMap = list
         .peers
@@ -106,7 +115,11 @@ pub fn compute(me: &Me, params: &Params, members: &PeerMap) -> (PeerMap, Pinglis
             })
             .collect(),
     };
-    (probed, view)
+    Computed {
+        probed,
+        view,
+        zone_sizes: sizes,
+    }
 }
 
 /// The channels the pinglist task feeds.
@@ -114,6 +127,8 @@ pub struct Outputs {
     /// Peers to probe.
     pub probed: watch::Receiver<PeerMap>,
     pub view: watch::Receiver<Arc<PinglistView>>,
+    /// Members per zone (the whole membership), for the zone summaries.
+    pub zone_sizes: watch::Receiver<ZoneSizes>,
 }
 
 /// Follows `members` until its sender is gone. The first list is computed at once;
@@ -124,15 +139,25 @@ pub fn spawn(
     mut members: watch::Receiver<PeerMap>,
     on_change: impl Fn(&PinglistView) + Send + 'static,
 ) -> Outputs {
-    let (first, first_view) = compute(&me, &params, &members.borrow_and_update());
-    let (probed_tx, probed) = watch::channel(first);
-    let (view_tx, view) = watch::channel(Arc::new(first_view));
+    let first = compute(&me, &params, &members.borrow_and_update());
+    let (probed_tx, probed) = watch::channel(first.probed);
+    let (view_tx, view) = watch::channel(Arc::new(first.view));
+    let (sizes_tx, zone_sizes) = watch::channel(first.zone_sizes);
     tokio::spawn(async move {
         while members.changed().await.is_ok() {
             // Let a burst of changes settle; a change meanwhile restarts nothing, it is read
             // with the rest.
             tokio::time::sleep(SETTLE).await;
-            let (list, v) = compute(&me, &params, &members.borrow_and_update());
+            let Computed {
+                probed: list,
+                view: v,
+                zone_sizes: sizes,
+            } = compute(&me, &params, &members.borrow_and_update());
+            sizes_tx.send_if_modified(|cur| {
+                let changed = *cur != sizes;
+                *cur = sizes;
+                changed
+            });
             let changed = probed_tx.send_if_modified(|cur| {
                 if *cur == list {
                     return false;
@@ -154,7 +179,11 @@ pub fn spawn(
             let _ = view_tx.send(Arc::new(v));
         }
     });
-    Outputs { probed, view }
+    Outputs {
+        probed,
+        view,
+        zone_sizes,
+    }
 }
 
 #[cfg(test)]
@@ -184,7 +213,13 @@ mod tests {
             .iter()
             .map(|id| (id.to_string(), peer(id, "z2")))
             .collect();
-        let (probed, view) = compute(&me, &Params::default(), &members);
+        let Computed {
+            probed,
+            view,
+            zone_sizes,
+        } = compute(&me, &Params::default(), &members);
+        assert_eq!(zone_sizes.get("z1"), Some(&1));
+        assert_eq!(zone_sizes.get("z2"), Some(&2));
         let topo = topology_of(&me, &members);
         let want = pinglist::select(&topo, "a", &me.place, &Params::default());
         assert_eq!(
