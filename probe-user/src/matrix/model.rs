@@ -372,6 +372,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn zone_summaries_make_their_source_report() {
+        use crate::matrix::zones::tests::zone_at;
+        let mut m = Model::default();
+        m.ingest(at("a", "b", 1, 1)).unwrap();
+        assert!(m.reporting("a") && !m.reporting("b"));
+        // b writes only zone summaries: it reports too, and gets its zone.
+        assert_eq!(
+            m.ingest(zone_at("b", "z2", "z1", 2, &[10], 0)).unwrap(),
+            Ingested::NewWindow
+        );
+        assert!(m.reporting("b"));
+        assert_eq!(m.zone("b"), Some("z2"));
+        assert_eq!((m.summaries, m.zone_summaries), (1, 1));
+        assert_eq!(
+            m.ingest(zone_at("b", "z2", "z1", 1, &[10], 0)).unwrap(),
+            Ingested::Old
+        );
+        // Three windows behind the newest is still current; four is not.
+        m.ingest(zone_at("c", "z1", "z2", 4, &[10], 0)).unwrap();
+        assert!(m.reporting("a"));
+        m.ingest(zone_at("c", "z1", "z2", 5, &[10], 0)).unwrap();
+        assert!(!m.reporting("a") && m.reporting("b") && m.reporting("c"));
+        let mut bad = zone_at("", "z1", "z2", 5, &[10], 0);
+        assert!(m.ingest(bad.clone()).is_err());
+        bad.src = "d".into();
+        bad.window_length_ns = 0;
+        assert!(m.ingest(bad).is_err());
+    }
+
+    #[test]
     fn newest_window_complete_when_every_reporting_pair_is_in() {
         let mut m = Model::default();
         m.ingest(at("a", "b", 1, 1)).unwrap();
@@ -388,6 +418,13 @@ pub(crate) mod tests {
         m.ingest(left).unwrap();
         m.ingest(at("b", "a", 3, 1)).unwrap();
         m.ingest(at("b", "a", 4, 1)).unwrap();
+        assert!(m.newest_complete());
+        // Zone summaries are waited for like pairs.
+        let z = |seq| crate::matrix::zones::tests::zone_at("b", "", "z", seq, &[1], 0);
+        m.ingest(z(4)).unwrap();
+        m.ingest(at("b", "a", 5, 1)).unwrap();
+        assert!(!m.newest_complete(), "b's zone summary of window 5 is not in");
+        m.ingest(z(5)).unwrap();
         assert!(m.newest_complete());
     }
 }

@@ -476,6 +476,38 @@ mod tests {
     }
 
     #[test]
+    fn partial_and_zone_views_are_well_formed() {
+        let m = crate::matrix::view::tests::partial();
+        let v = View::build(&m, &settings(""), Metric::P50);
+        let text = svg(&v);
+        let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+        let rects = cell_rects(&doc);
+        assert_eq!(rects.len(), 4 * 3);
+        let count = |class: &str| {
+            rects
+                .iter()
+                .filter(|r| r.attribute("class") == Some(class))
+                .count()
+        };
+        assert_eq!(count("cell fresh"), 5);
+        assert_eq!(count("cell unprobed"), 4);
+        assert_eq!(count("cell stale"), 1);
+        assert_eq!(count("cell nodata"), 2);
+        assert!(
+            doc.descendants()
+                .any(|n| n.attribute("class") == Some("legend-swatch unprobed"))
+        );
+        let v = View::build_zones(&m, &settings(""), Metric::P99);
+        let text = svg(&v);
+        let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+        assert_eq!(cell_rects(&doc).len(), 4, "z1, z2 to each other and themselves");
+        let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+        assert!(texts.contains(&"src zone \\ dst zone"), "{texts:?}");
+        assert!(texts.contains(&"loss 10%"), "{texts:?}");
+        assert!(texts.contains(&"coverage: zone pairs covered 4/4"), "{texts:?}");
+    }
+
+    #[test]
     fn node_ids_are_escaped_everywhere() {
         let mut m = Model::default();
         let mut s = at("<a&\"b'>", "x", 1, 1000);

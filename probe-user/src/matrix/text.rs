@@ -233,6 +233,28 @@ mod tests {
         assert_eq!(lines[4], "b (z2)      -");
     }
 
+    #[test]
+    fn zone_view_frame() {
+        let mut s = settings("");
+        s.by = crate::matrix::By::Zone;
+        let mut out = Vec::new();
+        let inputs = vec![Input::Summary(Box::new(
+            crate::matrix::zones::tests::zone_at("a1", "z1", "z2", 1, &[40_000], 0).into(),
+        ))];
+        run(&s, Feed::from_inputs(inputs), &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].ends_with("| 1 window (0 summaries, 1 zone summary), newest 1970-01-01T00:00:00Z (10s)"),
+            "{out}"
+        );
+        // z1 has one node (no pair inside it); z2 reports nothing (missing).
+        assert_eq!(lines[1], "src zone \\ dst zone  z1               z2");
+        assert_eq!(lines[2], "z1                       40.0µs, loss 0%");
+        assert_eq!(lines[3], "z2                    -                -");
+        assert_eq!(lines[6], "coverage: zone pairs covered 1/3");
+    }
+
     fn run_on(inputs: Vec<Input>, once: bool) -> (anyhow::Result<Model>, String) {
         let mut s = settings("");
         s.once = once;

@@ -477,6 +477,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::matrix::{
         Expected, ScaleMax,
+        coverage::NodeCoverage,
         model::tests::{LEN, at},
     };
 
@@ -572,6 +573,118 @@ pub(crate) mod tests {
         assert_eq!(v.cells[2][0].mark, Mark::NoData);
         assert_eq!(v.cells[2][0].one_line(), NO_DATA);
         assert!(v.scale.is_none());
+    }
+
+    fn zoned(src: &str, sz: &str, dst: &str, dz: &str, seq: u64, p50: i64) -> pb::WindowSummary {
+        let mut s = at(src, dst, seq, p50);
+        s.src_zone = sz.into();
+        s.dst_zone = dz.into();
+        s
+    }
+
+    /// Four nodes in two zones with pinglists: a probes b and c (it probed d until window 1),
+    /// b probes c, c probes a and d; d stopped reporting after window 1.
+    pub(crate) fn partial() -> Model {
+        let mut m = Model::default();
+        for s in [
+            zoned("a", "z1", "d", "z2", 1, 90_000),
+            zoned("d", "z2", "a", "z1", 1, 80_000),
+            zoned("a", "z1", "b", "z1", 5, 10_000),
+            zoned("a", "z1", "c", "z2", 5, 50_000),
+            zoned("b", "z1", "c", "z2", 5, 60_000),
+            zoned("c", "z2", "a", "z1", 5, 55_000),
+            zoned("c", "z2", "d", "z2", 5, 20_000),
+        ] {
+            m.ingest(s).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn partial_matrix_tells_unprobed_from_missing() {
+        let v = View::build(&partial(), &settings(""), Metric::P50);
+        let mark = |s: usize, d: usize| v.cells[s][d].mark;
+        // a reports: b and c probed; d dropped from its pinglist (old summary): not probed.
+        assert_eq!(
+            [mark(0, 1), mark(0, 2), mark(0, 3)],
+            [Mark::Fresh, Mark::Fresh, Mark::Unprobed]
+        );
+        assert_eq!(v.cells[0][3].text, UNPROBED);
+        assert_eq!(v.cells[0][3].value, None);
+        // b reports: a and d not probed.
+        assert_eq!([mark(1, 0), mark(1, 3)], [Mark::Unprobed, Mark::Unprobed]);
+        // d reports nothing current: its old pair is stale, the others missing.
+        assert_eq!(
+            [mark(3, 0), mark(3, 1), mark(3, 2)],
+            [Mark::Stale, Mark::NoData, Mark::NoData]
+        );
+        // Unprobed and missing cells stay off the colour scale.
+        let sc = v.scale.unwrap();
+        assert_eq!((sc.min, sc.max), (10_000.0, 80_000.0));
+        assert_eq!(
+            v.coverage.nodes,
+            Some(NodeCoverage {
+                probed: 5,
+                possible: 12,
+                nodes_probed: 4,
+                nodes: 4,
+                min_probers: 1,
+            })
+        );
+        // z1->z1 (a->b), z1->z2 (a->c, b->c), z2->z1 (c->a), z2->z2 (c->d).
+        assert_eq!(v.coverage.zone_pairs, Some((4, 4)));
+        assert_eq!(
+            v.coverage.text(),
+            "coverage: pairs probed 5/12 (41%), nodes probed 4/4 (fewest probers 1), \
+             zone pairs covered 4/4"
+        );
+    }
+
+    #[test]
+    fn zone_view_merges_agents_and_marks_unprobed_zone_pairs() {
+        use crate::matrix::zones::tests::zone_at;
+        let mut m = Model::default();
+        let a1: Vec<u64> = (0..20).map(|i| 100_000 + i * 1_000).collect();
+        let a2: Vec<u64> = (0..20).map(|i| 200_000 + i * 1_000).collect();
+        m.ingest(zone_at("a1", "z1", "z2", 5, &a1, 0)).unwrap();
+        m.ingest(zone_at("a2", "z1", "z2", 5, &a2, 0)).unwrap();
+        // Everything b1 sent towards z1 was lost.
+        m.ingest(zone_at("b1", "z2", "z1", 5, &[], 4)).unwrap();
+        // Towards z3 a1 wrote no zone summary: its pair summary stands in, approximately.
+        m.ingest(zoned("a1", "z1", "c1", "z3", 5, 700_000)).unwrap();
+        let v = View::build_zones(&m, &settings(""), Metric::P50);
+        let ids: Vec<&str> = v.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["z1", "z2", "z3"]);
+        assert_eq!(v.corner(), "src zone \\ dst zone");
+        let c = |s: usize, d: usize| &v.cells[s][d];
+        // z1 -> z2: the 40 samples of a1 and a2 merged exactly.
+        let union = zm_union(&a1, &a2);
+        assert_eq!(c(0, 1).value, Some(union as f64));
+        assert_eq!(c(0, 1).one_line(), format!("{}, loss 0%", fmt_rtt(union as f64)));
+        assert_eq!(c(1, 0).one_line(), "all lost, loss 100%");
+        assert!(c(0, 2).text.starts_with('≈'), "{:?}", c(0, 2));
+        // z1 and z2 report: their empty cells are not probed; z3 does not: missing, and with
+        // one node it has no pair inside.
+        assert_eq!([c(0, 0).mark, c(1, 1).mark], [Mark::Unprobed; 2]);
+        assert_eq!([c(2, 0).mark, c(2, 2).mark], [Mark::NoData, Mark::Diagonal]);
+        assert_eq!(v.coverage.nodes, None);
+        assert_eq!(v.coverage.text(), "coverage: zone pairs covered 3/8");
+        // Loss: the p50 beside it.
+        let v = View::build_zones(&m, &settings(""), Metric::Loss);
+        assert_eq!(
+            v.cells[0][1].one_line(),
+            format!("0%, p50 {}", fmt_rtt(union as f64))
+        );
+        assert_eq!(v.cells[1][0].value, Some(1.0));
+    }
+
+    /// p50 of the union of two sample sets, as one histogram gives it.
+    fn zm_union(a: &[u64], b: &[u64]) -> u64 {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for &v in a.iter().chain(b) {
+            h.record(v).unwrap();
+        }
+        h.value_at_quantile(0.5)
     }
 
     #[test]
