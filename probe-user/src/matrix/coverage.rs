@@ -1,7 +1,8 @@
 //! Coverage figures: with pinglists not every ordered pair is probed, so the views say how much
 //! of the mesh the shown data covers.
 use super::{
-    view::{Cell, Mark},
+    Model,
+    view::{self, Mark},
     zones::ZoneMatrix,
 };
 
@@ -28,13 +29,15 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    /// The node matrix `cells[src][dst]`: a cell counts as probed when it has a current
-    /// summary (fresh, or the last one of a peer that left).
-    pub fn of_nodes(cells: &[Vec<Cell>], zones: &ZoneMatrix) -> Coverage {
-        let n = cells.len();
-        let probed = |c: &Cell| matches!(c.mark, Mark::Fresh | Mark::Left);
+    /// The node matrix of `n` nodes whose cell `(src, dst)` is `mark(src, dst)`: a cell counts
+    /// as probed when it has a current summary (fresh, or the last one of a peer that left).
+    pub fn of_nodes(n: usize, mark: impl Fn(usize, usize) -> Mark, zones: &ZoneMatrix) -> Coverage {
         let probers: Vec<usize> = (0..n)
-            .map(|dst| cells.iter().filter(|row| probed(&row[dst])).count())
+            .map(|dst| {
+                (0..n)
+                    .filter(|&src| matches!(mark(src, dst), Mark::Fresh | Mark::Left))
+                    .count()
+            })
             .collect();
         Coverage {
             nodes: Some(NodeCoverage {
@@ -46,6 +49,16 @@ impl Coverage {
             }),
             zone_pairs: Self::zone_pairs(zones),
         }
+    }
+
+    /// The coverage of the model's nodes (as the node view shows it without `--expected`).
+    pub fn of_model(model: &Model) -> Coverage {
+        let nodes: Vec<&str> = model.nodes().collect();
+        Self::of_nodes(
+            nodes.len(),
+            |s, d| view::mark(model, nodes[s], nodes[d]),
+            model.zone_matrix(),
+        )
     }
 
     pub fn of_zones(zones: &ZoneMatrix) -> Coverage {

@@ -181,7 +181,7 @@ impl View {
                     .collect()
             })
             .collect();
-        let coverage = Coverage::of_nodes(&cells, model.zone_matrix());
+        let coverage = Coverage::of_nodes(nodes.len(), |s, d| cells[s][d].mark, model.zone_matrix());
         View::finish(model, s, metric, By::Node, nodes, cells, coverage)
     }
 
@@ -343,21 +343,28 @@ impl View {
     }
 }
 
-/// A node pair's cell. Without a current summary: not probed when its source reports (an agent
-/// reports every peer of its pinglist every window), stale or missing when it does not.
+/// The state of a node pair's cell. Without a current summary: not probed when its source
+/// reports (an agent reports every peer of its pinglist every window, lost or not), stale or
+/// missing when it does not.
+pub fn mark(model: &Model, src: &str, dst: &str) -> Mark {
+    if src == dst {
+        return Mark::Diagonal;
+    }
+    match model.get(src, dst).map(|s| model.freshness(s)) {
+        Some(Freshness::Fresh) => Mark::Fresh,
+        Some(Freshness::Left) => Mark::Left,
+        _ if model.reporting(src) => Mark::Unprobed,
+        Some(Freshness::Stale) => Mark::Stale,
+        None => Mark::NoData,
+    }
+}
+
 fn cell(model: &Model, s: &Settings, metric: Metric, src: &str, dst: &str) -> Cell {
-    let sum = model.get(src, dst);
-    let freshness = sum.map(|sum| model.freshness(sum));
-    let mut c = if src == dst {
-        Cell::new(Mark::Diagonal, None, "")
-    } else if let (Some(sum), Some(f @ (Freshness::Fresh | Freshness::Left))) = (sum, freshness) {
-        summary_cell(metric, sum, f)
-    } else if model.reporting(src) {
-        Cell::new(Mark::Unprobed, None, UNPROBED)
-    } else if let Some(sum) = sum {
-        summary_cell(metric, sum, Freshness::Stale)
-    } else {
-        Cell::new(Mark::NoData, None, NO_DATA)
+    let mut c = match (mark(model, src, dst), model.get(src, dst)) {
+        (Mark::Diagonal, _) => Cell::new(Mark::Diagonal, None, ""),
+        (Mark::Unprobed, _) => Cell::new(Mark::Unprobed, None, UNPROBED),
+        (m @ (Mark::Fresh | Mark::Stale | Mark::Left), Some(sum)) => summary_cell(metric, sum, m),
+        _ => Cell::new(Mark::NoData, None, NO_DATA),
     };
     c.expected = (metric.is_rtt() && src != dst)
         .then(|| s.expected.get(src, dst))
@@ -366,12 +373,7 @@ fn cell(model: &Model, s: &Settings, metric: Metric, src: &str, dst: &str) -> Ce
     c
 }
 
-fn summary_cell(metric: Metric, sum: &pb::WindowSummary, f: Freshness) -> Cell {
-    let mark = match f {
-        Freshness::Fresh => Mark::Fresh,
-        Freshness::Stale => Mark::Stale,
-        Freshness::Left => Mark::Left,
-    };
+fn summary_cell(metric: Metric, sum: &pb::WindowSummary, mark: Mark) -> Cell {
     let value = metric_value(metric, sum);
     let text = match value {
         Some(v) => fmt_value(metric, v),
