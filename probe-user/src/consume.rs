@@ -423,7 +423,15 @@ mod tests {
                 "--coverage with {other}"
             );
         }
-        assert!(parse(&["--kafka-bootstrap-servers", "k:9092", "--coverage", "--json"]).is_ok());
+        assert!(
+            parse(&[
+                "--kafka-bootstrap-servers",
+                "k:9092",
+                "--coverage",
+                "--json"
+            ])
+            .is_ok()
+        );
         assert!(
             parse(&[
                 "--kafka-bootstrap-servers",
@@ -538,7 +546,10 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&coverage_line(&c, true)).unwrap();
         assert_eq!(v["type"], "coverage");
-        assert_eq!((v["pairs_probed"].as_u64(), v["pairs_possible"].as_u64()), (Some(3), Some(6)));
+        assert_eq!(
+            (v["pairs_probed"].as_u64(), v["pairs_possible"].as_u64()),
+            (Some(3), Some(6))
+        );
         assert_eq!(v["min_probers"], 0);
         assert!(v["zone_pairs_covered"].is_null());
         assert_eq!(

@@ -423,7 +423,10 @@ pub(crate) mod tests {
         let z = |seq| crate::matrix::zones::tests::zone_at("b", "", "z", seq, &[1], 0);
         m.ingest(z(4)).unwrap();
         m.ingest(at("b", "a", 5, 1)).unwrap();
-        assert!(!m.newest_complete(), "b's zone summary of window 5 is not in");
+        assert!(
+            !m.newest_complete(),
+            "b's zone summary of window 5 is not in"
+        );
         m.ingest(z(5)).unwrap();
         assert!(m.newest_complete());
     }

@@ -419,7 +419,13 @@ mod tests {
         assert_eq!(back.network_rtt_hdr, z.network_rtt_hdr);
         assert_eq!(back.network_rtt_ns, z.network_rtt_ns);
         assert_eq!(
-            (back.src, back.src_zone, back.dst_zone, back.pairs, back.lost),
+            (
+                back.src,
+                back.src_zone,
+                back.dst_zone,
+                back.pairs,
+                back.lost
+            ),
             ("a".into(), "z1".into(), "z2".into(), 2, 1)
         );
         assert_eq!(back.window_start_tai_ns, z.window_start_tai_ns);

@@ -500,11 +500,18 @@ mod tests {
         let v = View::build_zones(&m, &settings(""), Metric::P99);
         let text = svg(&v);
         let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
-        assert_eq!(cell_rects(&doc).len(), 4, "z1, z2 to each other and themselves");
+        assert_eq!(
+            cell_rects(&doc).len(),
+            4,
+            "z1, z2 to each other and themselves"
+        );
         let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
         assert!(texts.contains(&"src zone \\ dst zone"), "{texts:?}");
         assert!(texts.contains(&"loss 10%"), "{texts:?}");
-        assert!(texts.contains(&"coverage: zone pairs covered 4/4"), "{texts:?}");
+        assert!(
+            texts.contains(&"coverage: zone pairs covered 4/4"),
+            "{texts:?}"
+        );
     }
 
     #[test]

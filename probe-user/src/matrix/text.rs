@@ -245,7 +245,9 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert!(
-            lines[0].ends_with("| 1 window (0 summaries, 1 zone summary), newest 1970-01-01T00:00:00Z (10s)"),
+            lines[0].ends_with(
+                "| 1 window (0 summaries, 1 zone summary), newest 1970-01-01T00:00:00Z (10s)"
+            ),
             "{out}"
         );
         // z1 has one node (no pair inside it); z2 reports nothing (missing).

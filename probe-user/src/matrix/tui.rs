@@ -241,16 +241,14 @@ impl App<'_> {
 
         let bold = Style::new().add_modifier(Modifier::BOLD);
         let header = Row::new(
-            std::iter::once(
-                Cell::from(v.corner()).style(Style::new().add_modifier(Modifier::DIM)),
-            )
-            .chain(v.nodes[shown_cols.clone()].iter().map(|n| {
-                let mut t = Text::from(Line::from(n.id.clone()).alignment(Alignment::Center));
-                if v.zones {
-                    t.push_line(Line::from(n.zone.clone()).alignment(Alignment::Center));
-                }
-                Cell::from(t).style(bold)
-            })),
+            std::iter::once(Cell::from(v.corner()).style(Style::new().add_modifier(Modifier::DIM)))
+                .chain(v.nodes[shown_cols.clone()].iter().map(|n| {
+                    let mut t = Text::from(Line::from(n.id.clone()).alignment(Alignment::Center));
+                    if v.zones {
+                        t.push_line(Line::from(n.zone.clone()).alignment(Alignment::Center));
+                    }
+                    Cell::from(t).style(bold)
+                })),
         )
         .height(head_h);
         let body = v
@@ -452,7 +450,10 @@ mod tests {
         }
         // Scrolled as far as it goes: b and c.
         let screen = render(&a, 30, 9);
-        assert!(screen.contains("45.3µs*") && screen.contains('·'), "{screen}");
+        assert!(
+            screen.contains("45.3µs*") && screen.contains('·'),
+            "{screen}"
+        );
         assert!(!screen.contains("1.25ms!"), "{screen}");
     }
 }

@@ -181,7 +181,8 @@ impl View {
                     .collect()
             })
             .collect();
-        let coverage = Coverage::of_nodes(nodes.len(), |s, d| cells[s][d].mark, model.zone_matrix());
+        let coverage =
+            Coverage::of_nodes(nodes.len(), |s, d| cells[s][d].mark, model.zone_matrix());
         View::finish(model, s, metric, By::Node, nodes, cells, coverage)
     }
 
@@ -192,7 +193,11 @@ impl View {
             .zones
             .iter()
             .map(|z| Node {
-                id: if z.is_empty() { NO_ZONE.into() } else { z.clone() },
+                id: if z.is_empty() {
+                    NO_ZONE.into()
+                } else {
+                    z.clone()
+                },
                 zone: String::new(),
             })
             .collect();
@@ -662,7 +667,10 @@ pub(crate) mod tests {
         // z1 -> z2: the 40 samples of a1 and a2 merged exactly.
         let union = zm_union(&a1, &a2);
         assert_eq!(c(0, 1).value, Some(union as f64));
-        assert_eq!(c(0, 1).one_line(), format!("{}, loss 0%", fmt_rtt(union as f64)));
+        assert_eq!(
+            c(0, 1).one_line(),
+            format!("{}, loss 0%", fmt_rtt(union as f64))
+        );
         assert_eq!(c(1, 0).one_line(), "all lost, loss 100%");
         assert!(c(0, 2).text.starts_with('≈'), "{:?}", c(0, 2));
         // z1 and z2 report: their empty cells are not probed; z3 does not: missing, and with

@@ -101,11 +101,7 @@ impl ZoneMatrix {
             .filter(|(a, b)| a != b || size[*a] >= 2)
             .count();
         ZoneMatrix {
-            reporting: m
-                .nodes()
-                .filter(|n| m.reporting(n))
-                .map(zone_of)
-                .collect(),
+            reporting: m.nodes().filter(|n| m.reporting(n)).map(zone_of).collect(),
             zones: size.keys().cloned().collect(),
             members: size,
             cells: accs.into_iter().map(|(k, a)| (k, a.finish())).collect(),
@@ -181,7 +177,10 @@ impl Acc {
         }
         if let Some(q) = q {
             let n = q.count.min(hdr::MAX_COUNT);
-            for (v, w) in [q.p50, q.p90, q.p99, q.p999, q.max].into_iter().zip(REBUILD) {
+            for (v, w) in [q.p50, q.p90, q.p99, q.p999, q.max]
+                .into_iter()
+                .zip(REBUILD)
+            {
                 self.rebuilt.push((v.max(0) as u64, n * w));
             }
         }
@@ -310,7 +309,8 @@ pub(crate) mod tests {
         m.ingest(zoned("a1", "za", "b2", "zb", 5, 300_000)).unwrap();
         m.ingest(zoned("b1", "zb", "a1", "za", 5, 200_000)).unwrap();
         // Not current (more than 3 windows behind): left out.
-        m.ingest(zoned("a2", "za", "b1", "zb", 1, 9_000_000)).unwrap();
+        m.ingest(zoned("a2", "za", "b1", "zb", 1, 9_000_000))
+            .unwrap();
         let zm = ZoneMatrix::build(&m);
         let c = &zm.cells[&("za".to_string(), "zb".to_string())];
         assert!(!c.exact);

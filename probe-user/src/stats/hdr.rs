@@ -112,7 +112,9 @@ fn check_counts(payload: &[u8]) -> Result<(), HdrError> {
         let mut v: u64 = 0;
         let mut k = 0;
         loop {
-            let b = *payload.get(i + k).ok_or(HdrError::Format("truncated number"))?;
+            let b = *payload
+                .get(i + k)
+                .ok_or(HdrError::Format("truncated number"))?;
             if k == 8 {
                 v |= u64::from(b) << 56;
                 k += 1;
@@ -235,9 +237,6 @@ mod tests {
         // A truncated number.
         let mut h = header(1, 3);
         h.push(0x80);
-        assert_eq!(
-            decode(&wrap(&h)),
-            Err(HdrError::Format("truncated number"))
-        );
+        assert_eq!(decode(&wrap(&h)), Err(HdrError::Format("truncated number")));
     }
 }
