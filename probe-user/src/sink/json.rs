@@ -30,6 +30,15 @@ pub fn base64<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
 }
 
+/// Reads back what [`base64`] writes (readers of our JSON lines, e.g. `meshprobe matrix`).
+pub fn from_base64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_bytes())
+        .map_err(serde::de::Error::custom)
+}
+
 /// One JSON line: the type tag followed by the record's own fields.
 #[derive(Serialize)]
 struct Line<'a, T: Serialize> {

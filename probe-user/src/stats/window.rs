@@ -100,7 +100,6 @@ impl WindowDist {
     /// HdrHistogram implementation reads); empty when the window has no sample. Negative
     /// values are recorded as 0, as in the quantiles.
     pub fn hdr_v2_deflate(&self) -> Vec<u8> {
-        use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
         if self.count == 0 {
             return Vec::new();
         }
@@ -115,12 +114,8 @@ impl WindowDist {
                 &tmp
             }
         };
-        let mut out = Vec::new();
-        // Into a Vec, with u32 counts: serializing cannot fail.
-        if V2DeflateSerializer::new().serialize(h, &mut out).is_err() {
-            out.clear();
-        }
-        out
+        // Into a Vec: serializing cannot fail.
+        super::hdr::encode(h).unwrap_or_default()
     }
 
     pub fn count(&self) -> u64 {
