@@ -210,34 +210,18 @@ fn persistent_opts() -> zookeeper_client::CreateOptions<'static> {
     zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all())
 }
 
-/// Creates `path` (and its parents) holding `data`: ephemeral in a detached session that
-/// lives for `session` (returns its id), or persistent with `None`.
-fn create_znode(
-    ns: &Netns,
-    servers: &str,
-    path: &str,
-    data: Vec<u8>,
-    session: Option<Duration>,
-) -> Result<i64> {
+/// Creates the persistent `path` (and its parents) holding `data`.
+fn create_znode(ns: &Netns, servers: &str, path: &str, data: Vec<u8>) -> Result<()> {
     let p = path.to_string();
-    zk_session(ns, servers, session, async move |c| {
+    zk_session(ns, servers, None, async move |c| {
         let parent = &p[..p.rfind('/').unwrap()];
         c.mkdir(parent, &persistent_opts())
             .await
             .map_err(|e| anyhow!("mkdir {parent}: {e}"))?;
-        let mode = if session.is_some() {
-            zookeeper_client::CreateMode::Ephemeral
-        } else {
-            zookeeper_client::CreateMode::Persistent
-        };
-        c.create(
-            &p,
-            &data,
-            &mode.with_acls(zookeeper_client::Acls::anyone_all()),
-        )
-        .await
-        .map_err(|e| anyhow!("create {p}: {e}"))?;
-        Ok(c.session_id().0)
+        c.create(&p, &data, &persistent_opts())
+            .await
+            .map_err(|e| anyhow!("create {p}: {e}"))?;
+        Ok(())
     })
 }
 
@@ -391,28 +375,15 @@ fn members_see_each_other_and_leave_at_once() -> Result<()> {
         &servers,
         &format!("{}/not-an-entry", layout::zone_path(TOPOLOGY, "zone-x")),
         Vec::new(),
-        None,
     )?;
     let mut ghost = node_info("ghost2", a_addr(), 862, "t");
     ghost.public_address = "no-such-host.invalid".into();
-    create_znode(&t.a, &servers, &entry_of(&ghost), Vec::new(), None)?;
-    create_znode(
-        &t.a,
-        &servers,
-        &format!("{MEMBERS}/junk"),
-        vec![0xff; 3],
-        None,
-    )?;
+    create_znode(&t.a, &servers, &entry_of(&ghost), Vec::new())?;
+    create_znode(&t.a, &servers, &format!("{MEMBERS}/junk"), vec![0xff; 3])?;
     let mut unresolvable = node_info("ghost", a_addr(), 862, "t");
     unresolvable.public_address = "no-such-host.invalid".into();
     let unresolvable = znodes(&unresolvable).data;
-    create_znode(
-        &t.a,
-        &servers,
-        &format!("{MEMBERS}/ghost"),
-        unresolvable,
-        None,
-    )?;
+    create_znode(&t.a, &servers, &format!("{MEMBERS}/ghost"), unresolvable)?;
 
     let timeout = Duration::from_secs(4);
     let mut a = Member::start(
@@ -706,7 +677,7 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
     let t = TwoHosts::new()?;
     let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
     let servers = zk.connect_string();
-    let linger = Some(Duration::from_secs(40));
+    let linger = Duration::from_secs(40);
     let timeout = Duration::from_secs(4);
 
     // A "crashed" a: its session lives on for 40 s. It ran in another zone and rack: its
@@ -715,7 +686,7 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
     stale.started_tai_ns = 1;
     stale.zone = "zone-old".into();
     stale.rack = "rack-9".into();
-    let stale_session = register_detached(&t.a, &servers, &stale, linger.unwrap())?;
+    let stale_session = register_detached(&t.a, &servers, &stale, linger)?;
     let t0 = Instant::now();
     let a = Member::start(
         &t.a,
@@ -747,7 +718,7 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
     // Another agent (198.18.0.9) holds "c": c waits and does not steal it.
     let mut other = node_info("c", "198.18.0.9".parse()?, 862, "other-c");
     other.started_tai_ns = 1;
-    let other_session = register_detached(&t.a, &servers, &other, linger.unwrap())?;
+    let other_session = register_detached(&t.a, &servers, &other, linger)?;
     let c_started = Instant::now();
     let c = Member::start(
         &t.b,
