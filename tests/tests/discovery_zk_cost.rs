@@ -184,6 +184,14 @@ fn measure(
         wait_members(&agent, n, "a leave")?;
         leaves.push((relay.bytes() - b).total());
     }
+    // Each change was an applied event (agents with the gauge count them).
+    if agent.metric("meshprobe_zookeeper_members")?.is_some() {
+        let events = agent.metric_value("meshprobe_zookeeper_events")?;
+        ensure!(
+            events >= (2 * CHANGES) as f64,
+            "M={n}: {events} index events counted for {CHANGES} joins and leaves"
+        );
+    }
     agent.sigterm()?;
     agent.wait_exit(Duration::from_secs(15))?;
     Ok(Figures {
