@@ -26,6 +26,8 @@ pub mod services;
 pub mod stamp;
 pub mod stats;
 pub mod topo;
+pub mod zkmembers;
+pub mod zkproxy;
 
 pub use capture::{Capture, CaptureResult, Packet};
 pub use child::{ChildGuard, Finished};

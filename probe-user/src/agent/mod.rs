@@ -147,6 +147,7 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
                     started_tai_ns: crate::clock::tai_now_ns(),
                 },
                 default_port: STAMP_DEFAULT_PORT,
+                metrics: discovery::ZkMetrics::default(),
             };
             discovery::validate_zk(&opts).map_err(ConfigError::named)?;
             Some(opts)
@@ -249,6 +250,9 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
          5 stopped",
         zk_gauge.clone(),
     );
+    if let Some(zk) = &plan.zk {
+        zk.metrics.register(&mut registry);
+    }
     let kafka = match &plan.kafka {
         Some(k) => Some(KafkaSink::new(k, &mut registry).context("starting the Kafka producer")?),
         None => None,
