@@ -82,7 +82,8 @@ pub fn topology_of(me: &Me, members: &PeerMap) -> Topology {
     t
 }
 
-/// What one membership gives: the probed peers, the view, the size of every zone.
+/// What one membership gives: the probed peers, the view, the members of every zone (this
+/// agent excluded).
 pub struct Computed {
     pub probed: PeerMap,
     pub view: PinglistView,
@@ -92,7 +93,8 @@ pub struct Computed {
 /// Computes the probed peers and the view of one membership.
 pub fn compute(me: &Me, params: &Params, members: &PeerMap) -> Computed {
     let topology = topology_of(me, members);
-    let sizes = zone_sizes(topology.values().map(|p| p.zone.as_str()));
+    // The peers it could probe per zone: itself excluded.
+    let sizes = zone_sizes(members.values().map(|p| p.zone.as_str()));
     let list = pinglist::select(&topology, &me.node_id, &me.place, params);
     let probed: PeerMap = list
         .peers
@@ -127,7 +129,7 @@ pub struct Outputs {
     /// Peers to probe.
     pub probed: watch::Receiver<PeerMap>,
     pub view: watch::Receiver<Arc<PinglistView>>,
-    /// Members per zone (the whole membership), for the zone summaries.
+    /// Members per zone (the whole membership, this agent excluded), for the zone summaries.
     pub zone_sizes: watch::Receiver<ZoneSizes>,
 }
 
@@ -218,7 +220,7 @@ mod tests {
             view,
             zone_sizes,
         } = compute(&me, &Params::default(), &members);
-        assert_eq!(zone_sizes.get("z1"), Some(&1));
+        assert_eq!(zone_sizes.get("z1"), None, "itself excluded");
         assert_eq!(zone_sizes.get("z2"), Some(&2));
         let topo = topology_of(&me, &members);
         let want = pinglist::select(&topo, "a", &me.place, &Params::default());
