@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use super::score::{self, Key, Scorer};
+use super::score::{self, Key, Scorer, Top};
 use super::{Params, Place, Topology};
 
 /// The membership, indexed. Member indices follow the node id order of the [`Topology`].
@@ -146,7 +146,7 @@ impl<'t> Index<'t> {
     pub(super) fn duty(&self, a: u32) -> &[Option<Key<'t>>] {
         self.duty[a as usize].get_or_init(|| {
             let members = &self.zones[a as usize].members;
-            let mut scorers: Vec<(Scorer, &str)> = members
+            let scorers: Vec<(Scorer, &str)> = members
                 .iter()
                 .map(|&i| (Scorer::duty(self.ids[i as usize]), self.ids[i as usize]))
                 .collect();
@@ -160,11 +160,11 @@ impl<'t> Index<'t> {
                     if b as u32 == a || s >= members.len() {
                         return None;
                     }
-                    let keys: Vec<(Key, u32)> = scorers
-                        .iter_mut()
-                        .map(|(sc, id)| ((sc.score(zb.name), *id), 0))
-                        .collect();
-                    score::top(keys, s).last().map(|k| k.0)
+                    let mut top = Top::new(s);
+                    for (sc, id) in &scorers {
+                        top.push((sc.score(zb.name), id), 0);
+                    }
+                    top.into_vec().last().map(|k| k.0)
                 })
                 .collect()
         })

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 
 use super::Reason;
 use super::index::{Index, NO_RACK};
-use super::score::{self, Key, Scorer};
+use super::score::{Scorer, Top};
 
 /// One member's pinglist by member index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,27 +30,24 @@ impl Index<'_> {
         let p = &self.params;
         let n = self.len();
         let me_id = self.id(me);
-        let mut scorer = Scorer::pick(me_id);
+        let scorer = Scorer::pick(me_id);
         let mut out: Vec<Pick> = Vec::new();
-        let add = |out: &mut Vec<Pick>, keys: Vec<(Key, u32)>, reason| {
-            out.extend(keys.into_iter().map(|((score, _), peer)| Pick {
+        // The `k` highest-scoring of `members` (not `me`) join `out` for `reason`.
+        let mut best = |out: &mut Vec<Pick>, members: &mut dyn Iterator<Item = u32>, k, reason| {
+            let mut top = Top::new(k);
+            for i in members.filter(|&i| i != me) {
+                top.push((scorer.score(self.id(i)), self.id(i)), i);
+            }
+            out.extend(top.into_vec().into_iter().map(|((score, _), peer)| Pick {
                 peer,
                 reason,
                 score,
                 guard: u32::MAX,
             }));
         };
-        let best = |scorer: &mut Scorer, members: &mut dyn Iterator<Item = u32>, k: usize| {
-            let keys = members
-                .filter(|&i| i != me)
-                .map(|i| ((scorer.score(self.id(i)), self.id(i)), i))
-                .collect();
-            score::top(keys, k)
-        };
 
         if n.saturating_sub(1) <= p.full_mesh_max {
-            let keys = best(&mut scorer, &mut (0..n as u32), n);
-            add(&mut out, keys, Reason::Full);
+            best(&mut out, &mut (0..n as u32), n, Reason::Full);
             return trim(out, p.max_peers);
         }
 
@@ -62,8 +59,7 @@ impl Index<'_> {
         } else {
             &self.racks[rack as usize]
         };
-        let keys = best(&mut scorer, &mut group.iter().copied(), p.rack_peers);
-        add(&mut out, keys, Reason::Rack);
+        best(&mut out, &mut group.iter().copied(), p.rack_peers, Reason::Rack);
 
         // Zone: k in the own zone's other racks.
         if rack != NO_RACK {
@@ -72,22 +68,24 @@ impl Index<'_> {
                 .iter()
                 .copied()
                 .filter(|&i| self.rack_of[i as usize] != rack);
-            let keys = best(&mut scorer, &mut others, p.zone_peers);
-            add(&mut out, keys, Reason::Zone);
+            best(&mut out, &mut others, p.zone_peers, Reason::Zone);
         }
 
         // Zone: k in every other zone this member is on duty for.
         let duty = self.duty(zone);
-        let mut mine = Scorer::duty(me_id);
+        let mine = Scorer::duty(me_id);
         for (b, threshold) in duty.iter().enumerate() {
             if b as u32 == zone {
                 continue;
             }
             let zb = &self.zones[b];
-            let on_duty = threshold.is_none_or(|t| (mine.score(zb.name), me_id) >= t);
-            if on_duty {
-                let keys = best(&mut scorer, &mut zb.members.iter().copied(), p.zone_peers);
-                add(&mut out, keys, Reason::Zone);
+            if threshold.is_none_or(|t| (mine.score(zb.name), me_id) >= t) {
+                best(
+                    &mut out,
+                    &mut zb.members.iter().copied(),
+                    p.zone_peers,
+                    Reason::Zone,
+                );
             }
         }
 

@@ -1,18 +1,18 @@
-//! The fixed hashes behind every pinglist choice.
+//! The fixed hashes behind every pinglist choice (xxh3-64 of the `xxhash-rust` crate).
 //!
-//! All three are xxh3-64 (seed 0) of a byte string that starts with a one-byte tag, so the
-//! three uses never collide by construction, followed by length-prefixed fields
-//! (`le32(len) ‖ bytes`, UTF-8), so distinct field tuples never encode alike:
+//! The first field is encoded as a one-byte tag, so the uses never collide by construction,
+//! then `le32(len) ‖ UTF-8 bytes`; its hash seeds the hash of the second field, so scoring many
+//! candidates against one node hashes each candidate's bytes in place (no concatenation):
 //!
-//! | use | bytes hashed |
+//! | use | value |
 //! |---|---|
-//! | pick score of `peer` for `prober` | `"p" ‖ le32(|prober|) ‖ prober ‖ le32(|peer|) ‖ peer` |
-//! | duty score of `node` for destination zone `zone` | `"z" ‖ le32(|node|) ‖ node ‖ le32(|zone|) ‖ zone` |
-//! | ring position of `node` | `"r" ‖ le32(|node|) ‖ node` |
+//! | pick score of `peer` for `prober` | `xxh3_64_with_seed(peer, xxh3_64("p" ‖ le32(len prober) ‖ prober))` |
+//! | duty score of `node` for destination zone `zone` | `xxh3_64_with_seed(zone, xxh3_64("z" ‖ le32(len node) ‖ node))` |
+//! | ring position of `node` | `xxh3_64("r" ‖ le32(len node) ‖ node)` |
 //!
 //! Higher scores win; ties (a 64-bit collision) are broken by the node id, larger first, so
 //! every order is total and every agent computes the same one.
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 const PICK: u8 = b'p';
 const DUTY: u8 = b'z';
@@ -21,35 +21,28 @@ const RING: u8 = b'r';
 /// A score with its tie-breaker: compares by score, then by id.
 pub type Key<'a> = (u64, &'a str);
 
-/// Scores many second fields against one first field without re-encoding the first.
+/// Scores many second fields against one first field.
 pub struct Scorer {
-    buf: Vec<u8>,
-    prefix: usize,
+    seed: u64,
 }
 
 impl Scorer {
-    fn new(tag: u8, first: &str) -> Scorer {
-        let mut buf = Vec::with_capacity(1 + 8 + first.len() + 64);
-        buf.push(tag);
-        push_field(&mut buf, first);
-        let prefix = buf.len();
-        Scorer { buf, prefix }
-    }
-
     /// Pick scores of candidate peers for `prober`.
     pub fn pick(prober: &str) -> Scorer {
-        Scorer::new(PICK, prober)
+        Scorer {
+            seed: tagged(PICK, prober),
+        }
     }
 
     /// Duty scores of `node` for destination zones.
     pub fn duty(node: &str) -> Scorer {
-        Scorer::new(DUTY, node)
+        Scorer {
+            seed: tagged(DUTY, node),
+        }
     }
 
-    pub fn score(&mut self, second: &str) -> u64 {
-        self.buf.truncate(self.prefix);
-        push_field(&mut self.buf, second);
-        xxh3_64(&self.buf)
+    pub fn score(&self, second: &str) -> u64 {
+        xxh3_64_with_seed(second.as_bytes(), self.seed)
     }
 }
 
@@ -60,54 +53,79 @@ pub fn duty(node: &str, zone: &str) -> u64 {
 
 /// Position of `node` on the guard ring.
 pub fn ring(node: &str) -> u64 {
-    let mut buf = Vec::with_capacity(1 + 4 + node.len());
-    buf.push(RING);
-    push_field(&mut buf, node);
+    tagged(RING, node)
+}
+
+/// `xxh3_64(tag ‖ le32(len s) ‖ s)`.
+fn tagged(tag: u8, s: &str) -> u64 {
+    let mut buf = Vec::with_capacity(1 + 4 + s.len());
+    buf.push(tag);
+    // Ids and zone names are bounded far below 4 GiB by discovery; saturate anyway.
+    buf.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
     xxh3_64(&buf)
 }
 
-fn push_field(buf: &mut Vec<u8>, s: &str) {
-    // Ids and zone names are bounded far below 4 GiB by discovery; saturate anyway.
-    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
+/// The `n` largest keys seen, kept sorted largest first: one comparison for most candidates,
+/// no buffer of them all.
+pub struct Top<'a> {
+    n: usize,
+    best: Vec<(Key<'a>, u32)>,
 }
 
-/// The `n` largest keys, largest first (all of them when there are fewer).
-pub fn top<'a>(mut keys: Vec<(Key<'a>, u32)>, n: usize) -> Vec<(Key<'a>, u32)> {
-    if keys.len() > n {
-        if n == 0 {
-            return Vec::new();
+impl<'a> Top<'a> {
+    pub fn new(n: usize) -> Top<'a> {
+        Top {
+            n,
+            best: Vec::with_capacity(n.min(256)),
         }
-        keys.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
-        keys.truncate(n);
     }
-    keys.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    keys
+
+    pub fn push(&mut self, key: Key<'a>, item: u32) {
+        if self.best.len() == self.n {
+            match self.best.last() {
+                Some(last) if key > last.0 => {
+                    self.best.pop();
+                }
+                _ => return,
+            }
+        }
+        let at = self.best.partition_point(|b| b.0 > key);
+        self.best.insert(at, (key, item));
+    }
+
+    /// The kept keys, largest first.
+    pub fn into_vec(self) -> Vec<(Key<'a>, u32)> {
+        self.best
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const PINNED_RING: u64 = 6_916_074_331_827_627_214;
+    const PINNED_PICK: u64 = 8_828_923_814_048_733_468;
+
     #[test]
     fn encodings_are_fixed() {
-        // Pinned values: a change here changes every agent's pinglist (a protocol change).
-        let mut buf = vec![b'p'];
-        buf.extend_from_slice(&1u32.to_le_bytes());
-        buf.extend_from_slice(b"a");
-        buf.extend_from_slice(&2u32.to_le_bytes());
-        buf.extend_from_slice(b"bc");
-        assert_eq!(Scorer::pick("a").score("bc"), xxh3_64(&buf));
-        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        // A change here changes every agent's pinglist (a protocol change).
+        let seed = xxh3_64(&[b'p', 1, 0, 0, 0, b'a']);
+        assert_eq!(Scorer::pick("a").score("bc"), xxh3_64_with_seed(b"bc", seed));
+        let seed = xxh3_64(&[b'z', 2, 0, 0, 0, b'n', b'1']);
+        assert_eq!(duty("n1", "eu"), xxh3_64_with_seed(b"eu", seed));
+        assert_eq!(ring("a"), xxh3_64(&[b'r', 1, 0, 0, 0, b'a']));
+        // Pinned values, so a change of the hash crate cannot go unnoticed.
+        assert_eq!(ring("node-1"), PINNED_RING);
+        assert_eq!(Scorer::pick("node-1").score("node-2"), PINNED_PICK);
+        // Fields do not run together, uses do not collide.
         assert_ne!(Scorer::pick("ab").score("c"), Scorer::pick("a").score("bc"));
         assert_ne!(Scorer::pick("a").score("b"), duty("a", "b"));
-        assert_eq!(ring("a"), xxh3_64(&[b'r', 1, 0, 0, 0, b'a']));
     }
 
     #[test]
     fn scorer_reuse_matches_one_off() {
-        let mut s = Scorer::duty("node-1");
+        let s = Scorer::duty("node-1");
         assert_eq!(s.score("eu-1a"), duty("node-1", "eu-1a"));
         assert_eq!(s.score("x"), duty("node-1", "x"));
         assert_eq!(s.score("eu-1a"), duty("node-1", "eu-1a"));
@@ -115,14 +133,16 @@ mod tests {
 
     #[test]
     fn top_orders_and_bounds() {
-        let keys = vec![((3, "c"), 0), ((9, "a"), 1), ((3, "d"), 2), ((1, "z"), 3)];
-        let t = top(keys.clone(), 3);
-        assert_eq!(
-            t.iter().map(|k| k.1).collect::<Vec<_>>(),
-            vec![1, 2, 0],
-            "score first, then id"
-        );
-        assert_eq!(top(keys.clone(), 10).len(), 4);
-        assert!(top(keys, 0).is_empty());
+        let keys = [((3, "c"), 0), ((9, "a"), 1), ((3, "d"), 2), ((1, "z"), 3)];
+        let top = |n| {
+            let mut t = Top::new(n);
+            for (k, i) in keys {
+                t.push(k, i);
+            }
+            t.into_vec().iter().map(|k| k.1).collect::<Vec<_>>()
+        };
+        assert_eq!(top(3), vec![1, 2, 0], "score first, then id");
+        assert_eq!(top(10), vec![1, 2, 0, 3]);
+        assert!(top(0).is_empty());
     }
 }

@@ -87,7 +87,7 @@ fn rack_mesh_capped_by_score() {
     assert_eq!(rack.len(), 20);
     assert!(rack.iter().all(|id| t[*id].rack == t[me].rack));
     // The 20 highest pick scores of the rack.
-    let mut s = score::Scorer::pick(me);
+    let s = score::Scorer::pick(me);
     let mut scored: Vec<(u64, &String)> = t
         .iter()
         .filter(|(id, pl)| pl.rack == t[me].rack && id.as_str() != me)
