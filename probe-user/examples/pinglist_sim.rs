@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Prints one line per (size, topology): a table, or with `--json` one JSON object per line
-//! (`{"cluster":..,"params":..,"figures":..,"violations":[..]}`).
+//! (`{"cluster":..,"params":..,"churn_goal":..,"figures":..,"violations":[..]}`).
 use anyhow::{Context, Result, bail};
 use meshprobe::pinglist::{Params, sim};
 
@@ -66,6 +66,7 @@ fn main() -> Result<()> {
                         "min_probers": params.min_probers,
                         "max_peers": params.max_peers,
                     },
+                    "churn_goal": sim::CHURN_GOAL,
                     "figures": f,
                     "violations": violations,
                 });

@@ -64,10 +64,12 @@ impl<'t> Index<'t> {
             if place.rack.is_empty() {
                 rack_of.push(NO_RACK);
             } else {
-                let r = *rack_ix.entry((&place.zone, &place.rack)).or_insert_with(|| {
-                    racks.push(Vec::new());
-                    (racks.len() - 1) as u32
-                });
+                let r = *rack_ix
+                    .entry((&place.zone, &place.rack))
+                    .or_insert_with(|| {
+                        racks.push(Vec::new());
+                        (racks.len() - 1) as u32
+                    });
                 racks[r as usize].push(i);
                 rack_of.push(r);
             }

@@ -59,7 +59,12 @@ impl Index<'_> {
         } else {
             &self.racks[rack as usize]
         };
-        best(&mut out, &mut group.iter().copied(), p.rack_peers, Reason::Rack);
+        best(
+            &mut out,
+            &mut group.iter().copied(),
+            p.rack_peers,
+            Reason::Rack,
+        );
 
         // Zone: k in the own zone's other racks.
         if rack != NO_RACK {

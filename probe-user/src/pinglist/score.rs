@@ -111,7 +111,10 @@ mod tests {
     fn encodings_are_fixed() {
         // A change here changes every agent's pinglist (a protocol change).
         let seed = xxh3_64(&[b'p', 1, 0, 0, 0, b'a']);
-        assert_eq!(Scorer::pick("a").score("bc"), xxh3_64_with_seed(b"bc", seed));
+        assert_eq!(
+            Scorer::pick("a").score("bc"),
+            xxh3_64_with_seed(b"bc", seed)
+        );
         let seed = xxh3_64(&[b'z', 2, 0, 0, 0, b'n', b'1']);
         assert_eq!(duty("n1", "eu"), xxh3_64_with_seed(b"eu", seed));
         assert_eq!(ring("a"), xxh3_64(&[b'r', 1, 0, 0, 0, b'a']));

@@ -148,7 +148,10 @@ impl Figures {
     pub fn violations(&self, p: &Params) -> Vec<String> {
         let mut v = Vec::new();
         if self.out_max > p.max_peers {
-            v.push(format!("a list has {} peers > {}", self.out_max, p.max_peers));
+            v.push(format!(
+                "a list has {} peers > {}",
+                self.out_max, p.max_peers
+            ));
         }
         if self.members > p.min_probers && self.under_min_probers > 0 {
             v.push(format!(

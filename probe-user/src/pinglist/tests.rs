@@ -99,10 +99,7 @@ fn rack_mesh_capped_by_score() {
     // A small rack is a full mesh: racks of 10 give 9 rack peers.
     let t = sim::even(1, 500, 10);
     let l = at(&t, me);
-    assert_eq!(
-        l.peers.values().filter(|r| **r == Reason::Rack).count(),
-        9
-    );
+    assert_eq!(l.peers.values().filter(|r| **r == Reason::Rack).count(), 9);
     // k picks in the own zone's other racks.
     assert!(
         l.peers
@@ -126,8 +123,16 @@ fn guards_from_another_zone_for_every_node() {
             index.guard_walk(me, |x, _| guards[x as usize].push(me));
         }
         for (x, g) in guards.iter().enumerate() {
-            assert_eq!(g.len(), params.min_probers, "guards of {}", index.id(x as u32));
-            assert!(g.iter().all(|&p| index.zone_of(p) != index.zone_of(x as u32)));
+            assert_eq!(
+                g.len(),
+                params.min_probers,
+                "guards of {}",
+                index.id(x as u32)
+            );
+            assert!(
+                g.iter()
+                    .all(|&p| index.zone_of(p) != index.zone_of(x as u32))
+            );
         }
         // And they stay on the lists.
         let lists = all(&t, &params);
@@ -167,7 +172,10 @@ fn zone_pairs_covered_and_small_zones_not_probed_by_everyone() {
         .into_iter()
         .filter(|pr| t[*pr].zone == "zone-000")
         .count();
-    assert!(from_big <= 2 * params.zone_peers + params.min_probers, "{from_big}");
+    assert!(
+        from_big <= 2 * params.zone_peers + params.min_probers,
+        "{from_big}"
+    );
 }
 
 #[test]
@@ -191,7 +199,10 @@ fn max_peers_respected_guards_kept() {
             assert!(l.peers.iter().any(|&(i, _)| i == g), "guard trimmed");
         }
     }
-    assert!(trimmed > 0, "the cap was never reached: the test tests nothing");
+    assert!(
+        trimmed > 0,
+        "the cap was never reached: the test tests nothing"
+    );
 }
 
 #[test]
