@@ -76,14 +76,16 @@ pub fn unlabelled(n: usize) -> Topology {
 /// The standard set at `n` members (n a multiple of 50 is exact; others round down).
 pub fn clusters(n: usize) -> Vec<Cluster> {
     let per = n / 50;
+    // Racks of 20, smaller when a zone would hold fewer than 4 racks.
+    let rack = (per / 4).clamp(2, 20);
     vec![
         Cluster {
             name: format!("50 zones × {per}"),
             topology: even(50, per, 0),
         },
         Cluster {
-            name: format!("50 zones × {per}, racks of 20"),
-            topology: even(50, per, 20),
+            name: format!("50 zones × {per}, racks of {rack}"),
+            topology: even(50, per, rack),
         },
         Cluster {
             name: "30 zones, Zipf sizes (∝ 1/rank)".into(),

@@ -25,7 +25,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
          k = 2, m = 3, cap 128)",
     );
     rep.method(
-        "topologies: 50 zones × N/50 (no racks; racks of 20), 30 zones with Zipf sizes \
+        "topologies: 50 zones × N/50 (no racks; racks of 20, or N/200 when smaller), 30 zones with Zipf sizes \
          (∝ 1/rank, at least 2), one zone with racks of 20, no labels",
     );
     rep.method(
