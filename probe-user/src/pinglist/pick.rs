@@ -47,6 +47,14 @@ impl Index<'_> {
         };
 
         if n.saturating_sub(1) <= p.full_mesh_max {
+            if n.saturating_sub(1) <= p.max_peers {
+                // Nothing to trim: no scores needed.
+                let peers = (0..n as u32).filter(|&i| i != me);
+                return Picks {
+                    peers: peers.map(|i| (i, Reason::Full)).collect(),
+                    trimmed: 0,
+                };
+            }
             best(&mut out, &mut (0..n as u32), n, Reason::Full);
             return trim(out, p.max_peers);
         }

@@ -70,6 +70,14 @@ fn full_mesh_up_to_the_threshold() {
     let l = at(&t, "node-000000");
     assert!(l.peers.values().all(|r| *r != Reason::Full));
     assert!(l.peers.len() < 129);
+    // An (invalid) full mesh above the cap is still capped.
+    let q = Params {
+        full_mesh_max: 200,
+        max_peers: 50,
+        ..p()
+    };
+    let l = select(&t, "node-000000", &t["node-000000"], &q);
+    assert_eq!((l.peers.len(), l.trimmed), (50, 79));
 }
 
 #[test]
