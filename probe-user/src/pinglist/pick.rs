@@ -33,7 +33,7 @@ impl Index<'_> {
         let scorer = Scorer::pick(me_id);
         let mut out: Vec<Pick> = Vec::new();
         // The `k` highest-scoring of `members` (not `me`) join `out` for `reason`.
-        let mut best = |out: &mut Vec<Pick>, members: &mut dyn Iterator<Item = u32>, k, reason| {
+        let best = |out: &mut Vec<Pick>, members: &mut dyn Iterator<Item = u32>, k, reason| {
             let mut top = Top::new(k);
             for i in members.filter(|&i| i != me) {
                 top.push((scorer.score(self.id(i)), self.id(i)), i);

@@ -35,11 +35,9 @@ pub fn sized(sizes: &[usize], rack_size: usize) -> Topology {
     let mut t = Topology::new();
     for (z, &size) in sizes.iter().enumerate() {
         for j in 0..size {
-            let rack = if rack_size == 0 {
-                String::new()
-            } else {
-                format!("rack-{z:03}-{:03}", j / rack_size)
-            };
+            let rack = j
+                .checked_div(rack_size)
+                .map_or_else(String::new, |r| format!("rack-{z:03}-{r:03}"));
             t.insert(id(t.len()), place(format!("zone-{z:03}"), rack));
         }
     }
