@@ -12,6 +12,7 @@ mod discovery;
 mod ebpf_cost;
 mod fast_path;
 mod footprint;
+mod pinglist;
 mod precision;
 mod profile;
 
@@ -162,6 +163,15 @@ const SCENARIOS: &[Scenario] = &[
         title: "Discovery: a 21st agent joins 20 (ZooKeeper)",
         goal: "≤ 2 s from registration to every agent probing it",
         run: Some(discovery::run),
+        plan: "",
+    },
+    Scenario {
+        id: 7,
+        name: "pinglist",
+        title: "Pinglists simulated at 1 000, 10 000 and 50 000 members",
+        goal: "≤ 128 peers per agent; every node ≥ 3 probers, from ≥ 2 zones; every zone pair \
+               covered; ≤ 2 000 entries changed per join or leave",
+        run: Some(pinglist::run),
         plan: "",
     },
 ];
@@ -896,7 +906,7 @@ mod tests {
         let s = select(&["6".into(), "ebpf-cost".into(), "discovery".into()]).unwrap();
         assert_eq!(s.iter().map(|s| s.id).collect::<Vec<_>>(), vec![2, 6]);
         assert!(select(&["nope".into()]).is_err());
-        assert_eq!(select(&[]).unwrap().len(), 6);
+        assert_eq!(select(&[]).unwrap().len(), 7);
     }
 
     #[test]
