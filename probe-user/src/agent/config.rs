@@ -635,6 +635,10 @@ impl AgentArgs {
                 "give host:port[,host:port], or unset it to print to stdout",
             ));
         }
+        // The error names the setting (README "Pinglists" has the rules).
+        self.pinglist_params()
+            .validate()
+            .map_err(|e| bad("MESHPROBE_PINGLIST_*", e.to_string(), ""))?;
         Ok(())
     }
 
@@ -732,6 +736,23 @@ mod tests {
         assert_eq!(a.conn_timeout, Duration::from_secs(10));
         assert_eq!(a.register_listener_port, 862);
         assert_eq!(a.output(), OutputFormat::Table);
+    }
+
+    #[test]
+    fn pinglist_settings_are_checked() {
+        let a = parse(&["t", "agent", "--pinglist-rack-peers", "30"]);
+        assert_eq!(a.pinglist_params().rack_peers, 30);
+        a.validate().unwrap();
+        let e = parse(&["t", "agent", "--pinglist-zone-peers", "0"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MESHPROBE_PINGLIST_ZONE_PEERS"), "{e}");
+        let e = parse(&["t", "agent", "--pinglist-rack-peers", "200"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RACK_PEERS") && e.contains("MAX_PEERS"), "{e}");
     }
 
     #[test]
