@@ -45,6 +45,8 @@ fn compile_proto() -> anyhow::Result<()> {
         ("ProbeResult.t4_source", "stamp_source"),
         ("ProbeResult.timestamping", "timestamping"),
         ("WindowSummary.timestamping", "timestamping"),
+        ("ZoneSummary.timestamping", "timestamping"),
+        ("ZoneSummary.network_rtt_hdr", "base64"),
     ] {
         cfg.field_attribute(
             format!(".meshprobe.v1.{field}"),

@@ -1,6 +1,7 @@
 //! `meshprobe consume`: read the records topic from the beginning (every partition, no
 //! consumer group offsets), decode and print them like the agent's stdout output. The reading
-//! itself ([`TopicReader`]) is shared with `meshprobe matrix`.
+//! itself ([`TopicReader`]) is shared with `meshprobe matrix`; so are the coverage figures
+//! (`--coverage`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
@@ -18,6 +19,7 @@ use rdkafka::{
 use tracing::debug;
 
 use crate::{
+    matrix::{Model, coverage::Coverage},
     pb::{self, record::Kind},
     sink::{OutputFormat, StdoutSink, kafka::validate_bootstrap},
 };
@@ -25,8 +27,11 @@ use crate::{
 /// Which record kinds to print.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum KindFilter {
+    /// Window summaries of node pairs.
     Summary,
     Probe,
+    /// Zone summaries (one agent towards one zone).
+    Zone,
     #[default]
     All,
 }
@@ -45,10 +50,10 @@ pub struct ConsumeArgs {
     /// JSON lines, exactly as the agent's `--output json`.
     #[arg(long)]
     pub json: bool,
-    /// Only records measured by this node.
+    /// Only records measured by this node (the agent, for zone summaries too).
     #[arg(long)]
     pub src: Option<String>,
-    /// Only records towards this node.
+    /// Only records towards this node; zone summaries: towards this zone.
     #[arg(long)]
     pub dst: Option<String>,
     /// Record kinds to print.
@@ -61,6 +66,11 @@ pub struct ConsumeArgs {
     /// instead of the records.
     #[arg(long, conflicts_with = "follow")]
     pub offsets: bool,
+    /// Print, at the end of the topic, the coverage of the latest windows (pairs probed of
+    /// those possible, nodes probed and by how few agents, zone pairs covered: the figures of
+    /// `meshprobe matrix`) instead of the records.
+    #[arg(long, conflicts_with_all = ["follow", "offsets", "src", "dst", "kind"])]
+    pub coverage: bool,
 }
 
 impl ConsumeArgs {
@@ -68,8 +78,8 @@ impl ConsumeArgs {
         let (kind, src, dst) = match &rec.kind {
             Some(Kind::Summary(s)) => (KindFilter::Summary, &s.src, &s.dst),
             Some(Kind::Probe(p)) => (KindFilter::Probe, &p.src, &p.dst),
-            // Contract stub (issue 14): zone summaries get their own filter.
-            Some(Kind::Zone(_)) | None => return false,
+            Some(Kind::Zone(z)) => (KindFilter::Zone, &z.src, &z.dst_zone),
+            None => return false,
         };
         (self.kind == KindFilter::All || self.kind == kind)
             && self.src.as_ref().is_none_or(|s| s == src)
@@ -123,9 +133,11 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
             OutputFormat::Table
         },
     };
+    let mut model = Model::default();
     while args.follow || !reader.at_end() {
         match reader.poll(args.follow)? {
             Some(Polled::Record(_)) if args.offsets => {}
+            Some(Polled::Record(rec)) if args.coverage => take(&mut model, *rec),
             Some(Polled::Record(rec)) if args.wants(&rec) => out.send(&rec),
             Some(Polled::Warning(w)) => eprintln!("warning: {w}"),
             Some(Polled::Record(_)) | None => {}
@@ -133,6 +145,9 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
     }
     if args.offsets {
         print_offsets(&reader, args.json);
+    }
+    if args.coverage {
+        println!("{}", coverage_line(&Coverage::of_model(&model), args.json));
     }
     if reader.unknown > 0 {
         eprintln!(
@@ -148,6 +163,43 @@ fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Feeds a summary to the coverage model (probe records have no part in it).
+fn take(model: &mut Model, rec: pb::Record) {
+    let r = match rec.kind {
+        Some(Kind::Summary(s)) => model.ingest(s),
+        Some(Kind::Zone(z)) => model.ingest(z),
+        _ => return,
+    };
+    if let Err(e) = r {
+        eprintln!("warning: {e}");
+    }
+}
+
+/// `coverage: pairs probed …` (see [`Coverage::text`]), or `{"type":"coverage",
+/// "pairs_probed":N,"pairs_possible":N,"nodes_probed":N,"nodes":N,"min_probers":N,
+/// "zone_pairs_covered":N|null,"zone_pairs_possible":N|null}`.
+fn coverage_line(c: &Coverage, json: bool) -> String {
+    let n = c.nodes.unwrap_or_default();
+    if json {
+        let (covered, possible) = c.zone_pairs.unzip();
+        return serde_json::json!({
+            "type": "coverage",
+            "pairs_probed": n.probed,
+            "pairs_possible": n.possible,
+            "nodes_probed": n.nodes_probed,
+            "nodes": n.nodes,
+            "min_probers": n.min_probers,
+            "zone_pairs_covered": covered,
+            "zone_pairs_possible": possible,
+        })
+        .to_string();
+    }
+    match c.text() {
+        t if t.is_empty() => "coverage: no window summaries".into(),
+        t => t,
+    }
 }
 
 /// `{"type":"offsets","topic":..,"partitions":[{"partition":0,"records":N,"next_offset":M}]}`
@@ -364,7 +416,22 @@ mod tests {
         assert_eq!(a.kafka_topic, "distributedTrace");
         assert_eq!(a.kind, KindFilter::All);
         assert_eq!(a.timeout, Duration::from_secs(10));
-        assert!(!a.follow && !a.json && !a.offsets);
+        assert!(!a.follow && !a.json && !a.offsets && !a.coverage);
+        for other in ["--follow", "--offsets", "--src=a", "--dst=b", "--kind=zone"] {
+            assert!(
+                parse(&["--kafka-bootstrap-servers", "k:9092", "--coverage", other]).is_err(),
+                "--coverage with {other}"
+            );
+        }
+        assert!(
+            parse(&[
+                "--kafka-bootstrap-servers",
+                "k:9092",
+                "--coverage",
+                "--json"
+            ])
+            .is_ok()
+        );
         assert!(
             parse(&[
                 "--kafka-bootstrap-servers",
@@ -425,5 +492,69 @@ mod tests {
         assert!(!a.wants(&s) && a.wants(&p));
         a.src = Some("x".into());
         assert!(!a.wants(&p));
+    }
+
+    #[test]
+    fn zone_filters_mean_the_agent_and_the_dst_zone() {
+        let mut a = parse(&["--kafka-bootstrap-servers", "k:9092", "--kind", "zone"]).unwrap();
+        let z = pb::Record {
+            kind: Some(Kind::Zone(pb::ZoneSummary {
+                src: "a".into(),
+                src_zone: "z1".into(),
+                dst_zone: "z2".into(),
+                ..Default::default()
+            })),
+        };
+        let s = pb::Record {
+            kind: Some(Kind::Summary(summary("a", "b", 1))),
+        };
+        assert!(a.wants(&z) && !a.wants(&s));
+        a.src = Some("a".into());
+        a.dst = Some("z2".into());
+        assert!(a.wants(&z));
+        a.dst = Some("z1".into());
+        assert!(!a.wants(&z), "--dst is the dst zone, not the src zone");
+        a.kind = KindFilter::All;
+        a.dst = None;
+        assert!(a.wants(&z) && a.wants(&s));
+        a.kind = KindFilter::Summary;
+        assert!(!a.wants(&z));
+    }
+
+    #[test]
+    fn coverage_of_the_records_read() {
+        use crate::matrix::model::tests::at;
+        let mut m = Model::default();
+        for (src, dst) in [("a", "b"), ("b", "a"), ("c", "a")] {
+            take(
+                &mut m,
+                pb::Record {
+                    kind: Some(Kind::Summary(at(src, dst, 1, 40_000))),
+                },
+            );
+        }
+        take(
+            &mut m,
+            pb::Record {
+                kind: Some(Kind::Probe(probe("a", "c", 1))),
+            },
+        );
+        let c = Coverage::of_model(&m);
+        assert_eq!(
+            coverage_line(&c, false),
+            "coverage: pairs probed 3/6 (50%), nodes probed 2/3 (fewest probers 0)"
+        );
+        let v: serde_json::Value = serde_json::from_str(&coverage_line(&c, true)).unwrap();
+        assert_eq!(v["type"], "coverage");
+        assert_eq!(
+            (v["pairs_probed"].as_u64(), v["pairs_possible"].as_u64()),
+            (Some(3), Some(6))
+        );
+        assert_eq!(v["min_probers"], 0);
+        assert!(v["zone_pairs_covered"].is_null());
+        assert_eq!(
+            coverage_line(&Coverage::of_model(&Model::default()), false),
+            "coverage: no window summaries"
+        );
     }
 }

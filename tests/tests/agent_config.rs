@@ -77,6 +77,18 @@ fn cases() -> Vec<Case> {
             vec![],
             vec!["MESHPROBE_SIZES", "--sizes"],
         ),
+        (
+            "too many worst peers on /metrics",
+            vec![("MESHPROBE_METRICS_WORST_PEERS", "5000")],
+            vec![],
+            vec!["MESHPROBE_METRICS_WORST_PEERS", "--metrics-worst-peers"],
+        ),
+        (
+            "the deprecated peer limit, read as the worst peers, too many",
+            vec![("MESHPROBE_METRICS_PEER_LIMIT", "5000")],
+            vec![],
+            vec!["MESHPROBE_METRICS_PEER_LIMIT", "--metrics-peer-limit"],
+        ),
     ]
 }
 

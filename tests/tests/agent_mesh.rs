@@ -12,6 +12,11 @@
 //! element off the interfaces the agents stamp on (so its program cannot run before theirs),
 //! and the port filter keeps ZooKeeper/Kafka traffic undelayed.
 //!
+//! Zones: node0 and node1 in `z-a`, node2 without a zone label (the empty zone is a zone too):
+//! every window, every agent prints one zone record per destination zone whose pairs are its
+//! peers there and whose counts add up its pair summaries; /metrics has per-zone-pair series
+//! and names peers only among the worst K.
+//!
 //! Like the core delay test, the assertion is on the added delay ([`Shift`]): windows without
 //! the delays, with them, and without them again (so drift cancels), each window's consumed
 //! p50 one run; the shift of the median must be the injected RTT within the spread of those
@@ -26,6 +31,7 @@ use meshprobe_tests::stats::{Shift, us};
 use meshprobe_tests::topo::Family;
 
 const DELAYS_US: [i64; 3] = [100, 200, 400];
+const ZONES: [&str; 3] = ["z-a", "z-a", ""];
 /// A safety timeout for discovery (a hang), not a speed figure.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(30);
 /// Whole windows per phase without the delays (before, and again after) and with them.
@@ -61,6 +67,123 @@ fn check_discovery(lab: &mut Lab, nodes: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Agent `i`'s peers per destination zone.
+fn expected_pairs(i: usize) -> BTreeMap<&'static str, u64> {
+    let mut m = BTreeMap::new();
+    for (j, z) in ZONES.iter().enumerate() {
+        if j != i {
+            *m.entry(*z).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// Agent `i`'s zone records of windows `lo..=hi` (all peers known): one per destination zone
+/// each window, pairs = its peers there, counts = the sums of its pair summaries.
+fn check_zone_records(lab: &Lab, i: usize, lo: u64, hi: u64) -> Vec<String> {
+    let a = lab.agent(i);
+    let src = Lab::node_id(i);
+    let want = expected_pairs(i);
+    let zones = a.lines("zone");
+    let sums = a.summaries();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for w in lo..=hi {
+        let recs: Vec<_> = zones.iter().filter(|z| num(z, "window_seq") == w).collect();
+        let got: BTreeMap<&str, u64> = recs
+            .iter()
+            .map(|z| (z["dst_zone"].as_str().unwrap_or("?"), num(z, "pairs")))
+            .collect();
+        if recs.len() != got.len() || got != want {
+            failures.push(format!(
+                "{src} window {w}: zone records {got:?} ({} records), want {want:?}",
+                recs.len()
+            ));
+            continue;
+        }
+        for z in recs {
+            let dz = z["dst_zone"].as_str().unwrap_or("?");
+            let pairs: Vec<_> = sums
+                .iter()
+                .filter(|s| num(s, "window_seq") == w && s["dst_zone"] == dz)
+                .collect();
+            let sum = |k: &str| pairs.iter().map(|s| num(s, k)).sum::<u64>();
+            let ok = z["src"] == src.as_str()
+                && z["src_zone"] == ZONES[i]
+                && num(z, "dst_zone_members") == want[dz]
+                && num(z, "sent") == sum("sent")
+                && num(z, "received") == sum("received")
+                && num(z, "lost") == sum("lost")
+                && num2(z, "network_rtt_ns", "count") == Some(sum("received") as i64)
+                && z["timestamping"] == pairs[0]["timestamping"]
+                && z["agent_instance"] == pairs[0]["agent_instance"]
+                // The merged histogram prints as base64 text, never as a number array.
+                && (sum("received") == 0
+                    || z["network_rtt_hdr"].as_str().is_some_and(|b| !b.is_empty()));
+            if !ok || pairs.len() as u64 != want[dz] {
+                failures.push(format!(
+                    "{src} window {w} zone {dz:?}: {z} does not add up its {} pair summaries",
+                    pairs.len()
+                ));
+            }
+            checked += 1;
+        }
+    }
+    eprintln!("{src}: {checked} zone records checked, windows {lo}..={hi}, {want:?}");
+    if checked == 0 {
+        failures.push(format!("{src}: no zone record in windows {lo}..={hi}"));
+    }
+    failures
+}
+
+/// Agent `i`'s /metrics: probe series per (src_zone, dst_zone) and peers named only by the
+/// worst-K gauges (the default K = 10 covers both peers).
+fn check_metrics(lab: &Lab, i: usize) -> Result<Vec<String>> {
+    let text = lab.agent(i).metrics()?;
+    let src = Lab::node_id(i);
+    let mut failures = Vec::new();
+    for dz in expected_pairs(i).keys() {
+        let labels = [
+            format!("src_zone=\"{}\"", ZONES[i]),
+            format!("dst_zone=\"{dz}\""),
+        ];
+        let has = |name: &str| {
+            text.lines()
+                .any(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x.as_str())))
+        };
+        for name in [
+            "meshprobe_zone_probes_sent_total{",
+            "meshprobe_zone_probes_received_total{",
+            "meshprobe_zone_network_rtt_seconds_bucket{",
+        ] {
+            if !has(name) {
+                failures.push(format!("{src}: /metrics has no {name}{labels:?}}}"));
+            }
+        }
+    }
+    for j in (0..3).filter(|&j| j != i) {
+        let peer = format!("peer=\"{}\"", Lab::node_id(j));
+        let zone = format!("zone=\"{}\"", ZONES[j]);
+        if !text.lines().any(|l| {
+            l.starts_with("meshprobe_worst_peer_loss_ratio{")
+                && l.contains(&peer)
+                && l.contains(&zone)
+        }) {
+            failures.push(format!("{src}: no worst-peer loss gauge for {peer}"));
+        }
+    }
+    let named: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("peer=\"") && !l.starts_with("meshprobe_worst_peer_"))
+        .collect();
+    if !named.is_empty() {
+        failures.push(format!(
+            "{src}: per-peer series outside the worst K: {named:?}"
+        ));
+    }
+    Ok(failures)
+}
+
 fn injected_rtt_ns(i: usize, j: usize) -> i64 {
     (DELAYS_US[i] + DELAYS_US[j]) * 1000
 }
@@ -70,8 +193,9 @@ fn run(test: &str, family: Family) -> Result<()> {
         return Ok(());
     };
     let t0 = Instant::now();
-    for i in 0..3 {
-        lab.start_agent(i)?;
+    for (i, zone) in ZONES.iter().enumerate() {
+        let cfg = lab.config(i).env("MESHPROBE_ZONE", zone);
+        lab.start_agent_with(i, &cfg)?;
     }
     check_discovery(&mut lab, &[0, 1, 2])?;
 
@@ -107,7 +231,14 @@ fn run(test: &str, family: Family) -> Result<()> {
         Duration::from_secs(30),
     )?;
     let last_checked = window_now() - 1;
+    let mut failures = Vec::new();
+    for i in 0..3 {
+        failures.extend(check_metrics(&lab, i)?);
+    }
     lab.stop_agents(Duration::from_secs(15))?;
+    for i in 0..3 {
+        failures.extend(check_zone_records(&lab, i, b0 + 1, last_checked));
+    }
 
     let stdout: Vec<_> = lab.stdout_summaries();
     let consumed = lab.consume(&["--kind", "summary"])?;
@@ -142,7 +273,6 @@ fn run(test: &str, family: Family) -> Result<()> {
          printed {not_printed:?}"
     );
 
-    let mut failures = Vec::new();
     for i in 0..3 {
         for j in 0..3 {
             if i == j {

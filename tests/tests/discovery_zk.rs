@@ -5,26 +5,33 @@
 //! Topology: TwoHosts; ZooKeeper listens on A (198.18.0.1:2181); member "a" runs in A, member
 //! "b" in B (198.18.0.2), so B's ZooKeeper traffic can be cut with nftables alone.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use meshprobe::discovery::{
-    CONFLICT_RETRY, DiscoveryError, PeerMap, STOP_BUDGET, ZkOptions, ZkState, run_zk,
+    CONFLICT_RETRY, DiscoveryError, PeerMap, RESYNC_JITTER_MAX, STOP_BUDGET, ZkMetrics, ZkOptions,
+    ZkState, layout, run_zk,
 };
 use meshprobe::pb::NodeInfo;
 use meshprobe_tests::env::{exclusive, missing_prerequisite, skip};
 use meshprobe_tests::netns::Netns;
 use meshprobe_tests::services::{TcpBlock, ZooKeeper, zookeeper_missing};
 use meshprobe_tests::topo::TwoHosts;
+use meshprobe_tests::zkreg::{Registrar, SyntheticMember};
+use support::ProductLayout;
 use tokio::sync::watch;
 
 const ZK_PORT: u16 = 2181;
 const ROOT: &str = "/meshprobe-test/";
 const HEARTBEAT: &str = "heartbeat";
 const MEMBERS: &str = "/meshprobe-test/heartbeat";
+const TOPOLOGY: &str = "/meshprobe-test/heartbeat.topology";
 const PROBE_PORT: u16 = 862;
 
 /// Longest wait for something that should follow at once: four session timeouts (the slowest
@@ -70,33 +77,56 @@ fn options(servers: &str, me: NodeInfo, timeout: Duration) -> ZkOptions {
         session_timeout: timeout,
         me,
         default_port: PROBE_PORT,
+        metrics: ZkMetrics::default(),
     }
 }
 
-/// Protobuf of a NodeInfo with the fields the tests set by hand (the tests crate has no prost):
-/// strings 1 node_id, 2 public_address, 6 version; varints 3 public_port, 8 started_tai_ns.
-fn encode_node_info(id: &str, addr: &str, port: u32, version: &str, started: u64) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
+/// The registration and index entry of `info`, by the product's rule.
+fn znodes(info: &NodeInfo) -> layout::Registration {
+    layout::registration(MEMBERS, info)
+}
+
+/// The index entry path of `info`.
+fn entry_of(info: &NodeInfo) -> String {
+    znodes(info).entry
+}
+
+/// Registers `info` (registration and entry, one transaction) in a detached session that
+/// lives on for `linger` after we close it, like the session of a killed agent; its id.
+fn register_detached(ns: &Netns, servers: &str, info: &NodeInfo, linger: Duration) -> Result<i64> {
+    let z = znodes(info);
+    zk_session(ns, servers, Some(linger), async move |c| {
+        let persistent = persistent_opts();
+        for p in [&z.path, &z.entry] {
+            let dir = &p[..p.rfind('/').unwrap()];
+            c.mkdir(dir, &persistent)
+                .await
+                .map_err(|e| anyhow!("mkdir {dir}: {e}"))?;
         }
-        out.push(v as u8);
-    }
-    fn string(out: &mut Vec<u8>, field: u64, s: &str) {
-        varint(out, field << 3 | 2);
-        varint(out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
-    }
-    let mut out = Vec::new();
-    string(&mut out, 1, id);
-    string(&mut out, 2, addr);
-    varint(&mut out, 3 << 3);
-    varint(&mut out, port.into());
-    string(&mut out, 6, version);
-    varint(&mut out, 8 << 3);
-    varint(&mut out, started);
-    out
+        let eph =
+            zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+        let mut w = c.new_multi_writer();
+        w.add_create(&z.path, &z.data, &eph)?;
+        w.add_create(&z.entry, &[], &eph)?;
+        w.commit()
+            .await
+            .map_err(|e| anyhow!("registering {}: {e}", z.path))?;
+        Ok(c.session_id().0)
+    })
+}
+
+/// Deletes a member's registration and entry (one transaction), as its graceful leave does.
+fn deregister(ns: &Netns, servers: &str, info: &NodeInfo) -> Result<()> {
+    let z = znodes(info);
+    zk_session(ns, servers, None, async move |c| {
+        let mut w = c.new_multi_writer();
+        w.add_delete(&z.path, None)?;
+        w.add_delete(&z.entry, None)?;
+        w.commit()
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow!("deregistering {}: {e}", z.path))
+    })
 }
 
 /// Runs `f` with a ZooKeeper client connected from inside `ns`. A `detached` session is not
@@ -179,34 +209,18 @@ fn persistent_opts() -> zookeeper_client::CreateOptions<'static> {
     zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all())
 }
 
-/// Creates `path` (and its parents) holding `data`: ephemeral in a detached session that
-/// lives for `session` (returns its id), or persistent with `None`.
-fn create_znode(
-    ns: &Netns,
-    servers: &str,
-    path: &str,
-    data: Vec<u8>,
-    session: Option<Duration>,
-) -> Result<i64> {
+/// Creates the persistent `path` (and its parents) holding `data`.
+fn create_znode(ns: &Netns, servers: &str, path: &str, data: Vec<u8>) -> Result<()> {
     let p = path.to_string();
-    zk_session(ns, servers, session, async move |c| {
+    zk_session(ns, servers, None, async move |c| {
         let parent = &p[..p.rfind('/').unwrap()];
         c.mkdir(parent, &persistent_opts())
             .await
             .map_err(|e| anyhow!("mkdir {parent}: {e}"))?;
-        let mode = if session.is_some() {
-            zookeeper_client::CreateMode::Ephemeral
-        } else {
-            zookeeper_client::CreateMode::Persistent
-        };
-        c.create(
-            &p,
-            &data,
-            &mode.with_acls(zookeeper_client::Acls::anyone_all()),
-        )
-        .await
-        .map_err(|e| anyhow!("create {p}: {e}"))?;
-        Ok(c.session_id().0)
+        c.create(&p, &data, &persistent_opts())
+            .await
+            .map_err(|e| anyhow!("create {p}: {e}"))?;
+        Ok(())
     })
 }
 
@@ -352,22 +366,23 @@ fn members_see_each_other_and_leave_at_once() -> Result<()> {
     let t = TwoHosts::new()?;
     let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
     let servers = zk.connect_string();
-    // Junk next to the real members: not a NodeInfo, and a name that cannot resolve.
+    // Junk next to the real members. Registrations without an index entry (as agents of an
+    // older version make them) are not probed: not a NodeInfo, and a name that cannot resolve.
+    // In the index: a name that is no entry, and an entry whose name cannot resolve.
     create_znode(
         &t.a,
         &servers,
-        &format!("{MEMBERS}/junk"),
-        vec![0xff; 3],
-        None,
+        &format!("{}/not-an-entry", layout::zone_path(TOPOLOGY, "zone-x")),
+        Vec::new(),
     )?;
-    let unresolvable = encode_node_info("ghost", "no-such-host.invalid", 862, "t", 1);
-    create_znode(
-        &t.a,
-        &servers,
-        &format!("{MEMBERS}/ghost"),
-        unresolvable,
-        None,
-    )?;
+    let mut ghost = node_info("ghost2", a_addr(), 862, "t");
+    ghost.public_address = "no-such-host.invalid".into();
+    create_znode(&t.a, &servers, &entry_of(&ghost), Vec::new())?;
+    create_znode(&t.a, &servers, &format!("{MEMBERS}/junk"), vec![0xff; 3])?;
+    let mut unresolvable = node_info("ghost", a_addr(), 862, "t");
+    unresolvable.public_address = "no-such-host.invalid".into();
+    let unresolvable = znodes(&unresolvable).data;
+    create_znode(&t.a, &servers, &format!("{MEMBERS}/ghost"), unresolvable)?;
 
     let timeout = Duration::from_secs(4);
     let mut a = Member::start(
@@ -411,13 +426,21 @@ fn members_see_each_other_and_leave_at_once() -> Result<()> {
         a.peer_ids()
     );
 
-    // Our registration is an ephemeral znode holding our NodeInfo.
+    // Our registration is an ephemeral znode holding our NodeInfo, and our index entry an
+    // empty ephemeral znode of the same session.
     let (data, owner) =
         znode(&t.a, &servers, &format!("{MEMBERS}/a"))?.ok_or_else(|| anyhow!("no znode for a"))?;
     ensure!(owner != 0, "a's znode is not ephemeral");
     ensure!(
         data.windows(6).any(|w| w == b"test-a"),
         "a's znode does not hold a's NodeInfo: {data:?}"
+    );
+    let a_entry = entry_of(&node_info("a", a_addr(), 862, "test-a"));
+    let (data, entry_owner) =
+        znode(&t.a, &servers, &a_entry)?.ok_or_else(|| anyhow!("no index entry {a_entry}"))?;
+    ensure!(
+        entry_owner == owner && data.is_empty(),
+        "a's index entry {a_entry}: owner {entry_owner:#x} (registration {owner:#x}), data {data:?}"
     );
 
     // b stops: its znode goes first, a's map drops it at once. Had b only abandoned its
@@ -447,6 +470,11 @@ fn members_see_each_other_and_leave_at_once() -> Result<()> {
          b's session could have removed it (half the {timeout:?} session timeout)"
     );
     ensure!(znode(&t.a, &servers, &format!("{MEMBERS}/b"))?.is_none());
+    let b_entry = entry_of(&node_info("b", b_addr(), 0, "test-b"));
+    ensure!(
+        znode(&t.a, &servers, &b_entry)?.is_none(),
+        "b's index entry {b_entry} outlived its leave"
+    );
 
     // A new member appears again (watch re-armed after each event).
     let t0 = Instant::now();
@@ -535,15 +563,21 @@ fn zookeeper_outage_keeps_the_map() -> Result<()> {
          came back; maps stayed complete throughout",
         t0.elapsed()
     );
-    let members: BTreeSet<String> = zk
+    let ephemerals: BTreeSet<String> = zk
         .ephemerals()?
         .into_iter()
         .map(|(_, p)| p)
-        .filter(|p| p.starts_with(MEMBERS))
+        .filter(|p| p.starts_with("/meshprobe-test/"))
         .collect();
+    let want = BTreeSet::from([
+        format!("{MEMBERS}/a"),
+        format!("{MEMBERS}/b"),
+        entry_of(&node_info("a", a_addr(), 862, "")),
+        entry_of(&node_info("b", b_addr(), 862, "")),
+    ]);
     ensure!(
-        members == BTreeSet::from([format!("{MEMBERS}/a"), format!("{MEMBERS}/b")]),
-        "ephemerals after the outage: {members:?}"
+        ephemerals == want,
+        "ephemerals after the outage: {ephemerals:?}, want {want:?}"
     );
     // Leave while ZooKeeper is still up (locals drop in reverse order: zk first).
     drop(b);
@@ -615,6 +649,13 @@ fn session_expiry_registers_again() -> Result<()> {
         new_session != old_session,
         "b's znode still belongs to the expired session {old_session:#x}"
     );
+    let b_entry = entry_of(&node_info("b", b_addr(), 862, ""));
+    let (_, entry_session) = znode(&t.a, &servers, &b_entry)?
+        .ok_or_else(|| anyhow!("no index entry {b_entry} after the expiry"))?;
+    ensure!(
+        entry_session == new_session,
+        "b's index entry belongs to session {entry_session:#x}, not b's {new_session:#x}"
+    );
     eprintln!(
         "discovery_zk: b registered again in a new session {back:?} after the cut ended \
          (session {old_session:#x} -> {new_session:#x}); a saw b again {:?} after the cut",
@@ -635,12 +676,16 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
     let t = TwoHosts::new()?;
     let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
     let servers = zk.connect_string();
-    let linger = Some(Duration::from_secs(40));
+    let linger = Duration::from_secs(40);
     let timeout = Duration::from_secs(4);
 
-    // A "crashed" a: its session lives on for 40 s.
-    let stale = encode_node_info("a", "198.18.0.1", 862, "crashed-a", 1);
-    let stale_session = create_znode(&t.a, &servers, &format!("{MEMBERS}/a"), stale, linger)?;
+    // A "crashed" a: its session lives on for 40 s. It ran in another zone and rack: its
+    // index entry is found from its registration's data.
+    let mut stale = node_info("a", a_addr(), 862, "crashed-a");
+    stale.started_tai_ns = 1;
+    stale.zone = "zone-old".into();
+    stale.rack = "rack-9".into();
+    let stale_session = register_detached(&t.a, &servers, &stale, linger)?;
     let t0 = Instant::now();
     let a = Member::start(
         &t.a,
@@ -653,15 +698,26 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
         owner != stale_session && data.windows(6).any(|w| w == b"test-a"),
         "a's znode still the stale one (owner {owner:#x}, stale {stale_session:#x})"
     );
+    ensure!(
+        znode(&t.a, &servers, &entry_of(&stale))?.is_none(),
+        "the stale index entry {} outlived the takeover",
+        entry_of(&stale)
+    );
+    let a_entry = entry_of(&node_info("a", a_addr(), 862, ""));
+    ensure!(
+        znode(&t.a, &servers, &a_entry)?.is_some_and(|(_, o)| o == owner),
+        "a's own index entry {a_entry} missing after the takeover"
+    );
     eprintln!(
-        "discovery_zk: a took over its stale znode (session {stale_session:#x} still alive) \
+        "discovery_zk: a took over its stale znodes (session {stale_session:#x} still alive) \
          {took:?} after start ({:?})",
         t0.elapsed()
     );
 
     // Another agent (198.18.0.9) holds "c": c waits and does not steal it.
-    let other = encode_node_info("c", "198.18.0.9", 862, "other-c", 1);
-    let other_session = create_znode(&t.a, &servers, &format!("{MEMBERS}/c"), other, linger)?;
+    let mut other = node_info("c", "198.18.0.9".parse()?, 862, "other-c");
+    other.started_tai_ns = 1;
+    let other_session = register_detached(&t.a, &servers, &other, linger)?;
     let c_started = Instant::now();
     let c = Member::start(
         &t.b,
@@ -696,7 +752,7 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
     );
     // The other agent leaves: c registers at once (it watches the conflicting znode). The
     // wait covers c's retries too, so a missing watch shows as a late registration.
-    delete_znode(&t.a, &servers, &format!("{MEMBERS}/c"))?;
+    deregister(&t.a, &servers, &other)?;
     let deleted = Instant::now();
     c.wait("registered", 2 * CONFLICT_RETRY, |_, s| {
         s == ZkState::Registered
@@ -729,6 +785,89 @@ fn stale_own_znode_is_taken_over_conflicts_are_not() -> Result<()> {
     eprintln!(
         "discovery_zk: a re-created its deleted znode within {recreated:?} (bound: the \
          {timeout:?} session timeout)"
+    );
+
+    // Someone deletes a's index entry: a creates it again, on the event of its index watch.
+    delete_znode(&t.a, &servers, &a_entry)?;
+    let recreated = wait_ephemeral(&t.a, &servers, &a_entry, timeout)?.ok_or_else(|| {
+        anyhow!(
+            "a did not re-create its deleted index entry within the {timeout:?} session timeout"
+        )
+    })?;
+    c.wait("seeing a again", safety(timeout), |m, _| {
+        m.contains_key("a")
+    })?;
+    eprintln!("discovery_zk: a re-created its deleted index entry within {recreated:?}");
+    Ok(())
+}
+
+/// Joins and leaves while b is cut off from ZooKeeper (its connection lost, its session alive)
+/// are lost for its watch; b catches up by its re-synchronisation after the jitter, and its
+/// watch works again afterwards.
+#[test]
+fn changes_during_a_disconnection_are_caught_up() -> Result<()> {
+    let test = "changes_during_a_disconnection_are_caught_up";
+    let Some(_lock) = prereq(test)? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let zk = ZooKeeper::start(&t.a, a_addr(), ZK_PORT)?;
+    let servers = zk.connect_string();
+    let timeout = Duration::from_secs(10);
+    let b = Member::start(
+        &t.b,
+        options(&servers, node_info("b", b_addr(), 862, "test-b"), timeout),
+    );
+    b.wait_registered_with(&[], Duration::from_secs(10))?;
+    let member = |id: &str, last: u8| SyntheticMember {
+        node_id: id.into(),
+        zone: format!("zone-{id}"),
+        rack: "rack-1".into(),
+        addr: IpAddr::from([198, 18, 0, last]),
+        port: PROBE_PORT,
+    };
+    let (x, y, z) = (member("x", 10), member("y", 11), member("z", 12));
+    let codec = ProductLayout {
+        member_parent: MEMBERS.into(),
+    };
+    let mut lc = Registrar::start(&t.a, &servers, Arc::new(codec), vec![y.clone()])?;
+    b.wait_registered_with(&["y"], safety(timeout))?;
+
+    // Cut b off until its client gives the connection up (about 0.4 session timeouts); its
+    // session stays alive (a timeout without contact). x joins, y leaves meanwhile.
+    let (_, session) = znode(&t.a, &servers, &format!("{MEMBERS}/b"))?
+        .ok_or_else(|| anyhow!("b is not registered"))?;
+    let block = TcpBlock::install(&t.b, ZK_PORT)?;
+    lc.add(x)?;
+    lc.remove(&y.node_id)?;
+    b.wait("disconnected", timeout, |_, s| s == ZkState::Disconnected)?;
+    ensure!(
+        b.peer_ids() == BTreeSet::from(["y".to_string()]),
+        "b's map changed while it was cut off: {:?}",
+        b.peer_ids()
+    );
+    drop(block);
+    let unblocked = Instant::now();
+    // Reconnection, then the re-synchronisation within the jitter.
+    let bound = timeout / 2 + RESYNC_JITTER_MAX.min(timeout / 2) + Duration::from_secs(2);
+    let took = b.wait_registered_with(&["x"], bound)?;
+    eprintln!(
+        "discovery_zk: b caught up with a join and a leave of its disconnection {took:?} after \
+         the cut ended (jitter up to {:?})",
+        RESYNC_JITTER_MAX.min(timeout / 2)
+    );
+    let (_, after) = znode(&t.a, &servers, &format!("{MEMBERS}/b"))?
+        .ok_or_else(|| anyhow!("b's registration is gone"))?;
+    ensure!(
+        after == session,
+        "b's session did not survive the cut ({session:#x} -> {after:#x}): not the case tested"
+    );
+    // The watch is back: a join after the catch-up is seen without another re-sync.
+    lc.add(z)?;
+    let took = b.wait("seeing z", safety(timeout), |m, _| m.contains_key("z"))?;
+    eprintln!(
+        "discovery_zk: b saw a join after the catch-up {took:?} after it ({:?} after the cut)",
+        unblocked.elapsed()
     );
     Ok(())
 }

@@ -158,6 +158,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ $a.window | quote }}
 - name: MESHPROBE_PEER_GRACE
   value: {{ $a.peerGrace | quote }}
+{{- range $key, $env := dict "fullMeshMax" "MESHPROBE_PINGLIST_FULL_MESH_MAX" "rackPeers" "MESHPROBE_PINGLIST_RACK_PEERS" "zonePeers" "MESHPROBE_PINGLIST_ZONE_PEERS" "minProbers" "MESHPROBE_PINGLIST_MIN_PROBERS" "maxPeers" "MESHPROBE_PINGLIST_MAX_PEERS" }}
+{{- $v := index ($a.pinglist | default dict) $key }}
+{{- if not (kindIs "invalid" $v) }}
+- name: {{ $env }}
+  value: {{ $v | int | toString | quote }}
+{{- end }}
+{{- end }}
 {{- if $a.output }}
 - name: MESHPROBE_OUTPUT
   value: {{ $a.output | quote }}
@@ -186,8 +193,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT
   value: "true"
 {{- end }}
-- name: MESHPROBE_METRICS_PEER_LIMIT
-  value: {{ $a.metricsPeerLimit | int | toString | quote }}
+- name: MESHPROBE_METRICS_WORST_PEERS
+  value: {{ $a.metricsWorstPeers | int | toString | quote }}
 - name: MESHPROBE_SHUTDOWN_GRACE
   value: {{ $a.shutdownGrace | quote }}
 {{- if $a.interfaces }}

@@ -35,6 +35,8 @@ CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos
 NOT_A_VALUE = {
     # The chart writes the file itself (zone from the node label, agent.configToml).
     "MESHPROBE_CONFIG",
+    # Deprecated alias of MESHPROBE_METRICS_WORST_PEERS, kept for manifests written before it.
+    "MESHPROBE_METRICS_PEER_LIMIT",
 }
 
 # Every value changed from its default (the override render).
@@ -62,10 +64,11 @@ OVERRIDES: dict[str, Any] = {
         "sizes": [68, 512, 1400],
         "window": "5s",
         "peerGrace": "3s",
+        "pinglist": {"fullMeshMax": 64, "rackPeers": 16, "zonePeers": 3, "minProbers": 4, "maxPeers": 100},
         "output": "json",
         "adminAddress": "0.0.0.0",
         "adminPort": 19862,
-        "metricsPeerLimit": 64,
+        "metricsWorstPeers": 3,
         "reflectAllow": "198.18.0.0/15,fd00::/8",
         "reflectBudgetPerSource": "500/s",
         "reflectBudgetTotal": "off",
@@ -124,13 +127,18 @@ OVERRIDE_ENV = {
     "MESHPROBE_SIZES": "68,512,1400",
     "MESHPROBE_WINDOW": "5s",
     "MESHPROBE_PEER_GRACE": "3s",
+    "MESHPROBE_PINGLIST_FULL_MESH_MAX": "64",
+    "MESHPROBE_PINGLIST_RACK_PEERS": "16",
+    "MESHPROBE_PINGLIST_ZONE_PEERS": "3",
+    "MESHPROBE_PINGLIST_MIN_PROBERS": "4",
+    "MESHPROBE_PINGLIST_MAX_PEERS": "100",
     "MESHPROBE_OUTPUT": "json",
     "MESHPROBE_ADMIN_LISTEN": "0.0.0.0:19862",
     "MESHPROBE_REFLECT_ALLOW": "198.18.0.0/15,fd00::/8",
     "MESHPROBE_REFLECT_BUDGET_PER_SOURCE": "500/s",
     "MESHPROBE_REFLECT_BUDGET_TOTAL": "off",
     "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT": "true",
-    "MESHPROBE_METRICS_PEER_LIMIT": "64",
+    "MESHPROBE_METRICS_WORST_PEERS": "3",
     "MESHPROBE_SHUTDOWN_GRACE": "4s",
     "MESHPROBE_INTERFACES": "eth0,eth1",
     "MESHPROBE_NO_EBPF": "true",
@@ -164,6 +172,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("Localhost seccomp without a profile", {"securityContext": {"seccompProfile": {"type": "Localhost"}}}, ["/securityContext/seccompProfile", "missing property 'localhostProfile'"]),
     ("maxUnavailable neither number nor percentage", {"updateStrategy": {"maxUnavailable": "abc"}}, ["/updateStrategy/maxUnavailable", "'oneOf' failed"]),
     ("maxUnavailable 0", {"updateStrategy": {"maxUnavailable": 0}}, ["/updateStrategy/maxUnavailable", "minimum: got 0, want 1"]),
+    ("worst peers above 1000", {"agent": {"metricsWorstPeers": 5000}}, ["/agent/metricsWorstPeers", "maximum"]),
+    ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
     ("loss threshold above 1", {"metrics": {"prometheusRule": {"peerLossThreshold": 2}}}, ["/metrics/prometheusRule/peerLossThreshold", "maximum: got 2, want 1"]),
     ("non-root uid 0", {"securityContext": {"runAsUser": 0}}, ["/securityContext/runAsUser", "minimum: got 0, want 1"]),
 ]

@@ -33,6 +33,8 @@ use prometheus_client::{
 use tokio::{sync::watch, task::JoinSet};
 use tracing::debug;
 
+use super::pinglist::PinglistView;
+
 /// Bounds of the admin listener.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -170,6 +172,7 @@ impl Health {
 struct AppState {
     registry: Arc<Registry>,
     health: Arc<Health>,
+    pinglist: watch::Receiver<Arc<PinglistView>>,
 }
 
 async fn metrics_page(State(s): State<AppState>) -> impl IntoResponse {
@@ -187,6 +190,22 @@ async fn metrics_page(State(s): State<AppState>) -> impl IntoResponse {
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("encoding metrics: {e}\n"),
+        ),
+    }
+}
+
+async fn pinglist(State(s): State<AppState>) -> impl IntoResponse {
+    let view = s.pinglist.borrow().clone();
+    match serde_json::to_string(&*view) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body + "\n",
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("encoding the pinglist: {e}\n"),
         ),
     }
 }
@@ -216,6 +235,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     health: Arc<Health>,
+    pinglist_view: watch::Receiver<Arc<PinglistView>>,
     limits: Limits,
     metrics: AdminMetrics,
     mut stop: watch::Receiver<bool>,
@@ -224,7 +244,12 @@ pub async fn serve(
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { registry, health });
+        .route("/pinglist", get(pinglist))
+        .with_state(AppState {
+            registry,
+            health,
+            pinglist: pinglist_view,
+        });
     let slots = Arc::new(Mutex::new(Slots::default()));
     let mut conns = JoinSet::new();
     loop {

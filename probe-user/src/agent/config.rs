@@ -7,6 +7,7 @@ use probe_common::{STAMP_DEFAULT_PORT, wire as off};
 
 use crate::{
     ebpf::AttachMode,
+    pinglist::Params,
     probe::policy::{AllowList, Budget},
     sink::OutputFormat,
 };
@@ -155,6 +156,22 @@ pub struct AgentArgs {
     #[arg(long, env = "MESHPROBE_PEER_GRACE", default_value = "5s", value_parser = parse_duration, help_heading = "Peers")]
     pub peer_grace: Duration,
 
+    /// Pinglist: the full mesh while the cluster has at most this many other members.
+    #[arg(long, env = "MESHPROBE_PINGLIST_FULL_MESH_MAX", default_value_t = Params::default().full_mesh_max, help_heading = "Pinglist")]
+    pub pinglist_full_mesh_max: usize,
+    /// Pinglist: cap of the own rack's (own zone's, without racks) full mesh.
+    #[arg(long, env = "MESHPROBE_PINGLIST_RACK_PEERS", default_value_t = Params::default().rack_peers, help_heading = "Pinglist")]
+    pub pinglist_rack_peers: usize,
+    /// Pinglist: k, peers per other zone (and among the own zone's other racks).
+    #[arg(long, env = "MESHPROBE_PINGLIST_ZONE_PEERS", default_value_t = Params::default().zone_peers, help_heading = "Pinglist")]
+    pub pinglist_zone_peers: usize,
+    /// Pinglist: m, probers from other zones every node gets.
+    #[arg(long, env = "MESHPROBE_PINGLIST_MIN_PROBERS", default_value_t = Params::default().min_probers, help_heading = "Pinglist")]
+    pub pinglist_min_probers: usize,
+    /// Pinglist: at most this many peers probed.
+    #[arg(long, env = "MESHPROBE_PINGLIST_MAX_PEERS", default_value_t = Params::default().max_peers, help_heading = "Pinglist")]
+    pub pinglist_max_peers: usize,
+
     /// Time between probes to one peer.
     #[arg(long, env = "MESHPROBE_INTERVAL", default_value = "1s", value_parser = parse_duration, help_heading = "Probing")]
     pub interval: Duration,
@@ -232,14 +249,19 @@ pub struct AgentArgs {
     /// does), not every address.
     #[arg(long, env = "MESHPROBE_ADMIN_LISTEN", default_value = "[::]:9862", value_parser = parse_admin, help_heading = "Output")]
     pub admin_listen: AdminListen,
-    /// Peers with their own Prometheus series; the rest share peer="_other".
+    /// /metrics names this many peers: the worst of the last window by loss ratio, then p99
+    /// RTT (0: none); every other series is per zone pair [default: 10].
     #[arg(
         long,
-        env = "MESHPROBE_METRICS_PEER_LIMIT",
-        default_value_t = 256,
+        env = "MESHPROBE_METRICS_WORST_PEERS",
+        value_name = "K",
         help_heading = "Output"
     )]
-    pub metrics_peer_limit: usize,
+    pub metrics_worst_peers: Option<usize>,
+    /// Deprecated alias of MESHPROBE_METRICS_WORST_PEERS (per-peer series for every peer are
+    /// gone); read only when that is unset, with a warning.
+    #[arg(long, env = "MESHPROBE_METRICS_PEER_LIMIT", hide = true)]
+    pub metrics_peer_limit: Option<usize>,
     /// On SIGTERM/SIGINT: deregister, let probes in flight finish, flush Kafka; at most this
     /// long.
     #[arg(long, env = "MESHPROBE_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, help_heading = "Output")]
@@ -309,6 +331,11 @@ impl ConfigError {
         }
     }
 }
+
+/// Default of MESHPROBE_METRICS_WORST_PEERS.
+pub const DEFAULT_WORST_PEERS: usize = 10;
+/// Most peers /metrics may name: the series count stays bounded whatever the setting.
+pub const MAX_WORST_PEERS: usize = 1000;
 
 fn bad(setting: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -561,6 +588,17 @@ impl AgentArgs {
                 "use a name without '/' or '->', e.g. the node's host name",
             ));
         }
+        let (worst, setting) = self.metrics_worst_peers();
+        if worst > MAX_WORST_PEERS {
+            return Err(bad(
+                setting,
+                format!("{worst} peers by name is too many series"),
+                format!(
+                    "use 0 to {MAX_WORST_PEERS} (default {DEFAULT_WORST_PEERS}); zone pairs \
+                     cover every peer"
+                ),
+            ));
+        }
         if self.kafka_buffer_messages == 0 {
             return Err(bad(
                 "MESHPROBE_KAFKA_BUFFER_MESSAGES (--kafka-buffer-messages)",
@@ -597,10 +635,54 @@ impl AgentArgs {
                 "give host:port[,host:port], or unset it to print to stdout",
             ));
         }
+        // The error names the setting (README "Pinglists" has the rules).
+        self.pinglist_params()
+            .validate()
+            .map_err(|e| bad("MESHPROBE_PINGLIST_*", e.to_string(), ""))?;
         Ok(())
     }
 
+    /// The worst peers /metrics names, and the setting that said so: MESHPROBE_METRICS_WORST_PEERS,
+    /// else the deprecated MESHPROBE_METRICS_PEER_LIMIT, else the default.
+    pub fn metrics_worst_peers(&self) -> (usize, &'static str) {
+        match (self.metrics_worst_peers, self.metrics_peer_limit) {
+            (Some(k), _) => (k, "MESHPROBE_METRICS_WORST_PEERS (--metrics-worst-peers)"),
+            (None, Some(k)) => (k, "MESHPROBE_METRICS_PEER_LIMIT (--metrics-peer-limit)"),
+            (None, None) => (
+                DEFAULT_WORST_PEERS,
+                "MESHPROBE_METRICS_WORST_PEERS (--metrics-worst-peers)",
+            ),
+        }
+    }
+
+    /// What to warn about a deprecated setting that is still set.
+    pub fn deprecation(&self) -> Option<String> {
+        let old = self.metrics_peer_limit?;
+        Some(match self.metrics_worst_peers {
+            Some(k) => format!(
+                "MESHPROBE_METRICS_PEER_LIMIT={old} is deprecated and ignored: \
+                 MESHPROBE_METRICS_WORST_PEERS={k} is set; remove the old setting"
+            ),
+            None => format!(
+                "MESHPROBE_METRICS_PEER_LIMIT is deprecated: /metrics now has series per zone \
+                 pair and names only the worst K peers; read as MESHPROBE_METRICS_WORST_PEERS={old}. \
+                 Rename the setting"
+            ),
+        })
+    }
+
     /// stdout output: given, else table without Kafka and none with it.
+    /// The pinglist function's tuning.
+    pub fn pinglist_params(&self) -> Params {
+        Params {
+            full_mesh_max: self.pinglist_full_mesh_max,
+            rack_peers: self.pinglist_rack_peers,
+            zone_peers: self.pinglist_zone_peers,
+            min_probers: self.pinglist_min_probers,
+            max_peers: self.pinglist_max_peers,
+        }
+    }
+
     pub fn output(&self) -> OutputFormat {
         self.output
             .unwrap_or(if self.kafka_bootstrap_servers.is_some() {
@@ -657,6 +739,23 @@ mod tests {
     }
 
     #[test]
+    fn pinglist_settings_are_checked() {
+        let a = parse(&["t", "agent", "--pinglist-rack-peers", "30"]);
+        assert_eq!(a.pinglist_params().rack_peers, 30);
+        a.validate().unwrap();
+        let e = parse(&["t", "agent", "--pinglist-zone-peers", "0"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MESHPROBE_PINGLIST_ZONE_PEERS"), "{e}");
+        let e = parse(&["t", "agent", "--pinglist-rack-peers", "200"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RACK_PEERS") && e.contains("MAX_PEERS"), "{e}");
+    }
+
+    #[test]
     fn file_values_are_defaults_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("meshprobe-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -706,6 +805,14 @@ mod tests {
             (&["--node-id", "a/b"], "MESHPROBE_NODE_ID"),
             (&["--kafka-probes"], "MESHPROBE_KAFKA_PROBES"),
             (&["--conn-timeout", "0"], "CONN_TIMEOUT"),
+            (
+                &["--metrics-worst-peers", "1001"],
+                "MESHPROBE_METRICS_WORST_PEERS",
+            ),
+            (
+                &["--metrics-peer-limit", "5000"],
+                "MESHPROBE_METRICS_PEER_LIMIT",
+            ),
         ];
         for (args, setting) in cases {
             let mut v = vec!["t", "agent"];
@@ -754,6 +861,41 @@ mod tests {
             .validate()
             .unwrap();
         }
+    }
+
+    #[test]
+    fn worst_peers_default_and_the_deprecated_peer_limit() {
+        let a = parse(&["t", "agent"]);
+        assert_eq!(a.metrics_worst_peers().0, DEFAULT_WORST_PEERS);
+        assert!(a.deprecation().is_none());
+        let a = parse(&["t", "agent", "--metrics-worst-peers", "0"]);
+        a.validate().unwrap();
+        assert_eq!(a.metrics_worst_peers().0, 0);
+        // The old setting still starts the agent: read as the new one, with a warning.
+        let a = parse(&["t", "agent", "--metrics-peer-limit", "64"]);
+        a.validate().unwrap();
+        assert_eq!(a.metrics_worst_peers().0, 64);
+        let w = a.deprecation().unwrap();
+        assert!(w.contains("MESHPROBE_METRICS_WORST_PEERS=64"), "{w}");
+        // Both: the new one wins; the old one is named as ignored.
+        let a = parse(&[
+            "t",
+            "agent",
+            "--metrics-peer-limit",
+            "64",
+            "--metrics-worst-peers",
+            "3",
+        ]);
+        assert_eq!(a.metrics_worst_peers().0, 3);
+        assert!(a.deprecation().unwrap().contains("ignored"));
+        // Hidden from --help, still a known key of the config file.
+        let help = T::command()
+            .find_subcommand_mut("agent")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("MESHPROBE_METRICS_WORST_PEERS"), "{help}");
+        assert!(!help.contains("MESHPROBE_METRICS_PEER_LIMIT"), "{help}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Prometheus metrics of the agent: self-metrics, eBPF counters read at scrape time, and
-//! per-peer RTT and loss behind a cardinality bound.
+//! Prometheus metrics of the agent: self-metrics, eBPF counters read at scrape time, probe
+//! counts and RTT per (src_zone, dst_zone), and the worst K peers of the last window. Series
+//! stay bounded at any cluster size: never one per peer for every peer.
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
+    cmp::Ordering,
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use prometheus_client::{
@@ -20,12 +22,30 @@ use prometheus_client::{
 
 use crate::probe::{Stamping, session::Rejection};
 
-/// Label of the series that aggregates peers beyond the cardinality bound.
-pub const OTHER_PEERS: &str = "_other";
+/// Longest label value, in bytes: node ids and zones come from the network (ZooKeeper).
+pub const MAX_LABEL_LEN: usize = 128;
 
+/// `s` cut to [`MAX_LABEL_LEN`] bytes at a character boundary.
+pub fn label_value(s: &str) -> String {
+    let mut end = s.len().min(MAX_LABEL_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// The series of one zone pair: this agent's zone to a peer's.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabel {
+pub struct ZonePairLabel {
+    pub src_zone: String,
+    pub dst_zone: String,
+}
+
+/// A peer among the worst K.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorstPeerLabel {
     pub peer: String,
+    pub zone: String,
 }
 
 /// `reason` of a rejected reply: one of `Rejection::ALL`'s labels.
@@ -34,12 +54,38 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// One peer's last window, as the worst-K ranking sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerWindow {
+    pub peer: String,
+    pub zone: String,
+    pub loss_ratio: f64,
+    /// None without an answered probe.
+    pub rtt_p99_ns: Option<i64>,
+}
+
+/// The `k` worst peers, worst first: highest loss ratio, then highest p99 RTT (a peer without
+/// an answered probe ranks below one with), then node id so the choice is deterministic.
+pub fn worst_peers(mut cands: Vec<PeerWindow>, k: usize) -> Vec<PeerWindow> {
+    cands.sort_by(|a, b| {
+        b.loss_ratio
+            .partial_cmp(&a.loss_ratio)
+            .unwrap_or(Ordering::Equal)
+            .then_with(|| b.rtt_p99_ns.cmp(&a.rtt_p99_ns))
+            .then_with(|| a.peer.cmp(&b.peer))
+    });
+    cands.truncate(k);
+    cands
+}
+
 fn rtt_histogram() -> Histogram {
     // 1 µs .. ~1 s in seconds, doubling.
     Histogram::new(exponential_buckets(1e-6, 2.0, 21))
 }
 
-/// Counters and per-peer series updated by the prober.
+type GaugeF64 = Gauge<f64, AtomicU64>;
+
+/// Counters and the bounded per-zone-pair and worst-peer series updated by the prober.
 pub struct ProbeMetrics {
     pub sent: Counter,
     pub received: Counter,
@@ -53,16 +99,25 @@ pub struct ProbeMetrics {
     pub send_errors: Counter,
     pub peers: Gauge,
     pub windows: Counter,
-    peer_rtt: Family<PeerLabel, Histogram, fn() -> Histogram>,
-    peer_sent: Family<PeerLabel, Counter>,
-    peer_lost: Family<PeerLabel, Counter>,
-    peer_received: Family<PeerLabel, Counter>,
-    limit: usize,
-    labelled: Mutex<HashSet<String>>,
+    pub zone_windows: Counter,
+    zone_rtt: Family<ZonePairLabel, Histogram, fn() -> Histogram>,
+    zone_sent: Family<ZonePairLabel, Counter>,
+    zone_lost: Family<ZonePairLabel, Counter>,
+    zone_received: Family<ZonePairLabel, Counter>,
+    /// Our zone (bounded), the src_zone of every zone pair.
+    src_zone: String,
+    /// Peers per dst zone: a zone's series go when its last peer does.
+    zone_refs: Mutex<HashMap<String, usize>>,
+    worst_k: usize,
+    worst_loss: Family<WorstPeerLabel, GaugeF64>,
+    worst_p99: Family<WorstPeerLabel, GaugeF64>,
+    /// The labels exported by the last window close.
+    worst: Mutex<HashSet<WorstPeerLabel>>,
 }
 
 impl ProbeMetrics {
-    pub fn new(registry: &mut Registry, peer_limit: usize) -> Arc<Self> {
+    /// `src_zone`: this agent's zone; `worst_k`: peers exported by name (0: none).
+    pub fn new(registry: &mut Registry, src_zone: &str, worst_k: usize) -> Arc<Self> {
         let m = Arc::new(Self {
             sent: Counter::default(),
             received: Counter::default(),
@@ -75,12 +130,17 @@ impl ProbeMetrics {
             send_errors: Counter::default(),
             peers: Gauge::default(),
             windows: Counter::default(),
-            peer_rtt: Family::new_with_constructor(rtt_histogram),
-            peer_sent: Family::default(),
-            peer_lost: Family::default(),
-            peer_received: Family::default(),
-            limit: peer_limit,
-            labelled: Mutex::new(HashSet::new()),
+            zone_windows: Counter::default(),
+            zone_rtt: Family::new_with_constructor(rtt_histogram),
+            zone_sent: Family::default(),
+            zone_lost: Family::default(),
+            zone_received: Family::default(),
+            src_zone: label_value(src_zone),
+            zone_refs: Mutex::new(HashMap::new()),
+            worst_k,
+            worst_loss: Family::default(),
+            worst_p99: Family::default(),
+            worst: Mutex::new(HashSet::new()),
         });
         let r = registry;
         r.register("meshprobe_probes_sent", "Probes sent", m.sent.clone());
@@ -137,66 +197,79 @@ impl ProbeMetrics {
             m.windows.clone(),
         );
         r.register(
-            "meshprobe_peer_network_rtt_seconds",
-            "Network RTT (T4-T1)-(T3-T2) per peer, kernel stamps",
-            m.peer_rtt.clone(),
+            "meshprobe_zone_summaries",
+            "Zone summaries produced (one per destination zone and window)",
+            m.zone_windows.clone(),
         );
         r.register(
-            "meshprobe_peer_probes_sent",
-            "Probes sent per peer",
-            m.peer_sent.clone(),
+            "meshprobe_zone_network_rtt_seconds",
+            "Network RTT (T4-T1)-(T3-T2) of the probed peers, per zone pair",
+            m.zone_rtt.clone(),
         );
         r.register(
-            "meshprobe_peer_probes_received",
-            "Replies per peer",
-            m.peer_received.clone(),
+            "meshprobe_zone_probes_sent",
+            "Probes sent per zone pair",
+            m.zone_sent.clone(),
         );
         r.register(
-            "meshprobe_peer_probes_lost",
-            "Lost probes per peer",
-            m.peer_lost.clone(),
+            "meshprobe_zone_probes_received",
+            "Replies per zone pair",
+            m.zone_received.clone(),
+        );
+        r.register(
+            "meshprobe_zone_probes_lost",
+            "Lost probes per zone pair",
+            m.zone_lost.clone(),
+        );
+        r.register(
+            "meshprobe_worst_peer_loss_ratio",
+            "Loss ratio over the last window of the worst MESHPROBE_METRICS_WORST_PEERS peers",
+            m.worst_loss.clone(),
+        );
+        r.register(
+            "meshprobe_worst_peer_network_rtt_p99_seconds",
+            "p99 network RTT over the last window of the worst peers (absent without a reply)",
+            m.worst_p99.clone(),
         );
         m
     }
 
-    /// The label a peer's series use: its own name while under the bound, else `_other`.
-    pub fn label_for(&self, node_id: &str) -> PeerLabel {
-        let mut l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
-        let peer = if l.contains(node_id) {
-            node_id.to_string()
-        } else if l.len() < self.limit {
-            l.insert(node_id.to_string());
-            node_id.to_string()
-        } else {
-            OTHER_PEERS.to_string()
-        };
-        PeerLabel { peer }
-    }
-
-    /// Drops a departed peer's series and frees its slot.
-    pub fn forget(&self, label: &PeerLabel) {
-        if label.peer == OTHER_PEERS {
-            return;
+    /// The series of a peer in `dst_zone`; give it back with [`forget`](Self::forget).
+    pub fn zone_label(&self, dst_zone: &str) -> ZonePairLabel {
+        let dst_zone = label_value(dst_zone);
+        let mut refs = self.zone_refs.lock().unwrap_or_else(|p| p.into_inner());
+        *refs.entry(dst_zone.clone()).or_default() += 1;
+        ZonePairLabel {
+            src_zone: self.src_zone.clone(),
+            dst_zone,
         }
-        self.labelled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&label.peer);
-        self.peer_rtt.remove(label);
-        self.peer_sent.remove(label);
-        self.peer_received.remove(label);
-        self.peer_lost.remove(label);
     }
 
-    pub fn on_sent(&self, label: &PeerLabel) {
+    /// A departed peer's share of its zone's series: they go with the zone's last peer.
+    pub fn forget(&self, label: &ZonePairLabel) {
+        let mut refs = self.zone_refs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(n) = refs.get_mut(&label.dst_zone) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            refs.remove(&label.dst_zone);
+            self.zone_rtt.remove(label);
+            self.zone_sent.remove(label);
+            self.zone_received.remove(label);
+            self.zone_lost.remove(label);
+        }
+    }
+
+    pub fn on_sent(&self, label: &ZonePairLabel) {
         self.sent.inc();
-        self.peer_sent.get_or_create(label).inc();
+        self.zone_sent.get_or_create(label).inc();
     }
 
-    pub fn on_reply(&self, label: &PeerLabel, network_rtt_ns: i64) {
+    pub fn on_reply(&self, label: &ZonePairLabel, network_rtt_ns: i64) {
         self.received.inc();
-        self.peer_received.get_or_create(label).inc();
-        self.peer_rtt
+        self.zone_received.get_or_create(label).inc();
+        self.zone_rtt
             .get_or_create(label)
             .observe(network_rtt_ns.max(0) as f64 / 1e9);
     }
@@ -208,9 +281,38 @@ impl ProbeMetrics {
             .inc();
     }
 
-    pub fn on_lost(&self, label: &PeerLabel) {
+    pub fn on_lost(&self, label: &ZonePairLabel) {
         self.lost.inc();
-        self.peer_lost.get_or_create(label).inc();
+        self.zone_lost.get_or_create(label).inc();
+    }
+
+    /// At a window close: exports the worst K of `windows` (the peers with resolved probes in
+    /// the window just closed) and removes the series of peers no longer among them.
+    pub fn set_worst(&self, windows: Vec<PeerWindow>) {
+        let worst = worst_peers(windows, self.worst_k);
+        let mut now = HashSet::with_capacity(worst.len());
+        for w in worst {
+            let label = WorstPeerLabel {
+                peer: label_value(&w.peer),
+                zone: label_value(&w.zone),
+            };
+            self.worst_loss.get_or_create(&label).set(w.loss_ratio);
+            match w.rtt_p99_ns {
+                Some(ns) => {
+                    self.worst_p99.get_or_create(&label).set(ns as f64 / 1e9);
+                }
+                None => {
+                    self.worst_p99.remove(&label);
+                }
+            }
+            now.insert(label);
+        }
+        let mut last = self.worst.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in last.difference(&now) {
+            self.worst_loss.remove(gone);
+            self.worst_p99.remove(gone);
+        }
+        *last = now;
     }
 }
 
@@ -269,42 +371,134 @@ impl Collector for EbpfCollector {
 mod tests {
     use super::*;
 
+    fn text(r: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, r).unwrap();
+        out
+    }
+
+    fn pw(peer: &str, loss_ratio: f64, p99: Option<i64>) -> PeerWindow {
+        PeerWindow {
+            peer: peer.into(),
+            zone: "z2".into(),
+            loss_ratio,
+            rtt_p99_ns: p99,
+        }
+    }
+
     #[test]
-    fn peers_beyond_the_bound_share_one_series_and_slots_are_freed() {
+    fn series_are_per_zone_pair_and_go_with_the_zone_s_last_peer() {
         let mut r = Registry::default();
-        let m = ProbeMetrics::new(&mut r, 2);
-        let a = m.label_for("a");
-        let b = m.label_for("b");
-        let c = m.label_for("c");
-        assert_eq!((a.peer.as_str(), b.peer.as_str()), ("a", "b"));
-        assert_eq!(c.peer, OTHER_PEERS);
-        assert_eq!(m.label_for("a").peer, "a", "stable for a known peer");
+        let m = ProbeMetrics::new(&mut r, "z1", 10);
+        let a = m.zone_label("z2");
+        let b = m.zone_label("z2");
+        let c = m.zone_label("");
+        assert_eq!(a, b);
+        m.on_sent(&a);
+        m.on_sent(&b);
         m.on_reply(&a, 5_000);
         m.on_lost(&c);
         m.on_rejected(Rejection::WrongSource);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(
-            out.contains("meshprobe_peer_probes_lost_total{peer=\"_other\"} 1"),
-            "{out}"
-        );
-        assert!(
-            out.contains("meshprobe_peer_network_rtt_seconds_count{peer=\"a\"} 1"),
-            "{out}"
-        );
-        assert!(
-            out.contains("meshprobe_replies_rejected_total{reason=\"wrong_source\"} 1"),
-            "{out}"
-        );
-        assert!(
-            out.contains("meshprobe_replies_rejected_total{reason=\"t1_mismatch\"} 0"),
-            "{out}"
-        );
-        assert!(out.contains("meshprobe_replies_unmatched_total 1"), "{out}");
+        let out = text(&r);
+        for want in [
+            "meshprobe_zone_probes_sent_total{src_zone=\"z1\",dst_zone=\"z2\"} 2",
+            "meshprobe_zone_network_rtt_seconds_count{src_zone=\"z1\",dst_zone=\"z2\"} 1",
+            "meshprobe_zone_probes_lost_total{src_zone=\"z1\",dst_zone=\"\"} 1",
+            "meshprobe_probes_sent_total 2",
+            "meshprobe_replies_rejected_total{reason=\"wrong_source\"} 1",
+            "meshprobe_replies_rejected_total{reason=\"t1_mismatch\"} 0",
+            "meshprobe_replies_unmatched_total 1",
+        ] {
+            assert!(out.contains(want), "{want} in\n{out}");
+        }
+        assert!(!out.contains("peer=\""), "no per-peer series: {out}");
         m.forget(&a);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(!out.contains("peer=\"a\""), "{out}");
-        assert_eq!(m.label_for("d").peer, "d", "a freed slot is reused");
+        assert!(text(&r).contains("dst_zone=\"z2\""), "b still probes z2");
+        m.forget(&b);
+        m.forget(&b); // once too often: harmless
+        assert!(!text(&r).contains("dst_zone=\"z2\""));
+        assert!(text(&r).contains("dst_zone=\"\""));
+    }
+
+    #[test]
+    fn labels_from_the_network_are_bounded() {
+        let long = "é".repeat(100); // 200 bytes
+        let v = label_value(&long);
+        assert!(
+            v.len() <= MAX_LABEL_LEN && v.len() >= MAX_LABEL_LEN - 1,
+            "{}",
+            v.len()
+        );
+        assert!(long.starts_with(&v));
+        assert_eq!(label_value("short"), "short");
+        let mut r = Registry::default();
+        let m = ProbeMetrics::new(&mut r, &long, 1);
+        assert_eq!(m.zone_label(&long).src_zone, v);
+    }
+
+    #[test]
+    fn worst_peers_rank_by_loss_then_p99_then_name() {
+        let w = worst_peers(
+            vec![
+                pw("fast", 0.0, Some(10)),
+                pw("slow", 0.0, Some(900)),
+                pw("lossy", 0.5, Some(20)),
+                pw("dead", 1.0, None),
+                pw("lossy-slow", 0.5, Some(800)),
+                pw("b-tie", 0.0, Some(900)),
+            ],
+            5,
+        );
+        let names: Vec<_> = w.iter().map(|p| p.peer.as_str()).collect();
+        assert_eq!(names, ["dead", "lossy-slow", "lossy", "b-tie", "slow"]);
+        assert!(worst_peers(vec![pw("a", 1.0, None)], 0).is_empty());
+    }
+
+    #[test]
+    fn worst_set_is_recomputed_each_window_and_leavers_lose_their_series() {
+        let mut r = Registry::default();
+        let m = ProbeMetrics::new(&mut r, "z1", 2);
+        m.set_worst(vec![
+            pw("a", 0.2, Some(2_000_000)),
+            pw("b", 0.1, None),
+            pw("c", 0.0, Some(1_000)),
+        ]);
+        let out = text(&r);
+        assert!(
+            out.contains("meshprobe_worst_peer_loss_ratio{peer=\"a\",zone=\"z2\"} 0.2"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "meshprobe_worst_peer_network_rtt_p99_seconds{peer=\"a\",zone=\"z2\"} 0.002"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("meshprobe_worst_peer_loss_ratio{peer=\"b\""),
+            "{out}"
+        );
+        assert!(
+            !out.contains("p99_seconds{peer=\"b\""),
+            "no reply, no p99: {out}"
+        );
+        assert!(!out.contains("peer=\"c\""), "only the worst 2: {out}");
+        // Next window: c got worse, a left (not in the candidates any more).
+        m.set_worst(vec![pw("b", 0.1, Some(5_000)), pw("c", 0.9, None)]);
+        let out = text(&r);
+        assert!(!out.contains("peer=\"a\""), "a's series are removed: {out}");
+        assert!(
+            out.contains("loss_ratio{peer=\"c\",zone=\"z2\"} 0.9"),
+            "{out}"
+        );
+        assert!(
+            out.contains("p99_seconds{peer=\"b\",zone=\"z2\"} 0.000005"),
+            "{out}"
+        );
+        // K = 0: nothing by name, ever.
+        let mut r0 = Registry::default();
+        let m0 = ProbeMetrics::new(&mut r0, "z1", 0);
+        m0.set_worst(vec![pw("a", 1.0, None)]);
+        assert!(!text(&r0).contains("peer=\""));
     }
 }

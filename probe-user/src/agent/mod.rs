@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 mod dedicated;
 pub mod metrics;
+pub mod pinglist;
 pub mod prober;
 
 use std::{
@@ -77,6 +78,9 @@ struct Plan {
 
 fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
     a.validate()?;
+    if let Some(w) = a.deprecation() {
+        warn!("{w}");
+    }
     let node_id = a.node_id.clone().unwrap_or_else(hostname);
     let listen_ip: IpAddr = a
         .register_listener_dns
@@ -143,6 +147,7 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
                     started_tai_ns: crate::clock::tai_now_ns(),
                 },
                 default_port: STAMP_DEFAULT_PORT,
+                metrics: discovery::ZkMetrics::default(),
             };
             discovery::validate_zk(&opts).map_err(ConfigError::named)?;
             Some(opts)
@@ -163,6 +168,17 @@ fn plan(a: &AgentArgs) -> Result<Plan, ConfigError> {
         kafka,
         output: a.output(),
     })
+}
+
+/// JSON output: the pinglist changed (`GET /pinglist` has the list).
+#[derive(Serialize)]
+struct PinglistChanged<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    node_id: &'a str,
+    members: usize,
+    peers: usize,
+    trimmed: usize,
 }
 
 #[derive(Serialize)]
@@ -221,7 +237,8 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         .into_iter(),
     );
     let health = Arc::new(admin::Health::default());
-    let probe_metrics = metrics::ProbeMetrics::new(&mut registry, a.metrics_peer_limit);
+    let probe_metrics =
+        metrics::ProbeMetrics::new(&mut registry, &a.zone, a.metrics_worst_peers().0);
     metrics::EbpfCollector::register(st.clone(), &mut registry);
     let admin_metrics = admin::AdminMetrics::register(&mut registry);
     let live = LiveCounters::default();
@@ -233,6 +250,9 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
          5 stopped",
         zk_gauge.clone(),
     );
+    if let Some(zk) = &plan.zk {
+        zk.metrics.register(&mut registry);
+    }
     let kafka = match &plan.kafka {
         Some(k) => Some(KafkaSink::new(k, &mut registry).context("starting the Kafka producer")?),
         None => None,
@@ -332,6 +352,32 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         drop(members_tx);
     }
 
+    // Pinglist: who of the members the prober probes.
+    let json = plan.output == OutputFormat::Json;
+    let changed = move |v: &pinglist::PinglistView| {
+        if json {
+            emit_json(&PinglistChanged {
+                kind: "pinglist",
+                node_id: &v.node_id,
+                members: v.members,
+                peers: v.peers.len(),
+                trimmed: v.trimmed,
+            });
+        }
+    };
+    let lists = pinglist::spawn(
+        pinglist::Me {
+            node_id: plan.node_id.clone(),
+            place: crate::pinglist::Place {
+                zone: a.zone.clone(),
+                rack: a.rack.clone(),
+            },
+        },
+        a.pinglist_params(),
+        members_rx.clone(),
+        changed,
+    );
+
     // Admin.
     let (stop_admin_tx, stop_admin) = watch::channel(false);
     let admin_addr = admin_listener
@@ -343,6 +389,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
             l,
             registry.clone(),
             health.clone(),
+            lists.view.clone(),
             admin::Limits::default(),
             admin_metrics,
             stop_admin,
@@ -362,6 +409,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     if plan.output == OutputFormat::Json {
         emit_json(&ready);
     }
+    changed(&lists.view.borrow());
     // Prober.
     let (stop_prober_tx, stop_prober) = watch::channel(false);
     let prober = prober::Prober::new(
@@ -380,8 +428,10 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         st.clone(),
         sinks.clone(),
         probe_metrics,
-    );
-    let prober_task = dedicated::spawn("prober", move || prober.run(members_rx, stop_prober))?;
+    )
+    .with_zone_sizes(lists.zone_sizes);
+    let probed = lists.probed;
+    let prober_task = dedicated::spawn("prober", move || prober.run(probed, stop_prober))?;
     health.prober.store(true, Ordering::Relaxed);
 
     info!(

@@ -3,7 +3,7 @@
 //! bounded in-flight queue, window statistics), so it stays flat with uptime.
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
-use super::metrics::{PeerLabel, ProbeMetrics};
+use super::metrics::{PeerWindow, ProbeMetrics, ZonePairLabel};
 use crate::{
     clock,
     discovery::{Peer, PeerMap},
@@ -26,7 +26,10 @@ use crate::{
         session::{self, Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
     },
     sink::Sinks,
-    stats::window::WindowStats,
+    stats::{
+        window::WindowStats,
+        zone::{ZoneSizes, ZoneWindow, zone_sizes},
+    },
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
 
@@ -65,7 +68,7 @@ struct PeerState {
     /// Sequence numbers, probes in flight and reply validation.
     session: Session,
     win: WindowStats,
-    label: PeerLabel,
+    label: ZonePairLabel,
     /// Left the membership at this instant: no new probes, no loss counted.
     leaving: Option<Instant>,
     /// Invalidates queued send events when the schedule restarts.
@@ -108,6 +111,11 @@ pub struct Prober {
     out: Vec<(Vec<u8>, SocketAddr)>,
     n_out: usize,
     window_seq: u64,
+    /// The window's aggregate per destination zone (`ZoneSummary`).
+    zones: BTreeMap<String, ZoneWindow>,
+    /// Members per zone of the whole membership, for `dst_zone_members`; None: counted
+    /// among the probed peers.
+    zone_sizes: Option<watch::Receiver<ZoneSizes>>,
 }
 
 /// How late a timer event may be handled so that events close together share one wake-up:
@@ -162,7 +170,19 @@ impl Prober {
             ee,
             out: Vec::new(),
             n_out: 0,
+            zones: BTreeMap::new(),
+            zone_sizes: None,
         }
+    }
+
+    /// Members per zone of the whole membership (not only the probed peers), read at each
+    /// window close for `ZoneSummary.dst_zone_members`; build it with
+    /// [`zone_sizes`](crate::stats::zone::zone_sizes). Without it, the probed peers' zones
+    /// are counted (right for a full mesh).
+    #[must_use]
+    pub fn with_zone_sizes(mut self, sizes: watch::Receiver<ZoneSizes>) -> Self {
+        self.zone_sizes = Some(sizes);
+        self
     }
 
     /// Probes the peers in `members` until `stop`; then waits for replies in flight (at most
@@ -329,7 +349,7 @@ impl Prober {
             };
             let id = self.next_id;
             self.next_id += 1;
-            let label = self.metrics.label_for(&peer.node_id);
+            let label = self.metrics.zone_label(&peer.zone);
             self.by_node.insert(node.clone(), id);
             self.by_ssid.insert(ssid, id);
             self.by_addr.insert(canonical(peer.addr), id);
@@ -563,8 +583,9 @@ impl Prober {
         }
     }
 
-    /// Emits one summary per peer for the window being filled (at shutdown: partial) and
-    /// drops peers whose grace period is over.
+    /// Emits one summary per peer for the window being filled (at shutdown: partial), then
+    /// one per destination zone of those peers, updates the worst-peer metrics and drops
+    /// peers whose grace period is over.
     fn close_window(&mut self) {
         let seq = self.window_seq;
         // After a stall (suspend) longer than a window, continue with the current one.
@@ -574,6 +595,7 @@ impl Prober {
         let ts = timestamping(&self.st) as i32;
         let now = Instant::now();
         let mut drop_ids = Vec::new();
+        let mut worst = Vec::new();
         let mut ids: Vec<u64> = self.peers.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -595,7 +617,19 @@ impl Prober {
                     ..Default::default()
                 };
                 p.left_reported |= leaving;
+                self.zones
+                    .entry(p.peer.zone.clone())
+                    .or_default()
+                    .add_pair(&mut p.win);
                 p.win.drain_into(&mut s);
+                if s.received + s.lost > 0 {
+                    worst.push(PeerWindow {
+                        peer: s.dst.clone(),
+                        zone: s.dst_zone.clone(),
+                        loss_ratio: s.loss_ratio,
+                        rtt_p99_ns: s.network_rtt_ns.filter(|q| q.count > 0).map(|q| q.p99),
+                    });
+                }
                 self.metrics.windows.inc();
                 self.sinks.summary(s);
             }
@@ -603,6 +637,8 @@ impl Prober {
                 drop_ids.push(id);
             }
         }
+        self.close_zones(seq, ts);
+        self.metrics.set_worst(worst);
         for id in drop_ids {
             if let Some(p) = self.peers.remove(&id) {
                 if self.by_node.get(&p.peer.node_id) == Some(&id) {
@@ -616,6 +652,44 @@ impl Prober {
                 self.metrics.forget(&p.label);
                 debug!("dropped state of departed peer {}", p.peer.node_id);
             }
+        }
+    }
+
+    /// Emits one `ZoneSummary` per zone that had a pair summary in window `seq`; forgets
+    /// zones without one.
+    fn close_zones(&mut self, seq: u64, timestamping: i32) {
+        self.zones.retain(|_, z| z.pairs() > 0);
+        if self.zones.is_empty() {
+            return;
+        }
+        let members = match &self.zone_sizes {
+            Some(rx) => rx.borrow().clone(),
+            None => zone_sizes(
+                self.peers
+                    .values()
+                    .filter(|p| p.leaving.is_none())
+                    .map(|p| p.peer.zone.as_str()),
+            ),
+        };
+        let w = self.opts.window.as_nanos() as u64;
+        for (zone, agg) in &mut self.zones {
+            let mut z = pb::ZoneSummary {
+                src: self.opts.node_id.clone(),
+                src_zone: self.opts.zone.clone(),
+                dst_zone: zone.clone(),
+                window_seq: seq,
+                window_start_tai_ns: seq * w,
+                window_length_ns: w,
+                timestamping,
+                agent_instance: self.opts.instance.clone(),
+                ..Default::default()
+            };
+            agg.drain_into(&mut z);
+            // A peer that left during the window is still one of its pairs: never report
+            // more pairs than members.
+            z.dst_zone_members = members.get(zone).copied().unwrap_or(0).max(z.pairs);
+            self.metrics.zone_windows.inc();
+            self.sinks.zone(z);
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Names are percent-encoded (every byte outside `A-Z a-z 0-9 . _ : -`), so any label is a
 //! valid znode name and `~` can separate the fields.
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use prost::Message;
 
 use crate::pb::NodeInfo;
 
@@ -95,13 +96,38 @@ pub fn entry_of(info: &NodeInfo) -> IndexEntry {
     }
 }
 
+/// Full path of a zone's directory.
+pub fn zone_path(topology_root: &str, zone: &str) -> String {
+    format!("{topology_root}/{}", zone_dir_name(zone))
+}
+
 /// Full path of a registration's index entry.
 pub fn entry_path(topology_root: &str, entry: &IndexEntry) -> String {
     format!(
-        "{topology_root}/{}/{}",
-        zone_dir_name(&entry.zone),
+        "{}/{}",
+        zone_path(topology_root, &entry.zone),
         entry_name(entry)
     )
+}
+
+/// The two znodes one member creates, in one transaction (both ephemeral).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// `/<root>/<heartbeat>/<node_id>`.
+    pub path: String,
+    /// Its data: the protobuf `NodeInfo`.
+    pub data: Vec<u8>,
+    /// Its topology index entry (no data).
+    pub entry: String,
+}
+
+/// What `info` registers under the member directory `member_parent` (`/<root>/<heartbeat>`).
+pub fn registration(member_parent: &str, info: &NodeInfo) -> Registration {
+    Registration {
+        path: format!("{member_parent}/{}", info.node_id),
+        data: info.encode_to_vec(),
+        entry: entry_path(&topology_root(member_parent), &entry_of(info)),
+    }
 }
 
 /// Reads an entry back from its zone and name. Errors say why it is not a usable entry.
@@ -176,6 +202,18 @@ mod tests {
             assert_eq!(parse_entry(&zone, name).unwrap(), e);
         }
         assert_eq!(zone_dir_name(""), "=");
+        let info = NodeInfo {
+            node_id: "n 1".into(),
+            zone: "z/1".into(),
+            rack: "r".into(),
+            public_address: " 198.18.0.1 ".into(),
+            public_port: 862,
+            ..Default::default()
+        };
+        let r = registration("/mp/hb", &info);
+        assert_eq!(r.path, "/mp/hb/n 1");
+        assert_eq!(r.entry, "/mp/hb.topology/=z%2F1/1~n%201~r~198.18.0.1~862");
+        assert_eq!(NodeInfo::decode(r.data.as_slice()).unwrap(), info);
         assert_eq!(
             entry_name(&entry("a", "z", "r", "fd00::1", 862)),
             "1~a~r~fd00::1~862"

@@ -4,7 +4,8 @@
 //! - static peers ([`parse_static`]): `MESHPROBE_PEERS` / `MESHPROBE_PEERS_FILE`;
 //! - ZooKeeper membership ([`run_zk`]): every agent registers an ephemeral znode
 //!   `/<ROOT_PATH_ZK>/<HEART_BEAT_NODE_PATH>/<node_id>` holding its [`NodeInfo`](crate::pb::NodeInfo)
-//!   and watches its siblings.
+//!   and, in the same transaction, its entry in the topology index ([`layout`]), which everybody
+//!   follows with one watch.
 
 pub mod layout;
 mod static_peers;
@@ -21,7 +22,7 @@ pub use static_peers::parse_static;
 pub use syntax::{member_parent_path, normalize_root_path, normalize_servers};
 /// Timing constants of the ZooKeeper membership, for tests and labs that derive their bounds
 /// from them.
-pub use zk::{BACKOFF_CAP, CONFLICT_RETRY, STOP_BUDGET, run_zk};
+pub use zk::{BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, STOP_BUDGET, ZkMetrics, run_zk};
 
 /// One peer to probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +86,8 @@ pub struct ZkOptions {
     pub me: NodeInfo,
     /// Port for peers that registered port 0.
     pub default_port: u16,
+    /// Membership gauges (register them with [`ZkMetrics::register`] to export them).
+    pub metrics: ZkMetrics,
 }
 
 /// Checks the ZooKeeper settings before anything starts: the connect string parses, the paths
@@ -105,6 +108,22 @@ pub fn validate_zk(opts: &ZkOptions) -> Result<(), DiscoveryError> {
             setting: "REGISTER_PUBLIC_PORT",
             value: opts.me.public_port.to_string(),
             reason: "not a UDP port".into(),
+        });
+    }
+    // Other agents refuse longer names (untrusted input is bounded): ours must pass.
+    let entry = layout::entry_name(&layout::entry_of(&opts.me));
+    let zone_dir = layout::zone_dir_name(&opts.me.zone);
+    if entry.len() > layout::MAX_NAME_LEN || zone_dir.len() > layout::MAX_NAME_LEN {
+        return Err(DiscoveryError::Setting {
+            setting: "MESHPROBE_NODE_ID/MESHPROBE_ZONE/MESHPROBE_RACK/REGISTER_PUBLIC_DNS",
+            value: format!("{} / {}", opts.me.node_id, opts.me.zone),
+            reason: format!(
+                "the topology index entry ({} bytes) or zone directory ({} bytes) name would \
+                 exceed {} bytes once percent-encoded; use shorter labels",
+                entry.len(),
+                zone_dir.len(),
+                layout::MAX_NAME_LEN
+            ),
         });
     }
     // ZooKeeper carries the timeout as i32 milliseconds; zero would silently mean 6 s.
@@ -183,6 +202,7 @@ mod tests {
                 ..Default::default()
             },
             default_port: 862,
+            metrics: ZkMetrics::default(),
         }
     }
 
@@ -246,6 +266,13 @@ mod tests {
         assert_eq!(
             setting_of(validate_zk(&o).unwrap_err()),
             "REGISTER_PUBLIC_DNS"
+        );
+
+        let mut o = opts();
+        o.me.rack = "r".repeat(layout::MAX_NAME_LEN);
+        assert!(
+            setting_of(validate_zk(&o).unwrap_err()).contains("MESHPROBE_RACK"),
+            "an index entry others would refuse"
         );
 
         let mut o = opts();

@@ -1,5 +1,7 @@
-//! `meshprobe matrix`: the mesh as an N×N heatmap of the latest window per (src, dst), live in
-//! the terminal, as plain text for logs, or as an SVG/HTML file.
+//! `meshprobe matrix`: the mesh as an N×N heatmap of the latest window per (src, dst), or as a
+//! zone × zone heatmap ([`zones`]), live in the terminal, as plain text for logs, or as an
+//! SVG/HTML file. With pinglists not every pair is probed: cells a reporting agent does not
+//! probe are shown apart from missing ones, beside [`coverage`] figures.
 //!
 //! One input thread (Kafka or JSON lines, [`source`]) feeds summaries to one front end
 //! ([`tui`], [`text`], or the batch writer here); all of them draw the same [`view::View`].
@@ -18,6 +20,7 @@ use anyhow::Context as _;
 
 use crate::agent::ConfigError;
 
+pub mod coverage;
 pub mod expected;
 pub mod model;
 pub mod source;
@@ -25,6 +28,7 @@ pub mod svg;
 pub mod text;
 pub mod tui;
 pub mod view;
+pub mod zones;
 
 pub use expected::Expected;
 pub use model::Model;
@@ -62,6 +66,27 @@ impl Metric {
 
     pub fn is_rtt(self) -> bool {
         self != Metric::Loss
+    }
+}
+
+/// What the rows and columns are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// Nodes: one cell per ordered pair.
+    #[default]
+    Node,
+    /// Zones: per (src zone, dst zone), the agents of the src zone merged (from zone
+    /// summaries, or the pair summaries when there are none).
+    Zone,
+}
+
+impl By {
+    /// The other one, for the TUI's `z` key.
+    pub fn next(self) -> By {
+        match self {
+            By::Node => By::Zone,
+            By::Zone => By::Node,
+        }
     }
 }
 
@@ -103,7 +128,8 @@ fn parse_scale_max(s: &str) -> Result<ScaleMax, String> {
 
 #[derive(Clone, Debug, clap::Args)]
 #[command(
-    after_help = "Keys (terminal UI): m next metric, arrows/hjkl scroll, q/Esc/Ctrl-C quit.\n\
+    after_help = "Keys (terminal UI): m next metric, z nodes/zones, arrows/hjkl scroll, \
+                  q/Esc/Ctrl-C quit.\n\
                   Exit codes: 0 done, 1 input or output failed (e.g. no window summaries), \
                   2 bad flags or --expected file."
 )]
@@ -128,6 +154,9 @@ pub struct MatrixArgs {
     /// What the cells show (`m` switches in the terminal UI).
     #[arg(long, value_enum, default_value_t = Metric::P50)]
     pub metric: Metric,
+    /// Rows and columns: nodes, or zones (`z` switches in the terminal UI).
+    #[arg(long, value_enum, default_value_t = By::Node)]
+    pub by: By,
     /// Known added RTT per pair (`src,dst,added_rtt` lines, e.g. `node1,node2,400us`), shown
     /// beside the measured RTT.
     #[arg(long, value_name = "FILE")]
@@ -204,6 +233,7 @@ enum Mode {
 pub struct Settings {
     pub title: String,
     pub metric: Metric,
+    pub by: By,
     pub scale_max: Option<ScaleMax>,
     pub expected: Expected,
     pub svg: Option<PathBuf>,
@@ -343,6 +373,7 @@ fn run_blocking(args: MatrixArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let settings = Settings {
         title: args.title,
         metric: args.metric,
+        by: args.by,
         scale_max: args.scale_max,
         expected,
         svg: args.svg,
@@ -386,10 +417,10 @@ fn write_files(s: &Settings, model: &Model) -> anyhow::Result<()> {
     if s.svg.is_none() && s.html.is_none() {
         return Ok(());
     }
-    if model.summaries == 0 {
+    if model.summaries + model.zone_summaries == 0 {
         return Err(MatrixError::NoSummaries(s.source.clone()).into());
     }
-    let view = view::View::build(model, s, s.metric);
+    let view = view::View::of(model, s, s.metric, s.by);
     if let Some(p) = &s.svg {
         write_atomic(p, &svg::svg(&view))?;
         eprintln!("wrote {}", p.display());
@@ -483,6 +514,7 @@ mod tests {
     fn flags_and_defaults() {
         let a = parse(&["--input", "x.jsonl"]).unwrap();
         assert_eq!(a.metric, Metric::P50);
+        assert_eq!(a.by, By::Node);
         assert_eq!(a.kafka_topic, "distributedTrace");
         assert_eq!(a.title, "meshprobe latency matrix");
         assert!(!a.follow && !a.text && !a.once && a.scale_max.is_none());
@@ -495,9 +527,13 @@ mod tests {
             "5%",
             "--duration",
             "30s",
+            "--by",
+            "zone",
         ])
         .unwrap();
         assert_eq!(a.metric, Metric::Loss);
+        assert_eq!(a.by, By::Zone);
+        assert_eq!(By::Zone.next(), By::Node);
         assert_eq!(a.scale_max, Some(ScaleMax::Loss(0.05)));
         assert_eq!(a.duration, Some(Duration::from_secs(30)));
         assert!(parse(&["--metric", "p90"]).is_err());

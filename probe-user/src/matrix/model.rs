@@ -1,10 +1,14 @@
-//! Per-pair state: the latest window summary of every (src, dst), and which pairs are stale.
+//! Per-pair state: the latest window summary of every (src, dst), the latest zone summary of
+//! every (src, dst zone), which sources report and which pairs are stale.
 //!
 //! Time is the data's own: "now" is the newest window seen, so staleness means the same on a
 //! recorded file as on a live topic.
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::{
+    cell::OnceCell,
+    collections::{BTreeMap, BTreeSet, HashSet},
+};
 
-use super::MatrixError;
+use super::{MatrixError, zones::ZoneMatrix};
 use crate::pb;
 
 /// A pair whose latest window is more than this many of its window lengths behind the newest
@@ -32,21 +36,64 @@ pub enum Ingested {
     Old,
 }
 
+/// A record the matrix reads: one pair's window, or one agent's window towards a zone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Summary {
+    Pair(pb::WindowSummary),
+    Zone(pb::ZoneSummary),
+}
+
+impl From<pb::WindowSummary> for Summary {
+    fn from(s: pb::WindowSummary) -> Self {
+        Summary::Pair(s)
+    }
+}
+
+impl From<pb::ZoneSummary> for Summary {
+    fn from(z: pb::ZoneSummary) -> Self {
+        Summary::Zone(z)
+    }
+}
+
+impl Summary {
+    pub fn window_start_tai_ns(&self) -> u64 {
+        match self {
+            Summary::Pair(s) => s.window_start_tai_ns,
+            Summary::Zone(z) => z.window_start_tai_ns,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Model {
     pairs: BTreeMap<(String, String), pb::WindowSummary>,
+    /// The latest zone summary per (src node, dst zone).
+    zone_pairs: BTreeMap<(String, String), pb::ZoneSummary>,
     nodes: BTreeSet<String>,
     zones: BTreeMap<String, String>,
+    /// Start and length of each source's newest record of either kind: whether it reports.
+    reported: BTreeMap<String, (u64, u64)>,
     /// Start times of every window seen (distinct windows, for the status line).
     starts: HashSet<u64>,
     /// Start (TAI ns) and length of the newest window.
     newest: Option<(u64, u64)>,
-    /// Summaries ingested (not counting ignored ones).
+    /// Pair summaries ingested (not counting ignored ones).
     pub summaries: u64,
+    /// Zone summaries ingested (not counting ignored ones).
+    pub zone_summaries: u64,
+    /// The zone matrix of the current state, built when first asked for.
+    zone_matrix: OnceCell<ZoneMatrix>,
 }
 
 impl Model {
-    pub fn ingest(&mut self, s: pb::WindowSummary) -> Result<Ingested, MatrixError> {
+    pub fn ingest(&mut self, s: impl Into<Summary>) -> Result<Ingested, MatrixError> {
+        match s.into() {
+            Summary::Pair(s) => self.ingest_pair(s),
+            Summary::Zone(z) => self.ingest_zone(z),
+        }
+    }
+
+    fn ingest_pair(&mut self, s: pb::WindowSummary) -> Result<Ingested, MatrixError> {
         let bad = |problem| MatrixError::BadSummary {
             src: s.src.clone(),
             dst: s.dst.clone(),
@@ -70,30 +117,70 @@ impl Model {
             return Ok(Ingested::Old);
         }
         for (node, zone) in [(&s.src, &s.src_zone), (&s.dst, &s.dst_zone)] {
-            self.nodes.insert(node.clone());
-            if !zone.is_empty() {
-                self.zones.insert(node.clone(), zone.clone());
-            }
+            self.note_node(node, zone);
         }
-        self.starts.insert(s.window_start_tai_ns);
-        let newer = self
-            .newest
-            .is_none_or(|(start, _)| s.window_start_tai_ns > start);
-        if newer {
-            self.newest = Some((s.window_start_tai_ns, s.window_length_ns));
-        }
+        let r = self.note_window(&s.src, s.window_start_tai_ns, s.window_length_ns);
         self.summaries += 1;
         self.pairs.insert(key, s);
-        Ok(if newer {
+        Ok(r)
+    }
+
+    fn ingest_zone(&mut self, z: pb::ZoneSummary) -> Result<Ingested, MatrixError> {
+        let bad = |problem| MatrixError::BadSummary {
+            src: z.src.clone(),
+            dst: format!("zone {:?}", z.dst_zone),
+            problem,
+        };
+        if z.src.is_empty() {
+            return Err(bad("empty node id"));
+        }
+        if z.window_length_ns == 0 {
+            return Err(bad("window_length_ns is 0"));
+        }
+        let key = (z.src.clone(), z.dst_zone.clone());
+        if self
+            .zone_pairs
+            .get(&key)
+            .is_some_and(|old| old.window_start_tai_ns > z.window_start_tai_ns)
+        {
+            return Ok(Ingested::Old);
+        }
+        self.note_node(&z.src, &z.src_zone);
+        let r = self.note_window(&z.src, z.window_start_tai_ns, z.window_length_ns);
+        self.zone_summaries += 1;
+        self.zone_pairs.insert(key, z);
+        Ok(r)
+    }
+
+    fn note_node(&mut self, node: &str, zone: &str) {
+        if !self.nodes.contains(node) {
+            self.nodes.insert(node.to_string());
+        }
+        if !zone.is_empty() && self.zone(node) != Some(zone) {
+            self.zones.insert(node.to_string(), zone.to_string());
+        }
+    }
+
+    /// Records a window `src` reported; whether it is the newest seen.
+    fn note_window(&mut self, src: &str, start: u64, len: u64) -> Ingested {
+        self.zone_matrix = OnceCell::new();
+        self.starts.insert(start);
+        let r = self.reported.entry(src.to_string()).or_insert((start, len));
+        if start > r.0 {
+            *r = (start, len);
+        }
+        if self.newest.is_none_or(|(newest, _)| start > newest) {
+            self.newest = Some((start, len));
             Ingested::NewWindow
         } else {
             Ingested::Updated
-        })
+        }
     }
 
     /// A node known from elsewhere (the expected file): it gets a row and a column, so a node
     /// that never reports shows up as missing data.
     pub fn add_node(&mut self, id: &str) {
+        self.zone_matrix = OnceCell::new();
         self.nodes.insert(id.to_string());
     }
 
@@ -110,6 +197,22 @@ impl Model {
         self.pairs.get(&(src.to_string(), dst.to_string()))
     }
 
+    /// The latest summary of every pair.
+    pub fn pair_summaries(&self) -> impl Iterator<Item = &pb::WindowSummary> {
+        self.pairs.values()
+    }
+
+    /// The latest zone summary of every (src node, dst zone).
+    pub fn zone_summaries(&self) -> impl Iterator<Item = &pb::ZoneSummary> {
+        self.zone_pairs.values()
+    }
+
+    /// The zone matrix of the current state (built once per state).
+    pub fn zone_matrix(&self) -> &ZoneMatrix {
+        self.zone_matrix
+            .get_or_init(|| super::zones::ZoneMatrix::build(self))
+    }
+
     /// Start (TAI ns) and length (ns) of the newest window seen.
     pub fn newest(&self) -> Option<(u64, u64)> {
         self.newest
@@ -119,30 +222,49 @@ impl Model {
         self.starts.len()
     }
 
+    /// A window starting at `start` is at most [`STALE_WINDOWS`] of its lengths behind the
+    /// newest window.
+    pub fn is_current(&self, start: u64, len: u64) -> bool {
+        let newest = self.newest.map_or(0, |(start, _)| start);
+        newest.saturating_sub(start) <= STALE_WINDOWS.saturating_mul(len)
+    }
+
     pub fn freshness(&self, s: &pb::WindowSummary) -> Freshness {
         if s.peer_left {
-            return Freshness::Left;
-        }
-        let newest = self.newest.map_or(0, |(start, _)| start);
-        let behind = newest.saturating_sub(s.window_start_tai_ns);
-        if behind > STALE_WINDOWS.saturating_mul(s.window_length_ns) {
-            Freshness::Stale
-        } else {
+            Freshness::Left
+        } else if self.is_current(s.window_start_tai_ns, s.window_length_ns) {
             Freshness::Fresh
+        } else {
+            Freshness::Stale
         }
     }
 
-    /// Every pair that reported the window before the newest one has reported the newest one
-    /// too, so the newest window can be shown as complete without waiting for the next. Never
-    /// for the first window seen: who will report is not known yet.
+    /// `src` reports: its newest record (a pair's or a zone's) is current. Its pairs without a
+    /// current summary are then not probed (an agent reports every peer of its pinglist every
+    /// window, lost or not), rather than missing.
+    pub fn reporting(&self, src: &str) -> bool {
+        self.reported
+            .get(src)
+            .is_some_and(|&(start, len)| self.is_current(start, len))
+    }
+
+    /// Every pair (and zone pair) that reported the window before the newest one has reported
+    /// the newest one too, so the newest window can be shown as complete without waiting for
+    /// the next. Never for the first window seen: who will report is not known yet.
     pub fn newest_complete(&self) -> bool {
         let Some((start, _)) = self.newest else {
             return false;
         };
+        let previous = |s: u64, len: u64| s.saturating_add(len) == start;
         self.starts.len() >= 2
-            && !self.pairs.values().any(|s| {
-                !s.peer_left && s.window_start_tai_ns.saturating_add(s.window_length_ns) == start
-            })
+            && !self
+                .pairs
+                .values()
+                .any(|s| !s.peer_left && previous(s.window_start_tai_ns, s.window_length_ns))
+            && !self
+                .zone_pairs
+                .values()
+                .any(|z| previous(z.window_start_tai_ns, z.window_length_ns))
     }
 }
 
@@ -250,6 +372,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn zone_summaries_make_their_source_report() {
+        use crate::matrix::zones::tests::zone_at;
+        let mut m = Model::default();
+        m.ingest(at("a", "b", 1, 1)).unwrap();
+        assert!(m.reporting("a") && !m.reporting("b"));
+        // b writes only zone summaries: it reports too, and gets its zone.
+        assert_eq!(
+            m.ingest(zone_at("b", "z2", "z1", 2, &[10], 0)).unwrap(),
+            Ingested::NewWindow
+        );
+        assert!(m.reporting("b"));
+        assert_eq!(m.zone("b"), Some("z2"));
+        assert_eq!((m.summaries, m.zone_summaries), (1, 1));
+        assert_eq!(
+            m.ingest(zone_at("b", "z2", "z1", 1, &[10], 0)).unwrap(),
+            Ingested::Old
+        );
+        // Three windows behind the newest is still current; four is not.
+        m.ingest(zone_at("c", "z1", "z2", 4, &[10], 0)).unwrap();
+        assert!(m.reporting("a"));
+        m.ingest(zone_at("c", "z1", "z2", 5, &[10], 0)).unwrap();
+        assert!(!m.reporting("a") && m.reporting("b") && m.reporting("c"));
+        let mut bad = zone_at("", "z1", "z2", 5, &[10], 0);
+        assert!(m.ingest(bad.clone()).is_err());
+        bad.src = "d".into();
+        bad.window_length_ns = 0;
+        assert!(m.ingest(bad).is_err());
+    }
+
+    #[test]
     fn newest_window_complete_when_every_reporting_pair_is_in() {
         let mut m = Model::default();
         m.ingest(at("a", "b", 1, 1)).unwrap();
@@ -266,6 +418,16 @@ pub(crate) mod tests {
         m.ingest(left).unwrap();
         m.ingest(at("b", "a", 3, 1)).unwrap();
         m.ingest(at("b", "a", 4, 1)).unwrap();
+        assert!(m.newest_complete());
+        // Zone summaries are waited for like pairs.
+        let z = |seq| crate::matrix::zones::tests::zone_at("b", "", "z", seq, &[1], 0);
+        m.ingest(z(4)).unwrap();
+        m.ingest(at("b", "a", 5, 1)).unwrap();
+        assert!(
+            !m.newest_complete(),
+            "b's zone summary of window 5 is not in"
+        );
+        m.ingest(z(5)).unwrap();
         assert!(m.newest_complete());
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::MatrixError;
+use super::{MatrixError, model::Summary};
 use crate::{
     consume::{Polled, TopicReader},
     pb::{self, record::Kind},
@@ -23,7 +23,8 @@ use crate::{
 /// What an input thread sends.
 #[derive(Debug)]
 pub enum Input {
-    Summary(Box<pb::WindowSummary>),
+    /// A pair's or a zone's window summary.
+    Summary(Box<Summary>),
     /// Something skipped (a line that is no summary, a message that is no Record, a Kafka
     /// error); the input goes on.
     Warning(String),
@@ -68,7 +69,8 @@ impl KafkaSource {
         while !stop.load(Ordering::Relaxed) && (self.follow || !r.at_end()) {
             let sent = match r.poll(self.follow)? {
                 Some(Polled::Record(rec)) => match rec.kind {
-                    Some(Kind::Summary(s)) => tx.send(Input::Summary(Box::new(s))),
+                    Some(Kind::Summary(s)) => tx.send(Input::Summary(Box::new(s.into()))),
+                    Some(Kind::Zone(z)) => tx.send(Input::Summary(Box::new(z.into()))),
                     _ => Ok(()), // probe records
                 },
                 Some(Polled::Warning(w)) => tx.send(Input::Warning(w)),
@@ -92,8 +94,8 @@ impl KafkaSource {
     }
 }
 
-/// An agent's JSON lines (`--output json`, `consume --json`): `{"type":"summary",...}` lines
-/// are read, other types (ready, probe, peer events) skipped.
+/// An agent's JSON lines (`--output json`, `consume --json`): `{"type":"summary",...}` and
+/// `{"type":"zone",...}` lines are read, other types (ready, probe, peer events) skipped.
 pub struct FileSource {
     path: PathBuf,
     reader: Box<dyn BufRead + Send>,
@@ -289,17 +291,72 @@ struct JsonSummary {
     agent_instance: String,
 }
 
+/// The fields of a `{"type":"zone"}` line the matrix uses; the source, the dst zone and the
+/// window are required.
+#[derive(Deserialize)]
+struct JsonZone {
+    src: String,
+    #[serde(default)]
+    src_zone: String,
+    dst_zone: String,
+    #[serde(default)]
+    window_seq: u64,
+    window_start_tai_ns: u64,
+    window_length_ns: u64,
+    #[serde(default)]
+    pairs: u32,
+    #[serde(default)]
+    dst_zone_members: u32,
+    #[serde(default)]
+    sent: u64,
+    #[serde(default)]
+    received: u64,
+    #[serde(default)]
+    lost: u64,
+    #[serde(default)]
+    loss_ratio: f64,
+    #[serde(default)]
+    network_rtt_ns: Option<JsonQuantiles>,
+    /// Base64, as the JSON sink writes it.
+    #[serde(default, deserialize_with = "crate::sink::json::from_base64")]
+    network_rtt_hdr: Vec<u8>,
+    #[serde(default)]
+    agent_instance: String,
+}
+
 /// One JSON line: `Ok(None)` for a record that is not a summary.
-pub fn summary_from_json(line: &str) -> Result<Option<pb::WindowSummary>, String> {
+pub fn summary_from_json(line: &str) -> Result<Option<Summary>, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     match v.get("type").and_then(|t| t.as_str()) {
         Some("summary") => {}
+        Some("zone") => {
+            let j: JsonZone =
+                serde_json::from_value(v).map_err(|e| format!("not a zone summary: {e}"))?;
+            return Ok(Some(Summary::Zone(pb::ZoneSummary {
+                src: j.src,
+                src_zone: j.src_zone,
+                dst_zone: j.dst_zone,
+                window_seq: j.window_seq,
+                window_start_tai_ns: j.window_start_tai_ns,
+                window_length_ns: j.window_length_ns,
+                pairs: j.pairs,
+                dst_zone_members: j.dst_zone_members,
+                sent: j.sent,
+                received: j.received,
+                lost: j.lost,
+                loss_ratio: j.loss_ratio,
+                network_rtt_ns: j.network_rtt_ns.map(Into::into),
+                network_rtt_hdr: j.network_rtt_hdr,
+                agent_instance: j.agent_instance,
+                ..Default::default()
+            })));
+        }
         Some(_) => return Ok(None),
         None => return Err("a JSON object without \"type\"".into()),
     }
     let j: JsonSummary =
         serde_json::from_value(v).map_err(|e| format!("not a window summary: {e}"))?;
-    Ok(Some(pb::WindowSummary {
+    Ok(Some(Summary::Pair(pb::WindowSummary {
         src: j.src,
         dst: j.dst,
         dst_address: j.dst_address,
@@ -316,7 +373,7 @@ pub fn summary_from_json(line: &str) -> Result<Option<pb::WindowSummary>, String
         peer_left: j.peer_left,
         agent_instance: j.agent_instance,
         ..Default::default()
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -336,7 +393,9 @@ mod tests {
         let mut s = summary("a", "b", 7);
         s.src_zone = "z1".into();
         s.peer_left = true;
-        let back = summary_from_json(&json(&s)).unwrap().unwrap();
+        let Some(Summary::Pair(back)) = summary_from_json(&json(&s)).unwrap() else {
+            panic!("not a pair summary");
+        };
         assert_eq!(back.src, "a");
         assert_eq!(back.dst, "b");
         assert_eq!(back.window_start_tai_ns, s.window_start_tai_ns);
@@ -345,6 +404,33 @@ mod tests {
         assert_eq!(back.loss_ratio, 0.1);
         assert_eq!(back.src_zone, "z1");
         assert!(back.peer_left);
+    }
+
+    #[test]
+    fn zone_json_line_round_trips_with_its_histogram() {
+        let z = crate::matrix::zones::tests::zone_at("a", "z1", "z2", 7, &[40_000, 50_000], 1);
+        let line = line(&pb::Record {
+            kind: Some(Kind::Zone(z.clone())),
+        })
+        .unwrap();
+        let Some(Summary::Zone(back)) = summary_from_json(&line).unwrap() else {
+            panic!("not a zone summary: {line}");
+        };
+        assert_eq!(back.network_rtt_hdr, z.network_rtt_hdr);
+        assert_eq!(back.network_rtt_ns, z.network_rtt_ns);
+        assert_eq!(
+            (
+                back.src,
+                back.src_zone,
+                back.dst_zone,
+                back.pairs,
+                back.lost
+            ),
+            ("a".into(), "z1".into(), "z2".into(), 2, 1)
+        );
+        assert_eq!(back.window_start_tai_ns, z.window_start_tai_ns);
+        let e = summary_from_json(r#"{"type":"zone","src":"a"}"#).unwrap_err();
+        assert!(e.contains("not a zone summary"), "{e}");
     }
 
     #[test]
@@ -400,7 +486,10 @@ mod tests {
         let pairs: Vec<String> = got
             .iter()
             .filter_map(|i| match i {
-                Input::Summary(s) => Some(format!("{}->{}", s.src, s.dst)),
+                Input::Summary(s) => match s.as_ref() {
+                    Summary::Pair(s) => Some(format!("{}->{}", s.src, s.dst)),
+                    Summary::Zone(z) => Some(format!("{}->zone:{}", z.src, z.dst_zone)),
+                },
                 _ => None,
             })
             .collect();

@@ -11,18 +11,20 @@ const LINE_H: usize = 14;
 const LEGEND_BAR_W: usize = 200;
 /// Where the colour bar starts, after the metric's name.
 const LEGEND_BAR_X: usize = MARGIN + 110;
-/// The cell styles the legend explains: class, fill, label.
-const SWATCHES: [(&str, &str, &str); 3] = [
-    ("stale", "#57bb8a", "stale (> 3 windows old)"),
-    ("left", "#57bb8a", "peer left"),
-    ("nodata", "#f7f7f7", "no data"),
+/// The cell styles the legend explains: class, fill, label, drawn faded and dashed (as the
+/// cells are).
+const SWATCHES: [(&str, &str, &str, bool); 4] = [
+    ("stale", "#57bb8a", "stale (> 3 windows old)", true),
+    ("left", "#57bb8a", "peer left", true),
+    ("unprobed", "#ffffff", "not probed", false),
+    ("nodata", "#f7f7f7", "no data", false),
 ];
 
 /// x of each swatch after the colour bar, and where the legend ends.
-fn swatch_xs() -> ([usize; 3], usize) {
+fn swatch_xs() -> ([usize; SWATCHES.len()], usize) {
     let mut x = LEGEND_BAR_X + LEGEND_BAR_W + 24;
-    let mut xs = [0; 3];
-    for (i, (_, _, label)) in SWATCHES.iter().enumerate() {
+    let mut xs = [0; SWATCHES.len()];
+    for (i, (_, _, label, _)) in SWATCHES.iter().enumerate() {
         xs[i] = x;
         x += 16 + chars(label) * CHAR_W + 12;
     }
@@ -74,15 +76,15 @@ pub fn html(v: &View) -> String {
 
 fn svg_element(v: &View) -> String {
     let n = v.nodes.len();
-    let has_expected = v.has_expected();
+    let has_second = v.has_second_line();
     let has_marks = v.cells.iter().flatten().any(|c| c.mark.word().is_some());
-    let lines = 1 + usize::from(has_expected) + usize::from(has_marks);
+    let lines = 1 + usize::from(has_second) + usize::from(has_marks);
     let cell_h = LINE_H * lines + 14;
     let widest_cell = v
         .cells
         .iter()
         .flatten()
-        .map(|c| chars(&c.text).max(c.expected.as_ref().map_or(0, |e| chars(e) + 2)))
+        .map(|c| chars(&c.text).max(View::second_line(c).map_or(0, |l| chars(&l))))
         .chain(v.nodes.iter().map(|n| chars(&n.id).max(chars(&n.zone))))
         .max()
         .unwrap_or(0);
@@ -100,11 +102,13 @@ fn svg_element(v: &View) -> String {
     let y0 = 64 + header_h;
     let grid_bottom = y0 + n * cell_h;
     let subtitle = subtitle(v);
+    let coverage = v.coverage.text();
     let width = (x0 + n * cell_w + MARGIN)
         .max(MARGIN * 2 + chars(&v.title) * 11)
         .max(MARGIN * 2 + chars(&subtitle) * CHAR_W)
-        .max(swatch_xs().1 + MARGIN);
-    let height = grid_bottom + 70;
+        .max(swatch_xs().1 + MARGIN)
+        .max(MARGIN * 2 + chars(&coverage) * CHAR_W);
+    let height = grid_bottom + if coverage.is_empty() { 70 } else { 90 };
 
     let mut s = String::new();
     let _ = writeln!(
@@ -118,6 +122,7 @@ fn svg_element(v: &View) -> String {
          .cell { stroke: #ffffff; stroke-width: 1; }\n\
          .cell.stale, .cell.left { fill-opacity: 0.35; stroke: #666666; stroke-dasharray: 4 2; }\n\
          .cell.nodata { fill: #f7f7f7; stroke: #cccccc; }\n\
+         .cell.unprobed { fill: #ffffff; stroke: #e4e4e4; }\n\
          .value { fill: #222222; }\n\
          .dim { fill: #666666; }\n\
          .label { fill: #222222; font-weight: bold; }\n\
@@ -151,9 +156,10 @@ fn svg_element(v: &View) -> String {
     // Axis labels: destinations across the top, sources down the side.
     let _ = writeln!(
         s,
-        "<text class=\"axis dim\" x=\"{}\" y=\"{}\" text-anchor=\"end\">src \\ dst</text>",
+        "<text class=\"axis dim\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
         x0 - 8,
-        64 + LINE_H
+        64 + LINE_H,
+        esc(v.corner())
     );
     s.push_str("<g class=\"labels\">\n");
     for (i, node) in v.nodes.iter().enumerate() {
@@ -198,6 +204,7 @@ fn svg_element(v: &View) -> String {
             let (x, y) = (x0 + c * cell_w, y0 + r * cell_h);
             let (class, fill) = match (cell.mark, cell.t) {
                 (Mark::NoData, _) => ("nodata", "#f7f7f7".to_string()),
+                (Mark::Unprobed, _) => ("unprobed", "#ffffff".to_string()),
                 (m, t) => (
                     match m {
                         Mark::Stale => "stale",
@@ -218,7 +225,11 @@ fn svg_element(v: &View) -> String {
                 "<title>{} \u{2192} {}: {}</title>",
                 esc(&src.id),
                 esc(&dst.id),
-                esc(&cell.one_line())
+                esc(&if cell.mark == Mark::Unprobed {
+                    "not probed".to_string()
+                } else {
+                    cell.one_line()
+                })
             );
             let _ = writeln!(
                 s,
@@ -227,23 +238,28 @@ fn svg_element(v: &View) -> String {
             );
             let cx = x + cell_w / 2;
             let mut ty = y + 7 + LINE_H;
-            let (text, class) = if cell.mark == Mark::NoData {
-                ("no data", "value dim")
-            } else {
-                (cell.text.as_str(), "value")
+            let (text, class) = match cell.mark {
+                Mark::NoData => ("no data", "value dim"),
+                Mark::Unprobed => (cell.text.as_str(), "value dim"),
+                _ => (cell.text.as_str(), "value"),
             };
             let _ = writeln!(
                 s,
                 "<text class=\"{class}\" x=\"{cx}\" y=\"{ty}\" text-anchor=\"middle\">{}</text>",
                 esc(text)
             );
-            if let Some(e) = &cell.expected {
+            if let Some(l) = View::second_line(cell) {
                 ty += LINE_H;
+                let class = if cell.expected.is_some() {
+                    "expected"
+                } else {
+                    "detail"
+                };
                 let _ = writeln!(
                     s,
-                    "<text class=\"expected dim\" x=\"{cx}\" y=\"{ty}\" \
-                     text-anchor=\"middle\">({})</text>",
-                    esc(e)
+                    "<text class=\"{class} dim\" x=\"{cx}\" y=\"{ty}\" \
+                     text-anchor=\"middle\">{}</text>",
+                    esc(&l)
                 );
             }
             if let Some(w) = cell.mark.word() {
@@ -259,6 +275,14 @@ fn svg_element(v: &View) -> String {
     }
     s.push_str("</g>\n");
     legend(&mut s, v, grid_bottom + 24);
+    if !coverage.is_empty() {
+        let _ = writeln!(
+            s,
+            "<text class=\"coverage dim\" x=\"{MARGIN}\" y=\"{}\">{}</text>",
+            grid_bottom + 24 + 50,
+            esc(&coverage)
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -316,17 +340,16 @@ fn legend(s: &mut String, v: &View, y: usize) {
         y + 28,
         esc(&hi)
     );
-    for ((class, fill, label), x) in SWATCHES.iter().zip(swatch_xs().0) {
-        let nodata = *class == "nodata";
+    for ((class, fill, label, faded), x) in SWATCHES.iter().zip(swatch_xs().0) {
         let _ = writeln!(
             s,
             "<rect class=\"legend-swatch {class}\" x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" \
              fill=\"{fill}\" fill-opacity=\"{}\" stroke=\"#666666\"{}/>",
-            if nodata { "1" } else { "0.35" },
-            if nodata {
-                ""
-            } else {
+            if *faded { "0.35" } else { "1" },
+            if *faded {
                 " stroke-dasharray=\"4 2\""
+            } else {
+                ""
             }
         );
         let _ = writeln!(
@@ -417,7 +440,8 @@ mod tests {
                 .iter()
                 .any(|t| t.contains("newest window 1970-01-01T00:02:43Z (10s)"))
         );
-        // The a->b cell: fresh, coloured on the scale; a->c: stale.
+        // The a->b cell: fresh, coloured on the scale; c->b: stale (c stopped reporting);
+        // a->c: not probed (a reports, without c).
         let class_of = |s: &str, d: &str| {
             rects
                 .iter()
@@ -429,15 +453,65 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(class_of("a", "b"), "cell fresh");
-        assert_eq!(class_of("a", "c"), "cell stale");
+        assert_eq!(class_of("c", "b"), "cell stale");
         assert_eq!(class_of("c", "a"), "cell left");
-        assert_eq!(class_of("b", "c"), "cell nodata");
+        assert_eq!(class_of("a", "c"), "cell unprobed");
+        assert_eq!(class_of("b", "c"), "cell unprobed");
+        assert!(texts.contains(&"a → c: not probed"), "{texts:?}");
+        // The coverage figures under the legend.
+        let coverage = doc
+            .descendants()
+            .find(|n| n.attribute("class") == Some("coverage dim"))
+            .unwrap();
+        assert_eq!(
+            coverage.text(),
+            Some("coverage: pairs probed 3/6 (50%), nodes probed 2/3 (fewest probers 0)")
+        );
         // Legend: bar with the scale's ends.
         let legend_min = doc
             .descendants()
             .find(|n| n.attribute("class") == Some("legend-min"))
             .unwrap();
         assert_eq!(legend_min.text(), Some("45.3µs"));
+    }
+
+    #[test]
+    fn partial_and_zone_views_are_well_formed() {
+        let m = crate::matrix::view::tests::partial();
+        let v = View::build(&m, &settings(""), Metric::P50);
+        let text = svg(&v);
+        let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+        let rects = cell_rects(&doc);
+        assert_eq!(rects.len(), 4 * 3);
+        let count = |class: &str| {
+            rects
+                .iter()
+                .filter(|r| r.attribute("class") == Some(class))
+                .count()
+        };
+        assert_eq!(count("cell fresh"), 5);
+        assert_eq!(count("cell unprobed"), 4);
+        assert_eq!(count("cell stale"), 1);
+        assert_eq!(count("cell nodata"), 2);
+        assert!(
+            doc.descendants()
+                .any(|n| n.attribute("class") == Some("legend-swatch unprobed"))
+        );
+        let v = View::build_zones(&m, &settings(""), Metric::P99);
+        let text = svg(&v);
+        let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+        assert_eq!(
+            cell_rects(&doc).len(),
+            4,
+            "z1, z2 to each other and themselves"
+        );
+        let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+        assert!(texts.contains(&"src zone \\ dst zone"), "{texts:?}");
+        assert!(texts.contains(&"loss 10%"), "{texts:?}");
+        assert!(
+            texts.contains(&"coverage: zone pairs covered 4/4"),
+            "{texts:?}"
+        );
     }
 
     #[test]

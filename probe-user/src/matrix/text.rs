@@ -13,7 +13,7 @@ const GAP: &str = "  ";
 
 /// The whole frame: title and status, the grid, the scale and the marks.
 pub fn render(v: &View) -> String {
-    let corner = "src \\ dst";
+    let corner = v.corner();
     let row_labels: Vec<String> = v.nodes.iter().map(|n| n.label()).collect();
     let label_w = row_labels
         .iter()
@@ -67,6 +67,11 @@ pub fn render(v: &View) -> String {
         out.push_str("  (+X) expected added RTT");
     }
     out.push('\n');
+    let coverage = v.coverage.text();
+    if !coverage.is_empty() {
+        out.push_str(&coverage);
+        out.push('\n');
+    }
     out
 }
 
@@ -105,7 +110,7 @@ pub fn run(s: &Settings, mut feed: Feed, out: &mut impl Write) -> anyhow::Result
             Input::Summary(sum) => {
                 let newer = model
                     .newest()
-                    .is_some_and(|(start, _)| sum.window_start_tai_ns > start);
+                    .is_some_and(|(start, _)| sum.window_start_tai_ns() > start);
                 if live && pending && newer {
                     // The window before this one is as complete as it gets.
                     printer.frame(&model, s)?;
@@ -137,7 +142,7 @@ pub fn run(s: &Settings, mut feed: Feed, out: &mut impl Write) -> anyhow::Result
             return Ok(model);
         }
     }
-    if model.summaries == 0 {
+    if model.summaries + model.zone_summaries == 0 {
         return Err(MatrixError::NoSummaries(s.source.clone()).into());
     }
     if pending || printer.printed == 0 {
@@ -157,7 +162,7 @@ impl<W: Write> Printer<'_, W> {
         if self.closed() {
             return Ok(());
         }
-        let text = render(&View::build(model, s, s.metric));
+        let text = render(&View::of(model, s, s.metric, s.by));
         let sep = if self.printed > 0 { "\n" } else { "" };
         match write!(self.out, "{sep}{text}").and_then(|()| self.out.flush()) {
             Ok(()) => self.printed += 1,
@@ -192,24 +197,20 @@ mod tests {
             "lab <mesh> & co: network RTT p50 | file agent.jsonl | 3 windows (4 summaries), \
              newest 1970-01-01T00:02:43Z (10s)"
         );
-        assert_eq!(
-            lines[1],
-            "src \\ dst               a               b        c"
-        );
-        assert_eq!(
-            lines[2],
-            "a                          412µs (+400µs)  45.3µs*"
-        );
-        assert_eq!(
-            lines[3],
-            "b          398µs (+400µs)                        -"
-        );
-        assert_eq!(lines[4], "c                 1.25ms!               -");
+        assert_eq!(lines[1], "src \\ dst               a               b  c");
+        assert_eq!(lines[2], "a                          412µs (+400µs)  ·");
+        assert_eq!(lines[3], "b          398µs (+400µs)                  ·");
+        assert_eq!(lines[4], "c                 1.25ms!         45.3µs*");
         assert_eq!(lines[5], "scale 45.3µs .. 1.25ms (min..max)");
         assert!(lines[6].starts_with("marks: * stale"), "{}", lines[6]);
         assert!(lines[6].contains("! peer left"));
+        assert!(lines[6].contains("· not probed  - no data"));
         assert!(lines[6].ends_with("(+X) expected added RTT"));
-        assert_eq!(lines.len(), 7);
+        assert_eq!(
+            lines[7],
+            "coverage: pairs probed 3/6 (50%), nodes probed 2/3 (fewest probers 0)"
+        );
+        assert_eq!(lines.len(), 8);
     }
 
     #[test]
@@ -232,6 +233,30 @@ mod tests {
         assert_eq!(lines[4], "b (z2)      -");
     }
 
+    #[test]
+    fn zone_view_frame() {
+        let mut s = settings("");
+        s.by = crate::matrix::By::Zone;
+        let mut out = Vec::new();
+        let inputs = vec![Input::Summary(Box::new(
+            crate::matrix::zones::tests::zone_at("a1", "z1", "z2", 1, &[40_000], 0).into(),
+        ))];
+        run(&s, Feed::from_inputs(inputs), &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].ends_with(
+                "| 1 window (0 summaries, 1 zone summary), newest 1970-01-01T00:00:00Z (10s)"
+            ),
+            "{out}"
+        );
+        // z1 has one node (no pair inside it); z2 reports nothing (missing).
+        assert_eq!(lines[1], "src zone \\ dst zone  z1               z2");
+        assert_eq!(lines[2], "z1                       40.0µs, loss 0%");
+        assert_eq!(lines[3], "z2                    -                -");
+        assert_eq!(lines[6], "coverage: zone pairs covered 1/3");
+    }
+
     fn run_on(inputs: Vec<Input>, once: bool) -> (anyhow::Result<Model>, String) {
         let mut s = settings("");
         s.once = once;
@@ -241,7 +266,7 @@ mod tests {
     }
 
     fn sum(src: &str, dst: &str, seq: u64, p50: i64) -> Input {
-        Input::Summary(Box::new(at(src, dst, seq, p50)))
+        Input::Summary(Box::new(at(src, dst, seq, p50).into()))
     }
 
     #[test]

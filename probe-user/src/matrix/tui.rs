@@ -12,7 +12,7 @@ use ratatui::{
 };
 
 use super::{
-    Feed, Input, MatrixError, Metric, Model, Settings,
+    By, Feed, Input, MatrixError, Metric, Model, Settings,
     view::{MARKS_LEGEND, Mark, View},
 };
 
@@ -66,6 +66,7 @@ struct App<'a> {
     s: &'a Settings,
     model: Model,
     metric: Metric,
+    by: By,
     palette: Palette,
     row_off: usize,
     col_off: usize,
@@ -82,6 +83,7 @@ pub fn run(s: &Settings, mut feed: Feed) -> anyhow::Result<()> {
         s,
         model: Model::default(),
         metric: s.metric,
+        by: s.by,
         palette: Palette::detect(),
         row_off: 0,
         col_off: 0,
@@ -147,6 +149,10 @@ impl App<'_> {
             KeyCode::Char('q') | KeyCode::Esc => return false,
             KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return false,
             KeyCode::Char('m') => self.metric = self.metric.next(),
+            KeyCode::Char('z') => {
+                self.by = self.by.next();
+                (self.row_off, self.col_off) = (0, 0);
+            }
             KeyCode::Left | KeyCode::Char('h') => self.col_off = self.col_off.saturating_sub(1),
             KeyCode::Right | KeyCode::Char('l') => self.col_off = (self.col_off + 1).min(last),
             KeyCode::Up | KeyCode::Char('k') => self.row_off = self.row_off.saturating_sub(1),
@@ -158,11 +164,12 @@ impl App<'_> {
     }
 
     fn draw(&self, f: &mut Frame) {
-        let v = View::build(&self.model, self.s, self.metric);
-        let [title, status, grid, legend, help] = Layout::vertical([
+        let v = View::of(&self.model, self.s, self.metric, self.by);
+        let [title, status, grid, legend, coverage, help] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(1),
             Constraint::Min(3),
+            Constraint::Length(1),
             Constraint::Length(1),
             Constraint::Length(1),
         ])
@@ -186,8 +193,9 @@ impl App<'_> {
         );
         self.grid(f, &v, grid);
         f.render_widget(Paragraph::new(self.legend(&v)), legend);
+        f.render_widget(Paragraph::new(v.coverage.text()), coverage);
         let mut help_line = vec![Span::styled(
-            "m metric  arrows/hjkl scroll  Home reset  q quit",
+            "m metric  z nodes/zones  arrows/hjkl scroll  Home reset  q quit",
             Style::new().add_modifier(Modifier::DIM),
         )];
         if !self.warning.is_empty() {
@@ -208,14 +216,14 @@ impl App<'_> {
             return;
         }
         let label_w = v.nodes.iter().map(|n| width(&n.label())).max().unwrap_or(0);
-        let label_w = label_w.max(width("src \\ dst")) as u16;
+        let label_w = label_w.max(width(v.corner())) as u16;
         let cell_w = v
             .cells
             .iter()
             .flatten()
             .map(|c| {
                 (width(&c.text) + width(c.mark.marker()))
-                    .max(c.expected.as_ref().map_or(0, |e| width(e) + 2))
+                    .max(View::second_line(c).map_or(0, |l| width(&l)))
             })
             .chain(v.nodes.iter().map(|n| width(&n.id).max(width(&n.zone))))
             .max()
@@ -223,7 +231,7 @@ impl App<'_> {
             .max(6) as u16;
         // As many columns and rows as fit, from the scroll offsets.
         let cols = ((area.width.saturating_sub(label_w) / (cell_w + 1)) as usize).max(1);
-        let two_lines = v.has_expected();
+        let two_lines = v.has_second_line();
         let row_h: u16 = if two_lines { 2 } else { 1 };
         let head_h: u16 = if v.zones { 2 } else { 1 };
         let rows = ((area.height.saturating_sub(head_h) / row_h) as usize).max(1);
@@ -233,16 +241,14 @@ impl App<'_> {
 
         let bold = Style::new().add_modifier(Modifier::BOLD);
         let header = Row::new(
-            std::iter::once(
-                Cell::from("src \\ dst").style(Style::new().add_modifier(Modifier::DIM)),
-            )
-            .chain(v.nodes[shown_cols.clone()].iter().map(|n| {
-                let mut t = Text::from(Line::from(n.id.clone()).alignment(Alignment::Center));
-                if v.zones {
-                    t.push_line(Line::from(n.zone.clone()).alignment(Alignment::Center));
-                }
-                Cell::from(t).style(bold)
-            })),
+            std::iter::once(Cell::from(v.corner()).style(Style::new().add_modifier(Modifier::DIM)))
+                .chain(v.nodes[shown_cols.clone()].iter().map(|n| {
+                    let mut t = Text::from(Line::from(n.id.clone()).alignment(Alignment::Center));
+                    if v.zones {
+                        t.push_line(Line::from(n.zone.clone()).alignment(Alignment::Center));
+                    }
+                    Cell::from(t).style(bold)
+                })),
         )
         .height(head_h);
         let body = v
@@ -275,13 +281,14 @@ impl App<'_> {
         let mut t = Text::from(
             Line::from(format!("{}{}", c.text, c.mark.marker())).alignment(Alignment::Center),
         );
-        if two_lines && let Some(e) = &c.expected {
-            t.push_line(Line::from(format!("({e})")).alignment(Alignment::Center));
+        if two_lines && let Some(l) = View::second_line(c) {
+            t.push_line(Line::from(l).alignment(Alignment::Center));
         }
         let colour = c.t.and_then(|t| self.palette.color(t));
         let style = match (c.mark, colour) {
             (Mark::Diagonal, _) => Style::new(),
             (Mark::NoData, _) => Style::new().fg(Color::DarkGray),
+            (Mark::Unprobed, _) => Style::new().add_modifier(Modifier::DIM),
             // Stale: the value's colour as text on no background, dimmed, with its marker.
             (Mark::Stale | Mark::Left, Some(col)) => {
                 Style::new().fg(col).add_modifier(Modifier::DIM)
@@ -346,6 +353,7 @@ mod tests {
             s,
             model: model(),
             metric: Metric::P50,
+            by: By::Node,
             palette: Palette::C256,
             row_off: 0,
             col_off: 0,
@@ -380,12 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn coverage_line_and_z_switches_to_zones() {
+        let s = settings("");
+        let mut a = app(&s);
+        let screen = render(&a, 120, 14);
+        assert!(
+            screen.contains("coverage: pairs probed 3/6 (50%), nodes probed 2/3"),
+            "{screen}"
+        );
+        assert!(a.key(Event::Key(KeyCode::Char('z').into())));
+        assert_eq!(a.by, By::Zone);
+        // The fixture has no zone labels: one zone of every node, rebuilt from pair quantiles.
+        let screen = render(&a, 120, 14);
+        assert!(screen.contains("src zone \\ dst zone"), "{screen}");
+        assert!(screen.contains("(no zone)"), "{screen}");
+        assert!(screen.contains("≈"), "{screen}");
+        assert!(screen.contains("loss 10%"), "{screen}");
+        a.key(Event::Key(KeyCode::Char('z').into()));
+        assert_eq!(a.by, By::Node);
+    }
+
+    #[test]
     fn fresh_cells_are_coloured_stale_dimmed() {
         let s = settings("");
         let a = app(&s);
         let v = View::build(&a.model, &s, Metric::P50);
         let fresh = a.cell(&v.cells[0][1], false);
-        let stale = a.cell(&v.cells[0][2], false);
+        let stale = a.cell(&v.cells[2][1], false);
         assert_eq!(
             fresh,
             Cell::from(Text::from(Line::from("412µs").alignment(Alignment::Center))).style(
@@ -412,15 +441,19 @@ mod tests {
         let s = settings("");
         let mut a = app(&s);
         // Room for two columns: a and b.
-        let screen = render(&a, 30, 8);
+        let screen = render(&a, 30, 9);
         assert!(screen.contains("412µs"), "{screen}");
-        assert!(!screen.contains("45.3µs*"), "{screen}");
+        assert!(screen.contains("1.25ms!"), "{screen}");
+        assert!(!screen.contains('·'), "{screen}");
         for _ in 0..5 {
             a.key(Event::Key(KeyCode::Right.into()));
         }
         // Scrolled as far as it goes: b and c.
-        let screen = render(&a, 30, 8);
-        assert!(screen.contains("45.3µs*"), "{screen}");
+        let screen = render(&a, 30, 9);
+        assert!(
+            screen.contains("45.3µs*") && screen.contains('·'),
+            "{screen}"
+        );
         assert!(!screen.contains("1.25ms!"), "{screen}");
     }
 }

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use super::{Metric, Model, Settings, model::Freshness};
+use super::{By, Metric, Model, Settings, coverage::Coverage, model::Freshness, zones::ZoneCell};
 use crate::pb;
 
 /// The state of one cell.
@@ -13,8 +13,10 @@ use crate::pb;
 pub enum Mark {
     /// src == dst: left blank.
     Diagonal,
-    /// No summary for this pair.
+    /// No summary for this pair, and its source does not report: missing.
     NoData,
+    /// Its source reports, but not this pair: not on the source's pinglist.
+    Unprobed,
     Fresh,
     Stale,
     Left,
@@ -42,10 +44,16 @@ impl Mark {
 
 /// The explanation of the marks, for the text and terminal legends.
 pub const MARKS_LEGEND: &str = "* stale (no new window for > 3 window lengths)  ! peer left  \
-                                - no data";
+                                · not probed  - no data";
 
 /// Shown for a cell without data.
 pub const NO_DATA: &str = "-";
+
+/// Shown for a cell its source does not probe.
+pub const UNPROBED: &str = "·";
+
+/// Shown for a zone that nodes without a zone label are put in.
+pub const NO_ZONE: &str = "(no zone)";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cell {
@@ -56,18 +64,34 @@ pub struct Cell {
     pub text: String,
     /// The known added RTT, e.g. `+400µs` (RTT metrics only).
     pub expected: Option<String>,
+    /// A second figure (zone view): `loss 0.25%` beside an RTT, `p50 412µs` beside a loss.
+    pub detail: Option<String>,
     /// Place on the colour scale, 0 (low) ..= 1 (high).
     pub t: Option<f64>,
 }
 
 impl Cell {
-    /// Value, marker and expected on one line: `412µs* (+400µs)`.
+    /// Value, marker, expected and detail on one line: `412µs* (+400µs)`, `412µs, loss 0%`.
     pub fn one_line(&self) -> String {
         let mut s = format!("{}{}", self.text, self.mark.marker());
         if let Some(e) = &self.expected {
             s.push_str(&format!(" ({e})"));
         }
+        if let Some(d) = &self.detail {
+            s.push_str(&format!(", {d}"));
+        }
         s
+    }
+
+    fn new(mark: Mark, value: Option<f64>, text: impl Into<String>) -> Cell {
+        Cell {
+            mark,
+            value,
+            text: text.into(),
+            expected: None,
+            detail: None,
+            t: None,
+        }
     }
 }
 
@@ -119,12 +143,26 @@ pub struct View {
     pub source: String,
     pub windows: usize,
     pub summaries: u64,
+    pub zone_summaries: u64,
     /// The newest window: start in UTC (RFC 3339) and length.
     pub newest: Option<(String, Duration)>,
+    /// Rows and columns carry zones (the node view of zoned nodes).
     pub zones: bool,
+    /// Rows and columns are nodes or zones.
+    pub by: By,
+    pub coverage: Coverage,
 }
 
 impl View {
+    /// The view `by` asks for.
+    pub fn of(model: &Model, s: &Settings, metric: Metric, by: By) -> View {
+        match by {
+            By::Node => View::build(model, s, metric),
+            By::Zone => View::build_zones(model, s, metric),
+        }
+    }
+
+    /// Node × node: the latest summary of every ordered pair.
     pub fn build(model: &Model, s: &Settings, metric: Metric) -> View {
         let ids: BTreeSet<&str> = model.nodes().chain(s.expected.nodes()).collect();
         let nodes: Vec<Node> = ids
@@ -134,7 +172,7 @@ impl View {
                 zone: model.zone(id).unwrap_or_default().to_string(),
             })
             .collect();
-        let mut cells: Vec<Vec<Cell>> = nodes
+        let cells: Vec<Vec<Cell>> = nodes
             .iter()
             .map(|src| {
                 nodes
@@ -143,6 +181,67 @@ impl View {
                     .collect()
             })
             .collect();
+        let coverage =
+            Coverage::of_nodes(nodes.len(), |s, d| cells[s][d].mark, model.zone_matrix());
+        View::finish(model, s, metric, By::Node, nodes, cells, coverage)
+    }
+
+    /// Zone × zone: what the agents of each zone measured towards each zone, merged.
+    pub fn build_zones(model: &Model, s: &Settings, metric: Metric) -> View {
+        let zm = model.zone_matrix();
+        let nodes: Vec<Node> = zm
+            .zones
+            .iter()
+            .map(|z| Node {
+                id: if z.is_empty() {
+                    NO_ZONE.into()
+                } else {
+                    z.clone()
+                },
+                zone: String::new(),
+            })
+            .collect();
+        let cells = zm
+            .zones
+            .iter()
+            .map(|src| {
+                zm.zones
+                    .iter()
+                    .map(|dst| match zm.cells.get(&(src.clone(), dst.clone())) {
+                        Some(c) => zone_cell(metric, c),
+                        // A zone of one node: no pair inside it.
+                        None if src == dst && !zm.pairs_inside(src) => {
+                            Cell::new(Mark::Diagonal, None, "")
+                        }
+                        None if zm.reporting.contains(src) => {
+                            Cell::new(Mark::Unprobed, None, UNPROBED)
+                        }
+                        None => Cell::new(Mark::NoData, None, NO_DATA),
+                    })
+                    .collect()
+            })
+            .collect();
+        View::finish(
+            model,
+            s,
+            metric,
+            By::Zone,
+            nodes,
+            cells,
+            Coverage::of_zones(zm),
+        )
+    }
+
+    /// The colour scale and the status figures, common to both views.
+    fn finish(
+        model: &Model,
+        s: &Settings,
+        metric: Metric,
+        by: By,
+        nodes: Vec<Node>,
+        mut cells: Vec<Vec<Cell>>,
+        coverage: Coverage,
+    ) -> View {
         let values = || cells.iter().flatten().filter_map(|c| c.value);
         let scale = match s.scale_max.and_then(|m| m.for_metric(metric)) {
             Some(max) => Some(Scale {
@@ -171,9 +270,12 @@ impl View {
             source: s.source.clone(),
             windows: model.windows_seen(),
             summaries: model.summaries,
+            zone_summaries: model.zone_summaries,
             newest: model
                 .newest()
                 .map(|(start, len)| (utc(start, s.tai_offset_ns), Duration::from_nanos(len))),
+            by,
+            coverage,
         }
     }
 
@@ -182,10 +284,17 @@ impl View {
         let plural =
             |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let mut s = format!(
-            "{} ({})",
+            "{} ({}",
             plural(self.windows as u64, "window", "windows"),
             plural(self.summaries, "summary", "summaries")
         );
+        if self.zone_summaries > 0 {
+            s.push_str(&format!(
+                ", {}",
+                plural(self.zone_summaries, "zone summary", "zone summaries")
+            ));
+        }
+        s.push(')');
         match &self.newest {
             Some((t, len)) => s.push_str(&format!(
                 ", newest {t} ({})",
@@ -213,38 +322,95 @@ impl View {
     pub fn has_expected(&self) -> bool {
         self.cells.iter().flatten().any(|c| c.expected.is_some())
     }
+
+    /// Any cell has a second line (an expected value or a detail).
+    pub fn has_second_line(&self) -> bool {
+        self.cells
+            .iter()
+            .flatten()
+            .any(|c| c.expected.is_some() || c.detail.is_some())
+    }
+
+    /// The label of the corner between the axes.
+    pub fn corner(&self) -> &'static str {
+        match self.by {
+            By::Node => "src \\ dst",
+            By::Zone => "src zone \\ dst zone",
+        }
+    }
+
+    /// The cell's second line: the expected RTT in parentheses, or the detail.
+    pub fn second_line(c: &Cell) -> Option<String> {
+        c.expected
+            .as_ref()
+            .map(|e| format!("({e})"))
+            .or_else(|| c.detail.clone())
+    }
+}
+
+/// The state of a node pair's cell. Without a current summary: not probed when its source
+/// reports (an agent reports every peer of its pinglist every window, lost or not), stale or
+/// missing when it does not.
+pub fn mark(model: &Model, src: &str, dst: &str) -> Mark {
+    if src == dst {
+        return Mark::Diagonal;
+    }
+    match model.get(src, dst).map(|s| model.freshness(s)) {
+        Some(Freshness::Fresh) => Mark::Fresh,
+        Some(Freshness::Left) => Mark::Left,
+        _ if model.reporting(src) => Mark::Unprobed,
+        Some(Freshness::Stale) => Mark::Stale,
+        None => Mark::NoData,
+    }
 }
 
 fn cell(model: &Model, s: &Settings, metric: Metric, src: &str, dst: &str) -> Cell {
-    let expected = (metric.is_rtt() && src != dst)
+    let mut c = match (mark(model, src, dst), model.get(src, dst)) {
+        (Mark::Diagonal, _) => Cell::new(Mark::Diagonal, None, ""),
+        (Mark::Unprobed, _) => Cell::new(Mark::Unprobed, None, UNPROBED),
+        (m @ (Mark::Fresh | Mark::Stale | Mark::Left), Some(sum)) => summary_cell(metric, sum, m),
+        _ => Cell::new(Mark::NoData, None, NO_DATA),
+    };
+    c.expected = (metric.is_rtt() && src != dst)
         .then(|| s.expected.get(src, dst))
         .flatten()
         .map(|d| format!("+{}", fmt_rtt(d.as_nanos() as f64)));
-    let (mark, value, text) = if src == dst {
-        (Mark::Diagonal, None, String::new())
-    } else if let Some(sum) = model.get(src, dst) {
-        let mark = match model.freshness(sum) {
-            Freshness::Fresh => Mark::Fresh,
-            Freshness::Stale => Mark::Stale,
-            Freshness::Left => Mark::Left,
-        };
-        let value = metric_value(metric, sum);
-        let text = match value {
-            Some(v) => fmt_value(metric, v),
-            None if sum.lost > 0 => "all lost".into(),
-            None => "no probes".into(),
-        };
-        (mark, value, text)
-    } else {
-        (Mark::NoData, None, NO_DATA.into())
+    c
+}
+
+fn summary_cell(metric: Metric, sum: &pb::WindowSummary, mark: Mark) -> Cell {
+    let value = metric_value(metric, sum);
+    let text = match value {
+        Some(v) => fmt_value(metric, v),
+        None if sum.lost > 0 => "all lost".into(),
+        None => "no probes".into(),
     };
-    Cell {
-        mark,
-        value,
-        text,
-        expected,
-        t: None,
-    }
+    Cell::new(mark, value, text)
+}
+
+/// A zone pair's cell: the metric, and loss beside an RTT or the p50 beside a loss. RTTs
+/// rebuilt from pair quantiles (no histograms to merge) are marked `≈`.
+fn zone_cell(metric: Metric, z: &ZoneCell) -> Cell {
+    let approx = if z.exact { "" } else { "≈" };
+    let rtt = |v: Option<u64>| v.map(|v| v as f64);
+    let value = match metric {
+        Metric::P50 => rtt(z.p50),
+        Metric::P99 => rtt(z.p99),
+        Metric::Loss => z.loss_ratio(),
+    };
+    let text = match value {
+        Some(v) if metric.is_rtt() => format!("{approx}{}", fmt_rtt(v)),
+        Some(v) => fmt_loss(v),
+        None if z.lost > 0 => "all lost".into(),
+        None => "no probes".into(),
+    };
+    let mut c = Cell::new(Mark::Fresh, value, text);
+    c.detail = if metric.is_rtt() {
+        z.loss_ratio().map(|l| format!("loss {}", fmt_loss(l)))
+    } else {
+        z.p50.map(|p| format!("p50 {approx}{}", fmt_rtt(p as f64)))
+    };
+    c
 }
 
 /// The metric of a summary: RTT quantiles need at least one reply, loss one resolved probe.
@@ -318,6 +484,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::matrix::{
         Expected, ScaleMax,
+        coverage::NodeCoverage,
         model::tests::{LEN, at},
     };
 
@@ -325,6 +492,7 @@ pub(crate) mod tests {
         Settings {
             title: "lab <mesh> & co".into(),
             metric: Metric::P50,
+            by: By::Node,
             scale_max: None,
             expected: Expected::parse(expected).unwrap(),
             svg: None,
@@ -336,14 +504,14 @@ pub(crate) mod tests {
         }
     }
 
-    /// Three nodes: a<->b fresh (b->a with +400µs expected), a->c stale, c->a peer left, b->c
-    /// and c->b without data.
+    /// Three nodes: a<->b fresh (b->a with +400µs expected); c stopped reporting after window
+    /// 11: c->b stale, c->a peer left; a and b report but do not probe c (not probed).
     pub(crate) fn model() -> Model {
         let mut m = Model::default();
-        m.ingest(at("a", "c", 10, 45_300)).unwrap();
+        m.ingest(at("c", "b", 10, 45_300)).unwrap();
         m.ingest(at("a", "b", 20, 412_000)).unwrap();
         m.ingest(at("b", "a", 20, 398_000)).unwrap();
-        let mut left = at("c", "a", 19, 1_250_000);
+        let mut left = at("c", "a", 11, 1_250_000);
         left.peer_left = true;
         m.ingest(left).unwrap();
         m
@@ -360,15 +528,17 @@ pub(crate) mod tests {
         assert_eq!(c(0, 1).text, "412µs");
         assert_eq!(c(0, 1).expected.as_deref(), Some("+400µs"));
         assert_eq!(c(0, 1).one_line(), "412µs (+400µs)");
-        assert_eq!(c(0, 2).mark, Mark::Stale);
-        assert_eq!(c(0, 2).one_line(), "45.3µs*");
+        assert_eq!(c(2, 1).mark, Mark::Stale);
+        assert_eq!(c(2, 1).one_line(), "45.3µs*");
         assert_eq!(c(2, 0).mark, Mark::Left);
         assert_eq!(c(2, 0).one_line(), "1.25ms!");
-        assert_eq!(c(1, 2).mark, Mark::NoData);
-        assert_eq!(c(1, 2).text, NO_DATA);
+        // a and b report (window 20) without a summary for c: not probed, not missing.
+        assert_eq!(c(0, 2).mark, Mark::Unprobed);
+        assert_eq!(c(1, 2).one_line(), UNPROBED);
+        assert_eq!(c(1, 2).value, None);
         let sc = v.scale.unwrap();
         assert_eq!((sc.min, sc.max, sc.fixed), (45_300.0, 1_250_000.0, false));
-        assert_eq!(c(0, 2).t, Some(0.0));
+        assert_eq!(c(2, 1).t, Some(0.0));
         assert_eq!(c(2, 0).t, Some(1.0));
         assert_eq!(v.windows, 3);
         // Window 20 starts at 200 s TAI = 163 s UTC.
@@ -405,8 +575,126 @@ pub(crate) mod tests {
         assert_eq!(ids, ["a", "b", "z"]);
         assert_eq!(v.cells[0][1].text, "all lost");
         assert_eq!(v.cells[0][1].value, None);
-        assert_eq!(v.cells[0][2].one_line(), "- (+1.00ms)");
+        // a reports, but not towards z: not probed; z reports nothing: missing.
+        assert_eq!(v.cells[0][2].one_line(), "· (+1.00ms)");
+        assert_eq!(v.cells[2][0].mark, Mark::NoData);
+        assert_eq!(v.cells[2][0].one_line(), NO_DATA);
         assert!(v.scale.is_none());
+    }
+
+    fn zoned(src: &str, sz: &str, dst: &str, dz: &str, seq: u64, p50: i64) -> pb::WindowSummary {
+        let mut s = at(src, dst, seq, p50);
+        s.src_zone = sz.into();
+        s.dst_zone = dz.into();
+        s
+    }
+
+    /// Four nodes in two zones with pinglists: a probes b and c (it probed d until window 1),
+    /// b probes c, c probes a and d; d stopped reporting after window 1.
+    pub(crate) fn partial() -> Model {
+        let mut m = Model::default();
+        for s in [
+            zoned("a", "z1", "d", "z2", 1, 90_000),
+            zoned("d", "z2", "a", "z1", 1, 80_000),
+            zoned("a", "z1", "b", "z1", 5, 10_000),
+            zoned("a", "z1", "c", "z2", 5, 50_000),
+            zoned("b", "z1", "c", "z2", 5, 60_000),
+            zoned("c", "z2", "a", "z1", 5, 55_000),
+            zoned("c", "z2", "d", "z2", 5, 20_000),
+        ] {
+            m.ingest(s).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn partial_matrix_tells_unprobed_from_missing() {
+        let v = View::build(&partial(), &settings(""), Metric::P50);
+        let mark = |s: usize, d: usize| v.cells[s][d].mark;
+        // a reports: b and c probed; d dropped from its pinglist (old summary): not probed.
+        assert_eq!(
+            [mark(0, 1), mark(0, 2), mark(0, 3)],
+            [Mark::Fresh, Mark::Fresh, Mark::Unprobed]
+        );
+        assert_eq!(v.cells[0][3].text, UNPROBED);
+        assert_eq!(v.cells[0][3].value, None);
+        // b reports: a and d not probed.
+        assert_eq!([mark(1, 0), mark(1, 3)], [Mark::Unprobed, Mark::Unprobed]);
+        // d reports nothing current: its old pair is stale, the others missing.
+        assert_eq!(
+            [mark(3, 0), mark(3, 1), mark(3, 2)],
+            [Mark::Stale, Mark::NoData, Mark::NoData]
+        );
+        // Unprobed and missing cells stay off the colour scale.
+        let sc = v.scale.unwrap();
+        assert_eq!((sc.min, sc.max), (10_000.0, 80_000.0));
+        assert_eq!(
+            v.coverage.nodes,
+            Some(NodeCoverage {
+                probed: 5,
+                possible: 12,
+                nodes_probed: 4,
+                nodes: 4,
+                min_probers: 1,
+            })
+        );
+        // z1->z1 (a->b), z1->z2 (a->c, b->c), z2->z1 (c->a), z2->z2 (c->d).
+        assert_eq!(v.coverage.zone_pairs, Some((4, 4)));
+        assert_eq!(
+            v.coverage.text(),
+            "coverage: pairs probed 5/12 (41%), nodes probed 4/4 (fewest probers 1), \
+             zone pairs covered 4/4"
+        );
+    }
+
+    #[test]
+    fn zone_view_merges_agents_and_marks_unprobed_zone_pairs() {
+        use crate::matrix::zones::tests::zone_at;
+        let mut m = Model::default();
+        let a1: Vec<u64> = (0..20).map(|i| 100_000 + i * 1_000).collect();
+        let a2: Vec<u64> = (0..20).map(|i| 200_000 + i * 1_000).collect();
+        m.ingest(zone_at("a1", "z1", "z2", 5, &a1, 0)).unwrap();
+        m.ingest(zone_at("a2", "z1", "z2", 5, &a2, 0)).unwrap();
+        // Everything b1 sent towards z1 was lost.
+        m.ingest(zone_at("b1", "z2", "z1", 5, &[], 4)).unwrap();
+        // Towards z3 a1 wrote no zone summary: its pair summary stands in, approximately.
+        m.ingest(zoned("a1", "z1", "c1", "z3", 5, 700_000)).unwrap();
+        let v = View::build_zones(&m, &settings(""), Metric::P50);
+        let ids: Vec<&str> = v.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["z1", "z2", "z3"]);
+        assert_eq!(v.corner(), "src zone \\ dst zone");
+        let c = |s: usize, d: usize| &v.cells[s][d];
+        // z1 -> z2: the 40 samples of a1 and a2 merged exactly.
+        let union = zm_union(&a1, &a2);
+        assert_eq!(c(0, 1).value, Some(union as f64));
+        assert_eq!(
+            c(0, 1).one_line(),
+            format!("{}, loss 0%", fmt_rtt(union as f64))
+        );
+        assert_eq!(c(1, 0).one_line(), "all lost, loss 100%");
+        assert!(c(0, 2).text.starts_with('≈'), "{:?}", c(0, 2));
+        // z1 and z2 report: their empty cells are not probed; z3 does not: missing, and with
+        // one node it has no pair inside.
+        assert_eq!([c(0, 0).mark, c(1, 1).mark], [Mark::Unprobed; 2]);
+        assert_eq!([c(2, 0).mark, c(2, 2).mark], [Mark::NoData, Mark::Diagonal]);
+        assert_eq!(v.coverage.nodes, None);
+        assert_eq!(v.coverage.text(), "coverage: zone pairs covered 3/8");
+        // Loss: the p50 beside it.
+        let v = View::build_zones(&m, &settings(""), Metric::Loss);
+        assert_eq!(
+            v.cells[0][1].one_line(),
+            format!("0%, p50 {}", fmt_rtt(union as f64))
+        );
+        assert_eq!(v.cells[1][0].value, Some(1.0));
+    }
+
+    /// p50 of the union of two sample sets, as one histogram gives it.
+    fn zm_union(a: &[u64], b: &[u64]) -> u64 {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for &v in a.iter().chain(b) {
+            h.record(v).unwrap();
+        }
+        h.value_at_quantile(0.5)
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! JSON lines for records: `{"type":"summary", <WindowSummary fields>}` and
-//! `{"type":"probe", <ProbeResult fields>}`, proto field names, enums as their proto names.
+//! JSON lines for records: `{"type":"summary", <WindowSummary fields>}`,
+//! `{"type":"zone", <ZoneSummary fields>}` and `{"type":"probe", <ProbeResult fields>}`, proto
+//! field names, enums as their proto names, bytes as base64 (standard alphabet, padded: the
+//! proto3 JSON mapping's choice).
 //! The `serialize_with` helpers are referenced from the generated `pb` code (build.rs).
 use serde::{Serialize, Serializer};
 
@@ -20,6 +22,21 @@ pub fn stamp_source<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
         Ok(t) => s.serialize_str(t.as_str_name()),
         Err(_) => s.serialize_i32(*v),
     }
+}
+
+/// A bytes field (ZoneSummary.network_rtt_hdr) as base64, not as an array of numbers.
+pub fn base64<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+}
+
+/// Reads back what [`base64`] writes (readers of our JSON lines, e.g. `meshprobe matrix`).
+pub fn from_base64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_bytes())
+        .map_err(serde::de::Error::custom)
 }
 
 /// One JSON line: the type tag followed by the record's own fields.
@@ -79,6 +96,32 @@ mod tests {
         assert!(v["turnaround_ns"].is_object());
         // Every proto field is present, nothing else but the tag.
         assert_eq!(v.as_object().unwrap().len(), 22 + 1);
+    }
+
+    #[test]
+    fn zone_line_has_type_tag_base64_histogram_and_enum_names() {
+        use base64::Engine as _;
+        let z = crate::sink::tests::zone("a", "", 7);
+        let v = parse(pb::Record {
+            kind: Some(Kind::Zone(z.clone())),
+        });
+        assert_eq!(v["type"], "zone");
+        assert_eq!(v["src"], "a");
+        assert_eq!(v["dst_zone"], "");
+        assert_eq!(
+            (v["pairs"].as_u64(), v["dst_zone_members"].as_u64()),
+            (Some(3), Some(5))
+        );
+        assert_eq!(v["timestamping"], "TIMESTAMPING_KERNEL");
+        assert_eq!(v["pair_p50_ns"]["p50"], 40_000);
+        let hdr = v["network_rtt_hdr"]
+            .as_str()
+            .expect("a string, not a number array");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(hdr)
+            .unwrap();
+        assert_eq!(back, z.network_rtt_hdr);
+        assert_eq!(v.as_object().unwrap().len(), 17 + 1);
     }
 
     #[test]

@@ -579,5 +579,14 @@ mod tests {
             Meta::of("a->b", &rec).to_string(),
             "key a->b summary window_seq 9"
         );
+        let z = crate::sink::tests::zone("a", "eu-1", 9);
+        let key = crate::sink::zone_key(&z.src, &z.dst_zone);
+        let rec = pb::Record {
+            kind: Some(Kind::Zone(z)),
+        };
+        assert_eq!(
+            Meta::of(&key, &rec).to_string(),
+            "key a->zone:eu-1 zone window_seq 9"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Where records go: Kafka (protobuf, keyed `src->dst`) and stdout (table or JSON lines).
+//! Where records go: Kafka (protobuf, keyed `src->dst`, zone records `src->zone:dst_zone`) and
+//! stdout (table or JSON lines).
 use std::time::Duration;
 
 use crate::pb::{self, record::Kind};
@@ -28,6 +29,13 @@ pub fn key(src: &str, dst: &str) -> String {
     format!("{src}->{dst}")
 }
 
+/// The Kafka message key of a zone summary: one agent's view of one zone stays ordered in one
+/// partition. (A node id may look like `zone:x`: the key only partitions, the record's kind
+/// says what it is.)
+pub fn zone_key(src: &str, dst_zone: &str) -> String {
+    format!("{src}->zone:{dst_zone}")
+}
+
 /// Every destination of the agent's records.
 pub struct Sinks {
     pub stdout: StdoutSink,
@@ -41,6 +49,17 @@ impl Sinks {
         let key = key(&s.src, &s.dst);
         let rec = pb::Record {
             kind: Some(Kind::Summary(s)),
+        };
+        self.stdout.send(&rec);
+        if let Some(k) = &self.kafka {
+            k.send(&key, &rec);
+        }
+    }
+
+    pub fn zone(&self, z: pb::ZoneSummary) {
+        let key = zone_key(&z.src, &z.dst_zone);
+        let rec = pb::Record {
+            kind: Some(Kind::Zone(z)),
         };
         self.stdout.send(&rec);
         if let Some(k) = &self.kafka {
@@ -116,6 +135,28 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) fn zone(src: &str, dst_zone: &str, window_seq: u64) -> pb::ZoneSummary {
+        pb::ZoneSummary {
+            src: src.into(),
+            src_zone: "z1".into(),
+            dst_zone: dst_zone.into(),
+            window_seq,
+            window_start_tai_ns: T0,
+            window_length_ns: 10_000_000_000,
+            pairs: 3,
+            dst_zone_members: 5,
+            sent: 30,
+            received: 27,
+            lost: 3,
+            loss_ratio: 0.1,
+            network_rtt_ns: quantiles(45_300, 90_000, 12_500_000),
+            network_rtt_hdr: vec![0x1c, 0x84, 0x93, 0x14, 0xff, 0x00],
+            pair_p50_ns: quantiles(40_000, 52_000, 52_000),
+            timestamping: Timestamping::Kernel as i32,
+            agent_instance: "i-1".into(),
+        }
+    }
+
     pub(crate) fn probe(src: &str, dst: &str, seq: u32) -> pb::ProbeResult {
         pb::ProbeResult {
             src: src.into(),
@@ -149,6 +190,9 @@ pub(crate) mod tests {
             pb::Record {
                 kind: Some(Kind::Probe(probe("a", "b", 7))),
             },
+            pb::Record {
+                kind: Some(Kind::Zone(zone("a", "", 42))),
+            },
         ] {
             let bytes = rec.encode_to_vec();
             assert_eq!(pb::Record::decode(bytes.as_slice()).unwrap(), rec);
@@ -159,5 +203,11 @@ pub(crate) mod tests {
     #[test]
     fn key_is_src_arrow_dst() {
         assert_eq!(key("node-a", "node-b"), "node-a->node-b");
+    }
+
+    #[test]
+    fn zone_key_names_the_zone() {
+        assert_eq!(zone_key("node-a", "eu-1"), "node-a->zone:eu-1");
+        assert_eq!(zone_key("node-a", ""), "node-a->zone:");
     }
 }

@@ -58,20 +58,10 @@ impl StdoutSink {
                 None => return,
             },
             OutputFormat::Table => match rec.kind.as_ref() {
-                Some(Kind::Summary(s)) => {
-                    let row = summary_row(s, tai_offset_ns()) + "\n";
-                    if ROWS
-                        .fetch_add(1, Ordering::Relaxed)
-                        .is_multiple_of(HEADER_EVERY)
-                    {
-                        table_header() + "\n" + &row
-                    } else {
-                        row
-                    }
-                }
+                Some(Kind::Summary(s)) => with_header(summary_row(s, tai_offset_ns())),
+                Some(Kind::Zone(z)) => with_header(zone_row(z, tai_offset_ns())),
                 Some(Kind::Probe(p)) => probe_line(p, tai_offset_ns()) + "\n",
-                // Contract stub (issue 14): the table gets zone rows.
-                Some(Kind::Zone(_)) | None => return,
+                None => return,
             },
         };
         let mut out = std::io::stdout().lock();
@@ -80,7 +70,27 @@ impl StdoutSink {
     }
 }
 
-/// Column titles for [`summary_row`].
+/// A table row and its newline, after the header every [`HEADER_EVERY`] rows.
+fn with_header(row: String) -> String {
+    if ROWS
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(HEADER_EVERY)
+    {
+        table_header() + "\n" + &row + "\n"
+    } else {
+        row + "\n"
+    }
+}
+
+/// `-` for a distribution without a value, else the figure `f` picks.
+fn quantile(q: &Option<pb::Quantiles>, f: fn(&pb::Quantiles) -> i64) -> String {
+    match q {
+        Some(q) if q.count > 0 => fmt_ns(f(q)),
+        _ => "-".to_string(),
+    }
+}
+
+/// Column titles for [`summary_row`] and [`zone_row`].
 pub fn table_header() -> String {
     format!(
         "{:<8}  {:<30} {:>6} {:>6} {:>7}  {:>10} {:>10} {:>10}  {:>10} {:>10}",
@@ -100,10 +110,7 @@ pub fn table_header() -> String {
 /// One summary as a table row: window start (UTC time of day), pair, counts, loss and the
 /// medians/tails that matter; `-` where a window had no answered probe.
 pub fn summary_row(s: &pb::WindowSummary, tai_offset_ns: i64) -> String {
-    let q = |q: &Option<pb::Quantiles>, f: fn(&pb::Quantiles) -> i64| match q {
-        Some(q) if q.count > 0 => fmt_ns(f(q)),
-        _ => "-".to_string(),
-    };
+    let q = quantile;
     let mut row = format!(
         "{:<8}  {:<30} {:>6} {:>6} {:>7.2}  {:>10} {:>10} {:>10}  {:>10} {:>10}",
         time_of_day(s.window_start_tai_ns, tai_offset_ns, false),
@@ -123,6 +130,41 @@ pub fn summary_row(s: &pb::WindowSummary, tai_offset_ns: i64) -> String {
     }
     if s.peer_left {
         row.push_str("  peer-left");
+    }
+    row
+}
+
+/// One zone summary as a table row: the summary columns up to RTT max (over every sample of
+/// the zone's pairs), then the pairs over the zone's members and the spread of the pairs'
+/// p50s. The destination reads `zone:NAME` (`zone:""` for the empty label).
+pub fn zone_row(z: &pb::ZoneSummary, tai_offset_ns: i64) -> String {
+    let zone = if z.dst_zone.is_empty() {
+        "\"\"".to_string()
+    } else {
+        z.dst_zone.clone()
+    };
+    let mut row = format!(
+        "{:<8}  {:<30} {:>6} {:>6} {:>7.2}  {:>10} {:>10} {:>10}  pairs {}/{}",
+        time_of_day(z.window_start_tai_ns, tai_offset_ns, false),
+        format!("{} -> zone:{zone}", z.src),
+        z.sent,
+        z.received,
+        z.loss_ratio * 100.0,
+        quantile(&z.network_rtt_ns, |q| q.p50),
+        quantile(&z.network_rtt_ns, |q| q.p99),
+        quantile(&z.network_rtt_ns, |q| q.max),
+        z.pairs,
+        z.dst_zone_members,
+    );
+    if z.pair_p50_ns.as_ref().is_some_and(|q| q.count > 1) {
+        row.push_str(&format!(
+            "  pair p50 {}..{}",
+            quantile(&z.pair_p50_ns, |q| q.min),
+            quantile(&z.pair_p50_ns, |q| q.max)
+        ));
+    }
+    if z.timestamping == Timestamping::Socket as i32 {
+        row.push_str("  socket-stamps");
     }
     row
 }
@@ -173,7 +215,7 @@ fn time_of_day(tai_ns: u64, tai_offset_ns: i64, millis: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::tests::{probe, summary};
+    use crate::sink::tests::{probe, summary, zone};
 
     const OFFSET: i64 = 37_000_000_000;
 
@@ -204,6 +246,40 @@ mod tests {
         let cols: Vec<_> = row.split_whitespace().collect();
         assert_eq!(cols[7..12], ["-", "-", "-", "-", "12.0"], "{row}");
         assert!(row.ends_with("  socket-stamps  peer-left"), "{row}");
+    }
+
+    #[test]
+    fn zone_row_lines_up_with_the_summary_columns() {
+        let z = zone("node-a", "eu-1", 7);
+        let row = zone_row(&z, OFFSET);
+        let summary = summary_row(&summary("node-a", "node-b", 7), OFFSET);
+        // Same columns up to RTT max.
+        let upto = |r: &str| r.split_whitespace().take(10).count();
+        assert_eq!(upto(&row), upto(&summary));
+        assert!(row.starts_with("22:13:20  node-a -> zone:eu-1 "), "{row}");
+        assert!(row.contains("    30     27   10.00"), "{row}");
+        assert!(
+            row.contains("12.50 ms  pairs 3/5  pair p50 20.0 µs..52.0 µs"),
+            "{row}"
+        );
+        // RTT max ends where it ends in a summary row (before its APP p50 and TURN p50).
+        let p = row.find("  pairs").unwrap();
+        assert_eq!(
+            row[..p].chars().count(),
+            summary.chars().count() - (2 + 10 + 1 + 10),
+            "{summary}\n{row}"
+        );
+        // The empty zone label, a zone without an answered probe, socket stamps.
+        let mut e = zone("a", "", 1);
+        e.network_rtt_ns = None;
+        e.pair_p50_ns = None;
+        e.timestamping = Timestamping::Socket as i32;
+        let row = zone_row(&e, OFFSET);
+        assert!(row.contains("a -> zone:\"\" "), "{row}");
+        assert!(
+            row.ends_with("-          -          -  pairs 3/5  socket-stamps"),
+            "{row}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Per-peer statistics: HDR histograms of the four delay figures and the counts of what became
 //! of each probe and reply (classified by `probe::session`).
+pub mod hdr;
 mod rejection;
 pub mod window;
+pub mod zone;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

@@ -11,6 +11,15 @@ use crate::pb;
 /// Samples kept raw before a window switches to an HDR histogram.
 const SPILL: usize = 256;
 
+fn new_histogram() -> Histogram<u32> {
+    Histogram::new(3).expect("3 significant digits is a valid precision")
+}
+
+fn record_clamped(h: &mut Histogram<u32>, ns: i64) {
+    // Auto-resizing histogram: recording a u64 cannot fail.
+    let _ = h.record(ns.max(0) as u64);
+}
+
 /// One figure (e.g. network RTT) over one window, in nanoseconds.
 #[derive(Default)]
 pub struct WindowDist {
@@ -40,17 +49,73 @@ impl WindowDist {
             self.raw.push(ns);
             return;
         }
-        let h = self.hist.get_or_insert_with(|| {
-            Histogram::new(3).expect("3 significant digits is a valid precision")
-        });
+        record_clamped(self.spill(), ns);
+    }
+
+    /// Moves the raw samples into the HDR histogram (once per window) and returns it.
+    fn spill(&mut self) -> &mut Histogram<u32> {
+        let h = self.hist.get_or_insert_with(new_histogram);
         if !self.spilled {
             self.spilled = true;
             for v in self.raw.drain(..) {
-                // Auto-resizing histogram: recording a u64 cannot fail.
-                let _ = h.record(v.max(0) as u64);
+                record_clamped(h, v);
             }
         }
-        let _ = h.record(ns.max(0) as u64);
+        h
+    }
+
+    /// Adds every sample of `other` (e.g. one pair's window into its zone's): the result is
+    /// the distribution of both sample sets, as if each sample had been recorded here.
+    pub fn absorb(&mut self, other: &WindowDist) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            (self.min, self.max) = (other.min, other.max);
+        } else {
+            self.min = self.min.min(other.min);
+            self.max = self.max.max(other.max);
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        if !self.spilled && !other.spilled && self.raw.len() + other.raw.len() <= SPILL {
+            self.raw.extend_from_slice(&other.raw);
+            return;
+        }
+        let h = self.spill();
+        match other.hist.as_ref().filter(|_| other.spilled) {
+            // Auto-resizing histograms of the same precision: adding cannot fail.
+            Some(o) => {
+                let _ = h.add(o);
+            }
+            None => {
+                for &v in &other.raw {
+                    record_clamped(h, v);
+                }
+            }
+        }
+    }
+
+    /// The samples as an HdrHistogram, V2 serialization with deflate (the format every
+    /// HdrHistogram implementation reads); empty when the window has no sample. Negative
+    /// values are recorded as 0, as in the quantiles.
+    pub fn hdr_v2_deflate(&self) -> Vec<u8> {
+        if self.count == 0 {
+            return Vec::new();
+        }
+        let mut tmp;
+        let h = match self.hist.as_ref().filter(|_| self.spilled) {
+            Some(h) => h,
+            None => {
+                tmp = new_histogram();
+                for &v in &self.raw {
+                    record_clamped(&mut tmp, v);
+                }
+                &tmp
+            }
+        };
+        // Into a Vec: serializing cannot fail.
+        super::hdr::encode(h).unwrap_or_default()
     }
 
     pub fn count(&self) -> u64 {

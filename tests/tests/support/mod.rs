@@ -1,7 +1,8 @@
 //! What the scale test and the `scale` bench's member registrar share with the product: how a
 //! member is registered (the product's own layout) and the pinglist the product's function
-//! gives. Included by `tests/scale_pinglist.rs` and `examples/scale_members.rs` (the harness
-//! library cannot link the product; see `meshprobe_tests::zkreg`).
+//! gives. Included by `tests/scale_pinglist.rs`, `tests/discovery_zk*.rs` and
+//! `examples/scale_members.rs` (the harness library cannot link the product; see
+//! `meshprobe_tests::zkreg`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,7 +11,6 @@ use meshprobe::discovery::layout;
 use meshprobe::pb::NodeInfo;
 use meshprobe::pinglist::{self, Params, Place, Topology};
 use meshprobe_tests::zkreg::{MemberCodec, SyntheticMember, Znode};
-use prost::Message;
 
 /// The product's registration layout under one member directory (`/<root>/<heartbeat>`).
 pub struct ProductLayout {
@@ -39,19 +39,19 @@ impl ProductLayout {
         }
     }
 
+    /// What `m` registers, by the product's rule (`layout::registration`).
+    pub fn registration(&self, m: &SyntheticMember) -> layout::Registration {
+        layout::registration(&self.member_parent, &Self::node_info(m))
+    }
+
     /// The topology index entry's path of `m`.
     pub fn entry_path(&self, m: &SyntheticMember) -> String {
-        let root = layout::topology_root(&self.member_parent);
-        layout::entry_path(&root, &layout::entry_of(&Self::node_info(m)))
+        self.registration(m).entry
     }
 
     /// The path of zone `zone`'s directory in the topology index.
     pub fn zone_path(&self, zone: &str) -> String {
-        format!(
-            "{}/{}",
-            layout::topology_root(&self.member_parent),
-            layout::zone_dir_name(zone)
-        )
+        layout::zone_path(&layout::topology_root(&self.member_parent), zone)
     }
 
     /// The name of `m`'s entry in its zone directory.
@@ -63,14 +63,8 @@ impl ProductLayout {
 impl MemberCodec for ProductLayout {
     /// As the agent registers: its member znode (NodeInfo) and its topology index entry.
     fn znodes(&self, m: &SyntheticMember) -> Vec<Znode> {
-        let info = Self::node_info(m);
-        vec![
-            (
-                format!("{}/{}", self.member_parent, m.node_id),
-                info.encode_to_vec(),
-            ),
-            (self.entry_path(m), Vec::new()),
-        ]
+        let r = self.registration(m);
+        vec![(r.path, r.data), (r.entry, Vec::new())]
     }
 }
 
