@@ -1,4 +1,4 @@
-//! Scenario 7: one agent among 10 000 members. The members are registered in a real
+//! Scenario 8: one agent among 10 000 members. The members are registered in a real
 //! ZooKeeper by a light client (the `scale_members` example of meshprobe-tests, the product's
 //! own layout) and answered by one `meshprobe reflect` holding their whole address range
 //! (`meshprobe_tests::synthetic`); the agent reaches ZooKeeper through a counting proxy
