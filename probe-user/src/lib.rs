@@ -11,6 +11,7 @@ pub mod pinglist;
 pub mod probe;
 pub mod sink;
 pub mod stats;
+pub mod topic;
 pub mod wire;
 
 /// Protobuf types generated from proto/meshprobe.proto (ZooKeeper registrations, Kafka records).

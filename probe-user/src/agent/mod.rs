@@ -243,6 +243,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     let admin_metrics = admin::AdminMetrics::register(&mut registry);
     let live = LiveCounters::default();
     live.register(&mut registry);
+    let pinglist_metrics = pinglist::PinglistMetrics::register(&mut registry);
     let zk_gauge = Gauge::<i64>::default();
     registry.register(
         "meshprobe_zookeeper_state",
@@ -365,6 +366,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
     // Pinglist: who of the members the prober probes.
     let json = plan.output == OutputFormat::Json;
     let changed = move |v: &pinglist::PinglistView| {
+        pinglist_metrics.observe(v);
         if json {
             emit_json(&PinglistChanged {
                 kind: "pinglist",
@@ -385,7 +387,7 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         },
         a.pinglist_params(),
         members_rx.clone(),
-        changed,
+        changed.clone(),
     );
 
     // Admin.

@@ -6,12 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::discovery::PeerMap;
-use crate::pinglist::{self, Params, Place, Topology};
+use crate::pinglist::{self, Params, Place, Reason, Topology};
 use crate::stats::zone::{ZoneSizes, zone_sizes};
 
 /// Quiet time after a membership change before the list is recomputed.
@@ -55,6 +60,59 @@ impl From<&Params> for ParamsView {
 pub struct PeerEntry {
     pub node_id: String,
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// `meshprobe_pinglist_peers{reason}`, `meshprobe_pinglist_members`,
+/// `meshprobe_pinglist_trimmed`: a handful of series whatever the cluster size.
+#[derive(Clone, Default)]
+pub struct PinglistMetrics {
+    peers: Family<ReasonLabel, Gauge>,
+    members: Gauge,
+    trimmed: Gauge,
+}
+
+impl PinglistMetrics {
+    pub fn register(r: &mut Registry) -> PinglistMetrics {
+        let m = PinglistMetrics::default();
+        r.register(
+            "meshprobe_pinglist_peers",
+            "Peers on this agent's pinglist, by the reason they are on it",
+            m.peers.clone(),
+        );
+        r.register(
+            "meshprobe_pinglist_members",
+            "Members the pinglist was computed from, this agent included",
+            m.members.clone(),
+        );
+        r.register(
+            "meshprobe_pinglist_trimmed",
+            "Picks dropped by MESHPROBE_PINGLIST_MAX_PEERS (above 0: coverage may be short)",
+            m.trimmed.clone(),
+        );
+        m
+    }
+
+    pub fn observe(&self, v: &PinglistView) {
+        for reason in Reason::ALL {
+            let n = v
+                .peers
+                .iter()
+                .filter(|p| p.reason == reason.as_str())
+                .count();
+            self.peers
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .set(n as i64);
+        }
+        self.members.set(v.members as i64);
+        self.trimmed.set(v.trimmed as i64);
+    }
 }
 
 /// Who this agent is, for the function.
@@ -231,5 +289,32 @@ mod tests {
         assert_eq!(view.members, 3);
         assert_eq!(view.peers.len(), want.peers.len());
         assert!(!probed.contains_key("a"));
+    }
+
+    #[test]
+    fn metrics_count_peers_by_reason() {
+        let mut r = Registry::default();
+        let m = PinglistMetrics::register(&mut r);
+        let entry = |id: &str, reason| PeerEntry {
+            node_id: id.into(),
+            reason,
+        };
+        m.observe(&PinglistView {
+            members: 9,
+            trimmed: 2,
+            peers: vec![entry("b", "rack"), entry("c", "rack"), entry("d", "guard")],
+            ..Default::default()
+        });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for line in [
+            "meshprobe_pinglist_peers{reason=\"rack\"} 2",
+            "meshprobe_pinglist_peers{reason=\"guard\"} 1",
+            "meshprobe_pinglist_peers{reason=\"zone\"} 0",
+            "meshprobe_pinglist_members 9",
+            "meshprobe_pinglist_trimmed 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! of the mesh the shown data covers.
 use super::{
     Model,
-    view::{self, Mark},
+    mark::{Mark, mark},
     zones::ZoneMatrix,
 };
 
@@ -56,7 +56,7 @@ impl Coverage {
         let nodes: Vec<&str> = model.nodes().collect();
         Self::of_nodes(
             nodes.len(),
-            |s, d| view::mark(model, nodes[s], nodes[d]),
+            |s, d| mark(model, nodes[s], nodes[d]),
             model.zone_matrix(),
         )
     }

@@ -22,6 +22,7 @@ use crate::agent::ConfigError;
 
 pub mod coverage;
 pub mod expected;
+pub mod mark;
 pub mod model;
 pub mod source;
 pub mod svg;

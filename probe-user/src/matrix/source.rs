@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::{MatrixError, model::Summary};
 use crate::{
-    consume::{Polled, TopicReader},
     pb::{self, record::Kind},
+    topic::{Polled, TopicReader},
 };
 
 /// What an input thread sends.

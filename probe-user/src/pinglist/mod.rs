@@ -144,6 +144,8 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 4] = [Reason::Full, Reason::Rack, Reason::Zone, Reason::Guard];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Full => "full",

@@ -486,6 +486,10 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let refl = env.mp.reflect(&t.b, &["-I", TwoHosts::B_IF])?;
     let mut cfg = AgentConfig::new()
         .env("MESHPROBE_PEERS_FILE", peers_file.display())
+        // The per-peer cost is what this scenario measures: every peer on the pinglist (by
+        // default an agent probes at most 128; scenario `scale` measures that).
+        .env("MESHPROBE_PINGLIST_FULL_MESH_MAX", PEERS.to_string())
+        .env("MESHPROBE_PINGLIST_MAX_PEERS", PEERS.to_string())
         .env("MESHPROBE_INTERVAL", "1s")
         .env("MESHPROBE_WINDOW", "10s")
         .env("MESHPROBE_ADMIN_LISTEN", "127.0.0.1:9862");
