@@ -338,7 +338,10 @@ fn light_client_registers_as_an_agent_does() -> Result<()> {
     // What the registrar creates: the registration with its data, the entry without.
     ensure!(
         codec().znodes(&m)
-            == vec![(z.path.clone(), z.data.clone()), (z.entry.clone(), Vec::new())]
+            == vec![
+                (z.path.clone(), z.data.clone()),
+                (z.entry.clone(), Vec::new())
+            ]
     );
     ensure!(z.path == "/meshprobe/heartbeat/member-00007", "{}", z.path);
     ensure!(
