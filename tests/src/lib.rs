@@ -25,9 +25,10 @@ pub mod scenario;
 pub mod services;
 pub mod stamp;
 pub mod stats;
+pub mod synthetic;
 pub mod topo;
-pub mod zkmembers;
 pub mod zkproxy;
+pub mod zkreg;
 
 pub use capture::{Capture, CaptureResult, Packet};
 pub use child::{ChildGuard, Finished};

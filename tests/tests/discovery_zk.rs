@@ -5,8 +5,11 @@
 //! Topology: TwoHosts; ZooKeeper listens on A (198.18.0.1:2181); member "a" runs in A, member
 //! "b" in B (198.18.0.2), so B's ZooKeeper traffic can be cut with nftables alone.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +23,8 @@ use meshprobe_tests::env::{exclusive, missing_prerequisite, skip};
 use meshprobe_tests::netns::Netns;
 use meshprobe_tests::services::{TcpBlock, ZooKeeper, zookeeper_missing};
 use meshprobe_tests::topo::TwoHosts;
-use meshprobe_tests::zkmembers::{MemberZnodes, ZkMembers};
+use meshprobe_tests::zkreg::{Registrar, SyntheticMember};
+use support::ProductLayout;
 use tokio::sync::watch;
 
 const ZK_PORT: u16 = 2181;
@@ -78,13 +82,8 @@ fn options(servers: &str, me: NodeInfo, timeout: Duration) -> ZkOptions {
 }
 
 /// The registration and index entry of `info`, by the product's rule.
-fn znodes(info: &NodeInfo) -> MemberZnodes {
-    let r = layout::registration(MEMBERS, info);
-    MemberZnodes {
-        path: r.path,
-        data: r.data,
-        entry: r.entry,
-    }
+fn znodes(info: &NodeInfo) -> layout::Registration {
+    layout::registration(MEMBERS, info)
 }
 
 /// The index entry path of `info`.
@@ -820,10 +819,18 @@ fn changes_during_a_disconnection_are_caught_up() -> Result<()> {
         options(&servers, node_info("b", b_addr(), 862, "test-b"), timeout),
     );
     b.wait_registered_with(&[], Duration::from_secs(10))?;
-    let lc = ZkMembers::connect(&t.a, &servers)?;
-    let member = |id: &str, last: u8| node_info(id, IpAddr::from([198, 18, 0, last]), 862, "lc");
+    let member = |id: &str, last: u8| SyntheticMember {
+        node_id: id.into(),
+        zone: format!("zone-{id}"),
+        rack: "rack-1".into(),
+        addr: IpAddr::from([198, 18, 0, last]),
+        port: PROBE_PORT,
+    };
     let (x, y, z) = (member("x", 10), member("y", 11), member("z", 12));
-    lc.register(&[znodes(&y)])?;
+    let codec = ProductLayout {
+        member_parent: MEMBERS.into(),
+    };
+    let mut lc = Registrar::start(&t.a, &servers, Arc::new(codec), vec![y.clone()])?;
     b.wait_registered_with(&["y"], safety(timeout))?;
 
     // Cut b off until its client gives the connection up (about 0.4 session timeouts); its
@@ -831,8 +838,8 @@ fn changes_during_a_disconnection_are_caught_up() -> Result<()> {
     let (_, session) = znode(&t.a, &servers, &format!("{MEMBERS}/b"))?
         .ok_or_else(|| anyhow!("b is not registered"))?;
     let block = TcpBlock::install(&t.b, ZK_PORT)?;
-    lc.register(&[znodes(&x)])?;
-    lc.deregister(&[znodes(&y)])?;
+    lc.add(x)?;
+    lc.remove(&y.node_id)?;
     b.wait("disconnected", timeout, |_, s| s == ZkState::Disconnected)?;
     ensure!(
         b.peer_ids() == BTreeSet::from(["y".to_string()]),
@@ -856,7 +863,7 @@ fn changes_during_a_disconnection_are_caught_up() -> Result<()> {
         "b's session did not survive the cut ({session:#x} -> {after:#x}): not the case tested"
     );
     // The watch is back: a join after the catch-up is seen without another re-sync.
-    lc.register(&[znodes(&z)])?;
+    lc.add(z)?;
     let took = b.wait("seeing z", safety(timeout), |m, _| m.contains_key("z"))?;
     eprintln!(
         "discovery_zk: b saw a join after the catch-up {took:?} after it ({:?} after the cut)",

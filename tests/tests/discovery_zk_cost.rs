@@ -1,11 +1,11 @@
 //! What ZooKeeper discovery costs one agent, in bytes on the wire, against a real ZooKeeper:
-//! members registered by a light client ([`ZkMembers`], the product's own layout rule), one
-//! real agent (static settings, JSON on stdout) connected through a byte-counting relay
-//! ([`ZkByteCounter`]).
+//! members registered by a light client ([`Registrar`], the product's own layout rule), one
+//! real agent (static settings, JSON on stdout) connected through a counting proxy
+//! ([`CountingProxy`]).
 //!
-//! Topology: TwoHosts; ZooKeeper on A (198.18.0.1:2181) with the relay next to it
+//! Topology: TwoHosts; ZooKeeper on A (198.18.0.1:2181) with the proxy next to it
 //! (198.18.0.1:2182); the agent runs in B (198.18.0.2) and reaches ZooKeeper only through the
-//! relay. The light client talks to ZooKeeper directly (not counted).
+//! proxy, which counts per client address. The light client talks to ZooKeeper directly.
 //!
 //! The bounds come from the ZooKeeper wire format, not from a measurement:
 //! - a listing carries each child name as a 4-byte length and its bytes, so starting among M
@@ -17,18 +17,21 @@
 //! membership gauge: the pinglist line's member count tells when it has seen a change); the
 //! bounds then fail, after the figures are printed.
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe::discovery::{layout, member_parent_path};
-use meshprobe::pb::NodeInfo;
 use meshprobe_tests::agent::{Agent, AgentConfig, num};
 use meshprobe_tests::env::TestEnv;
 use meshprobe_tests::services::{ZooKeeper, zookeeper_missing};
 use meshprobe_tests::topo::TwoHosts;
-use meshprobe_tests::zkmembers::{MemberZnodes, ZkMembers};
-use meshprobe_tests::zkproxy::{ZkByteCounter, ZkBytes};
+use meshprobe_tests::zkproxy::{CountingProxy, Traffic};
+use meshprobe_tests::zkreg::{MemberCodec, Registrar, SyntheticMember};
+use support::ProductLayout;
 
 const ZK_PORT: u16 = 2181;
 const RELAY_PORT: u16 = 2182;
@@ -59,35 +62,43 @@ fn member_parent() -> String {
     member_parent_path(ROOT, HEARTBEAT).expect("valid defaults")
 }
 
-fn member(i: usize, id: &str) -> NodeInfo {
-    NodeInfo {
+fn member(i: usize, id: &str) -> SyntheticMember {
+    SyntheticMember {
         node_id: id.into(),
-        public_address: TwoHosts::A4.to_string(),
-        public_port: 20_000 + i as u32,
         zone: format!("zone-{:02}", i % ZONES),
         rack: format!("rack-{}", (i / ZONES) % 4),
-        version: "light".into(),
-        capabilities: vec!["stamp-reflector".into()],
-        started_tai_ns: 1,
+        addr: TwoHosts::A4.into(),
+        port: 20_000 + i as u16,
     }
 }
 
-/// The znodes of `info` by the product's rule.
-fn znodes(info: &NodeInfo) -> MemberZnodes {
-    let r = layout::registration(&member_parent(), info);
-    MemberZnodes {
-        path: r.path,
-        data: r.data,
-        entry: r.entry,
+/// The product's layout under the default member directory.
+fn codec() -> ProductLayout {
+    ProductLayout {
+        member_parent: member_parent(),
     }
 }
 
-fn entry_name_len(info: &NodeInfo) -> u64 {
-    layout::entry_name(&layout::entry_of(info)).len() as u64
+fn entry_name_len(m: &SyntheticMember) -> u64 {
+    ProductLayout::entry_name(m).len() as u64
 }
 
-fn entry_path_len(info: &NodeInfo) -> u64 {
-    znodes(info).entry.len() as u64
+fn entry_path_len(m: &SyntheticMember) -> u64 {
+    codec().entry_path(m).len() as u64
+}
+
+/// The agent's traffic through the proxy (it is the only client from B).
+fn agent_traffic(proxy: &CountingProxy) -> Traffic {
+    proxy.client(TwoHosts::B4.into())
+}
+
+fn show(t: &Traffic) -> String {
+    format!(
+        "{} B ({} B to ZooKeeper, {} B from it)",
+        t.bytes(),
+        t.to_server.bytes,
+        t.to_client.bytes
+    )
 }
 
 /// Members the agent knows: its gauge; for an agent without it, its last pinglist line, or
@@ -132,7 +143,7 @@ fn wait_members(a: &Agent, want: usize, what: &str) -> Result<Duration> {
 
 struct Figures {
     members: usize,
-    start: ZkBytes,
+    start: Traffic,
     /// Σ(entry name + 4) over the members.
     names: u64,
     joins: Vec<u64>,
@@ -146,14 +157,14 @@ struct Figures {
 fn measure(
     env: &TestEnv,
     t: &TwoHosts,
-    relay: &ZkByteCounter,
-    lc: &ZkMembers,
-    registered: &[NodeInfo],
+    proxy: &CountingProxy,
+    lc: &mut Registrar,
+    registered: &[SyntheticMember],
 ) -> Result<Figures> {
     let n = registered.len();
     let cfg = AgentConfig::new()
         .env("MESHPROBE_NODE_ID", "agent")
-        .env("SERVERS_ZK", relay.addr())
+        .env("SERVERS_ZK", proxy.addr())
         .env("REGISTER_PUBLIC_DNS", TwoHosts::B4)
         .env("MESHPROBE_ZONE", "zone-00")
         // A long session timeout keeps keep-alives rare (one every 3/20 of it).
@@ -163,26 +174,25 @@ fn measure(
         .env("MESHPROBE_ADMIN_LISTEN", "127.0.0.1:9862");
     let mut cfg = cfg;
     cfg.drop_probe_lines = true;
-    let before = relay.bytes();
+    let before = agent_traffic(proxy);
     let mut agent = Agent::start(&env.mp.bin, &t.b, "agent", &cfg)?;
     let took = wait_members(&agent, n, "start")?;
-    let start = relay.bytes() - before;
+    let start = agent_traffic(proxy).since(&before);
     eprintln!("discovery_zk_cost: M={n}: the agent saw all members {took:?} after its ready line");
     let mut joins = Vec::new();
     let mut leaves = Vec::new();
     let mut path_max = 0;
     for k in 0..CHANGES {
-        let info = member(n + k, &format!("joiner-{n}-{k}"));
-        path_max = path_max.max(entry_path_len(&info));
-        let z = znodes(&info);
-        let b = relay.bytes();
-        lc.register(std::slice::from_ref(&z))?;
+        let m = member(n + k, &format!("joiner-{n}-{k}"));
+        path_max = path_max.max(entry_path_len(&m));
+        let b = agent_traffic(proxy);
+        lc.add(m.clone())?;
         wait_members(&agent, n + 1, "a join")?;
-        joins.push((relay.bytes() - b).total());
-        let b = relay.bytes();
-        lc.deregister(std::slice::from_ref(&z))?;
+        joins.push(agent_traffic(proxy).since(&b).bytes());
+        let b = agent_traffic(proxy);
+        lc.remove(&m.node_id)?;
         wait_members(&agent, n, "a leave")?;
-        leaves.push((relay.bytes() - b).total());
+        leaves.push(agent_traffic(proxy).since(&b).bytes());
     }
     // Each change was an applied event (agents with the gauge count them).
     if agent.metric("meshprobe_zookeeper_members")?.is_some() {
@@ -212,8 +222,8 @@ fn report(f: &Figures) {
         "discovery_zk_cost: M={}: start {} = {:.1} B per member (names + lengths {} B = {:.1} B \
          per member); joins {:?} B, leaves {:?} B (bound {} B each)",
         f.members,
-        f.start,
-        f.start.total() as f64 / f.members as f64,
+        show(&f.start),
+        f.start.bytes() as f64 / f.members as f64,
         f.names,
         f.names as f64 / f.members as f64,
         f.joins,
@@ -237,41 +247,45 @@ fn start_grows_with_names_and_a_change_costs_one_event() -> Result<()> {
     let t = TwoHosts::new()?;
     let a: IpAddr = TwoHosts::A4.into();
     let zk = ZooKeeper::start(&t.a, a, ZK_PORT)?;
-    let relay = ZkByteCounter::start(
+    let proxy = CountingProxy::start(
         &t.a,
         SocketAddr::new(a, RELAY_PORT),
         SocketAddr::new(a, ZK_PORT),
     )?;
-    let lc = ZkMembers::connect(&t.a, &zk.connect_string())?;
-    let all: Vec<NodeInfo> = (0..LARGE)
+    let all: Vec<SyntheticMember> = (0..LARGE)
         .map(|i| member(i, &format!("member-{i:05}")))
         .collect();
     let t0 = Instant::now();
-    lc.register(&all[..SMALL].iter().map(znodes).collect::<Vec<_>>())?;
-    let small = measure(&env, &t, &relay, &lc, &all[..SMALL])?;
+    let mut lc = Registrar::start(
+        &t.a,
+        &zk.connect_string(),
+        Arc::new(codec()),
+        all[..SMALL].to_vec(),
+    )?;
+    let small = measure(&env, &t, &proxy, &mut lc, &all[..SMALL])?;
     report(&small);
-    lc.register(&all[SMALL..].iter().map(znodes).collect::<Vec<_>>())?;
+    lc.add_all(all[SMALL..].to_vec())?;
     eprintln!(
         "discovery_zk_cost: {LARGE} members registered by one light client in {:?} (with the \
          first agent's run)",
         t0.elapsed()
     );
-    let large = measure(&env, &t, &relay, &lc, &all)?;
+    let large = measure(&env, &t, &proxy, &mut lc, &all)?;
     report(&large);
+    let connections = agent_traffic(&proxy).connections;
     ensure!(
-        relay.connections() == 2,
-        "the relay saw {} connections, expected one per agent run (a reconnection would \
-         distort the figures)",
-        relay.connections()
+        connections == 2,
+        "the proxy saw {connections} connections from the agent, expected one per agent run (a \
+         reconnection would distort the figures)"
     );
 
     for f in [&small, &large] {
         let bound = START_FIXED_MAX + f.names;
         ensure!(
-            f.start.total() <= bound,
+            f.start.bytes() <= bound,
             "M={}: start cost {} over {START_FIXED_MAX} B + the names ({} B)",
             f.members,
-            f.start,
+            show(&f.start),
             f.names
         );
         let change_bound = f.path_max + EVENT_OVERHEAD + PING;
@@ -287,7 +301,7 @@ fn start_grows_with_names_and_a_change_costs_one_event() -> Result<()> {
         }
     }
     // Growth: only the names of the members added (a keep-alive or two aside).
-    let growth = large.start.total().saturating_sub(small.start.total());
+    let growth = large.start.bytes().saturating_sub(small.start.bytes());
     let names_added = large.names - small.names;
     eprintln!(
         "discovery_zk_cost: start grew by {growth} B for {} more members ({:.1} B each; their \
@@ -311,7 +325,7 @@ fn start_grows_with_names_and_a_change_costs_one_event() -> Result<()> {
         worst(&small)
     );
     drop(lc);
-    drop(relay);
+    drop(proxy);
     drop(zk);
     Ok(())
 }
@@ -319,8 +333,16 @@ fn start_grows_with_names_and_a_change_costs_one_event() -> Result<()> {
 /// The helpers themselves: the light client's znodes are exactly what an agent would create.
 #[test]
 fn light_client_registers_as_an_agent_does() -> Result<()> {
-    let info = member(7, "member-00007");
-    let z = znodes(&info);
+    let m = member(7, "member-00007");
+    let z = codec().registration(&m);
+    // What the registrar creates: the registration with its data, the entry without.
+    ensure!(
+        codec().znodes(&m)
+            == vec![
+                (z.path.clone(), z.data.clone()),
+                (z.entry.clone(), Vec::new())
+            ]
+    );
     ensure!(z.path == "/meshprobe/heartbeat/member-00007", "{}", z.path);
     ensure!(
         z.entry == "/meshprobe/heartbeat.topology/=zone-07/1~member-00007~rack-0~198.18.0.1~20007",
@@ -330,6 +352,7 @@ fn light_client_registers_as_an_agent_does() -> Result<()> {
     let (zone_dir, name) = layout::split_entry_path("/meshprobe/heartbeat.topology", &z.entry)
         .context("entry path")?;
     let back = layout::parse_entry(&layout::parse_zone_dir(zone_dir).unwrap(), name).unwrap();
-    ensure!(back == layout::entry_of(&info));
+    ensure!(back == layout::entry_of(&ProductLayout::node_info(&m)));
+    ensure!(name == ProductLayout::entry_name(&m), "{name}");
     Ok(())
 }

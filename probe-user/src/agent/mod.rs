@@ -315,25 +315,35 @@ pub async fn run(a: AgentArgs, stop: watch::Receiver<bool>) -> Result<()> {
         }
         health.zookeeper_required.store(true, Ordering::Relaxed);
         health.set_zookeeper(Some(format!("connecting to {}", zk.servers)));
-        let (zk_peers_tx, mut zk_peers_rx) = watch::channel(PeerMap::new());
         let (state_tx, mut state_rx) = watch::channel(ZkState::Connecting);
+        let zk_peers_tx = if plan.static_peers.is_empty() {
+            // The membership is ZooKeeper's map itself: no second copy of every member.
+            members_tx
+        } else {
+            // Static peers ∪ ZooKeeper members (ZooKeeper's entry wins on a shared id).
+            let (zk_peers_tx, mut zk_peers_rx) = watch::channel(PeerMap::new());
+            let statics = plan.static_peers.clone();
+            tokio::spawn(async move {
+                while zk_peers_rx.changed().await.is_ok() {
+                    // A clone of ZooKeeper's map keeps its compact nodes (inserting 10 000
+                    // members one by one leaves half-full ones); the static peers go in after.
+                    let mut m = zk_peers_rx.borrow_and_update().clone();
+                    for (id, p) in &statics {
+                        m.entry(id.clone()).or_insert_with(|| p.clone());
+                    }
+                    if members_tx.send(m).is_err() {
+                        break;
+                    }
+                }
+            });
+            zk_peers_tx
+        };
         disc_task = Some(tokio::spawn(discovery::run_zk(
             zk.clone(),
             zk_peers_tx,
             state_tx,
             stop_disc.clone(),
         )));
-        // Static peers ∪ ZooKeeper members (ZooKeeper's entry wins on a shared id).
-        let statics = plan.static_peers.clone();
-        tokio::spawn(async move {
-            while zk_peers_rx.changed().await.is_ok() {
-                let mut m = statics.clone();
-                m.extend(zk_peers_rx.borrow_and_update().clone());
-                if members_tx.send(m).is_err() {
-                    break;
-                }
-            }
-        });
         let h = health.clone();
         let servers = zk.servers.clone();
         tokio::spawn(async move {

@@ -237,12 +237,25 @@ pub fn spawn(
                 debug!(members = v.members, "membership changed, pinglist did not");
             }
             let _ = view_tx.send(Arc::new(v));
+            release_freed_memory();
         }
     });
     Outputs {
         probed,
         view,
         zone_sizes,
+    }
+}
+
+/// Hands the heap's free pages back to the kernel. A membership change builds and drops a
+/// topology of every member (about 3 MB at 10 000); glibc keeps such freed pages resident
+/// in the arena of the thread that used them, so without this the agent's RSS holds the peak
+/// of every recomputation (measured in BENCHMARKS.md, scenario 8).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

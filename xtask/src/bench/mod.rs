@@ -15,6 +15,7 @@ mod footprint;
 mod pinglist;
 mod precision;
 mod profile;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -172,6 +173,15 @@ const SCENARIOS: &[Scenario] = &[
         goal: "≤ 128 peers per agent; every node ≥ 3 probers, from ≥ 2 zones; every zone pair \
                covered; ≤ 2 000 entries changed per join or leave",
         run: Some(pinglist::run),
+        plan: "",
+    },
+    Scenario {
+        id: 8,
+        name: "scale",
+        title: "One agent among 10 000 members (ZooKeeper, pinglists)",
+        goal: "≤ 128 peers, ≤ 1 % of a core, ≤ 25 MB RSS, ZooKeeper ≤ 200 B/member at start and \
+               ≤ 300 B per change, a new member probed within 2 s",
+        run: Some(scale::run),
         plan: "",
     },
 ];
@@ -905,8 +915,10 @@ mod tests {
     fn selection() {
         let s = select(&["6".into(), "ebpf-cost".into(), "discovery".into()]).unwrap();
         assert_eq!(s.iter().map(|s| s.id).collect::<Vec<_>>(), vec![2, 6]);
+        let s = select(&["scale".into(), "7".into()]).unwrap();
+        assert_eq!(s.iter().map(|s| s.id).collect::<Vec<_>>(), vec![7, 8]);
         assert!(select(&["nope".into()]).is_err());
-        assert_eq!(select(&[]).unwrap().len(), 7);
+        assert_eq!(select(&[]).unwrap().len(), 8);
     }
 
     #[test]
