@@ -331,6 +331,19 @@ fn change(
     Ok(())
 }
 
+/// ZooKeeper's address and the counting proxy in front of it, next to it in the core
+/// namespace.
+fn counting_proxy(lab: &Lab) -> Result<(SocketAddr, CountingProxy)> {
+    let core_ip = lab.mesh.core_ip(FAMILY);
+    let zk_addr = SocketAddr::new(core_ip, ZK_PORT);
+    let proxy = CountingProxy::start(
+        lab.mesh.core(),
+        SocketAddr::new(core_ip, PROXY_PORT),
+        zk_addr,
+    )?;
+    Ok((zk_addr, proxy))
+}
+
 #[test]
 fn pinglists_at_scale() -> Result<()> {
     let test = "scale_pinglist::pinglists_at_scale";
@@ -339,13 +352,7 @@ fn pinglists_at_scale() -> Result<()> {
         return Ok(());
     };
     let refl_node = AGENTS;
-    let core_ip = lab.mesh.core_ip(FAMILY);
-    let zk_addr = SocketAddr::new(core_ip, ZK_PORT);
-    let proxy = CountingProxy::start(
-        lab.mesh.core(),
-        SocketAddr::new(core_ip, PROXY_PORT),
-        zk_addr,
-    )?;
+    let (zk_addr, proxy) = counting_proxy(&lab)?;
     synthetic::answer_all(lab.mesh.node(refl_node), FAMILY)?;
     let refl_if = lab.mesh.node_if(refl_node);
     let reflector = lab
@@ -523,13 +530,7 @@ fn registrar_and_counting_proxy() -> Result<()> {
         );
     }
     drop(reflector);
-    let core_ip = lab.mesh.core_ip(FAMILY);
-    let zk_addr = SocketAddr::new(core_ip, ZK_PORT);
-    let proxy = CountingProxy::start(
-        lab.mesh.core(),
-        SocketAddr::new(core_ip, PROXY_PORT),
-        zk_addr,
-    )?;
+    let (zk_addr, proxy) = counting_proxy(&lab)?;
     let layout = Arc::new(ProductLayout::default_paths());
     let members = synthetic::members(SHAPE, FAMILY);
     let zone0: Vec<String> = {
