@@ -11,9 +11,8 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -120,28 +119,6 @@ pub fn summary_key(v: &Value) -> (String, String, u64) {
     )
 }
 
-/// Makes `cmd` safe to leave running in a test, like [`crate::child`] does: own process group,
-/// SIGKILL when the spawning thread dies.
-fn harden(cmd: &mut Command) {
-    cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// How to start an agent: environment variables and extra flags on top of
 /// `meshprobe agent --output json`.
 #[derive(Clone, Debug, Default)]
@@ -223,7 +200,7 @@ impl Agent {
             cmd.env("MESHPROBE_LOG", "info");
         }
         cmd.envs(&cfg.env);
-        harden(&mut cmd);
+        crate::child::harden(&mut cmd);
         let label = format!("[{}] meshprobe agent {node_id}", ns.name());
         let mut child = cmd
             .stdin(Stdio::null())

@@ -23,7 +23,7 @@ pub const TERM_GRACE: Duration = Duration::from_secs(2);
 /// Makes `cmd` safe to leave running in a test: its own process group (a Ctrl-C on the terminal
 /// reaches only us, and our guards decide how children stop), and SIGKILL when the thread that
 /// spawned it dies (so a test killed hard does not leave probes running).
-fn harden(cmd: &mut Command) {
+pub(crate) fn harden(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
     unsafe {
