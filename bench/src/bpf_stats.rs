@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::child::run_checked;
-use crate::netns::{CMD_TIMEOUT, Netns};
+use meshprobe_harness::child::run_checked;
+use meshprobe_harness::netns::{CMD_TIMEOUT, Netns};
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 

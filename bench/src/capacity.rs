@@ -23,15 +23,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use meshprobe_tests::TwoHosts;
-use meshprobe_tests::bench_util::{
+use crate::bpf_stats::{
     HeldMap, clock_ticks_per_sec, counters_by_name, ksoftirqd_pid, thread_totals, user_sys_ticks,
 };
-use meshprobe_tests::load::CpuStat;
-use meshprobe_tests::meshprobe::READY_TIMEOUT;
-use meshprobe_tests::services::TempDir;
-use meshprobe_tests::{ChildGuard, Meshprobe};
+use anyhow::{Context, Result, bail};
+use meshprobe_harness::TwoHosts;
+use meshprobe_harness::load::CpuStat;
+use meshprobe_harness::meshprobe::READY_TIMEOUT;
+use meshprobe_harness::services::TempDir;
+use meshprobe_harness::{ChildGuard, Meshprobe};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::json;
@@ -831,7 +831,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             return Ok(());
         }
     };
-    let cpus = meshprobe_tests::load::online_cpus();
+    let cpus = meshprobe_harness::load::online_cpus();
     let (scpu, rcpu) = if cpus >= 2 {
         (SENDER_CPU, REFLECTOR_CPU)
     } else {

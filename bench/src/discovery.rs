@@ -12,11 +12,11 @@
 
 use std::time::Duration;
 
+use crate::bpf_stats::{instant_to_unix_ns, znode_ctime_ms};
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab};
-use meshprobe_tests::bench_util::{instant_to_unix_ns, znode_ctime_ms};
-use meshprobe_tests::capture::Capture;
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab};
+use meshprobe_harness::capture::Capture;
+use meshprobe_harness::topo::Family;
 use serde_json::json;
 
 use super::{Ctx, ScenarioReport, Table, fmt_ms, max, median, min, pause, progress};
@@ -27,7 +27,7 @@ const INTERVAL: &str = "1s";
 const WINDOW: &str = "10s";
 
 pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
-    if let Some(why) = meshprobe_tests::services::zookeeper_missing() {
+    if let Some(why) = meshprobe_harness::services::zookeeper_missing() {
         rep.skip(why);
         return Ok(());
     }
@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         rep.skip("a prerequisite is missing (see the SKIP line)");
         return Ok(());
     };
-    lab.env.mp = meshprobe_tests::Meshprobe::new(&ctx.bin);
+    lab.env.mp = meshprobe_harness::Meshprobe::new(&ctx.bin);
     let cfg_of = |lab: &Lab, i: usize| {
         let mut c = lab
             .config(i)
@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             &lab.mesh.node_if(new),
             &format!(
                 "udp and dst port {} and dst host {new_ip}",
-                meshprobe_tests::STAMP_PORT
+                meshprobe_harness::STAMP_PORT
             ),
         )?;
         let marks: Vec<usize> = (0..AGENTS).map(|i| lab.agent(i).mark()).collect();

@@ -15,12 +15,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::bench_util::{
-    BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs,
-};
-use meshprobe_tests::meshprobe::READY_TIMEOUT;
-use meshprobe_tests::{ChildGuard, TwoHosts};
+use meshprobe_harness::meshprobe::READY_TIMEOUT;
+use meshprobe_harness::{ChildGuard, TwoHosts};
 use nix::sys::signal::Signal;
 use serde_json::json;
 

@@ -10,11 +10,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::{ChildGuard, Meshprobe, Reflector, TwoHosts};
+use meshprobe_harness::{ChildGuard, Meshprobe, Reflector, TwoHosts};
 use serde_json::json;
 
 use super::ebpf_cost::{iperf_client, iperf_server};
-use meshprobe_tests::bench_util::{BpfStatsGuard, EmptyTcProg};
+use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg};
 
 use super::{Ctx, ScenarioReport, Table, max, median, min, pause, progress};
 
@@ -165,7 +165,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             return Ok(());
         }
     };
-    if meshprobe_tests::load::online_cpus() < 2 {
+    if meshprobe_harness::load::online_cpus() < 2 {
         rep.skip("needs at least 2 CPUs (fixed placement of iperf3 client and server)");
         return Ok(());
     }

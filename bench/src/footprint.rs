@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use meshprobe_tests::TwoHosts;
-use meshprobe_tests::agent::{Agent, AgentConfig};
-use meshprobe_tests::bench_util::{
+use crate::bpf_stats::{
     ProcSample, clock_ticks_per_sec, ip_batch, parse_stat_user_sys, sample_process, thread_totals,
     user_sys_ticks,
 };
-use meshprobe_tests::services::TempDir;
+use anyhow::{Context, Result};
+use meshprobe_harness::TwoHosts;
+use meshprobe_harness::agent::{Agent, AgentConfig};
+use meshprobe_harness::services::TempDir;
 use serde::Serialize;
 use serde_json::json;
 
@@ -81,7 +81,7 @@ fn thread_cpu(pid: u32, secs: u64) -> Result<Vec<(String, f64)>> {
 /// `perf record` of the agent for `secs` seconds into `data`, then the top symbols; `None`
 /// without perf.
 fn perf_profile(pid: u32, secs: u64, data: &std::path::Path) -> Option<String> {
-    if !meshprobe_tests::env::have_tool("perf") {
+    if !meshprobe_harness::env::have_tool("perf") {
         return None;
     }
     if let Err(e) = profile::perf_record(pid, secs, 999, data) {
@@ -92,7 +92,7 @@ fn perf_profile(pid: u32, secs: u64, data: &std::path::Path) -> Option<String> {
 
 /// `strace -c -f` of the agent for `secs` seconds: syscall counts; `None` without strace.
 fn strace_counts(pid: u32, secs: u64) -> Option<String> {
-    if !meshprobe_tests::env::have_tool("strace") {
+    if !meshprobe_harness::env::have_tool("strace") {
         return None;
     }
     profile::strace_counts(pid, secs, 25).ok()
@@ -101,7 +101,7 @@ fn strace_counts(pid: u32, secs: u64) -> Option<String> {
 /// Which descriptors the agent writes to (`strace -f -e trace=write`, `secs` seconds): per
 /// descriptor the count per second and what it is (/proc/PID/fd); `None` without strace.
 fn strace_writes(pid: u32, secs: u64, dir: &std::path::Path) -> Option<String> {
-    if !meshprobe_tests::env::have_tool("strace") {
+    if !meshprobe_harness::env::have_tool("strace") {
         return None;
     }
     let log = dir.join("writes.strace");

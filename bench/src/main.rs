@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: the benchmarks of issue 6, each in network namespaces built by the
-//! test harness (`meshprobe-tests`), and their report: markdown on stdout, JSON in a file.
+//! `meshprobe-bench` (run by `cargo xtask bench`, which sets up and builds first): the
+//! benchmarks, each in network namespaces built by the test harness (`meshprobe-harness`), and
+//! their report: markdown on stdout, JSON in a file.
 //!
 //! Every scenario measures and compares with its goal; a missed goal is reported as missed
 //! with the measured cause, never as a failure of the command. The command fails only when a
@@ -7,6 +8,7 @@
 //!
 //! This file holds the CLI, the driver and the report; each scenario has its own file.
 
+mod bpf_stats;
 mod capacity;
 mod discovery;
 mod ebpf_cost;
@@ -23,15 +25,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
-use meshprobe_tests::env::TestEnv;
-use meshprobe_tests::{Meshprobe, interrupt};
+use clap::Parser;
+use meshprobe_harness::env::TestEnv;
+use meshprobe_harness::{Meshprobe, interrupt};
 use serde::Serialize;
 
-use crate::util::{self, Workspace};
-use crate::{build, setup};
-
-#[derive(Args, Debug)]
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshprobe-bench",
+    about = "meshprobe's benchmarks in network namespaces: a markdown report on stdout and JSON \
+             in a file; never fails for a slow machine"
+)]
 pub struct BenchArgs {
     /// Run only this scenario (repeatable): a name or number of `--list`; default: all.
     #[arg(long = "scenario", value_name = "NAME")]
@@ -45,8 +49,8 @@ pub struct BenchArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
-    /// Use the meshprobe binary already built (MESHPROBE_BIN, else target/release/meshprobe):
-    /// no setup, no build.
+    /// For `cargo xtask bench`: no setup, no build. This binary never builds: it runs
+    /// MESHPROBE_BIN, else target/release/meshprobe.
     #[arg(long)]
     no_build: bool,
 }
@@ -61,7 +65,7 @@ impl Ctx {
     /// The harness's exclusive test environment (the machine-wide lock timing-sensitive tests
     /// take), or `None` with the reason when a prerequisite is missing.
     pub fn env(&self, what: &str, tools: &[&str]) -> Result<std::result::Result<TestEnv, String>> {
-        if let Some(why) = meshprobe_tests::env::missing_prerequisite(tools) {
+        if let Some(why) = meshprobe_harness::env::missing_prerequisite(tools) {
             return Ok(Err(why));
         }
         match TestEnv::acquire(what, tools)? {
@@ -409,8 +413,17 @@ fn first_line(s: &str) -> String {
         .to_string()
 }
 
-fn command_line(ws: &Workspace, program: &str, args: &[&str]) -> Option<String> {
-    let out = util::probe(ws.command(program).args(args))?;
+/// A command run in the workspace root, quietly; `None` if it cannot start.
+fn quiet_output(program: &str, args: &[&str]) -> Option<std::process::Output> {
+    std::process::Command::new(program)
+        .args(args)
+        .current_dir(meshprobe_harness::meshprobe::workspace_root())
+        .output()
+        .ok()
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = quiet_output(program, args)?;
     let text = if out.stdout.is_empty() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     } else {
@@ -420,7 +433,7 @@ fn command_line(ws: &Workspace, program: &str, args: &[&str]) -> Option<String> 
     (!l.is_empty()).then_some(l)
 }
 
-fn machine(ws: &Workspace) -> Machine {
+fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -458,23 +471,19 @@ fn machine(ws: &Workspace) -> Machine {
                 .map(|v| v.trim_matches('"').to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let commit = command_line(ws, "git", &["rev-parse", "--short=12", "HEAD"])
+    let commit = command_line("git", &["rev-parse", "--short=12", "HEAD"])
         .unwrap_or_else(|| "unknown".into());
-    let dirty =
-        util::probe(
-            ws.command("git")
-                .args(["status", "--porcelain", "--untracked-files=no"]),
-        )
+    let dirty = quiet_output("git", &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|o| !o.stdout.is_empty());
     Machine {
         cpu_model,
-        cores: meshprobe_tests::load::online_cpus(),
+        cores: meshprobe_harness::load::online_cpus(),
         memory_gib,
         virtualized,
         kernel,
         os,
-        rustc: command_line(ws, "rustc", &["-V"]).unwrap_or_else(|| "unknown".into()),
-        rustc_nightly: command_line(ws, "rustc", &["+nightly", "-V"])
+        rustc: command_line("rustc", &["-V"]).unwrap_or_else(|| "unknown".into()),
+        rustc_nightly: command_line("rustc", &["+nightly", "-V"])
             .unwrap_or_else(|| "unknown".into()),
         meshprobe_commit: if dirty {
             format!("{commit} (with uncommitted changes)")
@@ -484,7 +493,7 @@ fn machine(ws: &Workspace) -> Machine {
     }
 }
 
-fn tool_versions(ws: &Workspace) -> BTreeMap<String, String> {
+fn tool_versions() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for (tool, args) in [
         ("iperf3", &["--version"][..]),
@@ -495,7 +504,7 @@ fn tool_versions(ws: &Workspace) -> BTreeMap<String, String> {
         ("perf", &["--version"][..]),
         ("strace", &["-V"][..]),
     ] {
-        if let Some(v) = command_line(ws, tool, args) {
+        if let Some(v) = command_line(tool, args) {
             m.insert(tool.to_string(), v);
         }
     }
@@ -712,7 +721,17 @@ impl Report {
 
 // ---- the driver ------------------------------------------------------------------------------
 
-pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nmeshprobe-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: BenchArgs) -> Result<()> {
     if args.list {
         for s in SCENARIOS {
             println!(
@@ -730,27 +749,12 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let selected = select(&args.scenarios)?;
-    if !util::is_root() {
+    if !meshprobe_harness::env::is_root() {
         bail!("the benchmarks create network namespaces and attach eBPF programs: run as root");
     }
-    if let Some(pid) = crate::mesh::live_supervisor() {
-        bail!(
-            "a lab mesh is up (supervisor pid {pid}); stop it with `cargo xtask mesh down` \
-             first (it holds the harness lock and loads the machine)"
-        );
-    }
-    let bin = if args.no_build {
-        match meshprobe_tests::meshprobe::find_binary()? {
-            Some(b) => b,
-            None => bail!("--no-build: no meshprobe binary (cargo xtask build)"),
-        }
-    } else {
-        // Setup and build talk on stdout; the report owns it.
-        stdout_to_stderr(|| {
-            let bin = build::run(ws)?;
-            setup::bench_tools(ws)?;
-            Ok(bin)
-        })?
+    meshprobe_harness::env::fail_if_lab_holds_lock()?;
+    let Some(bin) = meshprobe_harness::meshprobe::find_binary()? else {
+        bail!("no meshprobe binary: `cargo xtask bench` builds it (or `cargo xtask build`)");
     };
     let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     // SAFETY: single-threaded here; the harness reads it to find the binary under test.
@@ -760,7 +764,7 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
     let json_path = if args.json.is_absolute() {
         args.json.clone()
     } else {
-        ws.root.join(&args.json)
+        meshprobe_harness::meshprobe::workspace_root().join(&args.json)
     };
     let mut command = String::from("cargo xtask bench");
     if args.quick {
@@ -774,14 +778,14 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         title: "meshprobe benchmark report".into(),
         started_utc: utc_now(),
         seconds: 0.0,
-        machine: machine(ws),
+        machine: machine(),
         settings: Settings {
             command,
             quick: args.quick,
             scenarios: selected.iter().map(|s| s.name.to_string()).collect(),
             meshprobe_bin: bin.display().to_string(),
-            bpf_stats_enabled_at_start: meshprobe_tests::bench_util::bpf_stats_enabled(),
-            tools: tool_versions(ws),
+            bpf_stats_enabled_at_start: crate::bpf_stats::bpf_stats_enabled(),
+            tools: tool_versions(),
         },
         scenarios: Vec::new(),
     };
@@ -833,33 +837,38 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` with file descriptor 1 pointing at stderr (for it and the commands it starts), so
-/// that stdout carries only the report.
-fn stdout_to_stderr<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    use nix::libc;
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    // SAFETY: plain descriptor duplication; 1 is restored below before anything else runs.
-    let saved = unsafe { libc::dup(1) };
-    if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-        return f();
-    }
-    let r = f();
-    let _ = std::io::stdout().flush();
-    // SAFETY: `saved` is the descriptor dup'ed above.
-    unsafe {
-        libc::dup2(saved, 1);
-        libc::close(saved);
-    }
-    r
-}
-
 fn write_json(path: &Path, report: &Report) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let text = serde_json::to_string_pretty(report)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Builds `example` of `package` (release; cargo reuses what is built) and returns its path.
+/// Cargo's output goes to stderr: stdout belongs to the report.
+pub fn build_example(package: &str, example: &str) -> Result<PathBuf> {
+    let root = meshprobe_harness::meshprobe::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = ["build", "--release", "-p", package, "--example", example];
+    progress(format!("+ cargo {}", args.join(" ")));
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the {example} example of {package} failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let p = target.join("release/examples").join(example);
+    if !p.is_file() {
+        bail!("{} missing after the build", p.display());
+    }
+    Ok(p)
 }
 
 // ---- small statistics ------------------------------------------------------------------------

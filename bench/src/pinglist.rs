@@ -1,6 +1,6 @@
 //! Scenario 7: the pinglist function simulated over whole clusters. No namespaces: every
 //! member's list is computed by `meshprobe::pinglist::sim` (through the probe-user example
-//! `pinglist_sim`, so xtask does not link the agent's library), then degree, coverage of nodes
+//! `pinglist_sim`, so the bench does not link the agent's library), then degree, coverage of nodes
 //! and zone pairs, and the entries changed cluster-wide by one join and one leave (every list
 //! recomputed after the event).
 
@@ -10,10 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{Ctx, ScenarioReport, Table, progress};
-use crate::util::{self, Workspace};
 
 pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
-    let ws = Workspace::discover()?;
     // (members, events): each event recomputes every list; 50 000 members cost ~N² hashes.
     let sizes: Vec<(usize, usize)> = ctx.pick(
         vec![(1_000, 2), (10_000, 1)],
@@ -38,7 +36,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "select µs = CPU time of one list on a prepared Index (thread CPU clock); one select = \
          `pinglist::select` from scratch (Index built for it), wall, best of 3",
     );
-    let bin = build_example(&ws)?;
+    let bin = super::build_example("probe-user", "pinglist_sim")?;
     let mut rows: Vec<(usize, Value)> = Vec::new();
     for &(n, events) in &sizes {
         progress(format!(
@@ -200,29 +198,4 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "runs": rows.iter().map(|(n, v)| json!({"members": n, "run": v})).collect::<Vec<_>>(),
     });
     Ok(())
-}
-
-/// Builds the simulation example (cargo reuses the built library) and returns its path.
-fn build_example(ws: &Workspace) -> Result<std::path::PathBuf> {
-    let mut cmd = ws.cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "probe-user",
-        "--example",
-        "pinglist_sim",
-    ]);
-    // stdout belongs to the report.
-    cmd.stdout(Stdio::null());
-    progress(format!("+ {}", util::display(&cmd)));
-    let status = cmd.status().context("cargo build")?;
-    if !status.success() {
-        bail!("building the pinglist_sim example failed ({status})");
-    }
-    Ok(ws
-        .target_dir
-        .join("release")
-        .join("examples")
-        .join("pinglist_sim"))
 }

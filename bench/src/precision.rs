@@ -16,14 +16,16 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::capture::{Capture, Frames, Packet, decode_frame};
-use meshprobe_tests::load::{WakeLatency, cpu_stress, online_cpus};
-use meshprobe_tests::meshprobe::READY_TIMEOUT;
-use meshprobe_tests::reference::capture_times;
-use meshprobe_tests::scenario::compare;
-use meshprobe_tests::services::TempDir;
-use meshprobe_tests::stats::percentile;
-use meshprobe_tests::{ChildGuard, Meshprobe, PingRun, Reflector, STAMP_PORT, TwoHosts, interrupt};
+use meshprobe_harness::capture::{Capture, Frames, Packet, decode_frame};
+use meshprobe_harness::load::{WakeLatency, cpu_stress, online_cpus};
+use meshprobe_harness::meshprobe::READY_TIMEOUT;
+use meshprobe_harness::reference::capture_times;
+use meshprobe_harness::scenario::compare;
+use meshprobe_harness::services::TempDir;
+use meshprobe_harness::stats::percentile;
+use meshprobe_harness::{
+    ChildGuard, Meshprobe, PingRun, Reflector, STAMP_PORT, TwoHosts, interrupt,
+};
 use serde_json::json;
 
 use super::{Ctx, ScenarioReport, Table, pause, progress};
@@ -588,7 +590,7 @@ struct CondResult {
     t4_sources: BTreeMap<String, usize>,
     capture_drops: u64,
     /// meshprobe probes whose egress leg outlasted the burst's median app RTT: the CPU was
-    /// taken away between the TC hook and the tap (see `meshprobe_tests::scenario::Stall`).
+    /// taken away between the TC hook and the tap (see `meshprobe_harness::scenario::Stall`).
     stalls: usize,
     /// Per sockperf burst: (rows, best correlation, second best).
     align: Vec<(usize, f64, f64)>,

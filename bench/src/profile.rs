@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
 use anyhow::{Result, bail};
-use meshprobe_tests::TwoHosts;
-use meshprobe_tests::bench_util::{
-    BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs,
-};
-use meshprobe_tests::child::run_with_timeout;
+use meshprobe_harness::TwoHosts;
+use meshprobe_harness::child::run_with_timeout;
 use serde::Serialize;
 
 use super::pause;

@@ -1,24 +1,23 @@
 //! Scenario 8: one agent among 10 000 members. The members are registered in a real
 //! ZooKeeper by a light client (the `scale_members` example of meshprobe-tests, the product's
 //! own layout) and answered by one `meshprobe reflect` holding their whole address range
-//! (`meshprobe_tests::synthetic`); the agent reaches ZooKeeper through a counting proxy
-//! (`meshprobe_tests::zkproxy`), so its ZooKeeper bytes are measured on the wire.
+//! (`meshprobe_harness::synthetic`); the agent reaches ZooKeeper through a counting proxy
+//! (`meshprobe_harness::zkproxy`), so its ZooKeeper bytes are measured on the wire.
 //!
 //! Measured: peers on its pinglist, probes/s, CPU % of a core and RSS over a steady interval,
 //! ZooKeeper bytes at start and per join/leave (pings excluded), and how soon a new member
 //! placed in the agent's rack (so the function assigns it to the agent) is probed: its znode's
 //! ctime to the first probe captured on the reflector's link.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::bpf_stats::{sample_process, znode_ctime_ms};
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, ZK_PORT};
-use meshprobe_tests::bench_util::{sample_process, znode_ctime_ms};
-use meshprobe_tests::capture::Capture;
-use meshprobe_tests::synthetic::{self, Shape};
-use meshprobe_tests::topo::Family;
-use meshprobe_tests::zkproxy::CountingProxy;
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, ZK_PORT};
+use meshprobe_harness::capture::Capture;
+use meshprobe_harness::synthetic::{self, Shape};
+use meshprobe_harness::topo::Family;
+use meshprobe_harness::zkproxy::CountingProxy;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -39,36 +38,6 @@ const PROBE_WAIT: Duration = Duration::from_secs(3);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(90);
 const PROXY_PORT: u16 = ZK_PORT + 1;
 const JOINER: &str = "syn-joiner";
-
-/// `cargo build --release -p meshprobe-tests --example scale_members`; its path.
-fn build_registrar() -> Result<PathBuf> {
-    let root = meshprobe_tests::meshprobe::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "meshprobe-tests",
-            "--example",
-            "scale_members",
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running cargo build for the scale_members example")?;
-    if !st.success() {
-        bail!("building the scale_members example failed ({st})");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let p = target.join("release/examples/scale_members");
-    if !p.is_file() {
-        bail!("{} missing after the build", p.display());
-    }
-    Ok(p)
-}
 
 /// The agent's pinglist (`GET /pinglist`): members, peers.
 fn pinglist(lab: &Lab) -> Result<Value> {
@@ -96,7 +65,7 @@ struct Trial {
 }
 
 pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
-    if let Some(why) = meshprobe_tests::services::zookeeper_missing() {
+    if let Some(why) = meshprobe_harness::services::zookeeper_missing() {
         rep.skip(why);
         return Ok(());
     }
@@ -128,12 +97,12 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
          leave"
     ));
     progress("scale: building the member registrar (scale_members example)");
-    let registrar_bin = build_registrar()?;
+    let registrar_bin = super::build_example("meshprobe-tests", "scale_members")?;
     let Some(mut lab) = Lab::acquire("bench scale", 2, FAMILY, true, false)? else {
         rep.skip("a prerequisite is missing (see the SKIP line)");
         return Ok(());
     };
-    lab.env.mp = meshprobe_tests::Meshprobe::new(&ctx.bin);
+    lab.env.mp = meshprobe_harness::Meshprobe::new(&ctx.bin);
     let core_ip = lab.mesh.core_ip(FAMILY);
     let zk = std::net::SocketAddr::new(core_ip, ZK_PORT);
     let proxy = CountingProxy::start(
@@ -222,7 +191,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             &refl_if,
             &format!(
                 "udp and dst port {} and dst host {joiner_addr}",
-                meshprobe_tests::STAMP_PORT
+                meshprobe_harness::STAMP_PORT
             ),
         )?;
         let before = proxy.client(agent_ip);

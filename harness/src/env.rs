@@ -1,6 +1,7 @@
 //! Preconditions of the root tests: skip (with a message) rather than fake a pass.
 
 use std::fs::{File, OpenOptions};
+use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -41,19 +42,55 @@ pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
     None
 }
 
+fn lock_path() -> std::path::PathBuf {
+    std::env::temp_dir().join("meshprobe-tests.lock")
+}
+
+/// The lab supervisor (`meshprobe-lab mesh serve`) holds the lock for as long as a lab is up:
+/// its pid, if it holds it now. The holder writes its pid into the lock file.
+pub fn lab_holding_lock() -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(lock_path())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if pid == std::process::id() {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    // The pid may be gone or reused: only a live lab supervisor counts.
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    (cmdline.contains("meshprobe-lab") && cmdline.contains("serve")).then_some(pid)
+}
+
+/// An error naming the lab when one is up: waiting for its lock would never end.
+pub fn fail_if_lab_holds_lock() -> Result<()> {
+    if let Some(pid) = lab_holding_lock() {
+        bail!(
+            "a lab mesh is up (supervisor pid {pid}) and holds the harness lock; stop it with \
+             `cargo xtask mesh down` first"
+        );
+    }
+    Ok(())
+}
+
 /// Serialises the timing-sensitive tests across threads and test binaries (`flock` on a file
-/// in the temp dir), so concurrent tests do not disturb each other's measurements.
+/// in the temp dir), so concurrent tests do not disturb each other's measurements. Fails at
+/// once, instead of waiting for ever, while a lab is up.
 pub fn exclusive() -> Result<Flock<File>> {
-    let path = std::env::temp_dir().join("meshprobe-tests.lock");
+    fail_if_lab_holds_lock()?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)?;
-    match Flock::lock(f, FlockArg::LockExclusive) {
-        Ok(l) => Ok(l),
+        .open(lock_path())?;
+    let mut lock = match Flock::lock(f, FlockArg::LockExclusive) {
+        Ok(l) => l,
         Err((_, e)) => bail!("flock: {e}"),
-    }
+    };
+    lock.set_len(0)?;
+    lock.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(lock)
 }
 
 /// What a meshprobe test needs: the binary, and exclusive use of the machine's timing.

@@ -1,19 +1,18 @@
-//! Harness for meshprobe's root integration tests and the `cargo xtask demo`: network
-//! namespaces and topologies that clean up after themselves, guarded child processes, tcpdump
-//! captures decoded with pcap-file/pnet, nftables loss, CPU load, and hand-crafted frames.
+//! Test support for meshprobe's root integration tests, the lab and the bench: network
+//! namespaces and topologies that clean up after themselves, guarded child processes, services
+//! (ZooKeeper, the broker), tcpdump captures decoded with pcap-file/pnet, nftables loss, CPU
+//! load, hand-crafted frames, and drivers of the meshprobe binary.
 //!
 //! Everything lives in namespaces this harness creates, addressed from 198.18.0.0/15 and
 //! fd00::/8 only.
 
 pub mod agent;
-pub mod bench_util;
 pub mod capture;
 pub mod child;
 pub mod craft;
 pub mod env;
 pub mod fake;
 pub mod interrupt;
-pub mod lab;
 pub mod load;
 pub mod mesh;
 pub mod meshprobe;

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use super::MeshLab;
-use super::data::{Pair, Windows, pct};
-use super::spec::{LabSpec, MAX_RTT, Shape, fmt_duration, node_name, parse_loss};
-use crate::agent::{Event, tai_now_ns};
-use crate::stats::{NOISE_K, Shift};
+use crate::MeshLab;
+use crate::data::{Pair, Windows, pct};
+use crate::spec::{LabSpec, MAX_RTT, Shape, fmt_duration, node_name, parse_loss};
+use meshprobe_harness::agent::{Event, tai_now_ns};
+use meshprobe_harness::stats::{NOISE_K, Shift};
 
 /// The experiments and their arguments, as the command line takes them.
 pub const USAGE: &str = "kill-agent NODE | zk-outage [SECS=20] | broker-outage [SECS=30] | \
@@ -212,9 +212,9 @@ impl Experiment {
     /// interval, CONN_TIMEOUT 4 s). [`run`] states it for the lab it runs on.
     pub fn hypothesis(&self) -> String {
         self.hypothesis_for(&Timing {
-            window: crate::agent::TEST_WINDOW_DURATION,
+            window: meshprobe_harness::agent::TEST_WINDOW_DURATION,
             interval: Duration::from_millis(100),
-            conn_timeout: Duration::from_secs(crate::agent::TEST_CONN_TIMEOUT_S),
+            conn_timeout: Duration::from_secs(meshprobe_harness::agent::TEST_CONN_TIMEOUT_S),
             probe_timeout: Duration::from_secs(1),
         })
     }
@@ -995,7 +995,7 @@ fn wait_members(
 
 /// The session owning each member znode (node id → session), from ZooKeeper's `dump`.
 fn znode_sessions(lab: &MeshLab) -> BTreeMap<String, String> {
-    let prefix = format!("{}/", crate::agent::HEARTBEAT_PATH);
+    let prefix = format!("{}/", meshprobe_harness::agent::HEARTBEAT_PATH);
     lab.lab
         .zk()
         .ephemerals()

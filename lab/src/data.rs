@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 
 use serde_json::Value;
 
-use crate::agent::{num, num2};
+use meshprobe_harness::agent::{num, num2};
 
 /// One window summary.
 #[derive(Clone, Debug, PartialEq)]

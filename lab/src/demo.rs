@@ -10,16 +10,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::{LabSpec, MeshLab};
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::interrupt;
-use meshprobe_tests::lab::{LabSpec, MeshLab};
-use meshprobe_tests::services::TempDir;
+use meshprobe_harness::interrupt;
+use meshprobe_harness::services::TempDir;
 
 /// How long the agents may take to measure every pair once.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(meshprobe_bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
-    if !meshprobe_tests::env::is_root() {
+    if !meshprobe_harness::env::is_root() {
         bail!("the demo creates network namespaces and attaches eBPF programs: run it as root");
     }
     // SAFETY: single-threaded here; the harness reads it to find the binary it just built.

@@ -9,8 +9,10 @@
 
 pub mod chaos;
 pub mod data;
+pub mod demo;
 pub mod links;
 pub mod spec;
+pub mod supervisor;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,8 +20,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::agent::{AgentConfig, HEARTBEAT_PATH, Lab, TEST_TOPIC};
-use crate::mesh::Mesh;
+use meshprobe_harness::agent::{AgentConfig, HEARTBEAT_PATH, Lab, TEST_TOPIC};
+use meshprobe_harness::mesh::Mesh;
 
 pub use data::{Obs, Windows};
 pub use links::Links;
@@ -174,7 +176,7 @@ impl MeshLab {
 
     /// The window in progress now.
     pub fn window_now(&self) -> u64 {
-        crate::agent::window_now_of(self.spec.window)
+        meshprobe_harness::agent::window_now_of(self.spec.window)
     }
 
     /// Waits until the window in progress is `seq` or later.
@@ -224,4 +226,11 @@ impl MeshLab {
         self.links.clear(&self.lab.mesh);
         r
     }
+}
+
+/// The meshprobe binary the lab runs: `MESHPROBE_BIN` (set by `cargo xtask mesh up` and
+/// `cargo xtask demo`, which build it first), else the workspace's release build.
+pub fn built_meshprobe() -> Result<std::path::PathBuf> {
+    meshprobe_harness::meshprobe::find_binary()?
+        .context("no meshprobe binary: run `cargo xtask build` (or set MESHPROBE_BIN)")
 }

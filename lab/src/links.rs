@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::child::ChildGuard;
-use crate::mesh::Mesh;
-use crate::meshprobe::READY_TIMEOUT;
-use crate::topo::Family;
+use meshprobe_harness::child::ChildGuard;
+use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::meshprobe::READY_TIMEOUT;
+use meshprobe_harness::topo::Family;
 
-use super::spec::LabSpec;
+use crate::spec::LabSpec;
 
 /// The nftables table (bridge family) in the core namespace.
 pub const NFT_TABLE: &str = "meshprobe_lab";

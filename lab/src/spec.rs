@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::topo::Family;
+use meshprobe_harness::topo::Family;
 
 /// Most nodes a lab may have (each runs an agent on 2 shared cores).
 pub const MAX_LAB_NODES: usize = 32;

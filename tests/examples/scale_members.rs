@@ -1,8 +1,8 @@
-//! Synthetic members in ZooKeeper, as a process: the `scale` bench's registrar (xtask cannot
-//! link the product, whose layout the registrations follow; see `meshprobe_tests::zkreg`).
+//! Synthetic members in ZooKeeper, as a process: the `scale` bench's registrar (the harness cannot
+//! link the product, whose layout the registrations follow; see `meshprobe_harness::zkreg`).
 //!
 //! `scale_members ZK ZONES RACKS PER_RACK v4|v6 JOIN_ZONE JOIN_RACK`, run inside the namespace
-//! to connect from. Registers ZONES × RACKS × PER_RACK members (`meshprobe_tests::synthetic`)
+//! to connect from. Registers ZONES × RACKS × PER_RACK members (`meshprobe_harness::synthetic`)
 //! and prints `{"type":"ready","members":N,"seconds":S}`. SIGUSR1: the joiner (the next
 //! address, in JOIN_ZONE / JOIN_RACK) registers and `{"type":"joined","node_id":..,
 //! "address":..,"ctime_ms":..}` is printed; SIGUSR2: it leaves (`{"type":"left",..}`).
@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::synthetic::{self, Shape};
-use meshprobe_tests::topo::Family;
-use meshprobe_tests::zkreg::{Registrar, SyntheticMember};
+use meshprobe_harness::synthetic::{self, Shape};
+use meshprobe_harness::topo::Family;
+use meshprobe_harness::zkreg::{Registrar, SyntheticMember};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         zone: join_zone.clone(),
         rack: join_rack.clone(),
         addr: synthetic::address(shape.members(), family),
-        port: meshprobe_tests::STAMP_PORT,
+        port: meshprobe_harness::STAMP_PORT,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{Agent, AgentConfig, num};
-use meshprobe_tests::services::TempDir;
-use meshprobe_tests::{Family, TestEnv, TwoHosts};
+use meshprobe_harness::agent::{Agent, AgentConfig, num};
+use meshprobe_harness::services::TempDir;
+use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
 /// The chart's values, whose capability list this test proves.
 const VALUES_YAML: &str = concat!(

@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use meshprobe_tests::Netns;
-use meshprobe_tests::agent::{
+use meshprobe_harness::Netns;
+use meshprobe_harness::agent::{
     Agent, AgentConfig, HEARTBEAT_PATH, KAFKA_PORT, Lab, TEST_TOPIC, ZK_PORT, num, summary_key,
     window_now,
 };
-use meshprobe_tests::env::TestEnv;
-use meshprobe_tests::services::{Tansu, ZooKeeper, tansu_missing, wait_until, zookeeper_missing};
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::env::TestEnv;
+use meshprobe_harness::services::{Tansu, ZooKeeper, tansu_missing, wait_until, zookeeper_missing};
+use meshprobe_harness::topo::Family;
 
 /// (what, settings as env, extra flags, names any of which the message must contain)
 type Case = (
@@ -141,7 +141,7 @@ fn bad_settings_exit_2_naming_the_setting() -> Result<()> {
         run_case(what, cfg, &names)?;
     }
     // The same through the config file.
-    let dir = meshprobe_tests::services::TempDir::new("agent-config")?;
+    let dir = meshprobe_harness::services::TempDir::new("agent-config")?;
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, "MESHPROBE_INTERVAL = \"abc\"\n")?;
     run_case(
@@ -159,7 +159,7 @@ fn bad_settings_exit_2_naming_the_setting() -> Result<()> {
 fn unreachable_zookeeper_at_start_agent_reflects_and_becomes_ready_later() -> Result<()> {
     let test = "unreachable_zookeeper_at_start_agent_reflects_and_becomes_ready_later";
     if let Some(why) = zookeeper_missing() {
-        meshprobe_tests::env::skip(test, &why);
+        meshprobe_harness::env::skip(test, &why);
         return Ok(());
     }
     // A lab without services: nothing listens on the core's 2181.
@@ -243,7 +243,7 @@ fn unreachable_zookeeper_at_start_agent_reflects_and_becomes_ready_later() -> Re
 fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
     let test = "unreachable_kafka_at_start_agent_buffers_and_delivers_later";
     if let Some(why) = tansu_missing() {
-        meshprobe_tests::env::skip(test, &why);
+        meshprobe_harness::env::skip(test, &why);
         return Ok(());
     }
     let Some(mut lab) = Lab::acquire(test, 2, Family::V4, false, false)? else {
@@ -305,7 +305,7 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
     }
     eprintln!("drained {:?} after the broker started", t1.elapsed());
     let printed: Vec<_> = lab.stdout_summaries().iter().map(summary_key).collect();
-    let consumed = meshprobe_tests::agent::consume(
+    let consumed = meshprobe_harness::agent::consume(
         lab.bin(),
         lab.mesh.core(),
         &t.bootstrap(),

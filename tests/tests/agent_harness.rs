@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::env::{missing_prerequisite, skip};
-use meshprobe_tests::mesh::Mesh;
-use meshprobe_tests::netns::list_namespaces;
-use meshprobe_tests::services::{
+use meshprobe_harness::env::{missing_prerequisite, skip};
+use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::netns::list_namespaces;
+use meshprobe_harness::services::{
     Tansu, ZooKeeper, tansu_missing, tcp_open, wait_until, zookeeper_missing,
 };
-use meshprobe_tests::topo::{Family, wait_reachable};
+use meshprobe_harness::topo::{Family, wait_reachable};
 
 fn prereq(test: &str, extra: Option<String>) -> bool {
     match missing_prerequisite(&["ping"]).or(extra) {
@@ -171,12 +171,12 @@ fn tansu_starts_creates_topics_and_restarts() -> Result<()> {
 /// alternate (A B B A) so drift cancels; the shift must be the sum within the runs' own noise.
 #[test]
 fn mesh_core_side_delays_add_up_per_pair() -> Result<()> {
-    use meshprobe_tests::stats::{Shift, median, us};
+    use meshprobe_harness::stats::{Shift, median, us};
     const SENDER_DELAY: Duration = Duration::from_micros(100);
     const REFLECTOR_DELAY: Duration = Duration::from_micros(200);
     const PROBES: u64 = 100;
     let test = "mesh_core_side_delays_add_up_per_pair";
-    let Some(env) = meshprobe_tests::TestEnv::acquire(test, &["ping"])? else {
+    let Some(env) = meshprobe_harness::TestEnv::acquire(test, &["ping"])? else {
         return Ok(());
     };
     let m = Mesh::new(2)?;

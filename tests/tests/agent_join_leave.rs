@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, num, window_now};
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, num, window_now};
+use meshprobe_harness::topo::Family;
 
 /// MESHPROBE_TIMEOUT of every agent here (the agent's default, set so the test can use it).
 /// The leave below is judged against it; it is also the shortest gap between the leaver's end
@@ -24,7 +24,7 @@ fn wait_peer_added(lab: &mut Lab, a: usize, b: usize) -> Result<Instant> {
     Ok(ev.at)
 }
 
-fn config(lab: &Lab, i: usize) -> meshprobe_tests::agent::AgentConfig {
+fn config(lab: &Lab, i: usize) -> meshprobe_harness::agent::AgentConfig {
     lab.config(i).env(
         "MESHPROBE_TIMEOUT",
         humantime::format_duration(PROBE_TIMEOUT),
@@ -60,7 +60,7 @@ fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
     let spawned = Instant::now();
     {
         // Start without waiting for the ready line, so the znode poll below is not delayed.
-        let a = meshprobe_tests::agent::Agent::spawn(lab.bin(), lab.mesh.node(n3), &id3, &cfg)?;
+        let a = meshprobe_harness::agent::Agent::spawn(lab.bin(), lab.mesh.node(n3), &id3, &cfg)?;
         lab.agents.insert(n3, a);
     }
     let mut registered = None;

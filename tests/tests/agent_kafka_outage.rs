@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{Lab, num, summary_key, window_now};
-use meshprobe_tests::services::wait_until;
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{Lab, num, summary_key, window_now};
+use meshprobe_harness::services::wait_until;
+use meshprobe_harness::topo::Family;
 use serde_json::Value;
 
 const NODES: [usize; 3] = [0, 1, 2];

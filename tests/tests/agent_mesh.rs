@@ -26,9 +26,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{Lab, num, num2, summary_key, window_now};
-use meshprobe_tests::stats::{Shift, us};
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{Lab, num, num2, summary_key, window_now};
+use meshprobe_harness::stats::{Shift, us};
+use meshprobe_harness::topo::Family;
 
 const DELAYS_US: [i64; 3] = [100, 200, 400];
 const ZONES: [&str; 3] = ["z-a", "z-a", ""];

@@ -15,9 +15,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::agent::{Lab, TEST_WINDOW_DURATION, num, num2, window_now};
-use meshprobe_tests::stats::median;
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{Lab, TEST_WINDOW_DURATION, num, num2, window_now};
+use meshprobe_harness::stats::median;
+use meshprobe_harness::topo::Family;
 use serde_json::Value;
 
 const SWITCH_LINE: &str = "no room for the in-band T4: RX software timestamps turned on";

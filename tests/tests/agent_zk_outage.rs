@@ -4,9 +4,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now};
-use meshprobe_tests::services::{TcpBlock, wait_until};
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{
+    HEARTBEAT_PATH, Lab, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now,
+};
+use meshprobe_harness::services::{TcpBlock, wait_until};
+use meshprobe_harness::topo::Family;
 
 const NODES: [usize; 3] = [0, 1, 2];
 

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::meshprobe::{Dist, PingRun};
-use meshprobe_tests::stamp::tai_now_ns;
-use meshprobe_tests::stats::percentile;
-use meshprobe_tests::{Family, TestEnv, TwoHosts};
+use meshprobe_harness::meshprobe::{Dist, PingRun};
+use meshprobe_harness::stamp::tai_now_ns;
+use meshprobe_harness::stats::percentile;
+use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
 const PROBES: u32 = 20;
 
@@ -101,7 +101,8 @@ fn check_run(run: &PingRun, peer: &str, iface: &str) -> Result<()> {
             p.app_rtt_ns - outer
         );
     }
-    let col = |f: fn(&meshprobe_tests::Probe) -> i64| run.probes.iter().map(f).collect::<Vec<_>>();
+    let col =
+        |f: fn(&meshprobe_harness::Probe) -> i64| run.probes.iter().map(f).collect::<Vec<_>>();
     for (name, d, v) in [
         (
             "network_rtt_ns",

@@ -13,10 +13,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::load::{WakeLatency, cpu_stress, online_cpus};
-use meshprobe_tests::scenario::{Agreement, agreement};
-use meshprobe_tests::stats::{percentile, us};
-use meshprobe_tests::{Family, TestEnv, TwoHosts};
+use meshprobe_harness::load::{WakeLatency, cpu_stress, online_cpus};
+use meshprobe_harness::scenario::{Agreement, agreement};
+use meshprobe_harness::stats::{percentile, us};
+use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
 const MIN_MATCHED: f64 = 0.99;
 /// Share of matched probes whose ingress legs must be exact. Not all: a probe whose reply came

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::stats::{Shift, median, us};
-use meshprobe_tests::{Family, Routed, TestEnv};
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::stats::{Shift, median, us};
+use meshprobe_harness::{Family, Routed, TestEnv};
 
 const DELAY_NS: i64 = 500_000;
 const PROBES_PER_RUN: u32 = 150;

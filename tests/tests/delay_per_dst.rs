@@ -19,11 +19,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::capture::{Capture, one_way_delays};
-use meshprobe_tests::mesh::Mesh;
-use meshprobe_tests::meshprobe::stop_delay;
-use meshprobe_tests::stats::{Shift, median, us};
-use meshprobe_tests::{Family, TestEnv};
+use meshprobe_harness::capture::{Capture, one_way_delays};
+use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::meshprobe::stop_delay;
+use meshprobe_harness::stats::{Shift, median, us};
+use meshprobe_harness::{Family, TestEnv};
 use serde_json::Value;
 
 const TEST: &str = "per_destination_delays_on_a_mesh";

@@ -19,11 +19,11 @@ use meshprobe::discovery::{
     ZkState, layout, run_zk,
 };
 use meshprobe::pb::NodeInfo;
-use meshprobe_tests::env::{exclusive, missing_prerequisite, skip};
-use meshprobe_tests::netns::Netns;
-use meshprobe_tests::services::{TcpBlock, ZooKeeper, zookeeper_missing};
-use meshprobe_tests::topo::TwoHosts;
-use meshprobe_tests::zkreg::{Registrar, SyntheticMember};
+use meshprobe_harness::env::{exclusive, missing_prerequisite, skip};
+use meshprobe_harness::netns::Netns;
+use meshprobe_harness::services::{TcpBlock, ZooKeeper, zookeeper_missing};
+use meshprobe_harness::topo::TwoHosts;
+use meshprobe_harness::zkreg::{Registrar, SyntheticMember};
 use support::ProductLayout;
 use tokio::sync::watch;
 

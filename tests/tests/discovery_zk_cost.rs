@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe::discovery::{layout, member_parent_path};
-use meshprobe_tests::agent::{Agent, AgentConfig, num};
-use meshprobe_tests::env::TestEnv;
-use meshprobe_tests::services::{ZooKeeper, zookeeper_missing};
-use meshprobe_tests::topo::TwoHosts;
-use meshprobe_tests::zkproxy::{CountingProxy, Traffic};
-use meshprobe_tests::zkreg::{MemberCodec, Registrar, SyntheticMember};
+use meshprobe_harness::agent::{Agent, AgentConfig, num};
+use meshprobe_harness::env::TestEnv;
+use meshprobe_harness::services::{ZooKeeper, zookeeper_missing};
+use meshprobe_harness::topo::TwoHosts;
+use meshprobe_harness::zkproxy::{CountingProxy, Traffic};
+use meshprobe_harness::zkreg::{MemberCodec, Registrar, SyntheticMember};
 use support::ProductLayout;
 
 const ZK_PORT: u16 = 2181;
@@ -238,7 +238,7 @@ fn report(f: &Figures) {
 fn start_grows_with_names_and_a_change_costs_one_event() -> Result<()> {
     let test = "start_grows_with_names_and_a_change_costs_one_event";
     if let Some(why) = zookeeper_missing() {
-        meshprobe_tests::env::skip(test, &why);
+        meshprobe_harness::env::skip(test, &why);
         return Ok(());
     }
     let Some(env) = TestEnv::acquire(test, &[])? else {

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::fake::{Action, FakeReflector};
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::{Family, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::fake::{Action, FakeReflector};
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::{Family, STAMP_PORT, TestEnv, TwoHosts};
 
 const PROBES: u32 = 60;
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::child::{parse_json_line, run_with_timeout};
-use meshprobe_tests::{Family, Netns, TestEnv, TwoHosts};
+use meshprobe_harness::child::{parse_json_line, run_with_timeout};
+use meshprobe_harness::{Family, Netns, TestEnv, TwoHosts};
 use serde_json::Value;
 
 /// Runs `meshprobe ping --json ARGS` in `ns`, optionally as an unprivileged user, and returns

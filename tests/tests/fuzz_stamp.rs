@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::fake::FakeReflector;
-use meshprobe_tests::safety::{FAMILIES, refused, refused_total, udp_counter};
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::stamp::build_request;
-use meshprobe_tests::{STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::fake::FakeReflector;
+use meshprobe_harness::safety::{FAMILIES, refused, refused_total, udp_counter};
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::stamp::build_request;
+use meshprobe_harness::{STAMP_PORT, TestEnv, TwoHosts};
 use probe_common::wire;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

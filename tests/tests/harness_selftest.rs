@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::capture::Capture;
-use meshprobe_tests::child::TERM_GRACE;
-use meshprobe_tests::craft::{Csum, UdpFrame, send_frames};
-use meshprobe_tests::env::{missing_prerequisite, skip};
-use meshprobe_tests::fake::{Action, FakeReflector};
-use meshprobe_tests::netns::{Netns, list_namespaces};
-use meshprobe_tests::nft::NftLoss;
-use meshprobe_tests::reference::{capture_times, truth_rtts};
-use meshprobe_tests::stamp::{build_request, reply_key};
-use meshprobe_tests::stats::percentile;
-use meshprobe_tests::topo::{Family, Routed, TwoHosts, mac_of};
-use meshprobe_tests::{load, stats};
+use meshprobe_harness::capture::Capture;
+use meshprobe_harness::child::TERM_GRACE;
+use meshprobe_harness::craft::{Csum, UdpFrame, send_frames};
+use meshprobe_harness::env::{missing_prerequisite, skip};
+use meshprobe_harness::fake::{Action, FakeReflector};
+use meshprobe_harness::netns::{Netns, list_namespaces};
+use meshprobe_harness::nft::NftLoss;
+use meshprobe_harness::reference::{capture_times, truth_rtts};
+use meshprobe_harness::stamp::{build_request, reply_key};
+use meshprobe_harness::stats::percentile;
+use meshprobe_harness::topo::{Family, Routed, TwoHosts, mac_of};
+use meshprobe_harness::{load, stats};
 
 fn prereq(test: &str, tools: &[&str]) -> bool {
     match missing_prerequisite(tools) {
@@ -189,7 +189,10 @@ fn capture_std_udp(
     f: Family,
     port: u16,
     n: usize,
-) -> Result<(Vec<meshprobe_tests::Packet>, Vec<meshprobe_tests::Packet>)> {
+) -> Result<(
+    Vec<meshprobe_harness::Packet>,
+    Vec<meshprobe_harness::Packet>,
+)> {
     let ca = Capture::start(&t.a, TwoHosts::A_IF, port)?;
     let cb = Capture::start(&t.b, TwoHosts::B_IF, port)?;
     let dst = SocketAddr::new(t.b_addr(f), port);
@@ -545,7 +548,7 @@ fn udp_checksum_helpers_agree_with_pnet() {
         build_request(1, 2, None),
     );
     let bytes = f.build().unwrap();
-    let p = meshprobe_tests::capture::decode_frame(0, &bytes).unwrap();
+    let p = meshprobe_harness::capture::decode_frame(0, &bytes).unwrap();
     assert!(p.checksum_ok());
     let eth = pnet::packet::ethernet::EthernetPacket::new(&bytes).unwrap();
     let ip = pnet::packet::ipv4::Ipv4Packet::new(eth.payload()).unwrap();

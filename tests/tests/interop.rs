@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::stamp::{ptp_ns, tai_now_ns};
-use meshprobe_tests::{Family, TestEnv, TwoHosts};
+use meshprobe_harness::stamp::{ptp_ns, tai_now_ns};
+use meshprobe_harness::{Family, TestEnv, TwoHosts};
 use probe_common::wire;
 
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;

@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use meshprobe::pb::{self, Timestamping};
 use meshprobe::sink::{KafkaOptions, KafkaSink, key};
-use meshprobe_tests::child::{parse_json_line, run_with_timeout};
-use meshprobe_tests::services::{Tansu, tansu_missing};
-use meshprobe_tests::topo::add_addr;
-use meshprobe_tests::{Netns, TestEnv};
+use meshprobe_harness::child::{parse_json_line, run_with_timeout};
+use meshprobe_harness::services::{Tansu, tansu_missing};
+use meshprobe_harness::topo::add_addr;
+use meshprobe_harness::{Netns, TestEnv};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
@@ -37,7 +37,7 @@ fn acquire(test: &str) -> Result<Option<TestEnv>> {
         return Ok(None);
     };
     if let Some(why) = tansu_missing() {
-        meshprobe_tests::env::skip(test, &why);
+        meshprobe_harness::env::skip(test, &why);
         return Ok(None);
     }
     Ok(Some(env))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::{Family, Netns, TestEnv, TwoHosts};
+use meshprobe_harness::{Family, Netns, TestEnv, TwoHosts};
 use nix::sys::signal::Signal;
 
 /// Our filters on `iface`'s egress and ingress clsact hooks, as `tc` lists them.

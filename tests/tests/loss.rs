@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::nft::NftLoss;
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::{Family, Routed, TestEnv};
+use meshprobe_harness::nft::NftLoss;
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::{Family, Routed, TestEnv};
 
 const PROBES: u32 = 2000;
 const INTERVAL: Duration = Duration::from_millis(1);

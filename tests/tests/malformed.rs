@@ -4,11 +4,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::craft::{UdpFrame, send_frames};
-use meshprobe_tests::meshprobe::ebpf_counter;
-use meshprobe_tests::stamp::{build_request, reply_key};
-use meshprobe_tests::topo::mac_of;
-use meshprobe_tests::{Family, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::craft::{UdpFrame, send_frames};
+use meshprobe_harness::meshprobe::ebpf_counter;
+use meshprobe_harness::stamp::{build_request, reply_key};
+use meshprobe_harness::topo::mac_of;
+use meshprobe_harness::{Family, STAMP_PORT, TestEnv, TwoHosts};
 
 const SPORT: u16 = 40001;
 

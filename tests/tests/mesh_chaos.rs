@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use meshprobe_tests::lab::chaos::{self, Experiment, Verdict};
-use meshprobe_tests::lab::{LabSpec, MeshLab};
+use meshprobe_lab::chaos::{self, Experiment, Verdict};
+use meshprobe_lab::{LabSpec, MeshLab};
 
 fn lab() -> Result<Option<MeshLab>> {
     MeshLab::up(LabSpec::new(4)?.zoned(

@@ -3,8 +3,9 @@
 //! halfway (namespaces created, services and some agents running); it is safe to run twice;
 //! and `up` after such a crash cleans first and comes up.
 //!
-//! Drives the real command line: the xtask binary (`MESHPROBE_XTASK`, set by `cargo xtask
-//! test`, else target/debug/xtask) with `MESHPROBE_BIN` so `up` does not rebuild.
+//! Drives the real command line: the lab binary `cargo xtask mesh` hands over to
+//! (`MESHPROBE_LAB`, set by `cargo xtask test`, else target/{release,debug}/meshprobe-lab),
+//! with `MESHPROBE_BIN`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,18 +13,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use meshprobe_tests::child::run_with_timeout;
-use meshprobe_tests::meshprobe::{find_binary, workspace_root};
-use meshprobe_tests::netns::{list_namespaces, owner_pid};
-use meshprobe_tests::{env, services};
+use meshprobe_harness::child::run_with_timeout;
+use meshprobe_harness::meshprobe::{find_binary, workspace_root};
+use meshprobe_harness::netns::{list_namespaces, owner_pid};
+use meshprobe_harness::{env, services};
 
 const STATE_DIR: &str = "/run/meshprobe-mesh";
 
-fn xtask_bin() -> Option<PathBuf> {
-    std::env::var_os("MESHPROBE_XTASK")
-        .map(PathBuf::from)
-        .or_else(|| Some(workspace_root().join("target/debug/xtask")))
-        .filter(|p| p.is_file())
+fn lab_bin() -> Option<PathBuf> {
+    match std::env::var_os("MESHPROBE_LAB") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => ["target/release/meshprobe-lab", "target/debug/meshprobe-lab"]
+            .into_iter()
+            .map(|p| workspace_root().join(p))
+            .find(|p| p.is_file()),
+    }
+    .filter(|p| p.is_file())
 }
 
 /// Everything the lab could leave behind, as comparable text.
@@ -75,7 +80,7 @@ fn lab_processes() -> BTreeSet<String> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmd.contains("xtask") && cmd.contains("mesh serve") {
+        if cmd.contains("meshprobe-lab") && cmd.contains("mesh serve") {
             out.insert(format!("{pid} {}", cmd.trim()));
             continue;
         }
@@ -168,23 +173,23 @@ fn footprint() -> Result<Footprint> {
     })
 }
 
-fn xtask(bin: &Path, mp: &Path, args: &[&str]) -> Command {
+fn lab(bin: &Path, mp: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin);
     c.arg("mesh").args(args).env("MESHPROBE_BIN", mp);
     c
 }
 
 fn run_ok(bin: &Path, mp: &Path, args: &[&str]) -> Result<String> {
-    let out = run_with_timeout(xtask(bin, mp, args), Duration::from_secs(240))?;
+    let out = run_with_timeout(lab(bin, mp, args), Duration::from_secs(240))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("$ xtask mesh {}\n{text}", args.join(" "));
+    eprintln!("$ meshprobe-lab mesh {}\n{text}", args.join(" "));
     ensure!(
         out.status.success(),
-        "xtask mesh {args:?} exited {}",
+        "meshprobe-lab mesh {args:?} exited {}",
         out.status
     );
     Ok(text)
@@ -202,7 +207,7 @@ fn supervisor_pid() -> Option<u32> {
 /// and at least `agents` agents run in them (halfway: the others may still be starting).
 /// Returns the dead supervisor's pid.
 fn crash_halfway(bin: &Path, mp: &Path, nodes: usize, agents: usize) -> Result<u32> {
-    let mut client: Child = xtask(bin, mp, &["up", "--nodes", &nodes.to_string()])
+    let mut client: Child = lab(bin, mp, &["up", "--nodes", &nodes.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -246,7 +251,7 @@ struct DownOnDrop(PathBuf, PathBuf);
 
 impl Drop for DownOnDrop {
     fn drop(&mut self) {
-        let _ = run_with_timeout(xtask(&self.0, &self.1, &["down"]), Duration::from_secs(120));
+        let _ = run_with_timeout(lab(&self.0, &self.1, &["down"]), Duration::from_secs(120));
     }
 }
 
@@ -260,11 +265,14 @@ fn down_after_a_crashed_up_leaves_nothing_and_up_cleans_first() -> Result<()> {
         env::skip(test, &why);
         return Ok(());
     }
-    let Some(bin) = xtask_bin() else {
+    let Some(bin) = lab_bin() else {
         if std::env::var_os("CI").is_some() {
-            bail!("xtask binary not found (MESHPROBE_XTASK or target/debug/xtask)");
+            bail!("lab binary not found (MESHPROBE_LAB or target/release/meshprobe-lab)");
         }
-        env::skip(test, "xtask binary not built (cargo build -p xtask)");
+        env::skip(
+            test,
+            "lab binary not built (cargo build --release -p meshprobe-lab)",
+        );
         return Ok(());
     };
     let Some(mp) = find_binary()? else {
@@ -279,7 +287,7 @@ fn down_after_a_crashed_up_leaves_nothing_and_up_cleans_first() -> Result<()> {
         return Ok(());
     }
     // Leftovers of earlier dead processes are not this test's business: start clean.
-    meshprobe_tests::netns::sweep_stale_namespaces();
+    meshprobe_harness::netns::sweep_stale_namespaces();
     services::sweep_stale_temp_dirs();
     let before = footprint()?;
     let _down = DownOnDrop(bin.clone(), mp.clone());
@@ -336,8 +344,8 @@ fn down_after_a_crashed_up_leaves_nothing_and_up_cleans_first() -> Result<()> {
 /// Bad flags fail before anything is created, with a message naming the flag.
 #[test]
 fn bad_lab_flags_are_refused_up_front() -> Result<()> {
-    let Some(bin) = xtask_bin() else {
-        env::skip("mesh_lab_cli flags", "xtask binary not built");
+    let Some(bin) = lab_bin() else {
+        env::skip("mesh_lab_cli flags", "lab binary not built");
         return Ok(());
     };
     if !env::is_root() {
@@ -355,9 +363,9 @@ fn bad_lab_flags_are_refused_up_front() -> Result<()> {
         ),
         (vec!["up", "--matrix", "/nonexistent.matrix"], "matrix file"),
     ] {
-        let out = run_with_timeout(xtask(&bin, &mp, &args), Duration::from_secs(30))?;
+        let out = run_with_timeout(lab(&bin, &mp, &args), Duration::from_secs(30))?;
         let err = String::from_utf8_lossy(&out.stderr);
-        eprintln!("xtask mesh {args:?}: {}", err.trim());
+        eprintln!("meshprobe-lab mesh {args:?}: {}", err.trim());
         ensure!(!out.status.success(), "{args:?} was accepted");
         ensure!(
             err.contains(want),
@@ -368,7 +376,7 @@ fn bad_lab_flags_are_refused_up_front() -> Result<()> {
             "{args:?} created the state dir"
         );
     }
-    let out = run_with_timeout(xtask(&bin, &mp, &["status"]), Duration::from_secs(30))?;
+    let out = run_with_timeout(lab(&bin, &mp, &["status"]), Duration::from_secs(30))?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success() && err.contains("no lab is up"),

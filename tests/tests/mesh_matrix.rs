@@ -15,10 +15,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::lab::{LabSpec, MeshLab, Windows, node_name};
-use meshprobe_tests::services::{TempDir, wait_until};
-use meshprobe_tests::stats::{NOISE_FLOOR_NS, NOISE_K, median, median_ci, us};
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::services::{TempDir, wait_until};
+use meshprobe_harness::stats::{NOISE_FLOOR_NS, NOISE_K, median, median_ci, us};
+use meshprobe_harness::topo::Family;
+use meshprobe_lab::{LabSpec, MeshLab, Windows, node_name};
 
 /// Windows measured after every pair is up.
 const WINDOWS: u64 = 4;

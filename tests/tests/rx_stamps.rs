@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::{Family, PingRun, TestEnv, TwoHosts};
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::{Family, PingRun, TestEnv, TwoHosts};
 use serde_json::Value;
 
 const COUNT: u32 = 200;

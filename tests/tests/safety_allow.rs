@@ -8,10 +8,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::agent::{Agent, AgentConfig};
-use meshprobe_tests::safety::FAMILIES;
-use meshprobe_tests::stamp::build_request;
-use meshprobe_tests::{Family, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::agent::{Agent, AgentConfig};
+use meshprobe_harness::safety::FAMILIES;
+use meshprobe_harness::stamp::build_request;
+use meshprobe_harness::{Family, STAMP_PORT, TestEnv, TwoHosts};
 
 /// A's second address: no peer's, and never A's default source (IPv4 secondary, IPv6
 /// deprecated).

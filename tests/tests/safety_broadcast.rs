@@ -15,11 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::craft::send_frames;
-use meshprobe_tests::safety::{FAMILIES, frame_from_a, refused};
-use meshprobe_tests::stamp::{build_request, reply_key};
-use meshprobe_tests::topo::add_addr;
-use meshprobe_tests::{Capture, Family, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::craft::send_frames;
+use meshprobe_harness::safety::{FAMILIES, frame_from_a, refused};
+use meshprobe_harness::stamp::{build_request, reply_key};
+use meshprobe_harness::topo::add_addr;
+use meshprobe_harness::{Capture, Family, STAMP_PORT, TestEnv, TwoHosts};
 
 const SPORT: u16 = 40001;
 /// Sequence number of the unicast control request.

@@ -9,9 +9,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::safety::{FAMILIES, refused, refused_total};
-use meshprobe_tests::stamp::build_request;
-use meshprobe_tests::{Capture, Family, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::safety::{FAMILIES, refused, refused_total};
+use meshprobe_harness::stamp::build_request;
+use meshprobe_harness::{Capture, Family, STAMP_PORT, TestEnv, TwoHosts};
 
 /// Replies per second to one source.
 const BUDGET: u64 = 50;
@@ -78,7 +78,7 @@ fn a_flooding_source_gets_its_budget_and_others_are_answered() -> Result<()> {
         }
         let flood_secs = start.elapsed().as_secs_f64();
         let fin = ping.wait_exit(Duration::from_secs(20))?;
-        let run = meshprobe_tests::PingRun::parse(&fin)?;
+        let run = meshprobe_harness::PingRun::parse(&fin)?;
         let sum = refl.stop()?;
         let replies = cap.stop()?.packets.len() as u64;
         let received = run.summary()?.received;

@@ -33,13 +33,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, metric_sum, num, tai_now_ns, window_now_of};
-use meshprobe_tests::load::{CpuStat, ticks_ms};
-use meshprobe_tests::netns::Netns;
-use meshprobe_tests::safety::udp_counter;
-use meshprobe_tests::services::zookeeper_missing;
-use meshprobe_tests::stamp::build_request;
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, metric_sum, num, tai_now_ns, window_now_of};
+use meshprobe_harness::load::{CpuStat, ticks_ms};
+use meshprobe_harness::netns::Netns;
+use meshprobe_harness::safety::udp_counter;
+use meshprobe_harness::services::zookeeper_missing;
+use meshprobe_harness::stamp::build_request;
+use meshprobe_harness::topo::Family;
 use serde_json::Value;
 
 const A: usize = 0;
@@ -167,7 +167,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     let flood = {
         let (src, dst) = (
             SocketAddr::new(b_ip, FLOOD_SRC_PORT),
-            SocketAddr::new(a_ip, meshprobe_tests::STAMP_PORT),
+            SocketAddr::new(a_ip, meshprobe_harness::STAMP_PORT),
         );
         lab.mesh
             .node(B)

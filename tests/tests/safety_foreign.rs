@@ -8,11 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::capture::Capture;
-use meshprobe_tests::craft::{UdpFrame, send_frames};
-use meshprobe_tests::meshprobe::ebpf_counter;
-use meshprobe_tests::topo::{add_addr, mac_of};
-use meshprobe_tests::{ChildGuard, Family, Netns, PingRun, Routed, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::capture::Capture;
+use meshprobe_harness::craft::{UdpFrame, send_frames};
+use meshprobe_harness::meshprobe::ebpf_counter;
+use meshprobe_harness::topo::{add_addr, mac_of};
+use meshprobe_harness::{
+    ChildGuard, Family, Netns, PingRun, Routed, STAMP_PORT, TestEnv, TwoHosts,
+};
 use serde_json::Value;
 
 /// The sender's port: the only ephemeral port of the namespace that runs `meshprobe ping`.

@@ -25,12 +25,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use meshprobe_tests::agent::{Agent, AgentConfig, num, num2};
-use meshprobe_tests::capture::decode_frame;
-use meshprobe_tests::craft::UdpFrame;
-use meshprobe_tests::stamp::{build_reply, ptp_bytes, request_key, tai_now_ns};
-use meshprobe_tests::topo::{add_addr, mac_of, veth_pair, wait_reachable};
-use meshprobe_tests::{Family, Netns, PingRun, STAMP_PORT, TestEnv};
+use meshprobe_harness::agent::{Agent, AgentConfig, num, num2};
+use meshprobe_harness::capture::decode_frame;
+use meshprobe_harness::craft::UdpFrame;
+use meshprobe_harness::stamp::{build_reply, ptp_bytes, request_key, tai_now_ns};
+use meshprobe_harness::topo::{add_addr, mac_of, veth_pair, wait_reachable};
+use meshprobe_harness::{Family, Netns, PingRun, STAMP_PORT, TestEnv};
 use pnet::datalink::{self, Channel, Config};
 use probe_common::wire;
 

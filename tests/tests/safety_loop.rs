@@ -13,9 +13,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::safety::{FAMILIES, frame_from_a, refused};
-use meshprobe_tests::stamp::build_request;
-use meshprobe_tests::{Capture, Family, TestEnv, TwoHosts};
+use meshprobe_harness::safety::{FAMILIES, frame_from_a, refused};
+use meshprobe_harness::stamp::build_request;
+use meshprobe_harness::{Capture, Family, TestEnv, TwoHosts};
 
 /// How long the link is watched after the crafted request.
 const WATCH: Duration = Duration::from_secs(3);
@@ -39,7 +39,7 @@ fn one_spoofed_request(
     )?;
     let (a, b): (IpAddr, IpAddr) = (t.a_addr(f), t.b_addr(f));
     let frame = frame_from_a(t, a, a_port, b, b_port, build_request(1, 0x1313, None))?;
-    meshprobe_tests::craft::send_frames(&t.a, TwoHosts::A_IF, &[frame], Duration::ZERO)?;
+    meshprobe_harness::craft::send_frames(&t.a, TwoHosts::A_IF, &[frame], Duration::ZERO)?;
     std::thread::sleep(WATCH);
     // Stop both first: on a binary that loops, the exchange ends only with them.
     let sa = ra.stop()?;

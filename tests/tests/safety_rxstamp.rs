@@ -8,11 +8,11 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_tests::craft::{UdpFrame, send_frames, send_frames_here};
-use meshprobe_tests::meshprobe::ebpf_counter;
-use meshprobe_tests::stamp::{build_reply, build_request, ptp_ns, tai_now_ns};
-use meshprobe_tests::topo::mac_of;
-use meshprobe_tests::{Family, Netns, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::craft::{UdpFrame, send_frames, send_frames_here};
+use meshprobe_harness::meshprobe::ebpf_counter;
+use meshprobe_harness::stamp::{build_reply, build_request, ptp_ns, tai_now_ns};
+use meshprobe_harness::topo::mac_of;
+use meshprobe_harness::{Family, Netns, STAMP_PORT, TestEnv, TwoHosts};
 use probe_common::wire;
 
 /// Seconds of the forged receive time: 1970, far from any real stamp.

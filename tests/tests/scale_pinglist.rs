@@ -1,5 +1,5 @@
 //! Pinglists at scale against a real ZooKeeper: 10 000 members registered by a light client
-//! (`meshprobe_tests::zkreg`, the product's own layout) and 20 real agents on a bridge mesh.
+//! (`meshprobe_harness::zkreg`, the product's own layout) and 20 real agents on a bridge mesh.
 //!
 //! - Every agent's `GET /pinglist` is `meshprobe::pinglist::select` over the membership the
 //!   test knows (the synthetic members and the agents), with the agent's parameters.
@@ -11,7 +11,7 @@
 //!   format (see [`start_bound`] and [`change_bound`]).
 //!
 //! The synthetic members' addresses (198.19.0.0/16) are all answered by one `meshprobe
-//! reflect` in the last mesh node (an AnyIP `local` route, `meshprobe_tests::synthetic`), so
+//! reflect` in the last mesh node (an AnyIP `local` route, `meshprobe_harness::synthetic`), so
 //! the agents really probe them.
 
 mod support;
@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use meshprobe::pinglist::{Params, Topology};
-use meshprobe_tests::agent::{HEARTBEAT_PATH, Lab, ZK_PORT};
-use meshprobe_tests::synthetic::{self, Shape};
-use meshprobe_tests::topo::Family;
-use meshprobe_tests::zkproxy::{CountingProxy, Traffic};
-use meshprobe_tests::zkreg::{MemberCodec, Registrar, SyntheticMember};
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, ZK_PORT};
+use meshprobe_harness::synthetic::{self, Shape};
+use meshprobe_harness::topo::Family;
+use meshprobe_harness::zkproxy::{CountingProxy, Traffic};
+use meshprobe_harness::zkreg::{MemberCodec, Registrar, SyntheticMember};
 use serde_json::Value;
 use support::ProductLayout;
 
@@ -105,7 +105,7 @@ fn agent_member(lab: &Lab, i: usize) -> SyntheticMember {
         zone: synthetic::zone_name(i / 2),
         rack: synthetic::rack_name(i / 2, 0),
         addr: lab.node_ip(i),
-        port: meshprobe_tests::STAMP_PORT,
+        port: meshprobe_harness::STAMP_PORT,
     }
 }
 
@@ -176,7 +176,7 @@ struct Scale {
     /// Declared first: dropped first, so agents stop before their members vanish.
     registrar: Registrar,
     proxy: CountingProxy,
-    _reflector: meshprobe_tests::Reflector,
+    _reflector: meshprobe_harness::Reflector,
     layout: Arc<ProductLayout>,
     agents: Vec<SyntheticMember>,
     lab: Lab,
@@ -490,7 +490,7 @@ fn pinglists_at_scale() -> Result<()> {
         zone: sc.agents[0].zone.clone(),
         rack: sc.agents[0].rack.clone(),
         addr: synthetic::address(i, FAMILY),
-        port: meshprobe_tests::STAMP_PORT,
+        port: meshprobe_harness::STAMP_PORT,
     };
     let m = newcomer.clone();
     change(&mut sc, "join", &newcomer, move |r| r.add(m).map(|_| ()))?;
@@ -647,7 +647,7 @@ fn registrar_and_counting_proxy() -> Result<()> {
             .contains(&ProductLayout::entry_name(&joiner))
     );
     drop(reg);
-    let gone = meshprobe_tests::services::wait_until(
+    let gone = meshprobe_harness::services::wait_until(
         Duration::from_secs(10),
         Duration::from_millis(200),
         || lab.zk().ls(HEARTBEAT_PATH).is_ok_and(|v| v.is_empty()),

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::stats::{Shift, median, us};
-use meshprobe_tests::{Family, TestEnv, TwoHosts};
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::stats::{Shift, median, us};
+use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
 const PROBES: u32 = 150;
 const THINK: Duration = Duration::from_millis(5);

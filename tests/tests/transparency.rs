@@ -7,9 +7,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_tests::capture::Capture;
-use meshprobe_tests::scenario::ping_timeout;
-use meshprobe_tests::{Family, STAMP_PORT, TestEnv, TwoHosts};
+use meshprobe_harness::capture::Capture;
+use meshprobe_harness::scenario::ping_timeout;
+use meshprobe_harness::{Family, STAMP_PORT, TestEnv, TwoHosts};
 use rand::RngCore;
 
 const STREAM_BYTES: usize = 4 << 20;
@@ -199,10 +199,10 @@ fn probe_checksums_on_the_wire() -> Result<()> {
 /// (BPF_F_MARK_MANGLED_0) rather than turn it into a wrong checksum that the kernel drops.
 #[test]
 fn zero_udp_checksums_survive_the_rewrites() -> Result<()> {
-    use meshprobe_tests::craft::{Csum, UdpFrame, send_frames};
-    use meshprobe_tests::fake::{Action, FakeReflector};
-    use meshprobe_tests::stamp::{build_request, reply_key};
-    use meshprobe_tests::topo::mac_of;
+    use meshprobe_harness::craft::{Csum, UdpFrame, send_frames};
+    use meshprobe_harness::fake::{Action, FakeReflector};
+    use meshprobe_harness::stamp::{build_request, reply_key};
+    use meshprobe_harness::topo::mac_of;
     use std::net::UdpSocket;
 
     let Some(env) = TestEnv::acquire(

@@ -23,3 +23,10 @@ pub fn build_release(ws: &Workspace) -> Result<PathBuf> {
     println!("[build] {} ({size} bytes)", bin.display());
     Ok(bin)
 }
+
+/// `cargo build --release -p PACKAGE` for a tool of this workspace whose binary has the
+/// package's name (the lab, the bench); returns the binary's absolute path.
+pub fn tool(ws: &Workspace, package: &str) -> Result<PathBuf> {
+    util::run(ws.cargo().args(["build", "--release", "-p", package]))?;
+    Ok(ws.target_dir.join("release").join(package))
+}

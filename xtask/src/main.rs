@@ -1,13 +1,14 @@
 //! meshprobe developer tasks. `cargo xtask <command>` (alias in .cargo/config.toml).
-//! Each command lives in its own module; this file only parses and dispatches.
+//! Each command lives in its own module; this file only parses and dispatches. The lab
+//! (`mesh`, `demo`) and the bench are products of their own crates: xtask sets up and builds,
+//! then hands over to their binaries ([`handover`]), so it depends on no heavy crate and
+//! compiles in seconds on a fresh machine, before `setup` installs anything.
 
-mod bench;
 mod build;
 mod build_ebpf;
 mod chart;
-mod demo;
+mod handover;
 mod lint;
-mod mesh;
 mod setup;
 mod test;
 mod util;
@@ -46,22 +47,28 @@ enum Command {
     /// cached venv with the pinned helm-python-sdk and kubernetes-validate.
     Chart,
     /// Setup, build, then a 4-node mesh (ZooKeeper, Kafka, two zones, known delays) and its
-    /// live heatmap; q or Ctrl-C tears it all down.
+    /// live heatmap; q or Ctrl-C tears it all down. (`meshprobe-lab demo`: `--help` there.)
+    #[command(disable_help_flag = true)]
     Demo {
-        /// Stop after this long (default: until q or Ctrl-C).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<std::time::Duration>,
-        /// Where to write the heatmap SVG at the end.
-        #[arg(long, default_value = "target/meshprobe-demo.svg")]
-        svg: std::path::PathBuf,
+        /// `--duration DUR` (default: until q or Ctrl-C), `--svg PATH`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Setup (plus the bench tools), build, then the benchmarks in network namespaces; a
     /// markdown report on stdout and JSON in a file. Never fails for a slow machine.
-    Bench(bench::BenchArgs),
+    /// (`meshprobe-bench`: `--help` there.)
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// `--scenario NAME` (repeatable), `--quick`, `--json PATH`, `--list`, `--no-build`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// A whole meshprobe cluster on this machine: up, status, logs, matrix, chaos, down.
+    /// (`meshprobe-lab mesh`: `--help` there.)
+    #[command(disable_help_flag = true)]
     Mesh {
-        #[command(subcommand)]
-        cmd: mesh::MeshCmd,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -86,16 +93,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Lint => lint::run(&ws),
         Command::Test => test::run(&ws),
         Command::Chart => chart::run(&ws),
-        Command::Demo { duration, svg } => {
-            let bin = build::run(&ws)?;
-            let svg = if svg.is_absolute() {
-                svg
-            } else {
-                ws.root.join(svg)
-            };
-            demo::run(&bin, &svg, duration)
-        }
-        Command::Mesh { cmd } => mesh::run(&ws, cmd),
-        Command::Bench(args) => bench::run(&ws, args),
+        Command::Demo { args } => handover::demo(&ws, &args),
+        Command::Mesh { args } => handover::mesh(&ws, &args),
+        Command::Bench { args } => handover::bench(&ws, &args),
     }
 }

@@ -26,19 +26,22 @@ pub struct Workspace {
 impl Workspace {
     pub fn discover() -> Result<Self> {
         // `cargo run` sets CARGO_MANIFEST_DIR at run time too; the compile-time value is the
-        // fallback for running the binary by hand.
+        // fallback for running the binary by hand. xtask lives one level below the root.
         let xtask_dir = std::env::var_os("CARGO_MANIFEST_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-        let meta = cargo_metadata::MetadataCommand::new()
-            .manifest_path(xtask_dir.join("Cargo.toml"))
-            .no_deps()
-            .exec()
-            .context("`cargo metadata` failed: cannot locate the workspace")?;
-        Ok(Self {
-            root: meta.workspace_root.into_std_path_buf(),
-            target_dir: meta.target_directory.into_std_path_buf(),
-        })
+        let root = xtask_dir
+            .parent()
+            .filter(|r| r.join("Cargo.toml").is_file())
+            .with_context(|| format!("no workspace above {}", xtask_dir.display()))?
+            .to_path_buf();
+        // CARGO_TARGET_DIR, else target/ (no `cargo metadata`: xtask stays light).
+        let target_dir = match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+            Some(t) if t.is_absolute() => t,
+            Some(t) => root.join(t),
+            None => root.join("target"),
+        };
+        Ok(Self { root, target_dir })
     }
 
     /// The release binary `cargo xtask build` produces.
@@ -144,4 +147,25 @@ pub fn file_size(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("{} does not exist", path.display()))?
         .len())
+}
+
+/// Runs `f` with file descriptor 1 pointing at stderr (for it and the commands it starts), so
+/// that stdout carries only what a later step prints (the bench's report).
+pub fn stdout_to_stderr<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use nix::libc;
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain descriptor duplication; 1 is restored below before anything else runs.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        return f();
+    }
+    let r = f();
+    let _ = std::io::stdout().flush();
+    // SAFETY: `saved` is the descriptor dup'ed above.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    r
 }

@@ -1,9 +1,9 @@
-//! `mesh chaos`: runs one of the harness's chaos experiments (tests/src/lab/chaos.rs) on the
+//! `mesh chaos`: runs one of the harness's chaos experiments ([`crate::chaos`]) on the
 //! running lab and prints its hypothesis, progress and verdict.
 
+use crate::MeshLab;
+use crate::chaos::{self, Experiment};
 use anyhow::{Result, bail};
-use meshprobe_tests::lab::MeshLab;
-use meshprobe_tests::lab::chaos::{self, Experiment};
 
 pub fn run(lab: &mut MeshLab, args: &[String], out: &mut dyn FnMut(&str)) -> Result<()> {
     let exp = Experiment::from_args(args)?;

@@ -1,8 +1,8 @@
 //! `cargo xtask mesh up|status|logs|matrix|chaos|down`: a whole meshprobe cluster on this
-//! machine (the harness's [`MeshLab`]: node namespaces on a bridge, ZooKeeper and the broker
+//! machine ([`MeshLab`](crate::MeshLab): node namespaces on a bridge, ZooKeeper and the broker
 //! in the core namespace, one agent per node, shaped links).
 //!
-//! `up` starts a supervisor (`mesh serve`, this binary in its own session) that owns the lab
+//! `up` starts a supervisor (`meshprobe-lab mesh serve`, this binary in its own session) that owns the lab
 //! and answers the other commands on a unix socket in [`STATE_DIR`]; every lab part is a guard
 //! in it, so a clean exit removes everything. `down` asks it to stop, then sweeps what a
 //! crashed supervisor may have left (namespaces and temp dirs of dead harness processes, the
@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use meshprobe_tests::lab::spec::{self, LabSpec, Shape};
-use meshprobe_tests::topo::Family;
+use meshprobe_harness::topo::Family;
 
-use crate::util::Workspace;
+use crate::spec::{self, LabSpec, Shape};
 
 /// Where the running lab keeps its socket, pid, log and state.
 pub const STATE_DIR: &str = "/run/meshprobe-mesh";
@@ -175,12 +174,12 @@ impl UpArgs {
     }
 }
 
-pub fn run(ws: &Workspace, cmd: MeshCmd) -> Result<()> {
-    if !crate::util::is_root() {
+pub fn run(cmd: MeshCmd) -> Result<()> {
+    if !meshprobe_harness::env::is_root() {
         bail!("the lab creates network namespaces and attaches eBPF programs: run it as root");
     }
     match cmd {
-        MeshCmd::Up(a) => up(ws, &a),
+        MeshCmd::Up(a) => up(&a),
         MeshCmd::Serve(a) => serve::run(&a),
         MeshCmd::Status => print_request(&control::Request::Status),
         MeshCmd::Logs {
@@ -208,10 +207,10 @@ pub fn live_supervisor() -> Option<u32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     // The pid may have been reused by another program.
     let cmdline = String::from_utf8_lossy(&cmdline);
-    (cmdline.contains("xtask") && cmdline.contains("serve")).then_some(pid)
+    (cmdline.contains("meshprobe-lab") && cmdline.contains("serve")).then_some(pid)
 }
 
-fn up(ws: &Workspace, a: &UpArgs) -> Result<()> {
+fn up(a: &UpArgs) -> Result<()> {
     // Fail on bad flags before building anything.
     let spec = a.spec()?;
     if let Some(pid) = live_supervisor() {
@@ -221,14 +220,9 @@ fn up(ws: &Workspace, a: &UpArgs) -> Result<()> {
         );
     }
     sweep(false);
-    // The test suite (and anyone with a built binary) passes it in; otherwise build it.
-    let bin = match std::env::var_os("MESHPROBE_BIN").map(PathBuf::from) {
-        Some(p) if p.is_file() => {
-            println!("[mesh] using MESHPROBE_BIN={}", p.display());
-            p
-        }
-        _ => crate::build::run(ws)?,
-    };
+    // `cargo xtask mesh up` builds it and passes it in, as the test suite does.
+    let bin = crate::built_meshprobe()?;
+    println!("[mesh] using MESHPROBE_BIN={}", bin.display());
     let dir = state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = dir.join(control::LOG_FILE);
@@ -421,8 +415,8 @@ fn down() -> Result<()> {
 /// Removes what dead harness processes left: namespaces (and processes in them), temp dirs,
 /// and the state dir unless a supervisor is alive.
 fn sweep(verbose: bool) {
-    let ns = meshprobe_tests::netns::sweep_stale_namespaces();
-    let tmp = meshprobe_tests::services::sweep_stale_temp_dirs();
+    let ns = meshprobe_harness::netns::sweep_stale_namespaces();
+    let tmp = meshprobe_harness::services::sweep_stale_temp_dirs();
     let mut state = false;
     if live_supervisor().is_none() && state_dir().exists() {
         state = std::fs::remove_dir_all(state_dir()).is_ok();

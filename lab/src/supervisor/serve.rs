@@ -1,4 +1,4 @@
-//! The lab supervisor (`cargo xtask mesh serve`, started by `mesh up` in its own session): owns
+//! The lab supervisor (`meshprobe-lab mesh serve`, started by `mesh up` in its own session): owns
 //! the [`MeshLab`] and answers requests on the control socket until `down`, SIGTERM or SIGINT;
 //! then stops the agents (they deregister and flush) and drops the lab, which removes every
 //! namespace, process and temp dir.
@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
+use crate::{MeshLab, node_name};
 use anyhow::{Context, Result, bail};
-use meshprobe_tests::interrupt;
-use meshprobe_tests::lab::{MeshLab, node_name};
+use meshprobe_harness::interrupt;
 
 use super::control::{self, Reply, Request, State};
 use super::{UpArgs, state_dir};

@@ -2,7 +2,7 @@
 //! member is registered (the product's own layout) and the pinglist the product's function
 //! gives. Included by `tests/scale_pinglist.rs`, `tests/discovery_zk*.rs` and
 //! `examples/scale_members.rs` (the harness library cannot link the product; see
-//! `meshprobe_tests::zkreg`).
+//! `meshprobe_harness::zkreg`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use meshprobe::discovery::layout;
 use meshprobe::pb::NodeInfo;
 use meshprobe::pinglist::{self, Params, Place, Topology};
-use meshprobe_tests::zkreg::{MemberCodec, SyntheticMember, Znode};
+use meshprobe_harness::zkreg::{MemberCodec, SyntheticMember, Znode};
 
 /// The product's registration layout under one member directory (`/<root>/<heartbeat>`).
 pub struct ProductLayout {
@@ -21,7 +21,7 @@ impl ProductLayout {
     /// The default directory (ROOT_PATH_ZK=meshprobe, HEART_BEAT_NODE_PATH=heartbeat).
     pub fn default_paths() -> ProductLayout {
         ProductLayout {
-            member_parent: meshprobe_tests::agent::HEARTBEAT_PATH.to_string(),
+            member_parent: meshprobe_harness::agent::HEARTBEAT_PATH.to_string(),
         }
     }
 
