@@ -1,5 +1,5 @@
 //! Scenario 6: how fast a new agent is probed by everyone. 20 agents run on a mesh with
-//! ZooKeeper (the harness's [`Lab`]); a 21st starts. Its registration time is the creation
+//! ZooKeeper (the harness's [`Cluster`]); a 21st starts. Its registration time is the creation
 //! time (`ctime`) of its znode as ZooKeeper recorded it. Two arrival times per other agent:
 //!
 //! - `peer_added`: the agent printed that it added the newcomer (harness read time);
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::bpf_stats::{instant_to_unix_ns, znode_ctime_ms};
 use anyhow::{Context, Result, bail};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab};
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster};
 use meshprobe_harness::capture::Capture;
 use meshprobe_harness::topo::Family;
 use serde_json::json;
@@ -50,13 +50,13 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "goal judged on the first probe on the wire: that is when an agent is probing the \
          newcomer; peer_added shows how much of it is discovery",
     );
-    let Some(mut lab) = Lab::acquire("bench discovery", AGENTS + 1, Family::V4, true, false)?
+    let Some(mut lab) = Cluster::acquire("bench discovery", AGENTS + 1, Family::V4, true, false)?
     else {
         rep.skip("a prerequisite is missing (see the SKIP line)");
         return Ok(());
     };
     lab.env.mp = meshprobe_harness::Meshprobe::new(&ctx.bin);
-    let cfg_of = |lab: &Lab, i: usize| {
+    let cfg_of = |lab: &Cluster, i: usize| {
         let mut c = lab
             .config(i)
             .env("MESHPROBE_INTERVAL", INTERVAL)
@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             (0..AGENTS).filter(|&j| j != i).all(|j| {
                 added
                     .iter()
-                    .any(|v| v["node_id"] == Lab::node_id(j).as_str())
+                    .any(|v| v["node_id"] == Cluster::node_id(j).as_str())
             })
         });
         if complete {
@@ -101,8 +101,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         progress(format!("discovery: trial {}/{trials}", trial + 1));
         let id = format!("newcomer{trial}");
         let cap = Capture::start_filter(
-            lab.mesh.node(new),
-            &lab.mesh.node_if(new),
+            lab.star.node(new),
+            &lab.star.node_if(new),
             &format!(
                 "udp and dst port {} and dst host {new_ip}",
                 meshprobe_harness::STAMP_PORT
@@ -119,14 +119,14 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
                 .wait_for_since(mark, Duration::from_secs(30), |e| {
                     e.kind() == "peer_added" && e.v["node_id"] == id.as_str()
                 })
-                .with_context(|| format!("{}: peer_added {id}", Lab::node_id(i)))?;
+                .with_context(|| format!("{}: peer_added {id}", Cluster::node_id(i)))?;
             added_ns.push(instant_to_unix_ns(ev.at));
         }
         // First probes follow within the interval at the latest.
         pause(Duration::from_millis(2500))?;
         let packets = cap.stop()?.packets;
         let ctime_ms = znode_ctime_ms(
-            lab.mesh.core(),
+            lab.star.core(),
             &lab.zk().connect_string(),
             &format!("{HEARTBEAT_PATH}/{id}"),
         )?;
@@ -145,7 +145,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
                 .min()
             {
                 Some(ts) => probe_ms.push(ms(i128::from(ts))),
-                None => missing.push(Lab::node_id(i)),
+                None => missing.push(Cluster::node_id(i)),
             }
         }
         if !missing.is_empty() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::bpf_stats::{sample_process, znode_ctime_ms};
 use anyhow::{Context, Result, bail};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, ZK_PORT};
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, ZK_PORT};
 use meshprobe_harness::capture::Capture;
 use meshprobe_harness::synthetic::{self, Shape};
 use meshprobe_harness::topo::Family;
@@ -40,7 +40,7 @@ const PROXY_PORT: u16 = ZK_PORT + 1;
 const JOINER: &str = "syn-joiner";
 
 /// The agent's pinglist (`GET /pinglist`): members, peers.
-fn pinglist(lab: &Lab) -> Result<Value> {
+fn pinglist(lab: &Cluster) -> Result<Value> {
     let (status, body) = lab.agent(0).http_get("/pinglist")?;
     if status != 200 {
         bail!(
@@ -98,22 +98,22 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     ));
     progress("scale: building the member registrar (scale_members example)");
     let registrar_bin = super::build_example("meshprobe-tests", "scale_members")?;
-    let Some(mut lab) = Lab::acquire("bench scale", 2, FAMILY, true, false)? else {
+    let Some(mut lab) = Cluster::acquire("bench scale", 2, FAMILY, true, false)? else {
         rep.skip("a prerequisite is missing (see the SKIP line)");
         return Ok(());
     };
     lab.env.mp = meshprobe_harness::Meshprobe::new(&ctx.bin);
-    let core_ip = lab.mesh.core_ip(FAMILY);
+    let core_ip = lab.star.core_ip(FAMILY);
     let zk = std::net::SocketAddr::new(core_ip, ZK_PORT);
     let proxy = CountingProxy::start(
-        lab.mesh.core(),
+        lab.star.core(),
         std::net::SocketAddr::new(core_ip, PROXY_PORT),
         zk,
     )?;
-    synthetic::answer_all(lab.mesh.node(1), FAMILY)?;
-    let refl_if = lab.mesh.node_if(1);
-    let reflector = lab.env.mp.reflect(lab.mesh.node(1), &["-I", &refl_if])?;
-    synthetic::route_via(lab.mesh.node(0), lab.node_ip(1))?;
+    synthetic::answer_all(lab.star.node(1), FAMILY)?;
+    let refl_if = lab.star.node_if(1);
+    let reflector = lab.env.mp.reflect(lab.star.node(1), &["-I", &refl_if])?;
+    synthetic::route_via(lab.star.node(0), lab.node_ip(1))?;
 
     let zone = synthetic::zone_name(0);
     let rack = format!("{zone}-rack-bench");
@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let exe = registrar_bin.to_string_lossy().into_owned();
     let zk_cs = zk.to_string();
     let mut registrar =
-        lab.mesh
+        lab.star
             .core()
             .spawn([exe.as_str(), zk_cs.as_str(), &z, &r, &n, "v4", &zone, &rack])?;
     let ready = registrar.wait_json(Duration::from_secs(120), |v| v["type"] == "ready")?;
@@ -187,7 +187,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     for trial in 0..trials {
         progress(format!("scale: join/leave {}/{trials}", trial + 1));
         let cap = Capture::start_filter(
-            lab.mesh.node(1),
+            lab.star.node(1),
             &refl_if,
             &format!(
                 "udp and dst port {} and dst host {joiner_addr}",
@@ -201,7 +201,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         let packets = cap.stop()?.packets;
         let joined = proxy.client(agent_ip).since(&before);
         let ctime = znode_ctime_ms(
-            lab.mesh.core(),
+            lab.star.core(),
             &zk_cs,
             &format!("{HEARTBEAT_PATH}/{JOINER}"),
         )?;

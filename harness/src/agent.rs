@@ -691,18 +691,18 @@ pub const ZK_PORT: u16 = 2181;
 pub const KAFKA_PORT: u16 = 9092;
 pub const TEST_TOPIC: &str = "distributedTrace";
 
-/// A [`Mesh`](crate::mesh::Mesh) with ZooKeeper and/or the broker in its core namespace, and
+/// A [`Star`](crate::star::Star) with ZooKeeper and/or the broker in its core namespace, and
 /// agents on its nodes. Drop order: agents, broker, ZooKeeper, mesh, then the test lock.
-pub struct Lab {
+pub struct Cluster {
     pub agents: BTreeMap<usize, Agent>,
     pub kafka: Option<crate::services::Tansu>,
     pub zk: Option<crate::services::ZooKeeper>,
-    pub mesh: crate::mesh::Mesh,
+    pub star: crate::star::Star,
     pub family: crate::topo::Family,
     pub env: crate::env::TestEnv,
 }
 
-impl Lab {
+impl Cluster {
     /// `Ok(None)` (after printing why) when the test must be skipped: no root, a tool, the
     /// meshprobe binary, java/ZooKeeper (with `zk`) or tansu (with `kafka`) missing.
     pub fn acquire(
@@ -711,7 +711,7 @@ impl Lab {
         family: crate::topo::Family,
         zk: bool,
         kafka: bool,
-    ) -> Result<Option<Lab>> {
+    ) -> Result<Option<Cluster>> {
         let missing = if zk {
             crate::services::zookeeper_missing()
         } else {
@@ -731,11 +731,11 @@ impl Lab {
         let Some(env) = crate::env::TestEnv::acquire(test, &["ping", "nft"])? else {
             return Ok(None);
         };
-        let mesh = crate::mesh::Mesh::new(nodes)?;
-        let core_ip = mesh.core_ip(family);
+        let star = crate::star::Star::new(nodes)?;
+        let core_ip = star.core_ip(family);
         let zk = if zk {
             Some(crate::services::ZooKeeper::start(
-                mesh.core(),
+                star.core(),
                 core_ip,
                 ZK_PORT,
             )?)
@@ -743,18 +743,18 @@ impl Lab {
             None
         };
         let kafka = if kafka {
-            let t = crate::services::Tansu::start(mesh.core(), core_ip, KAFKA_PORT)?;
+            let t = crate::services::Tansu::start(star.core(), core_ip, KAFKA_PORT)?;
             t.create_topic(TEST_TOPIC, 3)
                 .with_context(|| format!("creating topic {TEST_TOPIC}"))?;
             Some(t)
         } else {
             None
         };
-        Ok(Some(Lab {
+        Ok(Some(Cluster {
             agents: BTreeMap::new(),
             kafka,
             zk,
-            mesh,
+            star,
             family,
             env,
         }))
@@ -770,7 +770,7 @@ impl Lab {
     }
 
     pub fn node_ip(&self, i: usize) -> IpAddr {
-        self.mesh.node_ip(i, self.family)
+        self.star.node_ip(i, self.family)
     }
 
     pub fn zk(&self) -> &crate::services::ZooKeeper {
@@ -822,7 +822,7 @@ impl Lab {
         if self.agents.contains_key(&i) {
             bail!("node {i} already runs an agent");
         }
-        let a = Agent::start(&self.env.mp.bin, self.mesh.node(i), &Self::node_id(i), cfg)?;
+        let a = Agent::start(&self.env.mp.bin, self.star.node(i), &Self::node_id(i), cfg)?;
         let ready = a.ready.clone().unwrap_or_default();
         self.env.mp.check_timestamping(
             &format!("agent {}", a.node_id),
@@ -833,7 +833,7 @@ impl Lab {
         Ok(self.agents.get_mut(&i).expect("just inserted"))
     }
 
-    /// [`Lab::start_agent_with`] the lab's [`Lab::config`].
+    /// [`Cluster::start_agent_with`] the lab's [`Cluster::config`].
     pub fn start_agent(&mut self, i: usize) -> Result<&mut Agent> {
         let cfg = self.config(i);
         self.start_agent_with(i, &cfg)
@@ -869,7 +869,7 @@ impl Lab {
     pub fn consume(&self, args: &[&str]) -> Result<Vec<Value>> {
         consume(
             &self.env.mp.bin,
-            self.mesh.core(),
+            self.star.core(),
             &self.kafka().bootstrap(),
             TEST_TOPIC,
             args,
@@ -933,10 +933,10 @@ impl Lab {
         };
         section(
             "core: ss -tnoi".into(),
-            run(self.mesh.core(), &["ss", "-tnoi"]),
+            run(self.star.core(), &["ss", "-tnoi"]),
         );
-        for i in self.mesh.node_indices() {
-            let ns = self.mesh.node(i);
+        for i in self.star.node_indices() {
+            let ns = self.star.node(i);
             section(format!("node{i}: ss -tnoi"), run(ns, &["ss", "-tnoi"]));
             section(format!("node{i}: ip neigh"), run(ns, &["ip", "neigh"]));
         }

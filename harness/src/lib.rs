@@ -14,7 +14,7 @@ pub mod env;
 pub mod fake;
 pub mod interrupt;
 pub mod load;
-pub mod mesh;
+pub mod star;
 pub mod meshprobe;
 pub mod netns;
 pub mod nft;

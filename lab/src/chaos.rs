@@ -1,4 +1,4 @@
-//! Chaos experiments on a [`MeshLab`]: each states a hypothesis with numbers, waits for a clean
+//! Chaos experiments on a [`Lab`]: each states a hypothesis with numbers, waits for a clean
 //! baseline, applies one fault, keeps it for its time, puts the lab back exactly as it was, waits
 //! for recovery, and decides from what the mesh itself recorded (window summaries read back
 //! from Kafka, ZooKeeper membership, the agents' peer_added/peer_removed lines) whether the
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use crate::MeshLab;
+use crate::Lab;
 use crate::data::{Pair, Windows, pct};
 use crate::spec::{LabSpec, MAX_RTT, Shape, fmt_duration, node_name, parse_loss};
 use meshprobe_harness::agent::{Event, tai_now_ns};
@@ -61,7 +61,7 @@ pub const LOSS_SIGMAS: f64 = 4.0;
 /// Longest time a chaos experiment waits for data to reach Kafka.
 pub const KAFKA_WAIT: Duration = Duration::from_secs(90);
 /// The agents' new-session backoff cap, BACKOFF_CAP of probe-user's discovery/zk.rs (this
-/// library does not link the product; tests/tests/mesh_chaos.rs checks that they agree).
+/// library does not link the product; tests/tests/lab_chaos.rs checks that they agree).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// kill-agent and partition: every peer drops the node within this of losing it: its session
@@ -403,7 +403,7 @@ struct Timing {
 }
 
 impl Timing {
-    fn of(lab: &MeshLab) -> Timing {
+    fn of(lab: &Lab) -> Timing {
         let cfg = lab.agent_config(0);
         let conn = cfg
             .env
@@ -565,7 +565,7 @@ fn ranges(v: &[u64]) -> String {
 
 /// Sleeps until the middle of a window (the current one if its first half is not over yet, else
 /// the next one) and returns that window: a fault applied there is attributed to one window.
-fn at_mid_window(lab: &MeshLab) -> u64 {
+fn at_mid_window(lab: &Lab) -> u64 {
     let len = lab.spec.window.as_nanos() as u64;
     let now = tai_now_ns();
     let w = now / len;
@@ -576,7 +576,7 @@ fn at_mid_window(lab: &MeshLab) -> u64 {
 }
 
 /// Sleeps `d`, checking every 250 ms that the agents still run; `each` runs at every check.
-fn hold(lab: &mut MeshLab, d: Duration, mut each: impl FnMut(&mut MeshLab)) -> Result<()> {
+fn hold(lab: &mut Lab, d: Duration, mut each: impl FnMut(&mut Lab)) -> Result<()> {
     let end = Instant::now() + d;
     loop {
         let now = Instant::now();
@@ -584,7 +584,7 @@ fn hold(lab: &mut MeshLab, d: Duration, mut each: impl FnMut(&mut MeshLab)) -> R
             return Ok(());
         }
         std::thread::sleep((end - now).min(Duration::from_millis(250)));
-        for (i, a) in &mut lab.lab.agents {
+        for (i, a) in &mut lab.cluster.agents {
             if !a.is_running() {
                 bail!("{}'s agent exited:\n{}", node_name(*i), a.stderr_tail(30));
             }
@@ -608,12 +608,12 @@ struct Span {
 /// undoes it even when `hold` failed: the lab is put back before any error is returned. `undo`
 /// may first read what it needs. `on` and `off` name the two steps in the log.
 fn fault<T>(
-    lab: &mut MeshLab,
+    lab: &mut Lab,
     [on, off]: [&str; 2],
     log: &mut dyn FnMut(&str),
-    apply: impl FnOnce(&mut MeshLab) -> Result<()>,
-    hold: impl FnOnce(&mut MeshLab, u64) -> Result<()>,
-    undo: impl FnOnce(&mut MeshLab) -> Result<T>,
+    apply: impl FnOnce(&mut Lab) -> Result<()>,
+    hold: impl FnOnce(&mut Lab, u64) -> Result<()>,
+    undo: impl FnOnce(&mut Lab) -> Result<T>,
 ) -> Result<(Span, T)> {
     let on_w = at_mid_window(lab);
     let on_at = Instant::now();
@@ -643,13 +643,13 @@ fn fault<T>(
 /// [`fault`] that shapes link `(a, b)` as `new` (`what` in the log) for `windows` whole
 /// windows, then, in the middle of the next, reads what `read` needs and puts `old` back.
 fn change_link<T>(
-    lab: &mut MeshLab,
+    lab: &mut Lab,
     log: &mut dyn FnMut(&str),
     (a, b): (usize, usize),
     [old, new]: [Shape; 2],
     windows: u64,
     what: &str,
-    read: impl FnOnce(&MeshLab) -> T,
+    read: impl FnOnce(&Lab) -> T,
 ) -> Result<(Span, T)> {
     let link = format!("{}–{}", node_name(a), node_name(b));
     fault(
@@ -673,7 +673,7 @@ fn change_link<T>(
 /// Reads the topic until `done` holds (at most `timeout`); returns the last read and when
 /// `done` first held. Errors only if no read succeeded at all.
 fn wait_kafka(
-    lab: &MeshLab,
+    lab: &Lab,
     timeout: Duration,
     mut done: impl FnMut(&Windows) -> bool,
 ) -> Result<(Windows, Option<Instant>)> {
@@ -702,13 +702,13 @@ fn wait_kafka(
 }
 
 /// Waits for the end of window `last`, then reads the topic until `done` (at most 30 s).
-fn read_after(lab: &MeshLab, last: u64, done: impl FnMut(&Windows) -> bool) -> Result<Windows> {
+fn read_after(lab: &Lab, last: u64, done: impl FnMut(&Windows) -> bool) -> Result<Windows> {
     lab.wait_window(last + 1);
     Ok(wait_kafka(lab, Duration::from_secs(30), done)?.0)
 }
 
 /// [`read_after`] the end of `range`, until every pair of `pairs` is [`complete`] in it.
-fn read_complete(lab: &MeshLab, pairs: &[Pair], range: RangeInclusive<u64>) -> Result<Windows> {
+fn read_complete(lab: &Lab, pairs: &[Pair], range: RangeInclusive<u64>) -> Result<Windows> {
     read_after(lab, *range.end(), |w| complete(w, pairs, range.clone()))
 }
 
@@ -921,7 +921,7 @@ impl Judge {
 
 /// Waits for [`BASELINE_WINDOWS`] consecutive windows in which every pair has one summary with
 /// replies and no loss (unless its link has loss set), read from Kafka; returns them.
-fn baseline(lab: &MeshLab, log: &mut dyn FnMut(&str)) -> Result<RangeInclusive<u64>> {
+fn baseline(lab: &Lab, log: &mut dyn FnMut(&str)) -> Result<RangeInclusive<u64>> {
     let pairs = all_pairs(lab.spec.nodes);
     let lossy = expected_loss(lab.spec.clone());
     let mut lo = lab.window_now() + 1;
@@ -949,17 +949,17 @@ fn baseline(lab: &MeshLab, log: &mut dyn FnMut(&str)) -> Result<RangeInclusive<u
 }
 
 /// Each of `nodes`' agents' event count now (marks for `events_since`).
-fn agent_marks(lab: &MeshLab, nodes: impl IntoIterator<Item = usize>) -> BTreeMap<usize, usize> {
+fn agent_marks(lab: &Lab, nodes: impl IntoIterator<Item = usize>) -> BTreeMap<usize, usize> {
     nodes
         .into_iter()
-        .map(|i| (i, lab.lab.agent(i).mark()))
+        .map(|i| (i, lab.cluster.agent(i).mark()))
         .collect()
 }
 
 /// Waits (at most `secs` each) for every agent in `marks` but `x`'s own to print, after its
 /// mark and not before `since`, a `kind` line about node `x`; when each did (`None`: not in time).
 fn wait_peers(
-    lab: &mut MeshLab,
+    lab: &mut Lab,
     marks: &BTreeMap<usize, usize>,
     [kind, x]: [&str; 2],
     since: Instant,
@@ -968,7 +968,7 @@ fn wait_peers(
     let about = |e: &Event| e.kind() == kind && e.v["node_id"] == x && e.at >= since;
     let mut out = BTreeMap::new();
     for (&i, &mark) in marks.iter().filter(|(i, _)| node_name(**i) != x) {
-        let agent = lab.lab.agent_mut(i);
+        let agent = lab.cluster.agent_mut(i);
         let e = agent.wait_for_since(mark, Duration::from_secs(secs), about);
         out.insert(i, e.ok().map(|e| e.at));
     }
@@ -977,7 +977,7 @@ fn wait_peers(
 
 /// Polls ZooKeeper until `want(members)` (at most `timeout`); when it first held.
 fn wait_members(
-    lab: &MeshLab,
+    lab: &Lab,
     timeout: Duration,
     want: impl Fn(&[String]) -> bool,
 ) -> Option<Instant> {
@@ -994,9 +994,9 @@ fn wait_members(
 }
 
 /// The session owning each member znode (node id → session), from ZooKeeper's `dump`.
-fn znode_sessions(lab: &MeshLab) -> BTreeMap<String, String> {
+fn znode_sessions(lab: &Lab) -> BTreeMap<String, String> {
     let prefix = format!("{}/", meshprobe_harness::agent::HEARTBEAT_PATH);
-    lab.lab
+    lab.cluster
         .zk()
         .ephemerals()
         .unwrap_or_default()
@@ -1012,18 +1012,18 @@ struct Prior {
 }
 
 impl Prior {
-    fn of(lab: &MeshLab) -> Prior {
+    fn of(lab: &Lab) -> Prior {
         Prior {
-            agents: lab.lab.agents.keys().copied().collect(),
+            agents: lab.cluster.agents.keys().copied().collect(),
             links: lab.spec.links.clone(),
         }
     }
 
     /// Checks the lab is as it was: the same agents running, the same link shapes, no
     /// partition, ZooKeeper and the broker up, agents and delay elements alive.
-    fn check_restored(&self, lab: &mut MeshLab, j: &mut Judge) {
+    fn check_restored(&self, lab: &mut Lab, j: &mut Judge) {
         let mut wrong = Vec::new();
-        let agents: Vec<usize> = lab.lab.agents.keys().copied().collect();
+        let agents: Vec<usize> = lab.cluster.agents.keys().copied().collect();
         if agents != self.agents {
             wrong.push(format!("agents on {agents:?}, were {:?}", self.agents));
         }
@@ -1033,12 +1033,12 @@ impl Prior {
         if !lab.links.partitioned().is_empty() {
             wrong.push(format!("partitioned: {:?}", lab.links.partitioned()));
         }
-        if let Some(zk) = lab.lab.zk.as_mut()
+        if let Some(zk) = lab.cluster.zk.as_mut()
             && !zk.is_running()
         {
             wrong.push("ZooKeeper is not running".into());
         }
-        if let Some(k) = lab.lab.kafka.as_mut()
+        if let Some(k) = lab.cluster.kafka.as_mut()
             && !k.is_running()
         {
             wrong.push("the broker is not running".into());
@@ -1083,7 +1083,7 @@ impl Prior {
 ///   `lost_after_removal`, `others_received_from_x_during`, `x_gaps`, `x_received_during`,
 ///   `x_delivered_after_s`, `registered_after_s`, `recovered_windows.<pair>` and `.max`,
 ///   `others_gaps`, `others_lost`, `duplicates`.
-pub fn run(lab: &mut MeshLab, exp: &Experiment, log: &mut dyn FnMut(&str)) -> Result<Verdict> {
+pub fn run(lab: &mut Lab, exp: &Experiment, log: &mut dyn FnMut(&str)) -> Result<Verdict> {
     let n = lab.spec.nodes;
     let node_ok = |i: usize| -> Result<()> {
         ensure!(i < n, "{} is not in this {n}-node lab", node_name(i));
@@ -1097,10 +1097,10 @@ pub fn run(lab: &mut MeshLab, exp: &Experiment, log: &mut dyn FnMut(&str)) -> Re
             ensure!(a != b, "a link joins two different nodes");
         }
         Experiment::BrokerOutage { .. } => ensure!(
-            lab.lab.kafka().persistent(),
+            lab.cluster.kafka().persistent(),
             "the broker runs with {} storage, which does not survive a restart: install tansu \
              with the libsql feature (cargo xtask setup)",
-            lab.lab.kafka().storage()
+            lab.cluster.kafka().storage()
         ),
         _ => {}
     }
@@ -1116,7 +1116,7 @@ pub fn run(lab: &mut MeshLab, exp: &Experiment, log: &mut dyn FnMut(&str)) -> Re
             fmt_duration(MAX_RTT)
         );
     }
-    let missing: Vec<usize> = (0..n).filter(|i| !lab.lab.agents.contains_key(i)).collect();
+    let missing: Vec<usize> = (0..n).filter(|i| !lab.cluster.agents.contains_key(i)).collect();
     ensure!(
         missing.is_empty(),
         "chaos needs every node's agent running; not running: {:?}",
@@ -1324,7 +1324,7 @@ impl Away {
     }
 }
 
-fn kill_agent(lab: &mut MeshLab, c: &mut Ctx, x: usize) -> Result<()> {
+fn kill_agent(lab: &mut Lab, c: &mut Ctx, x: usize) -> Result<()> {
     let Ctx(t, base, pairs, log, j) = c;
     let n = lab.spec.nodes;
     let xid = node_name(x);
@@ -1358,7 +1358,7 @@ fn kill_agent(lab: &mut MeshLab, c: &mut Ctx, x: usize) -> Result<()> {
     let restart_at = Instant::now();
     log(&format!("restarting {xid}'s agent in window {restart_w}"));
     lab.start_agent(x)?;
-    let ready_s = lab.lab.agent(x).ready_at().map(|r| secs(r - restart_at));
+    let ready_s = lab.cluster.agent(x).ready_at().map(|r| secs(r - restart_at));
     let registered_at = wait_members(lab, Duration::from_secs(30), |m| m.contains(&xid));
     let added = wait_peers(lab, &marks, ["peer_added", &xid], restart_at, 20);
 
@@ -1418,7 +1418,7 @@ fn kill_agent(lab: &mut MeshLab, c: &mut Ctx, x: usize) -> Result<()> {
     Ok(())
 }
 
-fn partition(lab: &mut MeshLab, c: &mut Ctx, x: usize, secs_: u64) -> Result<()> {
+fn partition(lab: &mut Lab, c: &mut Ctx, x: usize, secs_: u64) -> Result<()> {
     let Ctx(t, base, pairs, log, j) = c;
     let n = lab.spec.nodes;
     let xid = node_name(x);
@@ -1495,7 +1495,7 @@ fn partition(lab: &mut MeshLab, c: &mut Ctx, x: usize, secs_: u64) -> Result<()>
 
     // x's own rows.
     let x_events: Vec<String> = lab
-        .lab
+        .cluster
         .agent(x)
         .events_since(marks[&x])
         .iter()
@@ -1572,7 +1572,7 @@ fn partition(lab: &mut MeshLab, c: &mut Ctx, x: usize, secs_: u64) -> Result<()>
 
 // ---- zk-outage -----------------------------------------------------------------------------
 
-fn zk_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
+fn zk_outage(lab: &mut Lab, c: &mut Ctx, secs_: u64) -> Result<()> {
     let Ctx(t, base, pairs, log, j) = c;
     let n = lab.spec.nodes;
     let marks = agent_marks(lab, 0..n);
@@ -1584,12 +1584,12 @@ fn zk_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
         log,
         |lab| {
             sessions_before = znode_sessions(lab);
-            lab.lab.zk_mut().stop();
+            lab.cluster.zk_mut().stop();
             Ok(())
         },
         |lab, _| hold(lab, Duration::from_secs(secs_), |_| {}),
         |lab| {
-            let r = lab.lab.zk_mut().start_again();
+            let r = lab.cluster.zk_mut().start_again();
             r.context("starting ZooKeeper again")
         },
     )?;
@@ -1614,7 +1614,7 @@ fn zk_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
         for i in 0..n {
             if !ready.contains_key(&i)
                 && lab
-                    .lab
+                    .cluster
                     .agent(i)
                     .http_get("/readyz")
                     .is_ok_and(|(s, _)| s == 200)
@@ -1682,7 +1682,7 @@ fn zk_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
     let mut max_readd: f64 = 0.0;
     let mut not_readded = Vec::new();
     for i in 0..n {
-        let evs = lab.lab.agent(i).events_since(marks[&i]);
+        let evs = lab.cluster.agent(i).events_since(marks[&i]);
         for (k, e) in evs.iter().enumerate() {
             if e.kind() != "peer_removed" {
                 continue;
@@ -1755,13 +1755,13 @@ fn zk_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
 
 // ---- broker-outage -------------------------------------------------------------------------
 
-fn broker_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
+fn broker_outage(lab: &mut Lab, c: &mut Ctx, secs_: u64) -> Result<()> {
     let Ctx(_, base, pairs, log, j) = c;
     let n = lab.spec.nodes;
     // Each agent's metric `name` (`None` where it cannot be read).
-    let metric = |lab: &MeshLab, name: &str| -> Vec<Option<f64>> {
+    let metric = |lab: &Lab, name: &str| -> Vec<Option<f64>> {
         (0..n)
-            .map(|i| lab.lab.agent(i).metric(name).ok().flatten())
+            .map(|i| lab.cluster.agent(i).metric(name).ok().flatten())
             .collect()
     };
     let stop = format!("broker stopped for {secs_} s");
@@ -1770,14 +1770,14 @@ fn broker_outage(lab: &mut MeshLab, c: &mut Ctx, secs_: u64) -> Result<()> {
         [&stop, "broker started again"],
         log,
         |lab| {
-            lab.lab.kafka_mut().stop();
+            lab.cluster.kafka_mut().stop();
             Ok(())
         },
         |lab, _| hold(lab, Duration::from_secs(secs_), |_| {}),
         |lab| {
             // What the agents hold just before the broker returns (unknown if one cannot say).
             let buffered: Option<f64> = metric(lab, "meshprobe_kafka_buffered").into_iter().sum();
-            let r = lab.lab.kafka_mut().start_again();
+            let r = lab.cluster.kafka_mut().start_again();
             r.context("starting the broker again").map(|()| buffered)
         },
     )?;
@@ -1859,7 +1859,7 @@ fn excess_us(s: &Shift) -> f64 {
     (s.added.abs() - s.tolerance()) as f64 / 1e3
 }
 
-fn link_delay(lab: &mut MeshLab, c: &mut Ctx, (a, b): (usize, usize), add: Duration) -> Result<()> {
+fn link_delay(lab: &mut Lab, c: &mut Ctx, (a, b): (usize, usize), add: Duration) -> Result<()> {
     let Ctx(_, base, pairs, log, j) = c;
     let old = lab.spec.shape(a, b);
     let new = Shape {
@@ -2030,7 +2030,7 @@ fn link_delay(lab: &mut MeshLab, c: &mut Ctx, (a, b): (usize, usize), add: Durat
 
 // ---- link-loss -----------------------------------------------------------------------------
 
-fn link_loss(lab: &mut MeshLab, c: &mut Ctx, (a, b): (usize, usize), loss: f64) -> Result<()> {
+fn link_loss(lab: &mut Lab, c: &mut Ctx, (a, b): (usize, usize), loss: f64) -> Result<()> {
     let Ctx(t, base, pairs, log, j) = c;
     let (lo, hi) = (a.min(b), a.max(b));
     let old = lab.spec.shape(lo, hi);
@@ -2041,7 +2041,7 @@ fn link_loss(lab: &mut MeshLab, c: &mut Ctx, (a, b): (usize, usize), loss: f64) 
     let lossy = expected_loss(lab.spec.clone());
     let what = format!("dropping {loss} % {}→{}", node_name(lo), node_name(hi));
     // The rule stops dropping before its counter is read: the count is final.
-    let read = |lab: &MeshLab| lab.links.stop_loss(lab.mesh(), lo, hi);
+    let read = |lab: &Lab| lab.links.stop_loss(lab.star(), lo, hi);
     let (s, dropped) = change_link(lab, log, (lo, hi), [old, new], LOSS_WINDOWS, &what, read)?;
     let (c0, c1, r0, r1) = (s.on, s.on1, s.off, s.off1);
     let dropped = dropped?.context("the nft loss rule has no counter")?;

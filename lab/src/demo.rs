@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: a 4-node meshprobe cluster on this machine (the harness's
-//! [`MeshLab`]: node namespaces on a bridge, real ZooKeeper and Kafka-protocol broker in the
+//! [`Lab`]: node namespaces on a bridge, real ZooKeeper and Kafka-protocol broker in the
 //! core namespace, one agent per node), two zones with different known delays, and the live
 //! heatmap (`meshprobe matrix`) read from Kafka with the injected delay beside every cell.
 //!
@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{LabSpec, MeshLab};
+use crate::{LabSpec, Lab};
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::interrupt;
 use meshprobe_harness::services::TempDir;
@@ -38,13 +38,13 @@ fn demo(bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
         spec.nodes
     );
     let t0 = Instant::now();
-    let Some(mut lab) = MeshLab::up(spec)? else {
+    let Some(mut lab) = Lab::up(spec)? else {
         bail!("cannot run the demo (the SKIP line above says why)");
     };
     println!(
         "[demo] up in {:.1}s: ZooKeeper {}, broker {}, topic {}",
         t0.elapsed().as_secs_f64(),
-        lab.lab.zk().connect_string(),
+        lab.cluster.zk().connect_string(),
         lab.bootstrap(),
         lab.topic()
     );
@@ -65,7 +65,7 @@ fn demo(bin: &Path, svg_out: &Path, duration: Option<Duration>) -> Result<()> {
     let dir = TempDir::new("demo")?;
     let expected = dir.path().join("expected.csv");
     lab.write_expected(&expected)?;
-    let core = lab.mesh().core().name().to_string();
+    let core = lab.star().core().name().to_string();
     let bootstrap = lab.bootstrap();
     let matrix = |extra: &[&str]| {
         let mut c = Command::new("ip");

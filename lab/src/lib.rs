@@ -1,10 +1,10 @@
-//! A whole meshprobe cluster on one machine: the [`Mesh`] star of namespaces, ZooKeeper and the
+//! A whole meshprobe cluster on one machine: the [`Star`] star of namespaces, ZooKeeper and the
 //! Kafka-protocol broker in its core namespace, one `meshprobe agent` per node (discovering
 //! through ZooKeeper, streaming to the broker), and shaped links ([`links`]): per-pair added
 //! RTT from the delay element, loss and partitions from nftables.
 //!
 //! `cargo xtask mesh` and `cargo xtask demo` run it; the mesh tests use it in-process. Every
-//! part is a guard: dropping a [`MeshLab`] stops the agents, the delay elements, the broker
+//! part is a guard: dropping a [`Lab`] stops the agents, the delay elements, the broker
 //! and ZooKeeper, then deletes the namespaces.
 
 pub mod chaos;
@@ -20,37 +20,37 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use meshprobe_harness::agent::{AgentConfig, HEARTBEAT_PATH, Lab, TEST_TOPIC};
-use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::agent::{AgentConfig, HEARTBEAT_PATH, Cluster, TEST_TOPIC};
+use meshprobe_harness::star::Star;
 
 pub use data::{Obs, Windows};
 pub use links::Links;
 pub use spec::{LabSpec, Shape, node_name};
 
-/// A running lab. Field order is drop order: links (delay elements) first, then the lab
+/// A running lab. Field order is drop order: links (delay elements) first, then the cluster
 /// (agents, broker, ZooKeeper, namespaces).
-pub struct MeshLab {
+pub struct Lab {
     pub links: Links,
-    pub lab: Lab,
+    pub cluster: Cluster,
     pub spec: LabSpec,
 }
 
-impl MeshLab {
+impl Lab {
     /// Builds the lab of `spec` and waits until every agent is ready. `Ok(None)` (after a
     /// printed reason) when a prerequisite is missing: root, java/ZooKeeper, tansu, the
     /// meshprobe binary.
-    pub fn up(spec: LabSpec) -> Result<Option<MeshLab>> {
-        let Some(lab) = Lab::acquire("mesh lab", spec.nodes, spec.family, true, true)? else {
+    pub fn up(spec: LabSpec) -> Result<Option<Lab>> {
+        let Some(cluster) = Cluster::acquire("lab", spec.nodes, spec.family, true, true)? else {
             return Ok(None);
         };
-        let mut ml = MeshLab {
+        let mut ml = Lab {
             links: Links::default(),
-            lab,
+            cluster,
             spec,
         };
-        let bin = ml.lab.bin().to_path_buf();
+        let bin = ml.cluster.bin().to_path_buf();
         ml.links
-            .apply_all(&bin, &ml.lab.mesh, &ml.spec)
+            .apply_all(&bin, &ml.cluster.star, &ml.spec)
             .context("shaping the links")?;
         for i in 0..ml.spec.nodes {
             ml.start_agent(i)?;
@@ -58,12 +58,12 @@ impl MeshLab {
         Ok(Some(ml))
     }
 
-    pub fn mesh(&self) -> &Mesh {
-        &self.lab.mesh
+    pub fn star(&self) -> &Star {
+        &self.cluster.star
     }
 
     pub fn bin(&self) -> &Path {
-        self.lab.bin()
+        self.cluster.bin()
     }
 
     /// Node `i`'s agent settings: the harness's (ZooKeeper, broker, node address) plus the
@@ -71,7 +71,7 @@ impl MeshLab {
     /// hours; the summaries are what it reads).
     pub fn agent_config(&self, i: usize) -> AgentConfig {
         let mut c = self
-            .lab
+            .cluster
             .config(i)
             .env(
                 "MESHPROBE_WINDOW",
@@ -95,7 +95,7 @@ impl MeshLab {
     /// Starts node `i`'s agent and waits for its ready line.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let cfg = self.agent_config(i);
-        self.lab
+        self.cluster
             .start_agent_with(i, &cfg)
             .with_context(|| format!("starting {}'s agent", node_name(i)))?;
         Ok(())
@@ -104,7 +104,7 @@ impl MeshLab {
     /// SIGKILLs node `i`'s agent (no deregistration, no flush) and forgets it.
     pub fn kill9_agent(&mut self, i: usize) -> Result<()> {
         let mut a = self
-            .lab
+            .cluster
             .agents
             .remove(&i)
             .ok_or_else(|| anyhow!("{} runs no agent", node_name(i)))?;
@@ -121,26 +121,26 @@ impl MeshLab {
         self.spec.set(a, b, s);
         let bin = self.bin().to_path_buf();
         if old.rtt != s.rtt {
-            self.links.apply_node(&bin, &self.lab.mesh, &self.spec, a)?;
-            self.links.apply_node(&bin, &self.lab.mesh, &self.spec, b)?;
+            self.links.apply_node(&bin, &self.cluster.star, &self.spec, a)?;
+            self.links.apply_node(&bin, &self.cluster.star, &self.spec, b)?;
         }
         if old.loss_pct != s.loss_pct {
-            self.links.apply_nft(&self.lab.mesh, &self.spec)?;
+            self.links.apply_nft(&self.cluster.star, &self.spec)?;
         }
         Ok(())
     }
 
     /// Cuts node `i` off from everything (peers, ZooKeeper, broker), or reconnects it.
     pub fn partition(&mut self, i: usize, on: bool) -> Result<()> {
-        self.links.partition(&self.lab.mesh, &self.spec, i, on)
+        self.links.partition(&self.cluster.star, &self.spec, i, on)
     }
 
     /// Every window summary in the topic (`meshprobe consume --kind summary`).
     pub fn kafka_summaries(&self) -> Result<Vec<Value>> {
-        self.lab.consume(&["--kind", "summary"])
+        self.cluster.consume(&["--kind", "summary"])
     }
 
-    /// [`MeshLab::kafka_summaries`] indexed by pair and window.
+    /// [`Lab::kafka_summaries`] indexed by pair and window.
     pub fn kafka_windows(&self) -> Result<Windows> {
         Ok(Windows::from_json(&self.kafka_summaries()?))
     }
@@ -148,7 +148,7 @@ impl MeshLab {
     /// Per partition of the topic: (partition, records, next offset), read to its end
     /// (`meshprobe consume --offsets`).
     pub fn topic_offsets(&self) -> Result<Vec<(i64, u64, i64)>> {
-        let lines = self.lab.consume(&["--offsets"])?;
+        let lines = self.cluster.consume(&["--offsets"])?;
         let v = lines
             .iter()
             .find(|v| v["type"] == "offsets")
@@ -169,7 +169,7 @@ impl MeshLab {
 
     /// Node ids registered in ZooKeeper now.
     pub fn zk_members(&self) -> Result<Vec<String>> {
-        let mut v = self.lab.zk().ls(HEARTBEAT_PATH)?;
+        let mut v = self.cluster.zk().ls(HEARTBEAT_PATH)?;
         v.sort();
         Ok(v)
     }
@@ -189,8 +189,8 @@ impl MeshLab {
     /// Waits until every ordered pair of running agents printed a summary with replies in a
     /// window `>= min_seq`.
     pub fn wait_all_measured(&mut self, min_seq: u64, timeout: Duration) -> Result<()> {
-        let agents: Vec<usize> = self.lab.agents.keys().copied().collect();
-        self.lab.wait_pairs_measured(&agents, min_seq, timeout)
+        let agents: Vec<usize> = self.cluster.agents.keys().copied().collect();
+        self.cluster.wait_pairs_measured(&agents, min_seq, timeout)
     }
 
     /// The lab's `meshprobe matrix --expected` file.
@@ -201,7 +201,7 @@ impl MeshLab {
 
     /// `host:port` of the broker, reachable from the core namespace (and the nodes).
     pub fn bootstrap(&self) -> String {
-        self.lab.kafka().bootstrap()
+        self.cluster.kafka().bootstrap()
     }
 
     pub fn topic(&self) -> &'static str {
@@ -211,7 +211,7 @@ impl MeshLab {
     /// Checks the lab's own processes (agents, delay elements) still run.
     pub fn check(&mut self) -> Result<()> {
         self.links.check()?;
-        for (i, a) in &mut self.lab.agents {
+        for (i, a) in &mut self.cluster.agents {
             if !a.is_running() {
                 bail!("{}'s agent exited:\n{}", node_name(*i), a.stderr_tail(30));
             }
@@ -222,8 +222,8 @@ impl MeshLab {
     /// Stops the agents (SIGTERM, they deregister and flush) and the delay elements; the rest
     /// goes on drop.
     pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
-        let r = self.lab.stop_agents(timeout);
-        self.links.clear(&self.lab.mesh);
+        let r = self.cluster.stop_agents(timeout);
+        self.links.clear(&self.cluster.star);
         r
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use meshprobe_harness::child::ChildGuard;
-use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::star::Star;
 use meshprobe_harness::meshprobe::READY_TIMEOUT;
 use meshprobe_harness::topo::Family;
 
@@ -29,7 +29,7 @@ pub struct Links {
 
 impl Links {
     /// Applies every pair of `spec` (delay elements and loss).
-    pub fn apply_all(&mut self, bin: &std::path::Path, mesh: &Mesh, spec: &LabSpec) -> Result<()> {
+    pub fn apply_all(&mut self, bin: &std::path::Path, mesh: &Star, spec: &LabSpec) -> Result<()> {
         for i in mesh.node_indices() {
             self.apply_node(bin, mesh, spec, i)?;
         }
@@ -41,7 +41,7 @@ impl Links {
     pub fn apply_node(
         &mut self,
         bin: &std::path::Path,
-        mesh: &Mesh,
+        mesh: &Star,
         spec: &LabSpec,
         i: usize,
     ) -> Result<()> {
@@ -83,7 +83,7 @@ impl Links {
 
     /// Cuts node `i` off (`on`) or reconnects it: every frame to or from its bridge port is
     /// dropped, ZooKeeper and the broker included.
-    pub fn partition(&mut self, mesh: &Mesh, spec: &LabSpec, i: usize, on: bool) -> Result<()> {
+    pub fn partition(&mut self, mesh: &Star, spec: &LabSpec, i: usize, on: bool) -> Result<()> {
         self.partitioned.retain(|&p| p != i);
         if on {
             self.partitioned.push(i);
@@ -92,7 +92,7 @@ impl Links {
     }
 
     /// Replaces the nftables table with the loss rules of `spec` and the partitions.
-    pub fn apply_nft(&mut self, mesh: &Mesh, spec: &LabSpec) -> Result<()> {
+    pub fn apply_nft(&mut self, mesh: &Star, spec: &LabSpec) -> Result<()> {
         let t = NFT_TABLE;
         let mut s = String::new();
         // `add` then `delete` so a missing table is not an error.
@@ -157,7 +157,7 @@ impl Links {
     }
 
     /// Packets dropped so far by the loss rule of pair `(a, b)` (a < b), if there is one.
-    pub fn loss_dropped(&self, mesh: &Mesh, a: usize, b: usize) -> Result<Option<u64>> {
+    pub fn loss_dropped(&self, mesh: &Star, a: usize, b: usize) -> Result<Option<u64>> {
         Ok(self.loss_rule(mesh, a, b)?.map(|(_, packets)| packets))
     }
 
@@ -165,7 +165,7 @@ impl Links {
     /// in all: read after it stopped, the count is final. A rule accepting the pair's packets
     /// goes in front of it (in one nft transaction); the next [`Links::apply_nft`] removes
     /// both. `None` without such a rule.
-    pub fn stop_loss(&self, mesh: &Mesh, a: usize, b: usize) -> Result<Option<u64>> {
+    pub fn stop_loss(&self, mesh: &Star, a: usize, b: usize) -> Result<Option<u64>> {
         let Some((handle, _)) = self.loss_rule(mesh, a, b)? else {
             return Ok(None);
         };
@@ -179,7 +179,7 @@ impl Links {
     }
 
     /// Handle and packet counter of the loss rule of pair `(a, b)`, if there is one.
-    fn loss_rule(&self, mesh: &Mesh, a: usize, b: usize) -> Result<Option<(u64, u64)>> {
+    fn loss_rule(&self, mesh: &Star, a: usize, b: usize) -> Result<Option<(u64, u64)>> {
         if !self.nft_loaded {
             return Ok(None);
         }
@@ -215,7 +215,7 @@ impl Links {
     }
 
     /// Stops every delay element (they detach their programs) and deletes the nft table.
-    pub fn clear(&mut self, mesh: &Mesh) {
+    pub fn clear(&mut self, mesh: &Star) {
         for (_, mut g) in std::mem::take(&mut self.delays) {
             let _ = g.stop();
         }
@@ -238,7 +238,7 @@ impl Links {
     }
 }
 
-fn nft_script(mesh: &Mesh, script: &str) -> Result<()> {
+fn nft_script(mesh: &Star, script: &str) -> Result<()> {
     let path = std::env::temp_dir().join(format!("{}-lab.nft", mesh.core().name()));
     std::fs::write(&path, script)?;
     let res = mesh.core().run(["nft", "-f", &path.to_string_lossy()]);

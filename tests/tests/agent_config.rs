@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use meshprobe_harness::Netns;
 use meshprobe_harness::agent::{
-    Agent, AgentConfig, HEARTBEAT_PATH, KAFKA_PORT, Lab, TEST_TOPIC, ZK_PORT, num, summary_key,
+    Agent, AgentConfig, HEARTBEAT_PATH, KAFKA_PORT, Cluster, TEST_TOPIC, ZK_PORT, num, summary_key,
     window_now,
 };
 use meshprobe_harness::env::TestEnv;
@@ -163,13 +163,13 @@ fn unreachable_zookeeper_at_start_agent_reflects_and_becomes_ready_later() -> Re
         return Ok(());
     }
     // A lab without services: nothing listens on the core's 2181.
-    let Some(mut lab) = Lab::acquire(test, 1, Family::V4, false, false)? else {
+    let Some(mut lab) = Cluster::acquire(test, 1, Family::V4, false, false)? else {
         return Ok(());
     };
-    let core = lab.mesh.core_ip(Family::V4);
+    let core = lab.star.core_ip(Family::V4);
     let cfg = lab.config(0).env("SERVERS_ZK", format!("{core}:{ZK_PORT}"));
     let t0 = Instant::now();
-    let a = Agent::spawn(lab.bin(), lab.mesh.node(0), &Lab::node_id(0), &cfg)?;
+    let a = Agent::spawn(lab.bin(), lab.star.node(0), &Cluster::node_id(0), &cfg)?;
     lab.agents.insert(0, a);
 
     // Up, healthy, not ready (naming ZooKeeper) for two session timeouts.
@@ -200,7 +200,7 @@ fn unreachable_zookeeper_at_start_agent_reflects_and_becomes_ready_later() -> Re
     // It reflects meanwhile.
     let peer = lab.node_ip(0).to_string();
     let run = lab.env.mp.ping(
-        lab.mesh.core(),
+        lab.star.core(),
         &[peer.as_str(), "-c", "5", "-i", "100ms", "-W", "500ms"],
         Duration::from_secs(20),
     )?;
@@ -211,9 +211,9 @@ fn unreachable_zookeeper_at_start_agent_reflects_and_becomes_ready_later() -> Re
     );
 
     // ZooKeeper appears: the agent registers and becomes ready.
-    let zk = ZooKeeper::start(lab.mesh.core(), core, ZK_PORT)?;
+    let zk = ZooKeeper::start(lab.star.core(), core, ZK_PORT)?;
     let started = Instant::now();
-    let id = Lab::node_id(0);
+    let id = Cluster::node_id(0);
     let ok = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
         lab.agent(0)
             .http_get("/readyz")
@@ -246,10 +246,10 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
         meshprobe_harness::env::skip(test, &why);
         return Ok(());
     }
-    let Some(mut lab) = Lab::acquire(test, 2, Family::V4, false, false)? else {
+    let Some(mut lab) = Cluster::acquire(test, 2, Family::V4, false, false)? else {
         return Ok(());
     };
-    let core = lab.mesh.core_ip(Family::V4);
+    let core = lab.star.core_ip(Family::V4);
     let bootstrap = format!("{core}:{KAFKA_PORT}");
     for i in 0..2 {
         let other = 1 - i;
@@ -259,7 +259,7 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
             .env("KAFKA_TOPIC", TEST_TOPIC)
             .env(
                 "MESHPROBE_PEERS",
-                format!("{}={}", Lab::node_id(other), lab.node_ip(other)),
+                format!("{}={}", Cluster::node_id(other), lab.node_ip(other)),
             );
         lab.start_agent_with(i, &cfg)?;
     }
@@ -286,7 +286,7 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
     }
 
     // The broker appears: the buffers drain onto the topic.
-    let t = Tansu::start(lab.mesh.core(), core, KAFKA_PORT)?;
+    let t = Tansu::start(lab.star.core(), core, KAFKA_PORT)?;
     t.create_topic(TEST_TOPIC, 3)?;
     let t1 = Instant::now();
     for i in 0..2 {
@@ -298,7 +298,7 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
         ensure!(
             ok,
             "{}: buffer not drained 90 s after the broker started: {:?}; stderr:\n{}",
-            Lab::node_id(i),
+            Cluster::node_id(i),
             lab.agent(i).metric("meshprobe_kafka_buffered"),
             lab.agent(i).stderr_tail(30)
         );
@@ -307,7 +307,7 @@ fn unreachable_kafka_at_start_agent_buffers_and_delivers_later() -> Result<()> {
     let printed: Vec<_> = lab.stdout_summaries().iter().map(summary_key).collect();
     let consumed = meshprobe_harness::agent::consume(
         lab.bin(),
-        lab.mesh.core(),
+        lab.star.core(),
         &t.bootstrap(),
         TEST_TOPIC,
         &["--kind", "summary"],

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use meshprobe_harness::env::{missing_prerequisite, skip};
-use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::star::Star;
 use meshprobe_harness::netns::list_namespaces;
 use meshprobe_harness::services::{
     Tansu, ZooKeeper, tansu_missing, tcp_open, wait_until, zookeeper_missing,
@@ -29,7 +29,7 @@ fn mesh_nodes_reach_each_other_and_clean_up() -> Result<()> {
     }
     let names;
     {
-        let mut m = Mesh::new(3)?;
+        let mut m = Star::new(3)?;
         for i in 0..3 {
             for j in 0..3 {
                 if i != j {
@@ -60,7 +60,7 @@ fn zookeeper_starts_lists_and_restarts_with_its_data() -> Result<()> {
     if !prereq(test, zookeeper_missing()) {
         return Ok(());
     }
-    let m = Mesh::new(1)?;
+    let m = Star::new(1)?;
     let t0 = Instant::now();
     let mut zk = ZooKeeper::start(m.core(), m.core_ip(Family::V4), 2181)?;
     eprintln!("ZooKeeper serving after {:?}", t0.elapsed());
@@ -100,7 +100,7 @@ fn zookeeper_listens_on_ipv6() -> Result<()> {
     if !prereq("zookeeper_listens_on_ipv6", zookeeper_missing()) {
         return Ok(());
     }
-    let m = Mesh::new(1)?;
+    let m = Star::new(1)?;
     let zk = ZooKeeper::start(m.core(), m.core_ip(Family::V6), 2181)?;
     ensure!(zk.connect_string() == "[fd00::1]:2181");
     ensure!(zk.ls("/")?.contains(&"zookeeper".to_string()));
@@ -119,7 +119,7 @@ fn tansu_starts_creates_topics_and_restarts() -> Result<()> {
     if !prereq(test, tansu_missing()) {
         return Ok(());
     }
-    let m = Mesh::new(1)?;
+    let m = Star::new(1)?;
     let t0 = Instant::now();
     let mut b = Tansu::start(m.core(), m.core_ip(Family::V4), 9092)?;
     eprintln!(
@@ -179,7 +179,7 @@ fn mesh_core_side_delays_add_up_per_pair() -> Result<()> {
     let Some(env) = meshprobe_harness::TestEnv::acquire(test, &["ping"])? else {
         return Ok(());
     };
-    let m = Mesh::new(2)?;
+    let m = Star::new(2)?;
     let _refl = env.mp.reflect(m.node(1), &[])?;
     let peer = m.node_ip(1, Family::V4).to_string();
     let count = PROBES.to_string();

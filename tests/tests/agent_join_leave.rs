@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, num, window_now};
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, num, window_now};
 use meshprobe_harness::topo::Family;
 
 /// MESHPROBE_TIMEOUT of every agent here (the agent's default, set so the test can use it).
@@ -13,18 +13,18 @@ use meshprobe_harness::topo::Family;
 /// of answering and its peers' notice that shows as loss, so it is kept short.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn wait_peer_added(lab: &mut Lab, a: usize, b: usize) -> Result<Instant> {
-    let id_b = Lab::node_id(b);
+fn wait_peer_added(lab: &mut Cluster, a: usize, b: usize) -> Result<Instant> {
+    let id_b = Cluster::node_id(b);
     let ev = lab
         .agent_mut(a)
         .wait_for(Duration::from_secs(10), |e| {
             e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
         })
-        .with_context(|| format!("{} never reported peer_added {id_b}", Lab::node_id(a)))?;
+        .with_context(|| format!("{} never reported peer_added {id_b}", Cluster::node_id(a)))?;
     Ok(ev.at)
 }
 
-fn config(lab: &Lab, i: usize) -> meshprobe_harness::agent::AgentConfig {
+fn config(lab: &Cluster, i: usize) -> meshprobe_harness::agent::AgentConfig {
     lab.config(i).env(
         "MESHPROBE_TIMEOUT",
         humantime::format_duration(PROBE_TIMEOUT),
@@ -34,7 +34,7 @@ fn config(lab: &Lab, i: usize) -> meshprobe_harness::agent::AgentConfig {
 #[test]
 fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
     let test = "fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss";
-    let Some(mut lab) = Lab::acquire(test, 3, Family::V4, true, false)? else {
+    let Some(mut lab) = Cluster::acquire(test, 3, Family::V4, true, false)? else {
         return Ok(());
     };
     let t0 = Instant::now();
@@ -54,13 +54,13 @@ fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
 
     // Join: node 3. Its registration time is when its znode is first seen (polled every 20 ms
     // from the core namespace); the others report it after that (printed, not bounded).
-    let n3 = lab.mesh.add_node()?;
-    let id3 = Lab::node_id(n3);
+    let n3 = lab.star.add_node()?;
+    let id3 = Cluster::node_id(n3);
     let cfg = config(&lab, n3);
     let spawned = Instant::now();
     {
         // Start without waiting for the ready line, so the znode poll below is not delayed.
-        let a = meshprobe_harness::agent::Agent::spawn(lab.bin(), lab.mesh.node(n3), &id3, &cfg)?;
+        let a = meshprobe_harness::agent::Agent::spawn(lab.bin(), lab.star.node(n3), &id3, &cfg)?;
         lab.agents.insert(n3, a);
     }
     let mut registered = None;
@@ -89,13 +89,13 @@ fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
         if at < registered {
             eprintln!(
                 "{} added {id3} {:?} before the harness saw its znode",
-                Lab::node_id(a),
+                Cluster::node_id(a),
                 registered - at
             );
         } else {
             eprintln!(
                 "{} added {id3} {late:?} after its registration",
-                Lab::node_id(a)
+                Cluster::node_id(a)
             );
         }
     }
@@ -108,7 +108,7 @@ fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
 
     // Leave: node 1, gracefully.
     let leaver = 1;
-    let id1 = Lab::node_id(leaver);
+    let id1 = Cluster::node_id(leaver);
     let marks: Vec<_> = [0, 2, n3]
         .iter()
         .map(|&i| (i, lab.agent(i).mark()))
@@ -139,12 +139,12 @@ fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
             .wait_for_since(mark, Duration::from_secs(15), |e| {
                 e.kind() == "peer_removed" && e.v["node_id"] == id1.as_str()
             })
-            .with_context(|| format!("{} never reported peer_removed {id1}", Lab::node_id(i)))?;
+            .with_context(|| format!("{} never reported peer_removed {id1}", Cluster::node_id(i)))?;
         let after = ev.at - left_at;
         eprintln!(
             "{} removed {id1} {after:?} after SIGTERM (judged for loss within the \
              {PROBE_TIMEOUT:?} probe timeout)",
-            Lab::node_id(i),
+            Cluster::node_id(i),
         );
         removed_after.push(after);
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_harness::agent::{Lab, num, summary_key, window_now};
+use meshprobe_harness::agent::{Cluster, num, summary_key, window_now};
 use meshprobe_harness::services::wait_until;
 use meshprobe_harness::topo::Family;
 use serde_json::Value;
@@ -14,7 +14,7 @@ use serde_json::Value;
 const NODES: [usize; 3] = [0, 1, 2];
 const OUTAGE: Duration = Duration::from_secs(30);
 
-fn metric(lab: &Lab, i: usize, name: &str) -> Result<f64> {
+fn metric(lab: &Cluster, i: usize, name: &str) -> Result<f64> {
     lab.agent(i).metric_value(name)
 }
 
@@ -53,7 +53,7 @@ pub fn audit(consumed: &[Value]) -> Vec<String> {
 #[test]
 fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
     let test = "broker_down_30s_every_summary_consumed_exactly_once";
-    let Some(mut lab) = Lab::acquire(test, 3, Family::V4, true, true)? else {
+    let Some(mut lab) = Cluster::acquire(test, 3, Family::V4, true, true)? else {
         return Ok(());
     };
     ensure!(
@@ -75,7 +75,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
         ensure!(
             ok,
             "{}: nothing delivered to Kafka before the outage (meshprobe_kafka_delivered {:?})",
-            Lab::node_id(i),
+            Cluster::node_id(i),
             metric(&lab, i, "meshprobe_kafka_delivered")
         );
     }
@@ -101,13 +101,13 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
         let b = metric(&lab, i, "meshprobe_kafka_buffered")?;
         eprintln!(
             "{}: {b} records buffered after {OUTAGE:?} without broker",
-            Lab::node_id(i)
+            Cluster::node_id(i)
         );
         ensure!(
             b > 0.0,
             "{}: meshprobe_kafka_buffered is {b} after {OUTAGE:?} of outage with windows \
              {before}..={during_last} produced",
-            Lab::node_id(i)
+            Cluster::node_id(i)
         );
     }
     lab.kafka_mut().start_again()?;
@@ -120,7 +120,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
             ok,
             "{}: meshprobe_kafka_buffered still {:?} 90 s after the broker came back; \
              stderr:\n{}",
-            Lab::node_id(i),
+            Cluster::node_id(i),
             metric(&lab, i, "meshprobe_kafka_buffered"),
             lab.agent(i).stderr_tail(30)
         );
@@ -134,7 +134,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
         ensure!(
             dropped == 0.0,
             "{}: {dropped} records dropped",
-            Lab::node_id(i)
+            Cluster::node_id(i)
         );
     }
     // One more window under steady probing, then a clean stop (flushes the last windows).
@@ -190,7 +190,7 @@ fn broker_down_30s_every_summary_consumed_exactly_once() -> Result<()> {
             if i == j {
                 continue;
             }
-            let (s, d) = (Lab::node_id(i), Lab::node_id(j));
+            let (s, d) = (Cluster::node_id(i), Cluster::node_id(j));
             for w in before..=during_last {
                 if !got.contains_key(&(s.clone(), d.clone(), w)) {
                     failures.push(format!("{s}->{d}: outage window {w} not on the topic"));

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_harness::agent::{Lab, num, num2, summary_key, window_now};
+use meshprobe_harness::agent::{Cluster, num, num2, summary_key, window_now};
 use meshprobe_harness::stats::{Shift, us};
 use meshprobe_harness::topo::Family;
 
@@ -40,13 +40,13 @@ const DELAYED_WINDOWS: u64 = 4;
 
 /// Every agent in `nodes` prints peer_added for every other (printing how long after the
 /// later of the two ready lines).
-fn check_discovery(lab: &mut Lab, nodes: &[usize]) -> Result<()> {
+fn check_discovery(lab: &mut Cluster, nodes: &[usize]) -> Result<()> {
     for &a in nodes {
         for &b in nodes {
             if a == b {
                 continue;
             }
-            let id_b = Lab::node_id(b);
+            let id_b = Cluster::node_id(b);
             let ready_b = lab.agent(b).ready_at().context("no ready line")?;
             let ready_a = lab.agent(a).ready_at().context("no ready line")?;
             let t_ref = ready_a.max(ready_b);
@@ -55,10 +55,10 @@ fn check_discovery(lab: &mut Lab, nodes: &[usize]) -> Result<()> {
                 .wait_for(DISCOVERY_WAIT, |e| {
                     e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
                 })
-                .with_context(|| format!("{} never reported peer_added {id_b}", Lab::node_id(a)))?;
+                .with_context(|| format!("{} never reported peer_added {id_b}", Cluster::node_id(a)))?;
             eprintln!(
                 "{} added {id_b} {:?} after both were ready: {}",
-                Lab::node_id(a),
+                Cluster::node_id(a),
                 ev.at.saturating_duration_since(t_ref),
                 ev.v
             );
@@ -80,9 +80,9 @@ fn expected_pairs(i: usize) -> BTreeMap<&'static str, u64> {
 
 /// Agent `i`'s zone records of windows `lo..=hi` (all peers known): one per destination zone
 /// each window, pairs = its peers there, counts = the sums of its pair summaries.
-fn check_zone_records(lab: &Lab, i: usize, lo: u64, hi: u64) -> Vec<String> {
+fn check_zone_records(lab: &Cluster, i: usize, lo: u64, hi: u64) -> Vec<String> {
     let a = lab.agent(i);
-    let src = Lab::node_id(i);
+    let src = Cluster::node_id(i);
     let want = expected_pairs(i);
     let zones = a.lines("zone");
     let sums = a.summaries();
@@ -138,9 +138,9 @@ fn check_zone_records(lab: &Lab, i: usize, lo: u64, hi: u64) -> Vec<String> {
 
 /// Agent `i`'s /metrics: probe series per (src_zone, dst_zone) and peers named only by the
 /// worst-K gauges (the default K = 10 covers both peers).
-fn check_metrics(lab: &Lab, i: usize) -> Result<Vec<String>> {
+fn check_metrics(lab: &Cluster, i: usize) -> Result<Vec<String>> {
     let text = lab.agent(i).metrics()?;
-    let src = Lab::node_id(i);
+    let src = Cluster::node_id(i);
     let mut failures = Vec::new();
     for dz in expected_pairs(i).keys() {
         let labels = [
@@ -162,7 +162,7 @@ fn check_metrics(lab: &Lab, i: usize) -> Result<Vec<String>> {
         }
     }
     for j in (0..3).filter(|&j| j != i) {
-        let peer = format!("peer=\"{}\"", Lab::node_id(j));
+        let peer = format!("peer=\"{}\"", Cluster::node_id(j));
         let zone = format!("zone=\"{}\"", ZONES[j]);
         if !text.lines().any(|l| {
             l.starts_with("meshprobe_worst_peer_loss_ratio{")
@@ -189,7 +189,7 @@ fn injected_rtt_ns(i: usize, j: usize) -> i64 {
 }
 
 fn run(test: &str, family: Family) -> Result<()> {
-    let Some(mut lab) = Lab::acquire(test, 3, family, true, true)? else {
+    let Some(mut lab) = Cluster::acquire(test, 3, family, true, true)? else {
         return Ok(());
     };
     let t0 = Instant::now();
@@ -206,9 +206,9 @@ fn run(test: &str, family: Family) -> Result<()> {
 
     let mut delays = Vec::new();
     for (i, d) in DELAYS_US.iter().enumerate() {
-        let iface = lab.mesh.core_if(i);
+        let iface = lab.star.core_if(i);
         delays.push(lab.env.mp.delay(
-            lab.mesh.core(),
+            lab.star.core(),
             &iface,
             &format!("{d}us"),
             &["--udp-port", "862"],
@@ -278,7 +278,7 @@ fn run(test: &str, family: Family) -> Result<()> {
             if i == j {
                 continue;
             }
-            let (src, dst) = (Lab::node_id(i), Lab::node_id(j));
+            let (src, dst) = (Cluster::node_id(i), Cluster::node_id(j));
             let pair: Vec<_> = consumed
                 .iter()
                 .filter(|v| v["src"] == src.as_str() && v["dst"] == dst.as_str())

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meshprobe_harness::agent::{Lab, TEST_WINDOW_DURATION, num, num2, window_now};
+use meshprobe_harness::agent::{Cluster, TEST_WINDOW_DURATION, num, num2, window_now};
 use meshprobe_harness::stats::median;
 use meshprobe_harness::topo::Family;
 use serde_json::Value;
@@ -28,7 +28,7 @@ const IN_BAND: [&str; 2] = ["STAMP_SOURCE_TC", "STAMP_SOURCE_SKB_RX"];
 
 #[test]
 fn replies_without_room_for_t4_turn_rx_stamps_on_once() -> Result<()> {
-    let Some(mut lab) = Lab::acquire(
+    let Some(mut lab) = Cluster::acquire(
         "replies_without_room_for_t4_turn_rx_stamps_on_once",
         2,
         Family::V4,
@@ -44,7 +44,7 @@ fn replies_without_room_for_t4_turn_rx_stamps_on_once() -> Result<()> {
             .config(i)
             .env(
                 "MESHPROBE_PEERS",
-                format!("{}={}", Lab::node_id(other), lab.node_ip(other)),
+                format!("{}={}", Cluster::node_id(other), lab.node_ip(other)),
             )
             .env("MESHPROBE_NO_SW_RX_STAMPS", "true")
             // Per-probe records (with their T4 source) on stdout as well.

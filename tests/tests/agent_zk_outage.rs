@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe_harness::agent::{
-    HEARTBEAT_PATH, Lab, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now,
+    HEARTBEAT_PATH, Cluster, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now,
 };
 use meshprobe_harness::services::{TcpBlock, wait_until};
 use meshprobe_harness::topo::Family;
@@ -13,12 +13,12 @@ use meshprobe_harness::topo::Family;
 const NODES: [usize; 3] = [0, 1, 2];
 
 fn all_ids() -> Vec<String> {
-    NODES.iter().map(|&i| Lab::node_id(i)).collect()
+    NODES.iter().map(|&i| Cluster::node_id(i)).collect()
 }
 
 /// A lab with three agents that found each other and measured one window.
-fn mesh_up(test: &str) -> Result<Option<Lab>> {
-    let Some(mut lab) = Lab::acquire(test, 3, Family::V4, true, false)? else {
+fn mesh_up(test: &str) -> Result<Option<Cluster>> {
+    let Some(mut lab) = Cluster::acquire(test, 3, Family::V4, true, false)? else {
         return Ok(None);
     };
     for i in NODES {
@@ -27,7 +27,7 @@ fn mesh_up(test: &str) -> Result<Option<Lab>> {
     for a in NODES {
         for b in NODES {
             if a != b {
-                let id_b = Lab::node_id(b);
+                let id_b = Cluster::node_id(b);
                 lab.agent_mut(a)
                     .wait_for(Duration::from_secs(10), |e| {
                         e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
@@ -35,7 +35,7 @@ fn mesh_up(test: &str) -> Result<Option<Lab>> {
                     .with_context(|| {
                         format!(
                             "{} never added {id_b}\n{}",
-                            Lab::node_id(a),
+                            Cluster::node_id(a),
                             lab.diagnostics()
                         )
                     })?;
@@ -50,7 +50,7 @@ fn mesh_up(test: &str) -> Result<Option<Lab>> {
 /// Every pair from `srcs` to `dsts` has a summary with `sent > 0` for every window in
 /// `lo..=hi`; each failure ends with `when`.
 fn check_no_pause(
-    lab: &Lab,
+    lab: &Cluster,
     srcs: &[usize],
     dsts: &[usize],
     lo: u64,
@@ -64,7 +64,7 @@ fn check_no_pause(
             if i == j {
                 continue;
             }
-            let dst = Lab::node_id(j);
+            let dst = Cluster::node_id(j);
             for w in lo..=hi {
                 let sent: u64 = sums
                     .iter()
@@ -74,7 +74,7 @@ fn check_no_pause(
                 if sent == 0 {
                     failures.push(format!(
                         "{} -> {dst}: window {w} has no probes sent {when}",
-                        Lab::node_id(i)
+                        Cluster::node_id(i)
                     ));
                 }
             }
@@ -83,7 +83,7 @@ fn check_no_pause(
     failures
 }
 
-fn readyz(lab: &Lab, i: usize) -> (u16, String) {
+fn readyz(lab: &Cluster, i: usize) -> (u16, String) {
     lab.agent(i)
         .http_get("/readyz")
         .unwrap_or_else(|e| (0, format!("{e:#}")))
@@ -146,7 +146,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
         ensure!(
             ok,
             "{}: /readyz still {:?} 15 s after re-registration",
-            Lab::node_id(i),
+            Cluster::node_id(i),
             readyz(&lab, i)
         );
     }
@@ -165,7 +165,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
         if !removed.is_empty() {
             eprintln!(
                 "note: {} reported peer_removed during/after the outage: {removed:?}",
-                Lab::node_id(i)
+                Cluster::node_id(i)
             );
         }
         // Whatever happened, every peer is known again at the end.
@@ -173,7 +173,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
             if i == j {
                 continue;
             }
-            let id = Lab::node_id(j);
+            let id = Cluster::node_id(j);
             let evs = lab.agent(i).events();
             let last_add = evs
                 .iter()
@@ -184,7 +184,7 @@ fn zookeeper_down_20s_probing_continues_and_agents_reregister() -> Result<()> {
             if last_rm > last_add {
                 failures.push(format!(
                     "{}: {id} removed and not added again",
-                    Lab::node_id(i)
+                    Cluster::node_id(i)
                 ));
             }
         }
@@ -209,7 +209,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
     };
     let t0 = Instant::now();
     let victim = 0;
-    let id = Lab::node_id(victim);
+    let id = Cluster::node_id(victim);
     let znode = format!("{HEARTBEAT_PATH}/{id}");
     let session_before = lab
         .zk()
@@ -220,7 +220,7 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
 
     // Cut the victim off ZooKeeper for twice the session timeout: the server expires the
     // session and deletes the znode.
-    let block = TcpBlock::install(lab.mesh.node(victim), ZK_PORT)?;
+    let block = TcpBlock::install(lab.star.node(victim), ZK_PORT)?;
     let blocked = Instant::now();
     let hold = Duration::from_secs(2 * TEST_CONN_TIMEOUT_S);
     let mut gone_after = None;
@@ -284,12 +284,12 @@ fn forced_session_expiry_agent_reregisters_and_peers_keep_it() -> Result<()> {
             .collect();
         eprintln!(
             "{} membership events since the block: {evs:?}",
-            Lab::node_id(i)
+            Cluster::node_id(i)
         );
         ensure!(
             ok,
             "{} removed {id} and did not add it back",
-            Lab::node_id(i)
+            Cluster::node_id(i)
         );
     }
     let now = window_now();

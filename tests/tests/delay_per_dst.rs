@@ -1,4 +1,4 @@
-//! Per-destination delays: `meshprobe delay --to ADDR=DUR` on a bridge mesh.
+//! Per-destination delays: `meshprobe delay --to ADDR=DUR` on a star of namespaces around a bridge.
 //!
 //! One delay element on node 1's core-side port (`veth-c1`, ingress: everything node 1 sends)
 //! holds packets to node 2 for 400 µs and to node 3 for 150 µs, IPv4 and IPv6 addresses alike.
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe_harness::capture::{Capture, one_way_delays};
-use meshprobe_harness::mesh::Mesh;
+use meshprobe_harness::star::Star;
 use meshprobe_harness::meshprobe::stop_delay;
 use meshprobe_harness::stats::{Shift, median, us};
 use meshprobe_harness::{Family, TestEnv};
@@ -97,31 +97,31 @@ const fn flow(src: usize, dst: usize, fam: Family, port: u16, expect_us: i64) ->
     }
 }
 
-/// The mesh with a bound receiver for both ports on every node (no ICMP unreachable noise)
+/// The star with a bound receiver for both ports on every node (no ICMP unreachable noise)
 /// and one sender socket per node and family.
 struct Rig {
-    mesh: Mesh,
+    star: Star,
     senders: Vec<(usize, Family, UdpSocket)>,
     _receivers: Vec<UdpSocket>,
 }
 
 impl Rig {
     fn new() -> Result<Rig> {
-        let mesh = Mesh::new(4)?;
+        let star = Star::new(4)?;
         let mut receivers = Vec::new();
         let mut senders = Vec::new();
-        for i in mesh.node_indices() {
+        for i in star.node_indices() {
             for port in [PORT, OTHER_PORT] {
                 let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
-                receivers.push(mesh.node(i).enter(move || UdpSocket::bind(any))??);
+                receivers.push(star.node(i).enter(move || UdpSocket::bind(any))??);
             }
             for fam in [Family::V4, Family::V6] {
-                let local = SocketAddr::new(mesh.node_ip(i, fam), 0);
-                senders.push((i, fam, mesh.node(i).enter(move || UdpSocket::bind(local))??));
+                let local = SocketAddr::new(star.node_ip(i, fam), 0);
+                senders.push((i, fam, star.node(i).enter(move || UdpSocket::bind(local))??));
             }
         }
         Ok(Rig {
-            mesh,
+            star,
             senders,
             _receivers: receivers,
         })
@@ -137,7 +137,7 @@ impl Rig {
     }
 
     fn send(&self, f: &Flow, payload: &[u8]) -> Result<()> {
-        let dst = SocketAddr::new(self.mesh.node_ip(f.dst, f.fam), f.port);
+        let dst = SocketAddr::new(self.star.node_ip(f.dst, f.fam), f.port);
         self.sender(f.src, f.fam)
             .send_to(payload, dst)
             .with_context(|| format!("sending {}", f.label()))?;
@@ -154,12 +154,12 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(5));
         }
         let filter = format!("udp portrange {PORT}-{OTHER_PORT}");
-        let nodes = self.mesh.node_indices();
+        let nodes = self.star.node_indices();
         let mut caps = Vec::new();
         for &i in &nodes {
             caps.push(Capture::start_filter(
-                self.mesh.node(i),
-                &self.mesh.node_if(i),
+                self.star.node(i),
+                &self.star.node_if(i),
                 &filter,
             )?);
         }
@@ -250,7 +250,7 @@ fn per_destination_delays_on_a_mesh() -> Result<()> {
         return Ok(());
     };
     let rig = Rig::new()?;
-    let m = &rig.mesh;
+    let m = &rig.star;
     let core_port = m.core_if(SENDER);
     let to = |node: usize, fam: Family, d: &str| format!("{}={d}", m.node_ip(node, fam));
     use Family::{V4, V6};

@@ -33,7 +33,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, metric_sum, num, tai_now_ns, window_now_of};
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, metric_sum, num, tai_now_ns, window_now_of};
 use meshprobe_harness::load::{CpuStat, ticks_ms};
 use meshprobe_harness::netns::Netns;
 use meshprobe_harness::safety::udp_counter;
@@ -99,7 +99,7 @@ fn run(test: &str, family: Family) -> Result<()> {
             false
         }
     };
-    let Some(mut lab) = Lab::acquire(test, 3, family, with_zk, false)? else {
+    let Some(mut lab) = Cluster::acquire(test, 3, family, with_zk, false)? else {
         return Ok(());
     };
     let window_s = humantime::format_duration(WINDOW).to_string();
@@ -109,7 +109,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     };
     let peers = PEERS
         .iter()
-        .map(|&i| format!("{}={}", Lab::node_id(i), lab.node_ip(i)))
+        .map(|&i| format!("{}={}", Cluster::node_id(i), lab.node_ip(i)))
         .collect::<Vec<_>>()
         .join(",");
     let cfg = lab
@@ -128,14 +128,14 @@ fn run(test: &str, family: Family) -> Result<()> {
     }
     let a_ip = lab.node_ip(A);
     let b_ip = lab.node_ip(B);
-    let a_if = lab.mesh.node_if(A);
+    let a_if = lab.star.node_if(A);
     let a_pid = lab.agent(A).pid().context("agent A has no pid")?;
     let admin = lab.agent(A).admin_addr()?;
 
     // A measured both peers in a full window.
     let first = window_now_of(WINDOW) + 1;
     wait_measured(&mut lab, first, Duration::from_secs(20)).with_context(|| lab.diagnostics())?;
-    let znode = format!("{HEARTBEAT_PATH}/{}", Lab::node_id(A));
+    let znode = format!("{HEARTBEAT_PATH}/{}", Cluster::node_id(A));
     let session_before = with_zk.then(|| lab.zk().session_of(&znode)).flatten();
     if with_zk && session_before.is_none() {
         bail!(
@@ -148,7 +148,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     let stop_polls = Arc::new(AtomicBool::new(false));
     let poller = {
         let stop = stop_polls.clone();
-        lab.mesh
+        lab.star
             .node(A)
             .spawn_thread(move || poll_healthz(admin, &stop))
     };
@@ -169,7 +169,7 @@ fn run(test: &str, family: Family) -> Result<()> {
             SocketAddr::new(b_ip, FLOOD_SRC_PORT),
             SocketAddr::new(a_ip, meshprobe_harness::STAMP_PORT),
         );
-        lab.mesh
+        lab.star
             .node(B)
             .spawn_thread(move || flood_until(src, dst, flood_end))
     };
@@ -184,7 +184,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     let idle_end = idle_start + WINDOW * IDLE_WINDOWS as u32 - PHASE_OFFSET;
     let idle = {
         let target = SocketAddr::new(a_ip, ADMIN_PORT);
-        lab.mesh
+        lab.star
             .node(B)
             .spawn_thread(move || hold_idle(target, IDLE_CONNECTIONS, idle_end))
     };
@@ -265,7 +265,7 @@ fn run(test: &str, family: Family) -> Result<()> {
     // Probing, per window.
     let sums = lab.agent(A).summaries();
     let row = |dst: usize, w: u64| -> Option<(u64, u64)> {
-        let id = Lab::node_id(dst);
+        let id = Cluster::node_id(dst);
         sums.iter()
             .find(|s| s["dst"] == id.as_str() && num(s, "window_seq") == w)
             .map(|s| (num(s, "sent"), num(s, "received")))
@@ -288,14 +288,14 @@ fn run(test: &str, family: Family) -> Result<()> {
         eprintln!(
             "A -> {}: configured {configured} probes per window, baseline median {median}: \
              every judged window needs >= {min_sent} resolved, >= {:.0} % of them answered",
-            Lab::node_id(dst),
+            Cluster::node_id(dst),
             MIN_ANSWERED_SHARE * 100.0
         );
         if median * 2 < configured {
             failures.push(format!(
                 "A -> {}: baseline resolved only {base:?} probes per window (configured \
                  {configured}): the machine is too busy to judge",
-                Lab::node_id(dst)
+                Cluster::node_id(dst)
             ));
         }
         for (phase, w0, n) in phases {
@@ -318,13 +318,13 @@ fn run(test: &str, family: Family) -> Result<()> {
                     failures.push(format!(
                         "{phase}: window {w}: A resolved {s} probes to {}, want >= {min_sent} \
                          (90 % of {expected})",
-                        Lab::node_id(dst)
+                        Cluster::node_id(dst)
                     ));
                 }
                 if (r as f64) < MIN_ANSWERED_SHARE * s as f64 {
                     failures.push(format!(
                         "{phase}: window {w}: {r} of {s} probes to {} answered, want >= 90 %",
-                        Lab::node_id(dst)
+                        Cluster::node_id(dst)
                     ));
                 }
             }
@@ -424,13 +424,13 @@ fn run(test: &str, family: Family) -> Result<()> {
 
 /// Waits until A printed a summary with `received > 0` towards every peer in a window
 /// `>= min_seq`.
-fn wait_measured(lab: &mut Lab, min_seq: u64, timeout: Duration) -> Result<()> {
+fn wait_measured(lab: &mut Cluster, min_seq: u64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let sums = lab.agent(A).summaries();
         let missing: Vec<String> = PEERS
             .iter()
-            .map(|&i| Lab::node_id(i))
+            .map(|&i| Cluster::node_id(i))
             .filter(|id| {
                 !sums.iter().any(|s| {
                     s["dst"] == id.as_str()
@@ -496,8 +496,8 @@ struct Counters {
 }
 
 impl Counters {
-    fn read(lab: &Lab, ifname: &str) -> Result<Counters> {
-        let ns: &Netns = lab.mesh.node(A);
+    fn read(lab: &Cluster, ifname: &str) -> Result<Counters> {
+        let ns: &Netns = lab.star.node(A);
         let link: Value =
             serde_json::from_str(&ns.run(["ip", "-j", "-s", "link", "show", "dev", ifname])?)?;
         let rx = &link[0]["stats64"]["rx"];

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use meshprobe::pinglist::{Params, Topology};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Lab, ZK_PORT};
+use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, ZK_PORT};
 use meshprobe_harness::synthetic::{self, Shape};
 use meshprobe_harness::topo::Family;
 use meshprobe_harness::zkproxy::{CountingProxy, Traffic};
@@ -98,10 +98,10 @@ fn change_bound(layout: &ProductLayout, m: &SyntheticMember) -> usize {
 }
 
 /// The agent at node `i`: where it sits in the topology.
-fn agent_member(lab: &Lab, i: usize) -> SyntheticMember {
+fn agent_member(lab: &Cluster, i: usize) -> SyntheticMember {
     // Two agents per zone, in the zone's first rack (with 20 synthetic rack mates).
     SyntheticMember {
-        node_id: Lab::node_id(i),
+        node_id: Cluster::node_id(i),
         zone: synthetic::zone_name(i / 2),
         rack: synthetic::rack_name(i / 2, 0),
         addr: lab.node_ip(i),
@@ -179,7 +179,7 @@ struct Scale {
     _reflector: meshprobe_harness::Reflector,
     layout: Arc<ProductLayout>,
     agents: Vec<SyntheticMember>,
-    lab: Lab,
+    cluster: Cluster,
 }
 
 impl Scale {
@@ -197,7 +197,7 @@ impl Scale {
 
     /// Each agent's pinglist, or why it cannot be read.
     fn served(&self, i: usize) -> Result<Served> {
-        let (status, body) = self.lab.agent(i).http_get("/pinglist")?;
+        let (status, body) = self.cluster.agent(i).http_get("/pinglist")?;
         if status != 200 {
             bail!("GET /pinglist answered {status}: {body}");
         }
@@ -245,8 +245,8 @@ impl Scale {
                 return Ok(done.into_iter().flatten().collect());
             }
             for i in 0..self.agents.len() {
-                if !self.lab.agent_mut(i).is_running() {
-                    let a = self.lab.agent(i);
+                if !self.cluster.agent_mut(i).is_running() {
+                    let a = self.cluster.agent(i);
                     bail!("{} exited; stderr:\n{}", a.label(), a.stderr_tail(40));
                 }
             }
@@ -258,7 +258,7 @@ impl Scale {
                 bail!(
                     "pinglists not the function's within {timeout:?}:\n{}\n{}",
                     lagging.join("\n"),
-                    self.lab.agent(0).stderr_tail(20)
+                    self.cluster.agent(0).stderr_tail(20)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -333,11 +333,11 @@ fn change(
 
 /// ZooKeeper's address and the counting proxy in front of it, next to it in the core
 /// namespace.
-fn counting_proxy(lab: &Lab) -> Result<(SocketAddr, CountingProxy)> {
-    let core_ip = lab.mesh.core_ip(FAMILY);
+fn counting_proxy(lab: &Cluster) -> Result<(SocketAddr, CountingProxy)> {
+    let core_ip = lab.star.core_ip(FAMILY);
     let zk_addr = SocketAddr::new(core_ip, ZK_PORT);
     let proxy = CountingProxy::start(
-        lab.mesh.core(),
+        lab.star.core(),
         SocketAddr::new(core_ip, PROXY_PORT),
         zk_addr,
     )?;
@@ -348,24 +348,24 @@ fn counting_proxy(lab: &Lab) -> Result<(SocketAddr, CountingProxy)> {
 fn pinglists_at_scale() -> Result<()> {
     let test = "scale_pinglist::pinglists_at_scale";
     // The last mesh node is the reflector namespace of the synthetic members.
-    let Some(mut lab) = Lab::acquire(test, AGENTS + 1, FAMILY, true, false)? else {
+    let Some(mut lab) = Cluster::acquire(test, AGENTS + 1, FAMILY, true, false)? else {
         return Ok(());
     };
     let refl_node = AGENTS;
     let (zk_addr, proxy) = counting_proxy(&lab)?;
-    synthetic::answer_all(lab.mesh.node(refl_node), FAMILY)?;
-    let refl_if = lab.mesh.node_if(refl_node);
+    synthetic::answer_all(lab.star.node(refl_node), FAMILY)?;
+    let refl_if = lab.star.node_if(refl_node);
     let reflector = lab
         .env
         .mp
-        .reflect(lab.mesh.node(refl_node), &["-I", &refl_if])?;
+        .reflect(lab.star.node(refl_node), &["-I", &refl_if])?;
     let refl_ip = lab.node_ip(refl_node);
 
     let layout = Arc::new(ProductLayout::default_paths());
     let members = synthetic::members(SHAPE, FAMILY);
     let t = Instant::now();
     let registrar = Registrar::start(
-        lab.mesh.core(),
+        lab.star.core(),
         &zk_addr.to_string(),
         layout.clone(),
         members,
@@ -377,7 +377,7 @@ fn pinglists_at_scale() -> Result<()> {
     );
     let agents: Vec<SyntheticMember> = (0..AGENTS).map(|i| agent_member(&lab, i)).collect();
     for (i, a) in agents.iter().enumerate() {
-        synthetic::route_via(lab.mesh.node(i), refl_ip)?;
+        synthetic::route_via(lab.star.node(i), refl_ip)?;
         let mut cfg = lab
             .config(i)
             .env("SERVERS_ZK", proxy.connect_string())
@@ -398,7 +398,7 @@ fn pinglists_at_scale() -> Result<()> {
         _reflector: reflector,
         layout,
         agents,
-        lab,
+        cluster: lab,
     };
     let t0 = Instant::now();
     let synced = sc.wait_pinglists(t0, SYNC_TIMEOUT)?;
@@ -437,7 +437,7 @@ fn pinglists_at_scale() -> Result<()> {
         .find(|id| id.starts_with("syn-"))
         .cloned()
         .context("agent 0 probes no synthetic member")?;
-    sc.lab
+    sc.cluster
         .agent_mut(0)
         .wait_for(Duration::from_secs(20), |e| {
             e.kind() == "summary"
@@ -498,7 +498,7 @@ fn pinglists_at_scale() -> Result<()> {
         r.remove("syn-joiner").map(|_| ())
     })?;
 
-    sc.lab.stop_agents(Duration::from_secs(15))?;
+    sc.cluster.stop_agents(Duration::from_secs(15))?;
     Ok(())
 }
 
@@ -509,17 +509,17 @@ fn pinglists_at_scale() -> Result<()> {
 #[test]
 fn registrar_and_counting_proxy() -> Result<()> {
     let test = "scale_pinglist::registrar_and_counting_proxy";
-    let Some(lab) = Lab::acquire(test, 2, FAMILY, true, false)? else {
+    let Some(lab) = Cluster::acquire(test, 2, FAMILY, true, false)? else {
         return Ok(());
     };
-    synthetic::answer_all(lab.mesh.node(1), FAMILY)?;
-    let refl_if = lab.mesh.node_if(1);
-    let reflector = lab.env.mp.reflect(lab.mesh.node(1), &["-I", &refl_if])?;
-    synthetic::route_via(lab.mesh.node(0), lab.node_ip(1))?;
+    synthetic::answer_all(lab.star.node(1), FAMILY)?;
+    let refl_if = lab.star.node_if(1);
+    let reflector = lab.env.mp.reflect(lab.star.node(1), &["-I", &refl_if])?;
+    synthetic::route_via(lab.star.node(0), lab.node_ip(1))?;
     for i in [0, SHAPE.members() - 1] {
         let dst = synthetic::address(i, FAMILY).to_string();
         let run = lab.env.mp.ping(
-            lab.mesh.node(0),
+            lab.star.node(0),
             &[dst.as_str(), "-c", "3", "-i", "100ms", "-W", "500ms"],
             Duration::from_secs(20),
         )?;
@@ -544,7 +544,7 @@ fn registrar_and_counting_proxy() -> Result<()> {
     };
     let t = Instant::now();
     let mut reg = Registrar::start(
-        lab.mesh.core(),
+        lab.star.core(),
         &zk_addr.to_string(),
         layout.clone(),
         members.clone(),
@@ -577,7 +577,7 @@ fn registrar_and_counting_proxy() -> Result<()> {
     let joiner = synthetic::member(SHAPE.members(), 0, 0, 999, FAMILY);
     let joiner_entry = layout.entry_path(&joiner);
     let topo_root = meshprobe::discovery::layout::topology_root(HEARTBEAT_PATH);
-    let (listing, before_join) = lab.mesh.node(0).enter(|| -> Result<(Traffic, Traffic)> {
+    let (listing, before_join) = lab.star.node(0).enter(|| -> Result<(Traffic, Traffic)> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

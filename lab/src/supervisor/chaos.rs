@@ -1,11 +1,11 @@
 //! `mesh chaos`: runs one of the harness's chaos experiments ([`crate::chaos`]) on the
 //! running lab and prints its hypothesis, progress and verdict.
 
-use crate::MeshLab;
+use crate::Lab;
 use crate::chaos::{self, Experiment};
 use anyhow::{Result, bail};
 
-pub fn run(lab: &mut MeshLab, args: &[String], out: &mut dyn FnMut(&str)) -> Result<()> {
+pub fn run(lab: &mut Lab, args: &[String], out: &mut dyn FnMut(&str)) -> Result<()> {
     let exp = Experiment::from_args(args)?;
     out(&format!("[chaos] {exp}: running (the verdict follows)"));
     let verdict = chaos::run(lab, &exp, out)?;

@@ -1,5 +1,5 @@
 //! `cargo xtask mesh up|status|logs|matrix|chaos|down`: a whole meshprobe cluster on this
-//! machine ([`MeshLab`](crate::MeshLab): node namespaces on a bridge, ZooKeeper and the broker
+//! machine ([`Lab`](crate::Lab): node namespaces on a bridge, ZooKeeper and the broker
 //! in the core namespace, one agent per node, shaped links).
 //!
 //! `up` starts a supervisor (`meshprobe-lab mesh serve`, this binary in its own session) that owns the lab

@@ -1,5 +1,5 @@
 //! The lab supervisor (`meshprobe-lab mesh serve`, started by `mesh up` in its own session): owns
-//! the [`MeshLab`] and answers requests on the control socket until `down`, SIGTERM or SIGINT;
+//! the [`Lab`] and answers requests on the control socket until `down`, SIGTERM or SIGINT;
 //! then stops the agents (they deregister and flush) and drops the lab, which removes every
 //! namespace, process and temp dir.
 
@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use crate::{MeshLab, node_name};
+use crate::{Lab, node_name};
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::interrupt;
 
@@ -27,7 +27,7 @@ pub fn run(a: &UpArgs) -> Result<()> {
         std::process::id(),
         spec.describe()
     );
-    let Some(mut lab) = MeshLab::up(spec)? else {
+    let Some(mut lab) = Lab::up(spec)? else {
         bail!("cannot run the lab (the SKIP line above says why)");
     };
     lab.write_expected(&dir.join(control::EXPECTED_FILE))?;
@@ -37,12 +37,12 @@ pub fn run(a: &UpArgs) -> Result<()> {
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     listener.set_nonblocking(true)?;
     let state = State {
-        core_ns: lab.mesh().core().name().to_string(),
+        core_ns: lab.star().core().name().to_string(),
         node_ns: (0..lab.spec.nodes)
-            .map(|i| lab.mesh().node(i).name().to_string())
+            .map(|i| lab.star().node(i).name().to_string())
             .collect(),
         bootstrap: lab.bootstrap(),
-        zookeeper: lab.lab.zk().connect_string(),
+        zookeeper: lab.cluster.zk().connect_string(),
         topic: lab.topic().to_string(),
         meshprobe_bin: lab.bin().display().to_string(),
     };
@@ -95,7 +95,7 @@ pub fn run(a: &UpArgs) -> Result<()> {
 }
 
 /// Answers one connection; `Ok(true)` when the lab should stop.
-fn serve_one(lab: &mut MeshLab, s: UnixStream, started: Instant) -> Result<bool> {
+fn serve_one(lab: &mut Lab, s: UnixStream, started: Instant) -> Result<bool> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line)?;
@@ -143,7 +143,7 @@ fn serve_one(lab: &mut MeshLab, s: UnixStream, started: Instant) -> Result<bool>
     Ok(stop)
 }
 
-fn status(lab: &mut MeshLab, started: Instant, out: &mut dyn FnMut(&str)) -> Result<()> {
+fn status(lab: &mut Lab, started: Instant, out: &mut dyn FnMut(&str)) -> Result<()> {
     let spec = lab.spec.clone();
     out(&format!(
         "lab: {} nodes, {}, window {}, interval {}, up {}",
@@ -154,16 +154,16 @@ fn status(lab: &mut MeshLab, started: Instant, out: &mut dyn FnMut(&str)) -> Res
         humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
     ));
     let zk_ok = lab
-        .lab
+        .cluster
         .zk()
         .four_letter("ruok")
         .map(|r| r == "imok")
         .unwrap_or(false);
-    let broker_ok = lab.lab.kafka_mut().is_running();
+    let broker_ok = lab.cluster.kafka_mut().is_running();
     out(&format!(
         "core namespace {}: ZooKeeper {} ({}), broker {} ({}), topic {}",
-        lab.mesh().core().name(),
-        lab.lab.zk().connect_string(),
+        lab.star().core().name(),
+        lab.cluster.zk().connect_string(),
         if zk_ok { "serving" } else { "DOWN" },
         lab.bootstrap(),
         if broker_ok { "running" } else { "DOWN" },
@@ -176,7 +176,7 @@ fn status(lab: &mut MeshLab, started: Instant, out: &mut dyn FnMut(&str)) -> Res
     ));
     for i in 0..spec.nodes {
         let name = node_name(i);
-        let agent = match lab.lab.agents.get_mut(&i) {
+        let agent = match lab.cluster.agents.get_mut(&i) {
             Some(a) => {
                 if a.is_running() {
                     format!("pid {}", a.pid().unwrap_or(0))
@@ -194,8 +194,8 @@ fn status(lab: &mut MeshLab, started: Instant, out: &mut dyn FnMut(&str)) -> Res
             } else {
                 &spec.zones[i]
             },
-            lab.lab.node_ip(i).to_string(),
-            lab.mesh().node(i).name(),
+            lab.cluster.node_ip(i).to_string(),
+            lab.star().node(i).name(),
             agent,
             if members.contains(&name) { "yes" } else { "no" }
         ));
@@ -251,10 +251,10 @@ fn status(lab: &mut MeshLab, started: Instant, out: &mut dyn FnMut(&str)) -> Res
     Ok(())
 }
 
-fn logs(lab: &mut MeshLab, target: &str, out: &mut dyn FnMut(&str)) -> Result<()> {
+fn logs(lab: &mut Lab, target: &str, out: &mut dyn FnMut(&str)) -> Result<()> {
     let text = match target {
-        "zookeeper" | "zk" => lab.lab.zk().log_tail(100_000),
-        "broker" | "kafka" | "tansu" => lab.lab.kafka().stderr_text(),
+        "zookeeper" | "zk" => lab.cluster.zk().log_tail(100_000),
+        "broker" | "kafka" | "tansu" => lab.cluster.kafka().stderr_text(),
         t => {
             let i = t
                 .strip_prefix("node")
@@ -268,7 +268,7 @@ fn logs(lab: &mut MeshLab, target: &str, out: &mut dyn FnMut(&str)) -> Result<()
                         lab.spec.nodes - 1
                     )
                 })?;
-            match lab.lab.agents.get(&i) {
+            match lab.cluster.agents.get(&i) {
                 Some(a) => a.stderr_text(),
                 None => bail!("{} runs no agent now", node_name(i)),
             }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use meshprobe_lab::chaos::{self, Experiment, Verdict};
-use meshprobe_lab::{LabSpec, MeshLab};
+use meshprobe_lab::{LabSpec, Lab};
 
-fn lab() -> Result<Option<MeshLab>> {
-    MeshLab::up(LabSpec::new(4)?.zoned(
+fn lab() -> Result<Option<Lab>> {
+    Lab::up(LabSpec::new(4)?.zoned(
         2,
         Duration::from_micros(100),
         Duration::from_micros(400),
@@ -33,7 +33,7 @@ fn experiment(test: &str, exp: Experiment) -> Result<Option<Verdict>> {
     let v = match res {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("{}", lab.lab.diagnostics());
+            eprintln!("{}", lab.cluster.diagnostics());
             return Err(e);
         }
     };
@@ -44,7 +44,7 @@ fn experiment(test: &str, exp: Experiment) -> Result<Option<Verdict>> {
         t0.elapsed()
     );
     if !v.holds {
-        eprintln!("{}", lab.lab.diagnostics());
+        eprintln!("{}", lab.cluster.diagnostics());
     }
     lab.shutdown(Duration::from_secs(15))?;
     Ok(Some(v))

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use meshprobe_harness::services::{TempDir, wait_until};
 use meshprobe_harness::stats::{NOISE_FLOOR_NS, NOISE_K, median, median_ci, us};
 use meshprobe_harness::topo::Family;
-use meshprobe_lab::{LabSpec, MeshLab, Windows, node_name};
+use meshprobe_lab::{LabSpec, Lab, Windows, node_name};
 
 /// Windows measured after every pair is up.
 const WINDOWS: u64 = 4;
@@ -43,13 +43,13 @@ struct PairFigures {
 }
 
 fn run(family: Family) -> Result<()> {
-    let Some(mut lab) = MeshLab::up(spec(family)?)? else {
+    let Some(mut lab) = Lab::up(spec(family)?)? else {
         return Ok(());
     };
     eprintln!("injected ({}):\n{}", family.label(), lab.spec.describe());
     let start = lab.window_now() + 1;
     lab.wait_all_measured(start, Duration::from_secs(20))
-        .with_context(|| lab.lab.diagnostics())?;
+        .with_context(|| lab.cluster.diagnostics())?;
     let last = start + WINDOWS;
     lab.wait_window(last + 1);
     let n = lab.spec.nodes;
@@ -197,13 +197,13 @@ fn judge(figures: &[PairFigures], spec: &LabSpec, n: usize) -> Vec<String> {
 
 /// `meshprobe matrix --svg` from the same topic: well-formed, every node labelled on both
 /// axes, one cell per ordered pair with the measured value and the injected one beside it.
-fn check_svg(lab: &MeshLab) -> Result<()> {
+fn check_svg(lab: &Lab) -> Result<()> {
     let dir = TempDir::new("matrix-svg")?;
     let expected = dir.path().join("expected.csv");
     lab.write_expected(&expected)?;
     let svg_path = dir.path().join("matrix.svg");
     let bin = lab.bin().to_str().context("utf-8 path")?;
-    lab.mesh().core().run([
+    lab.star().core().run([
         bin,
         "matrix",
         "--kafka-bootstrap-servers",
@@ -274,7 +274,7 @@ fn check_svg(lab: &MeshLab) -> Result<()> {
 }
 
 /// The injected added RTT of `src->dst` in µs.
-fn injected_us(lab: &MeshLab, src: &str, dst: &str) -> f64 {
+fn injected_us(lab: &Lab, src: &str, dst: &str) -> f64 {
     let idx = |s: &str| {
         s.trim_start_matches("node")
             .parse::<usize>()

@@ -17,16 +17,16 @@ use anyhow::{Context, Result, bail};
 use crate::netns::Netns;
 use crate::topo::{Family, add_addr, veth_pair, wait_reachable};
 
-/// Most nodes a mesh can have (addresses .10 to .249).
+/// Most nodes a star can have (addresses .10 to .249).
 pub const MAX_NODES: usize = 240;
 
-pub struct Mesh {
+pub struct Star {
     /// Declared before `core` so nodes go first on drop.
     nodes: Vec<Option<Netns>>,
     core: Netns,
 }
 
-impl Mesh {
+impl Star {
     pub const BRIDGE: &'static str = "br0";
     /// Locally administered, fixed for the bridge's life.
     pub const BRIDGE_MAC: &'static str = "02:00:c6:12:00:01";
@@ -35,7 +35,7 @@ impl Mesh {
 
     /// A core namespace with the bridge and `n` nodes, every node reachable from the core
     /// over IPv4 and IPv6.
-    pub fn new(n: usize) -> Result<Mesh> {
+    pub fn new(n: usize) -> Result<Star> {
         let core = Netns::new("core")?;
         no_dad(&core)?;
         core.run([
@@ -52,7 +52,7 @@ impl Mesh {
             "mcast_snooping",
             "0",
         ])
-        .context("creating the mesh bridge")?;
+        .context("creating the star bridge")?;
         // A fixed MAC: otherwise the bridge takes the lowest MAC of its ports and changes it
         // as nodes are added, and nodes that resolved the core earlier keep sending to a MAC
         // that is no longer the bridge's (their TCP connections to the core then fail).
@@ -67,21 +67,21 @@ impl Mesh {
         core.run(["ip", "link", "set", Self::BRIDGE, "up"])?;
         add_addr(&core, Self::BRIDGE, Self::CORE4.into(), 24)?;
         add_addr(&core, Self::BRIDGE, Self::CORE6.into(), 64)?;
-        let mut mesh = Mesh {
+        let mut star = Star {
             nodes: Vec::new(),
             core,
         };
         for _ in 0..n {
-            mesh.add_node()?;
+            star.add_node()?;
         }
-        Ok(mesh)
+        Ok(star)
     }
 
     /// Adds a node (next index) and returns its index once it reaches the core.
     pub fn add_node(&mut self) -> Result<usize> {
         let i = self.nodes.len();
         if i >= MAX_NODES {
-            bail!("a mesh has at most {MAX_NODES} nodes");
+            bail!("a star has at most {MAX_NODES} nodes");
         }
         let ns = Netns::new(&format!("n{i}"))?;
         no_dad(&ns)?;
@@ -95,9 +95,9 @@ impl Mesh {
         self.nodes.push(Some(ns));
         let ns = self.nodes[i].as_ref().expect("just added");
         wait_reachable(ns, Self::CORE4.into())
-            .with_context(|| format!("mesh node {i} -> core (IPv4)"))?;
+            .with_context(|| format!("star node {i} -> core (IPv4)"))?;
         wait_reachable(ns, Self::CORE6.into())
-            .with_context(|| format!("mesh node {i} -> core (IPv6)"))?;
+            .with_context(|| format!("star node {i} -> core (IPv6)"))?;
         Ok(i)
     }
 
@@ -113,7 +113,7 @@ impl Mesh {
         self.nodes
             .get(i)
             .and_then(Option::as_ref)
-            .unwrap_or_else(|| panic!("mesh has no node {i}"))
+            .unwrap_or_else(|| panic!("star has no node {i}"))
     }
 
     /// Indices of the nodes present.

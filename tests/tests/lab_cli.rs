@@ -257,7 +257,7 @@ impl Drop for DownOnDrop {
 
 #[test]
 fn down_after_a_crashed_up_leaves_nothing_and_up_cleans_first() -> Result<()> {
-    let test = "mesh_lab_cli";
+    let test = "lab_cli";
     if let Some(why) = env::missing_prerequisite(&["tc", "nft"])
         .or_else(services::zookeeper_missing)
         .or_else(services::tansu_missing)
@@ -345,11 +345,11 @@ fn down_after_a_crashed_up_leaves_nothing_and_up_cleans_first() -> Result<()> {
 #[test]
 fn bad_lab_flags_are_refused_up_front() -> Result<()> {
     let Some(bin) = lab_bin() else {
-        env::skip("mesh_lab_cli flags", "lab binary not built");
+        env::skip("lab_cli flags", "lab binary not built");
         return Ok(());
     };
     if !env::is_root() {
-        env::skip("mesh_lab_cli flags", "needs root");
+        env::skip("lab_cli flags", "needs root");
         return Ok(());
     }
     let mp = PathBuf::from("/nonexistent/meshprobe");
