@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::bpf_stats::{instant_to_unix_ns, znode_ctime_ms};
 use anyhow::{Context, Result, bail};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster};
+use meshprobe_harness::agent::{Cluster, HEARTBEAT_PATH};
 use meshprobe_harness::capture::Capture;
 use meshprobe_harness::topo::Family;
 use serde_json::json;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::bpf_stats::{sample_process, znode_ctime_ms};
 use anyhow::{Context, Result, bail};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, ZK_PORT};
+use meshprobe_harness::agent::{Cluster, HEARTBEAT_PATH, ZK_PORT};
 use meshprobe_harness::capture::Capture;
 use meshprobe_harness::synthetic::{self, Shape};
 use meshprobe_harness::topo::Family;

@@ -11,9 +11,37 @@ pub fn percentile<T: Copy + PartialOrd>(v: &[T], p: f64) -> Option<T> {
     Some(s[rank.clamp(1, s.len()) - 1])
 }
 
-/// Median (lower middle for even lengths) of `v`.
-pub fn median<T: Copy + PartialOrd>(v: &[T]) -> Option<T> {
-    percentile(v, 50.0)
+/// A value two samples can be averaged into (the median of an even count).
+pub trait Midpoint: Copy + PartialOrd {
+    fn midpoint_with(self, other: Self) -> Self;
+}
+
+macro_rules! midpoint {
+    ($($t:ty),*) => {$(
+        impl Midpoint for $t {
+            fn midpoint_with(self, other: Self) -> Self {
+                self.midpoint(other)
+            }
+        }
+    )*};
+}
+midpoint!(i64, u64, u32, f64);
+
+/// The median of `v`: the middle value, or the mean of the two middle values for an even count
+/// (integers round toward negative infinity); `None` when empty. The one median of the tests,
+/// the lab and the bench.
+pub fn median<T: Midpoint>(v: &[T]) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        s[n / 2 - 1].midpoint_with(s[n / 2])
+    })
 }
 
 /// `ns` as microseconds with two decimals, for messages.
@@ -143,7 +171,11 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Some(99));
         assert_eq!(percentile(&v, 100.0), Some(100));
         assert_eq!(percentile(&v, 0.0), Some(1));
-        assert_eq!(median(&[3, 1, 2]), Some(2));
+        assert_eq!(median(&[3i64, 1, 2]), Some(2));
+        assert_eq!(median(&[4i64, 1, 2, 3]), Some(2));
+        assert_eq!(median(&[4i64, 1, 2, 5]), Some(3));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median::<i64>(&[]), None);
         assert_eq!(percentile::<i64>(&[], 50.0), None);
     }
 

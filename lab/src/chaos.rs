@@ -976,11 +976,7 @@ fn wait_peers(
 }
 
 /// Polls ZooKeeper until `want(members)` (at most `timeout`); when it first held.
-fn wait_members(
-    lab: &Lab,
-    timeout: Duration,
-    want: impl Fn(&[String]) -> bool,
-) -> Option<Instant> {
+fn wait_members(lab: &Lab, timeout: Duration, want: impl Fn(&[String]) -> bool) -> Option<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
         if lab.zk_members().is_ok_and(|m| want(&m)) {
@@ -1116,7 +1112,9 @@ pub fn run(lab: &mut Lab, exp: &Experiment, log: &mut dyn FnMut(&str)) -> Result
             fmt_duration(MAX_RTT)
         );
     }
-    let missing: Vec<usize> = (0..n).filter(|i| !lab.cluster.agents.contains_key(i)).collect();
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !lab.cluster.agents.contains_key(i))
+        .collect();
     ensure!(
         missing.is_empty(),
         "chaos needs every node's agent running; not running: {:?}",
@@ -1358,7 +1356,11 @@ fn kill_agent(lab: &mut Lab, c: &mut Ctx, x: usize) -> Result<()> {
     let restart_at = Instant::now();
     log(&format!("restarting {xid}'s agent in window {restart_w}"));
     lab.start_agent(x)?;
-    let ready_s = lab.cluster.agent(x).ready_at().map(|r| secs(r - restart_at));
+    let ready_s = lab
+        .cluster
+        .agent(x)
+        .ready_at()
+        .map(|r| secs(r - restart_at));
     let registered_at = wait_members(lab, Duration::from_secs(30), |m| m.contains(&xid));
     let added = wait_peers(lab, &marks, ["peer_added", &xid], restart_at, 20);
 

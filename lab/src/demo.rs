@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{LabSpec, Lab};
+use crate::{Lab, LabSpec};
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::interrupt;
 use meshprobe_harness::services::TempDir;

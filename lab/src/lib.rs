@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use meshprobe_harness::agent::{AgentConfig, HEARTBEAT_PATH, Cluster, TEST_TOPIC};
+use meshprobe_harness::agent::{AgentConfig, Cluster, HEARTBEAT_PATH, TEST_TOPIC};
 use meshprobe_harness::star::Star;
 
 pub use data::{Obs, Windows};
@@ -121,8 +121,10 @@ impl Lab {
         self.spec.set(a, b, s);
         let bin = self.bin().to_path_buf();
         if old.rtt != s.rtt {
-            self.links.apply_node(&bin, &self.cluster.star, &self.spec, a)?;
-            self.links.apply_node(&bin, &self.cluster.star, &self.spec, b)?;
+            self.links
+                .apply_node(&bin, &self.cluster.star, &self.spec, a)?;
+            self.links
+                .apply_node(&bin, &self.cluster.star, &self.spec, b)?;
         }
         if old.loss_pct != s.loss_pct {
             self.links.apply_nft(&self.cluster.star, &self.spec)?;

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use meshprobe_harness::child::ChildGuard;
-use meshprobe_harness::star::Star;
 use meshprobe_harness::meshprobe::READY_TIMEOUT;
+use meshprobe_harness::star::Star;
 use meshprobe_harness::topo::Family;
 
 use crate::spec::LabSpec;

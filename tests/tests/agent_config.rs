@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use meshprobe_harness::Netns;
 use meshprobe_harness::agent::{
-    Agent, AgentConfig, HEARTBEAT_PATH, KAFKA_PORT, Cluster, TEST_TOPIC, ZK_PORT, num, summary_key,
+    Agent, AgentConfig, Cluster, HEARTBEAT_PATH, KAFKA_PORT, TEST_TOPIC, ZK_PORT, num, summary_key,
     window_now,
 };
 use meshprobe_harness::env::TestEnv;

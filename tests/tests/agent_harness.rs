@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use meshprobe_harness::env::{missing_prerequisite, skip};
-use meshprobe_harness::star::Star;
 use meshprobe_harness::netns::list_namespaces;
 use meshprobe_harness::services::{
     Tansu, ZooKeeper, tansu_missing, tcp_open, wait_until, zookeeper_missing,
 };
+use meshprobe_harness::star::Star;
 use meshprobe_harness::topo::{Family, wait_reachable};
 
 fn prereq(test: &str, extra: Option<String>) -> bool {

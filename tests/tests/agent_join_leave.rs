@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, num, window_now};
+use meshprobe_harness::agent::{Cluster, HEARTBEAT_PATH, num, window_now};
 use meshprobe_harness::topo::Family;
 
 /// MESHPROBE_TIMEOUT of every agent here (the agent's default, set so the test can use it).
@@ -139,7 +139,9 @@ fn fourth_agent_is_probed_and_a_leaving_agent_raises_no_loss() -> Result<()> {
             .wait_for_since(mark, Duration::from_secs(15), |e| {
                 e.kind() == "peer_removed" && e.v["node_id"] == id1.as_str()
             })
-            .with_context(|| format!("{} never reported peer_removed {id1}", Cluster::node_id(i)))?;
+            .with_context(|| {
+                format!("{} never reported peer_removed {id1}", Cluster::node_id(i))
+            })?;
         let after = ev.at - left_at;
         eprintln!(
             "{} removed {id1} {after:?} after SIGTERM (judged for loss within the \

@@ -55,7 +55,9 @@ fn check_discovery(lab: &mut Cluster, nodes: &[usize]) -> Result<()> {
                 .wait_for(DISCOVERY_WAIT, |e| {
                     e.kind() == "peer_added" && e.v["node_id"] == id_b.as_str()
                 })
-                .with_context(|| format!("{} never reported peer_added {id_b}", Cluster::node_id(a)))?;
+                .with_context(|| {
+                    format!("{} never reported peer_added {id_b}", Cluster::node_id(a))
+                })?;
             eprintln!(
                 "{} added {id_b} {:?} after both were ready: {}",
                 Cluster::node_id(a),

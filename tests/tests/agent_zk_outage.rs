@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe_harness::agent::{
-    HEARTBEAT_PATH, Cluster, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now,
+    Cluster, HEARTBEAT_PATH, TEST_CONN_TIMEOUT_S, ZK_PORT, num, window_now,
 };
 use meshprobe_harness::services::{TcpBlock, wait_until};
 use meshprobe_harness::topo::Family;

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use meshprobe_harness::capture::{Capture, one_way_delays};
-use meshprobe_harness::star::Star;
 use meshprobe_harness::meshprobe::stop_delay;
+use meshprobe_harness::star::Star;
 use meshprobe_harness::stats::{Shift, median, us};
 use meshprobe_harness::{Family, TestEnv};
 use serde_json::Value;

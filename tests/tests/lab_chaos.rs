@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use meshprobe_lab::chaos::{self, Experiment, Verdict};
-use meshprobe_lab::{LabSpec, Lab};
+use meshprobe_lab::{Lab, LabSpec};
 
 fn lab() -> Result<Option<Lab>> {
-    Lab::up(LabSpec::new(4)?.zoned(
-        2,
-        Duration::from_micros(100),
-        Duration::from_micros(400),
-    )?)
+    Lab::up(LabSpec::new(4)?.zoned(2, Duration::from_micros(100), Duration::from_micros(400))?)
 }
 
 /// Runs `exp` on a fresh lab and prints its verdict; `None` when the lab cannot run here.

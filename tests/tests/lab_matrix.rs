@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use meshprobe_harness::services::{TempDir, wait_until};
 use meshprobe_harness::stats::{NOISE_FLOOR_NS, NOISE_K, median, median_ci, us};
 use meshprobe_harness::topo::Family;
-use meshprobe_lab::{LabSpec, Lab, Windows, node_name};
+use meshprobe_lab::{Lab, LabSpec, Windows, node_name};
 
 /// Windows measured after every pair is up.
 const WINDOWS: u64 = 4;

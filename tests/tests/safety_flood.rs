@@ -33,7 +33,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, metric_sum, num, tai_now_ns, window_now_of};
+use meshprobe_harness::agent::{
+    Cluster, HEARTBEAT_PATH, metric_sum, num, tai_now_ns, window_now_of,
+};
 use meshprobe_harness::load::{CpuStat, ticks_ms};
 use meshprobe_harness::netns::Netns;
 use meshprobe_harness::safety::udp_counter;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use meshprobe::pinglist::{Params, Topology};
-use meshprobe_harness::agent::{HEARTBEAT_PATH, Cluster, ZK_PORT};
+use meshprobe_harness::agent::{Cluster, HEARTBEAT_PATH, ZK_PORT};
 use meshprobe_harness::synthetic::{self, Shape};
 use meshprobe_harness::topo::Family;
 use meshprobe_harness::zkproxy::{CountingProxy, Traffic};
