@@ -12,7 +12,7 @@ use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tokio::net::TcpListener;
 
 use super::{
-    App,
+    App, Config,
     admin::{self, AdminMetrics, Health},
     dedicated::{self, Dedicated},
     pinglist::{self, PinglistMetrics, PinglistView},
@@ -108,14 +108,7 @@ impl App {
         // Pinglist: who of the members the prober probes.
         let json = c.output.format == OutputFormat::Json;
         let changed = on_pinglist_change(m.pinglist, json);
-        let me = pinglist::Me {
-            node_id: c.node.id.clone(),
-            place: crate::pinglist::Place {
-                zone: c.node.zone.clone(),
-                rack: c.node.rack.clone(),
-            },
-        };
-        let lists = pinglist::spawn(me, c.pinglist, members_rx, changed.clone());
+        let lists = pinglist::spawn(me(&c), c.pinglist, members_rx, changed.clone());
 
         let admin_addr = admin_listener
             .as_ref()
@@ -139,18 +132,7 @@ impl App {
         }
         changed(&lists.view.borrow());
 
-        let opts = prober::ProberOptions {
-            node_id: c.node.id.clone(),
-            zone: c.node.zone.clone(),
-            interval: c.probing.interval,
-            jitter_pct: c.probing.jitter_pct,
-            timeout: c.probing.timeout,
-            sizes: c.probing.sizes.clone(),
-            window: c.probing.window,
-            grace: c.probing.peer_grace,
-            instance,
-            json_events: json,
-        };
+        let opts = prober_options(&c, instance);
         let prober = prober::Prober::new(opts, st.clone(), sinks.clone(), m.probe)
             .with_zone_sizes(lists.zone_sizes);
         let prober = spawn_prober(prober, lists.probed)?;
@@ -178,6 +160,32 @@ impl App {
             grace: c.shutdown_grace,
             probe_timeout: c.probing.timeout,
         })
+    }
+}
+
+/// Who the pinglist is computed for.
+fn me(c: &Config) -> pinglist::Me {
+    pinglist::Me {
+        node_id: c.node.id.clone(),
+        place: crate::pinglist::Place {
+            zone: c.node.zone.clone(),
+            rack: c.node.rack.clone(),
+        },
+    }
+}
+
+fn prober_options(c: &Config, instance: String) -> prober::ProberOptions {
+    prober::ProberOptions {
+        node_id: c.node.id.clone(),
+        zone: c.node.zone.clone(),
+        interval: c.probing.interval,
+        jitter_pct: c.probing.jitter_pct,
+        timeout: c.probing.timeout,
+        sizes: c.probing.sizes.clone(),
+        window: c.probing.window,
+        grace: c.probing.peer_grace,
+        instance,
+        json_events: c.output.format == OutputFormat::Json,
     }
 }
 

@@ -32,8 +32,14 @@ impl Settings {
     }
 }
 
-/// Intervals, timeouts and the window must fit together; sizes must be STAMP packets.
+/// Timing first, then sizes.
 pub(super) fn validate(a: &AgentArgs) -> Result<(), ConfigError> {
+    timing(a)?;
+    sizes(a)
+}
+
+/// Intervals, timeouts and the window must fit together.
+fn timing(a: &AgentArgs) -> Result<(), ConfigError> {
     if a.interval.is_zero() {
         return Err(ConfigError::new(
             "MESHPROBE_INTERVAL (--interval)",
@@ -100,6 +106,11 @@ pub(super) fn validate(a: &AgentArgs) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// Every size must be a STAMP packet.
+fn sizes(a: &AgentArgs) -> Result<(), ConfigError> {
     if a.sizes.is_empty() {
         return Err(ConfigError::new(
             "MESHPROBE_SIZES (--sizes)",
