@@ -13,7 +13,7 @@ use prometheus_client::{
 };
 use serde::Serialize;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{Instrument as _, debug, info};
 
 use crate::discovery::PeerMap;
 use crate::pinglist::{self, Params, Place, Reason, Topology};
@@ -203,7 +203,7 @@ pub fn spawn(
     let (probed_tx, probed) = watch::channel(first.probed);
     let (view_tx, view) = watch::channel(Arc::new(first.view));
     let (sizes_tx, zone_sizes) = watch::channel(first.zone_sizes);
-    tokio::spawn(async move {
+    let follow = async move {
         while members.changed().await.is_ok() {
             // Let a burst of changes settle; a change meanwhile restarts nothing, it is read
             // with the rest.
@@ -239,7 +239,8 @@ pub fn spawn(
             let _ = view_tx.send(Arc::new(v));
             release_freed_memory();
         }
-    });
+    };
+    tokio::spawn(follow.instrument(tracing::info_span!("pinglist")));
     Outputs {
         probed,
         view,

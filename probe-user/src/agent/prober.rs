@@ -22,10 +22,10 @@ use crate::{
     net::{ProbeSocket, RecvBatch, SockStamps, canonical},
     pb,
     probe::{
-        StampSource, Stamping, emit_json,
+        StampSource, Stamping,
         session::{self, Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
     },
-    sink::Sinks,
+    sink::{Sinks, json::emit_json},
     stats::{
         window::WindowStats,
         zone::{ZoneSizes, ZoneWindow, zone_sizes},
@@ -294,7 +294,8 @@ impl Prober {
     }
 
     fn event(&self, kind: &'static str, p: &Peer) {
-        info!("{}: {} at {}", kind.replace('_', " "), p.node_id, p.addr);
+        peer_span(&p.node_id)
+            .in_scope(|| info!("{}: {} at {}", kind.replace('_', " "), p.node_id, p.addr));
         if self.opts.json_events {
             emit_json(&PeerEvent {
                 kind,
@@ -346,7 +347,8 @@ impl Prober {
                 continue;
             }
             let Some(ssid) = session::alloc_ssid(|s| self.by_ssid.contains_key(&s)) else {
-                warn!("not probing {}: every SSID is in use", peer.node_id);
+                peer_span(&peer.node_id)
+                    .in_scope(|| warn!("not probing {}: every SSID is in use", peer.node_id));
                 continue;
             };
             let id = self.next_id;
@@ -556,10 +558,13 @@ impl Prober {
         {
             // A reply without room for the in-band T4 (a reflector that does not echo our
             // padding TLV): the socket's RX stamp is the kernel stamp left for it.
-            info!(
-                "reply from {} has no room for the in-band T4: RX software timestamps turned on",
-                rx.from
-            );
+            peer_span(&p.peer.node_id).in_scope(|| {
+                info!(
+                    "reply from {} has no room for the in-band T4: RX software timestamps turned \
+                     on",
+                    rx.from
+                )
+            });
         }
         if reordered {
             p.win.reordered += 1;
@@ -652,7 +657,8 @@ impl Prober {
                     self.by_addr.remove(&addr);
                 }
                 self.metrics.forget(&p.label);
-                debug!("dropped state of departed peer {}", p.peer.node_id);
+                peer_span(&p.peer.node_id)
+                    .in_scope(|| debug!("dropped state of departed peer {}", p.peer.node_id));
             }
         }
     }
@@ -715,6 +721,12 @@ fn probe_record(
         sent_tai_ns,
         ..Default::default()
     }
+}
+
+/// The span of one peer's events: its lines carry the peer id as a field. Peer events are
+/// rare (joins, leaves, a one-time switch), so the hot path builds no span.
+fn peer_span(node_id: &str) -> tracing::Span {
+    tracing::info_span!("peer", id = %node_id)
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

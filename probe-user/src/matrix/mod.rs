@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::agent::ConfigError;
+use crate::cli::ConfigError;
 
 pub mod coverage;
 pub mod expected;
@@ -250,12 +250,7 @@ pub struct Settings {
 }
 
 fn flag_error(setting: &str, problem: impl std::fmt::Display, fix: &str) -> anyhow::Error {
-    ConfigError {
-        setting: setting.into(),
-        problem: problem.to_string(),
-        fix: fix.into(),
-    }
-    .into()
+    ConfigError::new(setting, problem.to_string(), fix).into()
 }
 
 /// An output file must be creatable: checked before reading, which may take long.

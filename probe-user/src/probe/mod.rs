@@ -325,15 +325,6 @@ pub fn fmt_ns(ns: i64) -> String {
     }
 }
 
-/// Prints one JSON object per line (stdout lock held for the line).
-pub fn emit_json<T: Serialize>(v: &T) {
-    use std::io::Write as _;
-    let line = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::{
-    Stamping, emit_json,
+    Stamping,
     policy::{self, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
     rx_time,
 };
@@ -21,6 +21,7 @@ use crate::{
     clock,
     discovery::PeerMap,
     net::{ProbeSocket, Received, RecvBatch, SockStamps, Source},
+    sink::json::emit_json,
     wire::{self, SenderPacket, Timestamp},
 };
 

@@ -8,12 +8,13 @@ use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
 use super::{
-    StampSource, Stamping, emit_json, fmt_ns,
+    StampSource, Stamping, fmt_ns,
     session::{Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
 };
 use crate::{
     clock,
     net::{BATCH, ProbeSocket, Received, RecvBatch},
+    sink::json::emit_json,
     stats::SessionStats,
     wire::{ReflectorPacket, SenderPacket, Timestamp},
 };

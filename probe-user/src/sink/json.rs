@@ -39,6 +39,16 @@ pub fn from_base64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D:
         .map_err(serde::de::Error::custom)
 }
 
+/// Prints one JSON object per line on stdout (the lock held for the line): every JSON line
+/// of every subcommand, records and events alike.
+pub fn emit_json<T: Serialize>(v: &T) {
+    use std::io::Write as _;
+    let line = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// One JSON line: the type tag followed by the record's own fields.
 #[derive(Serialize)]
 struct Line<'a, T: Serialize> {
