@@ -212,7 +212,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "ZooKeeper's ctime has millisecond resolution; the harness reads the agents' lines \
          through a pipe (sub-millisecond). The newcomer's ready line comes a few milliseconds \
          before its znode exists: it says the reflector and the stamping are set up, and the \
-         registration follows (probe-user/src/agent/mod.rs; /readyz waits for it), so the \
+         registration follows (probe-user/src/agent/spawn.rs; /readyz waits for it), so the \
          ready line is not a registration time. From peer_added to the first probe is the \
          prober's deliberate spread of first probes to new peers (random, up to 200 ms or the \
          interval, probe-user/src/agent/prober.rs apply_members)."
