@@ -2,27 +2,26 @@
 //! `meshprobe consume --json`.
 //!
 //! An [`Agent`] keeps every JSON line it printed (ready, summary, probe, peer_added,
-//! peer_removed) with the time it arrived, collected by a background thread; its stderr goes to
-//! a file (the agent logs for as long as it runs, so it is not kept in memory). The admin port
+//! peer_removed) with the time it arrived, collected by its [`ChildGuard`]'s stdout handler; its
+//! stderr goes to a file (the agent logs for as long as it runs, so it is not kept in memory). The admin port
 //! is reached with a plain HTTP/1.0 request from inside the namespace.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::child::{parse_json_line, run_with_timeout};
+use crate::child::{ChildGuard, parse_json_line, run_with_timeout};
 use crate::netns::Netns;
 use crate::services::TempDir;
 
@@ -156,14 +155,13 @@ impl AgentConfig {
 /// A running (or exited) `meshprobe agent`.
 pub struct Agent {
     pub node_id: String,
-    label: String,
     ns_name: String,
-    child: Option<Child>,
-    status: Option<ExitStatus>,
+    /// The process (the harness's one child guard); declared before `_dir`, which holds its
+    /// stderr file.
+    child: ChildGuard,
     events: Arc<Mutex<Vec<Event>>>,
     /// Non-JSON stdout lines (table output, stray prints).
     other_stdout: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
     stderr_path: PathBuf,
     _dir: TempDir,
     /// The ready line, once seen.
@@ -180,7 +178,6 @@ impl Agent {
     pub fn spawn(bin: &Path, ns: &Netns, node_id: &str, cfg: &AgentConfig) -> Result<Agent> {
         let dir = TempDir::new(&format!("agent-{node_id}"))?;
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = File::create(&stderr_path)?;
         let mut argv: Vec<OsString> = vec![
             bin.as_os_str().to_owned(),
             "agent".into(),
@@ -200,41 +197,21 @@ impl Agent {
             cmd.env("MESHPROBE_LOG", "info");
         }
         cmd.envs(&cfg.env);
-        crate::child::harden(&mut cmd);
         let label = format!("[{}] meshprobe agent {node_id}", ns.name());
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .with_context(|| format!("spawning {label}"))?;
-        let stdout = child.stdout.take().expect("piped");
         let events = Arc::new(Mutex::new(Vec::new()));
         let other = Arc::new(Mutex::new(Vec::new()));
         let (ev, ot) = (events.clone(), other.clone());
         let drop_probes = cfg.drop_probe_lines;
-        let reader = thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf);
-                        let line = line.trim_end_matches(['\n', '\r']);
-                        match parse_json_line(line) {
-                            Some(v) if drop_probes && v["type"] == "probe" => {}
-                            Some(v) => ev.lock().unwrap().push(Event {
-                                at: Instant::now(),
-                                v,
-                            }),
-                            None => ot.lock().unwrap().push(line.to_string()),
-                        }
-                    }
-                }
-            }
-        });
+        let on_line = move |line: String| match parse_json_line(&line) {
+            Some(v) if drop_probes && v["type"] == "probe" => {}
+            Some(v) => ev.lock().unwrap().push(Event {
+                at: Instant::now(),
+                v,
+            }),
+            None => ot.lock().unwrap().push(line),
+        };
+        let child = ChildGuard::spawn_streaming(cmd, label, on_line, &stderr_path)?
+            .with_term_grace(AGENT_TERM_WAIT);
         let admin_hint = cfg
             .args
             .iter()
@@ -245,13 +222,10 @@ impl Agent {
         Ok(Agent {
             admin_hint,
             node_id: node_id.to_string(),
-            label,
             ns_name: ns.name().to_string(),
-            child: Some(child),
-            status: None,
+            child,
             events,
             other_stdout: other,
-            reader: Some(reader),
             stderr_path,
             _dir: dir,
             ready: None,
@@ -274,7 +248,7 @@ impl Agent {
         if ev.v["role"] != "agent" {
             bail!(
                 "{}: ready line has role {}: {}",
-                self.label,
+                self.label(),
                 ev.v["role"],
                 ev.v
             );
@@ -292,11 +266,11 @@ impl Agent {
     }
 
     pub fn label(&self) -> &str {
-        &self.label
+        self.child.label()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Everything printed so far, in order.
@@ -365,17 +339,17 @@ impl Agent {
                     return Ok(e.clone());
                 }
                 drop(evs);
+                let status = self.try_exited().map(|s| s.to_string()).unwrap_or_default();
                 bail!(
-                    "{} exited ({}) before the awaited line; stderr:\n{}",
-                    self.label,
-                    self.status.map(|s| s.to_string()).unwrap_or_default(),
+                    "{} exited ({status}) before the awaited line; stderr:\n{}",
+                    self.label(),
                     self.stderr_tail(40)
                 );
             }
             if Instant::now() >= deadline {
                 bail!(
                     "{}: no matching line within {timeout:?}; stderr (tail):\n{}",
-                    self.label,
+                    self.label(),
                     self.stderr_tail(40)
                 );
             }
@@ -385,59 +359,29 @@ impl Agent {
 
     /// `Some(status)` once the agent exited (reaps it).
     pub fn try_exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none()
-            && let Some(c) = self.child.as_mut()
-            && let Ok(Some(st)) = c.try_wait()
-        {
-            self.status = Some(st);
-        }
-        self.status
+        self.child.try_exited()
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.try_exited().is_none()
+        self.child.is_running()
     }
 
-    /// Waits up to `timeout` for the exit; then lets the stdout reader finish.
+    /// Waits up to `timeout` for the exit (an error, the agent left running, if it does not);
+    /// then lets the stdout reader finish.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.try_exited() {
-                self.join_reader();
-                return Ok(st);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not exit within {timeout:?}; stderr (tail):\n{}",
-                    self.label,
-                    self.stderr_tail(40)
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn join_reader(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        if let Some(r) = self.reader.take() {
-            while !r.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-            if r.is_finished() {
-                let _ = r.join();
-            }
-        }
+        let Some(st) = self.child.wait_status(timeout) else {
+            bail!(
+                "{} did not exit within {timeout:?}; stderr (tail):\n{}",
+                self.label(),
+                self.stderr_tail(40)
+            );
+        };
+        self.child.join_readers();
+        Ok(st)
     }
 
     pub fn signal(&mut self, sig: Signal) -> Result<()> {
-        if self.try_exited().is_some() {
-            return Ok(());
-        }
-        if let Some(pid) = self.pid() {
-            kill(Pid::from_raw(pid as i32), sig)
-                .with_context(|| format!("kill {sig} {}", self.label))?;
-        }
-        Ok(())
+        self.child.signal(sig)
     }
 
     /// SIGTERM (graceful leave: deregister, flush).
@@ -457,14 +401,12 @@ impl Agent {
     }
 
     pub fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        self.child.stderr_text()
     }
 
     /// The last `lines` lines of stderr.
     pub fn stderr_tail(&self, lines: usize) -> String {
-        let text = self.stderr_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.child.stderr_tail(lines)
     }
 
     /// The admin address from the ready line (before it: the configured one), with an
@@ -480,12 +422,12 @@ impl Agent {
             }
             (None, None) => bail!(
                 "{}: not ready yet, and no admin address configured",
-                self.label
+                self.label()
             ),
         };
         let s = ready["admin"]
             .as_str()
-            .ok_or_else(|| anyhow!("{}: ready line has no admin address: {ready}", self.label))?;
+            .ok_or_else(|| anyhow!("{}: ready line has no admin address: {ready}", self.label()))?;
         let mut sa: SocketAddr = s
             .parse()
             .with_context(|| format!("admin address {s:?} in {ready}"))?;
@@ -508,7 +450,7 @@ impl Agent {
     pub fn metrics(&self) -> Result<String> {
         let (status, body) = self.http_get("/metrics")?;
         if status != 200 {
-            bail!("{}: /metrics answered {status}: {body}", self.label);
+            bail!("{}: /metrics answered {status}: {body}", self.label());
         }
         Ok(body)
     }
@@ -523,37 +465,23 @@ impl Agent {
     /// [`Agent::metric`], an error if the agent does not export it.
     pub fn metric_value(&self, name: &str) -> Result<f64> {
         self.metric(name)?
-            .ok_or_else(|| anyhow!("{}: /metrics has no {name}", self.label))
+            .ok_or_else(|| anyhow!("{}: /metrics has no {name}", self.label()))
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.child.is_none() {
-            return;
-        }
-        if self.try_exited().is_none() {
-            let _ = self.signal(Signal::SIGTERM);
-            if self.wait_exit(AGENT_TERM_WAIT).is_err() {
-                eprintln!(
-                    "harness: {} ignored SIGTERM for {AGENT_TERM_WAIT:?}; SIGKILL",
-                    self.label
-                );
-                if let Some(c) = self.child.as_mut() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-            }
-        }
-        self.join_reader();
+        // The guard stops the process when it drops (SIGTERM, AGENT_TERM_WAIT, SIGKILL);
+        // stopping it here first lets a failing test's message show the agent's last words.
         if std::thread::panicking() {
+            let _ = self.signal(Signal::SIGTERM);
+            let _ = self.child.wait_status(AGENT_TERM_WAIT);
             eprintln!(
                 "harness: {} stderr (tail) at test failure:\n{}",
-                self.label,
+                self.label(),
                 self.stderr_tail(30)
             );
         }
-        self.child = None;
     }
 }
 

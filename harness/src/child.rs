@@ -1,11 +1,15 @@
 //! Child processes that cannot outlive the test that started them.
 //!
-//! [`ChildGuard`] owns a spawned process. Its stdout and stderr are read line by line by two
-//! threads, so the child never blocks on a full pipe and the test can wait for a given line with
-//! a timeout. Dropping the guard sends SIGTERM, waits up to 2 s, then SIGKILLs and reaps.
+//! [`ChildGuard`] owns a spawned process: the one guard of the harness, for short tools and
+//! long-running agents alike. Its stdout and stderr are read line by line by two threads, so
+//! the child never blocks on a full pipe and the test can wait for a given line with a timeout
+//! (or, [`ChildGuard::spawn_streaming`], stdout lines go to a handler and stderr to a file, for
+//! processes that print for as long as they run). Dropping the guard sends SIGTERM, waits its
+//! grace (2 s unless set), then SIGKILLs and reaps.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -129,13 +133,30 @@ pub struct ChildGuard {
     stdout_rx: Receiver<String>,
     stderr_rx: Receiver<String>,
     stderr_log: Arc<Mutex<Vec<String>>>,
+    /// Where stderr goes instead of `stderr_log` ([`ChildGuard::spawn_streaming`]).
+    stderr_file: Option<PathBuf>,
     readers: Vec<JoinHandle<()>>,
+    /// How long [`Drop`] waits after SIGTERM before SIGKILL.
+    term_grace: Duration,
 }
 
 fn reader<R: Read + Send + 'static>(
     r: R,
     tx: mpsc::Sender<String>,
     log: Option<Arc<Mutex<Vec<String>>>>,
+) -> JoinHandle<()> {
+    line_reader(r, move |line| {
+        if let Some(log) = &log {
+            log.lock().unwrap().push(line.clone());
+        }
+        let _ = tx.send(line);
+    })
+}
+
+/// A thread that hands each line of `r` (without its end) to `each`, until EOF.
+fn line_reader<R: Read + Send + 'static>(
+    r: R,
+    mut each: impl FnMut(String) + Send + 'static,
 ) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
@@ -144,15 +165,11 @@ fn reader<R: Read + Send + 'static>(
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
+                Ok(_) => each(
+                    String::from_utf8_lossy(&buf)
                         .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    if let Some(log) = &log {
-                        log.lock().unwrap().push(line.clone());
-                    }
-                    let _ = tx.send(line);
-                }
+                        .to_string(),
+                ),
             }
         }
     })
@@ -183,8 +200,53 @@ impl ChildGuard {
             stdout_rx: orx,
             stderr_rx: erx,
             stderr_log: log,
+            stderr_file: None,
             readers,
+            term_grace: TERM_GRACE,
         })
+    }
+
+    /// Spawns `cmd` with stdin from /dev/null, each stdout line handed to `on_stdout` (on a
+    /// reader thread) and stderr written to the file `stderr` (not kept in memory: for
+    /// processes that log for as long as they run). `next_line`/`wait_json`/`wait_stderr` see
+    /// nothing; [`ChildGuard::stderr_text`] reads the file.
+    pub fn spawn_streaming(
+        mut cmd: Command,
+        label: impl Into<String>,
+        on_stdout: impl FnMut(String) + Send + 'static,
+        stderr: &Path,
+    ) -> Result<ChildGuard> {
+        let label = label.into();
+        harden(&mut cmd);
+        let file = std::fs::File::create(stderr)
+            .with_context(|| format!("creating {}", stderr.display()))?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("spawning {label}: {cmd:?}"))?;
+        let reader = line_reader(child.stdout.take().expect("piped"), on_stdout);
+        let (_, orx) = mpsc::channel();
+        let (_, erx) = mpsc::channel();
+        Ok(ChildGuard {
+            label,
+            child: Some(child),
+            status: None,
+            stdout_rx: orx,
+            stderr_rx: erx,
+            stderr_log: Arc::default(),
+            stderr_file: Some(stderr.to_path_buf()),
+            readers: vec![reader],
+            term_grace: TERM_GRACE,
+        })
+    }
+
+    /// How long dropping the guard waits after SIGTERM before SIGKILL (default
+    /// [`TERM_GRACE`]).
+    pub fn with_term_grace(mut self, grace: Duration) -> ChildGuard {
+        self.term_grace = grace;
+        self
     }
 
     pub fn label(&self) -> &str {
@@ -197,7 +259,17 @@ impl ChildGuard {
 
     /// Stderr so far, one string.
     pub fn stderr_text(&self) -> String {
-        self.stderr_log.lock().unwrap().join("\n")
+        match &self.stderr_file {
+            Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
+            None => self.stderr_log.lock().unwrap().join("\n"),
+        }
+    }
+
+    /// The last `lines` lines of stderr.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let text = self.stderr_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// `Some(status)` once the child has exited (reaps it).
@@ -337,6 +409,25 @@ impl ChildGuard {
         Ok(())
     }
 
+    /// Waits up to `timeout` for the child to exit on its own (reaping it); `None` if it is
+    /// still running then. Unlike [`ChildGuard::wait_exit`], never kills.
+    pub fn wait_status(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.wait_until(Instant::now() + timeout)
+    }
+
+    /// Lets the output readers reach EOF (at most 2 s; the child has exited).
+    pub fn join_readers(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for r in self.readers.drain(..) {
+            while !r.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+    }
+
     fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
         loop {
             if let Some(st) = self.try_exited() {
@@ -351,17 +442,12 @@ impl ChildGuard {
 
     fn collect(&mut self, status: ExitStatus) -> Finished {
         // Readers stop at EOF once the child (and anything sharing its pipes) is gone.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for r in self.readers.drain(..) {
-            while !r.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-            if r.is_finished() {
-                let _ = r.join();
-            }
-        }
+        self.join_readers();
         let stdout = self.stdout_rx.try_iter().collect();
-        let stderr = self.stderr_log.lock().unwrap().clone();
+        let stderr = match &self.stderr_file {
+            Some(_) => self.stderr_text().lines().map(str::to_owned).collect(),
+            None => self.stderr_log.lock().unwrap().clone(),
+        };
         self.child = None;
         Finished {
             status,
@@ -415,10 +501,10 @@ impl Drop for ChildGuard {
         }
         if self.try_exited().is_none() {
             let _ = self.signal(Signal::SIGTERM);
-            if self.wait_until(Instant::now() + TERM_GRACE).is_none() {
+            if self.wait_until(Instant::now() + self.term_grace).is_none() {
                 eprintln!(
-                    "harness: {} ignored SIGTERM for {TERM_GRACE:?}; SIGKILL",
-                    self.label
+                    "harness: {} ignored SIGTERM for {:?}; SIGKILL",
+                    self.label, self.term_grace
                 );
                 self.kill_now();
             }
