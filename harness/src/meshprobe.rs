@@ -41,6 +41,28 @@ pub fn find_binary() -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// The delay element's binary (`meshprobe-delay`, built beside meshprobe): `MESHPROBE_DELAY_BIN`,
+/// else the sibling of the meshprobe binary `meshprobe_bin`.
+pub fn delay_binary(meshprobe_bin: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHPROBE_DELAY_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("MESHPROBE_DELAY_BIN={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let p = meshprobe_bin.with_file_name("meshprobe-delay");
+    if !p.is_file() {
+        bail!(
+            "{} does not exist: build the delay element beside meshprobe \
+             (`cargo build --release -p probe-user -p meshprobe-delay`, or `cargo xtask build`), \
+             or set MESHPROBE_DELAY_BIN",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// Percentile summary of one quantity (nanoseconds).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Dist {
@@ -328,27 +350,39 @@ impl Meshprobe {
         Ok(run)
     }
 
-    /// Starts `meshprobe delay -I IF --delay D ARGS` in `ns` and waits for its ready line
+    /// `meshprobe-delay ARGS...` (see [`delay_binary`]).
+    fn delay_argv(&self, args: &[&str]) -> Result<Vec<String>> {
+        let bin = delay_binary(&self.bin)?;
+        let mut v = vec![
+            bin.to_str()
+                .context("meshprobe-delay path is not UTF-8")?
+                .to_string(),
+        ];
+        v.extend(args.iter().map(|a| a.to_string()));
+        Ok(v)
+    }
+
+    /// Starts `meshprobe-delay -I IF --delay D ARGS` in `ns` and waits for its ready line
     /// (JSON on stdout or a line mentioning "ready" on stderr).
     pub fn delay(&self, ns: &Netns, iface: &str, delay: &str, args: &[&str]) -> Result<ChildGuard> {
         let mut a = vec!["-I", iface, "--delay", delay];
         a.extend_from_slice(args);
-        let mut child = ns.spawn(self.argv(&[], "delay", &a))?;
+        let mut child = ns.spawn(self.delay_argv(&a)?)?;
         child
             .wait_ready_either(READY_TIMEOUT, |v| v["type"] == "ready", "ready")
-            .context("meshprobe delay ready line")?;
+            .context("meshprobe-delay ready line")?;
         Ok(child)
     }
 
-    /// Starts `meshprobe delay --json -I IF ARGS` in `ns` (ARGS say `--delay`, `--to`, ...)
+    /// Starts `meshprobe-delay --json -I IF ARGS` in `ns` (ARGS say `--delay`, `--to`, ...)
     /// and waits for its ready line. Stop it with [`stop_delay`] for its summary.
     pub fn delay_element(&self, ns: &Netns, iface: &str, args: &[&str]) -> Result<ChildGuard> {
         let mut a = vec!["--json", "-I", iface];
         a.extend_from_slice(args);
-        let mut child = ns.spawn(self.argv(&[], "delay", &a))?;
+        let mut child = ns.spawn(self.delay_argv(&a)?)?;
         let ready = child
             .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
-            .with_context(|| format!("meshprobe delay {args:?} ready line"))?;
+            .with_context(|| format!("meshprobe-delay {args:?} ready line"))?;
         if ready["role"] != "delay" {
             bail!("delay ready line has role {}: {ready}", ready["role"]);
         }
@@ -356,13 +390,13 @@ impl Meshprobe {
     }
 }
 
-/// Stops a `meshprobe delay --json` (SIGTERM) and returns its `delay_summary` line
+/// Stops a `meshprobe-delay --json` (SIGTERM) and returns its `delay_summary` line
 /// (`held`, `cut_short`, `dst_hit`).
 pub fn stop_delay(mut child: ChildGuard) -> Result<Value> {
     let fin = child.stop()?;
     if !fin.status.success() {
         bail!(
-            "meshprobe delay exited {} after SIGTERM; stderr:\n{}",
+            "meshprobe-delay exited {} after SIGTERM; stderr:\n{}",
             fin.status,
             fin.stderr_text()
         );
@@ -372,7 +406,7 @@ pub fn stop_delay(mut child: ChildGuard) -> Result<Value> {
         .find(|v| v["type"] == "delay_summary")
         .ok_or_else(|| {
             anyhow!(
-                "meshprobe delay printed no delay_summary; stdout: {:?}; stderr:\n{}",
+                "meshprobe-delay printed no delay_summary; stdout: {:?}; stderr:\n{}",
                 fin.stdout,
                 fin.stderr_text()
             )

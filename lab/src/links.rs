@@ -1,4 +1,4 @@
-//! Shaping the lab's links from its core namespace: one `meshprobe delay` per node on the
+//! Shaping the lab's links from its core namespace: one `meshprobe-delay` per node on the
 //! node's bridge port (ingress, so it holds what the node sends, per destination), and one
 //! nftables `bridge` table for loss and partitions. Both live in the core namespace, so
 //! deleting it removes them; [`Links`] also removes them on drop.
@@ -49,9 +49,12 @@ impl Links {
             old.stop()
                 .with_context(|| format!("stopping node{i}'s delay element"))?;
         }
+        let delay_bin = crate::meshprobe::delay_binary(bin)?;
         let mut argv: Vec<String> = vec![
-            bin.to_str().context("meshprobe path is not UTF-8")?.into(),
-            "delay".into(),
+            delay_bin
+                .to_str()
+                .context("meshprobe-delay path is not UTF-8")?
+                .into(),
             "-I".into(),
             mesh.core_if(i),
             "--ingress".into(),

@@ -233,25 +233,19 @@ pub mod counter {
     pub const ERR_STORE: u32 = 13;
     pub const ERR_CSUM: u32 = 14;
     pub const ERR_MAP: u32 = 15;
-    /// Delay element: packets held, and holds cut short by the loop bound.
-    pub const DELAY_HELD: u32 = 16;
-    pub const DELAY_CUT_SHORT: u32 = 17;
-    /// Delay element: packets whose hold time came from the `DELAY_DST` map (also counted in
-    /// `DELAY_HELD` or `DELAY_CUT_SHORT`).
-    pub const DELAY_DST_HIT: u32 = 18;
     // Ownership skips: a datagram on a probe port that is not meshprobe's (left untouched).
     /// Egress: the sending socket is not one of ours (`SOCKETS`).
-    pub const SKIP_NOT_OUR_SOCKET: u32 = 19;
+    pub const SKIP_NOT_OUR_SOCKET: u32 = 16;
     /// Sender role: our socket's datagram (egress) or a reply (ingress, no in-band rewrite)
     /// without our probe tag.
-    pub const SKIP_NO_TAG: u32 = 20;
+    pub const SKIP_NO_TAG: u32 = 17;
     /// Ingress: not addressed to this host at link level (`skb->pkt_type != PACKET_HOST`).
-    pub const SKIP_NOT_HOST: u32 = 21;
+    pub const SKIP_NOT_HOST: u32 = 18;
     /// Ingress: destination address not local (forwarded or routed to a pod).
-    pub const SKIP_NOT_LOCAL: u32 = 22;
+    pub const SKIP_NOT_LOCAL: u32 = 19;
     /// Reflector ingress: source port refused (`policy::refused_src_port`).
-    pub const SKIP_SRC_PORT: u32 = 23;
-    pub const COUNT: u32 = 24;
+    pub const SKIP_SRC_PORT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Names for display, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -271,9 +265,6 @@ pub mod counter {
         "err_store",
         "err_csum",
         "err_map",
-        "delay_held",
-        "delay_cut_short",
-        "delay_dst_hit",
         "skip_not_our_socket",
         "skip_no_tag",
         "skip_not_host",
@@ -282,72 +273,96 @@ pub mod counter {
     ];
 }
 
-/// Value of the single-entry `DELAY` array map used by the test/lab delay element.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DelayConfig {
-    /// Hold each matching packet this long (0 = pass through).
-    pub delay_ns: u64,
-    /// Only hold UDP packets to or from this port (0 = every packet).
-    pub udp_port: u16,
-    /// `DelayConfig::*` bits.
-    pub flags: u16,
-    pub _pad: [u8; 4],
-}
+/// The lab/test delay element (`meshprobe-delay`, its own BPF object `delay-ebpf`): layouts,
+/// names and counters. Not part of the probe's object.
+pub mod delay {
+    /// Value of the single-entry `DELAY` array map used by the test/lab delay element.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DelayConfig {
+        /// Hold each matching packet this long (0 = pass through).
+        pub delay_ns: u64,
+        /// Only hold UDP packets to or from this port (0 = every packet).
+        pub udp_port: u16,
+        /// `DelayConfig::*` bits.
+        pub flags: u16,
+        pub _pad: [u8; 4],
+    }
 
-impl DelayConfig {
-    /// The `DELAY_DST` map has entries: look up each (matching) packet's destination there
-    /// first, and hold it for that time if found (else for `delay_ns`). Without this bit the
-    /// map is not consulted, so a plain `--delay` pays nothing for it.
-    pub const PER_DST: u16 = 1;
-}
+    impl DelayConfig {
+        /// The `DELAY_DST` map has entries: look up each (matching) packet's destination there
+        /// first, and hold it for that time if found (else for `delay_ns`). Without this bit the
+        /// map is not consulted, so a plain `--delay` pays nothing for it.
+        pub const PER_DST: u16 = 1;
+    }
 
-const _: () = assert!(core::mem::size_of::<DelayConfig>() == 16);
+    const _: () = assert!(core::mem::size_of::<DelayConfig>() == 16);
 
-/// Key of the `DELAY_DST` hash map: a packet's IP destination address, 16 octets in network
-/// order; IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). The value is the hold time
-/// in nanoseconds (`u64`, host order).
-///
-/// 16 octets, align 1, no padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct DelayDstKey {
-    pub addr: [u8; 16],
-}
+    /// Key of the `DELAY_DST` hash map: a packet's IP destination address, 16 octets in network
+    /// order; IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). The value is the hold time
+    /// in nanoseconds (`u64`, host order).
+    ///
+    /// 16 octets, align 1, no padding.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct DelayDstKey {
+        pub addr: [u8; 16],
+    }
 
-impl DelayDstKey {
-    /// Most entries of the `DELAY_DST` map.
-    pub const MAX_ENTRIES: u32 = 1024;
+    impl DelayDstKey {
+        /// Most entries of the `DELAY_DST` map.
+        pub const MAX_ENTRIES: u32 = 1024;
 
-    /// `::ffff:a.b.c.d` for an IPv4 address given as its four octets.
-    pub const fn v4(o: [u8; 4]) -> Self {
-        Self {
-            addr: [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
-            ],
+        /// `::ffff:a.b.c.d` for an IPv4 address given as its four octets.
+        pub const fn v4(o: [u8; 4]) -> Self {
+            Self {
+                addr: [
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+                ],
+            }
+        }
+
+        pub const fn v6(addr: [u8; 16]) -> Self {
+            Self { addr }
         }
     }
 
-    pub const fn v6(addr: [u8; 16]) -> Self {
-        Self { addr }
+    const _: () = assert!(core::mem::size_of::<DelayDstKey>() == 16);
+
+    /// Names of the programs and maps in the delay element's BPF object.
+    pub mod names {
+        pub const PROG_DELAY: &str = "meshprobe_delay";
+        pub const MAP_DELAY: &str = "DELAY";
+        pub const MAP_DELAY_DST: &str = "DELAY_DST";
+        pub const MAP_COUNTERS: &str = "DELAY_COUNTERS";
+    }
+
+    /// Per-CPU counters of the delay element (`DELAY_COUNTERS`, one `u64` per index).
+    pub mod counter {
+        /// Packets held, and holds cut short by the loop bound.
+        pub const HELD: u32 = 0;
+        pub const CUT_SHORT: u32 = 1;
+        /// Packets whose hold time came from the `DELAY_DST` map (also counted in `HELD` or
+        /// `CUT_SHORT`).
+        pub const DST_HIT: u32 = 2;
+        pub const COUNT: u32 = 3;
+
+        /// Names for display, indexed by counter.
+        pub const NAMES: [&str; COUNT as usize] =
+            ["delay_held", "delay_cut_short", "delay_dst_hit"];
     }
 }
 
-const _: () = assert!(core::mem::size_of::<DelayDstKey>() == 16);
-
-/// Names of the programs and maps in the BPF object.
+/// Names of the programs and maps in the probe's BPF object.
 pub mod names {
     pub const PROG_EGRESS: &str = "meshprobe_egress";
     pub const PROG_INGRESS: &str = "meshprobe_ingress";
-    pub const PROG_DELAY: &str = "meshprobe_delay";
     pub const MAP_PORTS: &str = "PORTS";
     pub const MAP_SOCKETS: &str = "SOCKETS";
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";
     pub const MAP_T1_SENT: &str = "T1_SENT";
-    pub const MAP_DELAY: &str = "DELAY";
-    pub const MAP_DELAY_DST: &str = "DELAY_DST";
 }
 
 #[cfg(feature = "user")]
@@ -357,6 +372,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::StampKey {}
     unsafe impl aya::Pod for super::SentT1 {}
-    unsafe impl aya::Pod for super::DelayConfig {}
-    unsafe impl aya::Pod for super::DelayDstKey {}
+    unsafe impl aya::Pod for super::delay::DelayConfig {}
+    unsafe impl aya::Pod for super::delay::DelayDstKey {}
 }

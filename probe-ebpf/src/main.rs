@@ -30,19 +30,16 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NOT_FWDED, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams,
     },
-    helpers::{
-        bpf_fib_lookup, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_loop,
-        bpf_skb_load_bytes,
-    },
+    helpers::{bpf_fib_lookup, bpf_get_socket_cookie, bpf_ktime_get_tai_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Config, DelayConfig, DelayDstKey, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, counter,
-    policy, port, wire,
+    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, counter, policy, port, wire,
 };
+use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
@@ -64,26 +61,7 @@ static T4_FALLBACK: LruHashMap<StampKey, RxStamp> = LruHashMap::with_max_entries
 #[map(name = "T1_SENT")]
 static T1_SENT: Array<SentT1> = Array::with_max_entries(SentT1::ENTRIES, 0);
 
-#[map(name = "DELAY")]
-static DELAY: Array<DelayConfig> = Array::with_max_entries(1, 0);
-
-/// Per-destination hold times of the delay element (ns), consulted when `DelayConfig::PER_DST`
-/// is set.
-#[map(name = "DELAY_DST")]
-static DELAY_DST: HashMap<DelayDstKey, u64> =
-    HashMap::with_max_entries(DelayDstKey::MAX_ENTRIES, 0);
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_UDP: u8 = 17;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
-/// IPv6 extension headers walked before giving up (hop-by-hop, routing, destination options).
-const IPV6_MAX_EXT: usize = 4;
-/// Upper bound on bpf_loop iterations of the delay element (each takes tens of ns).
-const DELAY_MAX_LOOPS: u32 = 1 << 22;
 /// `__sk_buff.tstamp_type` for a CLOCK_REALTIME receive stamp (BPF_SKB_CLOCK_REALTIME).
 const SKB_CLOCK_REALTIME: u8 = 0;
 const SKB_CLOCK_TAI: u8 = 2;
@@ -104,92 +82,23 @@ fn count(idx: u32) {
 /// there (truncated, or not in the linear area) is counted as `ERR_PULL`.
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
-        count(counter::ERR_PULL);
-        return None;
-    }
-    Some((start + off) as *const T)
+    probe_ebpf::ptr_at_noted(ctx, off, &note)
 }
 
-/// Where the UDP header starts and which ports it carries.
-struct Udp {
-    l4: usize,
-    src: u16,
-    dst: u16,
-    /// IPv4 "more fragments" set on a first fragment.
-    fragment: bool,
+/// Counts what the shared parser gave up on.
+#[inline(always)]
+fn note(s: Skip) {
+    count(match s {
+        Skip::Pull => counter::ERR_PULL,
+        Skip::BadIhl => counter::SKIP_BAD_IHL,
+        Skip::Fragment => counter::SKIP_FRAGMENT,
+        Skip::Ipv6Ext => counter::SKIP_IPV6_EXT,
+    });
 }
 
-/// Finds the UDP header. `None` for anything else: that is the fast path out.
 #[inline(always)]
 fn parse_udp(ctx: &TcContext) -> Option<Udp> {
-    // skb->protocol is the L3 protocol in network order; TC sees the Ethernet header.
-    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    let l4;
-    let mut fragment = false;
-    if proto == ETH_P_IP {
-        let vihl: u8 = unsafe { *ptr_at(ctx, ETH_HLEN)? };
-        let l4proto: u8 = unsafe { *ptr_at(ctx, ETH_HLEN + 9)? };
-        if l4proto != IPPROTO_UDP {
-            return None;
-        }
-        let frag = u16::from_be(unsafe { *ptr_at::<u16>(ctx, ETH_HLEN + 6)? });
-        if frag & 0x1fff != 0 {
-            return None; // later fragment: no UDP header here
-        }
-        fragment = frag & 0x2000 != 0;
-        let ihl = ((vihl & 0x0f) as usize) * 4;
-        if ihl < 20 {
-            count(counter::SKIP_BAD_IHL);
-            return None;
-        }
-        l4 = ETH_HLEN + ihl;
-    } else if proto == ETH_P_IPV6 {
-        let mut next: u8 = unsafe { *ptr_at(ctx, ETH_HLEN + 6)? };
-        let mut off = ETH_HLEN + IPV6_HLEN;
-        let mut found = next == IPPROTO_UDP;
-        if !found {
-            for _ in 0..IPV6_MAX_EXT {
-                match next {
-                    // hop-by-hop, routing, destination options: (next, len in 8-octet units - 1)
-                    0 | 43 | 60 => {
-                        let hdr: [u8; 2] = unsafe { *ptr_at(ctx, off)? };
-                        next = hdr[0];
-                        off += (hdr[1] as usize + 1) * 8;
-                        if next == IPPROTO_UDP {
-                            found = true;
-                            break;
-                        }
-                    }
-                    44 => {
-                        // Fragment header: count only if it would have been ours; we cannot
-                        // know the ports without the first fragment, so count generally.
-                        count(counter::SKIP_FRAGMENT);
-                        return None;
-                    }
-                    _ => return None,
-                }
-            }
-            if !found {
-                if matches!(next, 0 | 43 | 60) {
-                    count(counter::SKIP_IPV6_EXT);
-                }
-                return None;
-            }
-        }
-        l4 = off;
-    } else {
-        return None;
-    }
-    let ports: [u16; 2] = unsafe { *ptr_at(ctx, l4)? };
-    Some(Udp {
-        l4,
-        src: u16::from_be(ports[0]),
-        dst: u16::from_be(ports[1]),
-        fragment,
-    })
+    probe_ebpf::parse_udp(ctx, note)
 }
 
 #[inline(always)]
@@ -657,94 +566,6 @@ pub fn meshprobe_ingress(mut ctx: TcContext) -> i32 {
         if f != 0 {
             ingress_probe(&mut ctx, &udp, f);
         }
-    }
-    TC_ACT_UNSPEC
-}
-
-struct Hold {
-    start: u64,
-    delay: u64,
-}
-
-extern "C" fn hold_step(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer we gave it.
-    let h = unsafe { &*(ctx as *const Hold) };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(h.start) >= h.delay {
-        1
-    } else {
-        0
-    }
-}
-
-/// The IP destination address as a `DELAY_DST` key (IPv4 as `::ffff:a.b.c.d`); `None` for a
-/// packet that is not IP, or whose header is not in the linear data (counted as `ERR_PULL`).
-#[inline(always)]
-fn dst_key(ctx: &TcContext) -> Option<DelayDstKey> {
-    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    if proto == ETH_P_IP {
-        // IPv4 destination address: octets 16..20 of the header.
-        let a: [u8; 4] = unsafe { *ptr_at(ctx, ETH_HLEN + 16)? };
-        Some(DelayDstKey::v4(a))
-    } else if proto == ETH_P_IPV6 {
-        // IPv6 destination address: octets 24..40 of the fixed header.
-        let a: [u8; 16] = unsafe { *ptr_at(ctx, ETH_HLEN + 24)? };
-        Some(DelayDstKey::v6(a))
-    } else {
-        None
-    }
-}
-
-/// Delay element for tests and labs (this kernel has no netem): holds each matching packet for
-/// the configured time by spinning with bpf_loop, on whatever hook it is attached to. The time
-/// is the packet's destination's entry in `DELAY_DST` when there is one (`PER_DST` set), else
-/// `DELAY[0].delay_ns`; 0 passes the packet at once.
-#[classifier]
-pub fn meshprobe_delay(ctx: TcContext) -> i32 {
-    let start = unsafe { bpf_ktime_get_ns() };
-    let Some(cfg) = DELAY.get(0) else {
-        return TC_ACT_UNSPEC;
-    };
-    let per_dst = cfg.flags & DelayConfig::PER_DST != 0;
-    if cfg.delay_ns == 0 && !per_dst {
-        return TC_ACT_UNSPEC;
-    }
-    if cfg.udp_port != 0 {
-        match parse_udp(&ctx) {
-            Some(u) if u.src == cfg.udp_port || u.dst == cfg.udp_port => {}
-            _ => return TC_ACT_UNSPEC,
-        }
-    }
-    let mut delay = cfg.delay_ns;
-    let mut hit = false;
-    if per_dst
-        && let Some(key) = dst_key(&ctx)
-        && let Some(d) = DELAY_DST.get_ptr(key)
-    {
-        // SAFETY: a u64 map value; userspace writes the entries before it sets PER_DST.
-        delay = unsafe { *d };
-        hit = true;
-    }
-    if delay == 0 {
-        return TC_ACT_UNSPEC;
-    }
-    let mut hold = Hold { start, delay };
-    unsafe {
-        bpf_loop(
-            DELAY_MAX_LOOPS,
-            hold_step as *mut core::ffi::c_void,
-            &mut hold as *mut Hold as *mut core::ffi::c_void,
-            0,
-        );
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    count(if now.wrapping_sub(start) >= delay {
-        counter::DELAY_HELD
-    } else {
-        counter::DELAY_CUT_SHORT
-    });
-    if hit {
-        count(counter::DELAY_DST_HIT);
     }
     TC_ACT_UNSPEC
 }

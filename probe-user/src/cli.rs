@@ -7,13 +7,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use probe_common::{DelayConfig, STAMP_DEFAULT_PORT, names, wire as off};
+use probe_common::{STAMP_DEFAULT_PORT, wire as off};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{AttachMode, Attached, Direction, LoadOptions},
+    ebpf::{AttachMode, LoadOptions},
     net,
     probe::{
         Stamping,
@@ -88,8 +88,6 @@ enum Cmd {
     Reflect(ReflectArgs),
     /// Session-Sender: probe one or more peers and report per-probe results and a summary.
     Ping(PingArgs),
-    /// Lab/test delay element (no netem here): hold each packet on an interface for a time.
-    Delay(DelayArgs),
     Agent(Box<crate::agent::AgentArgs>),
     /// Read the Kafka topic and print decoded records (table or JSON lines).
     Consume(crate::consume::ConsumeArgs),
@@ -185,41 +183,19 @@ struct PingArgs {
     quiet: bool,
 }
 
-#[derive(Args)]
-struct DelayArgs {
-    /// Interface to delay packets on.
-    #[arg(short = 'I', long = "interface", required = true)]
-    interface: String,
-    /// How long to hold each packet (e.g. 500us); with --to, packets to other destinations.
-    /// Default 0 (pass); give --delay, --to, or both.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    delay: Option<Duration>,
-    /// Hold packets to ADDR (IPv4 or IPv6 destination address) for DUR instead, e.g.
-    /// `--to 198.18.0.12=250us --to fd00::12=250us`. Repeatable; DUR 0 exempts ADDR.
-    #[arg(long = "to", value_name = "ADDR=DUR")]
-    to: Vec<String>,
-    /// Delay ingress instead of egress.
-    #[arg(long)]
-    ingress: bool,
-    /// Only UDP packets to or from this port.
-    #[arg(long)]
-    udp_port: Option<u16>,
-    #[arg(long)]
-    json: bool,
-}
-
+/// The ready line (CONTRACT.md); `meshprobe-delay` prints it too.
 #[derive(Serialize)]
-struct Ready<'a> {
+pub struct Ready<'a> {
     #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
+    pub kind: &'static str,
+    pub role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
-    timestamping: &'a str,
-    interfaces: Vec<String>,
+    pub port: Option<u16>,
+    pub timestamping: &'a str,
+    pub interfaces: Vec<String>,
 }
 
-fn announce(json: bool, ready: Ready<'_>) {
+pub fn announce(json: bool, ready: Ready<'_>) {
     if json {
         emit_json(&ready);
     } else {
@@ -234,6 +210,20 @@ fn announce(json: bool, ready: Ready<'_>) {
             }
         );
     }
+}
+
+/// Logs to stderr, filtered by `MESHPROBE_LOG`; `meshprobe-delay` logs the same way.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHPROBE_LOG")
+                // zookeeper-client retries loudly on its own; our discovery logs each outage once.
+                .unwrap_or_else(|_| "info,zookeeper_client=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs collected from a pipe stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 pub fn main() -> ExitCode {
@@ -251,16 +241,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHPROBE_LOG")
-                // zookeeper-client retries loudly on its own; our discovery logs each outage once.
-                .unwrap_or_else(|_| "info,zookeeper_client=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: logs collected from a pipe stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     // One thread: the work is light and wake-up bound (probes, replies, timers), and a second
     // worker only adds cross-thread wake-ups (eventfd writes, context switches). Measured in
     // `cargo xtask bench --scenario footprint`: 45 → 31 µs of CPU per probe.
@@ -291,7 +272,6 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Reflect(a) => reflect(a).await,
         Cmd::Ping(a) => ping(a).await,
-        Cmd::Delay(a) => delay(a).await,
         Cmd::Agent(a) => crate::agent::run(*a, stop_signal()?).await,
         Cmd::Consume(a) => crate::consume::run(a).await,
         Cmd::Matrix(a) => crate::matrix::run(*a).await,
@@ -299,7 +279,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Fires on the first SIGINT or SIGTERM.
-fn stop_signal() -> Result<watch::Receiver<bool>> {
+pub fn stop_signal() -> Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -499,109 +479,4 @@ fn detach(st: Stamping) {
     {
         m.into_inner().unwrap_or_else(|p| p.into_inner()).detach();
     }
-}
-
-async fn delay(a: DelayArgs) -> Result<()> {
-    /// The longest hold, per packet: the packet is held by spinning on a CPU.
-    const MAX_HOLD: Duration = Duration::from_millis(100);
-
-    /// `--to ADDR=DUR` → (address, duration), or an error naming the argument.
-    fn parse_to(arg: &str) -> Result<(IpAddr, Duration)> {
-        let Some((addr, dur)) = arg.split_once('=') else {
-            bail!("--to {arg}: expected ADDR=DUR, e.g. --to 198.18.0.12=250us");
-        };
-        let addr = addr.trim();
-        let ip: IpAddr = addr
-            .strip_prefix('[')
-            .and_then(|a| a.strip_suffix(']'))
-            .unwrap_or(addr)
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--to {arg}: `{addr}` is not an IPv4 or IPv6 address"))?;
-        let d = humantime::parse_duration(dur.trim()).map_err(|e| {
-            anyhow::anyhow!("--to {arg}: `{dur}` is not a duration ({e}); e.g. 250us, 1ms")
-        })?;
-        if d > MAX_HOLD {
-            bail!("--to {arg}: at most 100ms (the packet is held by spinning on a CPU)");
-        }
-        Ok((ip, d))
-    }
-
-    let base = a.delay.unwrap_or(Duration::ZERO);
-    if base > MAX_HOLD {
-        bail!("--delay {base:?}: at most 100ms (the packet is held by spinning on a CPU)");
-    }
-    if a.delay.is_none() && a.to.is_empty() {
-        bail!("give --delay DUR, --to ADDR=DUR (repeatable), or both");
-    }
-    let mut to: Vec<(IpAddr, Duration)> = Vec::with_capacity(a.to.len());
-    for arg in &a.to {
-        let (ip, d) = parse_to(arg)?;
-        let key = crate::ebpf::delay_dst_key(ip);
-        if let Some((prev, _)) = to
-            .iter()
-            .find(|(p, _)| crate::ebpf::delay_dst_key(*p) == key)
-        {
-            bail!("--to {arg}: destination {prev} is given twice");
-        }
-        to.push((ip, d));
-    }
-    if to.len() > probe_common::DelayDstKey::MAX_ENTRIES as usize {
-        bail!(
-            "--to: {} destinations, at most {}",
-            to.len(),
-            probe_common::DelayDstKey::MAX_ENTRIES
-        );
-    }
-    let stop = stop_signal()?;
-    let dir = if a.ingress {
-        Direction::Ingress
-    } else {
-        Direction::Egress
-    };
-    let mut att = Attached::load(
-        std::slice::from_ref(&a.interface),
-        &[(names::PROG_DELAY, dir)],
-        &LoadOptions::default(),
-    )?;
-    // Entries first: the program reads the map only once PER_DST is set.
-    att.set_delay_to(&to)?;
-    att.set_delay(DelayConfig {
-        delay_ns: base.as_nanos() as u64,
-        udp_port: a.udp_port.unwrap_or(0),
-        flags: if to.is_empty() {
-            0
-        } else {
-            DelayConfig::PER_DST
-        },
-        _pad: [0; 4],
-    })?;
-    announce(
-        a.json,
-        Ready {
-            kind: "ready",
-            role: "delay",
-            port: a.udp_port,
-            timestamping: "n/a",
-            interfaces: att.interfaces(),
-        },
-    );
-    let mut stop = stop;
-    let _ = stop.changed().await;
-    let counters = att.counters().unwrap_or_default();
-    if a.json {
-        emit_json(&serde_json::json!({
-            "type": "delay_summary",
-            "held": counters.get("delay_held"),
-            "cut_short": counters.get("delay_cut_short"),
-            "dst_hit": counters.get("delay_dst_hit"),
-        }));
-    } else {
-        println!(
-            "held {} packets ({} cut short)",
-            counters.get("delay_held").unwrap_or(&0),
-            counters.get("delay_cut_short").unwrap_or(&0)
-        );
-    }
-    att.detach();
-    Ok(())
 }

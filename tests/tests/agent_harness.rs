@@ -165,7 +165,7 @@ fn tansu_starts_creates_topics_and_restarts() -> Result<()> {
     Ok(())
 }
 
-/// The delay placement of agent_mesh: `meshprobe delay --udp-port 862` on the core-side ends
+/// The delay placement of agent_mesh: `meshprobe-delay --udp-port 862` on the core-side ends
 /// of both links holds the request (towards the reflector) and the reply (towards the
 /// sender), so the added RTT is d_sender + d_reflector. Runs without and with the delays
 /// alternate (A B B A) so drift cancels; the shift must be the sum within the runs' own noise.

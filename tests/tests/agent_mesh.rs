@@ -4,7 +4,7 @@
 //! registration-to-first-probe time, is the bench's discovery scenario; here it only has to
 //! happen.)
 //!
-//! Delays: `meshprobe delay --udp-port 862` on the core-side end of each node's link (egress
+//! Delays: `meshprobe-delay --udp-port 862` on the core-side end of each node's link (egress
 //! of `veth-c<i>`, the bridge port towards node i), so everything STAMP sent *to* node i is
 //! held d_i: requests to i's reflector (dport 862) and replies to i's sender (sport 862).
 //! Probing i -> j therefore sees d_j on the request and d_i on the reply: RTT(i,j) = d_i + d_j,

@@ -1,6 +1,6 @@
 //! Issue test 2: a known delay added on the path shows up in the median network RTT.
 //!
-//! Routed topology; `meshprobe delay` holds requests on R's interface toward B. Runs without
+//! Routed topology; `meshprobe-delay` holds requests on R's interface toward B. Runs without
 //! and with the delay alternate (A B B A) so drift cancels; the added median must be the
 //! injected delay within the same runs' own noise ([`Shift`]).
 

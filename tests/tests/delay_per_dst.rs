@@ -1,4 +1,4 @@
-//! Per-destination delays: `meshprobe delay --to ADDR=DUR` on a star of namespaces around a bridge.
+//! Per-destination delays: `meshprobe-delay --to ADDR=DUR` on a star of namespaces around a bridge.
 //!
 //! One delay element on node 1's core-side port (`veth-c1`, ingress: everything node 1 sends)
 //! holds packets to node 2 for 400 µs and to node 3 for 150 µs, IPv4 and IPv6 addresses alike.

@@ -93,7 +93,8 @@ fn lab_processes() -> BTreeSet<String> {
             .map(|a| a.rsplit('/').next().unwrap_or(""))
             .unwrap_or("");
         let sub = argv.get(1).map(String::as_str).unwrap_or("");
-        let lab = (prog == "meshprobe" && (sub == "agent" || sub == "delay"))
+        let lab = (prog == "meshprobe" && sub == "agent")
+            || prog == "meshprobe-delay"
             || (prog == "tansu" && sub == "broker")
             || cmd.contains("QuorumPeerMain");
         let Ok(ns) = std::fs::metadata(e.path().join("ns/net")).map(|m| m.ino()) else {

@@ -1,5 +1,6 @@
-//! `cargo xtask build`: setup, then the release `meshprobe` binary (its build.rs builds and
-//! embeds the eBPF object with the nightly toolchain).
+//! `cargo xtask build`: setup, then the release `meshprobe` binary and the lab/test delay
+//! element `meshprobe-delay` beside it (their build.rs build and embed their eBPF objects with
+//! the nightly toolchain).
 
 use std::path::PathBuf;
 
@@ -15,9 +16,17 @@ pub fn run(ws: &Workspace) -> Result<PathBuf> {
     build_release(ws)
 }
 
-/// `cargo build --release -p probe-user`; returns the binary's absolute path.
+/// `cargo build --release -p probe-user -p meshprobe-delay`; returns meshprobe's absolute path
+/// (the harness finds meshprobe-delay beside it).
 pub fn build_release(ws: &Workspace) -> Result<PathBuf> {
-    util::run(ws.cargo().args(["build", "--release", "-p", "probe-user"]))?;
+    util::run(ws.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "probe-user",
+        "-p",
+        "meshprobe-delay",
+    ]))?;
     let bin = ws.meshprobe_bin();
     let size = util::file_size(&bin)?;
     println!("[build] {} ({size} bytes)", bin.display());

@@ -1,6 +1,6 @@
-//! `cargo xtask build-ebpf`: build the BPF object on its own, for inspection (`llvm-objdump`,
-//! `bpftool`) and for the eBPF lint. The `meshprobe` binary does not use this object: its
-//! build.rs builds and embeds a fresh one through aya-build.
+//! `cargo xtask build-ebpf`: build the BPF objects (the probe's and the delay element's) on
+//! their own, for inspection (`llvm-objdump`, `bpftool`) and for the eBPF lint. The binaries do
+//! not use these objects: their build.rs build and embed fresh ones through aya-build.
 
 use std::process::Command;
 
@@ -9,9 +9,11 @@ use anyhow::Result;
 use crate::util::{self, Workspace};
 
 pub const EBPF_PACKAGE: &str = "probe-ebpf";
+/// The delay element's BPF crate (meshprobe-delay embeds it).
+pub const DELAY_EBPF_PACKAGE: &str = "delay-ebpf";
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 
-/// `cargo +nightly <subcommand> -p probe-ebpf --release --target bpfel-unknown-none
+/// `cargo +nightly <subcommand> -p probe-ebpf -p delay-ebpf --release --target bpfel-unknown-none
 /// -Z build-std=core`, with the rustflags aya-build uses (so the object matches the embedded
 /// one, BTF included, and build and clippy share one build cache).
 pub fn nightly_cargo(ws: &Workspace, subcommand: &str) -> Command {
@@ -28,6 +30,8 @@ pub fn nightly_cargo(ws: &Workspace, subcommand: &str) -> Command {
         subcommand,
         "-p",
         EBPF_PACKAGE,
+        "-p",
+        DELAY_EBPF_PACKAGE,
         "--release",
         "--target",
         BPF_TARGET,
@@ -39,12 +43,10 @@ pub fn nightly_cargo(ws: &Workspace, subcommand: &str) -> Command {
 
 pub fn run(ws: &Workspace) -> Result<()> {
     util::run(&mut nightly_cargo(ws, "build"))?;
-    let object = ws
-        .target_dir
-        .join(BPF_TARGET)
-        .join("release")
-        .join(EBPF_PACKAGE);
-    let size = util::file_size(&object)?;
-    println!("[build-ebpf] {} ({size} bytes)", object.display());
+    for package in [EBPF_PACKAGE, DELAY_EBPF_PACKAGE] {
+        let object = ws.target_dir.join(BPF_TARGET).join("release").join(package);
+        let size = util::file_size(&object)?;
+        println!("[build-ebpf] {} ({size} bytes)", object.display());
+    }
     Ok(())
 }

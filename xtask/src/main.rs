@@ -37,7 +37,7 @@ enum Command {
     Setup,
     /// Build the BPF object (nightly, bpfel-unknown-none) and print its path and size.
     BuildEbpf,
-    /// Setup, then build the release binary target/release/meshprobe.
+    /// Setup, then build the release binaries target/release/meshprobe and meshprobe-delay.
     Build,
     /// rustfmt check, clippy -D warnings on the workspace, clippy on the eBPF crate.
     Lint,

@@ -1,8 +1,9 @@
-//! Loads the embedded BPF object, attaches the TC programs (TCX where the kernel has it, clsact
-//! otherwise), and gives typed access to its maps.
+//! Loads a BPF object, attaches its TC programs (TCX where the kernel has it, clsact
+//! otherwise), and gives typed access to its maps. The probe's object is [`PROBE_OBJECT`];
+//! `meshprobe-delay` loads its own object through the same [`Attached`].
 mod leftovers;
 
-use std::{collections::BTreeMap, io, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, io};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,13 +15,15 @@ use aya::{
     },
     util::KernelVersion,
 };
-use probe_common::{Config, DelayConfig, DelayDstKey, RxStamp, SentT1, StampKey, counter, names};
+use probe_common::{Config, RxStamp, SentT1, StampKey, counter, names};
 use tracing::{debug, info, warn};
 
 pub use leftovers::LeftoverReport;
 
-/// The BPF object built from this source tree by build.rs (aya-build, nightly toolchain).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+/// The probe's BPF object, built from this source tree by build.rs (aya-build, nightly
+/// toolchain).
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -110,7 +113,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// A loaded BPF object with its attachments; detaches on `detach()` or drop.
+/// A loaded BPF object with its attachments; detaches on `detach()` or drop. The map accessors
+/// below the generic ones are the probe object's.
 pub struct Attached {
     ebpf: Ebpf,
     links: Vec<(String, Direction, &'static str, SchedClassifierLink)>,
@@ -120,8 +124,10 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Loads the object and attaches `attach` = [(program, direction)] on every interface.
+    /// Loads `object` (e.g. [`PROBE_OBJECT`]) and attaches `attach` = [(program, direction)] on
+    /// every interface.
     pub fn load(
+        object: &[u8],
         interfaces: &[String],
         attach: &[(&'static str, Direction)],
         opts: &LoadOptions,
@@ -148,7 +154,7 @@ impl Attached {
         let level = opts.log_level;
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, false)
-            .load(OBJECT)
+            .load(object)
             .map_err(Box::new)?;
         let logger = if level > 0 {
             start_logger(&mut ebpf)
@@ -234,7 +240,7 @@ impl Attached {
     }
 
     /// Writes `value` at `index` of the array map `name`.
-    fn array_set<V: aya::Pod>(
+    pub fn array_set<V: aya::Pod>(
         &mut self,
         name: &'static str,
         index: u32,
@@ -248,6 +254,46 @@ impl Attached {
         let mut arr: Array<&mut MapData, V> = Array::try_from(map).map_err(err)?;
         arr.set(index, value, 0).map_err(err)
     }
+
+    /// Inserts `entries` into the hash map `name`.
+    pub fn hash_insert<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), EbpfError> {
+        let err = |source| EbpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+        let mut m: BpfHashMap<&mut MapData, K, V> = BpfHashMap::try_from(map).map_err(err)?;
+        for (k, v) in entries {
+            m.insert(k, v, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Sums the per-CPU counters of the per-CPU array `name`, whose index `i` is `names[i]`.
+    pub fn per_cpu_sums(
+        &self,
+        name: &'static str,
+        names: &[&'static str],
+    ) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
+        let err = |source| EbpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let mut out = BTreeMap::new();
+        for (i, cname) in names.iter().enumerate() {
+            let v = arr.get(&(i as u32), 0).map_err(err)?;
+            out.insert(*cname, v.iter().sum());
+        }
+        Ok(out)
+    }
+
+    // The probe object's maps.
 
     /// Registers one of our probe sockets: its local port (the programs' prefilter) and its
     /// cookie (what they act on) with `role` (`probe_common::port` flags); role 0 removes both.
@@ -272,48 +318,9 @@ impl Attached {
         self.array_set(names::MAP_CONFIG, 0, cfg)
     }
 
-    pub fn set_delay(&mut self, cfg: DelayConfig) -> Result<(), EbpfError> {
-        self.array_set(names::MAP_DELAY, 0, cfg)
-    }
-
-    /// Fills the delay element's per-destination map (`DELAY_DST`): packets to each address
-    /// are held for its duration instead of `DelayConfig::delay_ns`. The program consults the
-    /// map only once `DelayConfig::PER_DST` is set, so call this first, then `set_delay`.
-    /// At most `DelayDstKey::MAX_ENTRIES` addresses; a repeated address keeps the last value.
-    pub fn set_delay_to(&mut self, entries: &[(IpAddr, Duration)]) -> Result<(), EbpfError> {
-        let name = names::MAP_DELAY_DST;
-        let err = |source| EbpfError::Map {
-            name,
-            source: Box::new(source),
-        };
-        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
-        let mut m: BpfHashMap<&mut MapData, DelayDstKey, u64> =
-            BpfHashMap::try_from(map).map_err(err)?;
-        for &(addr, d) in entries {
-            let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-            m.insert(delay_dst_key(addr), ns, 0).map_err(err)?;
-        }
-        Ok(())
-    }
-
-    /// Sums the per-CPU counters.
+    /// Sums the probe's per-CPU counters.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
-        let name = names::MAP_COUNTERS;
-        let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
-                name,
-                source: Box::new(source),
-            })?;
-        let mut out = BTreeMap::new();
-        for (i, cname) in counter::NAMES.iter().enumerate() {
-            let v = arr.get(&(i as u32), 0).map_err(|source| EbpfError::Map {
-                name,
-                source: Box::new(source),
-            })?;
-            out.insert(*cname, v.iter().sum());
-        }
-        Ok(out)
+        self.per_cpu_sums(names::MAP_COUNTERS, &counter::NAMES)
     }
 
     /// Takes T4 of a reply (local `port`, the reply's `ssid` and Session-Sender sequence
@@ -361,18 +368,6 @@ impl Drop for Attached {
     }
 }
 
-/// The `DELAY_DST` key of an address: IPv4 (and IPv4-mapped IPv6) as `::ffff:a.b.c.d`, the
-/// form the program builds from an IPv4 header.
-pub fn delay_dst_key(addr: IpAddr) -> DelayDstKey {
-    match addr {
-        IpAddr::V4(a) => DelayDstKey::v4(a.octets()),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => DelayDstKey::v4(v4.octets()),
-            None => DelayDstKey::v6(a.octets()),
-        },
-    }
-}
-
 fn check_kernel() -> Result<(), EbpfError> {
     match KernelVersion::current() {
         Ok(v) if v < KernelVersion::new(6, 1, 0) => Err(EbpfError::KernelTooOld(format!("{v:?}"))),
@@ -408,22 +403,4 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delay_dst_keys_map_ipv4_into_ipv6() {
-        let v4 = delay_dst_key("198.18.0.12".parse().unwrap());
-        assert_eq!(
-            v4.addr,
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 12]
-        );
-        assert_eq!(delay_dst_key("::ffff:198.18.0.12".parse().unwrap()), v4);
-        let v6 = delay_dst_key("fd00::12".parse().unwrap());
-        assert_eq!(v6.addr[0..2], [0xfd, 0]);
-        assert_eq!(v6.addr[15], 0x12);
-    }
 }

@@ -19,7 +19,7 @@ use tracing::warn;
 
 use crate::{
     clock,
-    ebpf::{Attached, Direction, EbpfError, LoadOptions},
+    ebpf::{Attached, Direction, EbpfError, LoadOptions, PROBE_OBJECT},
     net::{ProbeSocket, SockStamps},
     wire::{ErrorEstimate, NoBlock, RxStampInfo},
 };
@@ -93,7 +93,7 @@ impl Stamping {
             (probe_common::names::PROG_EGRESS, Direction::Egress),
             (probe_common::names::PROG_INGRESS, Direction::Ingress),
         ];
-        match Attached::load(interfaces, &attach, opts).and_then(|mut a| {
+        match Attached::load(PROBE_OBJECT, interfaces, &attach, opts).and_then(|mut a| {
             a.set_config(Config {
                 tai_offset_ns,
                 flags: Config::USE_SKB_RX_TSTAMP,
