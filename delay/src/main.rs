@@ -8,7 +8,7 @@ use clap::Parser;
 use meshprobe::{
     cli::{Ready, announce, init_logging, stop_signal},
     ebpf::{Attached, Direction, LoadOptions},
-    probe::emit_json,
+    sink::json::emit_json,
 };
 use probe_common::delay::{DelayConfig, DelayDstKey, counter, names};
 

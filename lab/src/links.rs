@@ -49,7 +49,7 @@ impl Links {
             old.stop()
                 .with_context(|| format!("stopping node{i}'s delay element"))?;
         }
-        let delay_bin = crate::meshprobe::delay_binary(bin)?;
+        let delay_bin = meshprobe_harness::meshprobe::delay_binary(bin)?;
         let mut argv: Vec<String> = vec![
             delay_bin
                 .to_str()
