@@ -1,7 +1,7 @@
 //! Loads a BPF object, attaches its TC programs (TCX where the kernel has it, clsact
 //! otherwise), and gives typed access to its maps. The probe's object is [`PROBE_OBJECT`];
 //! `meshprobe-delay` loads its own object through the same [`Attached`].
-mod leftovers;
+mod orphan_filters;
 
 use std::{collections::BTreeMap, io};
 
@@ -18,7 +18,7 @@ use aya::{
 use probe_common::{Config, RxStamp, SentT1, StampKey, counter, names};
 use tracing::{debug, info, warn};
 
-pub use leftovers::LeftoverReport;
+pub use orphan_filters::OrphanReport;
 
 /// The probe's BPF object, built from this source tree by build.rs (aya-build, nightly
 /// toolchain).
@@ -119,7 +119,7 @@ pub struct Attached {
     ebpf: Ebpf,
     links: Vec<(String, Direction, &'static str, SchedClassifierLink)>,
     mode: &'static str,
-    state: leftovers::StateFile,
+    state: orphan_filters::StateFile,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -144,7 +144,7 @@ impl Attached {
                 ));
             }
         }
-        let report = leftovers::clean();
+        let report = orphan_filters::clean();
         if report.removed > 0 {
             info!(
                 "removed {} TC attachment(s) left by crashed meshprobe process(es)",
@@ -170,7 +170,7 @@ impl Attached {
             AttachMode::Clsact => false,
         };
         let mode = if use_tcx { "tcx" } else { "clsact" };
-        let mut state = leftovers::StateFile::create()?;
+        let mut state = orphan_filters::StateFile::create()?;
         let mut links = Vec::new();
         let mut loaded: Vec<&'static str> = Vec::new();
         for &(prog, dir) in attach {

@@ -1,4 +1,4 @@
-//! What a crashed predecessor leaves behind, and removing it.
+//! Orphaned TC filters: what a crashed meshprobe process leaves attached, and removing it.
 //!
 //! TCX links die with the process that holds them, but clsact (netlink) filters stay attached
 //! after a crash. Each process in clsact mode records its filters in
@@ -41,7 +41,7 @@ struct Filter {
 }
 
 #[derive(Debug, Default)]
-pub struct LeftoverReport {
+pub struct OrphanReport {
     pub removed: usize,
 }
 
@@ -124,8 +124,8 @@ impl StateFile {
 }
 
 /// Detaches the filters of dead meshprobe processes of this network namespace.
-pub fn clean() -> LeftoverReport {
-    let mut report = LeftoverReport::default();
+pub fn clean() -> OrphanReport {
+    let mut report = OrphanReport::default();
     let Ok(dir) = fs::read_dir(STATE_DIR) else {
         return report;
     };
