@@ -1,0 +1,79 @@
+//! How an agent is started: its environment and flags.
+
+use super::*;
+
+/// Every setting name of CONTRACT.md's table that is read from the environment: removed from
+/// the agent's environment unless the test sets it, so the caller's shell cannot leak into a
+/// test.
+pub const AGENT_ENV_NAMES: &[&str] = &[
+    "MESHPROBE_CONFIG",
+    "MESHPROBE_NODE_ID",
+    "MESHPROBE_ZONE",
+    "MESHPROBE_RACK",
+    "SERVERS_ZK",
+    "ROOT_PATH_ZK",
+    "HEART_BEAT_NODE_PATH",
+    "CONN_TIMEOUT",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPIC",
+    "KAFKA_PRODUCER_GROUP",
+    "REGISTER_PUBLIC_DNS",
+    "REGISTER_PUBLIC_PORT",
+    "REGISTER_LISTENER_DNS",
+    "REGISTER_LISTENER_PORT",
+    "MESHPROBE_PEERS",
+    "MESHPROBE_PEERS_FILE",
+    "MESHPROBE_INTERVAL",
+    "MESHPROBE_JITTER",
+    "MESHPROBE_TIMEOUT",
+    "MESHPROBE_SIZES",
+    "MESHPROBE_WINDOW",
+    "MESHPROBE_PEER_GRACE",
+    "MESHPROBE_OUTPUT",
+    "MESHPROBE_KAFKA_PROBES",
+    "MESHPROBE_KAFKA_BUFFER_MESSAGES",
+    "MESHPROBE_KAFKA_COMPRESSION",
+    "MESHPROBE_ADMIN_LISTEN",
+    "MESHPROBE_METRICS_PEER_LIMIT",
+    "MESHPROBE_METRICS_WORST_PEERS",
+    "MESHPROBE_SHUTDOWN_GRACE",
+    "MESHPROBE_INTERFACES",
+    "MESHPROBE_REFLECT_ALLOW",
+    "MESHPROBE_REFLECT_BUDGET_PER_SOURCE",
+    "MESHPROBE_REFLECT_BUDGET_TOTAL",
+    "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT",
+];
+
+/// How to start an agent: environment variables and extra flags on top of
+/// `meshprobe agent --output json`.
+#[derive(Clone, Debug, Default)]
+pub struct AgentConfig {
+    pub env: BTreeMap<String, String>,
+    pub args: Vec<String>,
+    /// Do not keep `{"type":"probe"}` lines (long-running labs: memory stays flat).
+    pub drop_probe_lines: bool,
+}
+
+impl AgentConfig {
+    pub fn new() -> AgentConfig {
+        AgentConfig::default()
+    }
+
+    /// Sets an environment variable (a setting by its environment name).
+    pub fn env(mut self, key: &str, value: impl ToString) -> AgentConfig {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Removes an environment variable set before.
+    pub fn unset(mut self, key: &str) -> AgentConfig {
+        self.env.remove(key);
+        self
+    }
+
+    /// Appends command-line arguments.
+    pub fn arg<S: ToString>(mut self, args: impl IntoIterator<Item = S>) -> AgentConfig {
+        self.args.extend(args.into_iter().map(|s| s.to_string()));
+        self
+    }
+}
