@@ -1,34 +1,14 @@
 //! Builds the eBPF object from the current source with the nightly toolchain (aya-build) and
 //! puts it in OUT_DIR, where `ebpf::loader` embeds it: never a stale or committed object.
 //! Also generates the protobuf types (`pb`) from proto/meshprobe.proto.
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
+
+#[path = "build/ebpf.rs"]
+mod ebpf;
 
 fn main() -> anyhow::Result<()> {
     compile_proto()?;
-    let meta = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
-    let pkg = meta
-        .packages
-        .into_iter()
-        .find(|p| p.name.as_str() == "probe-ebpf")
-        .ok_or_else(|| anyhow!("probe-ebpf package not found"))?;
-    let root = pkg
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", pkg.manifest_path))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: pkg.name.as_str(),
-            root_dir: root.as_str(),
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
-    .context(
-        "building the eBPF object failed: run `cargo xtask setup` (nightly, rust-src, bpf-linker)",
-    )
+    ebpf::build("probe-ebpf")
 }
 
 /// Compiles proto/meshprobe.proto with protox (pure Rust: no protoc needed) and prost-build.

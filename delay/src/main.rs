@@ -6,7 +6,7 @@ use std::{net::IpAddr, process::ExitCode, time::Duration};
 use anyhow::{Result, bail};
 use clap::Parser;
 use meshprobe::{
-    cli::{Ready, announce, init_logging, stop_signal},
+    cli::{Ready, announce, run_main, stop_signal},
     ebpf::{Attached, Direction, LoadOptions},
     sink::json::emit_json,
 };
@@ -44,25 +44,7 @@ struct DelayArgs {
 }
 
 fn main() -> ExitCode {
-    let args = DelayArgs::parse();
-    init_logging();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("meshprobe-delay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(delay(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meshprobe-delay: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("meshprobe-delay", delay(DelayArgs::parse()))
 }
 
 /// The `DELAY_DST` key of an address: IPv4 (and IPv4-mapped IPv6) as `::ffff:a.b.c.d`, the

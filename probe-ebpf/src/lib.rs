@@ -8,6 +8,14 @@
 
 use aya_ebpf::programs::TcContext;
 
+/// The panic handler of every BPF object of the workspace (the verifier rejects a panic path
+/// anyway). Only on the BPF target: the host builds this library with std.
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;

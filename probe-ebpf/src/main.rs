@@ -570,12 +570,6 @@ pub fn meshprobe_ingress(mut ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -213,7 +213,7 @@ pub fn announce(json: bool, ready: Ready<'_>) {
 }
 
 /// Logs to stderr, filtered by `MESHPROBE_LOG`; `meshprobe-delay` logs the same way.
-pub fn init_logging() {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESHPROBE_LOG")
@@ -241,6 +241,13 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    run_main("meshprobe", run(cli))
+}
+
+/// Logging, a one-thread runtime, `fut` on it, and the exit code: 0, 2 for a [`ConfigError`],
+/// else 1, with the error on stderr after `program: `. Every binary of the workspace that
+/// drives meshprobe's library (meshprobe, meshprobe-delay) ends here.
+pub fn run_main(program: &str, fut: impl std::future::Future<Output = Result<()>>) -> ExitCode {
     init_logging();
     // One thread: the work is light and wake-up bound (probes, replies, timers), and a second
     // worker only adds cross-thread wake-ups (eventfd writes, context switches). Measured in
@@ -251,18 +258,18 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("meshprobe: cannot start the runtime: {e}");
+            eprintln!("{program}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
-            eprintln!("meshprobe: {e:#}");
+            eprintln!("{program}: {e:#}");
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("meshprobe: {e:#}");
+            eprintln!("{program}: {e:#}");
             ExitCode::FAILURE
         }
     }
