@@ -20,7 +20,7 @@ use super::{
     pinglist::PinglistMetrics,
 };
 use crate::{
-    cli::ConfigError,
+    cli::error::ConfigError,
     discovery::PeerMap,
     net,
     probe::{

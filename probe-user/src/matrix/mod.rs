@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::cli::ConfigError;
+use crate::cli::error::ConfigError;
 
 pub mod coverage;
 pub mod expected;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::AgentArgs;
-use crate::cli::ConfigError;
+use crate::cli::error::ConfigError;
 
 /// Default of MESHPROBE_METRICS_WORST_PEERS.
 pub const DEFAULT_WORST_PEERS: usize = 10;

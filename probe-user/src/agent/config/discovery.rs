@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{AgentArgs, node::Node};
 use crate::{
-    cli::ConfigError,
+    cli::error::ConfigError,
     discovery::{self, PeerMap, ZkOptions},
     pb,
 };

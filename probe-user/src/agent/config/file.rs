@@ -1,7 +1,7 @@
 //! The optional TOML file (--config): its keys become defaults of the `agent` subcommand.
 use std::path::PathBuf;
 
-use crate::cli::ConfigError;
+use crate::cli::error::ConfigError;
 
 /// Reads the TOML file and returns (flag id, value) pairs for the keys it sets.
 /// Keys: environment names (SERVERS_ZK) or flag names (servers-zk / servers_zk).

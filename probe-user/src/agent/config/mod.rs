@@ -21,7 +21,7 @@ pub use args::{AdminListen, AgentArgs};
 pub use file::{file_defaults, with_file_defaults};
 pub use node::Node;
 
-use crate::{cli::ConfigError, pinglist::Params};
+use crate::{cli::error::ConfigError, pinglist::Params};
 
 /// Everything derived from the arguments, checked before anything is started; grouped by
 /// concern like the modules that check it.

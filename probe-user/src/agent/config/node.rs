@@ -1,6 +1,6 @@
 //! Who this agent is: its node id (a znode name and every record's src), zone and rack.
 use super::AgentArgs;
-use crate::cli::ConfigError;
+use crate::cli::error::ConfigError;
 
 /// This node's identity, checked.
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 //! Where records go: stdout (table, JSON lines or nothing) and Kafka.
 use super::AgentArgs;
 use crate::{
-    cli::ConfigError,
+    cli::error::ConfigError,
     sink::{self, KafkaOptions, OutputFormat},
 };
 

@@ -1,6 +1,6 @@
 //! The pinglist function's tuning (README "Pinglists" has the rules).
 use super::AgentArgs;
-use crate::{cli::ConfigError, pinglist::Params};
+use crate::{cli::error::ConfigError, pinglist::Params};
 
 /// The tuning must leave every node enough probers.
 pub(super) fn validate(a: &AgentArgs) -> Result<(), ConfigError> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use probe_common::wire as off;
 
 use super::AgentArgs;
-use crate::cli::ConfigError;
+use crate::cli::error::ConfigError;
 
 /// The prober's tuning, checked.
 #[derive(Clone, Debug)]

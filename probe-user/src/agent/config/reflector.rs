@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use probe_common::STAMP_DEFAULT_PORT;
 
 use super::AgentArgs;
-use crate::{cli::ConfigError, probe::policy::PolicyConfig};
+use crate::{cli::error::ConfigError, probe::policy::PolicyConfig};
 
 /// The reflector's settings, checked.
 #[derive(Clone, Debug)]

@@ -1,4 +1,7 @@
 //! Command line: parse and validate, build, run, drain on SIGINT/SIGTERM.
+
+pub mod error;
+
 use std::{
     net::{IpAddr, SocketAddr, ToSocketAddrs as _},
     process::ExitCode,
@@ -23,49 +26,6 @@ use crate::{
     },
     sink::json::emit_json,
 };
-
-/// A setting that cannot work, with its names and the fix: exit code 2, whichever subcommand
-/// found it.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub setting: String,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.setting)?;
-        if !self.problem.is_empty() {
-            write!(f, ": {}", self.problem)?;
-        }
-        if !self.fix.is_empty() {
-            write!(f, "; {}", self.fix)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl ConfigError {
-    pub fn new(
-        setting: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            setting: setting.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-
-    /// An error from a module that already names the setting and says what is wrong.
-    pub fn named(e: impl std::fmt::Display) -> Self {
-        Self::new(e.to_string(), "", "")
-    }
-}
 
 #[derive(Parser)]
 #[command(
@@ -244,7 +204,7 @@ pub fn main() -> ExitCode {
     run_main("meshprobe", run(cli))
 }
 
-/// Logging, a one-thread runtime, `fut` on it, and the exit code: 0, 2 for a [`ConfigError`],
+/// Logging, a one-thread runtime, `fut` on it, and the exit code: 0, 2 for a [`error::ConfigError`],
 /// else 1, with the error on stderr after `program: `. Every binary of the workspace that
 /// drives meshprobe's library (meshprobe, meshprobe-delay) ends here.
 pub fn run_main(program: &str, fut: impl std::future::Future<Output = Result<()>>) -> ExitCode {
@@ -264,7 +224,7 @@ pub fn run_main(program: &str, fut: impl std::future::Future<Output = Result<()>
     };
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+        Err(e) if e.downcast_ref::<error::ConfigError>().is_some() => {
             eprintln!("{program}: {e:#}");
             ExitCode::from(2)
         }
