@@ -23,9 +23,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bpf_stats::{
-    HeldMap, clock_ticks_per_sec, counters_by_name, ksoftirqd_pid, thread_totals, user_sys_ticks,
-};
+use crate::sample::held_map::{HeldMap, counters_by_name};
+use crate::sample::procfs::{clock_ticks_per_sec, ksoftirqd_pid, thread_totals, user_sys_ticks};
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::TwoHosts;
 use meshprobe_harness::load::CpuStat;

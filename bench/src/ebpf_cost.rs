@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
+use crate::sample::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::meshprobe::READY_TIMEOUT;
 use meshprobe_harness::{ChildGuard, TwoHosts};

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::bpf_stats::{
-    ProcSample, clock_ticks_per_sec, ip_batch, parse_stat_user_sys, sample_process, thread_totals,
+use crate::cluster::ip_batch;
+use crate::sample::procfs::{
+    ProcSample, clock_ticks_per_sec, parse_stat_user_sys, sample_process, thread_totals,
     user_sys_ticks,
 };
 use anyhow::{Context, Result};

@@ -8,8 +8,8 @@
 //!
 //! This file holds the CLI, the driver and the report; each scenario has its own file.
 
-mod bpf_stats;
 mod capacity;
+mod cluster;
 mod discovery;
 mod ebpf_cost;
 mod fast_path;
@@ -17,6 +17,7 @@ mod footprint;
 mod pinglist;
 mod precision;
 mod profile;
+mod sample;
 mod scale;
 
 use std::collections::BTreeMap;
@@ -784,7 +785,7 @@ fn run(args: BenchArgs) -> Result<()> {
             quick: args.quick,
             scenarios: selected.iter().map(|s| s.name.to_string()).collect(),
             meshprobe_bin: bin.display().to_string(),
-            bpf_stats_enabled_at_start: crate::bpf_stats::bpf_stats_enabled(),
+            bpf_stats_enabled_at_start: crate::sample::bpf_stats::bpf_stats_enabled(),
             tools: tool_versions(),
         },
         scenarios: Vec::new(),

@@ -11,7 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bpf_stats::{sample_process, znode_ctime_ms};
+use crate::cluster::znode_ctime_ms;
+use crate::sample::procfs::sample_process;
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::agent::{Cluster, HEARTBEAT_PATH, ZK_PORT};
 use meshprobe_harness::capture::Capture;
