@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use meshprobe_harness::STAMP_PORT;
 use meshprobe_harness::capture::{Frames, Packet, decode_frame};
 use meshprobe_harness::reference::capture_times;
 use meshprobe_harness::scenario::compare;
+use meshprobe_harness::{PingRun, STAMP_PORT};
 
 use super::bursts::{Burst, Window};
 use super::parse::{Echo, Side, align, decode_echo, index, sockperf_seq, truth};
@@ -65,101 +65,124 @@ pub(super) fn judge(
         ping_sent: 0,
         seconds,
     };
-    let in_w = |v: &[Packet], w: &Window, port: u16| -> Vec<Packet> {
-        v.iter()
-            .filter(|p| w.has(p.ts_ns) && (p.src.port() == port || p.dst.port() == port))
-            .cloned()
-            .collect()
-    };
     for burst in bursts {
         match burst {
-            Burst::Meshprobe { w, run } => {
-                let pa = in_w(&ua, w, STAMP_PORT);
-                let pb = in_w(&ub, w, STAMP_PORT);
-                let times = capture_times(&pa, &pb, STAMP_PORT);
-                let ag = compare(run, &times);
-                r.mp_sent += ag.sent;
-                r.c[MP_NET].reported += run.probes.len();
-                r.c[MP_NET].matched += ag.matched;
-                r.c[MP_NET].err.extend(&ag.signed_err);
-                r.legs.extend(&ag.legs);
-                r.stalls += ag.stalls().len();
-                r.truth.extend(&ag.reference);
-                r.c[MP_APP].reported += run.probes.len();
-                r.c[MP_APP].matched += ag.matched;
-                r.c[MP_APP].err.extend(&ag.app_signed_err);
-                for (src, n) in ag.t4_sources {
-                    *r.t4_sources.entry(src).or_default() += n;
-                }
-            }
+            Burst::Meshprobe { w, run } => r.add_meshprobe(w, run, &ua, &ub),
             Burst::Ping {
                 w,
                 id,
                 sent,
                 replies,
-            } => {
-                r.ping_sent += sent;
-                let side = |v: &[Echo]| {
-                    index(
-                        v.iter()
-                            .filter(|e| w.has(e.ts) && e.id == *id)
-                            .map(|e| (e.seq, e.reply, e.ts)),
-                    )
-                };
-                let (sa, sb) = (side(&ea), side(&eb));
-                let j = &mut r.c[PING];
-                j.reported += replies.len();
-                for (seq, rtt) in replies {
-                    if let (Some(x), Some(y)) = (sa.get(seq), sb.get(seq))
-                        && let Some(t) = truth(x, y)
-                    {
-                        j.matched += 1;
-                        j.err.push(rtt - t);
-                    }
-                }
-            }
-            Burst::Sockperf { w, rows } => {
-                let side = |v: &[Packet]| {
-                    index(in_w(v, w, SOCKPERF_PORT).iter().filter_map(|p| {
-                        let seq = sockperf_seq(&p.payload)?;
-                        if p.dst.port() == SOCKPERF_PORT {
-                            Some(((p.src.port(), seq), false, p.ts_ns))
-                        } else {
-                            Some(((p.dst.port(), seq), true, p.ts_ns))
-                        }
-                    }))
-                };
-                let (sa, sb) = (side(&ua), side(&ub));
-                // The messages A saw answered, in (client port, sequence) order.
-                let mut msgs: Vec<((u16, u64), Side)> = sa
-                    .iter()
-                    .filter(|(_, s)| s.request.is_some() && s.reply.is_some())
-                    .map(|(k, s)| (*k, *s))
-                    .collect();
-                msgs.sort_by_key(|(k, _)| *k);
-                let raw: Vec<(i64, i64)> = msgs
-                    .iter()
-                    .map(|(_, s)| (s.request.unwrap_or(0) as i64, s.reply.unwrap_or(0) as i64))
-                    .collect();
-                let j = &mut r.c[SOCKPERF];
-                j.reported += rows.len();
-                let Some((off, corr, second)) = align(rows, &raw) else {
-                    r.align.push((rows.len(), f64::NAN, f64::NAN));
-                    continue;
-                };
-                r.align.push((rows.len(), corr, second));
-                if corr < MIN_ALIGN_SCORE {
-                    continue;
-                }
-                for (i, (tx, rx)) in rows.iter().enumerate() {
-                    let (k, sa_k) = &msgs[off + i];
-                    if let Some(t) = sb.get(k).and_then(|y| truth(sa_k, y)) {
-                        j.matched += 1;
-                        j.err.push((rx - tx) - t);
-                    }
-                }
-            }
+            } => r.add_ping(w, *id, *sent, replies, &ea, &eb),
+            Burst::Sockperf { w, rows } => r.add_sockperf(w, rows, &ua, &ub),
         }
     }
     r
+}
+
+/// The packets of `v` inside `w` to or from `port`.
+fn in_window(v: &[Packet], w: &Window, port: u16) -> Vec<Packet> {
+    v.iter()
+        .filter(|p| w.has(p.ts_ns) && (p.src.port() == port || p.dst.port() == port))
+        .cloned()
+        .collect()
+}
+
+impl CondResult {
+    /// A meshprobe burst: its network and app RTTs against the captures of A (`ua`) and B
+    /// (`ub`), with its legs.
+    fn add_meshprobe(&mut self, w: &Window, run: &PingRun, ua: &[Packet], ub: &[Packet]) {
+        let pa = in_window(ua, w, STAMP_PORT);
+        let pb = in_window(ub, w, STAMP_PORT);
+        let times = capture_times(&pa, &pb, STAMP_PORT);
+        let ag = compare(run, &times);
+        self.mp_sent += ag.sent;
+        self.c[MP_NET].reported += run.probes.len();
+        self.c[MP_NET].matched += ag.matched;
+        self.c[MP_NET].err.extend(&ag.signed_err);
+        self.legs.extend(&ag.legs);
+        self.stalls += ag.stalls().len();
+        self.truth.extend(&ag.reference);
+        self.c[MP_APP].reported += run.probes.len();
+        self.c[MP_APP].matched += ag.matched;
+        self.c[MP_APP].err.extend(&ag.app_signed_err);
+        for (src, n) in ag.t4_sources {
+            *self.t4_sources.entry(src).or_default() += n;
+        }
+    }
+
+    /// A ping burst (ICMP id `id`): its replies against the echoes captured in A and B.
+    fn add_ping(
+        &mut self,
+        w: &Window,
+        id: u16,
+        sent: u64,
+        replies: &[(u16, i64)],
+        ea: &[Echo],
+        eb: &[Echo],
+    ) {
+        self.ping_sent += sent;
+        let side = |v: &[Echo]| {
+            index(
+                v.iter()
+                    .filter(|e| w.has(e.ts) && e.id == id)
+                    .map(|e| (e.seq, e.reply, e.ts)),
+            )
+        };
+        let (sa, sb) = (side(ea), side(eb));
+        let j = &mut self.c[PING];
+        j.reported += replies.len();
+        for (seq, rtt) in replies {
+            if let (Some(x), Some(y)) = (sa.get(seq), sb.get(seq))
+                && let Some(t) = truth(x, y)
+            {
+                j.matched += 1;
+                j.err.push(rtt - t);
+            }
+        }
+    }
+
+    /// A sockperf burst: its logged rows aligned with the messages captured in A, judged
+    /// against A's and B's captures.
+    fn add_sockperf(&mut self, w: &Window, rows: &[(i64, i64)], ua: &[Packet], ub: &[Packet]) {
+        let side = |v: &[Packet]| {
+            index(in_window(v, w, SOCKPERF_PORT).iter().filter_map(|p| {
+                let seq = sockperf_seq(&p.payload)?;
+                if p.dst.port() == SOCKPERF_PORT {
+                    Some(((p.src.port(), seq), false, p.ts_ns))
+                } else {
+                    Some(((p.dst.port(), seq), true, p.ts_ns))
+                }
+            }))
+        };
+        let (sa, sb) = (side(ua), side(ub));
+        // The messages A saw answered, in (client port, sequence) order.
+        let mut msgs: Vec<((u16, u64), Side)> = sa
+            .iter()
+            .filter(|(_, s)| s.request.is_some() && s.reply.is_some())
+            .map(|(k, s)| (*k, *s))
+            .collect();
+        msgs.sort_by_key(|(k, _)| *k);
+        let raw: Vec<(i64, i64)> = msgs
+            .iter()
+            .map(|(_, s)| (s.request.unwrap_or(0) as i64, s.reply.unwrap_or(0) as i64))
+            .collect();
+        let j = &mut self.c[SOCKPERF];
+        j.reported += rows.len();
+        let Some((off, corr, second)) = align(rows, &raw) else {
+            self.align.push((rows.len(), f64::NAN, f64::NAN));
+            return;
+        };
+        self.align.push((rows.len(), corr, second));
+        if corr < MIN_ALIGN_SCORE {
+            return;
+        }
+        for (i, (tx, rx)) in rows.iter().enumerate() {
+            let (k, sa_k) = &msgs[off + i];
+            if let Some(t) = sb.get(k).and_then(|y| truth(sa_k, y)) {
+                j.matched += 1;
+                j.err.push((rx - tx) - t);
+            }
+        }
+    }
 }
