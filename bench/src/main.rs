@@ -6,7 +6,8 @@
 //! with the measured cause, never as a failure of the command. The command fails only when a
 //! scenario could not run (the bench itself broke), after writing the report.
 //!
-//! This file holds the CLI, the driver and the report; each scenario has its own file.
+//! This file holds the CLI, the driver and the report; each scenario has its own module (a
+//! file, or a directory of small files for the larger ones).
 
 mod capacity;
 mod cluster;
