@@ -10,9 +10,9 @@
 //! registration. The newcomer joins under a fresh node id in every trial, so each trial is a
 //! first join (not a return within the peer grace period).
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::bpf_stats::{instant_to_unix_ns, znode_ctime_ms};
+use crate::cluster::znode_ctime_ms;
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::agent::{Cluster, HEARTBEAT_PATH};
 use meshprobe_harness::capture::Capture;
@@ -222,4 +222,18 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "agents": AGENTS, "interval": INTERVAL, "window": WINDOW, "trials": per_trial,
     });
     Ok(())
+}
+
+/// Wall-clock time (nanoseconds since the epoch) of an `Instant` taken in this process.
+pub fn instant_to_unix_ns(t: Instant) -> i128 {
+    let now_i = Instant::now();
+    let now_w = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as i128;
+    if t <= now_i {
+        now_w - (now_i - t).as_nanos() as i128
+    } else {
+        now_w + (t - now_i).as_nanos() as i128
+    }
 }

@@ -15,10 +15,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
+use crate::sample::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
 use anyhow::{Context, Result, bail};
 use meshprobe_harness::meshprobe::READY_TIMEOUT;
-use meshprobe_harness::{ChildGuard, TwoHosts};
+use meshprobe_harness::{ChildGuard, Meshprobe, TwoHosts};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -130,9 +130,69 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         }
     };
     let secs = ctx.pick(3, 10);
-    let s = secs.to_string();
     let stats = BpfStatsGuard::enable()?;
     let stats_before = stats.previous().to_string();
+    describe(rep, secs, &stats_before);
+    let t = TwoHosts::new()?;
+    let empties = attach_empties(&t)?;
+    let _server = iperf_server(&t)?;
+    let mp = &env.mp;
+    let refl_b = mp.reflect(&t.b, &["-I", TwoHosts::B_IF])?;
+    let mut refl_a = mp.reflect(&t.a, &["-I", TwoHosts::A_IF])?;
+    let pid_b = refl_b.child.pid().context("reflector B pid")?;
+    let pid_a = refl_a.child.pid().context("reflector A pid")?;
+    let mut names = BTreeMap::new();
+    let holders = [("A", pid_a), ("B", pid_b)];
+    let traffic = Traffic::measure(&t, &holders, &empties, &mut names, secs)?;
+
+    // Probe phase: the sender replaces A's reflector.
+    refl_a.child.stop()?;
+    drop(refl_a);
+    let (probe, summary) = probe_phase(mp, &t, pid_b, &empties, &mut names, secs)?;
+    let refl_sum = refl_b.stop()?;
+    drop(empties);
+    drop(stats);
+
+    let Traffic {
+        tcp,
+        udp,
+        tcp_gbps,
+        udp_pkts,
+    } = traffic;
+    let (table, data_rows, worst) = programs_table(&probe, &tcp, &udp);
+    rep.tables.push(table);
+    let probes_sent = summary["sent"].as_u64().unwrap_or(0);
+    let probes_received = summary["received"].as_u64().unwrap_or(0);
+    rep.note(format!(
+        "Traffic: TCP {tcp_gbps:.2} Gbit/s (TCP segments pass TC as GSO/GRO batches, so a \
+         \"packet\" there is one skb); UDP {udp_pkts} datagrams; probes {probes_sent} sent, \
+         {probes_received} answered (reflector: {} requests, {} replies).",
+        refl_sum["requests"], refl_sum["replies"]
+    ));
+    rep.note(
+        "A non-probe packet takes meshprobe's shortest path: read skb->protocol and the IP \
+         protocol (TCP: done); for UDP also the ports and one array-map lookup of the port \
+         (probe-ebpf/src/main.rs, parse_udp and port_flags). A probe packet is stamped: clock \
+         read, loads, stores and checksum fix-ups."
+            .to_string(),
+    );
+    let (worst_ns, floor) = judge(rep, worst)?;
+    rep.data = json!({
+        "phase_seconds": secs,
+        "bpf_stats_enabled_before": stats_before,
+        "tcp_gbit_s": tcp_gbps,
+        "udp_datagrams": udp_pkts,
+        "probes_sent": probes_sent,
+        "probes_received": probes_received,
+        "programs": data_rows,
+        "worst_non_probe_ns": worst_ns,
+        "floor_ns_same_hook": floor,
+    });
+    Ok(())
+}
+
+/// The method lines.
+fn describe(rep: &mut ScenarioReport, secs: u64, stats_before: &str) {
     rep.method(format!(
         "kernel.bpf_stats_enabled=1 for the scenario (it was {stats_before}; restored \
          afterwards); per program the deltas of run_time_ns and run_cnt (/proc/PID/fdinfo of \
@@ -154,42 +214,70 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
          to the reflector in B (T2/T3); cells of fewer than {MIN_PACKETS} packets are shown \
          but not judged"
     ));
-    let t = TwoHosts::new()?;
+}
+
+/// An empty program on both hooks of both sides' veth.
+fn attach_empties(t: &TwoHosts) -> Result<Empties> {
     let mut empties: Empties = Vec::new();
     for (side, ns, ifname) in [("A", &t.a, TwoHosts::A_IF), ("B", &t.b, TwoHosts::B_IF)] {
         for (hook, ingress) in [(0, false), (1, true)] {
             empties.push((side, hook, EmptyTcProg::attach(ns, ifname, ingress)?));
         }
     }
-    let _server = iperf_server(&t)?;
-    let mp = &env.mp;
-    let refl_b = mp.reflect(&t.b, &["-I", TwoHosts::B_IF])?;
-    let mut refl_a = mp.reflect(&t.a, &["-I", TwoHosts::A_IF])?;
-    let pid_b = refl_b.child.pid().context("reflector B pid")?;
-    let pid_a = refl_a.child.pid().context("reflector A pid")?;
-    let mut names = BTreeMap::new();
-    let holders = [("A", pid_a), ("B", pid_b)];
+    Ok(empties)
+}
 
-    progress(format!("ebpf-cost: TCP phase ({secs} s)"));
-    let (tcp, tcp_info) = phase(&holders, &empties, &mut names, || {
-        iperf_client(&t, &["-t", &s])
-    })?;
-    let tcp_gbps = tcp_info["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9;
-    progress(format!("ebpf-cost: UDP phase ({secs} s)"));
-    let (udp, udp_info) = phase(&holders, &empties, &mut names, || {
-        iperf_client(&t, &["-u", "--bidir", "-b", "20M", "-l", "64", "-t", &s])
-    })?;
-    let udp_pkts = udp_info["end"]["sum"]["packets"].as_u64().unwrap_or(0)
-        + udp_info["end"]["sum_bidir_reverse"]["packets"]
-            .as_u64()
-            .unwrap_or(0);
+/// The non-probe phases: TCP, then UDP to another port.
+struct Traffic {
+    tcp: Deltas,
+    udp: Deltas,
+    tcp_gbps: f64,
+    udp_pkts: u64,
+}
 
-    // Probe phase: the sender replaces A's reflector.
-    refl_a.child.stop()?;
-    drop(refl_a);
+impl Traffic {
+    /// Both phases, `secs` each, with the programs held by the reflectors `holders`.
+    fn measure(
+        t: &TwoHosts,
+        holders: &[(&'static str, u32)],
+        empties: &Empties,
+        names: &mut BTreeMap<u32, String>,
+        secs: u64,
+    ) -> Result<Traffic> {
+        let s = secs.to_string();
+        progress(format!("ebpf-cost: TCP phase ({secs} s)"));
+        let (tcp, tcp_info) = phase(holders, empties, names, || iperf_client(t, &["-t", &s]))?;
+        let tcp_gbps = tcp_info["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9;
+        progress(format!("ebpf-cost: UDP phase ({secs} s)"));
+        let (udp, udp_info) = phase(holders, empties, names, || {
+            iperf_client(t, &["-u", "--bidir", "-b", "20M", "-l", "64", "-t", &s])
+        })?;
+        let udp_pkts = udp_info["end"]["sum"]["packets"].as_u64().unwrap_or(0)
+            + udp_info["end"]["sum_bidir_reverse"]["packets"]
+                .as_u64()
+                .unwrap_or(0);
+        Ok(Traffic {
+            tcp,
+            udp,
+            tcp_gbps,
+            udp_pkts,
+        })
+    }
+}
+
+/// The probe phase: `meshprobe ping -i 1ms` in A to the reflector `pid_b` for `secs`; the
+/// deltas and the ping's summary.
+fn probe_phase(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    pid_b: u32,
+    empties: &Empties,
+    names: &mut BTreeMap<u32, String>,
+    secs: u64,
+) -> Result<(Deltas, serde_json::Value)> {
     progress(format!("ebpf-cost: probe phase ({secs} s)"));
     let b4 = TwoHosts::B4.to_string();
     let mut ping = mp.ping_spawn(
@@ -211,25 +299,29 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         .context("meshprobe ping ready line")?;
     mp.check_timestamping("meshprobe ping", &ready, &ping.stderr_text())?;
     let pid_ping = ping.pid().context("ping pid")?;
-    let (probe, _) = phase(
-        &[("A", pid_ping), ("B", pid_b)],
-        &empties,
-        &mut names,
-        || {
-            pause(Duration::from_secs(secs))?;
-            Ok(json!({}))
-        },
-    )?;
+    let (probe, _) = phase(&[("A", pid_ping), ("B", pid_b)], empties, names, || {
+        pause(Duration::from_secs(secs))?;
+        Ok(json!({}))
+    })?;
     let fin = ping.stop_with(Signal::SIGINT, Duration::from_secs(5))?;
     let summary = fin
         .json_lines()
         .into_iter()
         .find(|v| v["type"] == "summary")
         .unwrap_or_default();
-    let refl_sum = refl_b.stop()?;
-    drop(empties);
-    drop(stats);
+    Ok((probe, summary))
+}
 
+/// The worst non-probe cell: (ns, where, floor of that hook and phase).
+type Worst = (f64, String, Option<f64>);
+
+/// The table of ns per packet by program and phase, its JSON rows, and the worst non-probe
+/// cell that is judged.
+fn programs_table(
+    probe: &Deltas,
+    tcp: &Deltas,
+    udp: &Deltas,
+) -> (Table, Vec<serde_json::Value>, Option<Worst>) {
     let mut table = Table::new(
         "Mean time per packet in each program (run_time_ns / run_cnt), packets in brackets:",
         &[
@@ -254,7 +346,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     };
     let mut data_rows = Vec::new();
     // (ns, where, floor of that hook and phase)
-    let mut worst: Option<(f64, String, Option<f64>)> = None;
+    let mut worst: Option<Worst> = None;
     for (side, role) in [("A", "sender"), ("B", "reflector")] {
         for (hook, p) in PROGS.iter().enumerate() {
             for label in [*p, EMPTY[hook]] {
@@ -264,7 +356,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
                 } else {
                     format!("{side} {label} (accounting floor)")
                 };
-                table.row([name, cell(&probe, k), cell(&tcp, k), cell(&udp, k)]);
+                table.row([name, cell(probe, k), cell(tcp, k), cell(udp, k)]);
                 data_rows.push(json!({
                     "side": side, "program": label,
                     "probe": probe.get(&k), "tcp": tcp.get(&k), "udp_other_port": udp.get(&k),
@@ -275,7 +367,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
                     },
                 }));
             }
-            for (kind, d) in [("TCP", &tcp), ("UDP", &udp)] {
+            for (kind, d) in [("TCP", tcp), ("UDP", udp)] {
                 if let Some(ns) = judged(d, (side, *p))
                     && worst.as_ref().is_none_or(|(w, _, _)| ns > *w)
                 {
@@ -288,22 +380,11 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             }
         }
     }
-    rep.tables.push(table);
-    let probes_sent = summary["sent"].as_u64().unwrap_or(0);
-    let probes_received = summary["received"].as_u64().unwrap_or(0);
-    rep.note(format!(
-        "Traffic: TCP {tcp_gbps:.2} Gbit/s (TCP segments pass TC as GSO/GRO batches, so a \
-         \"packet\" there is one skb); UDP {udp_pkts} datagrams; probes {probes_sent} sent, \
-         {probes_received} answered (reflector: {} requests, {} replies).",
-        refl_sum["requests"], refl_sum["replies"]
-    ));
-    rep.note(
-        "A non-probe packet takes meshprobe's shortest path: read skb->protocol and the IP \
-         protocol (TCP: done); for UDP also the ports and one array-map lookup of the port \
-         (probe-ebpf/src/main.rs, parse_udp and port_flags). A probe packet is stamped: clock \
-         read, loads, stores and checksum fix-ups."
-            .to_string(),
-    );
+    (table, data_rows, worst)
+}
+
+/// The goal from the worst cell: (its ns, the floor on its hook).
+fn judge(rep: &mut ScenarioReport, worst: Option<Worst>) -> Result<(f64, Option<f64>)> {
     let Some((worst_ns, worst_where, floor)) = worst else {
         bail!("no non-probe phase put {MIN_PACKETS} packets through a program");
     };
@@ -323,16 +404,5 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         met,
         Some(cause),
     );
-    rep.data = json!({
-        "phase_seconds": secs,
-        "bpf_stats_enabled_before": stats_before,
-        "tcp_gbit_s": tcp_gbps,
-        "udp_datagrams": udp_pkts,
-        "probes_sent": probes_sent,
-        "probes_received": probes_received,
-        "programs": data_rows,
-        "worst_non_probe_ns": worst_ns,
-        "floor_ns_same_hook": floor,
-    });
-    Ok(())
+    Ok((worst_ns, floor))
 }

@@ -14,7 +14,7 @@ use meshprobe_harness::{ChildGuard, Meshprobe, Reflector, TwoHosts};
 use serde_json::json;
 
 use super::ebpf_cost::{iperf_client, iperf_server};
-use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg};
+use crate::sample::bpf_stats::{BpfStatsGuard, EmptyTcProg};
 
 use super::{Ctx, ScenarioReport, Table, max, median, min, pause, progress};
 

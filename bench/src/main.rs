@@ -6,10 +6,11 @@
 //! with the measured cause, never as a failure of the command. The command fails only when a
 //! scenario could not run (the bench itself broke), after writing the report.
 //!
-//! This file holds the CLI, the driver and the report; each scenario has its own file.
+//! This file holds the CLI, the driver and the report; each scenario has its own module (a
+//! file, or a directory of small files for the larger ones).
 
-mod bpf_stats;
 mod capacity;
+mod cluster;
 mod discovery;
 mod ebpf_cost;
 mod fast_path;
@@ -17,6 +18,7 @@ mod footprint;
 mod pinglist;
 mod precision;
 mod profile;
+mod sample;
 mod scale;
 
 use std::collections::BTreeMap;
@@ -784,7 +786,7 @@ fn run(args: BenchArgs) -> Result<()> {
             quick: args.quick,
             scenarios: selected.iter().map(|s| s.name.to_string()).collect(),
             meshprobe_bin: bin.display().to_string(),
-            bpf_stats_enabled_at_start: crate::bpf_stats::bpf_stats_enabled(),
+            bpf_stats_enabled_at_start: crate::sample::bpf_stats::bpf_stats_enabled(),
             tools: tool_versions(),
         },
         scenarios: Vec::new(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
+use crate::sample::bpf_stats::{BpfStatsGuard, EmptyTcProg, ProgStats, find_prog, process_progs};
 use anyhow::{Result, bail};
 use meshprobe_harness::TwoHosts;
 use meshprobe_harness::child::run_with_timeout;
