@@ -147,6 +147,22 @@ impl Shift {
         Ok(())
     }
 
+    /// Like [`Shift::check`], for a delay added by a tool that can only hold packets longer than
+    /// asked, never shorter: the shift may exceed `expected` by `slack_above` more than the
+    /// tolerance.
+    pub fn check_added(&self, expected: i64, slack_above: i64, what: &str) -> anyhow::Result<()> {
+        self.resolves(expected, what, "judge a shift of")?;
+        let over = self.added - expected;
+        anyhow::ensure!(
+            -self.tolerance() <= over && over <= self.tolerance() + slack_above,
+            "{what}: expected a shift of {} (up to {} more), measured {}",
+            us(expected),
+            us(slack_above),
+            self.report()
+        );
+        Ok(())
+    }
+
     /// No shift within the tolerance, and the run resolves `if_broken`, the shift a defect
     /// would cause.
     pub fn check_unchanged(&self, if_broken: i64, what: &str) -> anyhow::Result<()> {

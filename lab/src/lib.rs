@@ -1,4 +1,4 @@
-//! A whole meshprobe cluster on one machine: the [`Star`] star of namespaces, ZooKeeper and the
+//! A whole meshprobe cluster on one machine: a [`Star`] of namespaces, ZooKeeper and the
 //! Kafka-protocol broker in its core namespace, one `meshprobe agent` per node (discovering
 //! through ZooKeeper, streaming to the broker), and shaped links ([`links`]): per-pair added
 //! RTT from the delay element, loss and partitions from nftables.

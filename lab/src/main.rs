@@ -31,7 +31,7 @@ enum Command {
         svg: PathBuf,
     },
     /// A lab cluster in the background: up, status, logs, matrix, chaos, down.
-    Star {
+    Mesh {
         #[command(subcommand)]
         cmd: supervisor::MeshCmd,
     },
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             let svg = meshprobe_harness::meshprobe::workspace_root().join(svg);
             demo::run(&bin, &svg, duration)
         }),
-        Command::Star { cmd } => supervisor::run(cmd),
+        Command::Mesh { cmd } => supervisor::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

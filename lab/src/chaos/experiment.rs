@@ -182,7 +182,9 @@ impl Experiment {
                      other pair's median stays where it was; after the restore both are back. \
                      \"By\" and \"where it was\" within {NOISE_K}× each pair's own noise (the \
                      spread of its per-window p50 over the windows compared), which must be \
-                     well below the change it judges.",
+                     well below the change it judges; the rise may be up to {DELAY_SLACK_PCT} % \
+                     of the added RTT longer (the delay element holds packets, and one that \
+                     comes during another's hold waits for it), never shorter.",
                     fmt_duration(rtt),
                     fmt_duration(rtt),
                 )

@@ -97,7 +97,7 @@ pub(super) fn link_delay(
             fell.map_or("never".into(), |f| f.to_string())
         ));
         let timely = rose.is_some_and(|f| f <= c1 + 1);
-        match rise.check(add_ns, &arrow(p)) {
+        match rise.check_added(add_ns, add_ns * DELAY_SLACK_PCT / 100, &arrow(p)) {
             Ok(()) => j.check(
                 timely,
                 format!(
