@@ -19,7 +19,9 @@ use meshprobe_harness::capture::Capture;
 use meshprobe_harness::topo::Family;
 use serde_json::json;
 
-use super::{Ctx, ScenarioReport, Table, fmt_ms, max, median, min, pause, progress};
+use crate::numbers::{fmt_ms, max, median, min};
+use crate::report::{ScenarioReport, Table};
+use crate::scenario::{Ctx, pause, progress};
 
 const AGENTS: usize = 20;
 const GOAL_MS: f64 = 2000.0;

@@ -22,7 +22,8 @@ use meshprobe_harness::{ChildGuard, Meshprobe, TwoHosts};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::{Ctx, ScenarioReport, Table, pause, progress};
+use crate::report::{ScenarioReport, Table};
+use crate::scenario::{Ctx, pause, progress};
 
 const GOAL_NS: f64 = 60.0;
 const PROGS: [&str; 2] = ["meshprobe_egress", "meshprobe_ingress"];

@@ -16,7 +16,9 @@ use serde_json::json;
 use super::ebpf_cost::{iperf_client, iperf_server};
 use crate::sample::bpf_stats::{BpfStatsGuard, EmptyTcProg};
 
-use super::{Ctx, ScenarioReport, Table, max, median, min, pause, progress};
+use crate::numbers::{max, median, min};
+use crate::report::{ScenarioReport, Table};
+use crate::scenario::{Ctx, pause, progress};
 
 const GOAL_RATIO: f64 = 0.98;
 const SOCKPERF_PORT: &str = "11111";

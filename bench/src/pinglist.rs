@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{Ctx, ScenarioReport, Table, progress};
+use crate::report::{ScenarioReport, Table};
+use crate::scenario::{Ctx, progress};
 
 pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     // (members, events): each event recomputes every list; 50 000 members cost ~N² hashes.
@@ -36,7 +37,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         "select µs = CPU time of one list on a prepared Index (thread CPU clock); one select = \
          `pinglist::select` from scratch (Index built for it), wall, best of 3",
     );
-    let bin = super::build_example("probe-user", "pinglist_sim")?;
+    let bin = crate::scenario::build_example("probe-user", "pinglist_sim")?;
     let mut rows: Vec<(usize, Value)> = Vec::new();
     for &(n, events) in &sizes {
         progress(format!(

@@ -13,7 +13,7 @@ use meshprobe_harness::TwoHosts;
 use meshprobe_harness::child::run_with_timeout;
 use serde::Serialize;
 
-use super::pause;
+use crate::scenario::pause;
 
 /// `f(0)` and `f(1)` side by side, each on a thread of its own (e.g. the same tool on two
 /// processes at once).

@@ -25,7 +25,9 @@ use meshprobe_harness::zkproxy::CountingProxy;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use super::{Ctx, ScenarioReport, Table, fmt_ms, max, mean, median, pause, progress};
+use crate::numbers::{fmt_ms, max, mean, median};
+use crate::report::{ScenarioReport, Table};
+use crate::scenario::{Ctx, pause, progress};
 
 const SHAPE: Shape = Shape::TEN_THOUSAND;
 const FAMILY: Family = Family::V4;
@@ -78,7 +80,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let members = SHAPE.members();
     describe(rep, members, trials, steady);
     progress("scale: building the member registrar (scale_members example)");
-    let registrar_bin = super::build_example("meshprobe-tests", "scale_members")?;
+    let registrar_bin = crate::scenario::build_example("meshprobe-tests", "scale_members")?;
     let Some(mut lab) = Cluster::acquire("bench scale", 2, FAMILY, true, false)? else {
         rep.skip("a prerequisite is missing (see the SKIP line)");
         return Ok(());

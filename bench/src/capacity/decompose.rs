@@ -14,7 +14,7 @@ use super::render::fmt_rate;
 use super::step::{Pair, Step};
 use crate::profile::{self, Runs, Split, StatsWindow, both, bpf_stats_window, ebpf_per_context};
 use crate::sample::held_map::HeldMap;
-use crate::{pause, progress};
+use crate::scenario::{pause, progress};
 
 /// `perf record -g` of `pid` for `secs` seconds: (kernel share of samples, top symbols).
 pub(super) fn perf_profile(pid: u32, secs: u64, dir: &Path, tag: &str) -> Result<(f64, String)> {

@@ -3,7 +3,7 @@
 
 use super::render::fmt_rate;
 use super::{MAX_MISSING, MIN_INTERVAL_NS, RATES, Settings, TIMEOUT_S};
-use crate::ScenarioReport;
+use crate::report::ScenarioReport;
 use crate::sample::procfs::clock_ticks_per_sec;
 
 /// Writes the method lines for the run's settings `set`.

@@ -41,9 +41,10 @@ use meshprobe_harness::services::TempDir;
 use meshprobe_harness::{Meshprobe, Reflector, TwoHosts};
 use serde_json::json;
 
+use crate::report::ScenarioReport;
 use crate::sample::held_map::HeldMap;
 use crate::sample::procfs::ksoftirqd_pid;
-use crate::{Ctx, ScenarioReport, progress};
+use crate::scenario::{Ctx, progress};
 use decompose::Decomposition;
 use plan::pick_capacity;
 use render::fmt_rate;

@@ -3,7 +3,7 @@
 use super::decompose::{Decomposition, WHO};
 use super::step::Step;
 use crate::profile::{HOOKS, Split, us_share};
-use crate::{ScenarioReport, Table};
+use crate::report::{ScenarioReport, Table};
 
 pub(super) fn fmt_rate(r: f64) -> String {
     if !r.is_finite() {

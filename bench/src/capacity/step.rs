@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::TIMEOUT_S;
 use super::measure::{CpuUse, Sample, Use, cpu_use, sample, stamps_of, usage};
 use super::plan::{holds, missing, plan_step};
-use crate::pause;
 use crate::sample::held_map::HeldMap;
+use crate::scenario::pause;
 
 #[derive(Debug, Serialize)]
 pub(super) struct Step {

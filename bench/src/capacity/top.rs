@@ -15,7 +15,8 @@ use super::render::fmt_rate;
 use super::step::Pair;
 use super::{RATES, Settings};
 use crate::profile::{PerfStat, both, parse_strace, per_probe_breakdown, perf_stat, strace_counts};
-use crate::{ScenarioReport, pause, progress};
+use crate::report::ScenarioReport;
+use crate::scenario::{pause, progress};
 
 /// What the profile at the top step found.
 pub(super) struct TopProfile {

@@ -9,8 +9,8 @@ use super::render::fmt_rate;
 use super::step::Step;
 use super::top::TopProfile;
 use super::{GOAL_PER_CORE, RATES, Settings, TIMEOUT_S};
-use crate::ScenarioReport;
 use crate::profile::{Split, us_share};
+use crate::report::ScenarioReport;
 
 /// The notes of the verdict and the goal, in the report's order.
 pub(super) fn judge(

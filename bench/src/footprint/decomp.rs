@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::samples::Samples;
 use super::{GOAL_CPU_PCT, PEERS};
 use crate::profile::{self, Runs, Split, StatsWindow, ebpf_per_context, us_share};
-use crate::{ScenarioReport, Table, progress};
+use crate::report::{ScenarioReport, Table};
+use crate::scenario::progress;
 
 /// The goal as CPU per probe, µs: 1 % of a core over [`PEERS`] probes/s.
 pub(super) const GOAL_US_PER_PROBE: f64 = GOAL_CPU_PCT / 100.0 / PEERS as f64 * 1e6;

@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::samples::Samples;
+use crate::numbers::max;
 use crate::profile::{self, strace_total, top_symbol};
+use crate::report::ScenarioReport;
 use crate::sample::procfs::{clock_ticks_per_sec, parse_stat_user_sys};
-use crate::{ScenarioReport, max, pause, progress};
+use crate::scenario::{pause, progress};
 
 /// CPU % of one core per thread (`name (tid N)`) over `secs` seconds (/proc/PID/task/*/stat),
 /// busiest first.

@@ -23,9 +23,11 @@ use meshprobe_harness::{Meshprobe, TwoHosts};
 use serde_json::json;
 
 use crate::cluster::ip_batch;
+use crate::numbers::max;
 use crate::profile::bpf_stats_window;
+use crate::report::ScenarioReport;
 use crate::sample::procfs::thread_totals;
-use crate::{Ctx, ScenarioReport, max, progress};
+use crate::scenario::{Ctx, progress};
 use decomp::{PerProbe, cpu_cause, decompose_cpu};
 use missed::Missed;
 use samples::Samples;

@@ -7,8 +7,10 @@ use anyhow::Result;
 use meshprobe_harness::agent::Agent;
 
 use super::{FLAT_CPU_REL, FLAT_RSS_MB, PEERS, WINDOW_S};
+use crate::numbers::{max, mean};
+use crate::report::{ScenarioReport, Table};
 use crate::sample::procfs::{ProcSample, sample_process, user_sys_ticks};
-use crate::{ScenarioReport, Table, max, mean, pause};
+use crate::scenario::pause;
 
 pub(super) struct Thirds {
     pub(super) first: f64,

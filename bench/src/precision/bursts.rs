@@ -12,7 +12,7 @@ use meshprobe_harness::{ChildGuard, Meshprobe, PingRun, Reflector, TwoHosts, int
 
 use super::parse::{parse_full_log, parse_ping, ping_transmitted};
 use super::{FILTER, INTERVAL_MS, Load, SOCKPERF_PORT};
-use crate::{pause, progress};
+use crate::scenario::{pause, progress};
 
 // ---- running the bursts ---------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ use meshprobe_harness::load::{WakeLatency, online_cpus};
 use meshprobe_harness::services::TempDir;
 use serde_json::json;
 
-use super::{Ctx, ScenarioReport, progress};
+use crate::report::ScenarioReport;
+use crate::scenario::{Ctx, progress};
 use bursts::{Plan, Sequence, reflector, sockperf_server, start_load};
 use judge::judge;
 use report::{p50_p99, report};

@@ -7,7 +7,7 @@ use super::bursts::Plan;
 use super::judge::{CondResult, Judged};
 use super::parse::abs_pct;
 use super::{CONTENDERS, GOAL_RATIO, INTERVAL_MS, Load, MP_NET, PING, SOCKPERF};
-use crate::{ScenarioReport, Table};
+use crate::report::{ScenarioReport, Table};
 
 /// Microseconds, with fewer decimals as the number grows.
 pub(super) fn us(ns: i64) -> String {
