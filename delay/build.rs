@@ -1,8 +1,9 @@
-//! Builds the delay element's BPF object (delay-ebpf) into OUT_DIR, where main.rs embeds it,
-//! the way probe-user builds the probe's (one build function for both).
-#[path = "../probe-user/build/ebpf.rs"]
-mod ebpf;
-
-fn main() -> anyhow::Result<()> {
-    ebpf::build("delay-ebpf")
+//! The delay element's BPF object comes from probe-user's build script, which builds it with the
+//! probe's (one build of the BPF crate): its path, for main.rs to embed.
+fn main() {
+    let key = "DEP_MESHPROBE_EBPF_DELAY_OBJECT";
+    println!("cargo::rerun-if-env-changed={key}");
+    let path = std::env::var(key).expect("probe-user's build script passes the delay object");
+    println!("cargo::rerun-if-changed={path}");
+    println!("cargo::rustc-env=DELAY_EBPF_OBJECT={path}");
 }

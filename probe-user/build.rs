@@ -8,7 +8,12 @@ mod ebpf;
 
 fn main() -> anyhow::Result<()> {
     compile_proto()?;
-    ebpf::build("probe-ebpf")
+    // One build of the BPF crate gives both objects: the probe's (embedded here) and the delay
+    // element's, which only meshprobe-delay embeds (cargo passes this path to its build.rs).
+    ebpf::build("probe-ebpf")?;
+    let out = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    println!("cargo::metadata=delay_object={out}/delay-ebpf");
+    Ok(())
 }
 
 /// Compiles proto/meshprobe.proto with protox (pure Rust: no protoc needed) and prost-build.

@@ -1,5 +1,5 @@
 //! `meshprobe-delay`: the lab/test delay element (the kernel here has no netem). Holds each
-//! packet on an interface for a time with its own TC program (delay-ebpf), attached through
+//! packet on an interface for a time with its own TC program (probe-ebpf/src/delay.rs, object delay-ebpf), attached through
 //! meshprobe's machinery. Not part of the `meshprobe` binary.
 use std::{net::IpAddr, process::ExitCode, time::Duration};
 
@@ -12,8 +12,8 @@ use meshprobe::{
 };
 use probe_common::delay::{DelayConfig, DelayDstKey, counter, names};
 
-/// The delay element's BPF object, built from this source tree by build.rs.
-static DELAY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/delay-ebpf"));
+/// The delay element's BPF object, built from this source tree with the probe's (build.rs).
+static DELAY_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DELAY_EBPF_OBJECT"));
 
 /// The longest hold, per packet: the packet is held by spinning on a CPU.
 const MAX_HOLD: Duration = Duration::from_millis(100);

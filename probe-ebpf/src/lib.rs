@@ -1,5 +1,5 @@
 //! Packet parsing shared by the probe's programs (src/main.rs) and the delay element's
-//! (delay-ebpf): one place for each rule. Everything is `inline(always)`, so each program's
+//! (src/delay.rs, the delay-ebpf object): one place for each rule. Everything is `inline(always)`, so each program's
 //! fast path stays as short as its own copy would be.
 //!
 //! Nothing here owns a map: a parse that gives up says why through the caller's `note`, which

@@ -1,6 +1,6 @@
 //! Builds a BPF crate of this workspace from the current source with the nightly toolchain
-//! (aya-build) into OUT_DIR: never a stale or committed object. Shared by the build scripts of
-//! probe-user (probe-ebpf) and meshprobe-delay (delay-ebpf), which include this file.
+//! (aya-build) into OUT_DIR, one object per binary of the crate: never a stale or committed
+//! object.
 use anyhow::{Context as _, anyhow};
 
 pub fn build(package: &str) -> anyhow::Result<()> {

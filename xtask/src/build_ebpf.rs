@@ -9,11 +9,9 @@ use anyhow::Result;
 use crate::util::{self, Workspace};
 
 pub const EBPF_PACKAGE: &str = "probe-ebpf";
-/// The delay element's BPF crate (meshprobe-delay embeds it).
-pub const DELAY_EBPF_PACKAGE: &str = "delay-ebpf";
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 
-/// `cargo +nightly <subcommand> -p probe-ebpf -p delay-ebpf --release --target bpfel-unknown-none
+/// `cargo +nightly <subcommand> -p probe-ebpf --release --target bpfel-unknown-none
 /// -Z build-std=core`, with the rustflags aya-build uses (so the object matches the embedded
 /// one, BTF included, and build and clippy share one build cache).
 pub fn nightly_cargo(ws: &Workspace, subcommand: &str) -> Command {
@@ -30,8 +28,6 @@ pub fn nightly_cargo(ws: &Workspace, subcommand: &str) -> Command {
         subcommand,
         "-p",
         EBPF_PACKAGE,
-        "-p",
-        DELAY_EBPF_PACKAGE,
         "--release",
         "--target",
         BPF_TARGET,
@@ -43,8 +39,9 @@ pub fn nightly_cargo(ws: &Workspace, subcommand: &str) -> Command {
 
 pub fn run(ws: &Workspace) -> Result<()> {
     util::run(&mut nightly_cargo(ws, "build"))?;
-    for package in [EBPF_PACKAGE, DELAY_EBPF_PACKAGE] {
-        let object = ws.target_dir.join(BPF_TARGET).join("release").join(package);
+    // Its two programs' objects: the probe's and the delay element's.
+    for object in ["probe-ebpf", "delay-ebpf"] {
+        let object = ws.target_dir.join(BPF_TARGET).join("release").join(object);
         let size = util::file_size(&object)?;
         println!("[build-ebpf] {} ({size} bytes)", object.display());
     }

@@ -14,17 +14,14 @@ pub fn run(ws: &Workspace) -> Result<()> {
     let mut fmt = ws.cargo();
     fmt.args(["fmt", "--all", "--check"]);
 
-    // Every member except the eBPF crates (= the default members): probe-ebpf and delay-ebpf
-    // are no_std/no_main for bpfel-unknown-none and are linted below with their own target and
-    // toolchain.
+    // Every member except the eBPF crate (= the default members): probe-ebpf is no_std/no_main
+    // for bpfel-unknown-none and is linted below with its own target and toolchain.
     let mut clippy = ws.cargo();
     clippy.args([
         "clippy",
         "--workspace",
         "--exclude",
         build_ebpf::EBPF_PACKAGE,
-        "--exclude",
-        build_ebpf::DELAY_EBPF_PACKAGE,
         "--all-targets",
         "--",
         "-D",

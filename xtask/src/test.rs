@@ -44,8 +44,6 @@ pub fn run(ws: &Workspace) -> Result<()> {
             "meshprobe-tests",
             "--exclude",
             build_ebpf::EBPF_PACKAGE,
-            "--exclude",
-            build_ebpf::DELAY_EBPF_PACKAGE,
         ]))
     })?;
 

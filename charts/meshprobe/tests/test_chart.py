@@ -221,7 +221,7 @@ def env_map(container: dict[str, Any]) -> dict[str, Any]:
 
 def agent_settings() -> set[str]:
     """Environment names of every `meshprobe agent` setting (clap `env = "..."`)."""
-    text = (REPO / "probe-user/src/agent/config.rs").read_text()
+    text = (REPO / "probe-user/src/agent/config/args.rs").read_text()
     names = set(re.findall(r'env = "([A-Z0-9_]+)"', text))
     assert "SERVERS_ZK" in names and "MESHPROBE_INTERVAL" in names, names
     return names
