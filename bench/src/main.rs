@@ -236,7 +236,7 @@ fn run(args: BenchArgs) -> Result<()> {
         quick: args.quick,
     };
     for s in &selected {
-        let mut rep = ScenarioReport::new(s);
+        let mut rep = ScenarioReport::new(s.id, s.name, s.title, s.goal);
         let started = Instant::now();
         match s.run {
             None => {
@@ -297,7 +297,10 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let mut r = ScenarioReport::new(&SCENARIOS[1]);
+        let mut r = {
+            let s = &SCENARIOS[1];
+            ScenarioReport::new(s.id, s.name, s.title, s.goal)
+        };
         r.goal("a", "≤ 1", "0.5", true, None);
         r.conclude();
         assert_eq!(r.outcome, Outcome::Met);

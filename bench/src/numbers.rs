@@ -26,6 +26,23 @@ pub fn fmt_ms(ms: f64) -> String {
     format!("{ms:.1} ms")
 }
 
+pub fn fmt_rate(r: f64) -> String {
+    if !r.is_finite() {
+        return "—".into();
+    }
+    // Thin grouping of thousands.
+    let n = r.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

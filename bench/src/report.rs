@@ -8,8 +8,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::scenario::Scenario;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -87,12 +85,19 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    pub fn new(s: &Scenario) -> ScenarioReport {
+    /// The report of scenario `id` (its name, title and goal as the list gives them), before
+    /// it runs.
+    pub fn new(
+        id: u8,
+        name: &'static str,
+        title: &'static str,
+        goal: &'static str,
+    ) -> ScenarioReport {
         ScenarioReport {
-            id: s.id,
-            name: s.name,
-            title: s.title,
-            goal: s.goal,
+            id,
+            name,
+            title,
+            goal,
             outcome: Outcome::Error,
             verdict: String::new(),
             method: Vec::new(),

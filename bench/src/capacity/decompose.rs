@@ -10,8 +10,8 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use super::measure::{Sample, usage};
-use super::render::fmt_rate;
 use super::step::{Pair, Step};
+use crate::numbers::fmt_rate;
 use crate::profile::{self, Runs, Split, StatsWindow, both, bpf_stats_window, ebpf_per_context};
 use crate::sample::held_map::HeldMap;
 use crate::scenario::{pause, progress};

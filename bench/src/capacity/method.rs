@@ -1,8 +1,8 @@
 //! The method lines of the report: how the pair runs, what a step measures, how the
 //! capacity is found and decomposed.
 
-use super::render::fmt_rate;
 use super::{MAX_MISSING, MIN_INTERVAL_NS, RATES, Settings, TIMEOUT_S};
+use crate::numbers::fmt_rate;
 use crate::report::ScenarioReport;
 use crate::sample::procfs::clock_ticks_per_sec;
 

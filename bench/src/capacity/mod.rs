@@ -41,13 +41,13 @@ use meshprobe_harness::services::TempDir;
 use meshprobe_harness::{Meshprobe, Reflector, TwoHosts};
 use serde_json::json;
 
+use crate::numbers::fmt_rate;
 use crate::report::ScenarioReport;
 use crate::sample::held_map::HeldMap;
 use crate::sample::procfs::ksoftirqd_pid;
 use crate::scenario::{Ctx, progress};
 use decompose::Decomposition;
 use plan::pick_capacity;
-use render::fmt_rate;
 use step::{Pair, Step};
 
 const GOAL_PER_CORE: f64 = 200_000.0;

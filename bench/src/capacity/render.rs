@@ -2,25 +2,9 @@
 
 use super::decompose::{Decomposition, WHO};
 use super::step::Step;
+use crate::numbers::fmt_rate;
 use crate::profile::{HOOKS, Split, us_share};
 use crate::report::{ScenarioReport, Table};
-
-pub(super) fn fmt_rate(r: f64) -> String {
-    if !r.is_finite() {
-        return "—".into();
-    }
-    // Thin grouping of thousands.
-    let n = r.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// A table of one row per step: the offered rate, then `cells` of the step.
 fn per_step_table<const N: usize>(

@@ -5,10 +5,10 @@ use serde_json::Value;
 
 use super::decompose::Decomposition;
 use super::measure::{CpuUse, Use};
-use super::render::fmt_rate;
 use super::step::Step;
 use super::top::TopProfile;
 use super::{GOAL_PER_CORE, RATES, Settings, TIMEOUT_S};
+use crate::numbers::fmt_rate;
 use crate::profile::{Split, us_share};
 use crate::report::ScenarioReport;
 
