@@ -257,6 +257,12 @@ impl ChildGuard {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The file stderr goes to ([`ChildGuard::spawn_streaming`]); `None` when it is kept in
+    /// memory.
+    pub fn stderr_path(&self) -> Option<&Path> {
+        self.stderr_file.as_deref()
+    }
+
     /// Stderr so far, one string.
     pub fn stderr_text(&self) -> String {
         match &self.stderr_file {

@@ -54,13 +54,16 @@ pub fn lab_holding_lock() -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    if pid == std::process::id() {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    // The pid may be gone or reused: only a live lab supervisor counts.
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    (cmdline.contains("meshprobe-lab") && cmdline.contains("serve")).then_some(pid)
+    (pid != std::process::id() && is_lab_supervisor(pid)).then_some(pid)
+}
+
+/// Is `pid` a live lab supervisor (`meshprobe-lab mesh serve`)? A pid read from a file may be
+/// gone or reused by another program: only the command line tells.
+pub fn is_lab_supervisor(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let c = String::from_utf8_lossy(&c);
+        c.contains("meshprobe-lab") && c.contains("serve")
+    })
 }
 
 /// An error naming the lab when one is up: waiting for its lock would never end.

@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -54,7 +54,6 @@ pub struct Agent {
     events: Arc<Mutex<Vec<Event>>>,
     /// Non-JSON stdout lines (table output, stray prints).
     other_stdout: Arc<Mutex<Vec<String>>>,
-    stderr_path: PathBuf,
     _dir: TempDir,
     /// The ready line, once seen.
     pub ready: Option<Value>,
@@ -118,7 +117,6 @@ impl Agent {
             child,
             events,
             other_stdout: other,
-            stderr_path,
             _dir: dir,
             ready: None,
             started: Instant::now(),
@@ -289,7 +287,9 @@ impl Agent {
 
     /// The file the agent's stderr goes to.
     pub fn stderr_path(&self) -> &Path {
-        &self.stderr_path
+        self.child
+            .stderr_path()
+            .expect("agents are spawned with stderr to a file")
     }
 
     pub fn stderr_text(&self) -> String {

@@ -204,10 +204,7 @@ pub fn live_supervisor() -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    // The pid may have been reused by another program.
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    (cmdline.contains("meshprobe-lab") && cmdline.contains("serve")).then_some(pid)
+    meshprobe_harness::env::is_lab_supervisor(pid).then_some(pid)
 }
 
 fn up(a: &UpArgs) -> Result<()> {
