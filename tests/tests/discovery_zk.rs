@@ -78,6 +78,7 @@ fn options(servers: &str, me: NodeInfo, timeout: Duration) -> ZkOptions {
         me,
         default_port: PROBE_PORT,
         metrics: ZkMetrics::default(),
+        auth: None,
     }
 }
 

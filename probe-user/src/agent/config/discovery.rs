@@ -83,9 +83,40 @@ fn zk_options(
         },
         default_port: STAMP_DEFAULT_PORT,
         metrics: discovery::ZkMetrics::default(),
+        auth: zk_auth(a)?,
     };
     discovery::validate_zk(&opts).map_err(ConfigError::named)?;
     Ok(opts)
+}
+
+/// ZK_SASL_USERNAME and ZK_SASL_PASSWORD_FILE: both or neither. (What they hold is checked
+/// with the other ZooKeeper settings.)
+fn zk_auth(a: &AgentArgs) -> Result<Option<discovery::ZkAuth>, ConfigError> {
+    match (&a.zk_sasl_username, &a.zk_sasl_password_file) {
+        (Some(username), Some(file)) => Ok(Some(discovery::ZkAuth {
+            username: username.clone(),
+            password_file: file.clone(),
+            world_read: a.zk_world_read,
+        })),
+        (None, None) => {
+            if a.zk_world_read {
+                info!(
+                    "ZK_WORLD_READ is set without ZK_SASL_USERNAME: unauthenticated znodes are world-writable anyway"
+                );
+            }
+            Ok(None)
+        }
+        (Some(_), None) => Err(ConfigError::new(
+            "ZK_SASL_PASSWORD_FILE (--zk-sasl-password-file)",
+            "unset while ZK_SASL_USERNAME is set",
+            "give the file holding the ZooKeeper password (a mounted Secret), or unset ZK_SASL_USERNAME",
+        )),
+        (None, Some(f)) => Err(ConfigError::new(
+            "ZK_SASL_USERNAME (--zk-sasl-username)",
+            format!("unset while ZK_SASL_PASSWORD_FILE is set ({})", f.display()),
+            "give the SASL user every agent shares, or unset ZK_SASL_PASSWORD_FILE",
+        )),
+    }
 }
 
 /// The address we register: REGISTER_PUBLIC_DNS, else the reflector's own address, else our
