@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod ebpf;
 pub mod matrix;
 pub mod net;
+pub mod networks;
 pub mod pinglist;
 pub mod probe;
 pub mod sink;

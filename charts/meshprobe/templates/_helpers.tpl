@@ -158,6 +158,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ $a.window | quote }}
 - name: MESHPROBE_PEER_GRACE
   value: {{ $a.peerGrace | quote }}
+{{- if $a.peerNetworks }}
+- name: MESHPROBE_PEER_NETWORKS
+  value: {{ $a.peerNetworks | quote }}
+{{- end }}
+{{- if $a.peerPorts }}
+- name: MESHPROBE_PEER_PORTS
+  value: {{ $a.peerPorts | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $a.maxMembers) }}
+- name: MESHPROBE_MAX_MEMBERS
+  value: {{ $a.maxMembers | quote }}
+{{- end }}
 {{- range $key, $env := dict "fullMeshMax" "MESHPROBE_PINGLIST_FULL_MESH_MAX" "rackPeers" "MESHPROBE_PINGLIST_RACK_PEERS" "zonePeers" "MESHPROBE_PINGLIST_ZONE_PEERS" "minProbers" "MESHPROBE_PINGLIST_MIN_PROBERS" "maxPeers" "MESHPROBE_PINGLIST_MAX_PEERS" }}
 {{- $v := index ($a.pinglist | default dict) $key }}
 {{- if not (kindIs "invalid" $v) }}

@@ -7,6 +7,7 @@
 //!   and, in the same transaction, its entry in the topology index ([`layout`]), which everybody
 //!   follows with one watch.
 
+pub mod admit;
 pub mod layout;
 mod static_peers;
 mod syntax;
@@ -23,7 +24,8 @@ pub use syntax::{member_parent_path, normalize_root_path, normalize_servers};
 /// Timing constants of the ZooKeeper membership, for tests and labs that derive their bounds
 /// from them.
 pub use zk::{
-    BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, STOP_BUDGET, ZkAuth, ZkMetrics, run_zk,
+    BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, RejectedLabel, STOP_BUDGET, ZkAuth, ZkMetrics,
+    run_zk,
 };
 
 /// One peer to probe.
@@ -88,6 +90,8 @@ pub struct ZkOptions {
     pub me: NodeInfo,
     /// Port for peers that registered port 0.
     pub default_port: u16,
+    /// Which members may be probed.
+    pub policy: admit::MemberPolicy,
     /// Membership gauges (register them with [`ZkMetrics::register`] to export them).
     pub metrics: ZkMetrics,
     /// SASL credentials; `None`: unauthenticated, our znodes world-writable (tests, demos).
@@ -118,6 +122,14 @@ pub fn validate_zk(opts: &ZkOptions) -> Result<(), DiscoveryError> {
             reason: "not a UDP port".into(),
         });
     }
+    // Other agents refuse members whose labels break their rule: ours must pass it.
+    admit::check_labels(&opts.me.node_id, &opts.me.zone, &opts.me.rack).map_err(|r| {
+        DiscoveryError::Setting {
+            setting: "MESHPROBE_NODE_ID/MESHPROBE_ZONE/MESHPROBE_RACK",
+            value: format!("{} / {} / {}", opts.me.node_id, opts.me.zone, opts.me.rack),
+            reason: format!("{r}; other agents would not probe this node"),
+        }
+    })?;
     // Other agents refuse longer names (untrusted input is bounded): ours must pass.
     let entry = layout::entry_name(&layout::entry_of(&opts.me));
     let zone_dir = layout::zone_dir_name(&opts.me.zone);
@@ -210,6 +222,7 @@ mod tests {
                 ..Default::default()
             },
             default_port: 862,
+            policy: admit::MemberPolicy::any_network(),
             metrics: ZkMetrics::default(),
             auth: None,
         }

@@ -11,8 +11,11 @@ use tracing::{info, warn};
 use super::{AgentArgs, node::Node};
 use crate::{
     cli::error::ConfigError,
-    discovery::{self, PeerMap, ZkOptions},
-    pb,
+    discovery::{
+        self, PeerMap, ZkOptions,
+        admit::{self, MemberPolicy},
+    },
+    net, pb,
 };
 
 /// The membership settings, checked.
@@ -82,6 +85,7 @@ fn zk_options(
             started_tai_ns: crate::clock::tai_now_ns(),
         },
         default_port: STAMP_DEFAULT_PORT,
+        policy: member_policy(a)?,
         metrics: discovery::ZkMetrics::default(),
         auth: zk_auth(a)?,
     };
@@ -117,6 +121,42 @@ fn zk_auth(a: &AgentArgs) -> Result<Option<discovery::ZkAuth>, ConfigError> {
             "give the SASL user every agent shares, or unset ZK_SASL_PASSWORD_FILE",
         )),
     }
+}
+
+/// Which members may be probed: MESHPROBE_PEER_NETWORKS (else the networks of our own
+/// addresses), MESHPROBE_PEER_PORTS, MESHPROBE_MAX_MEMBERS.
+fn member_policy(a: &AgentArgs) -> Result<MemberPolicy, ConfigError> {
+    let (networks, networks_from) = match &a.peer_networks {
+        Some(n) => (n.clone(), "MESHPROBE_PEER_NETWORKS".to_string()),
+        None => {
+            let addrs = net::local_addresses().map_err(|e| {
+                ConfigError::new(
+                    "MESHPROBE_PEER_NETWORKS",
+                    format!("unset, and this node's addresses cannot be read: {e}"),
+                    "set MESHPROBE_PEER_NETWORKS to the networks of your cluster's nodes",
+                )
+            })?;
+            let own = admit::own_networks(addrs);
+            if own.networks.is_empty() {
+                return Err(ConfigError::new(
+                    "MESHPROBE_PEER_NETWORKS",
+                    "unset, and this node has no address outside loopback and link-local",
+                    "set MESHPROBE_PEER_NETWORKS to the networks of your cluster's nodes",
+                ));
+            }
+            info!(
+                "MESHPROBE_PEER_NETWORKS unset: probing ZooKeeper members in this node's \
+                 networks only ({own})"
+            );
+            (own, "this node's networks".to_string())
+        }
+    };
+    Ok(MemberPolicy {
+        networks,
+        networks_from,
+        ports: a.peer_ports.clone(),
+        max_members: a.max_members,
+    })
 }
 
 /// The address we register: REGISTER_PUBLIC_DNS, else the reflector's own address, else our

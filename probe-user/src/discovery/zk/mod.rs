@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+pub use index::{Rejected, RejectedLabel};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -80,6 +81,8 @@ pub struct ZkMetrics {
     pub members: Gauge,
     /// Join and leave events of the topology index applied.
     pub events: Counter,
+    /// Members not probed, by reason (see [`admit`](crate::discovery::admit)).
+    pub rejected: Rejected,
 }
 
 impl ZkMetrics {
@@ -93,6 +96,11 @@ impl ZkMetrics {
             "meshprobe_zookeeper_events",
             "Join and leave events of the ZooKeeper topology index applied",
             self.events.clone(),
+        );
+        registry.register(
+            "meshprobe_zookeeper_members_rejected",
+            "ZooKeeper members not probed, by reason (each counted once while it is registered)",
+            self.rejected.clone(),
         );
     }
 }
@@ -137,7 +145,13 @@ pub async fn run_zk(
         servers: normalize_servers(&opts.servers)?,
         reg: layout::registration(&parent, &opts.me),
         zone_dir: layout::zone_path(&topology, &opts.me.zone),
-        index: Index::new(topology, opts.me.node_id.clone(), opts.default_port),
+        index: Index::new(
+            topology,
+            opts.me.node_id.clone(),
+            opts.default_port,
+            opts.policy.clone(),
+            opts.metrics.rejected.clone(),
+        ),
         parent,
         opts,
         peers,
@@ -871,6 +885,7 @@ mod tests {
                 ..Default::default()
             },
             default_port: 862,
+            policy: crate::discovery::admit::MemberPolicy::any_network(),
             metrics: ZkMetrics::default(),
             auth: None,
         };
