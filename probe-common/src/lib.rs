@@ -65,6 +65,60 @@ pub mod wire {
     pub const EE_Z: u16 = 0x4000;
 }
 
+/// Byte offsets of the authenticated-mode STAMP test packets (RFC 8762 §4.2.2 Figure 4 and
+/// §4.3.2 Figure 6, SSID per RFC 8972 §3), from the start of the UDP payload. Big-endian.
+///
+/// The HMAC (RFC 8762 §4.4: HMAC-SHA-256 truncated to 128 bits) covers every octet before it,
+/// so nothing in `0..HMAC` may change after signing: the programs write no stamp into these
+/// packets (`port::AUTH`).
+pub mod auth_wire {
+    /// Base packet length, sender and reflector alike.
+    pub const BASE_LEN: usize = 112;
+
+    pub const SEQ: usize = 0;
+    // 4..16: MBZ (12 octets).
+    /// Sender: T1. Reflector: T3.
+    pub const TIMESTAMP: usize = 16;
+    pub const ERROR_ESTIMATE: usize = 24;
+    /// RFC 8972 §3: the first two octets of the MBZ that follows the Error Estimate.
+    pub const SSID: usize = 26;
+
+    // Session-Sender: 28..96 MBZ (68 octets after the SSID; 70 with it).
+    pub const REQ_MBZ: usize = 28;
+
+    // Session-Reflector: 28..32 MBZ.
+    /// T2.
+    pub const RECEIVE_TIMESTAMP: usize = 32;
+    // 40..48 MBZ.
+    pub const SENDER_SEQ: usize = 48;
+    // 52..64 MBZ.
+    pub const SENDER_TIMESTAMP: usize = 64;
+    pub const SENDER_ERROR_ESTIMATE: usize = 72;
+    // 74..80 MBZ.
+    pub const SENDER_TTL: usize = 80;
+    // 81..96 MBZ.
+
+    /// HMAC over octets `0..HMAC`, both packet kinds.
+    pub const HMAC: usize = 96;
+    pub const HMAC_LEN: usize = 16;
+
+    /// RFC 8972 TLVs start after the base packet (after its HMAC).
+    pub const TLV_START: usize = BASE_LEN;
+    /// Where our requests carry `Config::probe_tag`: the start of an Extra Padding value right
+    /// after the base packet (as in open mode, one header further on).
+    pub const PROBE_TAG: usize = TLV_START + super::wire::TLV_HEADER_LEN;
+    pub const PROBE_TAG_END: usize = PROBE_TAG + 4;
+    /// The shortest UDP payload that can carry one of our authenticated datagrams encapsulated
+    /// (IPv4 20 + UDP 8 + base packet); see `wire::MIN_ENCAPSULATED`.
+    pub const MIN_ENCAPSULATED: usize = 20 + 8 + BASE_LEN;
+    const _: () = assert!(PROBE_TAG_END <= MIN_ENCAPSULATED);
+    const _: () = assert!(HMAC + HMAC_LEN == BASE_LEN);
+    const _: () = assert!(SENDER_TTL < HMAC && REQ_MBZ < HMAC);
+
+    /// RFC 8972 §4.8 HMAC TLV type (IANA STAMP TLV registry).
+    pub const TLV_TYPE_HMAC: u8 = 8;
+}
+
 /// Receive stamp block written in-band by the ingress programs (local only: it is written after
 /// the packet has left the wire). All multi-byte fields hold big-endian values, as on the wire.
 ///
@@ -114,6 +168,12 @@ pub mod port {
     pub const SENDER: u8 = 1;
     /// Local port of a meshprobe Session-Reflector: stamp T2 at ingress, T3 at egress.
     pub const REFLECTOR: u8 = 2;
+    /// With `SENDER` or `REFLECTOR`: the port speaks STAMP authenticated mode (or may, for an
+    /// `optional` reflector). Its packets are never written to: the HMAC covers the stamps. The
+    /// sender role records T1 in `T1_SENT` and T4 in `T4_FALLBACK` (keys read at the
+    /// `auth_wire` offsets); the reflector role stamps nothing (T2 from the socket's RX stamp,
+    /// T3 from userspace, both before signing).
+    pub const AUTH: u8 = 4;
     pub const MAP_ENTRIES: u32 = 65536;
 }
 
@@ -245,7 +305,11 @@ pub mod counter {
     pub const SKIP_NOT_LOCAL: u32 = 19;
     /// Reflector ingress: source port refused (`policy::refused_src_port`).
     pub const SKIP_SRC_PORT: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// A probe on an authenticated-mode port (`port::AUTH`): left unwritten (its HMAC covers
+    /// the stamps). Sender role: T1/T4 were recorded in the maps instead (also counted in
+    /// `T1_STAMPED` / `T4_TO_MAP`).
+    pub const SKIP_AUTH: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Names for display, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -270,6 +334,7 @@ pub mod counter {
         "skip_not_host",
         "skip_not_local",
         "skip_src_port",
+        "skip_auth",
     ];
 }
 

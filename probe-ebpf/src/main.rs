@@ -6,6 +6,10 @@
 //! - ingress, destination is a Session-Sender: T4 block into the reply's Extra Padding TLV
 //!   (or into the `T4_FALLBACK` map when the reply has no room).
 //!
+//! A port in authenticated mode (`port::AUTH`) is never written to: the HMAC covers the stamps.
+//! Its sender role records T1 in `T1_SENT` and T4 in `T4_FALLBACK` only; its reflector role
+//! stamps nothing (userspace takes T2 from the socket's RX stamp and T3 before signing).
+//!
 //! Every program returns `TC_ACT_UNSPEC` (TCX_NEXT) so other programs on the hook still run.
 //! A packet that is not UDP to or from a registered port leaves after a handful of loads.
 //!
@@ -37,7 +41,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, counter, policy, port, wire,
+    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire, counter, policy, port, wire,
 };
 use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
 
@@ -517,15 +521,110 @@ fn stamp_t4(ctx: &mut TcContext, udp: &Udp) {
     }
 }
 
+/// Sender egress, authenticated mode: T1 into `T1_SENT` only. The request carries the
+/// userspace T1 it was signed with; its HMAC covers that field, so the packet stays as it is.
+/// The probe tag check is open mode's, one TLV header further on (`auth_wire::PROBE_TAG`).
+#[inline(always)]
+fn record_t1(ctx: &TcContext, udp: &Udp) {
+    let Some((payload, len)) = probe_payload(ctx, udp) else {
+        return;
+    };
+    let Some(cfg) = config() else {
+        return;
+    };
+    count(counter::SKIP_AUTH);
+    if len < auth_wire::BASE_LEN {
+        count(counter::SKIP_SHORT);
+        return;
+    }
+    if len >= auth_wire::PROBE_TAG_END {
+        let Some(tag) = load_be::<u32>(ctx, payload + auth_wire::PROBE_TAG) else {
+            return;
+        };
+        if u32::from_be(tag) != cfg.probe_tag {
+            count(counter::SKIP_NO_TAG);
+            return;
+        }
+    }
+    let Some(seq) = load_be::<u32>(ctx, payload + auth_wire::SEQ) else {
+        return;
+    };
+    let Some(ssid) = load_be::<u16>(ctx, payload + auth_wire::SSID) else {
+        return;
+    };
+    let (seq, ssid) = (u32::from_be(seq), u16::from_be(ssid));
+    let Some(r) = T1_SENT.get_ptr_mut(SentT1::slot(udp.src, ssid, seq)) else {
+        count(counter::ERR_MAP);
+        return;
+    };
+    let now = tai_now();
+    // SAFETY: as in `stamp_t1`.
+    unsafe {
+        *r = SentT1 {
+            t1: now,
+            seq,
+            port: udp.src,
+            ssid,
+        }
+    };
+    count(counter::T1_STAMPED);
+}
+
+/// Sender ingress, authenticated mode: T4 into `T4_FALLBACK` only, keyed at the authenticated
+/// reply's offsets (an `optional` sender's open reply, shorter than that, at open mode's).
+/// Userspace reads an entry only for a reply it has verified and validated.
+#[inline(always)]
+fn record_t4(ctx: &TcContext, udp: &Udp) {
+    let Some((payload, len)) = probe_payload(ctx, udp) else {
+        return;
+    };
+    let Some(cfg) = config() else {
+        return;
+    };
+    let block = rx_block(ctx, cfg);
+    count(counter::SKIP_AUTH);
+    let (seq_at, ssid_at) = if len >= auth_wire::BASE_LEN {
+        (auth_wire::SENDER_SEQ, auth_wire::SSID)
+    } else {
+        (wire::SENDER_SEQ, wire::SSID)
+    };
+    let Some(seq) = load_be::<u32>(ctx, payload + seq_at) else {
+        return;
+    };
+    let Some(ssid) = load_be::<u16>(ctx, payload + ssid_at) else {
+        return;
+    };
+    let key = StampKey {
+        port: udp.dst,
+        ssid: u16::from_be(ssid),
+        seq: u32::from_be(seq),
+    };
+    if T4_FALLBACK.insert(key, block, 0).is_err() {
+        count(counter::ERR_MAP);
+        return;
+    }
+    count(counter::T4_STAMPED);
+    count(counter::T4_TO_MAP);
+}
+
 /// A datagram from a probe port: stamped only if one of our sockets sent it, in its role.
 #[inline(always)]
 fn egress_probe(ctx: &mut TcContext, udp: &Udp, flags: u8) {
     let role = our_socket_role(ctx, flags);
     if role & port::SENDER != 0 {
         debug!(ctx, "T1 sport={}", udp.src);
-        stamp_t1(ctx, udp);
+        if role & port::AUTH != 0 {
+            record_t1(ctx, udp);
+        } else {
+            stamp_t1(ctx, udp);
+        }
     } else if role & port::REFLECTOR != 0 {
-        stamp_t3(ctx, udp);
+        if role & port::AUTH != 0 {
+            // T3 is signed with the reply in userspace.
+            count(counter::SKIP_AUTH);
+        } else {
+            stamp_t3(ctx, udp);
+        }
     }
 }
 
@@ -541,10 +640,19 @@ fn ingress_probe(ctx: &mut TcContext, udp: &Udp, flags: u8) {
             count(counter::SKIP_SRC_PORT);
             return;
         }
+        if flags & port::AUTH != 0 {
+            // The sender's HMAC covers the octets T2 would go into.
+            count(counter::SKIP_AUTH);
+            return;
+        }
         stamp_t2(ctx, udp);
     } else if flags & port::SENDER != 0 {
         debug!(ctx, "T4 dport={}", udp.dst);
-        stamp_t4(ctx, udp);
+        if flags & port::AUTH != 0 {
+            record_t4(ctx, udp);
+        } else {
+            stamp_t4(ctx, udp);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! meshprobe: kernel-timestamped STAMP (RFC 8762/8972) latency probing.
 pub mod agent;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod consume;

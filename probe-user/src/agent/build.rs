@@ -25,6 +25,7 @@ use crate::{
     net,
     probe::{
         Stamping,
+        policy::PolicyConfig,
         reflector::{self, LiveCounters, ReflectorOptions, ReflectorStats},
     },
     sink::{KafkaSink, Sinks, StdoutSink},
@@ -72,6 +73,7 @@ impl Config {
         // attaching.
         let admin_listener = bind_admin(&self).await?;
         let st = self.start_stamping()?;
+        self.stamp_auth.watch();
         let live = LiveCounters::default();
         let (mut registry, meters) = register_metrics(&self, &st, &live);
         let kafka = match &self.output.kafka {
@@ -133,7 +135,10 @@ impl Config {
             listen: r.listen,
             think_time: None,
             live: Some(live),
-            policy: r.policy.clone(),
+            policy: PolicyConfig {
+                auth: self.stamp_auth.reflector.clone(),
+                ..r.policy.clone()
+            },
             peers: Some(members),
             allow_ephemeral_port: r.allow_ephemeral_port,
         };

@@ -96,6 +96,8 @@ pub struct ProbeMetrics {
     rejected: Family<ReasonLabel, Counter>,
     /// Samples whose T1 is the reflector's echo (kernel mode, no record of ours left).
     pub t1_unrecorded: Counter,
+    /// Authenticated mode `optional`: replies accepted without authentication.
+    pub unauthenticated: Counter,
     pub send_errors: Counter,
     pub peers: Gauge,
     pub windows: Counter,
@@ -127,6 +129,7 @@ impl ProbeMetrics {
             unmatched: Counter::default(),
             rejected: Family::default(),
             t1_unrecorded: Counter::default(),
+            unauthenticated: Counter::default(),
             send_errors: Counter::default(),
             peers: Gauge::default(),
             windows: Counter::default(),
@@ -184,6 +187,11 @@ impl ProbeMetrics {
             "meshprobe_replies_t1_unrecorded",
             "Samples whose T1 is the reflector's echo: no record of our own egress stamp was left",
             m.t1_unrecorded.clone(),
+        );
+        r.register(
+            "meshprobe_replies_unauthenticated",
+            "Replies accepted without STAMP authentication (MESHPROBE_STAMP_AUTH_SENDER=optional)",
+            m.unauthenticated.clone(),
         );
         r.register(
             "meshprobe_send_errors",

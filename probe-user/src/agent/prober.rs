@@ -23,14 +23,16 @@ use crate::{
     pb,
     probe::{
         StampSource, Stamping,
-        session::{self, Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
+        session::{
+            self, Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps, decode_reply,
+            encode_probe,
+        },
     },
     sink::{Sinks, json::emit_json},
     stats::{
         window::WindowStats,
         zone::{ZoneSizes, ZoneWindow, zone_sizes},
     },
-    wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
 
 #[derive(Clone, Debug)]
@@ -50,6 +52,8 @@ pub struct ProberOptions {
     pub instance: String,
     /// Print peer_added/peer_removed events as JSON lines.
     pub json_events: bool,
+    /// STAMP authenticated mode of the sender (`MESHPROBE_STAMP_AUTH_SENDER`).
+    pub auth: crate::auth::Auth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +201,13 @@ impl Prober {
         let sock = bind_sender(self.st.sock_stamps()).map_err(ProberError::Socket)?;
         let lport = sock.local_addr().map_err(ProberError::Socket)?.port();
         self.lport = lport;
+        let role = if self.opts.auth.mode.is_on() {
+            port::SENDER | port::AUTH
+        } else {
+            port::SENDER
+        };
         self.st
-            .register_socket(&sock, port::SENDER)
+            .register_socket(&sock, role)
             .map_err(|source| ProberError::Register {
                 port: lport,
                 source,
@@ -428,25 +437,28 @@ impl Prober {
         let seq = p.session.next_seq();
         let size = self.opts.sizes[seq as usize % self.opts.sizes.len()];
         let app_tx = clock::tai_now_ns();
-        // Kernel mode: T1 leaves as zero and the egress program writes it.
-        let t1 = if self.st.is_kernel() {
-            Timestamp::default()
-        } else {
-            Timestamp::from_ptp_ns(app_tx)
-        };
         if self.out.len() <= self.n_out {
             self.out.push((Vec::with_capacity(2048), p.peer.addr));
         }
         let (buf, to) = &mut self.out[self.n_out];
         *to = p.peer.addr;
         buf.clear();
-        match SenderPacket::probe(seq, p.session.ssid(), t1, self.ee, size, self.st.probe_tag) {
-            Ok(pkt) => pkt.encode(buf),
-            Err(e) => {
-                // Sizes are validated with the configuration; this cannot happen.
-                warn!("probe of {size} octets: {e}");
-                return;
-            }
+        let kernel = self.st.is_kernel();
+        let (ssid, tag) = (p.session.ssid(), self.st.probe_tag);
+        if let Err(e) = encode_probe(
+            &self.opts.auth,
+            kernel,
+            seq,
+            ssid,
+            app_tx,
+            self.ee,
+            size,
+            tag,
+            buf,
+        ) {
+            // Sizes are validated with the configuration; this cannot happen.
+            warn!("probe of {size} octets: {e}");
+            return;
         }
         self.n_out += 1;
         let deadline = Instant::now() + self.opts.timeout;
@@ -498,9 +510,17 @@ impl Prober {
         rx: crate::net::Received,
         app_rx: u64,
     ) {
-        let Ok(rep) = ReflectorPacket::decode(payload) else {
-            Self::reject(&self.metrics, rx.from, Rejection::Malformed);
-            return;
+        let rep = match decode_reply(&self.opts.auth, payload) {
+            Ok(d) => {
+                if d.unauthenticated {
+                    self.metrics.unauthenticated.inc();
+                }
+                d.packet
+            }
+            Err(r) => {
+                Self::reject(&self.metrics, rx.from, r);
+                return;
+            }
         };
         // Our reflectors echo the SSID; RFC 8762-only ones leave it zero: found by address,
         // which the session checks either way.
@@ -520,8 +540,11 @@ impl Prober {
         let mut env = ReplyEnv {
             st: &self.st,
             lport: self.lport,
-            t4_map: false,
+            // Authenticated replies are never written to: without the socket's RX stamps
+            // (`--no-sw-rx-stamps`), T4 is in the programs' map.
+            t4_map: self.opts.auth.mode.is_on() && !self.st.sw_rx_stamps,
             tx_stamps: &mut self.tx_stamps,
+            signed_t1: self.opts.auth.mode.is_on(),
         };
         let outcome = p.session.reply(&reply, &rep, &mut env);
         let (seq, m, reordered, app_tx) = match outcome {

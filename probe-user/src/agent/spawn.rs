@@ -186,6 +186,7 @@ fn prober_options(c: &Config, instance: String) -> prober::ProberOptions {
         grace: c.probing.peer_grace,
         instance,
         json_events: c.output.format == OutputFormat::Json,
+        auth: c.stamp_auth.sender.clone(),
     }
 }
 

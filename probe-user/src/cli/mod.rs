@@ -86,10 +86,47 @@ struct Common {
     json: bool,
 }
 
+/// STAMP authenticated mode (RFC 8762 §4.2.2 / §4.3.2, HMAC-SHA-256).
+#[derive(Args, Clone)]
+struct AuthArgs {
+    /// Authenticated mode: off, optional (sender: accept open replies, counted; reflector:
+    /// answer both modes) or required (only what verifies).
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    auth: crate::auth::Mode,
+    /// File holding the current key in hex (at least 16 octets): signs, and verifies. Read
+    /// again when it changes.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+    /// File holding the next key in hex: also accepted when verifying (key rotation).
+    #[arg(long, value_name = "FILE")]
+    next_key_file: Option<std::path::PathBuf>,
+}
+
+impl AuthArgs {
+    /// The mode and its keys (watched for changes); a bad or missing key file is a
+    /// `ConfigError` naming the flag.
+    fn load(&self) -> Result<crate::auth::Auth> {
+        let files = self.key_file.clone().map(|current| crate::auth::KeyFiles {
+            current,
+            next: self.next_key_file.clone(),
+            current_setting: "--key-file",
+            next_setting: "--next-key-file",
+        });
+        let a = crate::auth::Auth::new(self.auth, files, "--key-file")
+            .map_err(error::ConfigError::named)?;
+        if let Some(ring) = a.ring() {
+            ring.watch(crate::auth::POLL);
+        }
+        Ok(a)
+    }
+}
+
 #[derive(Args)]
 struct ReflectArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Address to listen on (`::` accepts IPv4 too).
     #[arg(long, default_value = "::")]
     listen: IpAddr,
@@ -119,6 +156,8 @@ struct ReflectArgs {
 struct PingArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Peers: `198.18.0.2`, `198.18.0.2:862`, `fd00::2`, `[fd00::2]:862`, or host names.
     #[arg(required = true)]
     peers: Vec<String>,
@@ -132,7 +171,7 @@ struct PingArgs {
     #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
     /// UDP payload octets: 44, or at least 48 (an Extra Padding TLV); 68 and up carry T4
-    /// in-band.
+    /// in-band. Authenticated mode: at least 112 (smaller sizes send 112), or 116 and up.
     #[arg(short, long, default_value_t = off::MIN_PROBE_LEN)]
     size: usize,
     /// A probe without a reply after this long is lost.
@@ -277,6 +316,7 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
     if a.port == 0 {
         bail!("--port 0: the reflector needs a fixed port (default {STAMP_DEFAULT_PORT})");
     }
+    let auth = a.auth.load()?;
     let stop = stop_signal()?;
     let interfaces = if a.common.interfaces.is_empty() {
         net::up_interfaces().context("listing interfaces")?
@@ -298,6 +338,7 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
             allow: a.allow,
             per_source: a.budget_per_source.0,
             total: a.budget_total.0,
+            auth,
         },
         peers: None,
         allow_ephemeral_port: a.allow_ephemeral_port,
@@ -360,6 +401,7 @@ async fn ping(a: PingArgs) -> Result<()> {
             crate::wire::MAX_PACKET_LEN
         );
     }
+    let auth = a.auth.load()?;
     let mut peers = Vec::new();
     for p in &a.peers {
         let sa = parse_peer(p, a.port)?;
@@ -392,6 +434,7 @@ async fn ping(a: PingArgs) -> Result<()> {
         timeout: a.timeout,
         json: a.common.json,
         quiet: a.quiet,
+        auth,
     };
     announce(
         a.common.json,

@@ -10,6 +10,9 @@
 //! - a packet shaped like a reply (see [`looks_reflected`]), so no two reflectors loop on
 //!   any ports;
 //! - a source outside the allow-list;
+//! - authenticated mode `required`: a request whose HMAC verifies under neither key (after the
+//!   cheap checks above, so a spoofed flood from refused sources costs no HMAC; before the
+//!   budgets, so forged requests never spend the tokens of real senders);
 //! - beyond its per-source or the global reply budget (token buckets, checked before the
 //!   request is decoded, so a flood costs little).
 //!
@@ -21,7 +24,11 @@ use probe_common::{policy::refused_src_port, wire as off};
 use serde::Serialize;
 
 pub use crate::networks::{AllowList, Cidr};
-use crate::{net::Received, networks::is_unicast};
+use crate::{
+    auth::{Auth, Mode as AuthMode, Verified},
+    net::Received,
+    networks::is_unicast,
+};
 
 /// Why a request was not answered. The set is fixed: it labels a Prometheus family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,10 +49,13 @@ pub enum Refusal {
     SourceBudget,
     /// Over the global reply budget.
     TotalBudget,
+    /// Authenticated mode `required`: the HMAC verifies under neither key (or the request is
+    /// too short to carry one).
+    Auth,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::SourcePort,
         Refusal::SourceAddress,
         Refusal::Destination,
@@ -53,6 +63,7 @@ impl Refusal {
         Refusal::NotAllowed,
         Refusal::SourceBudget,
         Refusal::TotalBudget,
+        Refusal::Auth,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +75,7 @@ impl Refusal {
             Refusal::NotAllowed => "not_allowed",
             Refusal::SourceBudget => "source_budget",
             Refusal::TotalBudget => "total_budget",
+            Refusal::Auth => "auth",
         }
     }
 
@@ -255,6 +267,8 @@ pub struct PolicyConfig {
     pub allow: AllowList,
     pub per_source: Option<Rate>,
     pub total: Option<Rate>,
+    /// STAMP authenticated mode of the reflector, and its keys.
+    pub auth: Auth,
 }
 
 impl Default for PolicyConfig {
@@ -267,6 +281,7 @@ impl Default for PolicyConfig {
             total: Some(Rate {
                 per_sec: DEFAULT_TOTAL,
             }),
+            auth: Auth::OFF,
         }
     }
 }
@@ -289,6 +304,17 @@ pub struct ReflectPolicy {
     own_ports: Vec<u16>,
     per_source: Option<SourceBuckets>,
     total: Option<(Rate, Bucket)>,
+    auth: Auth,
+}
+
+/// How an admitted request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Open (unauthenticated) mode.
+    Open,
+    /// Authenticated mode: the request's HMAC verified. `tlvs_ok`: its RFC 8972 HMAC TLV's
+    /// verdict, when it carries one (a failure sets the I flag in the reply).
+    Authenticated { tlvs_ok: Option<bool> },
 }
 
 impl ReflectPolicy {
@@ -304,6 +330,7 @@ impl ReflectPolicy {
                 map: HashMap::new(),
             }),
             total: cfg.total.map(|r| (r, Bucket::new(r, now))),
+            auth: cfg.auth.clone(),
         }
     }
 
@@ -322,10 +349,15 @@ impl ReflectPolicy {
         self.reflector_ports.dedup();
     }
 
-    /// Whether the request `payload` received as `rx` may be answered. Cheap checks first, the
-    /// budgets last (only a request that passes everything else spends a token); the request
-    /// is decoded only after this.
-    pub fn admit(&mut self, rx: &Received, payload: &[u8], now: Instant) -> Result<(), Refusal> {
+    /// Whether the request `payload` received as `rx` may be answered, and in which mode.
+    /// Cheap checks first, then the HMAC (authenticated mode), the budgets last (only a request
+    /// that passes everything else spends a token); the request is decoded only after this.
+    pub fn admit(
+        &mut self,
+        rx: &Received,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<Framing, Refusal> {
         let sport = rx.from.port();
         if refused_src_port(sport, self.reflector_ports.contains(&sport)) {
             return Err(Refusal::SourcePort);
@@ -343,6 +375,7 @@ impl ReflectPolicy {
         if !self.allow.allows(src) && self.peers.binary_search(&src).is_err() {
             return Err(Refusal::NotAllowed);
         }
+        let framing = self.framing(payload)?;
         if let Some(b) = &mut self.per_source
             && !b.take(src, now)
         {
@@ -353,7 +386,21 @@ impl ReflectPolicy {
         {
             return Err(Refusal::TotalBudget);
         }
-        Ok(())
+        Ok(framing)
+    }
+
+    /// Authenticated mode: `required` answers only a request that verifies (current key, then
+    /// next); `optional` answers one that verifies in authenticated mode and anything else in
+    /// open mode (there is no mode flag on the wire: an open request simply does not verify).
+    fn framing(&self, payload: &[u8]) -> Result<Framing, Refusal> {
+        let Some(ring) = self.auth.ring() else {
+            return Ok(Framing::Open);
+        };
+        match (ring.verify(payload), self.auth.mode) {
+            (Verified::Ok { tlvs_ok }, _) => Ok(Framing::Authenticated { tlvs_ok }),
+            (Verified::Bad, AuthMode::Required) => Err(Refusal::Auth),
+            (Verified::Bad, _) => Ok(Framing::Open),
+        }
     }
 }
 
@@ -448,6 +495,7 @@ mod tests {
                 allow: AllowList::ANY,
                 per_source: None,
                 total: None,
+                auth: Auth::OFF,
             },
             &[8620],
             now,
@@ -464,12 +512,12 @@ mod tests {
             assert_eq!(p.admit(&rx, &req, now), Err(Refusal::SourcePort), "{port}");
         }
         let rx = test_received(from("198.18.0.1", 40000), B);
-        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+        assert_eq!(p.admit(&rx, &req, now), Ok(Framing::Open));
         // A peer's reflector port is refused once the peer is known.
         p.set_peers([from("198.18.0.7", 40000)]);
         assert_eq!(p.admit(&rx, &req, now), Err(Refusal::SourcePort));
         p.set_peers([]);
-        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+        assert_eq!(p.admit(&rx, &req, now), Ok(Framing::Open));
     }
 
     #[test]
@@ -501,7 +549,7 @@ mod tests {
         rx.dst = None;
         assert_eq!(p.admit(&rx, &req, now), Err(Refusal::Destination));
         let rx = test_received(from("fd00::1", 40000), "fd00::2".parse().unwrap());
-        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+        assert_eq!(p.admit(&rx, &req, now), Ok(Framing::Open));
     }
 
     #[test]
@@ -513,7 +561,7 @@ mod tests {
         // Our ingress program's RX stamp (16..36) and TLVs (44..) are not a reply's shape.
         req[16..36].fill(0xab);
         req[44..].fill(0xcd);
-        assert_eq!(p.admit(&rx, &req, now), Ok(()));
+        assert_eq!(p.admit(&rx, &req, now), Ok(Framing::Open));
         for i in 36..44 {
             let mut r = req.clone();
             r[i] = 1;
@@ -523,7 +571,7 @@ mod tests {
         rx0.ttl = Some(0);
         assert_eq!(p.admit(&rx0, &req, now), Err(Refusal::Reflected));
         // Too short to tell: left to the decoder (malformed).
-        assert_eq!(p.admit(&rx, &[1u8; 20], now), Ok(()));
+        assert_eq!(p.admit(&rx, &[1u8; 20], now), Ok(Framing::Open));
     }
 
     #[test]
@@ -534,6 +582,7 @@ mod tests {
                 allow: AllowList::parse("198.18.4.0/24, fd00:1::/32").unwrap(),
                 per_source: None,
                 total: None,
+                auth: Auth::OFF,
             },
             &[862],
             now,
@@ -546,15 +595,18 @@ mod tests {
                 now,
             )
         };
-        assert_eq!(ok(&mut p, "198.18.4.9", "198.18.0.2"), Ok(()));
-        assert_eq!(ok(&mut p, "::ffff:198.18.4.9", "198.18.0.2"), Ok(()));
-        assert_eq!(ok(&mut p, "fd00:1::9", "fd00::2"), Ok(()));
+        assert_eq!(ok(&mut p, "198.18.4.9", "198.18.0.2"), Ok(Framing::Open));
+        assert_eq!(
+            ok(&mut p, "::ffff:198.18.4.9", "198.18.0.2"),
+            Ok(Framing::Open)
+        );
+        assert_eq!(ok(&mut p, "fd00:1::9", "fd00::2"), Ok(Framing::Open));
         assert_eq!(
             ok(&mut p, "198.18.5.9", "198.18.0.2"),
             Err(Refusal::NotAllowed)
         );
         p.set_peers([from("198.18.5.9", 862)]);
-        assert_eq!(ok(&mut p, "198.18.5.9", "198.18.0.2"), Ok(()));
+        assert_eq!(ok(&mut p, "198.18.5.9", "198.18.0.2"), Ok(Framing::Open));
         assert_eq!(ok(&mut p, "fd00:2::1", "fd00::2"), Err(Refusal::NotAllowed));
     }
 
@@ -566,6 +618,7 @@ mod tests {
                 allow: AllowList::ANY,
                 per_source: Some(Rate { per_sec: 10 }),
                 total: Some(Rate { per_sec: 25 }),
+                auth: Auth::OFF,
             },
             &[862],
             t0,
@@ -578,7 +631,7 @@ mod tests {
         assert_eq!(n, 10, "one second's worth at once");
         assert_eq!(p.admit(&rx(1), &req, t0), Err(Refusal::SourceBudget));
         // Another source is answered while the first is held back.
-        assert_eq!(p.admit(&rx(3), &req, t0), Ok(()));
+        assert_eq!(p.admit(&rx(3), &req, t0), Ok(Framing::Open));
         // 0.5 s later: half a second's worth more.
         let t1 = t0 + Duration::from_millis(500);
         let n = (0..100)
@@ -590,7 +643,7 @@ mod tests {
         for i in 10..20 {
             for _ in 0..10 {
                 match p.admit(&rx(i), &req, t1) {
-                    Ok(()) => total += 1,
+                    Ok(_) => total += 1,
                     Err(Refusal::TotalBudget) => {}
                     Err(e) => panic!("{e}"),
                 }
@@ -608,6 +661,7 @@ mod tests {
                 allow: AllowList::ANY,
                 per_source: Some(Rate { per_sec: 2 }),
                 total: None,
+                auth: Auth::OFF,
             },
             &[862],
             t0,
@@ -620,7 +674,7 @@ mod tests {
                 "fd00::2".parse().unwrap(),
             );
             let now = t0 + Duration::from_micros(u64::from(i));
-            assert_eq!(p.admit(&rx, &req, now), Ok(()));
+            assert_eq!(p.admit(&rx, &req, now), Ok(Framing::Open));
             assert!(p.per_source.as_ref().unwrap().map.len() <= SOURCE_TABLE);
         }
     }

@@ -1,6 +1,11 @@
 //! Session-Reflector (RFC 8762 stateless mode, RFC 8972 SSID and TLVs): answers every
 //! well-formed test packet the policy admits (`policy.rs`) with T2 from the ingress stamp and
 //! T3 stamped at egress, from the address the request was sent to.
+//!
+//! Authenticated mode (`PolicyConfig::auth` not off): the programs write nothing on the port
+//! (`port::AUTH`; the HMACs cover the stamps), for open requests too. T2 is the socket's
+//! software RX stamp (the same `skb->tstamp` the ingress program would have copied), T3 the
+//! userspace clock read right before the reply is signed.
 use std::{net::SocketAddr, time::Duration};
 
 use probe_common::port;
@@ -14,7 +19,7 @@ use tracing::{debug, info};
 
 use super::{
     Stamping,
-    policy::{self, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
+    policy::{self, Framing, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
     rx_time,
 };
 use crate::{
@@ -131,16 +136,24 @@ pub enum ReflectorError {
 /// Binds the reflector socket and registers its port (before `ready` is announced).
 pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, ReflectorError> {
     policy::check_reflector_port(opts.listen.port(), opts.allow_ephemeral_port)?;
-    // The reflector's T3 comes from TC (kernel mode) or is the send time (socket mode).
+    // The reflector's T3 comes from TC (kernel mode) or is the send time (socket mode, and
+    // authenticated mode). Authenticated mode: T2 is always the socket's RX stamp.
+    let auth = opts.policy.auth.mode.is_on();
+    let base = st.sock_stamps();
     let stamps = SockStamps {
         tx: false,
-        ..st.sock_stamps()
+        rx: base.rx || auth,
     };
     let sock = ProbeSocket::bind(opts.listen, stamps).map_err(|source| ReflectorError::Bind {
         addr: opts.listen,
         source,
     })?;
-    st.register_socket(&sock, port::REFLECTOR)
+    let role = if auth {
+        port::REFLECTOR | port::AUTH
+    } else {
+        port::REFLECTOR
+    };
+    st.register_socket(&sock, role)
         .map_err(|source| ReflectorError::Register {
             port: opts.listen.port(),
             source,
@@ -189,7 +202,7 @@ pub async fn run(
         }
         let mut n_out = 0;
         for (payload, rx) in batch.iter() {
-            let Some(mut reply) = answer(
+            let Some((mut reply, framing)) = answer(
                 &sock,
                 &st,
                 ee,
@@ -214,9 +227,15 @@ pub async fn run(
             // From exactly the address the request was sent to (multi-homed hosts).
             slot.2 = rx.reply_source();
             slot.0.clear();
-            // T3: overwritten by the egress program in kernel mode; our best guess otherwise.
+            // T3: overwritten by the egress program in open kernel mode; our best guess
+            // otherwise. Authenticated mode: signed with the reply, so read as late as we can.
             reply.packet.timestamp = Timestamp::from_ptp_ns(clock::tai_now_ns());
-            reply.encode(&mut slot.0);
+            match (framing, opts.policy.auth.ring()) {
+                (Framing::Authenticated { .. }, Some(ring)) => {
+                    ring.sign(|key| reply.encode_auth(key, &mut slot.0));
+                }
+                _ => reply.encode(&mut slot.0),
+            }
             n_out += 1;
             if opts.think_time.is_some() {
                 // Test aid: each reply leaves after its own wait.
@@ -255,23 +274,30 @@ fn answer(
     opts: &ReflectorOptions,
     policy: &mut ReflectPolicy,
     now: std::time::Instant,
-) -> Option<wire::Lenient<wire::ReflectorPacket>> {
+) -> Option<(wire::Lenient<wire::ReflectorPacket>, Framing)> {
     stats.requests += 1;
     if let Some(l) = &opts.live {
         l.requests.inc();
     }
     // Before decoding: a refused flood costs only these checks.
-    if let Err(r) = policy.admit(&rx, payload, now) {
-        debug!("request from {} to {:?} refused: {r}", rx.from, rx.dst);
-        stats.refused.add(r);
-        if let Some(l) = &opts.live {
-            l.refused
-                .get_or_create(&RefusedLabel { reason: r.as_str() })
-                .inc();
+    let framing = match policy.admit(&rx, payload, now) {
+        Ok(f) => f,
+        Err(r) => {
+            debug!("request from {} to {:?} refused: {r}", rx.from, rx.dst);
+            stats.refused.add(r);
+            if let Some(l) = &opts.live {
+                l.refused
+                    .get_or_create(&RefusedLabel { reason: r.as_str() })
+                    .inc();
+            }
+            return None;
         }
-        return None;
-    }
-    let req = match SenderPacket::decode_lenient(payload) {
+    };
+    let decoded = match framing {
+        Framing::Authenticated { .. } => SenderPacket::decode_auth(payload),
+        Framing::Open => SenderPacket::decode_lenient(payload),
+    };
+    let req = match decoded {
         Ok(r) => r,
         Err(e) => {
             debug!("malformed request from {}: {e}", rx.from);
@@ -285,8 +311,14 @@ fn answer(
     if !req.is_well_formed() {
         stats.malformed_tlv += 1;
     }
-    let block = st.request_rx_stamp(payload);
-    if block.is_none() && st.is_kernel() && sock.ensure_rx_stamps() {
+    // Authenticated mode: the ingress program wrote no block (the socket has RX stamps).
+    let auth_port = opts.policy.auth.mode.is_on();
+    let block = if auth_port {
+        None
+    } else {
+        st.request_rx_stamp(payload)
+    };
+    if block.is_none() && !auth_port && st.is_kernel() && sock.ensure_rx_stamps() {
         // Arrived on an interface without our ingress program: take the kernel's RX stamp.
         info!(
             "request from {} without the ingress stamp: RX software timestamps turned on",
@@ -295,7 +327,7 @@ fn answer(
     }
     let (t2, _) = rx_time(st, block, rx.rx_sw_realtime_ns, app_rx);
     // RFC 8972: echo known TLVs, flag unknown (U) and malformed (M) ones; same length.
-    Some(wire::reflect_lenient(
+    let mut reply = wire::reflect_lenient(
         &req,
         &wire::ReflectParams {
             timestamp: Timestamp::default(),
@@ -303,7 +335,11 @@ fn answer(
             receive_timestamp: Timestamp::from_ptp_ns(t2),
             sender_ttl: rx.ttl.unwrap_or(255),
         },
-    ))
+    );
+    if let Framing::Authenticated { tlvs_ok } = framing {
+        wire::auth::reflect_auth_tlvs(&mut reply.packet, tlvs_ok);
+    }
+    Some((reply, framing))
 }
 
 async fn send_all(

@@ -9,14 +9,13 @@ use tracing::{debug, warn};
 
 use super::{
     StampSource, Stamping, fmt_ns,
-    session::{Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps},
+    session::{Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps, decode_reply, encode_probe},
 };
 use crate::{
     clock,
     net::{BATCH, ProbeSocket, Received, RecvBatch},
     sink::json::emit_json,
     stats::SessionStats,
-    wire::{ReflectorPacket, SenderPacket, Timestamp},
 };
 
 #[derive(Clone, Debug)]
@@ -29,6 +28,8 @@ pub struct SenderOptions {
     pub timeout: Duration,
     pub json: bool,
     pub quiet: bool,
+    /// STAMP authenticated mode of the requests and replies.
+    pub auth: crate::auth::Auth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,12 @@ pub async fn run_session(
     // Socket mode takes T1 from the TX software stamp (error queue); kernel mode from TC.
     let sock = ProbeSocket::connect(peer, st.sock_stamps()).map_err(sock_err)?;
     let lport = sock.local_addr().map_err(sock_err)?.port();
-    st.register_socket(&sock, port::SENDER)
+    let role = if opts.auth.mode.is_on() {
+        port::SENDER | port::AUTH
+    } else {
+        port::SENDER
+    };
+    st.register_socket(&sock, role)
         .map_err(|source| SenderError::Register {
             port: lport,
             source,
@@ -135,8 +141,18 @@ pub async fn run_session(
     let mut batch = RecvBatch::new(crate::wire::MAX_PACKET_LEN + 1);
     let mut out: Vec<Vec<u8>> = Vec::new();
     // Validate the size once; the packet shape is the same for every probe.
-    SenderPacket::probe(0, ssid, Timestamp::default(), ee, opts.size, st.probe_tag)
-        .map_err(SenderError::Size)?;
+    encode_probe(
+        &opts.auth,
+        kernel,
+        0,
+        ssid,
+        0,
+        ee,
+        opts.size,
+        st.probe_tag,
+        &mut Vec::new(),
+    )
+    .map_err(SenderError::Size)?;
     let ctx = ReplyCtx {
         peer_s: &peer_s,
         ssid,
@@ -171,10 +187,10 @@ pub async fn run_session(
                     // As MissedTickBehavior::Delay: the next probe one interval after this one.
                     next_send = now + opts.interval;
                 }
+                // Open kernel mode: T1 goes out as zero and the egress program fills it, so a
+                // zero echo means the probe left through an interface without our program.
+                // Authenticated mode: T1 is this stamp, signed (see `encode_probe`).
                 let app_tx = clock::tai_now_ns();
-                // Kernel mode: T1 goes out as zero and the egress program fills it, so a zero
-                // echo means the probe left through an interface without our program.
-                let t1 = if kernel { Timestamp::default() } else { Timestamp::from_ptp_ns(app_tx) };
                 let deadline = Instant::now() + opts.timeout;
                 let first = session.next_seq();
                 for i in 0..n as usize {
@@ -182,9 +198,8 @@ pub async fn run_session(
                         out.push(Vec::with_capacity(opts.size));
                     }
                     let seq = session.sent(app_tx, tx_stamps.next_key(), deadline);
-                    let pkt = SenderPacket::probe(seq, ssid, t1, ee, opts.size, st.probe_tag).map_err(SenderError::Size)?;
                     out[i].clear();
-                    pkt.encode(&mut out[i]);
+                    encode_probe(&opts.auth, kernel, seq, ssid, app_tx, ee, opts.size, st.probe_tag, &mut out[i]).map_err(SenderError::Size)?;
                     stats.sent += 1;
                     sent += 1;
                 }
@@ -261,9 +276,16 @@ impl ReplyCtx<'_> {
         stats: &mut SessionStats,
     ) {
         let (opts, peer_s) = (self.opts, self.peer_s);
-        let Ok(rep) = ReflectorPacket::decode(payload) else {
-            stats.rejected.add(Rejection::Malformed);
-            return;
+        let rep = match decode_reply(&opts.auth, payload) {
+            Ok(d) => {
+                stats.unauthenticated += u64::from(d.unauthenticated);
+                d.packet
+            }
+            Err(r) => {
+                debug!("reply from {} rejected: {}", rx.from, r.label());
+                stats.rejected.add(r);
+                return;
+            }
         };
         let reply = Reply::received(payload, &rx, app_rx);
         let mut env = ReplyEnv {
@@ -271,6 +293,7 @@ impl ReplyCtx<'_> {
             lport: self.lport,
             t4_map: true,
             tx_stamps,
+            signed_t1: opts.auth.mode.is_on(),
         };
         let (seq, m, reordered) = match session.reply(&reply, &rep, &mut env) {
             Err(r) => {

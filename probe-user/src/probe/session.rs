@@ -5,6 +5,8 @@
 //!
 //! What a reply must be to count (anything else is a [`Rejection`], counted by reason, and never
 //! a sample, a duplicate or a late reply):
+//! - authenticated mode (see [`encode_probe`], [`decode_reply`]): an HMAC that verifies under
+//!   our current or next key (`required`), or that or an open reply (`optional`, counted);
 //! - from the address and port the probe went to (IPv4-mapped IPv6 compares equal to IPv4);
 //! - with our SSID (0 is accepted for RFC 8762-only reflectors, after the address check);
 //! - for a sequence number we sent and still remember;
@@ -34,8 +36,9 @@ pub use crate::stats::{Rejection, RejectionCounts};
 
 use super::{StampSource, Stamping, rx_time};
 use crate::{
+    auth::{Auth, Mode, Verified},
     net::{ProbeSocket, canonical},
-    wire::{ReflectorPacket, Timestamp, TimestampFormat},
+    wire::{ErrorEstimate, ReflectorPacket, SenderPacket, Timestamp, TimestampFormat, WireError},
 };
 
 /// Random draws before the SSID allocator falls back to a scan.
@@ -122,6 +125,10 @@ pub struct ReplyEnv<'a> {
     /// reply).
     pub t4_map: bool,
     pub tx_stamps: &'a mut TxStamps,
+    /// Our requests went out signed (authenticated mode): their T1 field is the userspace
+    /// stamp they were signed with, so the kernel's own record is T1 and the echo is not
+    /// compared with it.
+    pub signed_t1: bool,
 }
 
 /// A reply that counts.
@@ -420,6 +427,15 @@ impl Session {
             .tx_stamps
             .take(slot.tx_key)
             .map(|rt| env.st.realtime_to_tai(rt));
+        if env.signed_t1 {
+            return Ok(match recorded {
+                Some(rec) => ((rec, StampSource::Tc), false),
+                None => (
+                    tx_time(slot.app_tx_tai, env.tx_stamps.take(slot.tx_key), env.st),
+                    false,
+                ),
+            });
+        }
         choose_t1(
             kernel,
             recorded,
@@ -427,6 +443,89 @@ impl Session {
             (slot.app_tx_tai, r.app_rx_tai),
             tx_sw,
         )
+    }
+}
+
+/// The TX software stamp (as TAI) if the socket gave one, else the userspace send time.
+fn tx_time(app_tx: u64, tx_sw_realtime: Option<u64>, st: &Stamping) -> (u64, StampSource) {
+    match tx_sw_realtime {
+        Some(rt) => (st.realtime_to_tai(rt), StampSource::TxSoftware),
+        None => (app_tx, StampSource::App),
+    }
+}
+
+/// Appends the probe `seq` of session `ssid`, sent at `app_tx` (TAI), `size` octets, framed
+/// for `auth`:
+/// - open mode: T1 is zero in kernel mode (the egress program writes it), else `app_tx`;
+/// - authenticated mode: signed with the current key, T1 = `app_tx`. The HMAC covers T1, so
+///   the egress program leaves it and records its own T1 in `T1_SENT` (the T1 we measure with).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_probe(
+    auth: &Auth,
+    kernel: bool,
+    seq: u32,
+    ssid: u16,
+    app_tx: u64,
+    ee: ErrorEstimate,
+    size: usize,
+    tag: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    match auth.ring() {
+        Some(ring) => {
+            let t1 = Timestamp::from_ptp_ns(app_tx);
+            let pkt = SenderPacket::probe_auth(seq, ssid, t1, ee, size, tag)?;
+            ring.sign(|key| pkt.encode_auth(key, out));
+        }
+        None => {
+            let t1 = if kernel {
+                Timestamp::default()
+            } else {
+                Timestamp::from_ptp_ns(app_tx)
+            };
+            SenderPacket::probe(seq, ssid, t1, ee, size, tag)?.encode(out);
+        }
+    }
+    Ok(())
+}
+
+/// A reply as the Session-Sender reads it.
+#[derive(Debug)]
+pub struct Decoded {
+    pub packet: ReflectorPacket,
+    /// Accepted without authentication (`optional`): counted by the caller.
+    pub unauthenticated: bool,
+}
+
+/// Decodes a reply for `auth`: open mode as is; authenticated mode verifies the HMAC (current
+/// key, then next) before anything else is read. `required`: a reply that does not verify is
+/// `Rejection::Auth`. `optional`: one that does not verify is read as an open reply.
+pub fn decode_reply(auth: &Auth, payload: &[u8]) -> Result<Decoded, Rejection> {
+    let open = |unauthenticated| {
+        ReflectorPacket::decode(payload)
+            .map(|packet| Decoded {
+                packet,
+                unauthenticated,
+            })
+            .map_err(|_| Rejection::Malformed)
+    };
+    let Some(ring) = auth.ring() else {
+        return open(false);
+    };
+    match ring.verify(payload) {
+        // RFC 8972 §4.8: TLVs that fail their HMAC TLV are not to be trusted; ours carry
+        // nothing we use, but a reply claiming integrity it lacks is not authentic.
+        Verified::Ok {
+            tlvs_ok: Some(false),
+        } => Err(Rejection::Auth),
+        Verified::Ok { .. } => ReflectorPacket::decode_auth(payload)
+            .map(|packet| Decoded {
+                packet,
+                unauthenticated: false,
+            })
+            .map_err(|_| Rejection::Malformed),
+        Verified::Bad if auth.mode == Mode::Required => Err(Rejection::Auth),
+        Verified::Bad => open(true),
     }
 }
 

@@ -98,6 +98,8 @@ pub struct SessionStats {
     pub rejected: RejectionCounts,
     /// Kernel mode: samples whose T1 is the reflector's echo (no record of ours was left).
     pub t1_unrecorded: u64,
+    /// Authenticated mode `optional`: replies accepted without authentication (open mode).
+    pub unauthenticated: u64,
     pub network_rtt: Dist,
     pub turnaround: Dist,
     pub app_rtt: Dist,
@@ -118,6 +120,7 @@ pub struct SummaryRecord<'a> {
     pub late: u64,
     pub rejected: &'a RejectionCounts,
     pub t1_unrecorded: u64,
+    pub unauthenticated: u64,
     pub network_rtt_ns: DistSummary,
     pub turnaround_ns: DistSummary,
     pub app_rtt_ns: DistSummary,
@@ -158,6 +161,7 @@ impl SessionStats {
             late: self.late,
             rejected: &self.rejected,
             t1_unrecorded: self.t1_unrecorded,
+            unauthenticated: self.unauthenticated,
             network_rtt_ns: self.network_rtt.summary(),
             turnaround_ns: self.turnaround.summary(),
             app_rtt_ns: self.app_rtt.summary(),

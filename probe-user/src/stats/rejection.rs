@@ -21,10 +21,13 @@ pub enum Rejection {
     /// Reflected stamps that cannot be: T3 < T2, turnaround over the timeout, network RTT
     /// negative or longer than the app RTT.
     BadStamps,
+    /// Authenticated mode: the reply's HMAC verifies under no key we hold (or, `required`,
+    /// the reply is not authenticated at all).
+    Auth,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Malformed,
         Rejection::WrongSource,
         Rejection::UnknownSession,
@@ -33,6 +36,7 @@ impl Rejection {
         Rejection::T1Mismatch,
         Rejection::T1Implausible,
         Rejection::BadStamps,
+        Rejection::Auth,
     ];
 
     pub fn label(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Rejection {
             Rejection::T1Mismatch => "t1_mismatch",
             Rejection::T1Implausible => "t1_implausible",
             Rejection::BadStamps => "bad_stamps",
+            Rejection::Auth => "auth",
         }
     }
 }

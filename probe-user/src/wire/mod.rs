@@ -1,4 +1,5 @@
-//! STAMP wire codec: RFC 8762 test packets (unauthenticated mode) with the RFC 8972 extensions
+//! STAMP wire codec: RFC 8762 test packets (unauthenticated mode; authenticated mode in
+//! [`auth`]) with the RFC 8972 extensions
 //! meshprobe uses (SSID, TLVs, Extra Padding), plus the in-band receive-stamp block that the
 //! eBPF ingress programs write into packets (`probe_common::RxStamp`).
 //!
@@ -97,6 +98,7 @@
 //! # Ok::<(), WireError>(())
 //! ```
 
+pub mod auth;
 mod error_estimate;
 mod packet;
 mod rx_stamp;

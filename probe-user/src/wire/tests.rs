@@ -1136,3 +1136,229 @@ proptest! {
         let _ = write_rx_stamp(&mut b, off % 80, &RxStampInfo { tai_ns: 1, hw_ns: 2, source: 3 }, KEY);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Authenticated mode (RFC 8762 §4.2.2 / §4.3.2 / §4.4, RFC 8972 §3 / §4.8)
+// ---------------------------------------------------------------------------------------------
+
+mod authenticated {
+    use probe_common::auth_wire as aw;
+
+    use super::*;
+    use crate::wire::auth::{base_hmac_ok, hmac_128, hmac_128_ok, hmac_tlv_ok, reflect_auth_tlvs};
+
+    /// Key 0x10..0x2f (32 octets).
+    fn key() -> Vec<u8> {
+        (0x10..0x30).collect()
+    }
+
+    /// The HMAC of `sender_auth_bytes()[..96]` under `key()`, computed independently with
+    /// Python's stdlib: `hmac.new(key, pkt[:96], hashlib.sha256).hexdigest()[:32]`.
+    const SENDER_HMAC: &str = "688c8e5c21fd81b1ad89c6e5ac0431c3";
+    /// HMAC TLV value over Sequence Number 0x01020304 and the TLV 80 F0 00 02 AB CD, same key
+    /// and tool.
+    const TLV_HMAC: &str = "be6bbcf51bdb84d01fae7de792374cfe";
+
+    /// The authenticated Session-Sender packet laid out by hand from RFC 8762 Figure 4 (SSID
+    /// per RFC 8972 §3), without its HMAC.
+    fn sender_auth_bytes() -> Vec<u8> {
+        let mut p = vec![0u8; 112];
+        p[0..4].copy_from_slice(&[0x01, 0x02, 0x03, 0x04]); // Sequence Number
+        // 4..16 MBZ (12 octets)
+        p[16..20].copy_from_slice(&1_700_000_000u32.to_be_bytes()); // Timestamp seconds
+        p[20..24].copy_from_slice(&123_456_789u32.to_be_bytes()); // Timestamp fraction (ns)
+        p[24..26].copy_from_slice(&[0x43, 0x2A]); // Error Estimate
+        p[26..28].copy_from_slice(&[0xBE, 0xEF]); // SSID (first 2 of the 70 MBZ octets)
+        // 28..96 MBZ, 96..112 HMAC
+        p
+    }
+
+    #[test]
+    fn hmac_primitive_matches_rfc_4231() {
+        // RFC 4231 test case 2 (HMAC-SHA-256), first 128 bits.
+        let t = hmac_128(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(hex::encode(t), "5bdcc146bf60754e6a042426089575c7");
+        // RFC 4231 test case 5: truncation to 128 bits.
+        let t = hmac_128(&[0x0c; 20], &[b"Test With Truncation"]);
+        assert_eq!(hex::encode(t), "a3b6167473100ee06e0c796c2955552b");
+        assert!(hmac_128_ok(&[0x0c; 20], &[b"Test With Truncation"], &t));
+        assert!(!hmac_128_ok(
+            &[0x0c; 20],
+            &[b"Test With Truncation"],
+            &t[..15]
+        ));
+    }
+
+    #[test]
+    fn offsets_follow_the_rfc_figures() {
+        assert_eq!(aw::BASE_LEN, 112);
+        assert_eq!(
+            (aw::SEQ, aw::TIMESTAMP, aw::ERROR_ESTIMATE, aw::SSID),
+            (0, 16, 24, 26)
+        );
+        assert_eq!((aw::RECEIVE_TIMESTAMP, aw::SENDER_SEQ), (32, 48));
+        assert_eq!((aw::SENDER_TIMESTAMP, aw::SENDER_ERROR_ESTIMATE), (64, 72));
+        assert_eq!((aw::SENDER_TTL, aw::HMAC), (80, 96));
+    }
+
+    #[test]
+    fn sender_encodes_to_the_hand_made_layout_and_the_independent_hmac() {
+        let p = sender_ptp();
+        let mut out = Vec::new();
+        p.encode_auth(&key(), &mut out);
+        let mut want = sender_auth_bytes();
+        want[96..112].copy_from_slice(&hex::decode(SENDER_HMAC).unwrap());
+        assert_eq!(out, want);
+        assert!(base_hmac_ok(&out, &key()));
+        let back = SenderPacket::decode_auth(&out)
+            .unwrap()
+            .into_strict()
+            .unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn tampering_any_covered_octet_fails_verification() {
+        let mut out = Vec::new();
+        sender_ptp().encode_auth(&key(), &mut out);
+        for i in 0..out.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut t = out.clone();
+                t[i] ^= bit;
+                assert!(!base_hmac_ok(&t, &key()), "octet {i} bit {bit:#x}");
+            }
+        }
+        // Another key, or a truncated packet.
+        assert!(!base_hmac_ok(&out, &[0x11; 32]));
+        assert!(!base_hmac_ok(&out[..111], &key()));
+    }
+
+    #[test]
+    fn reflector_round_trips_and_lays_out_fields_per_figure_6() {
+        let r = ReflectorPacket {
+            tlvs: vec![],
+            ..reflector()
+        };
+        let mut out = Vec::new();
+        r.encode_auth(&key(), &mut out);
+        assert_eq!(out.len(), 112);
+        assert_eq!(&out[0..4], &[0x11, 0x12, 0x13, 0x14]);
+        assert!(out[4..16].iter().all(|&b| b == 0));
+        assert_eq!(
+            &out[16..24],
+            &[0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28]
+        );
+        assert_eq!(&out[24..28], &[0xC1, 0x33, 0x41, 0x42]);
+        assert!(out[28..32].iter().all(|&b| b == 0));
+        assert_eq!(
+            &out[32..40],
+            &[0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58]
+        );
+        assert!(out[40..48].iter().all(|&b| b == 0));
+        assert_eq!(&out[48..52], &[0x61, 0x62, 0x63, 0x64]);
+        assert!(out[52..64].iter().all(|&b| b == 0));
+        assert_eq!(
+            &out[64..72],
+            &[0x71, 0x72, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78]
+        );
+        assert_eq!(&out[72..74], &[0xBF, 0xFF]);
+        assert!(out[74..80].iter().all(|&b| b == 0));
+        assert_eq!(out[80], 0x3E);
+        assert!(out[81..96].iter().all(|&b| b == 0));
+        assert!(base_hmac_ok(&out, &key()));
+        assert_eq!(ReflectorPacket::decode_auth(&out).unwrap(), r);
+    }
+
+    #[test]
+    fn hmac_tlv_covers_the_sequence_number_and_the_tlvs_before_it() {
+        let mut p = sender_ptp();
+        p.tlvs = vec![
+            Tlv {
+                flags: 0x80,
+                kind: 0xF0,
+                value: vec![0xAB, 0xCD],
+            },
+            Tlv::new(aw::TLV_TYPE_HMAC, vec![0; 16]),
+        ];
+        let mut out = Vec::new();
+        p.encode_auth(&key(), &mut out);
+        assert_eq!(out.len(), 112 + 6 + 20);
+        assert_eq!(hex::encode(&out[112 + 6 + 4..]), TLV_HMAC);
+        assert_eq!(hmac_tlv_ok(&out, &key()), Some(true));
+        assert!(base_hmac_ok(&out, &key()));
+        // A TLV octet is not covered by the base HMAC, but is by the HMAC TLV.
+        let mut t = out.clone();
+        t[112 + 4] ^= 1;
+        assert!(base_hmac_ok(&t, &key()));
+        assert_eq!(hmac_tlv_ok(&t, &key()), Some(false));
+        // No HMAC TLV: nothing to say.
+        let mut plain = Vec::new();
+        sender_ptp().encode_auth(&key(), &mut plain);
+        assert_eq!(hmac_tlv_ok(&plain, &key()), None);
+    }
+
+    #[test]
+    fn a_reflected_hmac_tlv_is_understood_and_i_flags_follow_a_failure() {
+        let req = SenderPacket {
+            tlvs: vec![
+                Tlv::new(0xF0, vec![1]),
+                Tlv::new(aw::TLV_TYPE_HMAC, vec![0; 16]),
+            ],
+            ..sender_ptp()
+        };
+        let mut r = reflect(&req, &ReflectParams::default());
+        reflect_auth_tlvs(&mut r, Some(true));
+        assert_eq!(r.tlvs[0].flags, TLV_FLAG_U);
+        assert_eq!(r.tlvs[1].flags, 0);
+        let mut out = Vec::new();
+        r.encode_auth(&key(), &mut out);
+        assert_eq!(hmac_tlv_ok(&out, &key()), Some(true));
+        let mut bad = reflect(&req, &ReflectParams::default());
+        reflect_auth_tlvs(&mut bad, Some(false));
+        assert!(bad.tlvs.iter().all(|t| t.flags & TLV_FLAG_I != 0));
+    }
+
+    #[test]
+    fn probe_auth_sizes() {
+        let ee = ErrorEstimate::default();
+        let t = Timestamp::default();
+        let p = SenderPacket::probe_auth(1, 2, t, ee, 68, 7).unwrap();
+        assert_eq!(p.encoded_len_auth(), 112);
+        let p = SenderPacket::probe_auth(1, 2, t, ee, 140, 0xA1B2_C3D4).unwrap();
+        assert_eq!(p.encoded_len_auth(), 140);
+        let mut out = Vec::new();
+        p.encode_auth(&key(), &mut out);
+        assert_eq!(
+            &out[aw::PROBE_TAG..aw::PROBE_TAG_END],
+            &[0xA1, 0xB2, 0xC3, 0xD4]
+        );
+        assert!(matches!(
+            SenderPacket::probe_auth(1, 2, t, ee, 114, 7),
+            Err(WireError::BadLength { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn auth_round_trip(seq: u32, ssid: u16, secs: u32, frac: u32, ttl: u8, pad in 0usize..64) {
+            let req = SenderPacket {
+                seq,
+                ssid,
+                timestamp: Timestamp::new(secs, frac),
+                error_estimate: ErrorEstimate::for_error_ns(1000.0, false, true),
+                tlvs: if pad == 0 { vec![] } else { vec![Tlv::extra_padding(pad)] },
+            };
+            let mut out = Vec::new();
+            req.encode_auth(&key(), &mut out);
+            prop_assert!(base_hmac_ok(&out, &key()));
+            let back = SenderPacket::decode_auth(&out).unwrap().into_strict().unwrap();
+            prop_assert_eq!(&back, &req);
+            let rep = reflect(&back, &ReflectParams { sender_ttl: ttl, ..Default::default() });
+            let mut r = Vec::new();
+            rep.encode_auth(&key(), &mut r);
+            prop_assert_eq!(r.len(), out.len());
+            prop_assert!(base_hmac_ok(&r, &key()));
+            prop_assert_eq!(ReflectorPacket::decode_auth(&r).unwrap(), rep);
+        }
+    }
+}

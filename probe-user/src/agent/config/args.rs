@@ -162,6 +162,44 @@ pub struct AgentArgs {
     )]
     pub reflect_allow_ephemeral_port: bool,
 
+    /// STAMP authenticated mode of the prober's requests and replies: off, optional (open
+    /// replies accepted, counted) or required (replies that do not verify are rejected).
+    #[arg(
+        long,
+        env = "MESHPROBE_STAMP_AUTH_SENDER",
+        value_name = "MODE",
+        default_value = "off",
+        help_heading = "STAMP authentication"
+    )]
+    pub stamp_auth_sender: crate::auth::Mode,
+    /// STAMP authenticated mode of the reflector: off, optional (answers both modes) or
+    /// required (refuses requests that do not verify).
+    #[arg(
+        long,
+        env = "MESHPROBE_STAMP_AUTH_REFLECTOR",
+        value_name = "MODE",
+        default_value = "off",
+        help_heading = "STAMP authentication"
+    )]
+    pub stamp_auth_reflector: crate::auth::Mode,
+    /// File holding the current STAMP key in hex (at least 16 octets; a mounted Secret): signs
+    /// and verifies. Read again when it changes.
+    #[arg(
+        long,
+        env = "MESHPROBE_STAMP_KEY_FILE",
+        value_name = "FILE",
+        help_heading = "STAMP authentication"
+    )]
+    pub stamp_key_file: Option<PathBuf>,
+    /// File holding the next STAMP key in hex: also accepted when verifying (rotation).
+    #[arg(
+        long,
+        env = "MESHPROBE_STAMP_NEXT_KEY_FILE",
+        value_name = "FILE",
+        help_heading = "STAMP authentication"
+    )]
+    pub stamp_next_key_file: Option<PathBuf>,
+
     /// Static peers, comma separated: `[id=]host[:port]`. Used alone, or with ZooKeeper as
     /// extra targets.
     #[arg(

@@ -10,6 +10,7 @@ mod output;
 mod pinglist;
 mod probing;
 mod reflector;
+mod stamp_auth;
 mod stamping;
 
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub struct Config {
     pub probing: probing::Settings,
     pub pinglist: Params,
     pub stamping: stamping::Settings,
+    /// STAMP authenticated mode of the sender and the reflector, with their keys.
+    pub stamp_auth: stamp_auth::Settings,
     /// At most this long from the stop signal to exit.
     pub shutdown_grace: Duration,
 }
@@ -51,6 +54,7 @@ impl Config {
         let reflector = reflector::Settings::from_args(a);
         let static_peers = discovery::static_peers(a)?;
         let output = output::Settings::from_args(a)?;
+        let stamp_auth = stamp_auth::Settings::from_args(a)?;
         let discovery =
             discovery::Settings::from_args(a, &node, reflector.listen.ip(), static_peers)?;
         Ok(Config {
@@ -62,6 +66,7 @@ impl Config {
             probing: probing::Settings::from_args(a),
             pinglist: a.pinglist_params(),
             stamping: stamping::Settings::from_args(a),
+            stamp_auth,
             shutdown_grace: a.shutdown_grace,
         })
     }

@@ -26,6 +26,8 @@ impl Settings {
                 allow: a.reflect_allow.clone(),
                 per_source: a.reflect_budget_per_source.0,
                 total: a.reflect_budget_total.0,
+                // Set from `stamp_auth` when the reflector starts (one key ring for both roles).
+                auth: crate::auth::Auth::OFF,
             },
             allow_ephemeral_port: a.reflect_allow_ephemeral_port,
         }

@@ -99,6 +99,7 @@ impl Harness {
             t4_map: false,
             lport: 40_000,
             tx_stamps: &mut self.tx,
+            signed_t1: false,
         };
         self.s.reply(&r, rep, &mut env)
     }
@@ -335,4 +336,84 @@ fn rejection_counts_serialize_every_reason() {
     assert_eq!(v["t1_mismatch"], 0);
     assert_eq!(v.as_object().unwrap().len(), Rejection::ALL.len());
     assert_eq!(c.total(), 2);
+}
+
+mod authenticated {
+    use super::super::{decode_reply, encode_probe};
+    use crate::{
+        auth::{Auth, Key, KeyRing, Keys, Mode},
+        stats::Rejection,
+        wire::{ErrorEstimate, ReflectParams, SenderPacket, reflect},
+    };
+
+    fn key(b: u8) -> Key {
+        Key::parse(
+            &format!("{b:02x}").repeat(16),
+            "K",
+            std::path::Path::new("k"),
+        )
+        .unwrap()
+    }
+
+    fn auth(mode: Mode, current: u8, next: Option<u8>) -> Auth {
+        Auth {
+            mode,
+            keys: Some(KeyRing::fixed(Keys {
+                current: key(current),
+                next: next.map(key),
+            })),
+        }
+    }
+
+    /// The reply a reflector holding `k` sends to our probe.
+    fn reply(k: Option<u8>) -> Vec<u8> {
+        let req =
+            SenderPacket::probe_auth(5, 77, Default::default(), ErrorEstimate::default(), 112, 1)
+                .unwrap();
+        let rep = reflect(&req, &ReflectParams::default());
+        let mut out = Vec::new();
+        match k {
+            Some(k) => rep.encode_auth(key(k).bytes(), &mut out),
+            None => rep.encode(&mut out),
+        }
+        out
+    }
+
+    #[test]
+    fn probes_are_signed_with_the_current_key_and_carry_the_send_time() {
+        let a = auth(Mode::Required, 1, Some(2));
+        let mut out = Vec::new();
+        let ee = ErrorEstimate::for_error_ns(1_000.0, false, true);
+        encode_probe(&a, true, 5, 77, 1_000_000_007, ee, 68, 9, &mut out).unwrap();
+        assert_eq!(out.len(), 112);
+        assert!(crate::wire::auth::base_hmac_ok(&out, key(1).bytes()));
+        let p = SenderPacket::decode_auth(&out).unwrap().packet;
+        assert_eq!((p.seq, p.ssid, p.timestamp_ns()), (5, 77, 1_000_000_007));
+    }
+
+    #[test]
+    fn required_rejects_what_does_not_verify_under_current_or_next() {
+        let a = auth(Mode::Required, 1, Some(2));
+        assert!(!decode_reply(&a, &reply(Some(1))).unwrap().unauthenticated);
+        assert_eq!(decode_reply(&a, &reply(Some(2))).unwrap().packet.ssid, 77);
+        assert_eq!(
+            decode_reply(&a, &reply(Some(3))).unwrap_err(),
+            Rejection::Auth
+        );
+        assert_eq!(decode_reply(&a, &reply(None)).unwrap_err(), Rejection::Auth);
+    }
+
+    #[test]
+    fn optional_accepts_open_replies_and_says_so() {
+        let a = auth(Mode::Optional, 1, None);
+        assert!(!decode_reply(&a, &reply(Some(1))).unwrap().unauthenticated);
+        let open = decode_reply(&a, &reply(None)).unwrap();
+        assert!(open.unauthenticated);
+        assert_eq!(open.packet.sender_seq, 5);
+        assert!(
+            !decode_reply(&Auth::OFF, &reply(None))
+                .unwrap()
+                .unauthenticated
+        );
+    }
 }
