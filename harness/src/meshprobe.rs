@@ -90,6 +90,9 @@ pub struct Probe {
     pub stack_overhead_ns: i64,
     pub timestamping: String,
     pub t4_source: String,
+    /// Absent from binaries before issue 16.
+    #[serde(default)]
+    pub t1_source: Option<String>,
     #[serde(default)]
     pub ttl: Option<u32>,
 }
@@ -109,6 +112,9 @@ pub struct Summary {
     /// Replies that did not count, by reason (absent from binaries before issue 13).
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Authenticated mode `optional`: replies accepted without authentication (issue 16).
+    #[serde(default)]
+    pub unauthenticated: u64,
     pub network_rtt_ns: Option<Dist>,
     pub turnaround_ns: Option<Dist>,
     pub app_rtt_ns: Option<Dist>,

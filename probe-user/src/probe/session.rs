@@ -501,16 +501,13 @@ pub struct Decoded {
 /// key, then next) before anything else is read. `required`: a reply that does not verify is
 /// `Rejection::Auth`. `optional`: one that does not verify is read as an open reply.
 pub fn decode_reply(auth: &Auth, payload: &[u8]) -> Result<Decoded, Rejection> {
-    let open = |unauthenticated| {
-        ReflectorPacket::decode(payload)
+    let Some(ring) = auth.ring() else {
+        return ReflectorPacket::decode(payload)
             .map(|packet| Decoded {
                 packet,
-                unauthenticated,
+                unauthenticated: false,
             })
-            .map_err(|_| Rejection::Malformed)
-    };
-    let Some(ring) = auth.ring() else {
-        return open(false);
+            .map_err(|_| Rejection::Malformed);
     };
     match ring.verify(payload) {
         // RFC 8972 §4.8: TLVs that fail their HMAC TLV are not to be trusted; ours carry
@@ -525,7 +522,14 @@ pub fn decode_reply(auth: &Auth, payload: &[u8]) -> Result<Decoded, Rejection> {
             })
             .map_err(|_| Rejection::Malformed),
         Verified::Bad if auth.mode == Mode::Required => Err(Rejection::Auth),
-        Verified::Bad => open(true),
+        // An open reflector reads the octets after its 44-octet base in our 112-octet request
+        // as TLVs, and the HMAC there usually as a malformed one (echoed with M): lenient.
+        Verified::Bad => ReflectorPacket::decode_lenient(payload)
+            .map(|l| Decoded {
+                packet: l.packet,
+                unauthenticated: true,
+            })
+            .map_err(|_| Rejection::Malformed),
     }
 }
 
