@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use crate::capture::Packet;
-use crate::stamp::{reply_key, request_key};
+use crate::stamp::{reply_key, reply_key_auth, request_key, request_key_auth};
+
+/// Reads (SSID, sender sequence) out of a payload.
+type KeyOf = fn(&[u8]) -> Option<(u16, u32)>;
 
 /// Capture times of one probe's request and reply on one host.
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,7 +18,8 @@ struct Times {
 /// Indexes probe packets by (SSID, sender sequence): requests are packets to `port`
 /// (key at offsets 14 and 0), replies packets from `port` (key at offsets 14 and 24).
 /// A key seen twice in one direction keeps its first capture.
-fn index(packets: &[Packet], port: u16) -> HashMap<(u16, u32), Times> {
+fn index(packets: &[Packet], port: u16, keys: (KeyOf, KeyOf)) -> HashMap<(u16, u32), Times> {
+    let (request_key, reply_key) = keys;
     let mut m: HashMap<(u16, u32), Times> = HashMap::new();
     for p in packets {
         if p.dst.port() == port {
@@ -39,8 +43,26 @@ pub fn capture_times(
     reflector: &[Packet],
     port: u16,
 ) -> HashMap<(u16, u32), [u64; 4]> {
-    let a = index(sender, port);
-    let b = index(reflector, port);
+    times_by(sender, reflector, port, (request_key, reply_key))
+}
+
+/// [`capture_times`] of authenticated-mode probes (RFC 8762 §4.2.2 / §4.3.2 layouts).
+pub fn capture_times_auth(
+    sender: &[Packet],
+    reflector: &[Packet],
+    port: u16,
+) -> HashMap<(u16, u32), [u64; 4]> {
+    times_by(sender, reflector, port, (request_key_auth, reply_key_auth))
+}
+
+fn times_by(
+    sender: &[Packet],
+    reflector: &[Packet],
+    port: u16,
+    keys: (KeyOf, KeyOf),
+) -> HashMap<(u16, u32), [u64; 4]> {
+    let a = index(sender, port, keys);
+    let b = index(reflector, port, keys);
     let mut out = HashMap::new();
     for (k, ta) in &a {
         let (Some(a_out), Some(a_in)) = (ta.request, ta.reply) else {

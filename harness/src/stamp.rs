@@ -44,6 +44,19 @@ pub fn reply_key(payload: &[u8]) -> Option<(u16, u32)> {
         .then(|| (be16(payload, wire::SSID), be32(payload, wire::SENDER_SEQ)))
 }
 
+/// (SSID, sequence) of an authenticated Session-Sender packet (RFC 8762 §4.2.2).
+pub fn request_key_auth(payload: &[u8]) -> Option<(u16, u32)> {
+    use probe_common::auth_wire as aw;
+    (payload.len() >= aw::BASE_LEN).then(|| (be16(payload, aw::SSID), be32(payload, aw::SEQ)))
+}
+
+/// (SSID, Session-Sender sequence) of an authenticated Session-Reflector packet (§4.3.2).
+pub fn reply_key_auth(payload: &[u8]) -> Option<(u16, u32)> {
+    use probe_common::auth_wire as aw;
+    (payload.len() >= aw::BASE_LEN)
+        .then(|| (be16(payload, aw::SSID), be32(payload, aw::SENDER_SEQ)))
+}
+
 /// A Session-Sender test packet: base 44 octets, optionally followed by an Extra Padding TLV
 /// whose header claims `tlv_claim` value octets while `tlv_value` octets are present.
 pub fn build_request(seq: u32, ssid: u16, tlv: Option<(u16, usize)>) -> Vec<u8> {

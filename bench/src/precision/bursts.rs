@@ -11,7 +11,7 @@ use meshprobe_harness::services::TempDir;
 use meshprobe_harness::{ChildGuard, Meshprobe, PingRun, Reflector, TwoHosts, interrupt};
 
 use super::parse::{parse_full_log, parse_ping, ping_transmitted};
-use super::{FILTER, INTERVAL_MS, Load, SOCKPERF_PORT};
+use super::{AUTH_PORT, FILTER, INTERVAL_MS, Load, SOCKPERF_PORT};
 use crate::scenario::{pause, progress};
 
 // ---- running the bursts ---------------------------------------------------------------------
@@ -42,6 +42,11 @@ pub(super) enum Burst {
         w: Window,
         run: PingRun,
     },
+    /// `meshprobe ping --auth required` against the authenticated reflector.
+    MeshprobeAuth {
+        w: Window,
+        run: PingRun,
+    },
     Ping {
         w: Window,
         id: u16,
@@ -67,8 +72,28 @@ pub(super) struct Plan {
 
 /// `meshprobe reflect` in B, pinned to the reflector CPU, its programs on B's veth.
 pub(super) fn reflector(mp: &Meshprobe, t: &TwoHosts, cpu: &str) -> Result<Reflector> {
+    reflector_with(mp, t, cpu, &[])
+}
+
+/// The authenticated-mode reflector: `--auth required` on `AUTH_PORT`, same CPU.
+pub(super) fn reflector_auth(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    cpu: &str,
+    key_file: &str,
+) -> Result<Reflector> {
+    let port = AUTH_PORT.to_string();
+    reflector_with(
+        mp,
+        t,
+        cpu,
+        &["-p", &port, "--auth", "required", "--key-file", key_file],
+    )
+}
+
+fn reflector_with(mp: &Meshprobe, t: &TwoHosts, cpu: &str, extra: &[&str]) -> Result<Reflector> {
     let bin = mp.bin.to_string_lossy().into_owned();
-    let mut child = t.b.spawn([
+    let mut argv = vec![
         "taskset",
         "-c",
         cpu,
@@ -77,7 +102,9 @@ pub(super) fn reflector(mp: &Meshprobe, t: &TwoHosts, cpu: &str) -> Result<Refle
         "--json",
         "-I",
         TwoHosts::B_IF,
-    ])?;
+    ];
+    argv.extend_from_slice(extra);
+    let mut child = t.b.spawn(argv)?;
     let ready = child
         .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")
         .context("meshprobe reflect ready line")?;
@@ -99,31 +126,53 @@ pub(super) fn sockperf_server(t: &TwoHosts, cpu: &str) -> Result<ChildGuard> {
 }
 
 pub(super) fn run_meshprobe(mp: &Meshprobe, t: &TwoHosts, plan: &Plan) -> Result<Burst> {
+    let (w, run) = meshprobe_burst(mp, t, plan, &[])?;
+    Ok(Burst::Meshprobe { w, run })
+}
+
+/// The authenticated-mode burst: same probes, signed, to the authenticated reflector.
+pub(super) fn run_meshprobe_auth(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    plan: &Plan,
+    key_file: &str,
+) -> Result<Burst> {
+    let port = AUTH_PORT.to_string();
+    let extra = ["-p", &port, "--auth", "required", "--key-file", key_file];
+    let (w, run) = meshprobe_burst(mp, t, plan, &extra)?;
+    Ok(Burst::MeshprobeAuth { w, run })
+}
+
+fn meshprobe_burst(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    plan: &Plan,
+    extra: &[&str],
+) -> Result<(Window, PingRun)> {
     let b4 = TwoHosts::B4.to_string();
     let count = plan.count.to_string();
     let interval = format!("{INTERVAL_MS}ms");
+    let mut args = vec![
+        "-c",
+        &count,
+        "-i",
+        &interval,
+        "-W",
+        "500ms",
+        "-I",
+        TwoHosts::A_IF,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&b4);
     let start = now_ns();
     let run = mp.ping_under(
         &t.a,
         &["taskset", "-c", &plan.sender_cpu],
-        &[
-            "-c",
-            &count,
-            "-i",
-            &interval,
-            "-W",
-            "500ms",
-            "-I",
-            TwoHosts::A_IF,
-            &b4,
-        ],
+        &args,
         Duration::from_secs(60),
     )?;
     let end = now_ns();
-    Ok(Burst::Meshprobe {
-        w: Window { start, end },
-        run,
-    })
+    Ok((Window { start, end }, run))
 }
 
 /// Runs `cmd` in A pinned to the sender's CPU; returns the span it ran in and its output.
@@ -245,6 +294,8 @@ pub(super) struct Sequence<'a> {
     pub(super) t: &'a TwoHosts,
     pub(super) plan: &'a Plan,
     pub(super) dir: &'a TempDir,
+    /// The authenticated-mode key file.
+    pub(super) key_file: &'a str,
     pub(super) ping_id: u16,
     pub(super) sp_n: usize,
 }
@@ -264,12 +315,13 @@ impl Sequence<'_> {
                 round + 1,
                 plan.rounds
             ));
-            for k in 0..3 {
+            for k in 0..4 {
                 if interrupt::interrupted() {
                     bail!("interrupted");
                 }
-                match (k + round) % 3 {
+                match (k + round) % 4 {
                     0 => bursts.push(run_meshprobe(mp, t, plan)?),
+                    3 => bursts.push(run_meshprobe_auth(mp, t, plan, self.key_file)?),
                     1 => {
                         self.ping_id = self.ping_id.wrapping_add(1);
                         bursts.push(run_ping(t, plan, self.ping_id)?);

@@ -3,13 +3,16 @@
 use std::collections::BTreeMap;
 
 use meshprobe_harness::capture::{Frames, Packet, decode_frame};
-use meshprobe_harness::reference::capture_times;
+use meshprobe_harness::reference::{capture_times, capture_times_auth};
 use meshprobe_harness::scenario::compare;
 use meshprobe_harness::{PingRun, STAMP_PORT};
 
 use super::bursts::{Burst, Window};
 use super::parse::{Echo, Side, align, decode_echo, index, sockperf_seq, truth};
-use super::{Load, MIN_ALIGN_SCORE, MP_APP, MP_NET, PING, SOCKPERF, SOCKPERF_PORT};
+use super::{
+    AUTH_PORT, CONTENDERS, Load, MIN_ALIGN_SCORE, MP_APP, MP_AUTH, MP_NET, PING, SOCKPERF,
+    SOCKPERF_PORT,
+};
 
 // ---- judging one condition ------------------------------------------------------------------
 
@@ -26,11 +29,13 @@ pub(super) struct Judged {
 #[derive(Debug)]
 pub(super) struct CondResult {
     pub(super) load: Load,
-    pub(super) c: [Judged; 4],
+    pub(super) c: [Judged; CONTENDERS.len()],
     /// Capture truth RTT of meshprobe's probes, ns.
     pub(super) truth: Vec<i64>,
     /// meshprobe's capture-minus-stamp legs per matched probe.
     pub(super) legs: Vec<[i64; 4]>,
+    /// The same, of meshprobe's authenticated-mode probes.
+    pub(super) auth_legs: Vec<[i64; 4]>,
     pub(super) t4_sources: BTreeMap<String, usize>,
     pub(super) capture_drops: u64,
     /// meshprobe probes whose egress leg outlasted the burst's median app RTT: the CPU was
@@ -57,6 +62,7 @@ pub(super) fn judge(
         c: Default::default(),
         truth: Vec::new(),
         legs: Vec::new(),
+        auth_legs: Vec::new(),
         t4_sources: BTreeMap::new(),
         capture_drops: a.dropped_by_kernel + b.dropped_by_kernel,
         stalls: 0,
@@ -68,6 +74,7 @@ pub(super) fn judge(
     for burst in bursts {
         match burst {
             Burst::Meshprobe { w, run } => r.add_meshprobe(w, run, &ua, &ub),
+            Burst::MeshprobeAuth { w, run } => r.add_meshprobe_auth(w, run, &ua, &ub),
             Burst::Ping {
                 w,
                 id,
@@ -109,6 +116,20 @@ impl CondResult {
         for (src, n) in ag.t4_sources {
             *self.t4_sources.entry(src).or_default() += n;
         }
+    }
+
+    /// An authenticated-mode burst: its network RTTs and legs against the same captures
+    /// (its own port, the authenticated layout's offsets).
+    fn add_meshprobe_auth(&mut self, w: &Window, run: &PingRun, ua: &[Packet], ub: &[Packet]) {
+        let pa = in_window(ua, w, AUTH_PORT);
+        let pb = in_window(ub, w, AUTH_PORT);
+        let times = capture_times_auth(&pa, &pb, AUTH_PORT);
+        let ag = compare(run, &times);
+        let j = &mut self.c[MP_AUTH];
+        j.reported += run.probes.len();
+        j.matched += ag.matched;
+        j.err.extend(&ag.signed_err);
+        self.auth_legs.extend(&ag.legs);
     }
 
     /// A ping burst (ICMP id `id`): its replies against the echoes captured in A and B.

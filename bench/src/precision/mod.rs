@@ -9,6 +9,11 @@
 //! iputils `ping` (ICMP echo, answered by B's kernel) and `sockperf ping-pong` (UDP, a
 //! userspace server). Conditions: idle, `stress-ng --cpu N` on every core, and one CPU hog
 //! pinned to the CPU the reflectors are pinned to (a noisy neighbour).
+//!
+//! A fifth contender is meshprobe in STAMP authenticated mode (`--auth required`, its own
+//! reflector on `AUTH_PORT`), judged against the same captures: its T1/T4 are the same kernel
+//! stamps kept in maps, its T2 the reflector socket's RX stamp, its T3 a userspace stamp taken
+//! before signing, so the difference from open mode is the reflector's send path.
 
 mod bursts;
 mod judge;
@@ -25,11 +30,15 @@ use serde_json::json;
 
 use crate::report::ScenarioReport;
 use crate::scenario::{Ctx, progress};
-use bursts::{Plan, Sequence, reflector, sockperf_server, start_load};
+use bursts::{Plan, Sequence, reflector, reflector_auth, sockperf_server, start_load};
 use judge::judge;
 use report::{p50_p99, report};
 
 const SOCKPERF_PORT: u16 = 11111;
+/// The authenticated-mode reflector's port (outside the ephemeral range).
+const AUTH_PORT: u16 = 8620;
+/// Its key (the bench's own; written to a file in the scenario's temporary directory).
+const AUTH_KEY_HEX: &str = "6d65736870726f62652d62656e63682d6b6579";
 /// Every contender probes once per millisecond.
 const INTERVAL_MS: u64 = 1;
 /// meshprobe's goals, ns: (p50, p99) of |error|.
@@ -41,7 +50,7 @@ const GOAL_RATIO: f64 = 100.0;
 /// best offset is not matched (its rows could not be told apart from their neighbours).
 const MIN_ALIGN_SCORE: f64 = 0.5;
 /// Capture filter on both veth ends: every contender's packets.
-const FILTER: &str = "udp port 862 or udp port 11111 or icmp";
+const FILTER: &str = "udp port 862 or udp port 8620 or udp port 11111 or icmp";
 
 // ---- the contenders ---------------------------------------------------------------------------
 
@@ -49,11 +58,13 @@ const MP_NET: usize = 0;
 const MP_APP: usize = 1;
 const PING: usize = 2;
 const SOCKPERF: usize = 3;
-const CONTENDERS: [&str; 4] = [
+const MP_AUTH: usize = 4;
+const CONTENDERS: [&str; 5] = [
     "meshprobe network RTT (kernel stamps)",
     "meshprobe app RTT (its socket)",
     "iputils ping",
     "sockperf ping-pong (UDP)",
+    "meshprobe network RTT, authenticated mode",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,12 +139,17 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let mut refl = reflector(mp, &t, &r_cpu)?;
     let mut server = sockperf_server(&t, &r_cpu)?;
     let dir = TempDir::new("precision")?;
+    let key_file = dir.path().join("stamp-key");
+    std::fs::write(&key_file, AUTH_KEY_HEX)?;
+    let key_file = key_file.to_string_lossy().into_owned();
+    let mut refl_auth = reflector_auth(mp, &t, &r_cpu, &key_file)?;
     let mut results = Vec::new();
     let mut seq = Sequence {
         mp,
         t: &t,
         plan: &plan,
         dir: &dir,
+        key_file: &key_file,
         ping_id: 0x4d50,
         sp_n: 0,
     };
@@ -146,14 +162,21 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         if !refl.is_running() {
             bail!("meshprobe reflect exited: {}", refl.child.stderr_text());
         }
+        if !refl_auth.is_running() {
+            bail!(
+                "meshprobe reflect --auth exited: {}",
+                refl_auth.child.stderr_text()
+            );
+        }
         if !server.is_running() {
             bail!("sockperf server exited: {}", server.stderr_text());
         }
         let res = judge(load, &bursts, &fa, &fb, started.elapsed().as_secs_f64());
         progress(format!(
-            "precision: {}: meshprobe {}, app {}, ping {}, sockperf {}",
+            "precision: {}: meshprobe {}, authenticated {}, app {}, ping {}, sockperf {}",
             load.name(),
             p50_p99(&res.c[MP_NET].err),
+            p50_p99(&res.c[MP_AUTH].err),
             p50_p99(&res.c[MP_APP].err),
             p50_p99(&res.c[PING].err),
             p50_p99(&res.c[SOCKPERF].err)
@@ -161,9 +184,11 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         results.push(res);
     }
     let refl_sum = refl.stop()?;
+    let refl_auth_sum = refl_auth.stop()?;
     drop(server);
     drop(wake);
     report(rep, &plan, &results, &refl_sum);
+    rep.data["reflector_auth_summary"] = refl_auth_sum;
     rep.data["lock_wait_seconds"] = json!(lock_wait);
     if lock_wait >= 1.0 {
         rep.note(format!(
@@ -192,6 +217,9 @@ fn describe(rep: &mut ScenarioReport, plan: &Plan, cpus: usize) {
         "per condition {} rounds, each one burst per contender (order rotated every round), \
          all at one probe per {INTERVAL_MS} ms: `meshprobe ping -c {} -i {INTERVAL_MS}ms -I \
          veth-a` (network RTT and app RTT of the same probes, matched by SSID and sequence); \
+         the same with `--auth required --key-file F` against a second reflector \
+         (`reflect --auth required -p {AUTH_PORT}`, same CPU), matched at the authenticated \
+         layout's offsets; \
          `ping -D -i 0.001 -c {} -e ID` (a fresh ICMP id per burst, matched by id and \
          icmp_seq; ping prints sub-ms RTTs to 1 µs); `sockperf ping-pong --mps 1000 -t {} \
          --full-log F` (its rows cover its valid window only; they are matched to the captured \

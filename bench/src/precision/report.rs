@@ -246,6 +246,22 @@ fn legs_table(results: &[CondResult], header_refs: &[&str]) -> Table {
             signed_p50_p99(&v)
         });
     }
+    // Authenticated mode: T1/T4 the same kernel stamps (kept in maps), T2 the reflector
+    // socket's RX stamp, T3 userspace before signing.
+    for (i, n) in [
+        "auth: A out − T1",
+        "auth: B in − T2 (socket)",
+        "auth: B out − T3 (userspace)",
+        "auth: A in − T4",
+    ]
+    .iter()
+    .enumerate()
+    {
+        cond_row(&mut t, n, results, |r| {
+            let v: Vec<i64> = r.auth_legs.iter().map(|l| l[i]).collect();
+            signed_p50_p99(&v)
+        });
+    }
     t
 }
 
@@ -403,7 +419,15 @@ fn data(plan: &Plan, results: &[CondResult], refl: &serde_json::Value) -> serde_
                            "p99_ns": percentile(&v, 99.0)})
                 })
                 .collect();
+            let auth_legs: Vec<serde_json::Value> = (0..4)
+                .map(|i| {
+                    let v: Vec<i64> = r.auth_legs.iter().map(|l| l[i]).collect();
+                    json!({"p1_ns": percentile(&v, 1.0), "p50_ns": percentile(&v, 50.0),
+                           "p99_ns": percentile(&v, 99.0)})
+                })
+                .collect();
             json!({
+                "meshprobe_auth_legs": auth_legs,
                 "condition": r.load.name(), "seconds": r.seconds,
                 "contenders": contenders,
                 "truth_p50_ns": percentile(&r.truth, 50.0),

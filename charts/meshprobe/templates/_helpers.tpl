@@ -85,6 +85,18 @@ zookeeper:
     - key: {{ $za.passwordKey | quote }}
       path: password
 {{- end }}
+{{- $sa := .Values.agent.stampAuth -}}
+{{- if $sa.keySecret }}
+stamp:
+  secret: {{ $sa.keySecret | quote }}
+  items:
+    - key: {{ $sa.keyKey | quote }}
+      path: key
+    {{- if $sa.nextKeyKey }}
+    - key: {{ $sa.nextKeyKey | quote }}
+      path: next-key
+    {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "meshprobe.env" -}}
@@ -231,6 +243,24 @@ zookeeper:
 {{- if $a.reflectAllowEphemeralPort }}
 - name: MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT
   value: "true"
+{{- end }}
+{{- with $a.stampAuth }}
+{{- if ne .sender "off" }}
+- name: MESHPROBE_STAMP_AUTH_SENDER
+  value: {{ .sender | quote }}
+{{- end }}
+{{- if ne .reflector "off" }}
+- name: MESHPROBE_STAMP_AUTH_REFLECTOR
+  value: {{ .reflector | quote }}
+{{- end }}
+{{- if .keySecret }}
+- name: MESHPROBE_STAMP_KEY_FILE
+  value: /etc/meshprobe/secrets/stamp/key
+{{- if .nextKeyKey }}
+- name: MESHPROBE_STAMP_NEXT_KEY_FILE
+  value: /etc/meshprobe/secrets/stamp/next-key
+{{- end }}
+{{- end }}
 {{- end }}
 - name: MESHPROBE_METRICS_WORST_PEERS
   value: {{ $a.metricsWorstPeers | int | toString | quote }}

@@ -81,6 +81,7 @@ OVERRIDES: dict[str, Any] = {
         "reflectBudgetPerSource": "500/s",
         "reflectBudgetTotal": "off",
         "reflectAllowEphemeralPort": True,
+        "stampAuth": {"sender": "optional", "reflector": "required", "keySecret": "stamp-keys", "keyKey": "k1", "nextKeyKey": "k2"},
         "shutdownGrace": "4s",
         "interfaces": ["eth0", "eth1"],
         "noEbpf": True,
@@ -152,6 +153,10 @@ OVERRIDE_ENV = {
     "MESHPROBE_REFLECT_BUDGET_PER_SOURCE": "500/s",
     "MESHPROBE_REFLECT_BUDGET_TOTAL": "off",
     "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT": "true",
+    "MESHPROBE_STAMP_AUTH_SENDER": "optional",
+    "MESHPROBE_STAMP_AUTH_REFLECTOR": "required",
+    "MESHPROBE_STAMP_KEY_FILE": "/etc/meshprobe/secrets/stamp/key",
+    "MESHPROBE_STAMP_NEXT_KEY_FILE": "/etc/meshprobe/secrets/stamp/next-key",
     "MESHPROBE_METRICS_WORST_PEERS": "3",
     "MESHPROBE_SHUTDOWN_GRACE": "4s",
     "MESHPROBE_INTERFACES": "eth0,eth1",
@@ -189,6 +194,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("peer network not a CIDR", {"agent": {"peerNetworks": "10.0.0.0/8,cluster"}}, ["/agent/peerNetworks", "does not match pattern"]),
     ("member cap 0", {"agent": {"maxMembers": 0}}, ["/agent/maxMembers", "minimum: got 0, want 1"]),
     ("ZooKeeper user without a Secret", {"zookeeper": {"auth": {"username": "meshprobe"}}}, ["/zookeeper/auth/passwordSecret"]),
+    ("STAMP authentication without a key Secret", {"agent": {"stampAuth": {"reflector": "required"}}}, ["/agent/stampAuth", "keySecret"]),
+    ("unknown STAMP authentication mode", {"agent": {"stampAuth": {"sender": "on"}}}, ["/agent/stampAuth/sender", "value must be one of"]),
     ("ZooKeeper user with a colon", {"zookeeper": {"auth": {"username": "a:b", "passwordSecret": "s"}}}, ["/zookeeper/auth/username", "does not match pattern"]),
     ("worst peers above 1000", {"agent": {"metricsWorstPeers": 5000}}, ["/agent/metricsWorstPeers", "maximum"]),
     ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
@@ -489,6 +496,13 @@ class Overrides(unittest.TestCase):
         self.assertEqual(
             vols["secret-zookeeper"]["secret"],
             {"secretName": "zk-agents", "defaultMode": 0o400, "items": [{"key": "pw", "path": "password"}]},
+        )
+        # STAMP keys: current and next from one Secret, mounted whole (not subPath) so that a
+        # rotated Secret reaches the running agent.
+        self.assertEqual(mounts["secret-stamp"], {"name": "secret-stamp", "mountPath": "/etc/meshprobe/secrets/stamp", "readOnly": True})
+        self.assertEqual(
+            vols["secret-stamp"]["secret"],
+            {"secretName": "stamp-keys", "defaultMode": 0o400, "items": [{"key": "k1", "path": "key"}, {"key": "k2", "path": "next-key"}]},
         )
         for e in self.agent["env"]:
             self.assertNotIn("secretKeyRef", json.dumps(e), "no secret in the environment")

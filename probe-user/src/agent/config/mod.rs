@@ -281,3 +281,100 @@ mod tests {
         assert!(!help.contains("MESHPROBE_METRICS_PEER_LIMIT"), "{help}");
     }
 }
+
+#[cfg(test)]
+mod stamp_auth_tests {
+    use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+
+    use super::*;
+    use crate::auth::Mode;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Agent(AgentArgs),
+    }
+
+    fn parse(args: &[&str]) -> AgentArgs {
+        let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let m = T::command().try_get_matches_from(argv).expect("parse");
+        let Sub::Agent(a) = T::from_arg_matches(&m).expect("args").cmd;
+        a
+    }
+
+    fn settings(args: &[&str]) -> Result<stamp_auth::Settings, ConfigError> {
+        stamp_auth::Settings::from_args(&parse(args))
+    }
+
+    #[test]
+    fn stamp_auth_settings_name_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "00112233445566778899aabbccddeeff\n").unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "0011").unwrap();
+        let (good, short) = (good.to_str().unwrap(), short.to_str().unwrap());
+
+        let off = settings(&["t", "agent"]).unwrap();
+        assert!(off.sender.ring().is_none() && off.reflector.ring().is_none());
+
+        let e = settings(&["t", "agent", "--stamp-auth-reflector", "required"]).unwrap_err();
+        assert!(e.to_string().starts_with("MESHPROBE_STAMP_KEY_FILE"), "{e}");
+        let e = settings(&[
+            "t",
+            "agent",
+            "--stamp-auth-sender",
+            "optional",
+            "--stamp-key-file",
+            short,
+        ])
+        .unwrap_err();
+        assert!(e.to_string().starts_with("MESHPROBE_STAMP_KEY_FILE"), "{e}");
+        assert!(e.to_string().contains("holds 2 key octets"), "{e}");
+        let e = settings(&[
+            "t",
+            "agent",
+            "--stamp-auth-sender",
+            "required",
+            "--stamp-key-file",
+            good,
+            "--stamp-next-key-file",
+            "/nonexistent/next",
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("MESHPROBE_STAMP_NEXT_KEY_FILE"),
+            "{e}"
+        );
+        assert!(
+            T::command()
+                .try_get_matches_from(["t", "agent", "--stamp-auth-sender", "on"])
+                .is_err()
+        );
+
+        let s = settings(&[
+            "t",
+            "agent",
+            "--stamp-auth-sender",
+            "optional",
+            "--stamp-auth-reflector",
+            "required",
+            "--stamp-key-file",
+            good,
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.sender.mode, s.reflector.mode),
+            (Mode::Optional, Mode::Required)
+        );
+        // One key ring for both roles.
+        assert!(std::sync::Arc::ptr_eq(
+            s.sender.ring().unwrap(),
+            s.reflector.ring().unwrap()
+        ));
+    }
+}
