@@ -104,6 +104,39 @@ fn cases() -> Vec<Case> {
             vec!["ZK_SASL_USERNAME"],
         ),
         (
+            "STAMP authentication without a key file",
+            vec![("MESHPROBE_STAMP_AUTH_REFLECTOR", "required")],
+            vec![],
+            vec!["MESHPROBE_STAMP_KEY_FILE"],
+        ),
+        (
+            "STAMP key file missing",
+            vec![
+                ("MESHPROBE_STAMP_AUTH_SENDER", "optional"),
+                (
+                    "MESHPROBE_STAMP_KEY_FILE",
+                    "/nonexistent/meshprobe-stamp.key",
+                ),
+            ],
+            vec![],
+            vec!["MESHPROBE_STAMP_KEY_FILE"],
+        ),
+        (
+            "STAMP key file not hex",
+            vec![
+                ("MESHPROBE_STAMP_AUTH_SENDER", "required"),
+                ("MESHPROBE_STAMP_KEY_FILE", "/proc/self/cmdline"),
+            ],
+            vec![],
+            vec!["MESHPROBE_STAMP_KEY_FILE"],
+        ),
+        (
+            "unknown STAMP authentication mode",
+            vec![("MESHPROBE_STAMP_AUTH_SENDER", "on")],
+            vec![],
+            vec!["MESHPROBE_STAMP_AUTH_SENDER", "--stamp-auth-sender"],
+        ),
+        (
             "probe size below the minimum",
             vec![("MESHPROBE_SIZES", "10")],
             vec![],
