@@ -20,7 +20,7 @@
 //! amplify; the budgets bound what is reflected.
 use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Instant};
 
-use probe_common::{policy::refused_src_port, wire as off};
+use probe_common::{auth_wire as auth_off, policy::refused_src_port, wire as off};
 use serde::Serialize;
 
 pub use crate::networks::{AllowList, Cidr};
@@ -376,6 +376,9 @@ impl ReflectPolicy {
             return Err(Refusal::NotAllowed);
         }
         let framing = self.framing(payload)?;
+        if matches!(framing, Framing::Authenticated { .. }) && looks_reflected_auth(payload) {
+            return Err(Refusal::Reflected);
+        }
         if let Some(b) = &mut self.per_source
             && !b.take(src, now)
         {
@@ -415,6 +418,16 @@ impl ReflectPolicy {
 pub fn looks_reflected(payload: &[u8]) -> bool {
     payload
         .get(off::SENDER_ERROR_ESTIMATE..off::BASE_LEN)
+        .is_some_and(|b| b.iter().any(|&o| o != 0))
+}
+
+/// [`looks_reflected`] for authenticated mode, where it matters more: a reply signed with the
+/// key we share verifies as a request too (the HMAC covers octets 0..96 of both). A request's
+/// octets after its SSID up to the HMAC are MBZ; every reply carries its Receive Timestamp,
+/// Session-Sender fields and the sender TTL (never 0 in a reply to a request we answer) there.
+pub fn looks_reflected_auth(payload: &[u8]) -> bool {
+    payload
+        .get(auth_off::REQ_MBZ..auth_off::HMAC)
         .is_some_and(|b| b.iter().any(|&o| o != 0))
 }
 
@@ -687,5 +700,103 @@ mod tests {
         for bad in ["0/s", "-1", "10/m", "", "x"] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn ring() -> std::sync::Arc<crate::auth::KeyRing> {
+        let key = |b: u8| {
+            crate::auth::Key::parse(
+                &format!("{b:02x}").repeat(16),
+                "K",
+                std::path::Path::new("k"),
+            )
+            .unwrap()
+        };
+        crate::auth::KeyRing::fixed(crate::auth::Keys {
+            current: key(1),
+            next: None,
+        })
+    }
+
+    fn with_auth(mode: AuthMode, now: Instant) -> ReflectPolicy {
+        ReflectPolicy::new(
+            &PolicyConfig {
+                allow: AllowList::ANY,
+                per_source: Some(Rate { per_sec: 2 }),
+                total: None,
+                auth: Auth {
+                    mode,
+                    keys: Some(ring()),
+                },
+            },
+            &[862],
+            now,
+        )
+    }
+
+    /// An authenticated request signed with `key_byte` repeated.
+    fn signed(key_byte: u8) -> Vec<u8> {
+        let p = crate::wire::SenderPacket::probe_auth(
+            1,
+            2,
+            crate::wire::Timestamp::new(3, 4),
+            crate::wire::ErrorEstimate::default(),
+            112,
+            0,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        p.encode_auth(&[key_byte; 16], &mut out);
+        out
+    }
+
+    #[test]
+    fn required_refuses_what_does_not_verify_before_it_spends_a_token() {
+        let now = Instant::now();
+        let mut p = with_auth(AuthMode::Required, now);
+        let rx = test_received(from("198.18.0.1", 40000), B);
+        // Forged requests are refused for authentication and leave the budget (2/s) intact.
+        for _ in 0..10 {
+            assert_eq!(p.admit(&rx, &signed(9), now), Err(Refusal::Auth));
+            assert_eq!(p.admit(&rx, &[0u8; 44], now), Err(Refusal::Auth));
+        }
+        let ok = Framing::Authenticated { tlvs_ok: None };
+        assert_eq!(p.admit(&rx, &signed(1), now), Ok(ok));
+        assert_eq!(p.admit(&rx, &signed(1), now), Ok(ok));
+        assert_eq!(p.admit(&rx, &signed(1), now), Err(Refusal::SourceBudget));
+        // The cheap checks come first: no HMAC for a refused source port.
+        let low = test_received(from("198.18.0.1", 53), B);
+        assert_eq!(p.admit(&low, &signed(9), now), Err(Refusal::SourcePort));
+    }
+
+    #[test]
+    fn optional_answers_open_requests_in_open_mode() {
+        let now = Instant::now();
+        let mut p = with_auth(AuthMode::Optional, now);
+        let rx = test_received(from("198.18.0.1", 40000), B);
+        assert_eq!(p.admit(&rx, &[0u8; 44], now), Ok(Framing::Open));
+        assert_eq!(
+            p.admit(&rx, &signed(1), now),
+            Ok(Framing::Authenticated { tlvs_ok: None })
+        );
+    }
+
+    #[test]
+    fn a_signed_reply_is_never_answered_as_a_request() {
+        // The reply's HMAC covers the same octets as a request's: it verifies as one.
+        let req = crate::wire::SenderPacket::decode_auth(&signed(1)).unwrap();
+        let rep = crate::wire::reflect_lenient(
+            &req,
+            &crate::wire::ReflectParams {
+                sender_ttl: 64,
+                ..Default::default()
+            },
+        );
+        let mut bytes = Vec::new();
+        rep.encode_auth(&[1u8; 16], &mut bytes);
+        let now = Instant::now();
+        let mut p = with_auth(AuthMode::Required, now);
+        let rx = test_received(from("198.18.0.1", 40000), B);
+        assert_eq!(p.admit(&rx, &bytes, now), Err(Refusal::Reflected));
+        assert!(!looks_reflected_auth(&signed(1)));
     }
 }
