@@ -428,13 +428,12 @@ impl Session {
             .take(slot.tx_key)
             .map(|rt| env.st.realtime_to_tai(rt));
         if env.signed_t1 {
-            return Ok(match recorded {
-                Some(rec) => ((rec, StampSource::Tc), false),
-                None => (
-                    tx_time(slot.app_tx_tai, env.tx_stamps.take(slot.tx_key), env.st),
-                    false,
-                ),
-            });
+            let t1 = match (recorded, tx_sw) {
+                (Some(rec), _) => (rec, StampSource::Tc),
+                (None, Some(t)) => (t, StampSource::TxSoftware),
+                (None, None) => (slot.app_tx_tai, StampSource::App),
+            };
+            return Ok((t1, false));
         }
         choose_t1(
             kernel,
@@ -443,14 +442,6 @@ impl Session {
             (slot.app_tx_tai, r.app_rx_tai),
             tx_sw,
         )
-    }
-}
-
-/// The TX software stamp (as TAI) if the socket gave one, else the userspace send time.
-fn tx_time(app_tx: u64, tx_sw_realtime: Option<u64>, st: &Stamping) -> (u64, StampSource) {
-    match tx_sw_realtime {
-        Some(rt) => (st.realtime_to_tai(rt), StampSource::TxSoftware),
-        None => (app_tx, StampSource::App),
     }
 }
 
