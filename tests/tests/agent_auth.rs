@@ -1,7 +1,8 @@
 //! Issue 16: two agents in STAMP authenticated mode (`MESHPROBE_STAMP_AUTH_SENDER` and
 //! `MESHPROBE_STAMP_AUTH_REFLECTOR` = required, one key file) measure each other; nothing is
 //! rejected or refused for authentication, and their programs write nothing into the signed
-//! packets (`skip_auth` counts them, `t2_stamped` / `t3_stamped` stay 0). Then node1's key
+//! packets (`skip_auth` counts them, `t2_stamped` / `t3_stamped` stay 0), node1 without RX
+//! software stamps too (T4 from the programs' map). Then node1's key
 //! file is replaced by another key while it runs: from then on node0's reflector refuses its
 //! requests (`refused{reason="auth"}`), without a restart.
 
@@ -67,6 +68,13 @@ fn agents_measure_each_other_in_authenticated_mode() -> Result<()> {
             .env("MESHPROBE_STAMP_AUTH_SENDER", "required")
             .env("MESHPROBE_STAMP_AUTH_REFLECTOR", "required")
             .env("MESHPROBE_STAMP_KEY_FILE", file);
+        // node1 without RX software stamps: its T4 comes from the programs' map, and it must
+        // not turn host-wide RX stamping on for replies that never carry T4 in-band.
+        let cfg = if i == 1 {
+            cfg.env("MESHPROBE_NO_SW_RX_STAMPS", "true")
+        } else {
+            cfg
+        };
         lab.start_agent_with(i, &cfg)?;
     }
     let s0 = window_now();
@@ -85,6 +93,11 @@ fn agents_measure_each_other_in_authenticated_mode() -> Result<()> {
             "node{i} stamped signed packets:\n{m}"
         );
     }
+    let stderr = lab.agent(1).stderr_text();
+    ensure!(
+        !stderr.contains("RX software timestamps turned on"),
+        "node1 turned RX stamps on:\n{stderr}"
+    );
 
     // node1 now holds another key: node0's reflector refuses its requests from the next poll.
     keys.set("node1", OTHER)?;

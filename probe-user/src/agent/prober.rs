@@ -575,7 +575,10 @@ impl Prober {
                 (seq, m, reordered, app_tx_tai)
             }
         };
+        // Authenticated replies never carry T4 in-band: their T4 is the socket's RX stamp, or
+        // the programs' map with `--no-sw-rx-stamps` (no host-wide stamping turned on for it).
         if self.st.is_kernel()
+            && !self.opts.auth.mode.is_on()
             && crate::wire::reply_rx_stamp(payload, self.st.block_key).is_err()
             && sock.ensure_rx_stamps()
         {
