@@ -1,5 +1,6 @@
 //! STAMP authenticated mode (RFC 8762 §4.2.2 / §4.3.2 / §4.4, RFC 8972 §3), end to end:
-//! - `ping --auth required` against `reflect --auth required` with one key measures with
+//! - `ping --auth required` against `reflect --auth required` with one key, IPv4 and IPv6,
+//!   measures with
 //!   kernel stamps (T1 from the egress program's record, T4 from its map, T2 from the socket's
 //!   RX stamp), and the programs write nothing into the signed packets;
 //! - a wrong key: every request refused (`auth`) and counted, no sample; a reflector that
@@ -123,71 +124,76 @@ fn authenticated_ping_and_reflect_measure_with_kernel_stamps() -> Result<()> {
     let refl = env
         .mp
         .reflect(&t.b, &["--auth", "required", "--key-file", &ka])?;
-    let peer = t.b_addr(Family::V4).to_string();
-    let run = env.mp.ping(
-        &t.a,
-        &ping_args(
-            &peer,
-            &[
-                "-c",
-                "30",
-                "-i",
-                "10ms",
-                "--auth",
-                "required",
-                "--key-file",
-                &ka,
-            ],
-        ),
-        Duration::from_secs(30),
-    )?;
-    let s = run.summary()?;
-    let rsum = refl.stop()?;
-    eprintln!("summary {s:?}\nreflector {rsum}");
-    ensure!(s.received == 30 && s.lost == 0, "received {s:?}");
-    ensure!(
-        s.rejected.values().all(|&n| n == 0),
-        "rejected {:?}",
-        s.rejected
-    );
-    for p in &run.probes {
-        ensure!(
-            p.t1_source.as_deref() == Some("tc") && p.t4_source == "map",
-            "seq {}: T1 from {:?}, T4 from {} (kernel: tc, map)",
-            p.seq,
-            p.t1_source,
-            p.t4_source
-        );
-        ensure!(
-            p.turnaround_ns > 0 && p.network_rtt_ns > 0 && p.network_rtt_ns < p.app_rtt_ns,
-            "seq {}: turnaround {} network {} app {}",
-            p.seq,
-            p.turnaround_ns,
-            p.network_rtt_ns,
-            p.app_rtt_ns
-        );
-        // One veth hop: well under a millisecond of network.
-        ensure!(
-            p.network_rtt_ns < 1_000_000,
-            "seq {}: {} ns",
-            p.seq,
-            p.network_rtt_ns
+    let mut runs = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let peer = t.b_addr(family).to_string();
+        let args = [
+            "-c",
+            "30",
+            "-i",
+            "10ms",
+            "--auth",
+            "required",
+            "--key-file",
+            &ka,
+        ];
+        runs.push(
+            env.mp
+                .ping(&t.a, &ping_args(&peer, &args), Duration::from_secs(30))?,
         );
     }
-    // Nothing written into the signed packets: the reflector's programs stamped nothing, the
-    // sender's recorded T1 and T4 in their maps.
-    let st = run.stamping.as_ref().context("sender stamping summary")?;
-    ensure!(
-        ebpf_counter(st, "t1_stamped") >= 30 && ebpf_counter(st, "t4_to_map") >= 30,
-        "sender counters {st}"
-    );
-    ensure!(ebpf_counter(st, "skip_auth") >= 60, "sender counters {st}");
+    let rsum = refl.stop()?;
+    eprintln!("reflector {rsum}");
+    for run in &runs {
+        let s = run.summary()?;
+        eprintln!("summary {s:?}");
+        ensure!(s.received == 30 && s.lost == 0, "received {s:?}");
+        ensure!(
+            s.rejected.values().all(|&n| n == 0),
+            "rejected {:?}",
+            s.rejected
+        );
+        for p in &run.probes {
+            ensure!(
+                p.t1_source.as_deref() == Some("tc") && p.t4_source == "map",
+                "{}: seq {}: T1 from {:?}, T4 from {} (kernel: tc, map)",
+                s.peer,
+                p.seq,
+                p.t1_source,
+                p.t4_source
+            );
+            ensure!(
+                p.turnaround_ns > 0 && p.network_rtt_ns > 0 && p.network_rtt_ns < p.app_rtt_ns,
+                "seq {}: turnaround {} network {} app {}",
+                p.seq,
+                p.turnaround_ns,
+                p.network_rtt_ns,
+                p.app_rtt_ns
+            );
+            // One veth hop: well under a millisecond of network.
+            ensure!(
+                p.network_rtt_ns < 1_000_000,
+                "seq {}: {} ns",
+                p.seq,
+                p.network_rtt_ns
+            );
+        }
+        // Nothing written into the signed packets: the sender's programs recorded T1 and T4
+        // in their maps.
+        let st = run.stamping.as_ref().context("sender stamping summary")?;
+        ensure!(
+            ebpf_counter(st, "t1_stamped") >= 30 && ebpf_counter(st, "t4_to_map") >= 30,
+            "sender counters {st}"
+        );
+        ensure!(ebpf_counter(st, "skip_auth") >= 60, "sender counters {st}");
+    }
+    // The reflector's programs stamped nothing.
     ensure!(
         ebpf_counter(&rsum, "t2_stamped") == 0 && ebpf_counter(&rsum, "t3_stamped") == 0,
         "reflector wrote stamps into authenticated packets: {rsum}"
     );
-    ensure!(ebpf_counter(&rsum, "skip_auth") >= 60, "reflector {rsum}");
-    ensure!(rsum["replies"] == 30, "reflector {rsum}");
+    ensure!(ebpf_counter(&rsum, "skip_auth") >= 120, "reflector {rsum}");
+    ensure!(rsum["replies"] == 60, "reflector {rsum}");
     Ok(())
 }
 
