@@ -280,33 +280,8 @@ mod tests {
         assert!(help.contains("MESHPROBE_METRICS_WORST_PEERS"), "{help}");
         assert!(!help.contains("MESHPROBE_METRICS_PEER_LIMIT"), "{help}");
     }
-}
 
-#[cfg(test)]
-mod stamp_auth_tests {
-    use clap::{CommandFactory as _, FromArgMatches as _, Parser};
-
-    use super::*;
-    use crate::auth::Mode;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(subcommand)]
-        cmd: Sub,
-    }
-    #[derive(clap::Subcommand)]
-    enum Sub {
-        Agent(AgentArgs),
-    }
-
-    fn parse(args: &[&str]) -> AgentArgs {
-        let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-        let m = T::command().try_get_matches_from(argv).expect("parse");
-        let Sub::Agent(a) = T::from_arg_matches(&m).expect("args").cmd;
-        a
-    }
-
-    fn settings(args: &[&str]) -> Result<stamp_auth::Settings, ConfigError> {
+    fn stamp_auth(args: &[&str]) -> Result<stamp_auth::Settings, ConfigError> {
         stamp_auth::Settings::from_args(&parse(args))
     }
 
@@ -319,12 +294,12 @@ mod stamp_auth_tests {
         std::fs::write(&short, "0011").unwrap();
         let (good, short) = (good.to_str().unwrap(), short.to_str().unwrap());
 
-        let off = settings(&["t", "agent"]).unwrap();
+        let off = stamp_auth(&["t", "agent"]).unwrap();
         assert!(off.sender.ring().is_none() && off.reflector.ring().is_none());
 
-        let e = settings(&["t", "agent", "--stamp-auth-reflector", "required"]).unwrap_err();
+        let e = stamp_auth(&["t", "agent", "--stamp-auth-reflector", "required"]).unwrap_err();
         assert!(e.to_string().starts_with("MESHPROBE_STAMP_KEY_FILE"), "{e}");
-        let e = settings(&[
+        let e = stamp_auth(&[
             "t",
             "agent",
             "--stamp-auth-sender",
@@ -335,7 +310,7 @@ mod stamp_auth_tests {
         .unwrap_err();
         assert!(e.to_string().starts_with("MESHPROBE_STAMP_KEY_FILE"), "{e}");
         assert!(e.to_string().contains("holds 2 key octets"), "{e}");
-        let e = settings(&[
+        let e = stamp_auth(&[
             "t",
             "agent",
             "--stamp-auth-sender",
@@ -356,7 +331,7 @@ mod stamp_auth_tests {
                 .is_err()
         );
 
-        let s = settings(&[
+        let s = stamp_auth(&[
             "t",
             "agent",
             "--stamp-auth-sender",
@@ -369,7 +344,7 @@ mod stamp_auth_tests {
         .unwrap();
         assert_eq!(
             (s.sender.mode, s.reflector.mode),
-            (Mode::Optional, Mode::Required)
+            (crate::auth::Mode::Optional, crate::auth::Mode::Required)
         );
         // One key ring for both roles.
         assert!(std::sync::Arc::ptr_eq(
