@@ -2,6 +2,7 @@
 //! offsets, decoded into [`pb::Record`]s. Shared by `meshprobe consume` and `meshprobe matrix`.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -16,10 +17,27 @@ use rdkafka::{
 };
 use tracing::debug;
 
-use crate::{pb, sink::kafka::validate_bootstrap};
+use crate::{
+    kafka_security::{Security, failure_hint},
+    pb,
+    sink::kafka::validate_bootstrap,
+};
 
-/// librdkafka's own logs stay at debug: failures surface as our errors and warnings.
-struct Quiet;
+/// librdkafka's own logs stay at debug: failures surface as our errors and warnings. The last
+/// client error is kept: it says why a metadata request timed out (a TLS or SASL failure).
+#[derive(Default)]
+struct Quiet {
+    last_error: Mutex<String>,
+}
+
+impl Quiet {
+    fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
 
 impl ClientContext for Quiet {
     fn log(&self, _level: RDKafkaLogLevel, fac: &str, msg: &str) {
@@ -28,6 +46,10 @@ impl ClientContext for Quiet {
 
     fn error(&self, err: KafkaError, reason: &str) {
         debug!(target: "librdkafka", "{err}: {reason}");
+        // "All brokers down" says less than the failure before it.
+        if err.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = failure_hint(&err, reason);
+        }
     }
 }
 
@@ -83,25 +105,41 @@ pub struct TopicReader {
 impl TopicReader {
     /// Connects, checks the topic and assigns all its partitions from the beginning; `timeout`
     /// bounds the connection and, when not following, the wait for progress.
-    pub fn open(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
+    pub fn open(
+        bootstrap: &str,
+        topic: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> anyhow::Result<TopicReader> {
         let bs = bootstrap;
         validate_bootstrap(bs)?;
         let timeout_ms = timeout.as_millis().clamp(1000, i32::MAX as u128);
-        let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-            .set("bootstrap.servers", bs)
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", bs)
             // librdkafka's assign() needs a group; nothing is ever committed to it.
             .set("group.id", "meshprobe-consume")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("socket.connection.setup.timeout.ms", timeout_ms.to_string())
-            .set_log_level(RDKafkaLogLevel::Warning)
-            .create_with_context(Quiet)
+            .set_log_level(RDKafkaLogLevel::Warning);
+        security.apply(&mut cfg);
+        if let Some(w) = security.warning() {
+            tracing::warn!("{w}");
+        }
+        let consumer: BaseConsumer<Quiet> = cfg
+            .create_with_context(Quiet::default())
             .context("creating the Kafka consumer")?;
 
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}"))?;
+        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+            let last = consumer.context().last_error();
+            let why = if last.is_empty() {
+                String::new()
+            } else {
+                format!(" (last error: {last})")
+            };
+            anyhow::anyhow!("cannot reach Kafka at {bs}: {e}{why}")
+        })?;
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
             bail!("topic {topic:?} not found at {bs}");
         };

@@ -8,6 +8,7 @@ use probe_common::STAMP_DEFAULT_PORT;
 
 use crate::{
     ebpf::AttachMode,
+    kafka_security::SecurityArgs,
     pinglist::Params,
     probe::policy::{AllowList, Budget},
     sink::OutputFormat,
@@ -240,6 +241,9 @@ pub struct AgentArgs {
         help_heading = "Kafka"
     )]
     pub kafka_compression: String,
+    /// TLS, SASL and passed-through librdkafka properties (KAFKA_SECURITY_PROTOCOL, ...).
+    #[command(flatten)]
+    pub kafka_security: SecurityArgs,
 
     /// stdout: `table`, `json` (JSON lines) or `none` [default: table without Kafka, none
     /// with Kafka].
