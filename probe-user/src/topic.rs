@@ -23,6 +23,9 @@ use crate::{
     sink::kafka::validate_bootstrap,
 };
 
+/// One metadata request of [`TopicReader::open`] waits at most this long.
+const METADATA_TRY: Duration = Duration::from_secs(1);
+
 /// librdkafka's own logs stay at debug: failures surface as our errors and warnings. The last
 /// client error is kept: it says why a metadata request timed out (a TLS or SASL failure).
 #[derive(Default)]
@@ -131,15 +134,27 @@ impl TopicReader {
             .create_with_context(Quiet::default())
             .context("creating the Kafka consumer")?;
 
-        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
-            let last = consumer.context().last_error();
-            let why = if last.is_empty() {
-                String::new()
-            } else {
-                format!(" (last error: {last})")
-            };
-            anyhow::anyhow!("cannot reach Kafka at {bs}: {e}{why}")
-        })?;
+        // Short requests with polls between them: a poll is what hands client errors (a TLS
+        // or SASL failure) to the context, so a failure can say why.
+        let deadline = Instant::now() + timeout;
+        let md = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match consumer.fetch_metadata(Some(topic), left.min(METADATA_TRY)) {
+                Ok(md) => break md,
+                Err(_) if !left.is_zero() => {
+                    let _ = consumer.poll(Duration::ZERO);
+                }
+                Err(e) => {
+                    let last = consumer.context().last_error();
+                    let why = if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last error: {last})")
+                    };
+                    bail!("cannot reach Kafka at {bs}: {e}{why}");
+                }
+            }
+        };
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
             bail!("topic {topic:?} not found at {bs}");
         };
