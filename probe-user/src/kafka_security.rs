@@ -604,8 +604,8 @@ impl Security {
 }
 
 /// `reason`, with the settings to check when it is a TLS or SASL failure.
-pub fn failure_hint(err: &KafkaError, reason: &str) -> String {
-    match err.rdkafka_error_code() {
+pub fn failure_hint(code: Option<RDKafkaErrorCode>, reason: &str) -> String {
+    match code {
         Some(RDKafkaErrorCode::SSL) => format!(
             "TLS failed: {reason} (check KAFKA_SSL_CA_FILE, and that the broker's certificate \
              names the address in KAFKA_BOOTSTRAP_SERVERS)"

@@ -25,33 +25,52 @@ use crate::{
 
 /// One metadata request of [`TopicReader::open`] waits at most this long.
 const METADATA_TRY: Duration = Duration::from_secs(1);
+/// Between two metadata requests: wait for queued events this long at most, and stop after
+/// this many errors (each ends a poll).
+const EVENT_WAIT: Duration = Duration::from_millis(50);
+const MAX_ERRORS_PER_TRY: usize = 50;
 
-/// librdkafka's own logs stay at debug: failures surface as our errors and warnings. The last
-/// client error is kept: it says why a metadata request timed out (a TLS or SASL failure).
+/// librdkafka's own logs stay at debug: failures surface as our errors and warnings. What
+/// they say is kept, to tell why a metadata request timed out (a TLS or SASL failure): a
+/// consumer gets some client errors with their reason (`error`), others only as a code from
+/// `poll`, with the reason in librdkafka's `FAIL` log line.
 #[derive(Default)]
 struct Quiet {
-    last_error: Mutex<String>,
+    /// From `error`: the reason with the settings to check.
+    error: Mutex<String>,
+    /// The last `FAIL` log line (a connection failure's reason).
+    failure: Mutex<String>,
+}
+
+fn locked(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Quiet {
-    fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Why the client cannot work, as far as it told; `code` is an error `poll` returned.
+    fn why(&self, code: Option<RDKafkaErrorCode>) -> String {
+        let e = locked(&self.error);
+        if !e.is_empty() {
+            return e.clone();
+        }
+        failure_hint(code, &locked(&self.failure))
     }
 }
 
 impl ClientContext for Quiet {
     fn log(&self, _level: RDKafkaLogLevel, fac: &str, msg: &str) {
         debug!(target: "librdkafka", "{fac}: {msg}");
+        if fac == "FAIL" {
+            *locked(&self.failure) = msg.to_string();
+        }
     }
 
     fn error(&self, err: KafkaError, reason: &str) {
         debug!(target: "librdkafka", "{err}: {reason}");
         // "All brokers down" says less than the failure before it.
-        if err.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = failure_hint(&err, reason);
+        let code = err.rdkafka_error_code();
+        if code != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *locked(&self.error) = failure_hint(code, reason);
         }
     }
 }
@@ -137,15 +156,25 @@ impl TopicReader {
         // Short requests with polls between them: a poll is what hands client errors (a TLS
         // or SASL failure) to the context, so a failure can say why.
         let deadline = Instant::now() + timeout;
+        let mut code = None;
         let md = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match consumer.fetch_metadata(Some(topic), left.min(METADATA_TRY)) {
                 Ok(md) => break md,
                 Err(_) if !left.is_zero() => {
-                    let _ = consumer.poll(Duration::ZERO);
+                    // Serve what is queued (librdkafka's logs, client errors): a poll returns
+                    // at each error, and otherwise after a short wait with nothing left.
+                    for _ in 0..MAX_ERRORS_PER_TRY {
+                        match consumer.poll(EVENT_WAIT) {
+                            None => break,
+                            Some(Err(e)) => code = e.rdkafka_error_code().or(code),
+                            // Nothing is assigned yet: no message can come.
+                            Some(Ok(_)) => {}
+                        }
+                    }
                 }
                 Err(e) => {
-                    let last = consumer.context().last_error();
+                    let last = consumer.context().why(code);
                     let why = if last.is_empty() {
                         String::new()
                     } else {

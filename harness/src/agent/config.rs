@@ -42,7 +42,28 @@ pub const AGENT_ENV_NAMES: &[&str] = &[
     "MESHPROBE_REFLECT_BUDGET_PER_SOURCE",
     "MESHPROBE_REFLECT_BUDGET_TOTAL",
     "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SSL_CA_FILE",
+    "KAFKA_SSL_CERT_FILE",
+    "KAFKA_SSL_KEY_FILE",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD_FILE",
+    "KAFKA_PROPERTIES_FILE",
 ];
+
+/// Removes every setting of [`AGENT_ENV_NAMES`] and every passed-through Kafka property
+/// (`KAFKA_PROPERTY_*`) the caller's environment has from `cmd`'s.
+pub fn remove_agent_env(cmd: &mut std::process::Command) {
+    for k in AGENT_ENV_NAMES {
+        cmd.env_remove(k);
+    }
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("KAFKA_PROPERTY_") {
+            cmd.env_remove(k);
+        }
+    }
+}
 
 /// How to start an agent: environment variables and extra flags on top of
 /// `meshprobe agent --output json`.

@@ -77,9 +77,7 @@ impl Agent {
         ];
         argv.extend(cfg.args.iter().map(OsString::from));
         let mut cmd = ns.command(&argv);
-        for k in AGENT_ENV_NAMES {
-            cmd.env_remove(k);
-        }
+        remove_agent_env(&mut cmd);
         if !cfg.env.contains_key("MESHPROBE_NODE_ID") {
             cmd.env("MESHPROBE_NODE_ID", node_id);
         }

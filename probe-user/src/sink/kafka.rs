@@ -285,7 +285,7 @@ impl ClientContext for Ctx {
             Some(code @ (RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) => {
                 // Not a passing outage: nothing is delivered until the settings or the broker
                 // change. Logged once a minute (the reason varies between retries).
-                let msg = failure_hint(&err, reason);
+                let msg = failure_hint(Some(code), reason);
                 *self
                     .last_transport
                     .lock()
