@@ -246,3 +246,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The agent's seccomp profile (files/seccomp/, README "Seccomp profile") and where it is installed:
+<seccomp.kubeletSeccompRoot>/<seccompDir>/<seccompFile>, i.e. localhostProfile
+<seccompDir>/<seccompFile>.
+*/}}
+{{- define "meshprobe.seccompDir" -}}meshprobe{{- end }}
+{{- define "meshprobe.seccompFile" -}}meshprobe-agent.json{{- end }}
+{{- define "meshprobe.seccompLocalhostProfile" -}}
+{{- include "meshprobe.seccompDir" . }}/{{ include "meshprobe.seccompFile" . }}
+{{- end }}
+{{- define "meshprobe.seccompProfile" -}}
+{{- .Files.Get (printf "files/seccomp/%s" (include "meshprobe.seccompFile" .)) }}
+{{- end }}

@@ -25,6 +25,12 @@ FULLNAME = "mp-meshprobe"
 # test reads the list from values.yaml, so the two cannot drift apart.
 PROVEN_CAPS = ["BPF", "NET_ADMIN", "PERFMON", "NET_BIND_SERVICE"]
 
+# The agent's seccomp profile (tests/tests/agent_seccomp.rs runs the agent under it) and where
+# seccomp.install puts it.
+SECCOMP_FILE = CHART / "files/seccomp/meshprobe-agent.json"
+SECCOMP_LOCALHOST = "meshprobe/meshprobe-agent.json"
+SECCOMP_INSTALL = {"seccomp": {"install": True}}
+
 # Kubernetes versions to validate against: a current one and the newest kubernetes-validate has.
 KUBE_VERSIONS = ["1.33", kubernetes_validate.utils.latest_version()]
 
@@ -184,6 +190,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
     ("loss threshold above 1", {"metrics": {"prometheusRule": {"peerLossThreshold": 2}}}, ["/metrics/prometheusRule/peerLossThreshold", "maximum: got 2, want 1"]),
     ("non-root uid 0", {"securityContext": {"runAsUser": 0}}, ["/securityContext/runAsUser", "minimum: got 0, want 1"]),
+    ("seccomp install as text", {"seccomp": {"install": "yes"}}, ["/seccomp/install", "got string, want boolean"]),
+    ("relative kubelet seccomp root", {"seccomp": {"kubeletSeccompRoot": "var/lib/kubelet/seccomp"}}, ["/seccomp/kubeletSeccompRoot", "does not match pattern"]),
 ]
 
 
@@ -347,6 +355,8 @@ class KubernetesSchemas(unittest.TestCase):
             {"securityContext": {"runAsNonRoot": True}, "stateDir": {"enabled": False}, "zone": {"source": "podLabel"}},
             {"zookeeper": {"enabled": True, "persistence": {"enabled": True, "storageClassName": "fast"}}, "kafka": {"bootstrapServers": ""}},
             {"metrics": {"service": {"enabled": True}}, "zone": {"source": "value"}, "serviceAccount": {"create": False}},
+            SECCOMP_INSTALL,
+            {**SECCOMP_INSTALL, "zone": {"source": "value"}, "stateDir": {"enabled": False}},
         ):
             with self.subTest(values=values):
                 self.validate_all(values)
@@ -552,6 +562,81 @@ class Overrides(unittest.TestCase):
         env = env_map(agent_container(one(objects(render({"kafka": {"bootstrapServers": ""}, "zookeeper": {"servers": ""}})), "DaemonSet")))
         self.assertNotIn("KAFKA_BOOTSTRAP_SERVERS", env)
         self.assertNotIn("SERVERS_ZK", env)
+
+
+
+class Seccomp(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.objs = objects(render(SECCOMP_INSTALL))
+        cls.ds = one(cls.objs, "DaemonSet")
+        cls.pod = cls.ds["spec"]["template"]["spec"]
+        cls.agent = agent_container(cls.ds)
+        (cls.init,) = [c for c in cls.pod["initContainers"] if c["name"] == "seccomp"]
+
+    def test_profile_file_is_deny_by_default_and_sorted(self) -> None:
+        p = json.loads(SECCOMP_FILE.read_text())
+        self.assertEqual((p["defaultAction"], p["defaultErrnoRet"]), ("SCMP_ACT_ERRNO", 1))
+        self.assertEqual(p["architectures"], ["SCMP_ARCH_X86_64"])
+        (rule,) = p["syscalls"]
+        self.assertEqual(set(rule), {"names", "action"})
+        self.assertEqual(rule["action"], "SCMP_ACT_ALLOW")
+        self.assertEqual(rule["names"], sorted(set(rule["names"])))
+        self.assertIn("bpf", rule["names"])
+        for never in ("ptrace", "mount", "setns", "unshare", "init_module", "kexec_load", "clone", "perf_event_open"):
+            self.assertNotIn(never, rule["names"])
+
+    def test_off_by_default(self) -> None:
+        objs = objects(render())
+        sc = agent_container(one(objs, "DaemonSet"))["securityContext"]
+        self.assertEqual(sc["seccompProfile"], {"type": "Unconfined"})
+        self.assertNotIn("seccomp", [c["name"] for c in one(objs, "DaemonSet")["spec"]["template"]["spec"].get("initContainers", [])])
+        self.assertEqual([o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-seccomp")], [])
+
+    def test_agent_runs_under_the_installed_profile(self) -> None:
+        self.assertEqual(self.agent["securityContext"]["seccompProfile"], {"type": "Localhost", "localhostProfile": SECCOMP_LOCALHOST})
+        self.assertNotIn("seccomp-host", [m["name"] for m in self.agent["volumeMounts"]])
+        self.assertIn("checksum/seccomp", self.ds["spec"]["template"]["metadata"]["annotations"])
+
+    def test_configmap_holds_the_file_verbatim(self) -> None:
+        (cm,) = [o for o in by_kind(self.objs, "ConfigMap") if o["metadata"]["name"] == f"{FULLNAME}-seccomp"]
+        self.assertEqual(cm["data"], {"meshprobe-agent.json": SECCOMP_FILE.read_text()})
+        (vol,) = [v for v in self.pod["volumes"] if v["name"] == "seccomp-profile"]
+        self.assertEqual(vol["configMap"], {"name": f"{FULLNAME}-seccomp", "defaultMode": 0o444})
+
+    def test_init_container_writes_only_the_chart_directory_without_capabilities(self) -> None:
+        host = {v["name"]: v["hostPath"] for v in self.pod["volumes"] if "hostPath" in v}
+        self.assertEqual(
+            host,
+            {
+                "state": {"path": "/run/meshprobe", "type": "DirectoryOrCreate"},
+                "seccomp-host": {"path": "/var/lib/kubelet/seccomp/meshprobe", "type": "DirectoryOrCreate"},
+            },
+        )
+        mounts = {m["name"]: m for m in self.init["volumeMounts"]}
+        self.assertEqual(set(mounts), {"seccomp-profile", "seccomp-host"})
+        self.assertIs(mounts["seccomp-profile"]["readOnly"], True)
+        sc = self.init["securityContext"]
+        self.assertEqual(sc["capabilities"], {"drop": ["ALL"]})
+        self.assertIs(sc["allowPrivilegeEscalation"], False)
+        self.assertIs(sc["readOnlyRootFilesystem"], True)
+        self.assertEqual(sc["seccompProfile"], {"type": "RuntimeDefault"})
+        self.assertEqual(self.init["image"], agent_container(self.ds)["image"], "no other image to trust")
+        # Written next to the target, then renamed into place: where localhostProfile points.
+        script = self.init["args"][0]
+        self.assertIn("mv -f /host-seccomp/.meshprobe-agent.json.tmp /host-seccomp/meshprobe-agent.json", script)
+        self.assertEqual(self.pod["initContainers"][0]["name"], "seccomp", "installed before anything else runs")
+
+    def test_kubelet_root_and_zone_init_container_together(self) -> None:
+        pod = one(objects(render({"seccomp": {"install": True, "kubeletSeccompRoot": "/data/kubelet/seccomp"}})), "DaemonSet")["spec"]["template"]["spec"]
+        self.assertEqual([c["name"] for c in pod["initContainers"]], ["seccomp", "zone"])
+        (v,) = [v for v in pod["volumes"] if v["name"] == "seccomp-host"]
+        self.assertEqual(v["hostPath"]["path"], "/data/kubelet/seccomp/meshprobe")
+
+    def test_refuses_another_profile_with_install(self) -> None:
+        with self.assertRaises(helm.HelmRenderError) as cm:
+            render({**SECCOMP_INSTALL, "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}})
+        self.assertIn("seccomp.install runs the agent under the chart's profile", str(cm.exception))
 
 
 if __name__ == "__main__":
