@@ -633,6 +633,12 @@ class Seccomp(unittest.TestCase):
         (v,) = [v for v in pod["volumes"] if v["name"] == "seccomp-host"]
         self.assertEqual(v["hostPath"]["path"], "/data/kubelet/seccomp/meshprobe")
 
+    def test_refuses_install_without_no_new_privs(self) -> None:
+        for sc in ({"runAsNonRoot": True}, {"privileged": True}):
+            with self.subTest(sc=sc), self.assertRaises(helm.HelmRenderError) as cm:
+                render({**SECCOMP_INSTALL, "securityContext": sc})
+            self.assertIn("seccomp.install is for the default mode", str(cm.exception))
+
     def test_refuses_another_profile_with_install(self) -> None:
         with self.assertRaises(helm.HelmRenderError) as cm:
             render({**SECCOMP_INSTALL, "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}})
