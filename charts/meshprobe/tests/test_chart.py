@@ -107,6 +107,11 @@ OVERRIDES["metrics"] = {
     "prometheusRule": {"enabled": True, "peerLossThreshold": 0.05},
 }
 OVERRIDES["grafana"] = {"dashboard": {"enabled": True, "folder": "Network"}}
+OVERRIDES["networkPolicy"] = {
+    "enabled": True,
+    "reflectorFrom": ["10.0.0.0/16", "fd00::/8"],
+    "adminFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+}
 
 # The environment the override render must produce: (name, value).
 OVERRIDE_ENV = {
@@ -190,6 +195,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("member cap 0", {"agent": {"maxMembers": 0}}, ["/agent/maxMembers", "minimum: got 0, want 1"]),
     ("ZooKeeper user without a Secret", {"zookeeper": {"auth": {"username": "meshprobe"}}}, ["/zookeeper/auth/passwordSecret"]),
     ("ZooKeeper user with a colon", {"zookeeper": {"auth": {"username": "a:b", "passwordSecret": "s"}}}, ["/zookeeper/auth/username", "does not match pattern"]),
+    ("NetworkPolicy without reflector sources", {"networkPolicy": {"enabled": True}}, ["/networkPolicy/reflectorFrom", "minItems"]),
+    ("reflector source not a CIDR", {"networkPolicy": {"reflectorFrom": ["nodes"]}}, ["/networkPolicy/reflectorFrom/0", "does not match pattern"]),
     ("worst peers above 1000", {"agent": {"metricsWorstPeers": 5000}}, ["/agent/metricsWorstPeers", "maximum"]),
     ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
     ("loss threshold above 1", {"metrics": {"prometheusRule": {"peerLossThreshold": 2}}}, ["/metrics/prometheusRule/peerLossThreshold", "maximum: got 2, want 1"]),
@@ -459,7 +466,7 @@ class DaemonSetDefaults(unittest.TestCase):
 
     def test_optional_parts_are_off(self) -> None:
         kinds = {o["kind"] for o in self.objs}
-        for k in ("StatefulSet", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Service"):
+        for k in ("StatefulSet", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Service", "NetworkPolicy"):
             self.assertNotIn(k, kinds)
 
     def test_notes_say_how_to_read_the_topic(self) -> None:
@@ -497,6 +504,19 @@ class Overrides(unittest.TestCase):
         pod = nonroot["spec"]["template"]["spec"]
         self.assertEqual(pod["securityContext"], {"fsGroup": 65532})
         self.assertEqual({v["name"]: v for v in pod["volumes"]}["secret-zookeeper"]["secret"]["defaultMode"], 0o440)
+
+    def test_network_policy_admits_the_probers_and_the_scrapers_only(self) -> None:
+        np = one(self.objs, "NetworkPolicy")
+        self.assertEqual(np["spec"]["podSelector"]["matchLabels"], self.ds["spec"]["selector"]["matchLabels"])
+        self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
+        reflector, admin = np["spec"]["ingress"]
+        self.assertEqual(reflector["ports"], [{"port": 8862, "protocol": "UDP"}])
+        self.assertEqual(reflector["from"], [{"ipBlock": {"cidr": "10.0.0.0/16"}}, {"ipBlock": {"cidr": "fd00::/8"}}])
+        self.assertEqual(admin["ports"], [{"port": 19862, "protocol": "TCP"}])
+        self.assertEqual(admin["from"], OVERRIDES["networkPolicy"]["adminFrom"])
+        # Without scrapers: the reflector rule alone (the admin port is closed to the network).
+        only = one(objects(render({**OVERRIDES, "networkPolicy": {"enabled": True, "reflectorFrom": ["10.0.0.0/16"]}})), "NetworkPolicy")
+        self.assertEqual(len(only["spec"]["ingress"]), 1)
 
     def test_pod_settings(self) -> None:
         self.assertEqual(self.agent["image"], "registry.example/meshprobe:9.9.9")
