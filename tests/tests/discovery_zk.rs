@@ -85,6 +85,7 @@ fn options(servers: &str, me: NodeInfo, timeout: Duration) -> ZkOptions {
             ..MemberPolicy::any_network()
         },
         metrics: ZkMetrics::default(),
+        auth: None,
     }
 }
 

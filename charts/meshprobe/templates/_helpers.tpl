@@ -72,6 +72,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* Duration strings go to the agent as they are (humantime). */}}
+{{/*
+Secrets the agent reads, as YAML: one directory under /etc/meshprobe/secrets each,
+`<dir>: {secret: <name>, items: [{key, path}]}`. Mounted read-only; settings name the files.
+*/}}
+{{- define "meshprobe.secretMounts" -}}
+{{- $za := .Values.zookeeper.auth -}}
+{{- if $za.username }}
+zookeeper:
+  secret: {{ $za.passwordSecret | quote }}
+  items:
+    - key: {{ $za.passwordKey | quote }}
+      path: password
+{{- end }}
+{{- end -}}
+
 {{- define "meshprobe.env" -}}
 {{- $a := .Values.agent -}}
 {{- $k := .Values.kafka -}}
@@ -104,6 +119,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ $z.rootPath | quote }}
 - name: HEART_BEAT_NODE_PATH
   value: {{ $z.heartBeatNodePath | quote }}
+{{- with $z.auth }}
+{{- if .username }}
+- name: ZK_SASL_USERNAME
+  value: {{ .username | quote }}
+- name: ZK_SASL_PASSWORD_FILE
+  value: /etc/meshprobe/secrets/zookeeper/password
+{{- if .worldRead }}
+- name: ZK_WORLD_READ
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end }}
 - name: CONN_TIMEOUT
   value: {{ $a.connTimeout | toString | quote }}
 {{- if $k.bootstrapServers }}

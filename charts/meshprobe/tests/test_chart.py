@@ -48,7 +48,12 @@ NOT_A_VALUE = {
 # Every value changed from its default (the override render).
 OVERRIDES: dict[str, Any] = {
     "image": {"repository": "registry.example/meshprobe", "tag": "9.9.9", "pullPolicy": "Always"},
-    "zookeeper": {"servers": "zk-a.infra:2181,zk-b.infra:2181", "rootPath": "mesh", "heartBeatNodePath": "members"},
+    "zookeeper": {
+        "servers": "zk-a.infra:2181,zk-b.infra:2181",
+        "rootPath": "mesh",
+        "heartBeatNodePath": "members",
+        "auth": {"username": "meshprobe", "passwordSecret": "zk-agents", "passwordKey": "pw", "worldRead": True},
+    },
     "kafka": {
         "bootstrapServers": "kafka-0.kafka:9092,kafka-1.kafka:9092",
         "topic": "latency",
@@ -108,6 +113,11 @@ OVERRIDES["metrics"] = {
     "prometheusRule": {"enabled": True, "peerLossThreshold": 0.05},
 }
 OVERRIDES["grafana"] = {"dashboard": {"enabled": True, "folder": "Network"}}
+OVERRIDES["networkPolicy"] = {
+    "enabled": True,
+    "reflectorFrom": ["10.0.0.0/16", "fd00::/8"],
+    "adminFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+}
 
 # The environment the override render must produce: (name, value).
 OVERRIDE_ENV = {
@@ -117,6 +127,9 @@ OVERRIDE_ENV = {
     "SERVERS_ZK": f"{FULLNAME}-zookeeper.{NAMESPACE}.svc:2181",  # zookeeper.enabled wins
     "ROOT_PATH_ZK": "mesh",
     "HEART_BEAT_NODE_PATH": "members",
+    "ZK_SASL_USERNAME": "meshprobe",
+    "ZK_SASL_PASSWORD_FILE": "/etc/meshprobe/secrets/zookeeper/password",
+    "ZK_WORLD_READ": "true",
     "CONN_TIMEOUT": "7",
     "KAFKA_BOOTSTRAP_SERVERS": "kafka-0.kafka:9092,kafka-1.kafka:9092",
     "KAFKA_TOPIC": "latency",
@@ -186,6 +199,10 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("maxUnavailable 0", {"updateStrategy": {"maxUnavailable": 0}}, ["/updateStrategy/maxUnavailable", "minimum: got 0, want 1"]),
     ("peer network not a CIDR", {"agent": {"peerNetworks": "10.0.0.0/8,cluster"}}, ["/agent/peerNetworks", "does not match pattern"]),
     ("member cap 0", {"agent": {"maxMembers": 0}}, ["/agent/maxMembers", "minimum: got 0, want 1"]),
+    ("ZooKeeper user without a Secret", {"zookeeper": {"auth": {"username": "meshprobe"}}}, ["/zookeeper/auth/passwordSecret"]),
+    ("ZooKeeper user with a colon", {"zookeeper": {"auth": {"username": "a:b", "passwordSecret": "s"}}}, ["/zookeeper/auth/username", "does not match pattern"]),
+    ("NetworkPolicy without reflector sources", {"networkPolicy": {"enabled": True}}, ["/networkPolicy/reflectorFrom", "minItems"]),
+    ("reflector source not a CIDR", {"networkPolicy": {"reflectorFrom": ["nodes"]}}, ["/networkPolicy/reflectorFrom/0", "does not match pattern"]),
     ("worst peers above 1000", {"agent": {"metricsWorstPeers": 5000}}, ["/agent/metricsWorstPeers", "maximum"]),
     ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
     ("loss threshold above 1", {"metrics": {"prometheusRule": {"peerLossThreshold": 2}}}, ["/metrics/prometheusRule/peerLossThreshold", "maximum: got 2, want 1"]),
@@ -459,7 +476,7 @@ class DaemonSetDefaults(unittest.TestCase):
 
     def test_optional_parts_are_off(self) -> None:
         kinds = {o["kind"] for o in self.objs}
-        for k in ("StatefulSet", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Service"):
+        for k in ("StatefulSet", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Service", "NetworkPolicy"):
             self.assertNotIn(k, kinds)
 
     def test_notes_say_how_to_read_the_topic(self) -> None:
@@ -481,6 +498,35 @@ class Overrides(unittest.TestCase):
         self.assertEqual(env, OVERRIDE_ENV)
         missing = agent_settings() - NOT_A_VALUE - set(env)
         self.assertEqual(missing, set(), "agent settings without a chart value")
+
+    def test_credentials_come_from_secrets_mounted_read_only(self) -> None:
+        mounts = {m["name"]: m for m in self.agent["volumeMounts"]}
+        self.assertEqual(mounts["secret-zookeeper"], {"name": "secret-zookeeper", "mountPath": "/etc/meshprobe/secrets/zookeeper", "readOnly": True})
+        vols = {v["name"]: v for v in self.pod["volumes"]}
+        self.assertEqual(
+            vols["secret-zookeeper"]["secret"],
+            {"secretName": "zk-agents", "defaultMode": 0o400, "items": [{"key": "pw", "path": "password"}]},
+        )
+        for e in self.agent["env"]:
+            self.assertNotIn("secretKeyRef", json.dumps(e), "no secret in the environment")
+        # Non-root: the group reads it, and the pod's fsGroup is the agent's.
+        nonroot = one(objects(render({**OVERRIDES, "securityContext": {"runAsNonRoot": True}})), "DaemonSet")
+        pod = nonroot["spec"]["template"]["spec"]
+        self.assertEqual(pod["securityContext"], {"fsGroup": 65532})
+        self.assertEqual({v["name"]: v for v in pod["volumes"]}["secret-zookeeper"]["secret"]["defaultMode"], 0o440)
+
+    def test_network_policy_admits_the_probers_and_the_scrapers_only(self) -> None:
+        np = one(self.objs, "NetworkPolicy")
+        self.assertEqual(np["spec"]["podSelector"]["matchLabels"], self.ds["spec"]["selector"]["matchLabels"])
+        self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
+        reflector, admin = np["spec"]["ingress"]
+        self.assertEqual(reflector["ports"], [{"port": 8862, "protocol": "UDP"}])
+        self.assertEqual(reflector["from"], [{"ipBlock": {"cidr": "10.0.0.0/16"}}, {"ipBlock": {"cidr": "fd00::/8"}}])
+        self.assertEqual(admin["ports"], [{"port": 19862, "protocol": "TCP"}])
+        self.assertEqual(admin["from"], OVERRIDES["networkPolicy"]["adminFrom"])
+        # Without scrapers: the reflector rule alone (the admin port is closed to the network).
+        only = one(objects(render({**OVERRIDES, "networkPolicy": {"enabled": True, "reflectorFrom": ["10.0.0.0/16"]}})), "NetworkPolicy")
+        self.assertEqual(len(only["spec"]["ingress"]), 1)
 
     def test_pod_settings(self) -> None:
         self.assertEqual(self.agent["image"], "registry.example/meshprobe:9.9.9")

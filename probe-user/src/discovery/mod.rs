@@ -24,7 +24,8 @@ pub use syntax::{member_parent_path, normalize_root_path, normalize_servers};
 /// Timing constants of the ZooKeeper membership, for tests and labs that derive their bounds
 /// from them.
 pub use zk::{
-    BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, RejectedLabel, STOP_BUDGET, ZkMetrics, run_zk,
+    BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, RejectedLabel, STOP_BUDGET, ZkAuth, ZkMetrics,
+    run_zk,
 };
 
 /// One peer to probe.
@@ -93,14 +94,20 @@ pub struct ZkOptions {
     pub policy: admit::MemberPolicy,
     /// Membership gauges (register them with [`ZkMetrics::register`] to export them).
     pub metrics: ZkMetrics,
+    /// SASL credentials; `None`: unauthenticated, our znodes world-writable (tests, demos).
+    pub auth: Option<ZkAuth>,
 }
 
 /// Checks the ZooKeeper settings before anything starts: the connect string parses, the paths
-/// are valid ZooKeeper paths and the node id is a valid znode name.
+/// are valid ZooKeeper paths, the node id is a valid znode name and the credentials (if any)
+/// are readable.
 pub fn validate_zk(opts: &ZkOptions) -> Result<(), DiscoveryError> {
     normalize_servers(&opts.servers)?;
     member_parent_path(&opts.root_path, &opts.heartbeat_path)?;
     syntax::check_node_name(&opts.me.node_id)?;
+    if let Some(auth) = &opts.auth {
+        zk::validate_auth(auth)?;
+    }
     if opts.me.public_address.trim().is_empty() {
         return Err(DiscoveryError::Setting {
             setting: "REGISTER_PUBLIC_DNS",
@@ -217,6 +224,7 @@ mod tests {
             default_port: 862,
             policy: admit::MemberPolicy::any_network(),
             metrics: ZkMetrics::default(),
+            auth: None,
         }
     }
 

@@ -108,6 +108,22 @@ pub struct AgentArgs {
     /// Port peers send probes to [default: REGISTER_LISTENER_PORT].
     #[arg(long, env = "REGISTER_PUBLIC_PORT", help_heading = "ZooKeeper")]
     pub register_public_port: Option<u16>,
+    /// SASL DIGEST-MD5 user for ZooKeeper (with ZK_SASL_PASSWORD_FILE): our znodes are then
+    /// writable by this identity only, which every agent shares [default: unauthenticated].
+    #[arg(long, env = "ZK_SASL_USERNAME", help_heading = "ZooKeeper")]
+    pub zk_sasl_username: Option<String>,
+    /// File holding the ZooKeeper SASL password (e.g. a mounted Secret; one trailing newline
+    /// ignored; read at every new session).
+    #[arg(
+        long,
+        env = "ZK_SASL_PASSWORD_FILE",
+        value_name = "FILE",
+        help_heading = "ZooKeeper"
+    )]
+    pub zk_sasl_password_file: Option<PathBuf>,
+    /// With SASL: anyone may read our znodes (list the members) [default: agents only].
+    #[arg(long, env = "ZK_WORLD_READ", help_heading = "ZooKeeper")]
+    pub zk_world_read: bool,
 
     /// Address the reflector listens on (`::` also accepts IPv4).
     #[arg(

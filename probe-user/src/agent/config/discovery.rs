@@ -69,7 +69,8 @@ fn zk_options(
     // our address from it.
     let servers = discovery::normalize_servers(servers).map_err(ConfigError::named)?;
     let public = public_address(a.register_public_dns.as_deref(), listen_ip, &servers)?;
-    let opts = ZkOptions {
+    let auth = zk_auth(a)?;
+    let mut opts = ZkOptions {
         servers: servers.trim().to_string(),
         root_path: a.root_path_zk.clone(),
         heartbeat_path: a.heart_beat_node_path.clone(),
@@ -85,11 +86,45 @@ fn zk_options(
             started_tai_ns: crate::clock::tai_now_ns(),
         },
         default_port: STAMP_DEFAULT_PORT,
-        policy: member_policy(a)?,
+        // Set below, once the other settings are known to be valid.
+        policy: MemberPolicy::any_network(),
         metrics: discovery::ZkMetrics::default(),
+        auth,
     };
     discovery::validate_zk(&opts).map_err(ConfigError::named)?;
+    // Last: it reads this node's addresses, so every setting's own error comes first.
+    opts.policy = member_policy(a)?;
     Ok(opts)
+}
+
+/// ZK_SASL_USERNAME and ZK_SASL_PASSWORD_FILE: both or neither. (What they hold is checked
+/// with the other ZooKeeper settings.)
+fn zk_auth(a: &AgentArgs) -> Result<Option<discovery::ZkAuth>, ConfigError> {
+    match (&a.zk_sasl_username, &a.zk_sasl_password_file) {
+        (Some(username), Some(file)) => Ok(Some(discovery::ZkAuth {
+            username: username.clone(),
+            password_file: file.clone(),
+            world_read: a.zk_world_read,
+        })),
+        (None, None) => {
+            if a.zk_world_read {
+                info!(
+                    "ZK_WORLD_READ is set without ZK_SASL_USERNAME: unauthenticated znodes are world-writable anyway"
+                );
+            }
+            Ok(None)
+        }
+        (Some(_), None) => Err(ConfigError::new(
+            "ZK_SASL_PASSWORD_FILE (--zk-sasl-password-file)",
+            "unset while ZK_SASL_USERNAME is set",
+            "give the file holding the ZooKeeper password (a mounted Secret), or unset ZK_SASL_USERNAME",
+        )),
+        (None, Some(f)) => Err(ConfigError::new(
+            "ZK_SASL_USERNAME (--zk-sasl-username)",
+            format!("unset while ZK_SASL_PASSWORD_FILE is set ({})", f.display()),
+            "give the SASL user every agent shares, or unset ZK_SASL_PASSWORD_FILE",
+        )),
+    }
 }
 
 /// Which members may be probed: MESHPROBE_PEER_NETWORKS (else the networks of our own
