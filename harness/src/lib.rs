@@ -39,3 +39,5 @@ pub use topo::{Family, Routed, TwoHosts};
 
 /// The STAMP port meshprobe listens on by default.
 pub const STAMP_PORT: u16 = probe_common::STAMP_DEFAULT_PORT;
+/// The only networks the harness addresses (see the module comment), as a network-list setting.
+pub const TEST_NETWORKS: &str = "198.18.0.0/15,fd00::/8";

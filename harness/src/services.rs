@@ -133,6 +133,19 @@ pub fn zookeeper_missing() -> Option<String> {
     None
 }
 
+/// How a [`ZooKeeper`] authenticates clients.
+#[derive(Clone, Debug, Default)]
+pub struct ZkServerAuth {
+    /// SASL DIGEST-MD5 users (name, password) of the JAAS `Server` section; none: no SASL.
+    pub sasl_users: Vec<(String, String)>,
+    /// Refuse every request of a session not authenticated by SASL
+    /// (`enforce.auth.enabled=true`, `enforce.auth.schemes=sasl`, ZooKeeper 3.8).
+    pub require_sasl: bool,
+}
+
+/// SASL credentials of a test client: (user, password).
+pub type SaslUser<'a> = (&'a str, &'a str);
+
 /// ZooKeeper 3.8 (standalone) running in a namespace; see the module docs.
 pub struct ZooKeeper {
     addr: IpAddr,
@@ -140,6 +153,8 @@ pub struct ZooKeeper {
     dir: TempDir,
     cfg: PathBuf,
     log: PathBuf,
+    /// Extra JVM flags (the JAAS file of SASL).
+    jvm_flags: Vec<String>,
     child: Option<ChildGuard>,
     /// The namespace by name, for [`ZooKeeper::start_again`] and queries.
     ns_cmd: NsHandle,
@@ -209,6 +224,31 @@ impl NsHandle {
     }
 }
 
+/// zoo.cfg lines for `auth` (keys without `zookeeper.` become its system properties).
+fn sasl_cfg(auth: &ZkServerAuth) -> String {
+    let mut cfg = String::new();
+    if !auth.sasl_users.is_empty() {
+        cfg.push_str(
+            "authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider\n",
+        );
+    }
+    if auth.require_sasl {
+        cfg.push_str("enforce.auth.enabled=true\nenforce.auth.schemes=sasl\n");
+    }
+    cfg
+}
+
+/// The JAAS file of ZooKeeper's DIGEST-MD5 users.
+fn jaas_server(users: &[(String, String)]) -> String {
+    let users: String = users
+        .iter()
+        .map(|(u, p)| format!("\n    user_{u}=\"{p}\""))
+        .collect();
+    format!(
+        "Server {{\n    org.apache.zookeeper.server.auth.DigestLoginModule required{users};\n}};\n"
+    )
+}
+
 fn tail_file(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -220,6 +260,17 @@ impl ZooKeeper {
     /// `addr:port`; returns once it answers `ruok` with `imok` (at most
     /// [`SERVICE_START_TIMEOUT`]).
     pub fn start(ns: &Netns, addr: IpAddr, port: u16) -> Result<ZooKeeper> {
+        Self::start_with(ns, addr, port, &ZkServerAuth::default())
+    }
+
+    /// [`ZooKeeper::start`] with client authentication: SASL DIGEST-MD5 for `auth.sasl_users`
+    /// (a JAAS file in the temp dir), required or not.
+    pub fn start_with(
+        ns: &Netns,
+        addr: IpAddr,
+        port: u16,
+        auth: &ZkServerAuth,
+    ) -> Result<ZooKeeper> {
         if let Some(why) = zookeeper_missing() {
             bail!("cannot start ZooKeeper: {why}");
         }
@@ -241,16 +292,27 @@ impl ZooKeeper {
                  maxSessionTimeout=60000\n\
                  admin.enableServer=false\n\
                  4lw.commands.whitelist=*\n\
-                 autopurge.purgeInterval=0\n",
-                data.display()
+                 autopurge.purgeInterval=0\n{}",
+                data.display(),
+                sasl_cfg(auth)
             ),
         )?;
+        let mut jvm_flags = Vec::new();
+        if !auth.sasl_users.is_empty() {
+            let jaas = dir.path().join("jaas.conf");
+            std::fs::write(&jaas, jaas_server(&auth.sasl_users))?;
+            jvm_flags.push(format!(
+                "-Djava.security.auth.login.config={}",
+                jaas.display()
+            ));
+        }
         let mut zk = ZooKeeper {
             addr,
             port,
             dir,
             cfg,
             log,
+            jvm_flags,
             child: None,
             ns_cmd: NsHandle::of(ns),
         };
@@ -263,19 +325,25 @@ impl ZooKeeper {
             bail!("ZooKeeper on {} is already running", self.connect_string());
         }
         let classpath = format!("{ZOOKEEPER_CONF_DIR}:{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}");
-        let cmd = self.ns_cmd.command([
-            "java".to_string(),
-            "-Xmx256m".into(),
-            "-XX:+UseSerialGC".into(),
-            "-Dzookeeper.jmx.log4j.disable=true".into(),
-            "-Dorg.slf4j.simpleLogger.showDateTime=true".into(),
-            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX".into(),
-            format!("-Dorg.slf4j.simpleLogger.logFile={}", self.log.display()),
-            "-cp".into(),
-            classpath,
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-            self.cfg.display().to_string(),
-        ]);
+        let cmd = self.ns_cmd.command(
+            [
+                "java".to_string(),
+                "-Xmx256m".into(),
+                "-XX:+UseSerialGC".into(),
+                "-Dzookeeper.jmx.log4j.disable=true".into(),
+                "-Dorg.slf4j.simpleLogger.showDateTime=true".into(),
+                "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX".into(),
+                format!("-Dorg.slf4j.simpleLogger.logFile={}", self.log.display()),
+            ]
+            .into_iter()
+            .chain(self.jvm_flags.iter().cloned())
+            .chain([
+                "-cp".into(),
+                classpath,
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+                self.cfg.display().to_string(),
+            ]),
+        );
         let label = format!("[{}] zookeeper {}", self.ns_cmd.name, self.connect_string());
         let child = ChildGuard::spawn(cmd, label)?;
         self.child = Some(child);
@@ -371,16 +439,31 @@ impl ZooKeeper {
         T: Send,
         F: AsyncFnOnce(&zookeeper_client::Client) -> Result<T> + Send,
     {
+        self.session_as(None, what, f)
+    }
+
+    /// Runs `f` with a client session connected from inside the namespace, authenticated by
+    /// SASL DIGEST-MD5 as `user` if given (the connection fails if the server refuses it).
+    pub fn session_as<T, F>(&self, user: Option<SaslUser<'_>>, what: &str, f: F) -> Result<T>
+    where
+        T: Send,
+        F: AsyncFnOnce(&zookeeper_client::Client) -> Result<T> + Send,
+    {
         let cs = self.connect_string();
         let what = what.to_string();
+        let user = user.map(|(u, p)| (u.to_string(), p.to_string()));
         self.ns_cmd.enter(move || -> Result<T> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let connect = zookeeper_client::Client::connector()
-                    .with_session_timeout(Duration::from_secs(5))
-                    .connect(&cs);
+                let mut connector = zookeeper_client::Client::connector()
+                    .with_session_timeout(Duration::from_secs(5));
+                if let Some((u, p)) = user {
+                    connector =
+                        connector.with_sasl(zookeeper_client::SaslOptions::digest_md5(u, p));
+                }
+                let connect = connector.connect(&cs);
                 let client = tokio::time::timeout(Duration::from_secs(10), connect)
                     .await
                     .map_err(|_| anyhow!("connecting to ZooKeeper {cs} timed out ({what})"))?

@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod kafka_security;
 pub mod matrix;
 pub mod net;
+pub mod networks;
 pub mod pinglist;
 pub mod probe;
 pub mod sink;

@@ -539,6 +539,22 @@ pub fn has_ethernet_header(iface: &str) -> bool {
     matches!(link_type(iface), Some(1 | 772))
 }
 
+/// This host's IP addresses with their prefix lengths, on every interface.
+pub fn local_addresses() -> io::Result<Vec<(IpAddr, u8)>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        let (Some(a), Some(m)) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        if let (Some(a), Some(m)) = (a.as_sockaddr_in(), m.as_sockaddr_in()) {
+            out.push((IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8));
+        } else if let (Some(a), Some(m)) = (a.as_sockaddr_in6(), m.as_sockaddr_in6()) {
+            out.push((IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8));
+        }
+    }
+    Ok(out)
+}
+
 /// Interfaces that are up, have an address, and carry an Ethernet header (loopback included).
 /// Others (WireGuard, tun, ipip: no link-layer header) are left out with a warning.
 pub fn up_interfaces() -> io::Result<Vec<String>> {

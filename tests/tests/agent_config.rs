@@ -72,6 +72,38 @@ fn cases() -> Vec<Case> {
             vec!["SERVERS_ZK", "--servers-zk"],
         ),
         (
+            "ZooKeeper SASL user without a password file",
+            vec![
+                ("SERVERS_ZK", "198.18.0.1:2181"),
+                ("REGISTER_PUBLIC_DNS", "198.18.0.2"),
+                ("ZK_SASL_USERNAME", "meshprobe"),
+            ],
+            vec![],
+            vec!["ZK_SASL_PASSWORD_FILE"],
+        ),
+        (
+            "ZooKeeper password file missing",
+            vec![
+                ("SERVERS_ZK", "198.18.0.1:2181"),
+                ("REGISTER_PUBLIC_DNS", "198.18.0.2"),
+                ("ZK_SASL_USERNAME", "meshprobe"),
+                ("ZK_SASL_PASSWORD_FILE", "/nonexistent/meshprobe-zk.pw"),
+            ],
+            vec![],
+            vec!["ZK_SASL_PASSWORD_FILE"],
+        ),
+        (
+            "ZooKeeper SASL user with a colon",
+            vec![
+                ("SERVERS_ZK", "198.18.0.1:2181"),
+                ("REGISTER_PUBLIC_DNS", "198.18.0.2"),
+                ("ZK_SASL_USERNAME", "mesh:probe"),
+                ("ZK_SASL_PASSWORD_FILE", "/proc/self/cmdline"),
+            ],
+            vec![],
+            vec!["ZK_SASL_USERNAME"],
+        ),
+        (
             "probe size below the minimum",
             vec![("MESHPROBE_SIZES", "10")],
             vec![],

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use meshprobe::discovery::admit::{self, MemberPolicy};
 use meshprobe::discovery::{
     CONFLICT_RETRY, DiscoveryError, PeerMap, RESYNC_JITTER_MAX, STOP_BUDGET, ZkMetrics, ZkOptions,
     ZkState, layout, run_zk,
@@ -77,7 +78,14 @@ fn options(servers: &str, me: NodeInfo, timeout: Duration) -> ZkOptions {
         session_timeout: timeout,
         me,
         default_port: PROBE_PORT,
+        // The harness's networks (the members here are in several subnets of it).
+        policy: MemberPolicy {
+            networks: admit::parse_networks(meshprobe_harness::TEST_NETWORKS)
+                .expect("the test networks parse"),
+            ..MemberPolicy::any_network()
+        },
         metrics: ZkMetrics::default(),
+        auth: None,
     }
 }
 

@@ -72,6 +72,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* Duration strings go to the agent as they are (humantime). */}}
+{{/*
+Secrets the agent reads, as YAML: one directory under /etc/meshprobe/secrets each,
+`<dir>: {secret: <name>, items: [{key, path}]}`. Mounted read-only; settings name the files.
+*/}}
+{{- define "meshprobe.secretMounts" -}}
+{{- $za := .Values.zookeeper.auth -}}
+{{- if $za.username }}
+zookeeper:
+  secret: {{ $za.passwordSecret | quote }}
+  items:
+    - key: {{ $za.passwordKey | quote }}
+      path: password
+{{- end }}
+{{- end -}}
+
 {{- define "meshprobe.env" -}}
 {{- $a := .Values.agent -}}
 {{- $k := .Values.kafka -}}
@@ -104,6 +119,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ $z.rootPath | quote }}
 - name: HEART_BEAT_NODE_PATH
   value: {{ $z.heartBeatNodePath | quote }}
+{{- with $z.auth }}
+{{- if .username }}
+- name: ZK_SASL_USERNAME
+  value: {{ .username | quote }}
+- name: ZK_SASL_PASSWORD_FILE
+  value: /etc/meshprobe/secrets/zookeeper/password
+{{- if .worldRead }}
+- name: ZK_WORLD_READ
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end }}
 - name: CONN_TIMEOUT
   value: {{ $a.connTimeout | toString | quote }}
 {{- if $k.bootstrapServers }}
@@ -158,6 +185,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ $a.window | quote }}
 - name: MESHPROBE_PEER_GRACE
   value: {{ $a.peerGrace | quote }}
+{{- if $a.peerNetworks }}
+- name: MESHPROBE_PEER_NETWORKS
+  value: {{ $a.peerNetworks | quote }}
+{{- end }}
+{{- if $a.peerPorts }}
+- name: MESHPROBE_PEER_PORTS
+  value: {{ $a.peerPorts | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $a.maxMembers) }}
+- name: MESHPROBE_MAX_MEMBERS
+  value: {{ $a.maxMembers | quote }}
+{{- end }}
 {{- range $key, $env := dict "fullMeshMax" "MESHPROBE_PINGLIST_FULL_MESH_MAX" "rackPeers" "MESHPROBE_PINGLIST_RACK_PEERS" "zonePeers" "MESHPROBE_PINGLIST_ZONE_PEERS" "minProbers" "MESHPROBE_PINGLIST_MIN_PROBERS" "maxPeers" "MESHPROBE_PINGLIST_MAX_PEERS" }}
 {{- $v := index ($a.pinglist | default dict) $key }}
 {{- if not (kindIs "invalid" $v) }}
@@ -234,3 +273,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The agent's seccomp profile (files/seccomp/, README "Seccomp profile") and where it is installed:
+<seccomp.kubeletSeccompRoot>/<seccompDir>/<seccompFile>, i.e. localhostProfile
+<seccompDir>/<seccompFile>.
+*/}}
+{{- define "meshprobe.seccompDir" -}}meshprobe{{- end }}
+{{- define "meshprobe.seccompFile" -}}meshprobe-agent.json{{- end }}
+{{- define "meshprobe.seccompLocalhostProfile" -}}
+{{- include "meshprobe.seccompDir" . }}/{{ include "meshprobe.seccompFile" . }}
+{{- end }}
+{{- define "meshprobe.seccompProfile" -}}
+{{- .Files.Get (printf "files/seccomp/%s" (include "meshprobe.seccompFile" .)) }}
+{{- end }}

@@ -147,7 +147,10 @@ impl Cluster {
             .env("MESHPROBE_ADMIN_LISTEN", "127.0.0.1:9862")
             // Tests probe agents with `meshprobe ping` from the core, which is no peer: the
             // lab's networks are allowed besides the peers (the default answers peers only).
-            .env("MESHPROBE_REFLECT_ALLOW", "198.18.0.0/15,fd00::/8");
+            .env("MESHPROBE_REFLECT_ALLOW", crate::TEST_NETWORKS)
+            // Synthetic members and routed zones live outside a node's own subnet (the
+            // default); agent_members tests the default.
+            .env("MESHPROBE_PEER_NETWORKS", crate::TEST_NETWORKS);
         if let Some(zk) = &self.zk {
             c = c.env("SERVERS_ZK", zk.connect_string());
         }

@@ -14,6 +14,9 @@ pub const AGENT_ENV_NAMES: &[&str] = &[
     "ROOT_PATH_ZK",
     "HEART_BEAT_NODE_PATH",
     "CONN_TIMEOUT",
+    "ZK_SASL_USERNAME",
+    "ZK_SASL_PASSWORD_FILE",
+    "ZK_WORLD_READ",
     "KAFKA_BOOTSTRAP_SERVERS",
     "KAFKA_TOPIC",
     "KAFKA_PRODUCER_GROUP",
@@ -29,6 +32,9 @@ pub const AGENT_ENV_NAMES: &[&str] = &[
     "MESHPROBE_SIZES",
     "MESHPROBE_WINDOW",
     "MESHPROBE_PEER_GRACE",
+    "MESHPROBE_PEER_NETWORKS",
+    "MESHPROBE_PEER_PORTS",
+    "MESHPROBE_MAX_MEMBERS",
     "MESHPROBE_OUTPUT",
     "MESHPROBE_KAFKA_PROBES",
     "MESHPROBE_KAFKA_BUFFER_MESSAGES",
@@ -73,6 +79,19 @@ pub struct AgentConfig {
     pub args: Vec<String>,
     /// Do not keep `{"type":"probe"}` lines (long-running labs: memory stays flat).
     pub drop_probe_lines: bool,
+    /// Run in the agent's process after it entered its namespace, right before exec (the
+    /// agent is then exec'd directly, not through `ip netns exec`).
+    pub pre_exec: Option<PreExec>,
+}
+
+/// A hook run between fork and exec: only async-signal-safe calls (no allocation, no locks).
+#[derive(Clone)]
+pub struct PreExec(pub Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for PreExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreExec(..)")
+    }
 }
 
 impl AgentConfig {
@@ -89,6 +108,12 @@ impl AgentConfig {
     /// Removes an environment variable set before.
     pub fn unset(mut self, key: &str) -> AgentConfig {
         self.env.remove(key);
+        self
+    }
+
+    /// Sets the [`AgentConfig::pre_exec`] hook.
+    pub fn pre_exec(mut self, hook: PreExec) -> AgentConfig {
+        self.pre_exec = Some(hook);
         self
     }
 

@@ -7,6 +7,7 @@
 //!   and, in the same transaction, its entry in the topology index ([`layout`]), which everybody
 //!   follows with one watch.
 
+pub mod admit;
 pub mod layout;
 mod static_peers;
 mod syntax;
@@ -22,7 +23,10 @@ pub use static_peers::parse_static;
 pub use syntax::{member_parent_path, normalize_root_path, normalize_servers};
 /// Timing constants of the ZooKeeper membership, for tests and labs that derive their bounds
 /// from them.
-pub use zk::{BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, STOP_BUDGET, ZkMetrics, run_zk};
+pub use zk::{
+    BACKOFF_CAP, CONFLICT_RETRY, RESYNC_JITTER_MAX, RejectedLabel, STOP_BUDGET, ZkAuth, ZkMetrics,
+    run_zk,
+};
 
 /// One peer to probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,16 +90,24 @@ pub struct ZkOptions {
     pub me: NodeInfo,
     /// Port for peers that registered port 0.
     pub default_port: u16,
+    /// Which members may be probed.
+    pub policy: admit::MemberPolicy,
     /// Membership gauges (register them with [`ZkMetrics::register`] to export them).
     pub metrics: ZkMetrics,
+    /// SASL credentials; `None`: unauthenticated, our znodes world-writable (tests, demos).
+    pub auth: Option<ZkAuth>,
 }
 
 /// Checks the ZooKeeper settings before anything starts: the connect string parses, the paths
-/// are valid ZooKeeper paths and the node id is a valid znode name.
+/// are valid ZooKeeper paths, the node id is a valid znode name and the credentials (if any)
+/// are readable.
 pub fn validate_zk(opts: &ZkOptions) -> Result<(), DiscoveryError> {
     normalize_servers(&opts.servers)?;
     member_parent_path(&opts.root_path, &opts.heartbeat_path)?;
     syntax::check_node_name(&opts.me.node_id)?;
+    if let Some(auth) = &opts.auth {
+        zk::validate_auth(auth)?;
+    }
     if opts.me.public_address.trim().is_empty() {
         return Err(DiscoveryError::Setting {
             setting: "REGISTER_PUBLIC_DNS",
@@ -110,6 +122,14 @@ pub fn validate_zk(opts: &ZkOptions) -> Result<(), DiscoveryError> {
             reason: "not a UDP port".into(),
         });
     }
+    // Other agents refuse members whose labels break their rule: ours must pass it.
+    admit::check_labels(&opts.me.node_id, &opts.me.zone, &opts.me.rack).map_err(|r| {
+        DiscoveryError::Setting {
+            setting: "MESHPROBE_NODE_ID/MESHPROBE_ZONE/MESHPROBE_RACK",
+            value: format!("{} / {} / {}", opts.me.node_id, opts.me.zone, opts.me.rack),
+            reason: format!("{r}; other agents would not probe this node"),
+        }
+    })?;
     // Other agents refuse longer names (untrusted input is bounded): ours must pass.
     let entry = layout::entry_name(&layout::entry_of(&opts.me));
     let zone_dir = layout::zone_dir_name(&opts.me.zone);
@@ -202,7 +222,9 @@ mod tests {
                 ..Default::default()
             },
             default_port: 862,
+            policy: admit::MemberPolicy::any_network(),
             metrics: ZkMetrics::default(),
+            auth: None,
         }
     }
 

@@ -20,7 +20,8 @@ use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Instant};
 use probe_common::{policy::refused_src_port, wire as off};
 use serde::Serialize;
 
-use crate::net::Received;
+pub use crate::networks::{AllowList, Cidr};
+use crate::{net::Received, networks::is_unicast};
 
 /// Why a request was not answered. The set is fixed: it labels a Prometheus family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,8 +110,6 @@ impl Serialize for RefusedCounts {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
-    #[error("`{0}` is not a network: expected ADDR/PREFIX (198.18.0.0/15, fd00::/8), ADDR, or any")]
-    BadCidr(String),
     #[error("`{0}` is not a rate: expected N/s (e.g. 1000/s), N, or off")]
     BadRate(String),
     #[error(
@@ -120,112 +119,6 @@ pub enum PolicyError {
          (reflect --allow-ephemeral-port, agent MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT)"
     )]
     EphemeralPort { port: u16, lo: u16, hi: u16 },
-}
-
-/// An IP network: address and prefix length. IPv4-mapped IPv6 addresses match as IPv4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical_ip(ip)) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = PolicyError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || PolicyError::BadCidr(s.to_string());
-        let (a, p) = match s.trim().split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s.trim(), None),
-        };
-        let addr = canonical_ip(a.parse::<IpAddr>().map_err(|_| bad())?);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// Who may be answered: `any`, or a list of networks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList {
-    pub any: bool,
-    pub networks: Vec<Cidr>,
-}
-
-impl AllowList {
-    pub const ANY: AllowList = AllowList {
-        any: true,
-        networks: Vec::new(),
-    };
-
-    /// `any`, or networks separated by commas (empty items ignored).
-    pub fn parse(s: &str) -> Result<AllowList, PolicyError> {
-        let mut out = AllowList::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            if item.eq_ignore_ascii_case("any") {
-                out.any = true;
-            } else {
-                out.networks.push(item.parse()?);
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn is_any(&self) -> bool {
-        self.any
-    }
-
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        self.any || self.networks.iter().any(|n| n.contains(ip))
-    }
-}
-
-impl FromStr for AllowList {
-    type Err = PolicyError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        AllowList::parse(s)
-    }
-}
-
-impl fmt::Display for AllowList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut items: Vec<String> = self.networks.iter().map(ToString::to_string).collect();
-        if self.any {
-            items.insert(0, "any".into());
-        }
-        if items.is_empty() {
-            return f.write_str("none");
-        }
-        f.write_str(&items.join(","))
-    }
 }
 
 /// A budget setting: a rate, or none (`off`).
@@ -420,7 +313,7 @@ impl ReflectPolicy {
         self.peers.clear();
         self.reflector_ports.clone_from(&self.own_ports);
         for p in peers {
-            self.peers.push(canonical_ip(p.ip()));
+            self.peers.push(p.ip().to_canonical());
             self.reflector_ports.push(p.port());
         }
         self.peers.sort_unstable();
@@ -437,7 +330,7 @@ impl ReflectPolicy {
         if refused_src_port(sport, self.reflector_ports.contains(&sport)) {
             return Err(Refusal::SourcePort);
         }
-        let src = canonical_ip(rx.from.ip());
+        let src = rx.from.ip().to_canonical();
         if !is_unicast(src) {
             return Err(Refusal::SourceAddress);
         }
@@ -478,14 +371,6 @@ pub fn looks_reflected(payload: &[u8]) -> bool {
         .is_some_and(|b| b.iter().any(|&o| o != 0))
 }
 
-/// Unicast: not multicast, broadcast or unspecified.
-fn is_unicast(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
-        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
-    }
-}
-
 /// The request's IP destination is a unicast address of this host. For IPv4 the kernel's
 /// `ipi_spec_dst` equals the header's destination only for a packet to a local unicast
 /// address (it is the interface's address for a subnet or limited broadcast or multicast).
@@ -500,13 +385,6 @@ fn addressed_to_local_unicast(rx: &Received) -> bool {
         IpAddr::V4(d) => rx.spec_dst == Some(d),
         // IPv6 has no broadcast; multicast is excluded above.
         IpAddr::V6(_) => true,
-    }
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -755,21 +633,5 @@ mod tests {
         for bad in ["0/s", "-1", "10/m", "", "x"] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }
-        let a = AllowList::parse("any").unwrap();
-        assert!(a.allows("203.0.113.1".parse().unwrap()));
-        let a = AllowList::parse("198.18.0.0/15,fd00::/8,10.1.2.3").unwrap();
-        assert!(a.allows("198.19.255.255".parse().unwrap()));
-        assert!(!a.allows("198.20.0.0".parse().unwrap()));
-        assert!(a.allows("10.1.2.3".parse().unwrap()));
-        assert!(!a.allows("10.1.2.4".parse().unwrap()));
-        assert!(a.allows("fd12::1".parse().unwrap()));
-        for bad in ["198.18.0.0/33", "fd00::/129", "nope", "198.18.0.0/"] {
-            assert!(AllowList::parse(bad).is_err(), "{bad}");
-        }
-        assert!(
-            Cidr::from_str("0.0.0.0/0")
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
-        );
     }
 }

@@ -7,11 +7,8 @@ use clap::Args;
 use probe_common::STAMP_DEFAULT_PORT;
 
 use crate::{
-    ebpf::AttachMode,
-    kafka_security::SecurityArgs,
-    pinglist::Params,
-    probe::policy::{AllowList, Budget},
-    sink::OutputFormat,
+    discovery::admit, ebpf::AttachMode, kafka_security::SecurityArgs, networks::AllowList,
+    pinglist::Params, probe::policy::Budget, sink::OutputFormat,
 };
 
 /// Parses CONN_TIMEOUT: whole seconds as the heartbeat agent took them, or a duration (`4s`).
@@ -29,6 +26,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `--admin-listen`: an address, or `off` (None).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdminListen(pub Option<std::net::SocketAddr>);
+
+fn parse_max_members(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number of members")),
+    }
+}
 
 fn parse_admin(s: &str) -> Result<AdminListen, String> {
     if s.eq_ignore_ascii_case("off") {
@@ -104,6 +108,22 @@ pub struct AgentArgs {
     /// Port peers send probes to [default: REGISTER_LISTENER_PORT].
     #[arg(long, env = "REGISTER_PUBLIC_PORT", help_heading = "ZooKeeper")]
     pub register_public_port: Option<u16>,
+    /// SASL DIGEST-MD5 user for ZooKeeper (with ZK_SASL_PASSWORD_FILE): our znodes are then
+    /// writable by this identity only, which every agent shares [default: unauthenticated].
+    #[arg(long, env = "ZK_SASL_USERNAME", help_heading = "ZooKeeper")]
+    pub zk_sasl_username: Option<String>,
+    /// File holding the ZooKeeper SASL password (e.g. a mounted Secret; one trailing newline
+    /// ignored; read at every new session).
+    #[arg(
+        long,
+        env = "ZK_SASL_PASSWORD_FILE",
+        value_name = "FILE",
+        help_heading = "ZooKeeper"
+    )]
+    pub zk_sasl_password_file: Option<PathBuf>,
+    /// With SASL: anyone may read our znodes (list the members) [default: agents only].
+    #[arg(long, env = "ZK_WORLD_READ", help_heading = "ZooKeeper")]
+    pub zk_world_read: bool,
 
     /// Address the reflector listens on (`::` also accepts IPv4).
     #[arg(
@@ -157,6 +177,16 @@ pub struct AgentArgs {
     /// Keep a departed peer's state this long; its unanswered probes are not counted as lost.
     #[arg(long, env = "MESHPROBE_PEER_GRACE", default_value = "5s", value_parser = parse_duration, help_heading = "Peers")]
     pub peer_grace: Duration,
+    /// ZooKeeper members are probed only inside these networks: `CIDR[,CIDR...]`, or `any`
+    /// [default: the networks of this node's addresses].
+    #[arg(long, env = "MESHPROBE_PEER_NETWORKS", value_name = "CIDR[,...]", value_parser = admit::parse_networks, help_heading = "Peers")]
+    pub peer_networks: Option<AllowList>,
+    /// ZooKeeper members are probed only on these ports: `PORT[-PORT][,...]`.
+    #[arg(long, env = "MESHPROBE_PEER_PORTS", value_name = "PORTS", default_value = admit::DEFAULT_PORTS, help_heading = "Peers")]
+    pub peer_ports: admit::Ports,
+    /// Most ZooKeeper members known at once; more are not probed (and logged).
+    #[arg(long, env = "MESHPROBE_MAX_MEMBERS", default_value_t = admit::DEFAULT_MAX_MEMBERS, value_parser = parse_max_members, help_heading = "Peers")]
+    pub max_members: usize,
 
     /// Pinglist: the full mesh while the cluster has at most this many other members.
     #[arg(long, env = "MESHPROBE_PINGLIST_FULL_MESH_MAX", default_value_t = Params::default().full_mesh_max, help_heading = "Pinglist")]

@@ -11,8 +11,11 @@ use tracing::{info, warn};
 use super::{AgentArgs, node::Node};
 use crate::{
     cli::error::ConfigError,
-    discovery::{self, PeerMap, ZkOptions},
-    pb,
+    discovery::{
+        self, PeerMap, ZkOptions,
+        admit::{self, MemberPolicy},
+    },
+    net, pb,
 };
 
 /// The membership settings, checked.
@@ -66,7 +69,8 @@ fn zk_options(
     // our address from it.
     let servers = discovery::normalize_servers(servers).map_err(ConfigError::named)?;
     let public = public_address(a.register_public_dns.as_deref(), listen_ip, &servers)?;
-    let opts = ZkOptions {
+    let auth = zk_auth(a)?;
+    let mut opts = ZkOptions {
         servers: servers.trim().to_string(),
         root_path: a.root_path_zk.clone(),
         heartbeat_path: a.heart_beat_node_path.clone(),
@@ -82,10 +86,81 @@ fn zk_options(
             started_tai_ns: crate::clock::tai_now_ns(),
         },
         default_port: STAMP_DEFAULT_PORT,
+        // Set below, once the other settings are known to be valid.
+        policy: MemberPolicy::any_network(),
         metrics: discovery::ZkMetrics::default(),
+        auth,
     };
     discovery::validate_zk(&opts).map_err(ConfigError::named)?;
+    // Last: it reads this node's addresses, so every setting's own error comes first.
+    opts.policy = member_policy(a)?;
     Ok(opts)
+}
+
+/// ZK_SASL_USERNAME and ZK_SASL_PASSWORD_FILE: both or neither. (What they hold is checked
+/// with the other ZooKeeper settings.)
+fn zk_auth(a: &AgentArgs) -> Result<Option<discovery::ZkAuth>, ConfigError> {
+    match (&a.zk_sasl_username, &a.zk_sasl_password_file) {
+        (Some(username), Some(file)) => Ok(Some(discovery::ZkAuth {
+            username: username.clone(),
+            password_file: file.clone(),
+            world_read: a.zk_world_read,
+        })),
+        (None, None) => {
+            if a.zk_world_read {
+                info!(
+                    "ZK_WORLD_READ is set without ZK_SASL_USERNAME: unauthenticated znodes are world-writable anyway"
+                );
+            }
+            Ok(None)
+        }
+        (Some(_), None) => Err(ConfigError::new(
+            "ZK_SASL_PASSWORD_FILE (--zk-sasl-password-file)",
+            "unset while ZK_SASL_USERNAME is set",
+            "give the file holding the ZooKeeper password (a mounted Secret), or unset ZK_SASL_USERNAME",
+        )),
+        (None, Some(f)) => Err(ConfigError::new(
+            "ZK_SASL_USERNAME (--zk-sasl-username)",
+            format!("unset while ZK_SASL_PASSWORD_FILE is set ({})", f.display()),
+            "give the SASL user every agent shares, or unset ZK_SASL_PASSWORD_FILE",
+        )),
+    }
+}
+
+/// Which members may be probed: MESHPROBE_PEER_NETWORKS (else the networks of our own
+/// addresses), MESHPROBE_PEER_PORTS, MESHPROBE_MAX_MEMBERS.
+fn member_policy(a: &AgentArgs) -> Result<MemberPolicy, ConfigError> {
+    let (networks, networks_from) = match &a.peer_networks {
+        Some(n) => (n.clone(), "MESHPROBE_PEER_NETWORKS".to_string()),
+        None => {
+            let addrs = net::local_addresses().map_err(|e| {
+                ConfigError::new(
+                    "MESHPROBE_PEER_NETWORKS",
+                    format!("unset, and this node's addresses cannot be read: {e}"),
+                    "set MESHPROBE_PEER_NETWORKS to the networks of your cluster's nodes",
+                )
+            })?;
+            let own = admit::own_networks(addrs);
+            if own.networks.is_empty() {
+                return Err(ConfigError::new(
+                    "MESHPROBE_PEER_NETWORKS",
+                    "unset, and this node has no address outside loopback and link-local",
+                    "set MESHPROBE_PEER_NETWORKS to the networks of your cluster's nodes",
+                ));
+            }
+            info!(
+                "MESHPROBE_PEER_NETWORKS unset: probing ZooKeeper members in this node's \
+                 networks only ({own})"
+            );
+            (own, "this node's networks".to_string())
+        }
+    };
+    Ok(MemberPolicy {
+        networks,
+        networks_from,
+        ports: a.peer_ports.clone(),
+        max_members: a.max_members,
+    })
 }
 
 /// The address we register: REGISTER_PUBLIC_DNS, else the reflector's own address, else our

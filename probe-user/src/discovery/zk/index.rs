@@ -10,15 +10,26 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tracing::{debug, info, warn};
 use zookeeper_client::{EventType, Stat};
 
 use super::resolve;
+use crate::discovery::admit::{self, MemberPolicy, Reason, Refusal};
 use crate::discovery::layout::{self, IndexEntry};
 use crate::discovery::{Peer, PeerMap};
 
-/// Invalid names reported one by one; past this many, once in total (bounds the memory too).
+/// Refused names reported one by one; past this many, once in total (bounds the memory too).
 const WARN_NAMES_MAX: usize = 256;
+
+/// `reason` of `meshprobe_zookeeper_members_rejected_total`: one of [`Reason::ALL`]'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RejectedLabel {
+    pub reason: &'static str,
+}
+
+/// Members refused, by reason.
+pub type Rejected = Family<RejectedLabel, Counter>;
 
 /// (zone directory name, entry name).
 pub(super) type Key = (String, String);
@@ -45,10 +56,8 @@ enum Addr {
     Ready(SocketAddr),
     /// A DNS lookup is under way.
     Pending,
-    /// The lookup failed; retried later.
+    /// The lookup failed, or gave an address the policy refuses; retried later.
     Failed,
-    /// Never usable (warned).
-    Invalid,
 }
 
 struct Slot {
@@ -67,30 +76,41 @@ pub(super) enum Applied {
     RootDeleted,
 }
 
-/// Names we warned about, bounded.
-#[derive(Default)]
-struct Warned {
+/// Refused names: each logged and counted once while it exists (bounded).
+struct Refused {
     names: HashSet<String>,
     full: bool,
+    counts: Rejected,
 }
 
-impl Warned {
-    fn warn(&mut self, path: &str, why: &str) {
+impl Refused {
+    fn new(counts: Rejected) -> Refused {
+        Refused {
+            names: HashSet::new(),
+            full: false,
+            counts,
+        }
+    }
+
+    fn refuse(&mut self, path: &str, r: &Refusal) {
         if self.names.contains(path) {
             return;
         }
+        // Past the bound a name cannot be remembered: counted each time it is offered.
+        count(&self.counts, r.reason);
         if self.names.len() >= WARN_NAMES_MAX {
             if !self.full {
                 self.full = true;
                 warn!(
-                    "more than {WARN_NAMES_MAX} unusable names in the ZooKeeper topology index; \
-                     not reporting more of them"
+                    "more than {WARN_NAMES_MAX} refused names in the ZooKeeper topology index; \
+                     not reporting more of them (meshprobe_zookeeper_members_rejected_total \
+                     counts them)"
                 );
             }
             return;
         }
         self.names.insert(path.to_string());
-        warn!("skipping {path:?} in the ZooKeeper topology index: {why}");
+        warn!(reason = %r.reason.label(), "not probing {path:?} from the ZooKeeper topology index: {r}");
     }
 
     fn forget(&mut self, path: &str) {
@@ -98,32 +118,51 @@ impl Warned {
     }
 }
 
+fn count(counts: &Rejected, reason: Reason) {
+    counts
+        .get_or_create(&RejectedLabel {
+            reason: reason.label(),
+        })
+        .inc();
+}
+
 pub(super) struct Index {
     /// `/<root>/<heartbeat>.topology`.
     root: String,
     me: String,
     default_port: u16,
+    policy: MemberPolicy,
     /// Valid zone directories, with the version of their last listing (`None`: never listed).
     zones: BTreeMap<String, Option<ZoneVersion>>,
     entries: BTreeMap<Key, Slot>,
     /// The entries of each node id, ascending (almost always one): a sorted Vec, not a
     /// BTreeSet, whose first node alone is a 500-byte allocation per member.
     by_id: BTreeMap<String, Vec<Key>>,
-    invalid: Warned,
+    invalid: Refused,
+    /// We logged that the member cap is reached (until the index is below it again).
+    capped: bool,
     /// Entries whose DNS name is to be looked up, for the runner.
     lookups: Vec<Key>,
 }
 
 impl Index {
-    pub(super) fn new(root: String, me: String, default_port: u16) -> Index {
+    pub(super) fn new(
+        root: String,
+        me: String,
+        default_port: u16,
+        policy: MemberPolicy,
+        rejected: Rejected,
+    ) -> Index {
         Index {
             root,
             me,
             default_port,
+            policy,
             zones: BTreeMap::new(),
             entries: BTreeMap::new(),
             by_id: BTreeMap::new(),
-            invalid: Warned::default(),
+            invalid: Refused::new(rejected),
+            capped: false,
             lookups: Vec::new(),
         }
     }
@@ -159,7 +198,7 @@ impl Index {
                 }
                 Err(why) => {
                     let path = format!("{}/{name}", self.root);
-                    self.invalid.warn(&path, &why);
+                    self.invalid.refuse(&path, &Refusal::malformed(why));
                 }
             }
         }
@@ -234,55 +273,80 @@ impl Index {
         changed
     }
 
-    /// Adds an entry; returns its node id if it is new and valid.
+    /// Adds an entry; returns its node id if it is new and admitted (see [`admit`]). Refused
+    /// entries are not kept: a listing offers them again, and [`Refused`] logs and counts each
+    /// once.
     fn insert(&mut self, dir: &str, zone: &str, name: String) -> Option<String> {
         let key = (dir.to_string(), name);
         if self.entries.contains_key(&key) {
             return None;
         }
-        let entry = match layout::parse_entry(zone, &key.1) {
-            Ok(e) => e,
-            Err(why) => {
-                let path = format!("{}/{dir}/{}", self.root, key.1);
-                self.invalid.warn(&path, &why);
-                return None;
+        let path = format!("{}/{dir}/{}", self.root, key.1);
+        match self.admit(zone, &key.1) {
+            Ok((entry, addr)) => {
+                self.invalid.forget(&path);
+                if addr == Addr::Pending {
+                    self.lookups.push(key.clone());
+                }
+                let id = entry.node_id.clone();
+                // Room for one: a Vec's first growth would make room for four (1.9 MB at 10 000).
+                let keys = self
+                    .by_id
+                    .entry(id.clone())
+                    .or_insert_with(|| Vec::with_capacity(1));
+                if let Err(at) = keys.binary_search(&key) {
+                    keys.insert(at, key.clone());
+                }
+                self.entries.insert(
+                    key,
+                    Slot {
+                        entry,
+                        addr,
+                        warned: false,
+                    },
+                );
+                Some(id)
             }
-        };
-        let addr = match resolve::literal(&entry, self.default_port) {
-            Ok(Some(a)) => Addr::Ready(a),
-            Ok(None) => {
-                self.lookups.push(key.clone());
-                Addr::Pending
+            Err(r) => {
+                self.invalid.refuse(&path, &r);
+                None
             }
-            Err(why) => {
-                warn!(member = %entry.node_id, "skipping ZooKeeper member {:?}: {why}", entry.node_id);
-                Addr::Invalid
-            }
-        };
-        let id = entry.node_id.clone();
-        // Room for one: a Vec's first growth would make room for four (1.9 MB at 10 000).
-        let keys = self
-            .by_id
-            .entry(id.clone())
-            .or_insert_with(|| Vec::with_capacity(1));
-        if let Err(at) = keys.binary_search(&key) {
-            keys.insert(at, key.clone());
         }
-        self.entries.insert(
-            key,
-            Slot {
-                entry,
-                addr,
-                warned: false,
-            },
-        );
-        Some(id)
+    }
+
+    /// The entry named `name` in `zone`, and its address as far as it is known, if the member
+    /// may be probed.
+    fn admit(&mut self, zone: &str, name: &str) -> Result<(IndexEntry, Addr), Refusal> {
+        let entry = layout::parse_entry(zone, name).map_err(Refusal::malformed)?;
+        admit::check_labels(&entry.node_id, &entry.zone, &entry.rack)?;
+        let addr = match resolve::literal(&entry, self.default_port).map_err(Refusal::malformed)? {
+            Some(a) => {
+                self.policy.check_addr(a)?;
+                Addr::Ready(a)
+            }
+            None => Addr::Pending,
+        };
+        let cap = self.policy.max_members;
+        if self.entries.len() >= cap {
+            if !self.capped {
+                self.capped = true;
+                warn!(
+                    "the ZooKeeper topology index holds more than MESHPROBE_MAX_MEMBERS={cap} \
+                     members; not probing the others (raise it if the cluster is that large)"
+                );
+            }
+            return Err(Refusal::cap(cap));
+        }
+        Ok((entry, addr))
     }
 
     fn remove(&mut self, key: &Key) -> bool {
         let Some(slot) = self.entries.remove(key) else {
             return false;
         };
+        if self.entries.len() < self.policy.max_members {
+            self.capped = false;
+        }
         let id = &slot.entry.node_id;
         if let Some(keys) = self.by_id.get_mut(id) {
             keys.retain(|k| k != key);
@@ -333,9 +397,11 @@ impl Index {
                 Ok(z) => z,
                 Err(why) => {
                     if created {
-                        self.invalid.warn(
+                        self.invalid.refuse(
                             path,
-                            &format!("in a zone directory that is not ours: {why}"),
+                            &Refusal::malformed(format!(
+                                "in a zone directory that is not ours: {why}"
+                            )),
                         );
                     }
                     return Applied::Nothing;
@@ -375,7 +441,7 @@ impl Index {
                 Ok(_) => {
                     self.zones.entry(dir.to_string()).or_insert(None);
                 }
-                Err(why) => self.invalid.warn(path, &why),
+                Err(why) => self.invalid.refuse(path, &Refusal::malformed(why)),
             }
             Applied::Nothing
         } else {
@@ -400,7 +466,9 @@ impl Index {
             .collect()
     }
 
-    /// Applies a lookup result; returns whether the member's address changed.
+    /// Applies a lookup result; returns whether the member's address changed. A name that
+    /// resolves to an address the policy refuses is treated like one that does not resolve
+    /// (retried: DNS may change), logged and counted once until it resolves to one it admits.
     pub(super) fn looked_up(&mut self, key: &Key, r: Result<SocketAddr, String>) -> bool {
         let Some(slot) = self.entries.get_mut(key) else {
             return false;
@@ -409,6 +477,9 @@ impl Index {
             return false;
         }
         let id = &slot.entry.node_id;
+        let r = r
+            .map_err(Refusal::unresolved)
+            .and_then(|a| self.policy.check_addr(a).map(|()| a));
         match r {
             Ok(a) => {
                 if slot.warned {
@@ -418,12 +489,13 @@ impl Index {
                 slot.addr = Addr::Ready(a);
                 true
             }
-            Err(why) => {
+            Err(r) => {
                 if slot.warned {
-                    debug!(member = %id, "still unusable: {why}");
+                    debug!(member = %id, "still unusable: {r}");
                 } else {
                     slot.warned = true;
-                    warn!(member = %id, "skipping ZooKeeper member {id:?} for now: {why}; retrying every {}s", super::RESOLVE_RETRY.as_secs());
+                    count(&self.invalid.counts, r.reason);
+                    warn!(member = %id, reason = %r.reason.label(), "not probing ZooKeeper member {id:?} for now: {r}; retrying every {}s", super::RESOLVE_RETRY.as_secs());
                 }
                 slot.addr = Addr::Failed;
                 false
@@ -493,8 +565,19 @@ mod tests {
         layout::entry_path(ROOT, e)
     }
 
+    fn index_with(policy: MemberPolicy) -> Index {
+        Index::new(ROOT.into(), "me".into(), 862, policy, Rejected::default())
+    }
+
     fn index() -> Index {
-        Index::new(ROOT.into(), "me".into(), 862)
+        index_with(MemberPolicy::any_network())
+    }
+
+    fn rejected(ix: &Index, r: Reason) -> u64 {
+        ix.invalid
+            .counts
+            .get_or_create(&RejectedLabel { reason: r.label() })
+            .get()
     }
 
     fn version(n: i64) -> ZoneVersion {
@@ -610,6 +693,71 @@ mod tests {
     }
 
     #[test]
+    fn members_are_admitted_by_the_policy_and_each_refusal_counted_once() {
+        let mut policy = MemberPolicy::any_network();
+        policy.networks = admit::parse_networks("198.18.0.0/24,fd00::/64").unwrap();
+        policy.max_members = 4;
+        let mut ix = index_with(policy);
+        let z = layout::zone_dir_name("z");
+        let ok = entry("ok", "z", "198.18.0.1");
+        let mut bad_port = entry("port", "z", "198.18.0.2");
+        bad_port.port = 22;
+        let refused = [
+            (entry("lo", "z", "127.0.0.1"), Reason::Loopback),
+            (entry("ll", "z", "fe80::1"), Reason::LinkLocal),
+            (entry("mc", "z", "224.0.0.1"), Reason::NotUnicast),
+            (entry("bc", "z", "198.18.0.255"), Reason::NotUnicast),
+            (entry("md", "z", "fd00:ec2::254"), Reason::Metadata),
+            (entry("far", "z", "198.19.0.1"), Reason::Network),
+            (bad_port, Reason::Port),
+            (entry("a\"b", "z", "198.18.0.3"), Reason::Label),
+        ];
+        let mut names: Vec<String> = refused.iter().map(|(e, _)| layout::entry_name(e)).collect();
+        names.push(layout::entry_name(&ok));
+        names.push("1~junk".into());
+        // Offered twice (a listing, then again at a re-synchronisation): counted once.
+        for v in 1..=2 {
+            ix.set_listing(&z, names.clone(), version(v));
+        }
+        assert_eq!(ix.peers().keys().collect::<Vec<_>>(), ["ok"]);
+        for (e, r) in &refused {
+            assert!(rejected(&ix, *r) >= 1, "{} not counted as {r:?}", e.node_id);
+        }
+        assert_eq!(rejected(&ix, Reason::NotUnicast), 2);
+        assert_eq!(rejected(&ix, Reason::Malformed), 1);
+        assert_eq!(ix.entries.len(), 1, "refused entries are not kept");
+        // A DNS name that resolves to a refused address is not probed (and retried).
+        let d = entry("dns", "z", "host.example");
+        ix.apply(EventType::NodeCreated, &path(&d));
+        let l = ix.take_lookups();
+        assert!(!ix.looked_up(&l[0].0, Ok("127.0.0.1:862".parse().unwrap())));
+        assert_eq!(rejected(&ix, Reason::Loopback), 2);
+        assert!(!ix.peers().contains_key("dns"));
+        assert_eq!(ix.retry_failed(), 1);
+        let l = ix.take_lookups();
+        assert!(ix.looked_up(&l[0].0, Ok("198.18.0.9:862".parse().unwrap())));
+        assert!(ix.peers().contains_key("dns"));
+        // The cap: 4 entries at most; the others are refused until there is room.
+        for i in 0..3 {
+            ix.apply(
+                EventType::NodeCreated,
+                &path(&entry(&format!("n{i}"), "z", "198.18.0.20")),
+            );
+        }
+        assert_eq!(ix.entries.len(), 4);
+        assert_eq!(rejected(&ix, Reason::Cap), 1);
+        assert!(ix.capped);
+        ix.apply(EventType::NodeDeleted, &path(&ok));
+        assert!(!ix.capped);
+        ix.apply(
+            EventType::NodeCreated,
+            &path(&entry("n2", "z", "198.18.0.20")),
+        );
+        assert_eq!(ix.entries.len(), 4);
+        assert!(ix.peers().contains_key("n2"));
+    }
+
+    #[test]
     fn invalid_names_are_warned_about_within_a_bound() {
         let mut ix = index();
         let z = layout::zone_dir_name("z");
@@ -618,6 +766,8 @@ mod tests {
         }
         assert_eq!(ix.invalid.names.len(), WARN_NAMES_MAX);
         assert!(ix.invalid.full);
+        // Past the bound each offer is counted: nothing is lost from the metric.
+        assert_eq!(rejected(&ix, Reason::Malformed), WARN_NAMES_MAX as u64 + 10);
         ix.apply(EventType::NodeDeleted, &format!("{ROOT}/{z}/bad0"));
         assert_eq!(ix.invalid.names.len(), WARN_NAMES_MAX - 1);
         assert_eq!(ix.node_ids(), 0);

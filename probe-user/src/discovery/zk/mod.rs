@@ -16,6 +16,8 @@
 //! A failed operation is retried after a short hold. The peer map only changes on
 //! authoritative answers from ZooKeeper, so an outage keeps the last known map.
 
+mod access;
+mod auth;
 mod index;
 mod register;
 mod resolve;
@@ -27,15 +29,18 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+pub use index::{Rejected, RejectedLabel};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
-use tracing::{debug, info, warn};
-use zookeeper_client::{
-    self as zk, Acls, AddWatchMode, CreateMode, EventType, SessionState, WatchedEvent,
-};
+use tracing::{debug, error, info, warn};
+use zookeeper_client::{self as zk, AddWatchMode, EventType, SessionState, WatchedEvent};
 
+pub use self::auth::ZkAuth;
+pub(super) use self::auth::validate as validate_auth;
+
+use self::access::Access;
 use self::index::{Applied, Index, Key, ZoneVersion};
 use self::register::Registration;
 use super::layout;
@@ -62,9 +67,8 @@ const CONNECTION_LOSS_HOLD: Duration = Duration::from_millis(200);
 pub const RESYNC_JITTER_MAX: Duration = Duration::from_secs(5);
 /// Watch events applied before the peer map is published (a burst is published once).
 const EVENT_BATCH: usize = 4096;
-
-const PERSISTENT: zk::CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
-const EPHEMERAL: zk::CreateOptions<'static> = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+/// Repeat of the error about refused credentials while it lasts.
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(60);
 
 type EventFuture = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 /// A DNS lookup of a member's address: (its entry, result).
@@ -77,6 +81,8 @@ pub struct ZkMetrics {
     pub members: Gauge,
     /// Join and leave events of the topology index applied.
     pub events: Counter,
+    /// Members not probed, by reason (see [`admit`](crate::discovery::admit)).
+    pub rejected: Rejected,
 }
 
 impl ZkMetrics {
@@ -90,6 +96,11 @@ impl ZkMetrics {
             "meshprobe_zookeeper_events",
             "Join and leave events of the ZooKeeper topology index applied",
             self.events.clone(),
+        );
+        registry.register(
+            "meshprobe_zookeeper_members_rejected",
+            "ZooKeeper members not probed, by reason (each counted once while it is registered)",
+            self.rejected.clone(),
         );
     }
 }
@@ -115,11 +126,32 @@ pub async fn run_zk(
     validate_zk(&opts)?;
     let parent = member_parent_path(&opts.root_path, &opts.heartbeat_path)?;
     let topology = layout::topology_root(&parent);
+    match &opts.auth {
+        Some(a) => info!(
+            "ZooKeeper membership authenticated by SASL DIGEST-MD5 ({}); our znodes are \
+             writable by sasl:{} only",
+            a.describe(),
+            a.username
+        ),
+        None => warn!(
+            "ZooKeeper membership is UNAUTHENTICATED: our znodes are world-writable, so any \
+             client that reaches ZooKeeper can add, change or delete members; set \
+             ZK_SASL_USERNAME and ZK_SASL_PASSWORD_FILE"
+        ),
+    }
     let mut runner = Runner {
+        access: Access::of(opts.auth.as_ref()),
+        auth_failed_logged: None,
         servers: normalize_servers(&opts.servers)?,
         reg: layout::registration(&parent, &opts.me),
         zone_dir: layout::zone_path(&topology, &opts.me.zone),
-        index: Index::new(topology, opts.me.node_id.clone(), opts.default_port),
+        index: Index::new(
+            topology,
+            opts.me.node_id.clone(),
+            opts.default_port,
+            opts.policy.clone(),
+            opts.metrics.rejected.clone(),
+        ),
         parent,
         opts,
         peers,
@@ -278,6 +310,10 @@ impl Session {
 
 struct Runner {
     opts: ZkOptions,
+    /// The ACLs of every znode we create.
+    access: Access,
+    /// Since when our credentials are refused (error repeated every [`AUTH_LOG_EVERY`]).
+    auth_failed_logged: Option<Instant>,
     servers: String,
     /// `/<root>/<heartbeat>`.
     parent: String,
@@ -315,6 +351,31 @@ impl Runner {
         });
     }
 
+    /// ZooKeeper refused our credentials: as loud as a configuration error (it is one), but
+    /// retried like an outage, since a server or the Secret may be fixed meanwhile.
+    fn auth_refused(&mut self) {
+        self.set_state(ZkState::Connecting);
+        let now = Instant::now();
+        if self
+            .auth_failed_logged
+            .is_some_and(|t| now.duration_since(t) < AUTH_LOG_EVERY)
+        {
+            debug!("ZooKeeper refused our credentials again");
+            return;
+        }
+        self.auth_failed_logged = Some(now);
+        let auth = self.opts.auth.as_ref().map_or_else(
+            || "no credentials configured; the server requires SASL: set ZK_SASL_USERNAME and ZK_SASL_PASSWORD_FILE".to_string(),
+            |a| format!("{}: check both against the user_<name> entries of the server's JAAS Server section", a.describe()),
+        );
+        error!(
+            "ZooKeeper {} refused our authentication ({auth}); not registered, retrying every \
+             {}s at most",
+            self.servers,
+            BACKOFF_CAP.as_secs()
+        );
+    }
+
     fn outage_begins(&mut self, what: std::fmt::Arguments<'_>) {
         if self.outage.is_none() {
             self.outage = Some(Instant::now());
@@ -348,17 +409,31 @@ impl Runner {
             if *stop.borrow() {
                 return;
             }
-            // fail_eagerly: one pass over the servers per attempt; our loop owns the backoff.
-            let connect = zk::Client::connector()
-                .with_session_timeout(self.opts.session_timeout)
-                .with_fail_eagerly()
-                .connect(&self.servers);
+            let connect = match auth::connector(self.opts.session_timeout, self.opts.auth.as_ref())
+            {
+                Ok(c) => c.connect(&self.servers),
+                Err(e) => {
+                    // The password file went away (a Secret being replaced?): keep trying.
+                    error!("cannot authenticate to ZooKeeper: {e}; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => continue,
+                        () = stopped(stop) => return,
+                    }
+                }
+            };
             let client = tokio::select! {
                 r = connect => r,
                 () = stopped(stop) => return,
             };
             let client = match client {
                 Ok(c) => c,
+                Err(zk::Error::AuthFailed) => {
+                    self.auth_refused();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => continue,
+                        () = stopped(stop) => return,
+                    }
+                }
                 Err(e) => {
                     let servers = self.servers.clone();
                     self.outage_begins(format_args!("cannot reach ZooKeeper {servers}: {e}"));
@@ -369,6 +444,9 @@ impl Runner {
                 }
             };
             backoff.reset();
+            if self.auth_failed_logged.take().is_some() {
+                info!("ZooKeeper accepted our credentials");
+            }
             let id = client.session_id();
             info!(
                 session = %id,
@@ -444,6 +522,12 @@ impl Runner {
                             let delay = s.errors.next_delay();
                             if s.error_logged {
                                 debug!("ZooKeeper: {what}: {err}; retrying in {delay:.1?}");
+                            } else if err == zk::Error::NoAuth {
+                                s.error_logged = true;
+                                error!(
+                                    "ZooKeeper: {what}: {err}: {}; retrying",
+                                    self.access.no_auth_hint()
+                                );
                             } else {
                                 s.error_logged = true;
                                 warn!("ZooKeeper: {what}: {err}; retrying");
@@ -573,9 +657,16 @@ impl Runner {
         if s.need_mkdir {
             for dir in [&self.parent, &self.zone_dir] {
                 client
-                    .mkdir(dir, &PERSISTENT)
+                    .mkdir(dir, &self.access.persistent())
                     .await
                     .map_err(op_err(format!("creating {dir}")))?;
+            }
+            // The directories whose CREATE and DELETE rights say who may join or leave.
+            for dir in [&self.parent, self.index.root(), &self.zone_dir] {
+                self.access
+                    .secure(client, dir)
+                    .await
+                    .map_err(op_err(format!("checking the ACL of {dir}")))?;
             }
             s.need_mkdir = false;
         }
@@ -794,7 +885,9 @@ mod tests {
                 ..Default::default()
             },
             default_port: 862,
+            policy: crate::discovery::admit::MemberPolicy::any_network(),
             metrics: ZkMetrics::default(),
+            auth: None,
         };
         send(&run_zk(opts, p, s, stop));
     }

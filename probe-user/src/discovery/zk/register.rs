@@ -5,14 +5,13 @@
 
 use std::net::IpAddr;
 
-use prost::Message;
 use tokio::time::{Instant, timeout};
 use tracing::{error, info, warn};
 use zookeeper_client::{self as zk, MultiWriteError};
 
 use super::{
-    CONFLICT_LOG_EVERY, CONFLICT_RETRY, DELETE_BUDGET, EPHEMERAL, EventFuture, OpError, Runner,
-    STOP_BUDGET, op_err,
+    CONFLICT_LOG_EVERY, CONFLICT_RETRY, DELETE_BUDGET, EventFuture, OpError, Runner, STOP_BUDGET,
+    op_err,
 };
 use crate::discovery::layout;
 use crate::discovery::syntax::bracket;
@@ -57,11 +56,13 @@ impl Runner {
     pub(super) async fn register(&mut self, client: &zk::Client) -> Result<Registration, OpError> {
         let ours = client.session_id().0;
         let reg = self.reg.clone();
+        let access = self.access.clone();
+        let ephemeral = access.ephemeral();
         let (path, entry) = (reg.path.as_str(), reg.entry.as_str());
         for _ in 0..ROUNDS {
             let mut w = client.new_multi_writer();
-            w.add_create(path, &reg.data, &EPHEMERAL)
-                .and_then(|()| w.add_create(entry, &[], &EPHEMERAL))
+            w.add_create(path, &reg.data, &ephemeral)
+                .and_then(|()| w.add_create(entry, &[], &ephemeral))
                 .map_err(op_err(format!("registering {path}")))?;
             match w.commit().await {
                 Ok(_) => match self.watch_own(client, ours).await? {
@@ -106,7 +107,7 @@ impl Runner {
                     None => continue,
                 }
             }
-            let theirs = NodeInfo::decode(data.as_slice()).ok();
+            let theirs = layout::decode_node_info(&data);
             if let Some(t) = theirs
                 .as_ref()
                 .filter(|t| is_previous_incarnation(t, &self.opts.me))
@@ -167,7 +168,10 @@ impl Runner {
         match client.check_stat(entry).await {
             Ok(None) => Ok(()),
             Ok(Some(st)) if st.ephemeral_owner == ours => {
-                match client.create(path, &self.reg.data, &EPHEMERAL).await {
+                match client
+                    .create(path, &self.reg.data, &self.access.ephemeral())
+                    .await
+                {
                     Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
                     Err(e) => Err(op_err(format!("creating {path}"))(e)),
                 }
@@ -190,7 +194,7 @@ impl Runner {
     /// Our registration is ours: makes sure our index entry is too. `false`: try again.
     async fn ensure_entry(&mut self, client: &zk::Client, ours: i64) -> Result<bool, OpError> {
         let entry = self.reg.entry.as_str();
-        match client.create(entry, &[], &EPHEMERAL).await {
+        match client.create(entry, &[], &self.access.ephemeral()).await {
             Ok(_) => {
                 info!(entry, "created our missing topology index entry again");
                 Ok(true)
