@@ -85,6 +85,37 @@ zookeeper:
     - key: {{ $za.passwordKey | quote }}
       path: password
 {{- end }}
+{{- $ks := .Values.kafka.security -}}
+{{- if $ks.caSecret }}
+kafka-ca:
+  secret: {{ $ks.caSecret | quote }}
+  items:
+    - key: {{ $ks.caKey | quote }}
+      path: ca.crt
+{{- end }}
+{{- if $ks.clientCertSecret }}
+kafka-client:
+  secret: {{ $ks.clientCertSecret | quote }}
+  items:
+    - key: tls.crt
+      path: tls.crt
+    - key: tls.key
+      path: tls.key
+{{- end }}
+{{- if $ks.saslPasswordSecret }}
+kafka-sasl:
+  secret: {{ $ks.saslPasswordSecret | quote }}
+  items:
+    - key: {{ $ks.saslPasswordKey | quote }}
+      path: password
+{{- end }}
+{{- if .Values.kafka.propertiesSecret }}
+kafka-properties:
+  secret: {{ .Values.kafka.propertiesSecret | quote }}
+  items:
+    - key: {{ .Values.kafka.propertiesKey | quote }}
+      path: kafka.properties
+{{- end }}
 {{- end -}}
 
 {{- define "meshprobe.env" -}}
@@ -149,6 +180,38 @@ zookeeper:
   value: {{ $k.bufferMessages | int64 | toString | quote }}
 - name: MESHPROBE_KAFKA_COMPRESSION
   value: {{ $k.compression | quote }}
+{{- with $k.security }}
+{{- if ne .protocol "plaintext" }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ .protocol | quote }}
+{{- end }}
+{{- if .caSecret }}
+- name: KAFKA_SSL_CA_FILE
+  value: /etc/meshprobe/secrets/kafka-ca/ca.crt
+{{- end }}
+{{- if .clientCertSecret }}
+- name: KAFKA_SSL_CERT_FILE
+  value: /etc/meshprobe/secrets/kafka-client/tls.crt
+- name: KAFKA_SSL_KEY_FILE
+  value: /etc/meshprobe/secrets/kafka-client/tls.key
+{{- end }}
+{{- if .saslMechanism }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ .saslMechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ .saslUsername | quote }}
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: /etc/meshprobe/secrets/kafka-sasl/password
+{{- end }}
+{{- end }}
+{{- if $k.propertiesSecret }}
+- name: KAFKA_PROPERTIES_FILE
+  value: /etc/meshprobe/secrets/kafka-properties/kafka.properties
+{{- end }}
+{{- range $name, $v := $k.properties }}
+- name: {{ printf "KAFKA_PROPERTY_%s" ($name | upper | replace "." "_") }}
+  value: {{ $v | quote }}
+{{- end }}
 - name: REGISTER_PUBLIC_DNS
 {{- if $a.register.publicDns }}
   value: {{ $a.register.publicDns | quote }}

@@ -61,6 +61,18 @@ OVERRIDES: dict[str, Any] = {
         "probes": True,
         "bufferMessages": 5000,
         "compression": "lz4",
+        "security": {
+            "protocol": "sasl_ssl",
+            "caSecret": "kafka-ca",
+            "caKey": "bundle.pem",
+            "clientCertSecret": "kafka-client-tls",
+            "saslMechanism": "SCRAM-SHA-512",
+            "saslUsername": "agent",
+            "saslPasswordSecret": "kafka-agent",
+            "saslPasswordKey": "pw",
+        },
+        "properties": {"socket.keepalive.enable": "true"},
+        "propertiesSecret": "kafka-extra",
     },
     "agent": {
         "nodeId": "fixed-node",
@@ -137,6 +149,15 @@ OVERRIDE_ENV = {
     "MESHPROBE_KAFKA_PROBES": "true",
     "MESHPROBE_KAFKA_BUFFER_MESSAGES": "5000",
     "MESHPROBE_KAFKA_COMPRESSION": "lz4",
+    "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+    "KAFKA_SSL_CA_FILE": "/etc/meshprobe/secrets/kafka-ca/ca.crt",
+    "KAFKA_SSL_CERT_FILE": "/etc/meshprobe/secrets/kafka-client/tls.crt",
+    "KAFKA_SSL_KEY_FILE": "/etc/meshprobe/secrets/kafka-client/tls.key",
+    "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "agent",
+    "KAFKA_SASL_PASSWORD_FILE": "/etc/meshprobe/secrets/kafka-sasl/password",
+    "KAFKA_PROPERTIES_FILE": "/etc/meshprobe/secrets/kafka-properties/kafka.properties",
+    "KAFKA_PROPERTY_SOCKET_KEEPALIVE_ENABLE": "true",
     "REGISTER_PUBLIC_DNS": "10.9.8.7",
     "REGISTER_PUBLIC_PORT": "1862",
     "REGISTER_LISTENER_DNS": "0.0.0.0",
@@ -203,6 +224,9 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("ZooKeeper user with a colon", {"zookeeper": {"auth": {"username": "a:b", "passwordSecret": "s"}}}, ["/zookeeper/auth/username", "does not match pattern"]),
     ("NetworkPolicy without reflector sources", {"networkPolicy": {"enabled": True}}, ["/networkPolicy/reflectorFrom", "minItems"]),
     ("reflector source not a CIDR", {"networkPolicy": {"reflectorFrom": ["nodes"]}}, ["/networkPolicy/reflectorFrom/0", "does not match pattern"]),
+    ("Kafka SASL without a password Secret", {"kafka": {"security": {"saslMechanism": "PLAIN", "saslUsername": "a"}}}, ["/kafka/security/saslPasswordSecret"]),
+    ("unknown Kafka protocol", {"kafka": {"security": {"protocol": "tls"}}}, ["/kafka/security/protocol", "value must be one of"]),
+    ("Kafka property with upper case", {"kafka": {"properties": {"Socket.Timeout": "1"}}}, ["invalid propertyName 'Socket.Timeout'"]),
     ("worst peers above 1000", {"agent": {"metricsWorstPeers": 5000}}, ["/agent/metricsWorstPeers", "maximum"]),
     ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
     ("loss threshold above 1", {"metrics": {"prometheusRule": {"peerLossThreshold": 2}}}, ["/metrics/prometheusRule/peerLossThreshold", "maximum: got 2, want 1"]),
@@ -254,8 +278,9 @@ def env_map(container: dict[str, Any]) -> dict[str, Any]:
 
 def agent_settings() -> set[str]:
     """Environment names of every `meshprobe agent` setting (clap `env = "..."`)."""
-    text = (REPO / "probe-user/src/agent/config/args.rs").read_text()
-    names = set(re.findall(r'env = "([A-Z0-9_]+)"', text))
+    names: set[str] = set()
+    for rs in ("probe-user/src/agent/config/args.rs", "probe-user/src/kafka_security.rs"):
+        names.update(re.findall(r'env = "([A-Z0-9_]+)"', (REPO / rs).read_text()))
     assert "SERVERS_ZK" in names and "MESHPROBE_INTERVAL" in names, names
     return names
 
@@ -509,6 +534,16 @@ class Overrides(unittest.TestCase):
         )
         for e in self.agent["env"]:
             self.assertNotIn("secretKeyRef", json.dumps(e), "no secret in the environment")
+        # Kafka: one read-only directory per Secret, each file where its setting points.
+        for name, secret, items in [
+            ("kafka-ca", "kafka-ca", [{"key": "bundle.pem", "path": "ca.crt"}]),
+            ("kafka-client", "kafka-client-tls", [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]),
+            ("kafka-sasl", "kafka-agent", [{"key": "pw", "path": "password"}]),
+            ("kafka-properties", "kafka-extra", [{"key": "kafka.properties", "path": "kafka.properties"}]),
+        ]:
+            self.assertEqual(mounts[f"secret-{name}"]["mountPath"], f"/etc/meshprobe/secrets/{name}")
+            self.assertTrue(mounts[f"secret-{name}"]["readOnly"])
+            self.assertEqual(vols[f"secret-{name}"]["secret"], {"secretName": secret, "defaultMode": 0o400, "items": items})
         # Non-root: the group reads it, and the pod's fsGroup is the agent's.
         nonroot = one(objects(render({**OVERRIDES, "securityContext": {"runAsNonRoot": True}})), "DaemonSet")
         pod = nonroot["spec"]["template"]["spec"]
