@@ -25,6 +25,7 @@ pub mod stamp;
 pub mod star;
 pub mod stats;
 pub mod synthetic;
+pub mod tls;
 pub mod topo;
 pub mod zkproxy;
 pub mod zkreg;

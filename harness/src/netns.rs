@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -119,6 +120,57 @@ impl Netns {
         cmd.args(["netns", "exec", &self.name]);
         cmd.args(argv);
         cmd
+    }
+
+    /// `argv` exec'd directly (no `ip` process in between), the child entering the namespace
+    /// in a pre_exec hook the way `ip netns exec` does: setns, a private mount namespace with
+    /// the namespace's own /sys. Hooks the caller adds afterwards run inside it, right before
+    /// exec (where a container runtime installs its seccomp filter).
+    pub fn command_direct<I, S>(&self, argv: I) -> Result<Command>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        use std::ffi::CString;
+        use std::os::fd::AsRawFd;
+        let mut argv = argv.into_iter();
+        let prog = argv.next().context("command_direct: empty argv")?;
+        let mut cmd = Command::new(prog);
+        cmd.args(argv);
+        let ns = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening /run/netns/{}", self.name))?;
+        let name = CString::new(self.name.as_str())?;
+        // SAFETY: only async-signal-safe syscalls on data prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ok = |rc: libc::c_int| {
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
+                ok(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
+                ok(libc::unshare(libc::CLONE_NEWNS))?;
+                // Mount changes stay in this child.
+                ok(libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_SLAVE | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                ok(libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH))?;
+                ok(libc::mount(
+                    name.as_ptr(),
+                    c"/sys".as_ptr(),
+                    c"sysfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ))
+            });
+        }
+        Ok(cmd)
     }
 
     /// Runs `argv` in the namespace; fails unless it exits 0; returns stdout.

@@ -615,6 +615,10 @@ pub struct Tansu {
     child: Option<ChildGuard>,
     /// Stderr of earlier runs (before restarts), for diagnostics.
     old_stderr: String,
+    /// The port clients are told to use (a TLS proxy's in front of the broker).
+    advertised_port: u16,
+    /// `--authentication`: clients must log in with SASL (SCRAM; see [`Tansu::create_user`]).
+    authentication: bool,
 }
 
 impl Tansu {
@@ -622,6 +626,17 @@ impl Tansu {
     /// it (SQLite, feature `libsql`), else in memory (see [`Tansu::persistent`]);
     /// [`TANSU_STORAGE_ENV`] overrides the choice. Returns once the port accepts connections.
     pub fn start(ns: &Netns, addr: IpAddr, port: u16) -> Result<Tansu> {
+        Self::start_advertising(ns, addr, port, port)
+    }
+
+    /// [`Tansu::start`], telling clients (in metadata) to connect to `advertised_port` on the
+    /// same address: the port of a [`crate::tls::TlsProxy`] in front of the broker.
+    pub fn start_advertising(
+        ns: &Netns,
+        addr: IpAddr,
+        port: u16,
+        advertised_port: u16,
+    ) -> Result<Tansu> {
         let bin = find_tansu().ok_or_else(|| anyhow!("{}", tansu_missing().unwrap()))?;
         let dir = TempDir::new("tansu")?;
         let mut t = Tansu {
@@ -633,6 +648,8 @@ impl Tansu {
             storage: String::new(),
             child: None,
             old_stderr: String::new(),
+            advertised_port,
+            authentication: false,
         };
         if let Ok(s) = std::env::var(TANSU_STORAGE_ENV) {
             t.storage = s;
@@ -688,17 +705,21 @@ impl Tansu {
         }
         let url = self.url();
         let listener = self.listener_url();
+        let advertised = format!("tcp://{}", host_port(self.addr, self.advertised_port));
         let mut cmd = self.ns.command([
             self.bin.as_os_str(),
             "broker".as_ref(),
             "--listener-url".as_ref(),
             listener.as_ref(),
             "--advertised-listener-url".as_ref(),
-            url.as_ref(),
+            advertised.as_ref(),
             "--storage-engine".as_ref(),
             self.storage.as_ref(),
             "--silent".as_ref(),
         ]);
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
         // sqlite:// paths are relative to the working directory.
         cmd.current_dir(self.dir.path());
         cmd.env(
@@ -798,6 +819,54 @@ impl Tansu {
             );
         }
         Ok(())
+    }
+
+    /// `tansu user create NAME PASSWORD --mechanism scram256|scram512` (SCRAM-SHA-256/512
+    /// credentials; Tansu has no other kind). Only before [`Tansu::require_authentication`]:
+    /// tansu's own client does not log in.
+    pub fn create_user(&self, name: &str, password: &str, mechanism: &str) -> Result<()> {
+        if self.authentication {
+            bail!("tansu user create cannot log in: create users before require_authentication");
+        }
+        let url = self.admin_url();
+        let mut cmd = self.ns.command([
+            self.bin.as_os_str(),
+            "user".as_ref(),
+            "create".as_ref(),
+            name.as_ref(),
+            password.as_ref(),
+            "--broker".as_ref(),
+            url.as_ref(),
+            "--mechanism".as_ref(),
+            mechanism.as_ref(),
+        ]);
+        cmd.current_dir(self.dir.path());
+        let out = run_with_timeout(cmd, Duration::from_secs(30))?;
+        if !out.status.success() {
+            bail!(
+                "tansu user create {name} --mechanism {mechanism} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Restarts the broker with `--authentication` (SASL required), keeping its storage: the
+    /// topics and users created before stay. Needs persistent storage.
+    pub fn require_authentication(&mut self) -> Result<()> {
+        if !self.persistent() {
+            bail!(
+                "tansu storage {} does not survive a restart: users and topics created before \
+                 --authentication would be lost (install tansu with feature libsql)",
+                self.storage
+            );
+        }
+        // SIGKILL like an outage: SQLite has committed what the broker acknowledged.
+        self.kill();
+        self.authentication = true;
+        self.launch()
     }
 
     fn kill(&mut self) {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::{
+    cli::error::ConfigError,
+    kafka_security::{Security, SecurityArgs},
     matrix::{Model, coverage::Coverage},
     pb::{self, record::Kind},
     sink::{OutputFormat, StdoutSink},
@@ -60,6 +62,8 @@ pub struct ConsumeArgs {
     /// `meshprobe matrix`) instead of the records.
     #[arg(long, conflicts_with_all = ["follow", "offsets", "src", "dst", "kind"])]
     pub coverage: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 impl ConsumeArgs {
@@ -84,10 +88,13 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
+    let security =
+        Security::from_args(&args.security, std::env::vars_os()).map_err(ConfigError::named)?;
     let mut reader = TopicReader::open(
         &args.kafka_bootstrap_servers,
         &args.kafka_topic,
         args.timeout,
+        &security,
     )?;
     let out = StdoutSink {
         format: if args.json {

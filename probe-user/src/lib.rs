@@ -6,6 +6,7 @@ pub mod clock;
 pub mod consume;
 pub mod discovery;
 pub mod ebpf;
+pub mod kafka_security;
 pub mod matrix;
 pub mod net;
 pub mod networks;

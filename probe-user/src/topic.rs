@@ -2,6 +2,7 @@
 //! offsets, decoded into [`pb::Record`]s. Shared by `meshprobe consume` and `meshprobe matrix`.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -16,18 +17,61 @@ use rdkafka::{
 };
 use tracing::debug;
 
-use crate::{pb, sink::kafka::validate_bootstrap};
+use crate::{
+    kafka_security::{Security, failure_hint},
+    pb,
+    sink::kafka::validate_bootstrap,
+};
 
-/// librdkafka's own logs stay at debug: failures surface as our errors and warnings.
-struct Quiet;
+/// One metadata request of [`TopicReader::open`] waits at most this long.
+const METADATA_TRY: Duration = Duration::from_secs(1);
+/// Between two metadata requests: wait for queued events this long at most, and stop after
+/// this many errors (each ends a poll).
+const EVENT_WAIT: Duration = Duration::from_millis(50);
+const MAX_ERRORS_PER_TRY: usize = 50;
+
+/// librdkafka's own logs stay at debug: failures surface as our errors and warnings. What
+/// they say is kept, to tell why a metadata request timed out (a TLS or SASL failure): a
+/// consumer gets some client errors with their reason (`error`), others only as a code from
+/// `poll`, with the reason in librdkafka's `FAIL` log line.
+#[derive(Default)]
+struct Quiet {
+    /// From `error`: the reason with the settings to check.
+    error: Mutex<String>,
+    /// The last `FAIL` log line (a connection failure's reason).
+    failure: Mutex<String>,
+}
+
+fn locked(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Quiet {
+    /// Why the client cannot work, as far as it told; `code` is an error `poll` returned.
+    fn why(&self, code: Option<RDKafkaErrorCode>) -> String {
+        let e = locked(&self.error);
+        if !e.is_empty() {
+            return e.clone();
+        }
+        failure_hint(code, &locked(&self.failure))
+    }
+}
 
 impl ClientContext for Quiet {
     fn log(&self, _level: RDKafkaLogLevel, fac: &str, msg: &str) {
         debug!(target: "librdkafka", "{fac}: {msg}");
+        if fac == "FAIL" {
+            *locked(&self.failure) = msg.to_string();
+        }
     }
 
     fn error(&self, err: KafkaError, reason: &str) {
         debug!(target: "librdkafka", "{err}: {reason}");
+        // "All brokers down" says less than the failure before it.
+        let code = err.rdkafka_error_code();
+        if code != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *locked(&self.error) = failure_hint(code, reason);
+        }
     }
 }
 
@@ -83,25 +127,63 @@ pub struct TopicReader {
 impl TopicReader {
     /// Connects, checks the topic and assigns all its partitions from the beginning; `timeout`
     /// bounds the connection and, when not following, the wait for progress.
-    pub fn open(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
+    pub fn open(
+        bootstrap: &str,
+        topic: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> anyhow::Result<TopicReader> {
         let bs = bootstrap;
         validate_bootstrap(bs)?;
         let timeout_ms = timeout.as_millis().clamp(1000, i32::MAX as u128);
-        let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-            .set("bootstrap.servers", bs)
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", bs)
             // librdkafka's assign() needs a group; nothing is ever committed to it.
             .set("group.id", "meshprobe-consume")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("socket.connection.setup.timeout.ms", timeout_ms.to_string())
-            .set_log_level(RDKafkaLogLevel::Warning)
-            .create_with_context(Quiet)
+            .set_log_level(RDKafkaLogLevel::Warning);
+        security.apply(&mut cfg);
+        if let Some(w) = security.warning() {
+            tracing::warn!("{w}");
+        }
+        let consumer: BaseConsumer<Quiet> = cfg
+            .create_with_context(Quiet::default())
             .context("creating the Kafka consumer")?;
 
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}"))?;
+        // Short requests with polls between them: a poll is what hands client errors (a TLS
+        // or SASL failure) to the context, so a failure can say why.
+        let deadline = Instant::now() + timeout;
+        let mut code = None;
+        let md = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match consumer.fetch_metadata(Some(topic), left.min(METADATA_TRY)) {
+                Ok(md) => break md,
+                Err(_) if !left.is_zero() => {
+                    // Serve what is queued (librdkafka's logs, client errors): a poll returns
+                    // at each error, and otherwise after a short wait with nothing left.
+                    for _ in 0..MAX_ERRORS_PER_TRY {
+                        match consumer.poll(EVENT_WAIT) {
+                            None => break,
+                            Some(Err(e)) => code = e.rdkafka_error_code().or(code),
+                            // Nothing is assigned yet: no message can come.
+                            Some(Ok(_)) => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    let last = consumer.context().why(code);
+                    let why = if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last error: {last})")
+                    };
+                    bail!("cannot reach Kafka at {bs}: {e}{why}");
+                }
+            }
+        };
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
             bail!("topic {topic:?} not found at {bs}");
         };

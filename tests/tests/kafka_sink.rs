@@ -51,6 +51,7 @@ fn opts(buffer_messages: usize) -> KafkaOptions {
         compression: "zstd".into(),
         buffer_messages,
         conn_timeout: Duration::from_secs(5),
+        security: Default::default(),
     }
 }
 

@@ -35,6 +35,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "python3"),
     // setcap: the capability test gives a copy of the binary file capabilities.
     ("libcap2-bin", "setcap"),
+    // rdkafka's "ssl" feature builds librdkafka against the system OpenSSL (found through
+    // pkg-config). libssl-dev has no binary: without dpkg, pkg-config stands for both.
+    ("libssl-dev", "pkg-config"),
+    ("pkg-config", "pkg-config"),
 ];
 
 /// What only `cargo xtask bench` needs on top of [`APT_PACKAGES`] (installed by

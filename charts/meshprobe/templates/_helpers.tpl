@@ -97,6 +97,37 @@ stamp:
       path: next-key
     {{- end }}
 {{- end }}
+{{- $ks := .Values.kafka.security -}}
+{{- if $ks.caSecret }}
+kafka-ca:
+  secret: {{ $ks.caSecret | quote }}
+  items:
+    - key: {{ $ks.caKey | quote }}
+      path: ca.crt
+{{- end }}
+{{- if $ks.clientCertSecret }}
+kafka-client:
+  secret: {{ $ks.clientCertSecret | quote }}
+  items:
+    - key: tls.crt
+      path: tls.crt
+    - key: tls.key
+      path: tls.key
+{{- end }}
+{{- if $ks.saslPasswordSecret }}
+kafka-sasl:
+  secret: {{ $ks.saslPasswordSecret | quote }}
+  items:
+    - key: {{ $ks.saslPasswordKey | quote }}
+      path: password
+{{- end }}
+{{- if .Values.kafka.propertiesSecret }}
+kafka-properties:
+  secret: {{ .Values.kafka.propertiesSecret | quote }}
+  items:
+    - key: {{ .Values.kafka.propertiesKey | quote }}
+      path: kafka.properties
+{{- end }}
 {{- end -}}
 
 {{- define "meshprobe.env" -}}
@@ -161,6 +192,38 @@ stamp:
   value: {{ $k.bufferMessages | int64 | toString | quote }}
 - name: MESHPROBE_KAFKA_COMPRESSION
   value: {{ $k.compression | quote }}
+{{- with $k.security }}
+{{- if ne .protocol "plaintext" }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ .protocol | quote }}
+{{- end }}
+{{- if .caSecret }}
+- name: KAFKA_SSL_CA_FILE
+  value: /etc/meshprobe/secrets/kafka-ca/ca.crt
+{{- end }}
+{{- if .clientCertSecret }}
+- name: KAFKA_SSL_CERT_FILE
+  value: /etc/meshprobe/secrets/kafka-client/tls.crt
+- name: KAFKA_SSL_KEY_FILE
+  value: /etc/meshprobe/secrets/kafka-client/tls.key
+{{- end }}
+{{- if .saslMechanism }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ .saslMechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ .saslUsername | quote }}
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: /etc/meshprobe/secrets/kafka-sasl/password
+{{- end }}
+{{- end }}
+{{- if $k.propertiesSecret }}
+- name: KAFKA_PROPERTIES_FILE
+  value: /etc/meshprobe/secrets/kafka-properties/kafka.properties
+{{- end }}
+{{- range $name, $v := $k.properties }}
+- name: {{ printf "KAFKA_PROPERTY_%s" ($name | upper | replace "." "_") }}
+  value: {{ $v | quote }}
+{{- end }}
 - name: REGISTER_PUBLIC_DNS
 {{- if $a.register.publicDns }}
   value: {{ $a.register.publicDns | quote }}
@@ -303,3 +366,17 @@ stamp:
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The agent's seccomp profile (files/seccomp/, README "Seccomp profile") and where it is installed:
+<seccomp.kubeletSeccompRoot>/<seccompDir>/<seccompFile>, i.e. localhostProfile
+<seccompDir>/<seccompFile>.
+*/}}
+{{- define "meshprobe.seccompDir" -}}meshprobe{{- end }}
+{{- define "meshprobe.seccompFile" -}}meshprobe-agent.json{{- end }}
+{{- define "meshprobe.seccompLocalhostProfile" -}}
+{{- include "meshprobe.seccompDir" . }}/{{ include "meshprobe.seccompFile" . }}
+{{- end }}
+{{- define "meshprobe.seccompProfile" -}}
+{{- .Files.Get (printf "files/seccomp/%s" (include "meshprobe.seccompFile" .)) }}
+{{- end }}

@@ -25,6 +25,12 @@ FULLNAME = "mp-meshprobe"
 # test reads the list from values.yaml, so the two cannot drift apart.
 PROVEN_CAPS = ["BPF", "NET_ADMIN", "PERFMON", "NET_BIND_SERVICE"]
 
+# The agent's seccomp profile (tests/tests/agent_seccomp.rs runs the agent under it) and where
+# seccomp.install puts it.
+SECCOMP_FILE = CHART / "files/seccomp/meshprobe-agent.json"
+SECCOMP_LOCALHOST = "meshprobe/meshprobe-agent.json"
+SECCOMP_INSTALL = {"seccomp": {"install": True}}
+
 # Kubernetes versions to validate against: a current one and the newest kubernetes-validate has.
 KUBE_VERSIONS = ["1.33", kubernetes_validate.utils.latest_version()]
 
@@ -55,6 +61,18 @@ OVERRIDES: dict[str, Any] = {
         "probes": True,
         "bufferMessages": 5000,
         "compression": "lz4",
+        "security": {
+            "protocol": "sasl_ssl",
+            "caSecret": "kafka-ca",
+            "caKey": "bundle.pem",
+            "clientCertSecret": "kafka-client-tls",
+            "saslMechanism": "SCRAM-SHA-512",
+            "saslUsername": "agent",
+            "saslPasswordSecret": "kafka-agent",
+            "saslPasswordKey": "pw",
+        },
+        "properties": {"socket.keepalive.enable": "true"},
+        "propertiesSecret": "kafka-extra",
     },
     "agent": {
         "nodeId": "fixed-node",
@@ -108,6 +126,11 @@ OVERRIDES["metrics"] = {
     "prometheusRule": {"enabled": True, "peerLossThreshold": 0.05},
 }
 OVERRIDES["grafana"] = {"dashboard": {"enabled": True, "folder": "Network"}}
+OVERRIDES["networkPolicy"] = {
+    "enabled": True,
+    "reflectorFrom": ["10.0.0.0/16", "fd00::/8"],
+    "adminFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+}
 
 # The environment the override render must produce: (name, value).
 OVERRIDE_ENV = {
@@ -127,6 +150,15 @@ OVERRIDE_ENV = {
     "MESHPROBE_KAFKA_PROBES": "true",
     "MESHPROBE_KAFKA_BUFFER_MESSAGES": "5000",
     "MESHPROBE_KAFKA_COMPRESSION": "lz4",
+    "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+    "KAFKA_SSL_CA_FILE": "/etc/meshprobe/secrets/kafka-ca/ca.crt",
+    "KAFKA_SSL_CERT_FILE": "/etc/meshprobe/secrets/kafka-client/tls.crt",
+    "KAFKA_SSL_KEY_FILE": "/etc/meshprobe/secrets/kafka-client/tls.key",
+    "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "agent",
+    "KAFKA_SASL_PASSWORD_FILE": "/etc/meshprobe/secrets/kafka-sasl/password",
+    "KAFKA_PROPERTIES_FILE": "/etc/meshprobe/secrets/kafka-properties/kafka.properties",
+    "KAFKA_PROPERTY_SOCKET_KEEPALIVE_ENABLE": "true",
     "REGISTER_PUBLIC_DNS": "10.9.8.7",
     "REGISTER_PUBLIC_PORT": "1862",
     "REGISTER_LISTENER_DNS": "0.0.0.0",
@@ -197,10 +229,17 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("STAMP authentication without a key Secret", {"agent": {"stampAuth": {"reflector": "required"}}}, ["/agent/stampAuth", "keySecret"]),
     ("unknown STAMP authentication mode", {"agent": {"stampAuth": {"sender": "on"}}}, ["/agent/stampAuth/sender", "value must be one of"]),
     ("ZooKeeper user with a colon", {"zookeeper": {"auth": {"username": "a:b", "passwordSecret": "s"}}}, ["/zookeeper/auth/username", "does not match pattern"]),
+    ("NetworkPolicy without reflector sources", {"networkPolicy": {"enabled": True}}, ["/networkPolicy/reflectorFrom", "minItems"]),
+    ("reflector source not a CIDR", {"networkPolicy": {"reflectorFrom": ["nodes"]}}, ["/networkPolicy/reflectorFrom/0", "does not match pattern"]),
+    ("Kafka SASL without a password Secret", {"kafka": {"security": {"saslMechanism": "PLAIN", "saslUsername": "a"}}}, ["/kafka/security/saslPasswordSecret"]),
+    ("unknown Kafka protocol", {"kafka": {"security": {"protocol": "tls"}}}, ["/kafka/security/protocol", "value must be one of"]),
+    ("Kafka property with upper case", {"kafka": {"properties": {"Socket.Timeout": "1"}}}, ["invalid propertyName 'Socket.Timeout'"]),
     ("worst peers above 1000", {"agent": {"metricsWorstPeers": 5000}}, ["/agent/metricsWorstPeers", "maximum"]),
     ("the removed metricsPeerLimit", {"agent": {"metricsPeerLimit": 256}}, ["/agent", "additional properties 'metricsPeerLimit' not allowed"]),
     ("loss threshold above 1", {"metrics": {"prometheusRule": {"peerLossThreshold": 2}}}, ["/metrics/prometheusRule/peerLossThreshold", "maximum: got 2, want 1"]),
     ("non-root uid 0", {"securityContext": {"runAsUser": 0}}, ["/securityContext/runAsUser", "minimum: got 0, want 1"]),
+    ("seccomp install as text", {"seccomp": {"install": "yes"}}, ["/seccomp/install", "got string, want boolean"]),
+    ("relative kubelet seccomp root", {"seccomp": {"kubeletSeccompRoot": "var/lib/kubelet/seccomp"}}, ["/seccomp/kubeletSeccompRoot", "does not match pattern"]),
 ]
 
 
@@ -246,8 +285,9 @@ def env_map(container: dict[str, Any]) -> dict[str, Any]:
 
 def agent_settings() -> set[str]:
     """Environment names of every `meshprobe agent` setting (clap `env = "..."`)."""
-    text = (REPO / "probe-user/src/agent/config/args.rs").read_text()
-    names = set(re.findall(r'env = "([A-Z0-9_]+)"', text))
+    names: set[str] = set()
+    for rs in ("probe-user/src/agent/config/args.rs", "probe-user/src/kafka_security.rs"):
+        names.update(re.findall(r'env = "([A-Z0-9_]+)"', (REPO / rs).read_text()))
     assert "SERVERS_ZK" in names and "MESHPROBE_INTERVAL" in names, names
     return names
 
@@ -364,6 +404,8 @@ class KubernetesSchemas(unittest.TestCase):
             {"securityContext": {"runAsNonRoot": True}, "stateDir": {"enabled": False}, "zone": {"source": "podLabel"}},
             {"zookeeper": {"enabled": True, "persistence": {"enabled": True, "storageClassName": "fast"}}, "kafka": {"bootstrapServers": ""}},
             {"metrics": {"service": {"enabled": True}}, "zone": {"source": "value"}, "serviceAccount": {"create": False}},
+            SECCOMP_INSTALL,
+            {**SECCOMP_INSTALL, "zone": {"source": "value"}, "stateDir": {"enabled": False}},
         ):
             with self.subTest(values=values):
                 self.validate_all(values)
@@ -466,7 +508,7 @@ class DaemonSetDefaults(unittest.TestCase):
 
     def test_optional_parts_are_off(self) -> None:
         kinds = {o["kind"] for o in self.objs}
-        for k in ("StatefulSet", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Service"):
+        for k in ("StatefulSet", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Service", "NetworkPolicy"):
             self.assertNotIn(k, kinds)
 
     def test_notes_say_how_to_read_the_topic(self) -> None:
@@ -506,11 +548,34 @@ class Overrides(unittest.TestCase):
         )
         for e in self.agent["env"]:
             self.assertNotIn("secretKeyRef", json.dumps(e), "no secret in the environment")
+        # Kafka: one read-only directory per Secret, each file where its setting points.
+        for name, secret, items in [
+            ("kafka-ca", "kafka-ca", [{"key": "bundle.pem", "path": "ca.crt"}]),
+            ("kafka-client", "kafka-client-tls", [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]),
+            ("kafka-sasl", "kafka-agent", [{"key": "pw", "path": "password"}]),
+            ("kafka-properties", "kafka-extra", [{"key": "kafka.properties", "path": "kafka.properties"}]),
+        ]:
+            self.assertEqual(mounts[f"secret-{name}"]["mountPath"], f"/etc/meshprobe/secrets/{name}")
+            self.assertTrue(mounts[f"secret-{name}"]["readOnly"])
+            self.assertEqual(vols[f"secret-{name}"]["secret"], {"secretName": secret, "defaultMode": 0o400, "items": items})
         # Non-root: the group reads it, and the pod's fsGroup is the agent's.
         nonroot = one(objects(render({**OVERRIDES, "securityContext": {"runAsNonRoot": True}})), "DaemonSet")
         pod = nonroot["spec"]["template"]["spec"]
         self.assertEqual(pod["securityContext"], {"fsGroup": 65532})
         self.assertEqual({v["name"]: v for v in pod["volumes"]}["secret-zookeeper"]["secret"]["defaultMode"], 0o440)
+
+    def test_network_policy_admits_the_probers_and_the_scrapers_only(self) -> None:
+        np = one(self.objs, "NetworkPolicy")
+        self.assertEqual(np["spec"]["podSelector"]["matchLabels"], self.ds["spec"]["selector"]["matchLabels"])
+        self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
+        reflector, admin = np["spec"]["ingress"]
+        self.assertEqual(reflector["ports"], [{"port": 8862, "protocol": "UDP"}])
+        self.assertEqual(reflector["from"], [{"ipBlock": {"cidr": "10.0.0.0/16"}}, {"ipBlock": {"cidr": "fd00::/8"}}])
+        self.assertEqual(admin["ports"], [{"port": 19862, "protocol": "TCP"}])
+        self.assertEqual(admin["from"], OVERRIDES["networkPolicy"]["adminFrom"])
+        # Without scrapers: the reflector rule alone (the admin port is closed to the network).
+        only = one(objects(render({**OVERRIDES, "networkPolicy": {"enabled": True, "reflectorFrom": ["10.0.0.0/16"]}})), "NetworkPolicy")
+        self.assertEqual(len(only["spec"]["ingress"]), 1)
 
     def test_pod_settings(self) -> None:
         self.assertEqual(self.agent["image"], "registry.example/meshprobe:9.9.9")
@@ -592,6 +657,87 @@ class Overrides(unittest.TestCase):
         env = env_map(agent_container(one(objects(render({"kafka": {"bootstrapServers": ""}, "zookeeper": {"servers": ""}})), "DaemonSet")))
         self.assertNotIn("KAFKA_BOOTSTRAP_SERVERS", env)
         self.assertNotIn("SERVERS_ZK", env)
+
+
+
+class Seccomp(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.objs = objects(render(SECCOMP_INSTALL))
+        cls.ds = one(cls.objs, "DaemonSet")
+        cls.pod = cls.ds["spec"]["template"]["spec"]
+        cls.agent = agent_container(cls.ds)
+        (cls.init,) = [c for c in cls.pod["initContainers"] if c["name"] == "seccomp"]
+
+    def test_profile_file_is_deny_by_default_and_sorted(self) -> None:
+        p = json.loads(SECCOMP_FILE.read_text())
+        self.assertEqual((p["defaultAction"], p["defaultErrnoRet"]), ("SCMP_ACT_ERRNO", 1))
+        self.assertEqual(p["architectures"], ["SCMP_ARCH_X86_64"])
+        (rule,) = p["syscalls"]
+        self.assertEqual(set(rule), {"names", "action"})
+        self.assertEqual(rule["action"], "SCMP_ACT_ALLOW")
+        self.assertEqual(rule["names"], sorted(set(rule["names"])))
+        self.assertIn("bpf", rule["names"])
+        for never in ("ptrace", "mount", "setns", "unshare", "init_module", "kexec_load", "clone", "perf_event_open"):
+            self.assertNotIn(never, rule["names"])
+
+    def test_off_by_default(self) -> None:
+        objs = objects(render())
+        sc = agent_container(one(objs, "DaemonSet"))["securityContext"]
+        self.assertEqual(sc["seccompProfile"], {"type": "Unconfined"})
+        self.assertNotIn("seccomp", [c["name"] for c in one(objs, "DaemonSet")["spec"]["template"]["spec"].get("initContainers", [])])
+        self.assertEqual([o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-seccomp")], [])
+
+    def test_agent_runs_under_the_installed_profile(self) -> None:
+        self.assertEqual(self.agent["securityContext"]["seccompProfile"], {"type": "Localhost", "localhostProfile": SECCOMP_LOCALHOST})
+        self.assertNotIn("seccomp-host", [m["name"] for m in self.agent["volumeMounts"]])
+        self.assertIn("checksum/seccomp", self.ds["spec"]["template"]["metadata"]["annotations"])
+
+    def test_configmap_holds_the_file_verbatim(self) -> None:
+        (cm,) = [o for o in by_kind(self.objs, "ConfigMap") if o["metadata"]["name"] == f"{FULLNAME}-seccomp"]
+        self.assertEqual(cm["data"], {"meshprobe-agent.json": SECCOMP_FILE.read_text()})
+        (vol,) = [v for v in self.pod["volumes"] if v["name"] == "seccomp-profile"]
+        self.assertEqual(vol["configMap"], {"name": f"{FULLNAME}-seccomp", "defaultMode": 0o444})
+
+    def test_init_container_writes_only_the_chart_directory_without_capabilities(self) -> None:
+        host = {v["name"]: v["hostPath"] for v in self.pod["volumes"] if "hostPath" in v}
+        self.assertEqual(
+            host,
+            {
+                "state": {"path": "/run/meshprobe", "type": "DirectoryOrCreate"},
+                "seccomp-host": {"path": "/var/lib/kubelet/seccomp/meshprobe", "type": "DirectoryOrCreate"},
+            },
+        )
+        mounts = {m["name"]: m for m in self.init["volumeMounts"]}
+        self.assertEqual(set(mounts), {"seccomp-profile", "seccomp-host"})
+        self.assertIs(mounts["seccomp-profile"]["readOnly"], True)
+        sc = self.init["securityContext"]
+        self.assertEqual(sc["capabilities"], {"drop": ["ALL"]})
+        self.assertIs(sc["allowPrivilegeEscalation"], False)
+        self.assertIs(sc["readOnlyRootFilesystem"], True)
+        self.assertEqual(sc["seccompProfile"], {"type": "RuntimeDefault"})
+        self.assertEqual(self.init["image"], agent_container(self.ds)["image"], "no other image to trust")
+        # Written next to the target, then renamed into place: where localhostProfile points.
+        script = self.init["args"][0]
+        self.assertIn("mv -f /host-seccomp/.meshprobe-agent.json.tmp /host-seccomp/meshprobe-agent.json", script)
+        self.assertEqual(self.pod["initContainers"][0]["name"], "seccomp", "installed before anything else runs")
+
+    def test_kubelet_root_and_zone_init_container_together(self) -> None:
+        pod = one(objects(render({"seccomp": {"install": True, "kubeletSeccompRoot": "/data/kubelet/seccomp"}})), "DaemonSet")["spec"]["template"]["spec"]
+        self.assertEqual([c["name"] for c in pod["initContainers"]], ["seccomp", "zone"])
+        (v,) = [v for v in pod["volumes"] if v["name"] == "seccomp-host"]
+        self.assertEqual(v["hostPath"]["path"], "/data/kubelet/seccomp/meshprobe")
+
+    def test_refuses_install_without_no_new_privs(self) -> None:
+        for sc in ({"runAsNonRoot": True}, {"privileged": True}):
+            with self.subTest(sc=sc), self.assertRaises(helm.HelmRenderError) as cm:
+                render({**SECCOMP_INSTALL, "securityContext": sc})
+            self.assertIn("seccomp.install is for the default mode", str(cm.exception))
+
+    def test_refuses_another_profile_with_install(self) -> None:
+        with self.assertRaises(helm.HelmRenderError) as cm:
+            render({**SECCOMP_INSTALL, "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}})
+        self.assertIn("seccomp.install runs the agent under the chart's profile", str(cm.exception))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,28 @@ pub const AGENT_ENV_NAMES: &[&str] = &[
     "MESHPROBE_REFLECT_BUDGET_PER_SOURCE",
     "MESHPROBE_REFLECT_BUDGET_TOTAL",
     "MESHPROBE_REFLECT_ALLOW_EPHEMERAL_PORT",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SSL_CA_FILE",
+    "KAFKA_SSL_CERT_FILE",
+    "KAFKA_SSL_KEY_FILE",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD_FILE",
+    "KAFKA_PROPERTIES_FILE",
 ];
+
+/// Removes every setting of [`AGENT_ENV_NAMES`] and every passed-through Kafka property
+/// (`KAFKA_PROPERTY_*`) the caller's environment has from `cmd`'s.
+pub fn remove_agent_env(cmd: &mut std::process::Command) {
+    for k in AGENT_ENV_NAMES {
+        cmd.env_remove(k);
+    }
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("KAFKA_PROPERTY_") {
+            cmd.env_remove(k);
+        }
+    }
+}
 
 /// How to start an agent: environment variables and extra flags on top of
 /// `meshprobe agent --output json`.
@@ -58,6 +79,19 @@ pub struct AgentConfig {
     pub args: Vec<String>,
     /// Do not keep `{"type":"probe"}` lines (long-running labs: memory stays flat).
     pub drop_probe_lines: bool,
+    /// Run in the agent's process after it entered its namespace, right before exec (the
+    /// agent is then exec'd directly, not through `ip netns exec`).
+    pub pre_exec: Option<PreExec>,
+}
+
+/// A hook run between fork and exec: only async-signal-safe calls (no allocation, no locks).
+#[derive(Clone)]
+pub struct PreExec(pub Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for PreExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreExec(..)")
+    }
 }
 
 impl AgentConfig {
@@ -74,6 +108,12 @@ impl AgentConfig {
     /// Removes an environment variable set before.
     pub fn unset(mut self, key: &str) -> AgentConfig {
         self.env.remove(key);
+        self
+    }
+
+    /// Sets the [`AgentConfig::pre_exec`] hook.
+    pub fn pre_exec(mut self, hook: PreExec) -> AgentConfig {
+        self.pre_exec = Some(hook);
         self
     }
 

@@ -22,9 +22,7 @@ pub fn consume(
     ];
     argv.extend_from_slice(args);
     let mut cmd = ns.command(&argv);
-    for k in AGENT_ENV_NAMES {
-        cmd.env_remove(k);
-    }
+    remove_agent_env(&mut cmd);
     let out = run_with_timeout(cmd, Duration::from_secs(120))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {

@@ -17,6 +17,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
@@ -76,10 +77,17 @@ impl Agent {
             "json".into(),
         ];
         argv.extend(cfg.args.iter().map(OsString::from));
-        let mut cmd = ns.command(&argv);
-        for k in AGENT_ENV_NAMES {
-            cmd.env_remove(k);
-        }
+        let mut cmd = match &cfg.pre_exec {
+            None => ns.command(&argv),
+            Some(hook) => {
+                let mut cmd = ns.command_direct(&argv)?;
+                let hook = hook.0.clone();
+                // SAFETY: PreExec's contract: async-signal-safe.
+                unsafe { cmd.pre_exec(move || hook()) };
+                cmd
+            }
+        };
+        remove_agent_env(&mut cmd);
         if !cfg.env.contains_key("MESHPROBE_NODE_ID") {
             cmd.env("MESHPROBE_NODE_ID", node_id);
         }

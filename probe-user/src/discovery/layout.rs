@@ -28,6 +28,17 @@ const ENTRY_VERSION: &str = "1";
 const ZONE_PREFIX: char = '=';
 /// Longest entry or zone name read back; longer ones are not ours (and not trusted).
 pub const MAX_NAME_LEN: usize = 512;
+/// Largest registration (`NodeInfo`) decoded; ours is about 200 bytes. A larger one is not an
+/// agent's (the only one ever read is the holder of our own node id, on a conflict).
+pub const MAX_NODE_INFO_LEN: usize = 4096;
+
+/// A registration's data as a `NodeInfo`, if it is one of a sane size.
+pub fn decode_node_info(data: &[u8]) -> Option<NodeInfo> {
+    if data.len() > MAX_NODE_INFO_LEN {
+        return None;
+    }
+    NodeInfo::decode(data).ok()
+}
 
 /// One member as the topology index tells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,5 +244,19 @@ mod tests {
         assert_eq!(split_entry_path("/r.topology", "/r.topology/=z"), None);
         assert_eq!(split_entry_path("/r.topology", "/r.topology/=z/a/b"), None);
         assert_eq!(split_entry_path("/r.topology", "/other/=z/a"), None);
+    }
+
+    #[test]
+    fn registrations_are_decoded_within_a_bound() {
+        let info = NodeInfo {
+            node_id: "n".into(),
+            public_address: "198.18.0.1".into(),
+            ..Default::default()
+        };
+        assert_eq!(decode_node_info(&info.encode_to_vec()), Some(info.clone()));
+        let mut big = info;
+        big.version = "v".repeat(MAX_NODE_INFO_LEN);
+        assert_eq!(decode_node_info(&big.encode_to_vec()), None);
+        assert_eq!(decode_node_info(&[0xff; 8]), None);
     }
 }

@@ -186,6 +186,8 @@ pub struct MatrixArgs {
     /// Stop reading after this long (e.g. 60s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub security: crate::kafka_security::SecurityArgs,
 }
 
 /// Errors of this module; flag problems become [`ConfigError`]s (exit code 2) in [`run`].
@@ -348,7 +350,11 @@ fn run_blocking(args: MatrixArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 "or read a file with --input",
             )
         })?;
+        let security =
+            crate::kafka_security::Security::from_args(&args.security, std::env::vars_os())
+                .map_err(ConfigError::named)?;
         let src = source::KafkaSource {
+            security,
             bootstrap: bs.clone(),
             topic: args.kafka_topic.clone(),
             timeout: args.timeout,

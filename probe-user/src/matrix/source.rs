@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::{MatrixError, model::Summary};
 use crate::{
+    kafka_security::Security,
     pb::{self, record::Kind},
     topic::{Polled, TopicReader},
 };
@@ -48,6 +49,7 @@ pub struct KafkaSource {
     pub topic: String,
     pub timeout: Duration,
     pub follow: bool,
+    pub security: Security,
 }
 
 impl KafkaSource {
@@ -64,7 +66,7 @@ impl KafkaSource {
     }
 
     fn read(&self, tx: &Sender<Input>, stop: &AtomicBool) -> anyhow::Result<()> {
-        let mut r = TopicReader::open(&self.bootstrap, &self.topic, self.timeout)?;
+        let mut r = TopicReader::open(&self.bootstrap, &self.topic, self.timeout, &self.security)?;
         let mut caught_up = false;
         while !stop.load(Ordering::Relaxed) && (self.follow || !r.at_end()) {
             let sent = match r.poll(self.follow)? {

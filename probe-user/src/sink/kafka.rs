@@ -25,7 +25,10 @@ use rdkafka::{
 use tracing::{debug, error, info, warn};
 
 use super::SinkError;
-use crate::pb::{self, record::Kind};
+use crate::{
+    kafka_security::{Security, failure_hint},
+    pb::{self, record::Kind},
+};
 
 /// Values of MESHPROBE_KAFKA_COMPRESSION (librdkafka's `compression.type`).
 pub const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
@@ -56,6 +59,8 @@ pub struct KafkaOptions {
     pub buffer_messages: usize,
     /// Socket connect and request timeout (CONN_TIMEOUT).
     pub conn_timeout: Duration,
+    /// TLS, SASL and passed-through properties, checked.
+    pub security: Security,
 }
 
 fn invalid(setting: &'static str, value: &str, fix: impl Into<String>) -> SinkError {
@@ -277,6 +282,22 @@ impl ClientContext for Ctx {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = reason.to_string();
             }
+            Some(code @ (RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) => {
+                // Not a passing outage: nothing is delivered until the settings or the broker
+                // change. Logged once a minute (the reason varies between retries).
+                let msg = failure_hint(Some(code), reason);
+                *self
+                    .last_transport
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = msg.clone();
+                if self.first_in_a_while(&format!("{code:?}")) {
+                    error!(
+                        brokers = %self.brokers,
+                        "Kafka {msg}; records stay buffered (up to {})",
+                        self.buffer_messages
+                    );
+                }
+            }
             Some(RDKafkaErrorCode::Fatal) => {
                 error!(brokers = %self.brokers, "Kafka producer fatal error: {reason}")
             }
@@ -394,6 +415,11 @@ impl KafkaSink {
             .set("socket.timeout.ms", conn_ms.clamp(10, 300_000).to_string())
             .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
             .set_log_level(RDKafkaLogLevel::Warning);
+        opts.security.apply(&mut cfg);
+        info!(brokers = %opts.brokers, "Kafka producer: {}", opts.security.describe());
+        if let Some(w) = opts.security.warning() {
+            warn!("{w}");
+        }
         let ctx = Ctx {
             brokers: opts.brokers.clone(),
             buffer_messages: opts.buffer_messages,
@@ -470,6 +496,7 @@ mod tests {
             compression: "zstd".into(),
             buffer_messages: 100_000,
             conn_timeout: Duration::from_secs(10),
+            security: Security::default(),
         }
     }
 

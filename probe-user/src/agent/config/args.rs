@@ -7,8 +7,8 @@ use clap::Args;
 use probe_common::STAMP_DEFAULT_PORT;
 
 use crate::{
-    discovery::admit, ebpf::AttachMode, networks::AllowList, pinglist::Params,
-    probe::policy::Budget, sink::OutputFormat,
+    discovery::admit, ebpf::AttachMode, kafka_security::SecurityArgs, networks::AllowList,
+    pinglist::Params, probe::policy::Budget, sink::OutputFormat,
 };
 
 /// Parses CONN_TIMEOUT: whole seconds as the heartbeat agent took them, or a duration (`4s`).
@@ -309,6 +309,9 @@ pub struct AgentArgs {
         help_heading = "Kafka"
     )]
     pub kafka_compression: String,
+    /// TLS, SASL and passed-through librdkafka properties (KAFKA_SECURITY_PROTOCOL, ...).
+    #[command(flatten)]
+    pub kafka_security: SecurityArgs,
 
     /// stdout: `table`, `json` (JSON lines) or `none` [default: table without Kafka, none
     /// with Kafka].

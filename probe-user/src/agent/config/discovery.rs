@@ -69,7 +69,8 @@ fn zk_options(
     // our address from it.
     let servers = discovery::normalize_servers(servers).map_err(ConfigError::named)?;
     let public = public_address(a.register_public_dns.as_deref(), listen_ip, &servers)?;
-    let opts = ZkOptions {
+    let auth = zk_auth(a)?;
+    let mut opts = ZkOptions {
         servers: servers.trim().to_string(),
         root_path: a.root_path_zk.clone(),
         heartbeat_path: a.heart_beat_node_path.clone(),
@@ -85,11 +86,14 @@ fn zk_options(
             started_tai_ns: crate::clock::tai_now_ns(),
         },
         default_port: STAMP_DEFAULT_PORT,
-        policy: member_policy(a)?,
+        // Set below, once the other settings are known to be valid.
+        policy: MemberPolicy::any_network(),
         metrics: discovery::ZkMetrics::default(),
-        auth: zk_auth(a)?,
+        auth,
     };
     discovery::validate_zk(&opts).map_err(ConfigError::named)?;
+    // Last: it reads this node's addresses, so every setting's own error comes first.
+    opts.policy = member_policy(a)?;
     Ok(opts)
 }
 

@@ -206,6 +206,42 @@ mod tests {
     }
 
     #[test]
+    fn kafka_security_settings_are_checked_with_kafka() {
+        // Without Kafka nothing is read; with it the security settings name their error.
+        let a = parse(&["t", "agent", "--kafka-sasl-mechanism", "PLAIN"]);
+        Config::from_args(&a).unwrap();
+        let a = parse(&[
+            "t",
+            "agent",
+            "--kafka-bootstrap-servers",
+            "198.18.0.1:9092",
+            "--kafka-sasl-mechanism",
+            "PLAIN",
+        ]);
+        let e = Config::from_args(&a).unwrap_err().to_string();
+        assert!(e.starts_with("KAFKA_SASL_MECHANISM=\"PLAIN\""), "{e}");
+        // A key of the TOML file like any other setting.
+        let dir = std::env::temp_dir().join(format!("meshprobe-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("agent.toml");
+        std::fs::write(&f, "KAFKA_SECURITY_PROTOCOL = \"sasl_ssl\"\n").unwrap();
+        let a = parse(&[
+            "t",
+            "agent",
+            "--config",
+            f.to_str().unwrap(),
+            "--kafka-bootstrap-servers",
+            "198.18.0.1:9092",
+        ]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = Config::from_args(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("KAFKA_SECURITY_PROTOCOL=sasl_ssl needs a mechanism"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn reflector_settings() {
         let a = parse(&["t", "agent"]);
         assert!(!a.reflect_allow.is_any(), "peers only by default");

@@ -2,6 +2,7 @@
 use super::AgentArgs;
 use crate::{
     cli::error::ConfigError,
+    kafka_security::Security,
     sink::{self, KafkaOptions, OutputFormat},
 };
 
@@ -15,16 +16,23 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The Kafka options are checked by the sink itself (it names the setting).
+    /// The Kafka options are checked by the sink itself and the security settings by
+    /// [`Security`] (each names the setting).
     pub(super) fn from_args(a: &AgentArgs) -> Result<Settings, ConfigError> {
-        let kafka = a.kafka_bootstrap_servers.as_ref().map(|b| KafkaOptions {
-            brokers: b.trim().to_string(),
-            topic: a.kafka_topic.clone(),
-            client_id: a.kafka_producer_group.clone(),
-            compression: a.kafka_compression.clone(),
-            buffer_messages: a.kafka_buffer_messages,
-            conn_timeout: a.conn_timeout,
-        });
+        let kafka = match &a.kafka_bootstrap_servers {
+            None => None,
+            Some(b) => Some(KafkaOptions {
+                brokers: b.trim().to_string(),
+                topic: a.kafka_topic.clone(),
+                client_id: a.kafka_producer_group.clone(),
+                compression: a.kafka_compression.clone(),
+                buffer_messages: a.kafka_buffer_messages,
+                conn_timeout: a.conn_timeout,
+                // Reads the files it names (password, properties) once, here.
+                security: Security::from_args(&a.kafka_security, std::env::vars_os())
+                    .map_err(ConfigError::named)?,
+            }),
+        };
         if let Some(k) = &kafka {
             sink::validate(k).map_err(ConfigError::named)?;
         }

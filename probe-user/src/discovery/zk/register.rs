@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 
-use prost::Message;
 use tokio::time::{Instant, timeout};
 use tracing::{error, info, warn};
 use zookeeper_client::{self as zk, MultiWriteError};
@@ -108,7 +107,7 @@ impl Runner {
                     None => continue,
                 }
             }
-            let theirs = NodeInfo::decode(data.as_slice()).ok();
+            let theirs = layout::decode_node_info(&data);
             if let Some(t) = theirs
                 .as_ref()
                 .filter(|t| is_previous_incarnation(t, &self.opts.me))
