@@ -170,13 +170,6 @@ fn authenticated_ping_and_reflect_measure_with_kernel_stamps() -> Result<()> {
                 p.network_rtt_ns,
                 p.app_rtt_ns
             );
-            // One veth hop: well under a millisecond of network.
-            ensure!(
-                p.network_rtt_ns < 1_000_000,
-                "seq {}: {} ns",
-                p.seq,
-                p.network_rtt_ns
-            );
         }
         // Nothing written into the signed packets: the sender's programs recorded T1 and T4
         // in their maps.
