@@ -15,6 +15,7 @@ pub mod fake;
 pub mod interrupt;
 pub mod load;
 pub mod meshprobe;
+pub mod netem;
 pub mod netns;
 pub mod nft;
 pub mod reference;

@@ -7,11 +7,13 @@
 mod build;
 mod build_ebpf;
 mod chart;
+mod guest;
 mod handover;
 mod lint;
 mod setup;
 mod test;
 mod util;
+mod venv;
 
 use std::process::ExitCode;
 
@@ -41,8 +43,14 @@ enum Command {
     Build,
     /// rustfmt check, clippy -D warnings on the workspace, clippy on the eBPF crate.
     Lint,
-    /// What CI runs: setup, build, lint, unit tests, root integration tests.
-    Test,
+    /// What CI runs: setup, build, lint, unit tests, root integration tests, then the guest
+    /// set on Debian's 6.1 kernel. With `--kernel NAME`: setup, build and only the guest set.
+    Test {
+        /// Boot this kernel in a VM (virtme-ng; KVM if usable, else TCG) and run the guest set
+        /// of root integration tests there: debian-6.1, debian-5.10.
+        #[arg(long, value_name = "NAME")]
+        kernel: Option<String>,
+    },
     /// Helm chart tests (charts/meshprobe): lint, render, schema, Kubernetes schemas; in a
     /// cached venv with the pinned helm-python-sdk and kubernetes-validate.
     Chart,
@@ -91,7 +99,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::BuildEbpf => build_ebpf::run(&ws),
         Command::Build => build::run(&ws).map(|_| ()),
         Command::Lint => lint::run(&ws),
-        Command::Test => test::run(&ws),
+        Command::Test { kernel } => test::run(&ws, kernel.as_deref()),
         Command::Chart => chart::run(&ws),
         Command::Demo { args } => handover::demo(&ws, &args),
         Command::Mesh { args } => handover::mesh(&ws, &args),

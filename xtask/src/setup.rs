@@ -39,6 +39,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // pkg-config). libssl-dev has no binary: without dpkg, pkg-config stands for both.
     ("libssl-dev", "pkg-config"),
     ("pkg-config", "pkg-config"),
+    // The guest kernels (`cargo xtask test --kernel`): qemu runs them through virtme-ng (from
+    // PyPI, in a cached venv), which needs modprobe and a static busybox for its initramfs.
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("kmod", "kmod"),
+    ("busybox-static", "busybox"),
 ];
 
 /// What only `cargo xtask bench` needs on top of [`APT_PACKAGES`] (installed by

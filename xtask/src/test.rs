@@ -1,12 +1,13 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first failed step:
-//! setup, build, lint, unit + property tests, root integration tests (network namespaces).
+//! setup, build, lint, unit + property tests, root integration tests (network namespaces), and
+//! the guest set on Debian's 6.1 kernel ([`guest`]). `--kernel NAME`: setup, build, guest set.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    build, build_ebpf, lint, setup,
+    build, build_ebpf, guest, lint, setup,
     util::{self, Workspace},
 };
 
@@ -17,7 +18,7 @@ const SKIP_BANNER: &str = "\
 ##  root. Run `cargo xtask test` as root to include them (CI runs as root).   ##
 ################################################################################";
 
-pub fn run(ws: &Workspace) -> Result<()> {
+pub fn run(ws: &Workspace, kernel: Option<&str>) -> Result<()> {
     let mut done: Vec<(&str, Duration)> = Vec::new();
     let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         println!("\n==> [test] {name}");
@@ -34,6 +35,10 @@ pub fn run(ws: &Workspace) -> Result<()> {
         Ok(())
     })?;
     let bin = bin.expect("build step sets the binary path");
+    if let Some(name) = kernel {
+        step("guest tests", &mut || guest::run(ws, name, &bin))?;
+        return report(&done, true);
+    }
     step("lint", &mut || lint::run(ws))?;
     step("chart tests", &mut || crate::chart::run(ws))?;
     step("unit + property tests", &mut || {
@@ -69,13 +74,19 @@ pub fn run(ws: &Workspace) -> Result<()> {
                     .arg("--test-threads=1"),
             )
         })?;
+        step("guest tests", &mut || {
+            guest::run(ws, guest::CI_KERNEL, &bin)
+        })?;
     } else {
         println!("\n{SKIP_BANNER}");
     }
+    report(&done, root)
+}
 
+fn report(done: &[(&str, Duration)], root: bool) -> Result<()> {
     println!("\n[test] passed:");
-    for (name, took) in &done {
-        println!("[test]   {name:<24} {:>7.1}s", took.as_secs_f64());
+    for (name, took) in done {
+        println!("[test]   {name:<26} {:>7.1}s", took.as_secs_f64());
     }
     if !root {
         println!("{SKIP_BANNER}");

@@ -62,6 +62,16 @@ impl Workspace {
     }
 }
 
+/// `$XDG_CACHE_HOME/meshprobe`, else `~/.cache/meshprobe`: what xtask keeps between runs
+/// (venvs, guest kernels).
+pub fn cache_dir() -> Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(cache.join("meshprobe"))
+}
+
 /// Effective uid 0. Anything less (even with capabilities) counts as "not root" here.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
