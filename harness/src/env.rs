@@ -14,6 +14,25 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIP {test}: {why}");
 }
 
+/// How many times slower than native the machine runs: `MESHPROBE_TEST_TIME_SCALE` (a whole
+/// number ≥ 1, default 1). `cargo xtask test --kernel` sets it for a guest under qemu's TCG,
+/// where a JVM takes minutes to start. It stretches waits for services to come up, never a
+/// figure a test judges.
+pub fn time_scale() -> u32 {
+    match std::env::var("MESHPROBE_TEST_TIME_SCALE") {
+        Err(_) => 1,
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("MESHPROBE_TEST_TIME_SCALE={v}: expected a whole number >= 1"),
+        },
+    }
+}
+
+/// `d` × [`time_scale`].
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    d * time_scale()
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

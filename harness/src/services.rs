@@ -347,7 +347,7 @@ impl ZooKeeper {
         let label = format!("[{}] zookeeper {}", self.ns_cmd.name, self.connect_string());
         let child = ChildGuard::spawn(cmd, label)?;
         self.child = Some(child);
-        let deadline = Instant::now() + SERVICE_START_TIMEOUT;
+        let deadline = Instant::now() + crate::env::scaled(SERVICE_START_TIMEOUT);
         loop {
             if let Ok(ans) = self.ns_cmd.four_letter(self.addr, self.port, "ruok")
                 && ans.trim() == "imok"
@@ -374,8 +374,9 @@ impl ZooKeeper {
             }
             if Instant::now() > deadline {
                 let err = anyhow!(
-                    "ZooKeeper on {} not serving within {SERVICE_START_TIMEOUT:?}; log:\n{}",
+                    "ZooKeeper on {} not serving within {:?}; log:\n{}",
                     self.connect_string(),
+                    crate::env::scaled(SERVICE_START_TIMEOUT),
                     tail_file(&self.log, 30)
                 );
                 self.kill();
@@ -728,7 +729,7 @@ impl Tansu {
         );
         let label = format!("[{}] tansu broker {url} ({})", self.ns.name, self.storage);
         self.child = Some(ChildGuard::spawn(cmd, label)?);
-        let deadline = Instant::now() + SERVICE_START_TIMEOUT;
+        let deadline = Instant::now() + crate::env::scaled(SERVICE_START_TIMEOUT);
         loop {
             if self
                 .ns
@@ -749,8 +750,9 @@ impl Tansu {
             }
             if Instant::now() > deadline {
                 let err = anyhow!(
-                    "tansu broker on {url} not listening within {SERVICE_START_TIMEOUT:?}; \
+                    "tansu broker on {url} not listening within {:?}; \
                      stderr:\n{}",
+                    crate::env::scaled(SERVICE_START_TIMEOUT),
                     child.stderr_text()
                 );
                 self.kill();

@@ -8,7 +8,8 @@
 //! of `veth-c<i>`, the bridge port towards node i), so everything STAMP sent *to* node i is
 //! held d_i: requests to i's reflector (dport 862) and replies to i's sender (sport 862).
 //! Probing i -> j therefore sees d_j on the request and d_i on the reply: RTT(i,j) = d_i + d_j,
-//! with d = 100/200/400 µs -> 300, 500, 600 µs. Holding on the core side keeps the delay
+//! with d = 1/2/4 ms -> 3, 5, 6 ms (milliseconds, so that the shift is resolved under qemu's TCG
+//! too, where windows' p50s drift ~110 µs apart: `cargo xtask test --kernel`). Holding on the core side keeps the delay
 //! element off the interfaces the agents stamp on (so its program cannot run before theirs),
 //! and the port filter keeps ZooKeeper/Kafka traffic undelayed.
 //!
@@ -30,7 +31,7 @@ use meshprobe_harness::agent::{Cluster, num, num2, summary_key, window_now};
 use meshprobe_harness::stats::{Shift, us};
 use meshprobe_harness::topo::Family;
 
-const DELAYS_US: [i64; 3] = [100, 200, 400];
+const DELAYS_US: [i64; 3] = [1_000, 2_000, 4_000];
 const ZONES: [&str; 3] = ["z-a", "z-a", ""];
 /// A safety timeout for discovery (a hang), not a speed figure.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(30);

@@ -113,10 +113,13 @@ pub fn run(ws: &Workspace, name: &str, bin: &std::path::Path) -> Result<()> {
     let work = ws.target_dir.join("guest").join(k.name);
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let script = work.join("run.sh");
-    std::fs::write(&script, script_text(&binaries, bin, &lab, &work)?)?;
+    let (accel, why) = vm::choose_accel()?;
+    std::fs::write(
+        &script,
+        script_text(&binaries, bin, &lab, &work, accel.time_scale())?,
+    )?;
     make_executable(&script)?;
 
-    let (accel, why) = vm::choose_accel()?;
     println!(
         "[guest] {} ({}, {}) under {accel:?} ({why}); {} test binaries",
         k.name,
@@ -196,6 +199,7 @@ fn script_text(
     bin: &std::path::Path,
     lab: &std::path::Path,
     work: &std::path::Path,
+    time_scale: u32,
 ) -> Result<String> {
     let q = |p: &std::path::Path| -> Result<String> {
         let s = p.to_str().context("non-UTF-8 path")?;
@@ -211,7 +215,7 @@ fn script_text(
         MODULES.join(" ")
     );
     s += &format!(
-        "export MESHPROBE_BIN={} MESHPROBE_LAB={} CI=1\n",
+        "export MESHPROBE_BIN={} MESHPROBE_LAB={} CI=1 MESHPROBE_TEST_TIME_SCALE={time_scale}\n",
         q(bin)?,
         q(lab)?
     );
@@ -273,7 +277,8 @@ mod tests {
             })
             .collect();
         let p = std::path::Path::new;
-        let s = script_text(&bins, p("/b/meshprobe"), p("/b/meshprobe-lab"), p("/w")).unwrap();
+        let s = script_text(&bins, p("/b/meshprobe"), p("/b/meshprobe-lab"), p("/w"), 4).unwrap();
+        assert!(s.contains("MESHPROBE_TEST_TIME_SCALE=4"));
         for t in SET {
             assert!(
                 s.contains(&format!("'/t/{}' --nocapture", t.binary)),

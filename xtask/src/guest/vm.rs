@@ -23,6 +23,17 @@ pub enum Accel {
     Tcg,
 }
 
+impl Accel {
+    /// `MESHPROBE_TEST_TIME_SCALE` for the tests in the guest: how much longer they wait for
+    /// services to start (a JVM under TCG takes minutes). Never a judged figure.
+    pub fn time_scale(self) -> u32 {
+        match self {
+            Accel::Kvm => 1,
+            Accel::Tcg => 6,
+        }
+    }
+}
+
 /// KVM when the host offers it for real (a usable /dev/kvm on a CPU with vmx or svm), else TCG;
 /// `MESHPROBE_GUEST_ACCEL=kvm|tcg` overrides. The reason is for the log.
 pub fn choose_accel() -> Result<(Accel, String)> {
