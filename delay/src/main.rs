@@ -150,6 +150,7 @@ async fn delay(a: DelayArgs) -> Result<()> {
             role: "delay",
             port: a.udp_port,
             timestamping: "n/a",
+            kernel_clock: None,
             interfaces: att.interfaces(),
         },
     );

@@ -120,6 +120,9 @@ pub struct Summary {
     pub app_rtt_ns: Option<Dist>,
     pub stack_overhead_ns: Option<Dist>,
     pub timestamping: String,
+    /// "tai" or "monotonic" with kernel stamps (absent before issue 17, and with socket ones).
+    #[serde(default)]
+    pub kernel_clock: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
 }

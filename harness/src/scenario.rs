@@ -253,29 +253,47 @@ pub fn agreement(
     count: u32,
     interval: &str,
 ) -> Result<Agreement> {
-    let refl = mp.reflect(&t.b, &[])?;
+    Ok(agreement_with(mp, t, f, count, interval, &[])?.agreement)
+}
+
+/// An [`agreement`] run with what meshprobe printed.
+pub struct AgreementRun {
+    pub agreement: Agreement,
+    pub ping: PingRun,
+    /// The reflector's ready line and its `reflector_summary`.
+    pub reflector_ready: serde_json::Value,
+    pub reflector_summary: serde_json::Value,
+}
+
+/// [`agreement`] with `args` given to both the reflector and the sender (e.g.
+/// `--kernel-clock monotonic`).
+pub fn agreement_with(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    f: Family,
+    count: u32,
+    interval: &str,
+    args: &[&str],
+) -> Result<AgreementRun> {
+    let refl = mp.reflect(&t.b, args)?;
+    let reflector_ready = refl.ready.clone();
     let ca = Capture::start(&t.a, TwoHosts::A_IF, STAMP_PORT)?;
     let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
     let peer = t.b_addr(f).to_string();
     let iv: Duration = parse_dur(interval)?;
     let steal0 = CpuStat::now();
+    let count_s = count.to_string();
+    let mut ping_args = vec![peer.as_str(), "-c", &count_s, "-i", interval, "-W", "500ms"];
+    ping_args.extend_from_slice(args);
     let run = mp.ping(
         &t.a,
-        &[
-            &peer,
-            "-c",
-            &count.to_string(),
-            "-i",
-            interval,
-            "-W",
-            "500ms",
-        ],
+        &ping_args,
         ping_timeout(count, iv, Duration::from_millis(500)),
     )?;
     let steal1 = CpuStat::now();
     let a = ca.stop()?;
     let b = cb.stop()?;
-    refl.stop()?;
+    let reflector_summary = refl.stop()?;
     ensure!(
         run.summaries.len() == 1,
         "expected one summary, got {}; stderr:\n{}",
@@ -288,7 +306,12 @@ pub fn agreement(
     ag.steal_ms = steal0
         .zip(steal1)
         .map(|(s0, s1)| ticks_ms(s1.steal.saturating_sub(s0.steal)));
-    Ok(ag)
+    Ok(AgreementRun {
+        agreement: ag,
+        ping: run,
+        reflector_ready,
+        reflector_summary,
+    })
 }
 
 /// A humantime-like duration: `1ms`, `500us`, `2s`, `250ns`.

@@ -183,12 +183,15 @@ pub const SOCKETS_MAX_ENTRIES: u32 = 1024;
 
 /// Value of the single-entry `CONFIG` array map.
 ///
-/// 24 octets, align 8, no implicit padding.
+/// 32 octets, align 8, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// CLOCK_TAI − CLOCK_REALTIME in ns (the kernel's TAI offset), for converting `skb->tstamp`.
     pub tai_offset_ns: i64,
+    /// CLOCK_TAI − CLOCK_MONOTONIC in ns, kept current by userspace: what the programs add to
+    /// `bpf_ktime_get_ns` in `kernel_clock::MONOTONIC` mode (unused in `TAI` mode).
+    pub mono_to_tai_ns: i64,
     /// `CFG_*` bits.
     pub flags: u32,
     /// Per-load random tag our requests carry at `wire::PROBE_TAG` (big-endian on the wire),
@@ -201,11 +204,22 @@ pub struct Config {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 
 impl Config {
     /// Prefer the kernel's software RX stamp (`skb->tstamp`) when it is earlier than now.
     pub const USE_SKB_RX_TSTAMP: u32 = 1;
+}
+
+/// Which clock the programs read for their stamps: the value of their read-only global
+/// `names::GLOBAL_KERNEL_CLOCK` (a `u8`), set by userspace before load. The verifier knows a
+/// frozen read-only global's value and never looks at the branch of the other clock, so a
+/// kernel without `bpf_ktime_get_tai_ns` (before 6.1) loads the programs in `MONOTONIC` mode.
+pub mod kernel_clock {
+    /// `bpf_ktime_get_tai_ns` (Linux ≥ 6.1).
+    pub const TAI: u8 = 0;
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) + `Config::mono_to_tai_ns`.
+    pub const MONOTONIC: u8 = 1;
 }
 
 /// Key of the `T4_FALLBACK` LRU map: replies too short to carry T4 in-band (a reflector that
@@ -428,6 +442,8 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";
     pub const MAP_T1_SENT: &str = "T1_SENT";
+    /// The read-only global that selects the clock (`kernel_clock`).
+    pub const GLOBAL_KERNEL_CLOCK: &str = "KERNEL_CLOCK";
 }
 
 #[cfg(feature = "user")]

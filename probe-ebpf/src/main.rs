@@ -34,16 +34,27 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NOT_FWDED, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams,
     },
-    helpers::{bpf_fib_lookup, bpf_get_socket_cookie, bpf_ktime_get_tai_ns, bpf_skb_load_bytes},
+    helpers::{
+        bpf_fib_lookup, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ktime_get_tai_ns,
+        bpf_skb_load_bytes,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire, counter, policy, port, wire,
+    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire, counter, kernel_clock,
+    policy, port, wire,
 };
 use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
+
+/// The clock of every stamp (`probe_common::kernel_clock`): a read-only global userspace sets
+/// before load (`names::GLOBAL_KERNEL_CLOCK`). Frozen `.rodata`: the verifier knows its value,
+/// explores only that clock's branch and removes the other, so a kernel without
+/// `bpf_ktime_get_tai_ns` never sees that call in `MONOTONIC` mode.
+#[unsafe(no_mangle)]
+static KERNEL_CLOCK: u8 = kernel_clock::TAI;
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
@@ -221,9 +232,22 @@ fn probe_payload(ctx: &TcContext, udp: &Udp) -> Option<(usize, usize)> {
     Some((payload, len - UDP_HLEN))
 }
 
+/// The programs read CLOCK_MONOTONIC and add `Config::mono_to_tai_ns` (no TAI helper).
 #[inline(always)]
-fn tai_now() -> u64 {
-    unsafe { bpf_ktime_get_tai_ns() }
+fn monotonic_clock() -> bool {
+    // SAFETY: a u8 global; volatile so that the compiler keeps the load the verifier resolves.
+    unsafe { core::ptr::read_volatile(&KERNEL_CLOCK) == kernel_clock::MONOTONIC }
+}
+
+/// The current TAI time: `bpf_ktime_get_tai_ns`, or in monotonic mode `bpf_ktime_get_ns` +
+/// `mono_to_tai_ns` (`Config::mono_to_tai_ns`; ignored in TAI mode).
+#[inline(always)]
+fn tai_now(mono_to_tai_ns: i64) -> u64 {
+    if monotonic_clock() {
+        unsafe { bpf_ktime_get_ns() }.wrapping_add(mono_to_tai_ns as u64)
+    } else {
+        unsafe { bpf_ktime_get_tai_ns() }
+    }
 }
 
 #[inline(always)]
@@ -335,10 +359,19 @@ fn stamp_t3(ctx: &mut TcContext, udp: &Udp) {
     let Some((payload, _)) = probe_payload(ctx, udp) else {
         return;
     };
+    // The offset only where the clock needs it: TAI mode reads no map here.
+    let mono_to_tai_ns = if monotonic_clock() {
+        let Some(cfg) = config() else {
+            return;
+        };
+        cfg.mono_to_tai_ns
+    } else {
+        0
+    };
     let Some(before) = prepare::<2>(ctx, payload + wire::TIMESTAMP, udp.l4 + 6) else {
         return;
     };
-    let (s, n) = split_ptp(tai_now());
+    let (s, n) = split_ptp(tai_now(mono_to_tai_ns));
     if commit(ctx, &before, &[s.to_be(), n.to_be()]) {
         count(counter::T3_STAMPED);
     }
@@ -389,7 +422,7 @@ fn stamp_t1(ctx: &mut TcContext, udp: &Udp) {
     let Some(before) = prepare::<2>(ctx, payload + wire::TIMESTAMP, udp.l4 + 6) else {
         return;
     };
-    let now = tai_now();
+    let now = tai_now(cfg.mono_to_tai_ns);
     let (s, n) = split_ptp(now);
     if commit(ctx, &before, &[s.to_be(), n.to_be()]) {
         count(counter::T1_STAMPED);
@@ -411,7 +444,7 @@ fn stamp_t1(ctx: &mut TcContext, udp: &Udp) {
 /// The earliest trustworthy receive time in TAI, and where it came from.
 #[inline(always)]
 fn rx_time(ctx: &TcContext, cfg: &Config) -> (u64, u8) {
-    let now = tai_now();
+    let now = tai_now(cfg.mono_to_tai_ns);
     if cfg.flags & Config::USE_SKB_RX_TSTAMP != 0 {
         let (ts, ty) = unsafe { ((*ctx.skb.skb).tstamp, (*ctx.skb.skb).tstamp_type) };
         let tai = match ty {
@@ -557,7 +590,7 @@ fn record_t1(ctx: &TcContext, udp: &Udp) {
         count(counter::ERR_MAP);
         return;
     };
-    let now = tai_now();
+    let now = tai_now(cfg.mono_to_tai_ns);
     // SAFETY: as in `stamp_t1`.
     unsafe {
         *r = SentT1 {

@@ -341,6 +341,8 @@ kafka-properties:
   value: {{ $a.attach | quote }}
 - name: MESHPROBE_EBPF_LOG_LEVEL
   value: {{ $a.ebpfLogLevel | int | toString | quote }}
+- name: MESHPROBE_KERNEL_CLOCK
+  value: {{ $a.kernelClock | quote }}
 {{- if $a.clockSynchronized }}
 - name: MESHPROBE_CLOCK_SYNCHRONIZED
   value: "true"

@@ -360,6 +360,18 @@ impl Collector for EbpfCollector {
         if !kernel {
             return Ok(());
         }
+        if let Some(clock) = self.st.0.kernel_clock() {
+            let mut m = encoder.encode_descriptor(
+                "meshprobe_kernel_clock",
+                "1 for the clock the eBPF programs stamp with: tai (bpf_ktime_get_tai_ns) or \
+                 monotonic (bpf_ktime_get_ns + the offset to TAI userspace keeps; kernels < 6.1)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = vec![("clock".to_string(), clock.to_string())];
+            prometheus_client::metrics::gauge::ConstGauge::new(1i64)
+                .encode(m.encode_family(&labels)?)?;
+        }
         let counters = self.st.0.counters();
         m = encoder.encode_descriptor(
             "meshprobe_ebpf_events",

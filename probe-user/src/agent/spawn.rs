@@ -75,6 +75,8 @@ struct Ready<'a> {
     node_id: &'a str,
     listen: String,
     timestamping: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_clock: Option<&'static str>,
     interfaces: Vec<String>,
     admin: Option<String>,
     instance: &'a str,
@@ -125,6 +127,7 @@ impl App {
                 node_id: &c.node.id,
                 listen: c.reflector.listen.to_string(),
                 timestamping: st.label(),
+                kernel_clock: st.kernel_clock(),
                 interfaces: st.interfaces(),
                 admin: admin_addr.clone(),
                 instance: &instance,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{AttachMode, LoadOptions},
+    ebpf::{AttachMode, KernelClock, LoadOptions},
     net,
     probe::{
         Stamping,
@@ -69,6 +69,11 @@ struct Common {
     /// aya-log level inside the eBPF programs (0 off .. 5 trace); shown with MESHPROBE_LOG=debug.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
     ebpf_log_level: u8,
+    /// Clock of the kernel stamps: auto (TAI where the kernel has bpf_ktime_get_tai_ns, Linux ≥
+    /// 6.1), tai, or monotonic (CLOCK_MONOTONIC + an offset to TAI kept by userspace).
+    #[arg(long, env = "MESHPROBE_KERNEL_CLOCK", value_name = "CLOCK", default_value = "auto",
+          value_parser = crate::ebpf::parse_kernel_clock)]
+    kernel_clock: KernelClock,
     /// The host clock is synchronised to an external source (PTP): sets the S bit.
     #[arg(long)]
     clock_synchronized: bool,
@@ -191,6 +196,9 @@ pub struct Ready<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     pub timestamping: &'a str,
+    /// "tai" or "monotonic" (kernel stamps only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_clock: Option<&'static str>,
     pub interfaces: Vec<String>,
 }
 
@@ -305,6 +313,7 @@ fn start_stamping(c: &Common, interfaces: &[String]) -> Stamping {
     let opts = LoadOptions {
         mode: c.attach,
         log_level: c.ebpf_log_level,
+        kernel_clock: Some(c.kernel_clock),
     };
     let mut st = Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized);
     st.hw_rx_stamps = c.hw_rx_stamps;
@@ -351,6 +360,7 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
             role: "reflector",
             port: Some(a.port),
             timestamping: st.label(),
+            kernel_clock: st.kernel_clock(),
             interfaces: st.interfaces(),
         },
     );
@@ -443,6 +453,7 @@ async fn ping(a: PingArgs) -> Result<()> {
             role: "sender",
             port: None,
             timestamping: st.label(),
+            kernel_clock: st.kernel_clock(),
             interfaces: st.interfaces(),
         },
     );
@@ -473,6 +484,7 @@ async fn ping(a: PingArgs) -> Result<()> {
         // What the programs did and skipped (the reflector prints these in its summary).
         emit_json(&serde_json::json!({
             "type": "stamping_summary",
+            "kernel_clock": st.kernel_clock(),
             "ebpf_counters": st.counters(),
         }));
     }

@@ -9,13 +9,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType,
+        ProgramType, SchedClassifier, TcAttachType,
         links::{Link as _, LinkOrder},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
     },
+    sys::{BpfHelper, is_helper_supported},
     util::KernelVersion,
 };
-use probe_common::{Config, RxStamp, SentT1, StampKey, counter, names};
+use probe_common::{Config, RxStamp, SentT1, StampKey, counter, kernel_clock, names};
 use tracing::{debug, info, warn};
 
 pub use orphan_filters::OrphanReport;
@@ -57,8 +58,6 @@ pub enum EbpfError {
          support Ethernet and loopback devices; probe over another interface"
     )]
     NotEthernet(String, Option<u16>),
-    #[error("kernel {0} is too old: bpf_ktime_get_tai_ns needs Linux 6.1 or newer")]
-    KernelTooOld(String),
     #[error("probe socket: {0}")]
     Socket(io::Error),
     #[error("state file {path}: {source}")]
@@ -97,11 +96,100 @@ impl Direction {
     }
 }
 
+/// The kernel clock setting (`--kernel-clock`, `MESHPROBE_KERNEL_CLOCK`): which clock the
+/// programs read for their stamps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelClock {
+    /// TAI where the kernel has `bpf_ktime_get_tai_ns` (Linux ≥ 6.1), monotonic elsewhere.
+    #[default]
+    Auto,
+    Tai,
+    Monotonic,
+}
+
+impl std::str::FromStr for KernelClock {
+    type Err = String;
+
+    /// The one rule for the setting's values, for every subcommand.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "tai" => Ok(Self::Tai),
+            "monotonic" => Ok(Self::Monotonic),
+            _ => Err(format!(
+                "`{s}` is not a kernel clock: expected auto, tai or monotonic \
+                 (MESHPROBE_KERNEL_CLOCK, --kernel-clock)"
+            )),
+        }
+    }
+}
+
+/// clap's value parser for the setting.
+pub fn parse_kernel_clock(s: &str) -> Result<KernelClock, String> {
+    s.parse()
+}
+
+/// The clock the loaded programs read (the value of their `KERNEL_CLOCK` global).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockMode {
+    /// `bpf_ktime_get_tai_ns`.
+    Tai,
+    /// `bpf_ktime_get_ns` + CLOCK_TAI − CLOCK_MONOTONIC, kept current by userspace.
+    Monotonic,
+}
+
+impl ClockMode {
+    /// "tai" or "monotonic": the `kernel_clock` output field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockMode::Tai => "tai",
+            ClockMode::Monotonic => "monotonic",
+        }
+    }
+
+    fn global(self) -> u8 {
+        match self {
+            ClockMode::Tai => kernel_clock::TAI,
+            ClockMode::Monotonic => kernel_clock::MONOTONIC,
+        }
+    }
+}
+
+impl KernelClock {
+    /// The clock to load the programs with, and why when `auto` chose monotonic. `auto` asks
+    /// the kernel (aya's helper probe, libbpf's method: a minimal TC program calling the
+    /// helper, and the verifier's answer); a probe that cannot run at all (no privilege) keeps
+    /// TAI, and loading the programs then says what is wrong.
+    pub fn resolve(self) -> (ClockMode, Option<String>) {
+        match self {
+            KernelClock::Tai => (ClockMode::Tai, None),
+            KernelClock::Monotonic => (ClockMode::Monotonic, None),
+            KernelClock::Auto => match is_helper_supported(
+                ProgramType::SchedClassifier,
+                BpfHelper::BPF_FUNC_ktime_get_tai_ns,
+            ) {
+                Ok(true) => (ClockMode::Tai, None),
+                Ok(false) => (
+                    ClockMode::Monotonic,
+                    Some("the kernel has no bpf_ktime_get_tai_ns (Linux < 6.1)".into()),
+                ),
+                Err(e) => {
+                    debug!("probing for bpf_ktime_get_tai_ns: {e}; assuming it is there");
+                    (ClockMode::Tai, None)
+                }
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub mode: AttachMode,
     /// aya-log level inside the programs: 0 = off (the verifier prunes the log calls).
     pub log_level: u8,
+    /// The clock of an object with a `KERNEL_CLOCK` global (the probe's); `None` for one
+    /// without (the delay element's).
+    pub kernel_clock: Option<KernelClock>,
 }
 
 impl Default for LoadOptions {
@@ -109,6 +197,7 @@ impl Default for LoadOptions {
         Self {
             mode: AttachMode::Auto,
             log_level: 0,
+            kernel_clock: None,
         }
     }
 }
@@ -119,6 +208,9 @@ pub struct Attached {
     ebpf: Ebpf,
     links: Vec<(String, Direction, &'static str, SchedClassifierLink)>,
     mode: &'static str,
+    clock: Option<ClockMode>,
+    /// The last `Config` written (the probe object's), so one field can be updated.
+    config: Option<Config>,
     state: orphan_filters::StateFile,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -132,7 +224,6 @@ impl Attached {
         attach: &[(&'static str, Direction)],
         opts: &LoadOptions,
     ) -> Result<Self, EbpfError> {
-        check_kernel()?;
         for iface in interfaces {
             if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
                 return Err(EbpfError::NoSuchInterface(iface.clone()));
@@ -152,10 +243,21 @@ impl Attached {
             );
         }
         let level = opts.log_level;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, false)
-            .load(object)
-            .map_err(Box::new)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, false);
+        let clock = opts.kernel_clock.map(|setting| {
+            let (clock, why) = setting.resolve();
+            match why {
+                Some(why) => info!("kernel clock: {} ({why})", clock.as_str()),
+                None => info!("kernel clock: {}", clock.as_str()),
+            }
+            clock
+        });
+        let clock_global = clock.map(ClockMode::global);
+        if let Some(v) = &clock_global {
+            loader.override_global(names::GLOBAL_KERNEL_CLOCK, v, true);
+        }
+        let mut ebpf = loader.load(object).map_err(Box::new)?;
         let logger = if level > 0 {
             start_logger(&mut ebpf)
         } else {
@@ -224,6 +326,8 @@ impl Attached {
             ebpf,
             links,
             mode,
+            clock,
+            config: None,
             state,
             _logger: logger,
         })
@@ -232,6 +336,11 @@ impl Attached {
     /// "tcx" or "clsact".
     pub fn mode(&self) -> &'static str {
         self.mode
+    }
+
+    /// The clock the programs stamp with (`None`: an object without the choice).
+    pub fn clock(&self) -> Option<ClockMode> {
+        self.clock
     }
 
     pub fn interfaces(&self) -> Vec<String> {
@@ -315,7 +424,18 @@ impl Attached {
     }
 
     pub fn set_config(&mut self, cfg: Config) -> Result<(), EbpfError> {
-        self.array_set(names::MAP_CONFIG, 0, cfg)
+        self.array_set(names::MAP_CONFIG, 0, cfg)?;
+        self.config = Some(cfg);
+        Ok(())
+    }
+
+    /// Updates `Config::mono_to_tai_ns` (monotonic clock mode), the rest as last set.
+    pub fn set_mono_to_tai_ns(&mut self, offset_ns: i64) -> Result<(), EbpfError> {
+        let cfg = Config {
+            mono_to_tai_ns: offset_ns,
+            ..self.config.unwrap_or_default()
+        };
+        self.set_config(cfg)
     }
 
     /// Sums the probe's per-CPU counters.
@@ -368,13 +488,6 @@ impl Drop for Attached {
     }
 }
 
-fn check_kernel() -> Result<(), EbpfError> {
-    match KernelVersion::current() {
-        Ok(v) if v < KernelVersion::new(6, 1, 0) => Err(EbpfError::KernelTooOld(format!("{v:?}"))),
-        _ => Ok(()),
-    }
-}
-
 /// aya-log's logger owns its ring buffer; it must stay alive and be drained (AsyncFd).
 fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     let logger = match aya_log::EbpfLogger::init(ebpf) {
@@ -403,4 +516,34 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_clock_setting_values() {
+        assert_eq!("auto".parse(), Ok(KernelClock::Auto));
+        assert_eq!("tai".parse(), Ok(KernelClock::Tai));
+        assert_eq!("monotonic".parse(), Ok(KernelClock::Monotonic));
+        assert_eq!(" Monotonic ".parse(), Ok(KernelClock::Monotonic));
+        assert_eq!(KernelClock::default(), KernelClock::Auto);
+        for bad in ["", "mono", "realtime", "tai,monotonic"] {
+            let e = bad.parse::<KernelClock>().unwrap_err();
+            assert!(
+                e.contains("auto, tai or monotonic") && e.contains("MESHPROBE_KERNEL_CLOCK"),
+                "{bad}: {e}"
+            );
+        }
+        // A forced clock needs no probe of the kernel.
+        assert_eq!(KernelClock::Tai.resolve(), (ClockMode::Tai, None));
+        assert_eq!(
+            KernelClock::Monotonic.resolve(),
+            (ClockMode::Monotonic, None)
+        );
+        assert_eq!(ClockMode::Monotonic.as_str(), "monotonic");
+        assert_eq!(ClockMode::Tai.global(), kernel_clock::TAI);
+        assert_eq!(ClockMode::Monotonic.global(), kernel_clock::MONOTONIC);
+    }
 }

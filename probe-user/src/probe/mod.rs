@@ -8,18 +8,19 @@ use std::{
     collections::BTreeMap,
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use probe_common::{Config, RxStamp};
 use serde::Serialize;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     clock,
-    ebpf::{Attached, Direction, EbpfError, LoadOptions, PROBE_OBJECT},
+    ebpf::{Attached, ClockMode, Direction, EbpfError, LoadOptions, PROBE_OBJECT},
     net::{ProbeSocket, SockStamps},
     wire::{ErrorEstimate, NoBlock, RxStampInfo},
 };
@@ -93,9 +94,18 @@ impl Stamping {
             (probe_common::names::PROG_EGRESS, Direction::Egress),
             (probe_common::names::PROG_INGRESS, Direction::Ingress),
         ];
-        match Attached::load(PROBE_OBJECT, interfaces, &attach, opts).and_then(|mut a| {
+        let opts = LoadOptions {
+            kernel_clock: Some(opts.kernel_clock.unwrap_or_default()),
+            ..opts.clone()
+        };
+        let mut mono_to_tai = None;
+        match Attached::load(PROBE_OBJECT, interfaces, &attach, &opts).and_then(|mut a| {
+            if a.clock() == Some(ClockMode::Monotonic) {
+                mono_to_tai = Some(clock::mono_to_tai());
+            }
             a.set_config(Config {
                 tai_offset_ns,
+                mono_to_tai_ns: mono_to_tai.map_or(0, |m| m.offset_ns),
                 flags: Config::USE_SKB_RX_TSTAMP,
                 probe_tag,
                 block_key,
@@ -103,7 +113,20 @@ impl Stamping {
             })?;
             Ok::<_, EbpfError>(a)
         }) {
-            Ok(a) => s.kernel = Some(Arc::new(Mutex::new(a))),
+            Ok(a) => {
+                let a = Arc::new(Mutex::new(a));
+                if let Some(m) = mono_to_tai {
+                    info!(
+                        "kernel stamps: CLOCK_MONOTONIC + {} ns (CLOCK_TAI − CLOCK_MONOTONIC, \
+                         ±{} ns), refreshed every {}s",
+                        m.offset_ns,
+                        m.uncertainty_ns,
+                        MONO_TO_TAI_REFRESH.as_secs()
+                    );
+                    keep_mono_to_tai(Arc::downgrade(&a), m);
+                }
+                s.kernel = Some(a);
+            }
             Err(e) => {
                 // The verifier log can be long: the full text at debug level, one line elsewhere.
                 let full = e.to_string();
@@ -124,6 +147,12 @@ impl Stamping {
 
     pub fn is_kernel(&self) -> bool {
         self.kernel.is_some()
+    }
+
+    /// The clock of the kernel stamps, "tai" or "monotonic" (the `kernel_clock` output field);
+    /// `None` with socket timestamps.
+    pub fn kernel_clock(&self) -> Option<&'static str> {
+        self.kernel()?.clock().map(ClockMode::as_str)
     }
 
     /// What the probe sockets ask the kernel for. Socket mode: T1 from TX stamps, T2/T4 from
@@ -151,9 +180,10 @@ impl Stamping {
             (Some(k), _) => {
                 let k = k.lock().unwrap_or_else(|p| p.into_inner());
                 format!(
-                    "kernel timestamps (TC {} on {})",
+                    "kernel timestamps (TC {} on {}, clock {})",
                     k.mode(),
-                    k.interfaces().join(",")
+                    k.interfaces().join(","),
+                    k.clock().map_or("?", ClockMode::as_str)
                 )
             }
             (None, reason) => format!(
@@ -226,6 +256,52 @@ impl Stamping {
             self.untrusted_blocks.load(Ordering::Relaxed),
         );
         c
+    }
+}
+
+/// How often the monotonic clock mode's offset is measured again.
+const MONO_TO_TAI_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps `Config::mono_to_tai_ns` current while the programs are loaded (monotonic clock mode):
+/// measures CLOCK_TAI − CLOCK_MONOTONIC every `MONO_TO_TAI_REFRESH` and writes it when it has
+/// changed beyond the measurements' uncertainty (a step of the clock; a slew changes nothing).
+/// A thread, not a task: `Stamping` serves the agent's runtime and the CLI's alike; it ends with
+/// the programs (the last `Arc` of `Attached` dropped).
+fn keep_mono_to_tai(kernel: Weak<Mutex<Attached>>, first: clock::MonoToTai) {
+    let spawned = std::thread::Builder::new()
+        .name("mono-to-tai".into())
+        .spawn(move || {
+            let mut cur = first;
+            loop {
+                std::thread::sleep(MONO_TO_TAI_REFRESH);
+                // No strong reference unless there is something to write: the CLI takes the
+                // programs back out of their `Arc` to detach them.
+                if kernel.strong_count() == 0 {
+                    return;
+                }
+                let new = clock::mono_to_tai();
+                if !cur.changed(&new) {
+                    continue;
+                }
+                let Some(k) = kernel.upgrade() else {
+                    return;
+                };
+                let mut a = k.lock().unwrap_or_else(|p| p.into_inner());
+                match a.set_mono_to_tai_ns(new.offset_ns) {
+                    Ok(()) => {
+                        info!(
+                            "CLOCK_TAI − CLOCK_MONOTONIC changed by {} ns (clock step): kernel \
+                             stamps follow",
+                            new.offset_ns - cur.offset_ns
+                        );
+                        cur = new;
+                    }
+                    Err(e) => warn!("updating the kernel clock offset: {e}"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the kernel clock offset refresh: {e}; a clock step will skew stamps");
     }
 }
 

@@ -375,6 +375,8 @@ struct SummaryLine<'a> {
     #[serde(flatten)]
     stats: ReflectorStats,
     timestamping: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_clock: Option<&'static str>,
     note: &'a str,
     ebpf_counters: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -387,6 +389,7 @@ pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
             kind: "reflector_summary",
             stats: *stats,
             timestamping: st.label(),
+            kernel_clock: st.kernel_clock(),
             note: &note,
             ebpf_counters: counters,
         });

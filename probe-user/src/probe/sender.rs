@@ -374,7 +374,9 @@ async fn sleep_until_opt(t: Option<Instant>) {
 /// Prints a session summary, human or JSON.
 pub fn print_summary(res: &SessionResult, st: &Stamping, json: bool) {
     let note = st.note();
-    let rec = res.stats.record(res.peer.to_string(), st.label(), &note);
+    let rec = res
+        .stats
+        .record(res.peer.to_string(), st.label(), st.kernel_clock(), &note);
     if json {
         emit_json(&rec);
         return;

@@ -126,6 +126,9 @@ pub struct SummaryRecord<'a> {
     pub app_rtt_ns: DistSummary,
     pub stack_overhead_ns: DistSummary,
     pub timestamping: &'a str,
+    /// "tai" or "monotonic": the clock of the kernel stamps (absent with socket stamps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_clock: Option<&'a str>,
     pub note: &'a str,
 }
 
@@ -147,6 +150,7 @@ impl SessionStats {
         &'a self,
         peer: String,
         timestamping: &'a str,
+        kernel_clock: Option<&'a str>,
         note: &'a str,
     ) -> SummaryRecord<'a> {
         SummaryRecord {
@@ -167,6 +171,7 @@ impl SessionStats {
             app_rtt_ns: self.app_rtt.summary(),
             stack_overhead_ns: self.stack_overhead.summary(),
             timestamping,
+            kernel_clock,
             note,
         }
     }

@@ -359,6 +359,10 @@ pub struct AgentArgs {
     /// aya-log level inside the eBPF programs (0 off .. 5 trace).
     #[arg(long, env = "MESHPROBE_EBPF_LOG_LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5), help_heading = "Stamping")]
     pub ebpf_log_level: u8,
+    /// Clock of the kernel stamps: auto (TAI where the kernel has bpf_ktime_get_tai_ns, Linux ≥
+    /// 6.1), tai, or monotonic (CLOCK_MONOTONIC + an offset to TAI kept by userspace).
+    #[arg(long, env = "MESHPROBE_KERNEL_CLOCK", value_name = "CLOCK", default_value = "auto", value_parser = crate::ebpf::parse_kernel_clock, help_heading = "Stamping")]
+    pub kernel_clock: crate::ebpf::KernelClock,
     /// The host clock is synchronised to an external source (PTP): sets the S bit.
     #[arg(long, env = "MESHPROBE_CLOCK_SYNCHRONIZED", help_heading = "Stamping")]
     pub clock_synchronized: bool,

@@ -22,6 +22,7 @@ impl Settings {
             load: LoadOptions {
                 mode: a.attach,
                 log_level: a.ebpf_log_level,
+                kernel_clock: Some(a.kernel_clock),
             },
             clock_synchronized: a.clock_synchronized,
             hw_rx_stamps: a.hw_rx_stamps,
