@@ -222,6 +222,20 @@ pub mod kernel_clock {
     pub const MONOTONIC: u8 = 1;
 }
 
+/// `__sk_buff` fields newer than the oldest kernel the programs load on: bits of the programs'
+/// read-only global `names::GLOBAL_SKB_FIELDS`, set by userspace before load. Like
+/// `kernel_clock`, the verifier knows the value and never checks the access to a field that is
+/// off; an older kernel refuses any access to it ("invalid bpf_context access").
+pub mod skb_fields {
+    /// `__sk_buff.hwtstamp` (Linux ≥ 5.16); without it the RX hardware stamp reads as 0.
+    pub const HWTSTAMP: u8 = 1;
+    /// `__sk_buff.tstamp_type` (Linux ≥ 5.18); without it `tstamp` at TC ingress is taken as
+    /// CLOCK_REALTIME (before 5.18 it held nothing else there; the "earlier and within a
+    /// second" rule still applies).
+    pub const TSTAMP_TYPE: u8 = 2;
+    pub const ALL: u8 = HWTSTAMP | TSTAMP_TYPE;
+}
+
 /// Key of the `T4_FALLBACK` LRU map: replies too short to carry T4 in-band (a reflector that
 /// did not echo our Extra Padding TLV) get their T4 here instead.
 #[repr(C)]
@@ -444,6 +458,8 @@ pub mod names {
     pub const MAP_T1_SENT: &str = "T1_SENT";
     /// The read-only global that selects the clock (`kernel_clock`).
     pub const GLOBAL_KERNEL_CLOCK: &str = "KERNEL_CLOCK";
+    /// The read-only global with the `skb_fields` bits the kernel has.
+    pub const GLOBAL_SKB_FIELDS: &str = "SKB_FIELDS";
 }
 
 #[cfg(feature = "user")]

@@ -45,7 +45,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use probe_common::{
     Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire, counter, kernel_clock,
-    policy, port, wire,
+    policy, port, skb_fields, wire,
 };
 use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
 
@@ -55,6 +55,17 @@ use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
 /// `bpf_ktime_get_tai_ns` never sees that call in `MONOTONIC` mode.
 #[unsafe(no_mangle)]
 static KERNEL_CLOCK: u8 = kernel_clock::TAI;
+
+/// The `__sk_buff` fields this kernel has (`probe_common::skb_fields`), set by userspace before
+/// load (`names::GLOBAL_SKB_FIELDS`); frozen `.rodata` like `KERNEL_CLOCK`.
+#[unsafe(no_mangle)]
+static SKB_FIELDS: u8 = skb_fields::ALL;
+
+#[inline(always)]
+fn has_skb_field(bit: u8) -> bool {
+    // SAFETY: a u8 global; volatile so that the compiler keeps the load the verifier resolves.
+    unsafe { core::ptr::read_volatile(&SKB_FIELDS) & bit != 0 }
+}
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
@@ -446,7 +457,12 @@ fn stamp_t1(ctx: &mut TcContext, udp: &Udp) {
 fn rx_time(ctx: &TcContext, cfg: &Config) -> (u64, u8) {
     let now = tai_now(cfg.mono_to_tai_ns);
     if cfg.flags & Config::USE_SKB_RX_TSTAMP != 0 {
-        let (ts, ty) = unsafe { ((*ctx.skb.skb).tstamp, (*ctx.skb.skb).tstamp_type) };
+        let ts = unsafe { (*ctx.skb.skb).tstamp };
+        let ty = if has_skb_field(skb_fields::TSTAMP_TYPE) {
+            unsafe { (*ctx.skb.skb).tstamp_type }
+        } else {
+            SKB_CLOCK_REALTIME
+        };
         let tai = match ty {
             SKB_CLOCK_REALTIME if ts != 0 => (ts as i64).wrapping_add(cfg.tai_offset_ns) as u64,
             SKB_CLOCK_TAI if ts != 0 => ts,
@@ -464,7 +480,11 @@ fn rx_time(ctx: &TcContext, cfg: &Config) -> (u64, u8) {
 #[inline(always)]
 fn rx_block(ctx: &TcContext, cfg: &Config) -> RxStamp {
     let (t, source) = rx_time(ctx, cfg);
-    let hw = unsafe { (*ctx.skb.skb).hwtstamp };
+    let hw = if has_skb_field(skb_fields::HWTSTAMP) {
+        unsafe { (*ctx.skb.skb).hwtstamp }
+    } else {
+        0
+    };
     if hw != 0 {
         count(counter::RX_HW_TSTAMP_SEEN);
     }

@@ -44,6 +44,13 @@ enum Tool {
     Netem,
 }
 
+/// One ping run: its network RTTs and the transit times through R of its requests.
+struct Run {
+    tool: Tool,
+    rtts: Vec<i64>,
+    transit: Vec<i64>,
+}
+
 #[test]
 fn added_delay_appears_in_median_network_rtt() -> Result<()> {
     let Some(env) = TestEnv::acquire("added_delay_appears_in_median_network_rtt", &["ping"])?
@@ -80,9 +87,9 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
         &[Tool::None, Tool::Element, Tool::Element, Tool::None]
     };
 
-    // One Vec per run: the spread between runs of a condition is part of the noise.
-    // (tool, network RTTs, R's transit times of the requests)
-    let mut runs: Vec<(Tool, Vec<i64>, Vec<i64>)> = Vec::new();
+    // One run per condition change: the spread between runs of a condition is part of the
+    // noise.
+    let mut runs: Vec<Run> = Vec::new();
     for &tool in order {
         let _element = (tool == Tool::Element)
             .then(|| {
@@ -96,50 +103,85 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
             }
             _ => None,
         };
+        let requests = "udp dst port 862";
+        let inbound = Capture::start_filter(&t.r, Routed::RA_IF, requests)?;
+        let outbound = Capture::start_filter(&t.r, Routed::RB_IF, requests)?;
         let run = env.mp.ping(&t.a, &args, timeout)?;
+        let (inbound, outbound) = (inbound.stop()?, outbound.stop()?);
         let s = run.summary()?;
         ensure!(s.received == PROBES_PER_RUN as u64, "{tool:?}: {s:?}");
         let rtts = run.network_rtts();
+        let transit: Vec<i64> = one_way_delays(&inbound.packets, &outbound.packets)
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        ensure!(
+            transit.len() == PROBES_PER_RUN as usize,
+            "{tool:?}: R's captures matched {} of {PROBES_PER_RUN} requests (dropped by the \
+             kernel: {} in, {} out)",
+            transit.len(),
+            inbound.dropped_by_kernel,
+            outbound.dropped_by_kernel
+        );
         eprintln!(
-            "{tool:?}: median network RTT {} over {} probes",
+            "{tool:?}: median network RTT {}, median transit through R {}, over {} probes",
             us(median(&rtts).unwrap()),
+            us(median(&transit).unwrap()),
             rtts.len()
         );
-        runs.push((tool, rtts));
+        runs.push(Run {
+            tool,
+            rtts,
+            transit,
+        });
     }
-    let of = |tool: Tool| -> Vec<Vec<i64>> {
+    let of = |tool: Tool, pick: fn(&Run) -> &Vec<i64>| -> Vec<Vec<i64>> {
         runs.iter()
-            .filter(|(t, _)| *t == tool)
-            .map(|(_, r)| r.clone())
+            .filter(|r| r.tool == tool)
+            .map(|r| pick(r).clone())
             .collect()
     };
-    let element = Shift::of(&of(Tool::None), &of(Tool::Element)).expect("every run has probes");
-    eprintln!(
-        "delay element: {} (injected {})",
-        element.report(),
-        us(DELAY_NS)
-    );
-    element.check(DELAY_NS, "delay element")?;
-
-    let Some(why) = netem_missing else {
-        let netem = Shift::of(&of(Tool::None), &of(Tool::Netem)).expect("every run has probes");
-        eprintln!("netem: {} (injected {})", netem.report(), us(DELAY_NS));
-        netem.check(DELAY_NS, "netem")?;
-        let apart = (element.added - netem.added).abs();
-        let bound = element.tolerance() + netem.tolerance();
-        eprintln!(
-            "element vs netem: shifts {} and {} differ by {} (bound {})",
-            us(element.added),
-            us(netem.added),
-            us(apart),
+    let judge = |tool: Tool, name: &str| -> Result<i64> {
+        let rtt = Shift::of(&of(Tool::None, |r| &r.rtts), &of(tool, |r| &r.rtts))
+            .expect("every run has probes");
+        let hold = Shift::of(&of(Tool::None, |r| &r.transit), &of(tool, |r| &r.transit))
+            .expect("every run has requests");
+        eprintln!("{name}: asked {}", us(DELAY_NS));
+        eprintln!("  held (captures at R): {}", hold.report());
+        eprintln!("  network RTT:          {}", rtt.report());
+        // Never shorter than asked; a little longer where its timer fires late.
+        hold.check_added(DELAY_NS, DELAY_NS * HOLD_SLACK_PCT / 100, name)?;
+        // meshprobe measures what the tool really did.
+        let bound = rtt.tolerance() + hold.tolerance();
+        ensure!(
+            2 * bound < DELAY_NS,
+            "{name}: too noisy to judge a delay of {} (bound {})",
+            us(DELAY_NS),
             us(bound)
         );
         ensure!(
-            apart <= bound,
-            "the delay element and netem disagree: {} vs {} (bound {})",
-            us(element.added),
-            us(netem.added),
+            (rtt.added - hold.added).abs() <= bound,
+            "{name}: the network RTT grew by {}, the captures saw a hold of {} (bound {})",
+            us(rtt.added),
+            us(hold.added),
             us(bound)
+        );
+        eprintln!(
+            "  RTT shift − hold = {} (bound ±{}); held {} beyond the ask",
+            us(rtt.added - hold.added),
+            us(bound),
+            us(hold.added - DELAY_NS)
+        );
+        Ok(hold.added)
+    };
+    let element = judge(Tool::Element, "delay element")?;
+
+    let Some(why) = netem_missing else {
+        let netem = judge(Tool::Netem, "netem")?;
+        eprintln!(
+            "element and netem both measured as held: holds {} and {}",
+            us(element),
+            us(netem)
         );
         return Ok(());
     };

@@ -16,7 +16,7 @@ use aya::{
     sys::{BpfHelper, is_helper_supported},
     util::KernelVersion,
 };
-use probe_common::{Config, RxStamp, SentT1, StampKey, counter, kernel_clock, names};
+use probe_common::{Config, RxStamp, SentT1, StampKey, counter, kernel_clock, names, skb_fields};
 use tracing::{debug, info, warn};
 
 pub use orphan_filters::OrphanReport;
@@ -182,6 +182,36 @@ impl KernelClock {
     }
 }
 
+/// The `skb_fields` bits for a kernel version (all when it is unknown), and the names of the
+/// fields left out. By version, like TCX: a backporting distribution kernel only loses the
+/// fields (the programs still load), never gains one it lacks.
+fn skb_fields_of(version: Option<KernelVersion>) -> (u8, Vec<&'static str>) {
+    let Some(v) = version else {
+        return (skb_fields::ALL, Vec::new());
+    };
+    let mut bits = 0;
+    let mut missing = Vec::new();
+    for (bit, name, since) in [
+        (
+            skb_fields::HWTSTAMP,
+            "hwtstamp (5.16)",
+            KernelVersion::new(5, 16, 0),
+        ),
+        (
+            skb_fields::TSTAMP_TYPE,
+            "tstamp_type (5.18)",
+            KernelVersion::new(5, 18, 0),
+        ),
+    ] {
+        if v >= since {
+            bits |= bit;
+        } else {
+            missing.push(name);
+        }
+    }
+    (bits, missing)
+}
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub mode: AttachMode,
@@ -256,6 +286,20 @@ impl Attached {
         let clock_global = clock.map(ClockMode::global);
         if let Some(v) = &clock_global {
             loader.override_global(names::GLOBAL_KERNEL_CLOCK, v, true);
+        }
+        // The probe's object (the one with a clock) also has the context-field switches.
+        let skb = clock.map(|_| {
+            let (bits, missing) = skb_fields_of(KernelVersion::current().ok());
+            if !missing.is_empty() {
+                info!(
+                    "this kernel's __sk_buff has no {}: not read",
+                    missing.join(", ")
+                );
+            }
+            bits
+        });
+        if let Some(v) = &skb {
+            loader.override_global(names::GLOBAL_SKB_FIELDS, v, true);
         }
         let mut ebpf = loader.load(object).map_err(Box::new)?;
         let logger = if level > 0 {
@@ -521,6 +565,21 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skb_fields_follow_the_kernel_version() {
+        let of = |a, b| skb_fields_of(Some(KernelVersion::new(a, b, 0)));
+        assert_eq!(
+            of(5, 10),
+            (0, vec!["hwtstamp (5.16)", "tstamp_type (5.18)"])
+        );
+        assert_eq!(
+            of(5, 16),
+            (skb_fields::HWTSTAMP, vec!["tstamp_type (5.18)"])
+        );
+        assert_eq!(of(6, 1), (skb_fields::ALL, vec![]));
+        assert_eq!(skb_fields_of(None), (skb_fields::ALL, vec![]));
+    }
 
     #[test]
     fn kernel_clock_setting_values() {

@@ -19,6 +19,8 @@ pub struct Kernel {
     pub series: &'static str,
     /// Who runs this series (for `--help` and the README).
     pub who: &'static str,
+    /// Test binaries of the guest set this kernel cannot run, and why (said loudly).
+    pub cannot_run: &'static [(&'static str, &'static str)],
 }
 
 pub const KERNELS: &[Kernel] = &[
@@ -27,12 +29,20 @@ pub const KERNELS: &[Kernel] = &[
         suite: "bookworm",
         series: "6.1.0",
         who: "Debian 12 and many managed Kubernetes node images",
+        cannot_run: &[],
     },
     Kernel {
         name: "debian-5.10",
         suite: "bullseye",
         series: "5.10.0",
         who: "Debian 11; older than the TAI clock helper (6.1)",
+        cannot_run: &[
+            ("delay", "the delay element needs bpf_loop (Linux 5.17)"),
+            (
+                "agent_mesh",
+                "its delays come from the delay element, which needs bpf_loop (5.17)",
+            ),
+        ],
     },
 ];
 
