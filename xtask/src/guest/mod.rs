@@ -137,7 +137,7 @@ pub fn run(ws: &Workspace, name: &str, bin: &std::path::Path) -> Result<()> {
     make_executable(&script)?;
 
     println!(
-        "[guest] {} ({}, {}) under {accel:?} ({why}); {} test binaries",
+        "[guest] {} ({}, {}) under {accel} ({why}); {} test binaries",
         k.name,
         unpacked.release,
         k.who,

@@ -23,6 +23,15 @@ pub enum Accel {
     Tcg,
 }
 
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG (software emulation)",
+        })
+    }
+}
+
 impl Accel {
     /// `MESHPROBE_TEST_TIME_SCALE` for the tests in the guest: how much longer they wait for
     /// services to start (a JVM under TCG takes minutes). Never a judged figure.
