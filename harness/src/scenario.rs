@@ -60,6 +60,66 @@ pub struct Stall {
     pub next_t1_gap: Option<i64>,
 }
 
+/// Share of probes the capture reference must match.
+pub const MIN_MATCHED: f64 = 0.99;
+/// Share of matched probes whose ingress legs must be exact. Not all: a probe whose reply came
+/// without room for the in-band T4 takes T4 elsewhere (the t4 sources line says which).
+pub const MIN_INGRESS_EXACT: f64 = 0.99;
+/// meshprobe's network-RTT error against the socket-level error of the same probes: the p50 of
+/// the first at most this fraction of the p50 of the second, and likewise at p99. The egress
+/// legs (TC → tap) that make meshprobe's error are a few calls of the path the socket-level
+/// error spans (syscalls, the UDP/IP stack, wake-ups, the reflector's turnaround), so the
+/// ratio holds on a slow machine as on a fast one.
+pub const MAX_ERROR_RATIO: f64 = 0.1;
+
+impl Agreement {
+    /// The kernel stamps agree with the capture reference, judged by what holds at any machine
+    /// speed: at least `count` probes sent and (nearly) all matched; T2 and T4 the receive
+    /// stamps the capture reports (ingress legs exact); T1 and T3 before the capture tap (no
+    /// egress leg below zero); meshprobe's error far below the socket-level error of the same
+    /// probes ([`MAX_ERROR_RATIO`]).
+    pub fn check_kernel_stamps(&self, label: &str, count: u32) -> Result<()> {
+        let a = self;
+        ensure!(a.sent >= count as u64, "{label}: sent {} < {count}", a.sent);
+        ensure!(
+            a.matched_frac() >= MIN_MATCHED,
+            "{label}: only {} of {} probes matched a reference RTT ({} probe lines, capture \
+             drops {})",
+            a.matched,
+            a.sent,
+            a.probes,
+            a.capture_drops
+        );
+        let exact = a.ingress_exact();
+        ensure!(
+            exact as f64 >= MIN_INGRESS_EXACT * a.matched as f64,
+            "{label}: ingress legs exact for only {exact} of {} probes: {}",
+            a.matched,
+            a.legs_report()
+        );
+        ensure!(
+            a.egress_negative() == 0,
+            "{label}: {} probes stamped after the capture tap saw them leave: {}",
+            a.egress_negative(),
+            a.legs_report()
+        );
+        let app = a.app_abs_err();
+        for pct in [50.0, 99.0] {
+            let net = a.p(pct);
+            let sock = percentile(&app, pct).unwrap_or(0);
+            ensure!(
+                net as f64 <= MAX_ERROR_RATIO * sock as f64,
+                "{label}: p{pct} |error| {} is not below {MAX_ERROR_RATIO} × the socket-level \
+                 p{pct} |error| {} of the same probes: {}",
+                us(net),
+                us(sock),
+                a.report(label)
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Agreement {
     pub fn matched_frac(&self) -> f64 {
         if self.sent == 0 {

@@ -12,64 +12,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use meshprobe_harness::load::{WakeLatency, cpu_stress, online_cpus};
-use meshprobe_harness::scenario::{Agreement, agreement};
-use meshprobe_harness::stats::{percentile, us};
+use meshprobe_harness::scenario::agreement;
 use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
-const MIN_MATCHED: f64 = 0.99;
-/// Share of matched probes whose ingress legs must be exact. Not all: a probe whose reply came
-/// without room for the in-band T4 takes T4 elsewhere (the t4 sources line says which).
-const MIN_INGRESS_EXACT: f64 = 0.99;
-/// meshprobe's network-RTT error against the socket-level error of the same probes: the p50 of
-/// the first at most this fraction of the p50 of the second, and likewise at p99. The egress
-/// legs (TC → tap) that make meshprobe's error are a few calls of the path the socket-level
-/// error spans (syscalls, the UDP/IP stack, wake-ups, the reflector's turnaround), so the
-/// ratio holds on a slow machine as on a fast one.
-const MAX_ERROR_RATIO: f64 = 0.1;
 /// Probes per run (the issue asks for ≥ 1000). p99 rests on the worst 1 %: 2000 probes give 20
 /// samples there, a steadier estimate than 10.
 const PROBES: u32 = 2000;
-
-fn check(label: &str, a: &Agreement, count: u32) -> Result<()> {
-    ensure!(a.sent >= count as u64, "{label}: sent {} < {count}", a.sent);
-    ensure!(
-        a.matched_frac() >= MIN_MATCHED,
-        "{label}: only {} of {} probes matched a reference RTT ({} probe lines, capture drops {})",
-        a.matched,
-        a.sent,
-        a.probes,
-        a.capture_drops
-    );
-    let exact = a.ingress_exact();
-    ensure!(
-        exact as f64 >= MIN_INGRESS_EXACT * a.matched as f64,
-        "{label}: ingress legs exact for only {exact} of {} probes: {}",
-        a.matched,
-        a.legs_report()
-    );
-    ensure!(
-        a.egress_negative() == 0,
-        "{label}: {} probes stamped after the capture tap saw them leave: {}",
-        a.egress_negative(),
-        a.legs_report()
-    );
-    let app = a.app_abs_err();
-    for pct in [50.0, 99.0] {
-        let net = a.p(pct);
-        let sock = percentile(&app, pct).unwrap_or(0);
-        ensure!(
-            net as f64 <= MAX_ERROR_RATIO * sock as f64,
-            "{label}: p{pct} |error| {} is not below {MAX_ERROR_RATIO} × the socket-level \
-             p{pct} |error| {} of the same probes: {}",
-            us(net),
-            us(sock),
-            a.report(label)
-        );
-    }
-    Ok(())
-}
 
 fn run(test: &str, f: Family, count: u32) -> Result<()> {
     let Some(env) = TestEnv::acquire(test, &["tcpdump", "stress-ng", "ethtool"])? else {
@@ -107,8 +57,8 @@ fn run(test: &str, f: Family, count: u32) -> Result<()> {
     eprintln!("  legs (capture − stamp): {}", loaded.legs_report());
     eprintln!("  {}", loaded.stalls_report());
 
-    check("idle", &idle, count)?;
-    check("loaded", &loaded, count)
+    idle.check_kernel_stamps("idle", count)?;
+    loaded.check_kernel_stamps("loaded", count)
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! Two truths per tool: what it was asked to add, and what it really held, measured by
 //! captures on both of R's interfaces (request in on R-A, out on R-B after the TC hook and the
 //! qdisc). A tool may hold longer than asked, never shorter: netem's hold ends at a timer, and
-//! under qemu's TCG that timer fires late (+224 to +244 µs on 2 ms in a Debian 6.1 guest). So
+//! under qemu's TCG that timer fires late (+161 to +244 µs on 2 ms in a Debian 6.1 guest). So
 //! each tool must hold at least what was asked (and not much more), and meshprobe's network
 //! RTT must follow the hold the captures measured probe by probe: per probe, RTT − hold must
 //! not move when the tool is on, within the same runs' own noise ([`Shift`]), where missing the

@@ -11,60 +11,14 @@
 
 use anyhow::{Result, ensure};
 use meshprobe_harness::load::WakeLatency;
-use meshprobe_harness::scenario::{Agreement, AgreementRun, agreement_with};
-use meshprobe_harness::stats::{percentile, us};
+use meshprobe_harness::scenario::{AgreementRun, agreement_with};
+use meshprobe_harness::stats::us;
 use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
 const PROBES: u32 = 500;
-const MIN_MATCHED: f64 = 0.99;
-const MIN_INGRESS_EXACT: f64 = 0.99;
-/// As in correctness.rs: meshprobe's error against the socket-level error of the same probes.
-const MAX_ERROR_RATIO: f64 = 0.1;
 /// The monotonic run's error against the default (TAI) run's, at p50 and p99.
 const MAX_P50_VS_BASELINE: f64 = 2.0;
 const MAX_P99_VS_BASELINE: f64 = 3.0;
-
-fn check_capture(label: &str, a: &Agreement) -> Result<()> {
-    ensure!(
-        a.sent >= PROBES as u64,
-        "{label}: sent {} < {PROBES}",
-        a.sent
-    );
-    ensure!(
-        a.matched_frac() >= MIN_MATCHED,
-        "{label}: only {} of {} probes matched a reference RTT (capture drops {})",
-        a.matched,
-        a.sent,
-        a.capture_drops
-    );
-    let exact = a.ingress_exact();
-    ensure!(
-        exact as f64 >= MIN_INGRESS_EXACT * a.matched as f64,
-        "{label}: ingress legs exact for only {exact} of {} probes: {}",
-        a.matched,
-        a.legs_report()
-    );
-    ensure!(
-        a.egress_negative() == 0,
-        "{label}: {} probes stamped after the capture tap saw them leave: {}",
-        a.egress_negative(),
-        a.legs_report()
-    );
-    let app = a.app_abs_err();
-    for pct in [50.0, 99.0] {
-        let net = a.p(pct);
-        let sock = percentile(&app, pct).unwrap_or(0);
-        ensure!(
-            net as f64 <= MAX_ERROR_RATIO * sock as f64,
-            "{label}: p{pct} |error| {} is not below {MAX_ERROR_RATIO} × the socket-level \
-             p{pct} |error| {}: {}",
-            us(net),
-            us(sock),
-            a.report(label)
-        );
-    }
-    Ok(())
-}
 
 /// Kernel stamps, on every probe, and the clock named wherever the output names the stamping.
 fn check_clock(label: &str, r: &AgreementRun, clock: &str) -> Result<()> {
@@ -142,8 +96,8 @@ fn run(test: &str, f: Family) -> Result<()> {
 
     check_clock(&base_label, &base, &base_clock)?;
     check_clock(&mono_label, &mono, "monotonic")?;
-    check_capture(&base_label, &base.agreement)?;
-    check_capture(&mono_label, &mono.agreement)?;
+    base.agreement.check_kernel_stamps(&base_label, PROBES)?;
+    mono.agreement.check_kernel_stamps(&mono_label, PROBES)?;
     for (pct, factor) in [(50.0, MAX_P50_VS_BASELINE), (99.0, MAX_P99_VS_BASELINE)] {
         let (m, b) = (mono.agreement.p(pct), base.agreement.p(pct));
         ensure!(
