@@ -21,6 +21,7 @@ pub mod nft;
 pub mod reference;
 pub mod safety;
 pub mod scenario;
+pub mod server_thread;
 pub mod services;
 pub mod stamp;
 pub mod star;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio_openssl::SslStream;
 
 use crate::netns::Netns;
+use crate::server_thread::ServerThread;
 use crate::services::TempDir;
 
 /// A CA and a server certificate for one IP address, as PEM files in a temp dir (removed on
@@ -154,8 +155,8 @@ struct Counts {
 pub struct TlsProxy {
     listen: SocketAddr,
     counts: Arc<Counts>,
-    stop: Option<watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<Result<Result<()>>>>,
+    /// Dropped last: stops and joins the server.
+    _server: ServerThread,
 }
 
 impl TlsProxy {
@@ -173,42 +174,15 @@ impl TlsProxy {
         acceptor.check_private_key()?;
         let acceptor = Arc::new(acceptor.build());
         let counts = Arc::new(Counts::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let c = counts.clone();
-        let thread = ns.spawn_thread(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let listener = match TcpListener::bind(listen).await {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow!("binding {listen}: {e}")));
-                        return Ok(());
-                    }
-                };
-                accept_loop(listener, upstream, acceptor, c, stop_rx).await;
-                Ok(())
-            })
-        });
-        let mut p = TlsProxy {
+        let server = ServerThread::start(ns, "the TLS proxy", listen, move |listener, stop| {
+            accept_loop(listener, upstream, acceptor, c, stop)
+        })?;
+        Ok(TlsProxy {
             listen,
             counts,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(p),
-            Ok(Err(e)) => Err(e).context("starting the TLS proxy"),
-            Err(_) => {
-                p.shutdown();
-                bail!("the TLS proxy did not start")
-            }
-        }
+            _server: server,
+        })
     }
 
     /// `addr:port` (brackets for IPv6), as KAFKA_BOOTSTRAP_SERVERS wants it.
@@ -225,25 +199,6 @@ impl TlsProxy {
     /// the certificate, or spoke plain Kafka).
     pub fn failed_handshakes(&self) -> u64 {
         self.counts.failed.load(Ordering::Relaxed)
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Err(e) | Ok(Err(e))) => eprintln!("harness: TLS proxy: {e:#}"),
-                Err(_) => eprintln!("harness: TLS proxy thread panicked"),
-            }
-        }
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 

@@ -14,12 +14,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::netns::Netns;
+use crate::server_thread::ServerThread;
 
 /// Longest frame the parser accepts (ZooKeeper's default jute.maxbuffer is about 1 MB): a
 /// longer prefix means the stream is not ZooKeeper's and parsing stops (bytes still count).
@@ -197,50 +198,26 @@ type Conns = Arc<Mutex<Vec<Conn>>>;
 pub struct CountingProxy {
     listen: SocketAddr,
     conns: Conns,
-    stop: Option<watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<Result<Result<()>>>>,
+    /// Dropped last: stops and joins the server.
+    _server: ServerThread,
 }
 
 impl CountingProxy {
     /// Listens on `listen` inside `ns` and forwards every connection to `upstream`.
     pub fn start(ns: &Netns, listen: SocketAddr, upstream: SocketAddr) -> Result<CountingProxy> {
         let conns: Conns = Arc::default();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let c = conns.clone();
-        let thread = ns.spawn_thread(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let listener = match TcpListener::bind(listen).await {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow!("binding {listen}: {e}")));
-                        return Ok(());
-                    }
-                };
-                accept_loop(listener, upstream, c, stop_rx).await;
-                Ok(())
-            })
-        });
-        let mut p = CountingProxy {
+        let server = ServerThread::start(
+            ns,
+            "the ZooKeeper counting proxy",
+            listen,
+            move |listener, stop| accept_loop(listener, upstream, c, stop),
+        )?;
+        Ok(CountingProxy {
             listen,
             conns,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(p),
-            Ok(Err(e)) => Err(e).context("starting the ZooKeeper counting proxy"),
-            Err(_) => {
-                p.shutdown();
-                bail!("the ZooKeeper counting proxy did not start")
-            }
-        }
+            _server: server,
+        })
     }
 
     /// Where clients connect (the SERVERS_ZK to give them).
@@ -279,25 +256,6 @@ impl CountingProxy {
             .filter(|c| c.client.ip() == ip)
             .map(|c| c.opened)
             .collect()
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Err(e) | Ok(Err(e))) => eprintln!("harness: ZooKeeper proxy: {e:#}"),
-                Err(_) => eprintln!("harness: ZooKeeper proxy thread panicked"),
-            }
-        }
-    }
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 
