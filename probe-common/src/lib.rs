@@ -254,12 +254,15 @@ pub struct StampKey {
 /// `SentT1::slot(port, ssid, seq)`; a slot reused before its reply came back holds another key,
 /// and userspace then has no record for that probe.
 ///
-/// 16 octets, align 8, no implicit padding. Host byte order.
+/// 24 octets, align 8, no implicit padding. Host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SentT1 {
-    /// TAI nanoseconds written into the request's Timestamp field.
+    /// TAI nanoseconds written into the request's Timestamp field (TC egress).
     pub t1: u64,
+    /// TAI nanoseconds when the request was handed to the driver (`names::PROG_HANDOFF`, at
+    /// `net_dev_start_xmit`); 0 when no hand-off stamp was taken.
+    pub handoff: u64,
     pub seq: u32,
     /// Local (sender) UDP port.
     pub port: u16,
@@ -278,7 +281,200 @@ impl SentT1 {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<SentT1>() == 16);
+const _: () = assert!(core::mem::size_of::<SentT1>() == 24);
+
+/// Key of the `FOLLOW_UP` LRU map: one reflector session, as its replies are addressed.
+///
+/// The hand-off program (`names::PROG_HANDOFF`) records there, per session, the driver
+/// hand-off correction of the last reply the reflector sent; the reflector carries it to the
+/// sender in its next reply (the follow-up TLV), since a tracepoint cannot write the packet.
+///
+/// 24 octets, align 2, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FollowUpKey {
+    /// The sender's address (the reply's destination), 16 octets in network order; IPv4 as an
+    /// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// The sender's UDP port (the reply's destination port), host order.
+    pub port: u16,
+    /// The reflector's own UDP port (the reply's source port), host order.
+    pub local_port: u16,
+    /// SSID of the reply, host order.
+    pub ssid: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<FollowUpKey>() == 24);
+
+/// Value of the `FOLLOW_UP` map: the hand-off correction of one reply.
+///
+/// 16 octets, align 8, no implicit padding. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FollowUp {
+    /// The T3 the reply carried (TC egress stamp), TAI ns.
+    pub t3: u64,
+    /// Session-Sender Sequence Number the reply answered.
+    pub sender_seq: u32,
+    /// Hand-off time − `t3`, ns (never negative; a larger gap than `MAX_CORRECTION_NS` is not
+    /// recorded).
+    pub correction_ns: u32,
+}
+
+impl FollowUp {
+    pub const ENTRIES: u32 = 16384;
+    /// A correction this large is not a hand-off delay (a clock step, a stale slot).
+    pub const MAX_CORRECTION_NS: u32 = 100_000_000;
+}
+
+const _: () = assert!(core::mem::size_of::<FollowUp>() == 16);
+
+/// Offsets (octets) of the kernel struct members the tracing programs read, from the running
+/// kernel's BTF (`btf_offsets::from_sys`, `user` feature): the programs are built once, the
+/// layouts differ by kernel. The programs' read-only global `names::GLOBAL_KERNEL_OFFSETS`,
+/// set before load. An offset of 0 for a member that is not at 0 means "not resolved".
+///
+/// 32 octets, align 2, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sk_buff.head` (pointer).
+    pub skb_head: u16,
+    /// `sk_buff.data` (pointer).
+    pub skb_data: u16,
+    /// `sk_buff.len` (u32).
+    pub skb_len: u16,
+    /// `sk_buff.protocol` (__be16).
+    pub skb_protocol: u16,
+    /// `sk_buff.network_header` (u16, from `head`).
+    pub skb_network_header: u16,
+    /// `sk_buff.transport_header` (u16, from `head`).
+    pub skb_transport_header: u16,
+    /// `sk_buff.sk` (pointer).
+    pub skb_sk: u16,
+    /// `sk_buff.dev` (pointer).
+    pub skb_dev: u16,
+    /// `sock.__sk_common.skc_num` (u16, local port, host order).
+    pub sock_num: u16,
+    /// `sock.__sk_common.skc_cookie` (atomic64; the `SO_COOKIE` value once it was read).
+    pub sock_cookie: u16,
+    /// `net_device.ifindex` (int).
+    pub dev_ifindex: u16,
+    /// `net_device.nd_net.net` (pointer).
+    pub dev_net: u16,
+    /// `net.ns.inum` (u32: the network namespace's inode number).
+    pub net_inum: u16,
+    pub _pad: [u16; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+
+/// [`KernelOffsets`] from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+#[cfg(feature = "user")]
+pub mod btf_offsets {
+    extern crate std;
+    use std::{format, string::String, vec::Vec};
+
+    use super::KernelOffsets;
+
+    pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+    struct Bytes(Vec<u8>);
+
+    impl btfparse::Readable for Bytes {
+        fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+            let o = usize::try_from(offset).ok();
+            match o.and_then(|o| self.0.get(o..o.checked_add(buffer.len())?)) {
+                Some(src) => {
+                    buffer.copy_from_slice(src);
+                    Ok(())
+                }
+                None => Err(btfparse::Error::new(
+                    btfparse::ErrorKind::IOError,
+                    "read past the end of the BTF",
+                )),
+            }
+        }
+    }
+
+    /// Why the offsets could not be resolved (the tracing programs are then not loaded).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct OffsetsError(pub String);
+
+    impl core::fmt::Display for OffsetsError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for OffsetsError {}
+
+    /// From the running kernel's BTF.
+    pub fn from_sys() -> Result<KernelOffsets, OffsetsError> {
+        let btf =
+            std::fs::read(VMLINUX).map_err(|e| OffsetsError(format!("reading {VMLINUX}: {e}")))?;
+        from_btf(btf)
+    }
+
+    /// From a BTF blob (the kernel's, or a test's).
+    pub fn from_btf(btf: Vec<u8>) -> Result<KernelOffsets, OffsetsError> {
+        let bytes = Bytes(btf);
+        let ti = btfparse::TypeInformation::new(&bytes)
+            .map_err(|e| OffsetsError(format!("parsing BTF: {e:?}")))?;
+        let off = |ty: &str, path: &str| -> Result<u16, OffsetsError> {
+            let id = ti
+                .id_of(ty)
+                .ok_or_else(|| OffsetsError(format!("BTF has no type {ty}")))?;
+            match ti.offset_of(id, path) {
+                Ok((_, btfparse::Offset::ByteOffset(o))) => u16::try_from(o)
+                    .map_err(|_| OffsetsError(format!("{ty}.{path} at {o}: beyond 64 KiB"))),
+                Ok((_, other)) => Err(OffsetsError(format!("{ty}.{path} is {other:?}"))),
+                Err(e) => Err(OffsetsError(format!("{ty}.{path}: {e:?}"))),
+            }
+        };
+        Ok(KernelOffsets {
+            skb_head: off("sk_buff", "head")?,
+            skb_data: off("sk_buff", "data")?,
+            skb_len: off("sk_buff", "len")?,
+            skb_protocol: off("sk_buff", "protocol")?,
+            skb_network_header: off("sk_buff", "network_header")?,
+            skb_transport_header: off("sk_buff", "transport_header")?,
+            skb_sk: off("sk_buff", "sk")?,
+            skb_dev: off("sk_buff", "dev")?,
+            sock_num: off("sock", "__sk_common.skc_num")?,
+            sock_cookie: off("sock", "__sk_common.skc_cookie")?,
+            dev_ifindex: off("net_device", "ifindex")?,
+            dev_net: off("net_device", "nd_net.net")?,
+            net_inum: off("net", "ns.inum")?,
+            _pad: [0; 3],
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn this_kernel_resolves() {
+            let Ok(btf) = std::fs::read(VMLINUX) else {
+                std::eprintln!("SKIPPED: no {VMLINUX} on this machine");
+                return;
+            };
+            let o = from_btf(btf).expect("offsets");
+            // Pointers are 8-aligned; head precedes data; the header offsets are neighbours.
+            assert_eq!(o.skb_head % 8, 0);
+            assert_eq!(o.skb_data, o.skb_head + 8);
+            assert!(o.skb_sk != o.skb_dev);
+            assert!(o.sock_cookie > o.sock_num);
+        }
+
+        #[test]
+        fn garbage_is_an_error() {
+            assert!(from_btf(std::vec![0u8; 64]).is_err());
+        }
+    }
+}
 
 /// Who a Session-Reflector may answer: the rules the ingress program and the reflector share.
 pub mod policy {
@@ -456,6 +652,11 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_T4_FALLBACK: &str = "T4_FALLBACK";
     pub const MAP_T1_SENT: &str = "T1_SENT";
+    pub const MAP_FOLLOW_UP: &str = "FOLLOW_UP";
+    /// The driver hand-off program (`tp_btf/net_dev_start_xmit`).
+    pub const PROG_HANDOFF: &str = "meshprobe_handoff";
+    /// The read-only global with the kernel's struct offsets (`KernelOffsets`).
+    pub const GLOBAL_KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     /// The read-only global that selects the clock (`kernel_clock`).
     pub const GLOBAL_KERNEL_CLOCK: &str = "KERNEL_CLOCK";
     /// The read-only global with the `skb_fields` bits the kernel has.
@@ -469,6 +670,9 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::StampKey {}
     unsafe impl aya::Pod for super::SentT1 {}
+    unsafe impl aya::Pod for super::FollowUpKey {}
+    unsafe impl aya::Pod for super::FollowUp {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::delay::DelayConfig {}
     unsafe impl aya::Pod for super::delay::DelayDstKey {}
 }

@@ -443,6 +443,7 @@ fn stamp_t1(ctx: &mut TcContext, udp: &Udp) {
             unsafe {
                 *r = SentT1 {
                     t1: now,
+                    handoff: 0,
                     seq,
                     port: udp.src,
                     ssid,
@@ -615,6 +616,7 @@ fn record_t1(ctx: &TcContext, udp: &Udp) {
     unsafe {
         *r = SentT1 {
             t1: now,
+            handoff: 0,
             seq,
             port: udp.src,
             ssid,
