@@ -28,6 +28,8 @@ fn compile_proto() -> anyhow::Result<()> {
     for (field, with) in [
         ("ProbeResult.t1_source", "stamp_source"),
         ("ProbeResult.t4_source", "stamp_source"),
+        ("ProbeResult.t2_source", "stamp_source"),
+        ("ProbeResult.t3_source", "stamp_source"),
         ("ProbeResult.timestamping", "timestamping"),
         ("WindowSummary.timestamping", "timestamping"),
         ("ZoneSummary.timestamping", "timestamping"),

@@ -779,6 +779,9 @@ pub fn stamp_source(s: StampSource) -> pb::StampSource {
         StampSource::TxSoftware => pb::StampSource::TxSoftware,
         StampSource::App => pb::StampSource::App,
         StampSource::Hw => pb::StampSource::Hw,
+        StampSource::Handoff => pb::StampSource::Handoff,
+        StampSource::HwTx => pb::StampSource::HwTx,
+        StampSource::Unspecified => pb::StampSource::Unspecified,
     }
 }
 

@@ -344,6 +344,13 @@ pub enum StampSource {
     App,
     /// The NIC's hardware RX stamp (with `--hw-rx-stamps`: its clock is taken to be TAI).
     Hw,
+    /// Driver hand-off: the tracepoint `net_dev_start_xmit`, after the qdisc and the packet
+    /// taps, as the driver takes the packet.
+    Handoff,
+    /// The NIC's hardware TX stamp (SO_TIMESTAMPING; its clock is taken to be TAI).
+    HwTx,
+    /// The reflector did not say (a third-party reflector, or no follow-up).
+    Unspecified,
 }
 
 impl StampSource {
