@@ -32,6 +32,9 @@ pub struct Received {
     pub from: SocketAddr,
     /// Kernel software RX stamp, CLOCK_REALTIME ns.
     pub rx_sw_realtime_ns: Option<u64>,
+    /// The NIC's raw hardware RX stamp (its own clock), when the socket asked for hardware
+    /// stamps (`SockStamps::hw`) and the NIC gave one.
+    pub rx_hw_ns: Option<u64>,
     /// IPv4 TTL or IPv6 hop limit of the packet.
     pub ttl: Option<u8>,
     /// Destination address of the IP header (IP_PKTINFO / IPV6_PKTINFO), IPv4-mapped ones
@@ -80,11 +83,35 @@ pub struct SockStamps {
     /// stamps that exist and turns them on with `ensure_rx_stamps` when a packet arrives
     /// without its in-band stamp.
     pub rx: bool,
+    /// NIC hardware TX stamps (`--hw-tx-stamps`), read back with `drain_tx_stamps`, raw (the
+    /// NIC's clock). The NIC must have hardware timestamping turned on (ptp4l or
+    /// `hwstamp_ctl` do; see [`hw_timestamping`]); without it none are reported.
+    pub hw_tx: bool,
+    /// NIC hardware RX stamps reported with each datagram (`Received::rx_hw_ns`), raw.
+    pub hw_rx: bool,
+}
+
+/// The stamps of one SO_TIMESTAMPING control message: software (CLOCK_REALTIME ns) and the
+/// NIC's raw hardware stamp (ns of its clock); either may be absent (0 in the message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StampPair {
+    pub sw: Option<u64>,
+    pub hw: Option<u64>,
+}
+
+impl StampPair {
+    fn of(t: &nix::sys::socket::Timestamps) -> Self {
+        Self {
+            sw: ts_ns(&t.system),
+            hw: ts_ns(&t.hw_raw),
+        }
+    }
 }
 
 pub struct ProbeSocket {
     io: AsyncFd<UdpSocket>,
-    tx_stamps: bool,
+    /// The stamps asked for at bind; `rx` may be turned on later (`rx_stamps`).
+    stamps: SockStamps,
     rx_stamps: AtomicBool,
 }
 
@@ -182,7 +209,7 @@ impl ProbeSocket {
             // SAFETY: the AsyncFd owns the socket, so the fd stays valid while registered.
             io: unsafe { AsyncFd::register_with_interest(udp, Interest::READABLE) }
                 .map_err(|e| io::Error::other(e.to_string()))?,
-            tx_stamps: stamps.tx,
+            stamps,
             rx_stamps: AtomicBool::new(stamps.rx),
         })
     }
@@ -194,8 +221,8 @@ impl ProbeSocket {
             return false;
         }
         let flags = stamp_flags(SockStamps {
-            tx: self.tx_stamps,
             rx: true,
+            ..self.stamps
         });
         if let Err(e) = setsockopt(self.io.get_ref(), sockopt::Timestamping, &flags) {
             tracing::warn!("turning on RX software timestamps: {e}");
@@ -317,10 +344,12 @@ impl ProbeSocket {
         }
     }
 
-    /// Reads every pending TX software stamp from the error queue: (OPT_ID key, realtime ns).
-    pub fn drain_tx_stamps(&self) -> Vec<(u32, u64)> {
+    /// Reads every pending TX stamp from the error queue: (OPT_ID key, its stamps). The
+    /// software and the hardware stamp of one datagram come as two messages with one key;
+    /// they are merged here.
+    pub fn drain_tx_stamps(&self) -> Vec<(u32, StampPair)> {
         let mut out = Vec::new();
-        if !self.tx_stamps {
+        if !self.stamps.tx && !self.stamps.hw_tx {
             return out;
         }
         let fd = self.io.get_ref().as_fd().as_raw_fd();
@@ -345,7 +374,7 @@ impl ProbeSocket {
             if let Ok(cmsgs) = msg.cmsgs() {
                 for c in cmsgs {
                     match c {
-                        ControlMessageOwned::ScmTimestampsns(t) => stamp = ts_ns(&t.system),
+                        ControlMessageOwned::ScmTimestampsns(t) => stamp = Some(StampPair::of(&t)),
                         ControlMessageOwned::Ipv4RecvErr(e, _)
                         | ControlMessageOwned::Ipv6RecvErr(e, _)
                             if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING =>
@@ -357,10 +386,22 @@ impl ProbeSocket {
                 }
             }
             if let (Some(k), Some(t)) = (key, stamp) {
-                out.push((k, t));
+                merge_tx_stamp(&mut out, k, t);
             }
         }
         out
+    }
+}
+
+/// Adds the stamps of `key` to `out`, into the entry the other kind of stamp of the same
+/// datagram already made (the kernel reports software and hardware TX stamps separately).
+fn merge_tx_stamp(out: &mut Vec<(u32, StampPair)>, key: u32, t: StampPair) {
+    // The two reports of one datagram are close together: look back a few entries only.
+    if let Some((_, p)) = out.iter_mut().rev().take(8).find(|(k, _)| *k == key) {
+        p.sw = p.sw.or(t.sw);
+        p.hw = p.hw.or(t.hw);
+    } else {
+        out.push((key, t));
     }
 }
 
@@ -371,11 +412,77 @@ fn stamp_flags(stamps: SockStamps) -> TimestampingFlag {
         flags |= TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE;
     }
     if stamps.tx {
-        flags |= TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
-            | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
+        flags |= TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE;
+    }
+    // RAW_HARDWARE reports hardware stamps; TX/RX_HARDWARE ask the driver to take them (the
+    // NIC must also have them turned on: SIOCSHWTSTAMP, see `hw_timestamping`).
+    if stamps.hw_tx {
+        flags |= TimestampingFlag::SOF_TIMESTAMPING_TX_HARDWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_RAW_HARDWARE;
+    }
+    if stamps.hw_rx {
+        flags |= TimestampingFlag::SOF_TIMESTAMPING_RX_HARDWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_RAW_HARDWARE;
+    }
+    if stamps.tx || stamps.hw_tx {
+        // A key per datagram sent, and no copy of the packet on the error queue.
+        flags |= TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
             | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
     }
     flags
+}
+
+/// The NIC's hardware timestamping setting (SIOCGHWTSTAMP), as ptp4l or `hwstamp_ctl` left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HwTimestamping {
+    /// TX stamps on (`HWTSTAMP_TX_ON` or a one-step mode).
+    pub tx: bool,
+    /// RX stamps for our probes (a filter that takes every packet: `HWTSTAMP_FILTER_ALL`;
+    /// PTP-only filters do not stamp STAMP packets).
+    pub rx: bool,
+}
+
+impl HwTimestamping {
+    /// From `hwtstamp_config.tx_type` and `rx_filter` (linux/net_tstamp.h).
+    pub fn from_config(tx_type: libc::c_int, rx_filter: libc::c_int) -> Self {
+        const HWTSTAMP_TX_OFF: libc::c_int = 0;
+        const HWTSTAMP_FILTER_ALL: libc::c_int = 1;
+        Self {
+            tx: tx_type != HWTSTAMP_TX_OFF,
+            rx: rx_filter == HWTSTAMP_FILTER_ALL,
+        }
+    }
+}
+
+/// Reads `iface`'s hardware timestamping setting. An interface without hardware stamps
+/// (veth, most virtual NICs) answers EOPNOTSUPP or EINVAL: an error, said as it is.
+pub fn hw_timestamping(iface: &str) -> io::Result<HwTimestamping> {
+    let mut cfg = libc::hwtstamp_config {
+        flags: 0,
+        tx_type: 0,
+        rx_filter: 0,
+    };
+    // SAFETY: an all-zero ifreq is valid; the name fits (checked) and stays NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {iface:?}"),
+        ));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut cfg as *mut libc::hwtstamp_config).cast();
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: SIOCGHWTSTAMP reads the name and writes a hwtstamp_config through ifru_data,
+    // which points at `cfg`, alive for the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGHWTSTAMP as _, &mut req) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(HwTimestamping::from_config(cfg.tx_type, cfg.rx_filter))
 }
 
 /// One sendmmsg call: how many of `chunk` the kernel took. Every datagram of the chunk leaves
@@ -477,14 +584,14 @@ fn parse_received(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Received> {
                     .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
             })
     })?;
-    let mut rx = None;
+    let mut rx = StampPair::default();
     let mut ttl = None;
     let (mut dst, mut spec_dst, mut ifindex) = (None, None, None);
     let mut dst4 = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
-                ControlMessageOwned::ScmTimestampsns(t) => rx = ts_ns(&t.system),
+                ControlMessageOwned::ScmTimestampsns(t) => rx = StampPair::of(&t),
                 ControlMessageOwned::Ipv4Ttl(t) => ttl = u8::try_from(t).ok(),
                 ControlMessageOwned::Ipv6HopLimit(h) => ttl = u8::try_from(h).ok(),
                 ControlMessageOwned::Ipv4PacketInfo(i) => {
@@ -508,7 +615,8 @@ fn parse_received(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Received> {
     Some(Received {
         len: msg.bytes,
         from: canonical(from),
-        rx_sw_realtime_ns: rx,
+        rx_sw_realtime_ns: rx.sw,
+        rx_hw_ns: rx.hw,
         ttl,
         dst,
         spec_dst,
@@ -754,5 +862,131 @@ mod tests {
             stamp <= now && now - stamp < 5_000_000_000,
             "{stamp} vs {now}"
         );
+    }
+
+    #[test]
+    fn software_and_hardware_reports_of_one_datagram_merge_into_one_entry() {
+        let mut out = Vec::new();
+        let sw = |t| StampPair {
+            sw: Some(t),
+            hw: None,
+        };
+        let hw = |t| StampPair {
+            sw: None,
+            hw: Some(t),
+        };
+        merge_tx_stamp(&mut out, 7, sw(100));
+        merge_tx_stamp(&mut out, 8, sw(200));
+        merge_tx_stamp(&mut out, 7, hw(150));
+        merge_tx_stamp(&mut out, 9, hw(350));
+        assert_eq!(
+            out,
+            vec![
+                (
+                    7,
+                    StampPair {
+                        sw: Some(100),
+                        hw: Some(150)
+                    }
+                ),
+                (8, sw(200)),
+                (9, hw(350)),
+            ]
+        );
+        // A second report of a kind already known keeps the first.
+        merge_tx_stamp(&mut out, 8, sw(999));
+        assert_eq!(out[1], (8, sw(200)));
+    }
+
+    #[test]
+    fn hardware_stamps_are_asked_for_only_where_configured() {
+        use TimestampingFlag as F;
+        let f = stamp_flags(SockStamps::default());
+        assert_eq!(f, F::SOF_TIMESTAMPING_SOFTWARE);
+        let f = stamp_flags(SockStamps {
+            hw_tx: true,
+            ..Default::default()
+        });
+        assert!(f.contains(F::SOF_TIMESTAMPING_TX_HARDWARE | F::SOF_TIMESTAMPING_RAW_HARDWARE));
+        assert!(f.contains(F::SOF_TIMESTAMPING_OPT_ID | F::SOF_TIMESTAMPING_OPT_TSONLY));
+        assert!(!f.contains(F::SOF_TIMESTAMPING_TX_SOFTWARE));
+        assert!(!f.contains(F::SOF_TIMESTAMPING_RX_HARDWARE));
+        let f = stamp_flags(SockStamps {
+            hw_rx: true,
+            rx: true,
+            ..Default::default()
+        });
+        assert!(f.contains(F::SOF_TIMESTAMPING_RX_HARDWARE | F::SOF_TIMESTAMPING_RAW_HARDWARE));
+        assert!(!f.contains(F::SOF_TIMESTAMPING_OPT_ID));
+    }
+
+    #[test]
+    fn the_nic_setting_reads_as_tx_and_rx() {
+        // linux/net_tstamp.h: HWTSTAMP_TX_OFF 0, _ON 1, _ONESTEP_SYNC 2; HWTSTAMP_FILTER_NONE
+        // 0, _ALL 1, PTP_V2_EVENT 12.
+        assert_eq!(
+            HwTimestamping::from_config(1, 1),
+            HwTimestamping { tx: true, rx: true }
+        );
+        assert_eq!(
+            HwTimestamping::from_config(0, 12),
+            HwTimestamping {
+                tx: false,
+                rx: false
+            }
+        );
+        assert!(HwTimestamping::from_config(2, 0).tx);
+    }
+
+    #[test]
+    fn an_interface_without_hardware_stamps_says_so() {
+        // Loopback has no hardware timestamping: the ioctl fails, it is not read as "off".
+        let e = hw_timestamping("lo").expect_err("lo has no hardware stamps");
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)),
+            "{e}"
+        );
+        assert_eq!(
+            hw_timestamping("").unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            hw_timestamping(&"x".repeat(16)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hardware_stamp_request_on_a_nic_without_them_reports_software_stamps_only() {
+        // What a user without such a NIC gets: the socket binds, software stamps still come,
+        // no hardware stamp is invented.
+        let stamps = SockStamps {
+            tx: true,
+            rx: true,
+            hw_tx: true,
+            hw_rx: true,
+        };
+        let a = ProbeSocket::bind(local(), stamps).unwrap();
+        let b = ProbeSocket::bind(local(), stamps).unwrap();
+        let to = b.local_addr().unwrap();
+        a.send_to(b"probe", to).await.unwrap();
+        let mut buf = [0u8; 16];
+        let rx = tokio::time::timeout(Duration::from_secs(5), b.recv(&mut buf))
+            .await
+            .expect("datagram arrives")
+            .unwrap();
+        assert!(rx.rx_sw_realtime_ns.is_some());
+        assert_eq!(rx.rx_hw_ns, None);
+        let mut tx = Vec::new();
+        for _ in 0..100 {
+            tx = a.drain_tx_stamps();
+            if !tx.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tx.len(), 1, "{tx:?}");
+        assert!(tx[0].1.sw.is_some());
+        assert_eq!(tx[0].1.hw, None);
     }
 }

@@ -37,6 +37,9 @@ pub struct Stamping {
     pub synchronized: bool,
     /// NIC clocks run TAI (PTP-disciplined PHC): use hardware RX stamps for T2/T4.
     pub hw_rx_stamps: bool,
+    /// NIC clocks run TAI: ask for hardware TX stamps (SO_TIMESTAMPING) and use them for T1
+    /// and, through the reflector's follow-up, T3 (`--hw-tx-stamps`).
+    pub hw_tx_stamps: bool,
     /// Kernel mode: ask for software RX stamps anyway (default), so that T2/T4 are the stamp
     /// the kernel takes when a packet enters the stack, not the later moment it reaches TC
     /// (`--no-sw-rx-stamps` turns this off).
@@ -81,6 +84,7 @@ impl Stamping {
             tai_offset_ns,
             synchronized,
             hw_rx_stamps: false,
+            hw_tx_stamps: false,
             sw_rx_stamps: true,
             probe_tag,
             block_key,
@@ -166,6 +170,8 @@ impl Stamping {
         SockStamps {
             tx: !kernel,
             rx: !kernel || self.sw_rx_stamps,
+            hw_tx: self.hw_tx_stamps,
+            hw_rx: self.hw_rx_stamps,
         }
     }
 
@@ -419,6 +425,7 @@ mod tests {
             tai_offset_ns: 37_000_000_000,
             synchronized: false,
             hw_rx_stamps: hw,
+            hw_tx_stamps: false,
             sw_rx_stamps: true,
             probe_tag: 1,
             block_key: 2,

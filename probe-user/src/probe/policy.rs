@@ -477,6 +477,7 @@ fn test_received(from: std::net::SocketAddr, dst: IpAddr) -> Received {
         len: off::BASE_LEN,
         from,
         rx_sw_realtime_ns: None,
+        rx_hw_ns: None,
         ttl: Some(64),
         dst: Some(dst),
         spec_dst: match dst {

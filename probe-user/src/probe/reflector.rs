@@ -143,6 +143,7 @@ pub fn bind(opts: &ReflectorOptions, st: &Stamping) -> Result<ProbeSocket, Refle
     let stamps = SockStamps {
         tx: false,
         rx: base.rx || auth,
+        ..base
     };
     let sock = ProbeSocket::bind(opts.listen, stamps).map_err(|source| ReflectorError::Bind {
         addr: opts.listen,

@@ -645,7 +645,12 @@ impl TxStamps {
 
     /// Collects the stamps the socket has reported since the last call.
     pub fn absorb(&mut self, sock: &ProbeSocket) {
-        self.map.extend(sock.drain_tx_stamps());
+        // Software stamps only for now: hardware ones are used from `--hw-tx-stamps`.
+        self.map.extend(
+            sock.drain_tx_stamps()
+                .into_iter()
+                .filter_map(|(k, p)| Some((k, p.sw?))),
+        );
         // Stamps of probes that were never answered must not pile up.
         if self.map.len() > TX_STAMPS_MAX {
             self.map.clear();

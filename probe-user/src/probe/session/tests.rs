@@ -13,6 +13,7 @@ fn socket_mode() -> Stamping {
         tai_offset_ns: 37_000_000_000,
         synchronized: false,
         hw_rx_stamps: false,
+        hw_tx_stamps: false,
         sw_rx_stamps: true,
         probe_tag: 1,
         block_key: 2,
