@@ -2,7 +2,7 @@
 //! the offset to TAI that userspace keeps. Forced here with `--kernel-clock monotonic`
 //! (`MESHPROBE_KERNEL_CLOCK`), the same comparison with the capture reference as
 //! `correctness.rs`, judged against the default clock's run on the same hosts just before:
-//! - the stamps are kernel stamps (T1 from TC, T4 a kernel block), and the output names the
+//! - the stamps are kernel stamps (T1 from the driver hand-off or TC, T4 a kernel block), and the output names the
 //!   monotonic clock (ready lines, summaries, the note);
 //! - (nearly) every probe matched, ingress legs exact, no egress stamp after the capture tap
 //!   (an offset off by more than the TC → tap time would show here);
@@ -45,13 +45,14 @@ fn check_clock(label: &str, r: &AgreementRun, clock: &str) -> Result<()> {
         note.contains(&format!("clock {clock}")),
         "{label}: the note does not name the clock: {note}"
     );
+    // T1: the driver hand-off time where that program is on, else the TC stamp.
     let not_kernel = r
         .ping
         .probes
         .iter()
         .filter(|p| {
             p.timestamping != "kernel"
-                || p.t1_source.as_deref() != Some("tc")
+                || p.t1_source.as_deref() != Some(r.ping.kernel_t1_source())
                 || !["skb_rx", "tc", "map"].contains(&p.t4_source.as_str())
         })
         .count();

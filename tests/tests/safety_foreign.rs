@@ -255,6 +255,18 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             c(&v, "skip_not_our_socket") >= N as u64 && c(&v, "skip_no_tag") >= N as u64,
             "sender skips not counted: {v}"
         );
+        // The driver hand-off program: the same socket rule, its own counters (when on).
+        if run.ready.as_ref().is_some_and(|r| r["handoff"] == "on") {
+            ensure!(
+                c(&v, "handoff_t1") <= s.sent
+                    && c(&v, "handoff_skip_not_our_socket") >= N as u64,
+                "sender hand-off: stamped other datagrams than its {} requests, or the \
+                 foreign socket's not counted: {v}",
+                s.sent
+            );
+        } else {
+            eprintln!("SKIPPED hand-off checks: the sender's hand-off program is off: {:?}", run.ready);
+        }
     }
     let replies = summary["replies"].as_u64().unwrap_or(0);
     eprintln!(
@@ -278,6 +290,14 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             && c(&summary, "skip_src_port") >= 4 * N as u64,
         "reflector skips not counted: {summary}"
     );
+    if summary["handoff"] == "on" {
+        ensure!(
+            c(&summary, "handoff_follow_up") <= replies,
+            "reflector hand-off: follow-ups for other datagrams than its {replies} replies"
+        );
+    } else {
+        eprintln!("SKIPPED hand-off checks: the reflector's hand-off program is off: {summary}");
+    }
     Ok(())
 }
 
