@@ -28,6 +28,14 @@ pub struct Agreement {
     pub abs_err: Vec<i64>,
     /// Signed (meshprobe − reference) per matched probe, ns.
     pub signed_err: Vec<i64>,
+    /// |meshprobe − reference| per matched probe with the TC T1 its request carried in place
+    /// of a driver hand-off T1, ns (`abs_err` for a probe without one). The capture tap sits
+    /// between TC and the hand-off and delays the hand-off by its own work (the clone, the
+    /// reader's wake-up: measured 1.9 µs TC → hand-off without captures, 14 µs with them, p50,
+    /// on this kind of machine), so against the capture it is the TC stamps that are judged;
+    /// the hand-off stamps are judged by their order here and against the non-perturbing
+    /// tracepoint reference.
+    pub tc_abs_err: Vec<i64>,
     /// Signed (meshprobe's app RTT − reference) per matched probe, ns.
     pub app_signed_err: Vec<i64>,
     pub reference: Vec<i64>,
@@ -82,7 +90,8 @@ impl Agreement {
     /// speed: at least `count` probes sent and (nearly) all matched; T2 and T4 the receive
     /// stamps the capture reports (ingress legs exact); TC stamps before the capture tap, a
     /// driver hand-off T1 after it and after the TC T1 its request carried
-    /// ([`Agreement::egress_negative`]); meshprobe's error far below the socket-level error of the same
+    /// ([`Agreement::egress_negative`]); meshprobe's error (with the TC T1, see
+    /// [`Agreement::tc_abs_err`]) far below the socket-level error of the same
     /// probes ([`MAX_ERROR_RATIO`]).
     pub fn check_kernel_stamps(&self, label: &str, count: u32) -> Result<()> {
         let a = self;
@@ -112,11 +121,11 @@ impl Agreement {
         );
         let app = a.app_abs_err();
         for pct in [50.0, 99.0] {
-            let net = a.p(pct);
+            let net = percentile(&a.tc_abs_err, pct).unwrap_or(i64::MAX);
             let sock = percentile(&app, pct).unwrap_or(0);
             ensure!(
                 net as f64 <= MAX_ERROR_RATIO * sock as f64,
-                "{label}: p{pct} |error| {} is not below {MAX_ERROR_RATIO} × the socket-level \
+                "{label}: p{pct} |error| (TC T1) {} is not below {MAX_ERROR_RATIO} × the socket-level \
                  p{pct} |error| {} of the same probes: {}",
                 us(net),
                 us(sock),
@@ -244,7 +253,7 @@ impl Agreement {
     pub fn report(&self, label: &str) -> String {
         format!(
             "{label}: sent {} probes {} matched {} ({:.2}%), |error| p50 {} p99 {} max {}, \
-             signed error p50 {}, app RTT |error| p50 {} p99 {}, reference RTT p50 {}, \
+             signed error p50 {}, with the TC T1 |error| p50 {} p99 {}, app RTT |error| p50 {} p99 {}, reference RTT p50 {}, \
              t1 sources {:?}, t4 sources {:?}, capture drops {}",
             self.sent,
             self.probes,
@@ -254,6 +263,8 @@ impl Agreement {
             us(self.p(99.0)),
             us(self.p(100.0)),
             us(percentile(&self.signed_err, 50.0).unwrap_or(0)),
+            us(percentile(&self.tc_abs_err, 50.0).unwrap_or(0)),
+            us(percentile(&self.tc_abs_err, 99.0).unwrap_or(0)),
             us(percentile(&self.app_abs_err(), 50.0).unwrap_or(0)),
             us(percentile(&self.app_abs_err(), 99.0).unwrap_or(0)),
             us(percentile(&self.reference, 50.0).unwrap_or(0)),
@@ -285,6 +296,7 @@ pub fn compare(
         probes: run.probes.len(),
         matched: 0,
         abs_err: Vec::new(),
+        tc_abs_err: Vec::new(),
         signed_err: Vec::new(),
         app_signed_err: Vec::new(),
         reference: Vec::new(),
@@ -312,10 +324,12 @@ pub fn compare(
                 leg(b_out, p.t3_ns),
                 leg(a_in, p.t4_ns),
             ]);
-            a.handoff.push((
-                p.t1_source.as_deref() == Some("handoff"),
-                wire_t1.get(&k).map(|&w| p.t1_ns as i64 - w as i64),
-            ));
+            let handoff = p.t1_source.as_deref() == Some("handoff");
+            let after_tc = wire_t1.get(&k).map(|&w| p.t1_ns as i64 - w as i64);
+            a.handoff.push((handoff, after_tc));
+            // The RTT with the TC T1: longer by (hand-off − TC).
+            let to_tc = if handoff { after_tc.unwrap_or(0) } else { 0 };
+            a.tc_abs_err.push((p.network_rtt_ns + to_tc - t).abs());
             a.matched += 1;
             a.signed_err.push(p.network_rtt_ns - t);
             a.abs_err.push((p.network_rtt_ns - t).abs());
