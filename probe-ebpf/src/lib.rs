@@ -235,7 +235,11 @@ pub mod kernel {
     /// # Safety
     /// As [`headers`].
     #[inline(always)]
-    pub unsafe fn gso_size(skb: *const u8, h: &SkbHeaders, o: &'static KernelOffsets) -> Option<u16> {
+    pub unsafe fn gso_size(
+        skb: *const u8,
+        h: &SkbHeaders,
+        o: &'static KernelOffsets,
+    ) -> Option<u16> {
         // 64-bit kernels keep `end` as an offset from `head`.
         let end = crate::koff!(o, skb_end);
         // SAFETY: a member of the skb at its BTF offset.
@@ -291,7 +295,9 @@ pub mod kernel {
         let (saddr, daddr) = if h.protocol == ETH_P_IP {
             let ip: [u8; 20] = read(nh).ok_or(NotUdp::Read)?;
             let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
-            if ip[0] >> 4 != 4 || ((ip[0] & 0x0f) as usize) * 4 != ip_len || ip[9] != IPPROTO_UDP
+            if ip[0] >> 4 != 4
+                || ((ip[0] & 0x0f) as usize) * 4 != ip_len
+                || ip[9] != IPPROTO_UDP
                 || frag != 0
             {
                 return Err(NotUdp::Shape);

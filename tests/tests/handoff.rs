@@ -84,7 +84,10 @@ fn run(test: &str, f: Family) -> Result<()> {
     // Egress order per probe (TC ≤ tap ≤ hand-off), ingress exact, error ratio.
     a.check_kernel_stamps(&label, PROBES)?;
 
-    let (sender, refl) = (on.ping.stamping.clone().unwrap_or_default(), &on.reflector_summary);
+    let (sender, refl) = (
+        on.ping.stamping.clone().unwrap_or_default(),
+        &on.reflector_summary,
+    );
     let s = on.ping.summary()?;
     let replies = refl["replies"].as_u64().unwrap_or(0);
     let (t1s, follow_ups) = (

@@ -258,14 +258,16 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
         // The driver hand-off program: the same socket rule, its own counters (when on).
         if run.ready.as_ref().is_some_and(|r| r["handoff"] == "on") {
             ensure!(
-                c(&v, "handoff_t1") <= s.sent
-                    && c(&v, "handoff_skip_not_our_socket") >= N as u64,
+                c(&v, "handoff_t1") <= s.sent && c(&v, "handoff_skip_not_our_socket") >= N as u64,
                 "sender hand-off: stamped other datagrams than its {} requests, or the \
                  foreign socket's not counted: {v}",
                 s.sent
             );
         } else {
-            eprintln!("SKIPPED hand-off checks: the sender's hand-off program is off: {:?}", run.ready);
+            eprintln!(
+                "SKIPPED hand-off checks: the sender's hand-off program is off: {:?}",
+                run.ready
+            );
         }
     }
     let replies = summary["replies"].as_u64().unwrap_or(0);

@@ -107,7 +107,9 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<BtfTracePointLink, HandoffError> {
         .map_err(|source| HandoffError::Load { source })?;
     p.load(TRACEPOINT, &btf)
         .map_err(|source| HandoffError::Load { source })?;
-    let id: BtfTracePointLinkId = p.attach().map_err(|source| HandoffError::Attach { source })?;
+    let id: BtfTracePointLinkId = p
+        .attach()
+        .map_err(|source| HandoffError::Attach { source })?;
     p.take_link(id)
         .map_err(|source| HandoffError::Attach { source })
 }

@@ -385,7 +385,10 @@ impl Attached {
             None => (None, None),
             Some(o) => match o.and_then(|_| handoff::attach(&mut ebpf)) {
                 Ok(link) => {
-                    info!("driver hand-off stamps: on (tp_btf/{})", handoff::TRACEPOINT);
+                    info!(
+                        "driver hand-off stamps: on (tp_btf/{})",
+                        handoff::TRACEPOINT
+                    );
                     (Some(Handoff::On), Some(link))
                 }
                 Err(e) => {
