@@ -161,19 +161,17 @@ pub mod kernel {
 
     use super::{ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, UDP_HLEN};
 
-    /// One offset of the global, read so that the compiler keeps the load the verifier
-    /// resolves (a plain read of a `static` would be folded to its built-in zero).
-    #[macro_export]
-    macro_rules! koff {
-        ($global:expr, $field:ident) => {
-            // SAFETY: a u16 of a static.
-            unsafe { core::ptr::read_volatile(core::ptr::addr_of!($global.$field)) }
-        };
+    /// One offset of the global (`&GLOBAL.field`), read so that the compiler keeps the load
+    /// the verifier resolves (a plain read of a `static` would be folded to its built-in zero).
+    #[inline(always)]
+    pub fn off(field: &u16) -> u16 {
+        // SAFETY: a reference to a u16.
+        unsafe { core::ptr::read_volatile(field) }
     }
 
     /// BTF-typed direct load of the member at `off` of the kernel struct at `base` (a pointer
     /// the verifier tracks by type: a tracepoint argument, or a pointer member loaded this
-    /// way). `off` must be a value the verifier knows (`koff!`). A fault reads 0.
+    /// way). `off` must be a value the verifier knows ([`off`]). A fault reads 0.
     ///
     /// # Safety
     /// `base` is such a pointer, `off` the offset of a member of type `T` in its struct.
@@ -208,12 +206,12 @@ pub mod kernel {
     #[inline(always)]
     pub unsafe fn headers(skb: *const u8, o: &'static KernelOffsets) -> SkbHeaders {
         let (head, data, len, protocol, network, transport) = (
-            crate::koff!(o, skb_head),
-            crate::koff!(o, skb_data),
-            crate::koff!(o, skb_len),
-            crate::koff!(o, skb_protocol),
-            crate::koff!(o, skb_network_header),
-            crate::koff!(o, skb_transport_header),
+            off(&o.skb_head),
+            off(&o.skb_data),
+            off(&o.skb_len),
+            off(&o.skb_protocol),
+            off(&o.skb_network_header),
+            off(&o.skb_transport_header),
         );
         // SAFETY: members of the skb at their BTF offsets.
         unsafe {
@@ -241,10 +239,10 @@ pub mod kernel {
         o: &'static KernelOffsets,
     ) -> Option<u16> {
         // 64-bit kernels keep `end` as an offset from `head`.
-        let end = crate::koff!(o, skb_end);
+        let end = off(&o.skb_end);
         // SAFETY: a member of the skb at its BTF offset.
         let end: u32 = unsafe { member(skb, end) };
-        read(h.head + end as u64 + crate::koff!(o, shinfo_gso_size) as u64)
+        read(h.head + end as u64 + off(&o.shinfo_gso_size) as u64)
     }
 
     /// Why an skb is not a whole UDP datagram.

@@ -56,7 +56,6 @@ use probe_common::{
 use probe_ebpf::{
     ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp,
     kernel::{self, NotUdp, UdpDatagram},
-    koff,
 };
 
 /// The clock of every stamp (`probe_common::kernel_clock`): a read-only global userspace sets
@@ -896,7 +895,7 @@ fn handoff_follow_up(d: &UdpDatagram, cfg: &Config) {
         sender_seq: u32::from_be_bytes([p[q], p[q + 1], p[q + 2], p[q + 3]]),
         correction_ns,
     };
-    if FOLLOW_UP.insert(&key, &value, 0).is_err() {
+    if FOLLOW_UP.insert(key, value, 0).is_err() {
         count(counter::ERR_MAP);
         return;
     }
@@ -909,7 +908,7 @@ fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
     let o = &KERNEL_OFFSETS;
     // SAFETY: `sk` is the skb's `struct sock *`, loaded by BTF type; the cookie is the one
     // `SO_COOKIE` set when userspace registered the socket.
-    let off = koff!(o, sock_cookie);
+    let off = kernel::off(&o.sock_cookie);
     let cookie: u64 = unsafe { kernel::member(sk, off) };
     // SAFETY: a u8 map value, read once.
     let role = match unsafe { SOCKETS.get(cookie) } {
@@ -970,13 +969,13 @@ fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
 pub fn meshprobe_handoff(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let o = &KERNEL_OFFSETS;
-    let off = koff!(o, skb_sk);
+    let off = kernel::off(&o.skb_sk);
     // SAFETY: the tracepoint's first argument is the skb, typed by BTF.
     let sk: *const u8 = unsafe { kernel::member(skb, off) };
     if sk.is_null() {
         return 0;
     }
-    let off = koff!(o, sock_num);
+    let off = kernel::off(&o.sock_num);
     // SAFETY: `sk` typed by BTF (loaded from `skb->sk`).
     let num: u16 = unsafe { kernel::member(sk, off) };
     let f = port_flags(num);
