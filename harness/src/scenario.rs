@@ -121,7 +121,7 @@ impl Agreement {
         );
         let app = a.app_abs_err();
         for pct in [50.0, 99.0] {
-            let net = percentile(&a.tc_abs_err, pct).unwrap_or(i64::MAX);
+            let net = a.p_tc(pct);
             let sock = percentile(&app, pct).unwrap_or(0);
             ensure!(
                 net as f64 <= MAX_ERROR_RATIO * sock as f64,
@@ -147,6 +147,11 @@ impl Agreement {
 
     pub fn p(&self, pct: f64) -> i64 {
         percentile(&self.abs_err, pct).unwrap_or(i64::MAX)
+    }
+
+    /// [`Agreement::p`] of the error with the TC T1 ([`Agreement::tc_abs_err`]).
+    pub fn p_tc(&self, pct: f64) -> i64 {
+        percentile(&self.tc_abs_err, pct).unwrap_or(i64::MAX)
     }
 
     /// p50/p99 of each capture-minus-stamp leg, for diagnosing a disagreement.

@@ -234,11 +234,13 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
         let v = counters(run);
         eprintln!(
             "ping {i}: t1_stamped {} t4_stamped {} skip_not_our_socket {} skip_no_tag {} \
-             (summaries {:?})",
+             handoff_t1 {} handoff_skip_not_our_socket {} (summaries {:?})",
             c(&v, "t1_stamped"),
             c(&v, "t4_stamped"),
             c(&v, "skip_not_our_socket"),
             c(&v, "skip_no_tag"),
+            c(&v, "handoff_t1"),
+            c(&v, "handoff_skip_not_our_socket"),
             run.summaries
                 .iter()
                 .map(|s| (s.sent, s.received))
@@ -256,7 +258,7 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             "sender skips not counted: {v}"
         );
         // The driver hand-off program: the same socket rule, its own counters (when on).
-        if run.ready.as_ref().is_some_and(|r| r["handoff"] == "on") {
+        if v["handoff"] == "on" {
             ensure!(
                 c(&v, "handoff_t1") <= s.sent && c(&v, "handoff_skip_not_our_socket") >= N as u64,
                 "sender hand-off: stamped other datagrams than its {} requests, or the \
@@ -264,10 +266,7 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
                 s.sent
             );
         } else {
-            eprintln!(
-                "SKIPPED hand-off checks: the sender's hand-off program is off: {:?}",
-                run.ready
-            );
+            eprintln!("SKIPPED hand-off checks: the sender's hand-off program is off: {v}");
         }
     }
     let replies = summary["replies"].as_u64().unwrap_or(0);
