@@ -5,7 +5,9 @@
 //! of a noisy machine hits both alike. Two more conditions per round say where a gap comes
 //! from: empty TCX programs on the same hooks (the hook itself), and meshprobe with
 //! `--no-sw-rx-stamps` (its programs, without the software RX stamps that kernel mode asks for
-//! by default and that make the kernel stamp every received packet).
+//! by default and that make the kernel stamp every received packet). A fifth, meshprobe with
+//! `--handoff off`, says what its driver hand-off program (on `net_dev_start_xmit`, every
+//! transmitted packet of the host) adds.
 
 use std::time::Duration;
 
@@ -122,6 +124,9 @@ enum Cond {
     Lean,
     /// An empty TCX program on each of the four hooks: what any TC program costs the path.
     Empty,
+    /// `meshprobe reflect --handoff off` on both ends: as shipped, without the hand-off
+    /// program.
+    NoHandoff,
 }
 
 impl Cond {
@@ -131,6 +136,7 @@ impl Cond {
             Cond::On => "with meshprobe",
             Cond::Lean => "with --no-sw-rx-stamps",
             Cond::Empty => "empty programs",
+            Cond::NoHandoff => "with --handoff off",
         }
     }
 }
@@ -141,6 +147,7 @@ struct Series {
     on: Vec<f64>,
     lean: Vec<f64>,
     empty: Vec<f64>,
+    no_handoff: Vec<f64>,
 }
 
 impl Series {
@@ -150,6 +157,7 @@ impl Series {
             Cond::On => self.on.push(v),
             Cond::Lean => self.lean.push(v),
             Cond::Empty => self.empty.push(v),
+            Cond::NoHandoff => self.no_handoff.push(v),
         }
     }
 
@@ -175,10 +183,12 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let secs: u64 = ctx.pick(2, 3);
     let stats = BpfStatsGuard::set("0")?;
     rep.method(format!(
-        "A ⟷ B on a veth; {rounds} rounds of four conditions, their order rotating from \
+        "A ⟷ B on a veth; {rounds} rounds of five conditions, their order rotating from \
          round to round: without meshprobe; with meshprobe as shipped (`meshprobe reflect -I \
-         <veth>` in A and in B: egress and ingress programs on both ends, and sockets that ask \
-         for software RX stamps, which makes the kernel stamp every received packet); with \
+         <veth>` in A and in B: egress and ingress programs on both ends, the driver hand-off \
+         program on net_dev_start_xmit (host-wide), and sockets that ask for software RX \
+         stamps, which makes the kernel stamp every received packet); with `--handoff off` \
+         (as shipped without the hand-off program); with \
          `--no-sw-rx-stamps` (the programs alone); empty programs (`return TC_ACT_UNSPEC` \
          with TCX on the same four hooks: the cost of the hook itself); ratio = condition / \
          without, of the same round"
@@ -201,7 +211,13 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let mut tput = Series::default();
     let mut rr = Series::default();
     for r in 0..rounds {
-        let mut order = [Cond::Off, Cond::On, Cond::Lean, Cond::Empty];
+        let mut order = [
+            Cond::Off,
+            Cond::On,
+            Cond::Lean,
+            Cond::Empty,
+            Cond::NoHandoff,
+        ];
         let n = order.len();
         order.rotate_left(r % n);
         for c in order {
@@ -214,6 +230,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
                 Cond::Off | Cond::Empty => None,
                 Cond::On => Some(attach(mp, &t, &[])?),
                 Cond::Lean => Some(attach(mp, &t, &["--no-sw-rx-stamps"])?),
+                Cond::NoHandoff => Some(attach(mp, &t, &["--handoff", "off"])?),
             };
             let mut empties = Vec::new();
             if c == Cond::Empty {
@@ -248,7 +265,9 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             "with meshprobe",
             "with --no-sw-rx-stamps",
             "empty programs",
+            "with --handoff off",
             "ratio with/without",
+            "ratio --handoff off/without",
             "ratio --no-sw-rx-stamps/without",
             "ratio empty programs/without",
         ],
@@ -277,14 +296,18 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         let on = s.ratios(&s.on);
         let lean = s.ratios(&s.lean);
         let empty = s.ratios(&s.empty);
+        let no_handoff = s.ratios(&s.no_handoff);
         let (rm, lm, em) = (median(&on), median(&lean), median(&empty));
+        let hm = median(&no_handoff);
         table.row([
             name.to_string(),
             fmt(&s.off, unit, prec),
             fmt(&s.on, unit, prec),
             fmt(&s.lean, unit, prec),
             fmt(&s.empty, unit, prec),
+            fmt(&s.no_handoff, unit, prec),
             fmt_r(&on),
+            fmt_r(&no_handoff),
             fmt_r(&lean),
             fmt_r(&empty),
         ]);
@@ -315,7 +338,9 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             "≥ 0.98",
             format!("{rm:.3} (rounds {:.3}–{:.3})", min(&on), max(&on)),
             rm >= GOAL_RATIO,
-            Some(cause),
+            Some(format!(
+                "{cause}; the same without the hand-off program (--handoff off): {hm:.3}"
+            )),
         );
         rep.goal(
             &format!("{what}, --no-sw-rx-stamps"),
@@ -329,7 +354,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         data.insert(
             name.to_string(),
             json!({"unit": unit, "without": s.off, "with": s.on, "no_sw_rx_stamps": s.lean,
-                   "empty_programs": s.empty,
+                   "empty_programs": s.empty, "handoff_off": s.no_handoff,
+                   "ratios_handoff_off": no_handoff, "median_ratio_handoff_off": hm,
                    "ratios_with": on, "ratios_no_sw_rx_stamps": lean,
                    "ratios_empty_programs": empty,
                    "median_ratio_with": rm, "median_ratio_no_sw_rx_stamps": lm,

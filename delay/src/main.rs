@@ -151,6 +151,7 @@ async fn delay(a: DelayArgs) -> Result<()> {
             port: a.udp_port,
             timestamping: "n/a",
             kernel_clock: None,
+            handoff: None,
             interfaces: att.interfaces(),
         },
     );

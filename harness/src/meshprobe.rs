@@ -149,6 +149,16 @@ pub struct PingRun {
 }
 
 impl PingRun {
+    /// The `t1_source` of a kernel-stamped probe of this run: "handoff" when its ready line
+    /// says the driver hand-off program is on, else "tc".
+    pub fn kernel_t1_source(&self) -> &'static str {
+        if self.ready.as_ref().is_some_and(|r| r["handoff"] == "on") {
+            "handoff"
+        } else {
+            "tc"
+        }
+    }
+
     /// Parses the JSON lines of a finished sender.
     pub fn parse(fin: &Finished) -> Result<PingRun> {
         let mut run = PingRun {

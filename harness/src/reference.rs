@@ -77,6 +77,23 @@ fn times_by(
     out
 }
 
+/// The T1 each open-mode request carried on the wire (the TC egress stamp), TAI ns, keyed
+/// by (SSID, sequence), from the sender's capture: with driver hand-off stamps, the probe's
+/// own T1 is a later stamp than this one. A key seen twice keeps its first capture.
+pub fn wire_t1s(sender: &[Packet], port: u16) -> HashMap<(u16, u32), u64> {
+    let mut out = HashMap::new();
+    for p in sender.iter().filter(|p| p.dst.port() == port) {
+        if let (Some(k), Some(ts)) = (
+            request_key(&p.payload),
+            p.payload
+                .get(probe_common::wire::TIMESTAMP..probe_common::wire::TIMESTAMP + 8),
+        ) {
+            out.entry(k).or_insert_with(|| crate::stamp::ptp_ns(ts));
+        }
+    }
+    out
+}
+
 /// Truth network RTT per probe, keyed by (SSID, sender sequence):
 /// (t_A reply in − t_A request out) − (t_B reply out − t_B request in).
 /// `sender` is the capture on the sender's interface, `reflector` on the reflector's.

@@ -365,7 +365,11 @@ pub struct KernelOffsets {
     pub dev_net: u16,
     /// `net.ns.inum` (u32: the network namespace's inode number).
     pub net_inum: u16,
-    pub _pad: [u16; 3],
+    /// `sk_buff.end` (u32 on 64-bit kernels: the offset of `skb_shared_info` from `head`).
+    pub skb_end: u16,
+    /// `skb_shared_info.gso_size` (u16; non-zero: a GSO skb, more than one datagram).
+    pub shinfo_gso_size: u16,
+    pub _pad: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
@@ -447,7 +451,9 @@ pub mod btf_offsets {
             dev_ifindex: off("net_device", "ifindex")?,
             dev_net: off("net_device", "nd_net.net")?,
             net_inum: off("net", "ns.inum")?,
-            _pad: [0; 3],
+            skb_end: off("sk_buff", "end")?,
+            shinfo_gso_size: off("skb_shared_info", "gso_size")?,
+            _pad: 0,
         })
     }
 
@@ -467,6 +473,7 @@ pub mod btf_offsets {
             assert_eq!(o.skb_data, o.skb_head + 8);
             assert!(o.skb_sk != o.skb_dev);
             assert!(o.sock_cookie > o.sock_num);
+            assert!(o.skb_end > o.skb_transport_header && o.shinfo_gso_size > 0);
         }
 
         #[test]
@@ -533,7 +540,29 @@ pub mod counter {
     /// the stamps). Sender role: T1/T4 were recorded in the maps instead (also counted in
     /// `T1_STAMPED` / `T4_TO_MAP`).
     pub const SKIP_AUTH: u32 = 21;
-    pub const COUNT: u32 = 22;
+    // The driver hand-off program (`names::PROG_HANDOFF`): its own stamps and skips, counted
+    // once a datagram's socket port is a probe port.
+    /// Sender: the hand-off time of a request went into its `T1_SENT` record.
+    pub const HANDOFF_T1: u32 = 22;
+    /// Reflector: the hand-off correction of a reply went into `FOLLOW_UP`.
+    pub const HANDOFF_FOLLOW_UP: u32 = 23;
+    /// The sending socket has a probe port but is not one of ours (`SOCKETS`).
+    pub const HANDOFF_SKIP_NOT_OUR_SOCKET: u32 = 24;
+    /// A GSO skb (more than one datagram): a probe is one segment.
+    pub const HANDOFF_SKIP_GSO: u32 = 25;
+    /// Not a whole, unfragmented UDP datagram of the socket's port with room for a STAMP
+    /// packet, or a request without our probe tag.
+    pub const HANDOFF_SKIP_NOT_PROBE: u32 = 26;
+    /// Sender: the request's `T1_SENT` slot holds another request (or another T1).
+    pub const HANDOFF_SKIP_NO_RECORD: u32 = 27;
+    /// The hand-off time precedes the TC stamp or follows it by more than
+    /// `FollowUp::MAX_CORRECTION_NS` (a clock step, a stale stamp).
+    pub const HANDOFF_SKIP_CORRECTION: u32 = 28;
+    /// Reflector in authenticated mode: replies are signed in userspace, no follow-up.
+    pub const HANDOFF_SKIP_AUTH: u32 = 29;
+    /// A read of kernel memory (`bpf_probe_read_kernel`) failed.
+    pub const HANDOFF_ERR_READ: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Names for display, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -559,6 +588,15 @@ pub mod counter {
         "skip_not_local",
         "skip_src_port",
         "skip_auth",
+        "handoff_t1",
+        "handoff_follow_up",
+        "handoff_skip_not_our_socket",
+        "handoff_skip_gso",
+        "handoff_skip_not_probe",
+        "handoff_skip_no_record",
+        "handoff_skip_correction",
+        "handoff_skip_auth",
+        "handoff_err_read",
     ];
 }
 

@@ -10,7 +10,13 @@
 //! Its sender role records T1 in `T1_SENT` and T4 in `T4_FALLBACK` only; its reflector role
 //! stamps nothing (userspace takes T2 from the socket's RX stamp and T3 before signing).
 //!
-//! Every program returns `TC_ACT_UNSPEC` (TCX_NEXT) so other programs on the hook still run.
+//! The driver hand-off program (`meshprobe_handoff`, tp_btf `net_dev_start_xmit`, after the
+//! TC hook and the capture taps, just before the driver) cannot write the packet: for a
+//! request of ours it adds the hand-off time to the request's `T1_SENT` record; for a reply of
+//! our reflector it records the correction (hand-off − T3) in `FOLLOW_UP`, which the reflector
+//! carries in its next reply.
+//!
+//! Every TC program returns `TC_ACT_UNSPEC` (TCX_NEXT) so other programs on the hook still run.
 //! A packet that is not UDP to or from a registered port leaves after a handful of loads.
 //!
 //! The programs touch only meshprobe's own packets. The port (`PORTS`) is a prefilter, never
@@ -38,16 +44,19 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ktime_get_tai_ns,
         bpf_skb_load_bytes,
     },
-    macros::{classifier, map},
+    macros::{btf_tracepoint, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::TcContext,
+    programs::{BtfTracePointContext, TcContext},
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire, counter, kernel_clock,
-    policy, port, skb_fields, wire,
+    Config, FollowUp, FollowUpKey, KernelOffsets, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey,
+    auth_wire, counter, kernel_clock, policy, port, skb_fields, wire,
 };
-use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
+use probe_ebpf::{
+    ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp,
+    kernel::{self, NotUdp, UdpDatagram},
+};
 
 /// The clock of every stamp (`probe_common::kernel_clock`): a read-only global userspace sets
 /// before load (`names::GLOBAL_KERNEL_CLOCK`). Frozen `.rodata`: the verifier knows its value,
@@ -66,6 +75,30 @@ fn has_skb_field(bit: u8) -> bool {
     // SAFETY: a u8 global; volatile so that the compiler keeps the load the verifier resolves.
     unsafe { core::ptr::read_volatile(&SKB_FIELDS) & bit != 0 }
 }
+
+/// The kernel's struct member offsets (`names::GLOBAL_KERNEL_OFFSETS`), set by userspace
+/// before load from the kernel's BTF; frozen `.rodata`, so the hand-off program's member loads
+/// are at offsets the verifier knows. All zero (unresolved) here: the program is then not
+/// loaded.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    skb_head: 0,
+    skb_data: 0,
+    skb_len: 0,
+    skb_protocol: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    skb_sk: 0,
+    skb_dev: 0,
+    sock_num: 0,
+    sock_cookie: 0,
+    dev_ifindex: 0,
+    dev_net: 0,
+    net_inum: 0,
+    skb_end: 0,
+    shinfo_gso_size: 0,
+    _pad: 0,
+};
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);
@@ -86,6 +119,11 @@ static T4_FALLBACK: LruHashMap<StampKey, RxStamp> = LruHashMap::with_max_entries
 /// T1 of each request the sender role stamped, by `SentT1::slot`.
 #[map(name = "T1_SENT")]
 static T1_SENT: Array<SentT1> = Array::with_max_entries(SentT1::ENTRIES, 0);
+
+/// Per reflector session, the hand-off correction of its last reply (`FollowUpKey`).
+#[map(name = "FOLLOW_UP")]
+static FOLLOW_UP: LruHashMap<FollowUpKey, FollowUp> =
+    LruHashMap::with_max_entries(FollowUp::ENTRIES, 0);
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// `__sk_buff.tstamp_type` for a CLOCK_REALTIME receive stamp (BPF_SKB_CLOCK_REALTIME).
@@ -731,6 +769,220 @@ pub fn meshprobe_ingress(mut ctx: TcContext) -> i32 {
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// `now − tc` when the hand-off time `now` is not before the TC stamp `tc` and within
+/// `FollowUp::MAX_CORRECTION_NS` of it (else counted): the one rule for both roles.
+#[inline(always)]
+fn handoff_correction(now: u64, tc: u64) -> Option<u32> {
+    match now.checked_sub(tc) {
+        Some(d) if d <= FollowUp::MAX_CORRECTION_NS as u64 => Some(d as u32),
+        _ => {
+            count(counter::HANDOFF_SKIP_CORRECTION);
+            None
+        }
+    }
+}
+
+/// A payload field read from the kernel (a fault is counted).
+#[inline(always)]
+fn kread<T>(addr: u64) -> Option<T> {
+    let v = kernel::read(addr);
+    if v.is_none() {
+        count(counter::HANDOFF_ERR_READ);
+    }
+    v
+}
+
+/// TAI ns from a STAMP timestamp as written on the wire (PTPv2 truncated, big-endian).
+#[inline(always)]
+fn ptp_ns(ts: [u8; 8]) -> u64 {
+    let s = u32::from_be_bytes([ts[0], ts[1], ts[2], ts[3]]) as u64;
+    let n = u32::from_be_bytes([ts[4], ts[5], ts[6], ts[7]]) as u64;
+    s * NSEC_PER_SEC + n
+}
+
+/// Sender: the hand-off time into the `T1_SENT` record of a request of ours, when the record
+/// is this request's: same (seq, port, ssid), and in open mode the T1 the request carries
+/// (the TC stamp). The probe tag as the TC program checks it, at the mode's offsets.
+#[inline(always)]
+fn handoff_t1(d: &UdpDatagram, auth: bool, cfg: &Config) {
+    let (base, tag_at, ssid_at) = if auth {
+        (auth_wire::BASE_LEN, auth_wire::PROBE_TAG, auth_wire::SSID)
+    } else {
+        (wire::BASE_LEN, wire::PROBE_TAG, wire::SSID)
+    };
+    if d.payload_len < base {
+        count(counter::HANDOFF_SKIP_NOT_PROBE);
+        return;
+    }
+    if d.payload_len >= tag_at + 4 {
+        let Some(tag) = kread::<[u8; 4]>(d.payload + tag_at as u64) else {
+            return;
+        };
+        if u32::from_be_bytes(tag) != cfg.probe_tag {
+            count(counter::HANDOFF_SKIP_NOT_PROBE);
+            return;
+        }
+    }
+    // Seq (0..4) and, in open mode, T1 (4..12) sit together at the start.
+    let Some(head) = kread::<[u8; 12]>(d.payload) else {
+        return;
+    };
+    let Some(ssid) = kread::<[u8; 2]>(d.payload + ssid_at as u64) else {
+        return;
+    };
+    let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let ssid = u16::from_be_bytes(ssid);
+    let Some(r) = T1_SENT.get_ptr_mut(SentT1::slot(d.src, ssid, seq)) else {
+        count(counter::ERR_MAP);
+        return;
+    };
+    // SAFETY: an array slot; a concurrent writer is another request of the same session,
+    // and userspace checks the key it reads back.
+    let rec = unsafe { &mut *r };
+    let t1_matches = auth
+        || ptp_ns([
+            head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
+        ]) == rec.t1;
+    if rec.seq != seq || rec.port != d.src || rec.ssid != ssid || rec.t1 == 0 || !t1_matches {
+        count(counter::HANDOFF_SKIP_NO_RECORD);
+        return;
+    }
+    let now = tai_now(cfg.mono_to_tai_ns);
+    if handoff_correction(now, rec.t1).is_some() {
+        rec.handoff = now;
+        count(counter::HANDOFF_T1);
+    }
+}
+
+/// Reflector (open mode): the hand-off correction of this reply (hand-off − the T3 that TC
+/// egress wrote into it) into `FOLLOW_UP`, keyed by the session the reply goes to.
+#[inline(always)]
+fn handoff_follow_up(d: &UdpDatagram, cfg: &Config) {
+    if d.payload_len < wire::BASE_LEN {
+        count(counter::HANDOFF_SKIP_NOT_PROBE);
+        return;
+    }
+    let Some(p) = kread::<[u8; wire::BASE_LEN]>(d.payload) else {
+        return;
+    };
+    let now = tai_now(cfg.mono_to_tai_ns);
+    let t = wire::TIMESTAMP;
+    let t3 = ptp_ns([
+        p[t],
+        p[t + 1],
+        p[t + 2],
+        p[t + 3],
+        p[t + 4],
+        p[t + 5],
+        p[t + 6],
+        p[t + 7],
+    ]);
+    let Some(correction_ns) = handoff_correction(now, t3) else {
+        return;
+    };
+    let q = wire::SENDER_SEQ;
+    let key = FollowUpKey {
+        addr: d.daddr,
+        port: d.dst,
+        local_port: d.src,
+        ssid: u16::from_be_bytes([p[wire::SSID], p[wire::SSID + 1]]),
+        _pad: 0,
+    };
+    let value = FollowUp {
+        t3,
+        sender_seq: u32::from_be_bytes([p[q], p[q + 1], p[q + 2], p[q + 3]]),
+        correction_ns,
+    };
+    if FOLLOW_UP.insert(key, value, 0).is_err() {
+        count(counter::ERR_MAP);
+        return;
+    }
+    count(counter::HANDOFF_FOLLOW_UP);
+}
+
+/// A datagram handed to the driver by a socket with a probe port (`flags`).
+#[inline(always)]
+fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
+    let o = &KERNEL_OFFSETS;
+    // SAFETY: `sk` is the skb's `struct sock *`, loaded by BTF type; the cookie is the one
+    // `SO_COOKIE` set when userspace registered the socket.
+    let off = kernel::off(&o.sock_cookie);
+    let cookie: u64 = unsafe { kernel::member(sk, off) };
+    // SAFETY: a u8 map value, read once.
+    let role = match unsafe { SOCKETS.get(cookie) } {
+        Some(r) => *r & flags,
+        None => 0,
+    };
+    if role == 0 {
+        count(counter::HANDOFF_SKIP_NOT_OUR_SOCKET);
+        return;
+    }
+    if role & port::SENDER == 0 && role & port::AUTH != 0 {
+        // Our authenticated reflector: T3 is signed with the reply in userspace.
+        count(counter::HANDOFF_SKIP_AUTH);
+        return;
+    }
+    // SAFETY: `skb` is the tracepoint's BTF-typed `struct sk_buff *`.
+    let h = unsafe { kernel::headers(skb, o) };
+    match unsafe { kernel::gso_size(skb, &h, o) } {
+        Some(0) => {}
+        Some(_) => {
+            count(counter::HANDOFF_SKIP_GSO);
+            return;
+        }
+        None => {
+            count(counter::HANDOFF_ERR_READ);
+            return;
+        }
+    }
+    let d = match kernel::udp_datagram(&h) {
+        Ok(d) => d,
+        Err(NotUdp::Read) => {
+            count(counter::HANDOFF_ERR_READ);
+            return;
+        }
+        Err(NotUdp::Shape) => {
+            count(counter::HANDOFF_SKIP_NOT_PROBE);
+            return;
+        }
+    };
+    // The socket's own datagram (not a tunnel's outer packet that kept the socket).
+    if d.src != num {
+        count(counter::HANDOFF_SKIP_NOT_PROBE);
+        return;
+    }
+    let Some(cfg) = config() else {
+        return;
+    };
+    if role & port::SENDER != 0 {
+        handoff_t1(&d, role & port::AUTH != 0, cfg);
+    } else {
+        handoff_follow_up(&d, cfg);
+    }
+}
+
+/// Driver hand-off of every packet of the host: out at the first of no socket, a socket
+/// whose port is not a probe port.
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn meshprobe_handoff(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let o = &KERNEL_OFFSETS;
+    let off = kernel::off(&o.skb_sk);
+    // SAFETY: the tracepoint's first argument is the skb, typed by BTF.
+    let sk: *const u8 = unsafe { kernel::member(skb, off) };
+    if sk.is_null() {
+        return 0;
+    }
+    let off = kernel::off(&o.sock_num);
+    // SAFETY: `sk` typed by BTF (loaded from `skb->sk`).
+    let num: u16 = unsafe { kernel::member(sk, off) };
+    let f = port_flags(num);
+    if f != 0 {
+        handoff_probe(skb, sk, num, f);
+    }
+    0
 }
 
 #[unsafe(link_section = "license")]

@@ -155,12 +155,13 @@ fn authenticated_ping_and_reflect_measure_with_kernel_stamps() -> Result<()> {
         );
         for p in &run.probes {
             ensure!(
-                p.t1_source.as_deref() == Some("tc") && p.t4_source == "map",
-                "{}: seq {}: T1 from {:?}, T4 from {} (kernel: tc, map)",
+                p.t1_source.as_deref() == Some(run.kernel_t1_source()) && p.t4_source == "map",
+                "{}: seq {}: T1 from {:?}, T4 from {} (kernel: {}, map)",
                 s.peer,
                 p.seq,
                 p.t1_source,
-                p.t4_source
+                p.t4_source,
+                run.kernel_t1_source()
             );
             ensure!(
                 p.turnaround_ns > 0 && p.network_rtt_ns > 0 && p.network_rtt_ns < p.app_rtt_ns,
@@ -640,7 +641,7 @@ fn ping_verifies_an_independent_authenticated_reflector() -> Result<()> {
     );
     for p in &run.probes {
         ensure!(
-            p.t1_source.as_deref() == Some("tc") && p.t4_source == "map",
+            p.t1_source.as_deref() == Some(run.kernel_t1_source()) && p.t4_source == "map",
             "seq {}: T1 {:?} T4 {}",
             p.seq,
             p.t1_source,

@@ -234,11 +234,13 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
         let v = counters(run);
         eprintln!(
             "ping {i}: t1_stamped {} t4_stamped {} skip_not_our_socket {} skip_no_tag {} \
-             (summaries {:?})",
+             handoff_t1 {} handoff_skip_not_our_socket {} (summaries {:?})",
             c(&v, "t1_stamped"),
             c(&v, "t4_stamped"),
             c(&v, "skip_not_our_socket"),
             c(&v, "skip_no_tag"),
+            c(&v, "handoff_t1"),
+            c(&v, "handoff_skip_not_our_socket"),
             run.summaries
                 .iter()
                 .map(|s| (s.sent, s.received))
@@ -255,6 +257,17 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             c(&v, "skip_not_our_socket") >= N as u64 && c(&v, "skip_no_tag") >= N as u64,
             "sender skips not counted: {v}"
         );
+        // The driver hand-off program: the same socket rule, its own counters (when on).
+        if v["handoff"] == "on" {
+            ensure!(
+                c(&v, "handoff_t1") <= s.sent && c(&v, "handoff_skip_not_our_socket") >= N as u64,
+                "sender hand-off: stamped other datagrams than its {} requests, or the \
+                 foreign socket's not counted: {v}",
+                s.sent
+            );
+        } else {
+            eprintln!("SKIPPED hand-off checks: the sender's hand-off program is off: {v}");
+        }
     }
     let replies = summary["replies"].as_u64().unwrap_or(0);
     eprintln!(
@@ -278,6 +291,14 @@ fn foreign_datagrams_on_probe_ports_are_untouched() -> Result<()> {
             && c(&summary, "skip_src_port") >= 4 * N as u64,
         "reflector skips not counted: {summary}"
     );
+    if summary["handoff"] == "on" {
+        ensure!(
+            c(&summary, "handoff_follow_up") <= replies,
+            "reflector hand-off: follow-ups for other datagrams than its {replies} replies"
+        );
+    } else {
+        eprintln!("SKIPPED hand-off checks: the reflector's hand-off program is off: {summary}");
+    }
     Ok(())
 }
 

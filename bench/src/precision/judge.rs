@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use meshprobe_harness::capture::{Frames, Packet, decode_frame};
-use meshprobe_harness::reference::{capture_times, capture_times_auth};
+use meshprobe_harness::reference::{capture_times, capture_times_auth, wire_t1s};
 use meshprobe_harness::scenario::compare;
 use meshprobe_harness::{PingRun, STAMP_PORT};
 
@@ -102,7 +102,7 @@ impl CondResult {
         let pa = in_window(ua, w, STAMP_PORT);
         let pb = in_window(ub, w, STAMP_PORT);
         let times = capture_times(&pa, &pb, STAMP_PORT);
-        let ag = compare(run, &times);
+        let ag = compare(run, &times, &wire_t1s(&pa, STAMP_PORT));
         self.mp_sent += ag.sent;
         self.c[MP_NET].reported += run.probes.len();
         self.c[MP_NET].matched += ag.matched;
@@ -124,7 +124,8 @@ impl CondResult {
         let pa = in_window(ua, w, AUTH_PORT);
         let pb = in_window(ub, w, AUTH_PORT);
         let times = capture_times_auth(&pa, &pb, AUTH_PORT);
-        let ag = compare(run, &times);
+        // The authenticated request carries the userspace T1 it was signed with: no TC T1.
+        let ag = compare(run, &times, &Default::default());
         let j = &mut self.c[MP_AUTH];
         j.reported += run.probes.len();
         j.matched += ag.matched;

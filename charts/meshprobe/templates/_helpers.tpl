@@ -343,6 +343,8 @@ kafka-properties:
   value: {{ $a.ebpfLogLevel | int | toString | quote }}
 - name: MESHPROBE_KERNEL_CLOCK
   value: {{ $a.kernelClock | quote }}
+- name: MESHPROBE_HANDOFF
+  value: {{ $a.handoff | quote }}
 {{- if $a.clockSynchronized }}
 - name: MESHPROBE_CLOCK_SYNCHRONIZED
   value: "true"

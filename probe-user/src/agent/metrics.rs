@@ -372,6 +372,18 @@ impl Collector for EbpfCollector {
             prometheus_client::metrics::gauge::ConstGauge::new(1i64)
                 .encode(m.encode_family(&labels)?)?;
         }
+        if let Some(state) = self.st.0.handoff() {
+            let mut m = encoder.encode_descriptor(
+                "meshprobe_handoff",
+                "1 for where the egress stamps are taken: on (the driver hand-off, tp_btf \
+                 net_dev_start_xmit) or off (TC egress; the start-up log says why)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = vec![("state".to_string(), state.to_string())];
+            prometheus_client::metrics::gauge::ConstGauge::new(1i64)
+                .encode(m.encode_family(&labels)?)?;
+        }
         let counters = self.st.0.counters();
         m = encoder.encode_descriptor(
             "meshprobe_ebpf_events",

@@ -77,6 +77,8 @@ struct Ready<'a> {
     timestamping: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_clock: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff: Option<&'static str>,
     interfaces: Vec<String>,
     admin: Option<String>,
     instance: &'a str,
@@ -128,6 +130,7 @@ impl App {
                 listen: c.reflector.listen.to_string(),
                 timestamping: st.label(),
                 kernel_clock: st.kernel_clock(),
+                handoff: st.handoff(),
                 interfaces: st.interfaces(),
                 admin: admin_addr.clone(),
                 instance: &instance,

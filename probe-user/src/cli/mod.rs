@@ -74,6 +74,11 @@ struct Common {
     #[arg(long, env = "MESHPROBE_KERNEL_CLOCK", value_name = "CLOCK", default_value = "auto",
           value_parser = crate::ebpf::parse_kernel_clock)]
     kernel_clock: KernelClock,
+    /// Egress stamps at the driver hand-off (tp_btf net_dev_start_xmit): auto (where the
+    /// kernel allows it) or off (TC egress stamps).
+    #[arg(long, env = "MESHPROBE_HANDOFF", value_name = "MODE", default_value = "auto",
+          value_parser = crate::ebpf::parse_handoff)]
+    handoff: crate::ebpf::HandoffSetting,
     /// The host clock is synchronised to an external source (PTP): sets the S bit.
     #[arg(long)]
     clock_synchronized: bool,
@@ -199,6 +204,9 @@ pub struct Ready<'a> {
     /// "tai" or "monotonic" (kernel stamps only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_clock: Option<&'static str>,
+    /// "on" or "off": egress stamps at the driver hand-off (kernel stamps only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<&'static str>,
     pub interfaces: Vec<String>,
 }
 
@@ -314,6 +322,7 @@ fn start_stamping(c: &Common, interfaces: &[String]) -> Stamping {
         mode: c.attach,
         log_level: c.ebpf_log_level,
         kernel_clock: Some(c.kernel_clock),
+        handoff: Some(c.handoff),
     };
     let mut st = Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized);
     st.hw_rx_stamps = c.hw_rx_stamps;
@@ -361,6 +370,7 @@ async fn reflect(a: ReflectArgs) -> Result<()> {
             port: Some(a.port),
             timestamping: st.label(),
             kernel_clock: st.kernel_clock(),
+            handoff: st.handoff(),
             interfaces: st.interfaces(),
         },
     );
@@ -454,6 +464,7 @@ async fn ping(a: PingArgs) -> Result<()> {
             port: None,
             timestamping: st.label(),
             kernel_clock: st.kernel_clock(),
+            handoff: st.handoff(),
             interfaces: st.interfaces(),
         },
     );
@@ -485,6 +496,7 @@ async fn ping(a: PingArgs) -> Result<()> {
         emit_json(&serde_json::json!({
             "type": "stamping_summary",
             "kernel_clock": st.kernel_clock(),
+            "handoff": st.handoff(),
             "ebpf_counters": st.counters(),
         }));
     }

@@ -1,6 +1,7 @@
 //! Loads a BPF object, attaches its TC programs (TCX where the kernel has it, clsact
 //! otherwise), and gives typed access to its maps. The probe's object is [`PROBE_OBJECT`];
 //! `meshprobe-delay` loads its own object through the same [`Attached`].
+pub mod handoff;
 mod orphan_filters;
 
 use std::{collections::BTreeMap, io};
@@ -19,6 +20,7 @@ use aya::{
 use probe_common::{Config, RxStamp, SentT1, StampKey, counter, kernel_clock, names, skb_fields};
 use tracing::{debug, info, warn};
 
+pub use handoff::{Handoff, HandoffSetting, parse_handoff};
 pub use orphan_filters::OrphanReport;
 
 /// The probe's BPF object, built from this source tree by build.rs (aya-build, nightly
@@ -220,6 +222,9 @@ pub struct LoadOptions {
     /// The clock of an object with a `KERNEL_CLOCK` global (the probe's); `None` for one
     /// without (the delay element's).
     pub kernel_clock: Option<KernelClock>,
+    /// The driver hand-off program of an object that has it (the probe's); `None` for one
+    /// without.
+    pub handoff: Option<HandoffSetting>,
 }
 
 impl Default for LoadOptions {
@@ -228,6 +233,7 @@ impl Default for LoadOptions {
             mode: AttachMode::Auto,
             log_level: 0,
             kernel_clock: None,
+            handoff: None,
         }
     }
 }
@@ -239,6 +245,10 @@ pub struct Attached {
     links: Vec<(String, Direction, &'static str, SchedClassifierLink)>,
     mode: &'static str,
     clock: Option<ClockMode>,
+    /// Where the egress stamps are taken (`None`: an object without the hand-off program).
+    handoff: Option<Handoff>,
+    /// The hand-off program's attachment; detached on drop.
+    _handoff_link: Option<aya::programs::tp_btf::BtfTracePointLink>,
     /// The last `Config` written (the probe object's), so one field can be updated.
     config: Option<Config>,
     state: orphan_filters::StateFile,
@@ -300,6 +310,10 @@ impl Attached {
         });
         if let Some(v) = &skb {
             loader.override_global(names::GLOBAL_SKB_FIELDS, v, true);
+        }
+        let offsets = opts.handoff.map(handoff::offsets);
+        if let Some(Ok(o)) = &offsets {
+            handoff::set_offsets(&mut loader, o);
         }
         let mut ebpf = loader.load(object).map_err(Box::new)?;
         let logger = if level > 0 {
@@ -366,11 +380,32 @@ impl Attached {
                 links.push((iface.clone(), dir, prog, link));
             }
         }
+        // After the TC programs: the hand-off program only refines their egress stamps.
+        let (handoff, handoff_link) = match offsets {
+            None => (None, None),
+            Some(o) => match o.and_then(|_| handoff::attach(&mut ebpf)) {
+                Ok(link) => {
+                    info!(
+                        "driver hand-off stamps: on (tp_btf/{})",
+                        handoff::TRACEPOINT
+                    );
+                    (Some(Handoff::On), Some(link))
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    let why = why.lines().next().unwrap_or_default().to_string();
+                    info!("driver hand-off stamps: off, TC egress stamps ({why})");
+                    (Some(Handoff::Off(why)), None)
+                }
+            },
+        };
         Ok(Self {
             ebpf,
             links,
             mode,
             clock,
+            handoff,
+            _handoff_link: handoff_link,
             config: None,
             state,
             _logger: logger,
@@ -385,6 +420,11 @@ impl Attached {
     /// The clock the programs stamp with (`None`: an object without the choice).
     pub fn clock(&self) -> Option<ClockMode> {
         self.clock
+    }
+
+    /// Where the egress stamps are taken (`None`: an object without the hand-off program).
+    pub fn handoff(&self) -> Option<&Handoff> {
+        self.handoff.as_ref()
     }
 
     pub fn interfaces(&self) -> Vec<String> {
@@ -499,14 +539,15 @@ impl Attached {
         Some(v)
     }
 
-    /// T1 of the request (`port`, `ssid`, `seq`) as the egress program recorded it in
-    /// `T1_SENT`; `None` when the slot holds another request (reused before this reply came).
-    pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<u64> {
+    /// The `T1_SENT` record of the request (`port`, `ssid`, `seq`): T1 as the egress program
+    /// stamped it and, when the hand-off program took it, the hand-off time. `None` when the
+    /// slot holds another request (reused before this reply came).
+    pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<SentT1> {
         let name = names::MAP_T1_SENT;
         let map = self.ebpf.map(name)?;
         let arr: Array<&MapData, SentT1> = Array::try_from(map).ok()?;
         let v = arr.get(&SentT1::slot(port, ssid, seq), 0).ok()?;
-        (v.port == port && v.ssid == ssid && v.seq == seq && v.t1 != 0).then_some(v.t1)
+        (v.port == port && v.ssid == ssid && v.seq == seq && v.t1 != 0).then_some(v)
     }
 
     /// Detaches every program; errors are logged, not fatal (the kernel drops TCX links with

@@ -100,6 +100,7 @@ impl Stamping {
         ];
         let opts = LoadOptions {
             kernel_clock: Some(opts.kernel_clock.unwrap_or_default()),
+            handoff: Some(opts.handoff.unwrap_or_default()),
             ..opts.clone()
         };
         let mut mono_to_tai = None;
@@ -159,6 +160,12 @@ impl Stamping {
         self.kernel()?.clock().map(ClockMode::as_str)
     }
 
+    /// Where the egress stamps are taken, "on" (the driver hand-off) or "off" (TC): the
+    /// `handoff` output field; `None` with socket timestamps.
+    pub fn handoff(&self) -> Option<&'static str> {
+        self.kernel()?.handoff().map(crate::ebpf::Handoff::as_str)
+    }
+
     /// What the probe sockets ask the kernel for. Socket mode: T1 from TX stamps, T2/T4 from
     /// RX ones. Kernel mode: TC stamps T1/T3; RX software stamps are still asked for (unless
     /// `--no-sw-rx-stamps`): the ingress program reads them from the skb (the earliest
@@ -185,8 +192,13 @@ impl Stamping {
         match (&self.kernel, &self.fallback_reason) {
             (Some(k), _) => {
                 let k = k.lock().unwrap_or_else(|p| p.into_inner());
+                let egress = match k.handoff() {
+                    Some(crate::ebpf::Handoff::On) => "egress at the driver hand-off".to_string(),
+                    Some(crate::ebpf::Handoff::Off(why)) => format!("egress at TC: {why}"),
+                    None => "egress at TC".to_string(),
+                };
                 format!(
-                    "kernel timestamps (TC {} on {}, clock {})",
+                    "kernel timestamps (TC {} on {}, clock {}, {egress})",
                     k.mode(),
                     k.interfaces().join(","),
                     k.clock().map_or("?", ClockMode::as_str)
@@ -214,8 +226,9 @@ impl Stamping {
         clock::realtime_to_tai(realtime_ns, self.tai_offset_ns)
     }
 
-    /// T1 of one of our requests as the kernel stamped it (kernel mode), from our own record.
-    pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<u64> {
+    /// The kernel's record of one of our requests (kernel mode): T1 as TC stamped it and the
+    /// driver hand-off time when that was taken.
+    pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<probe_common::SentT1> {
         self.kernel()?.sent_t1(port, ssid, seq)
     }
 

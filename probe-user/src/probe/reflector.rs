@@ -378,6 +378,8 @@ struct SummaryLine<'a> {
     timestamping: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_clock: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff: Option<&'static str>,
     note: &'a str,
     ebpf_counters: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -391,6 +393,7 @@ pub fn print_summary(stats: &ReflectorStats, st: &Stamping, json: bool) {
             stats: *stats,
             timestamping: st.label(),
             kernel_clock: st.kernel_clock(),
+            handoff: st.handoff(),
             note: &note,
             ebpf_counters: counters,
         });

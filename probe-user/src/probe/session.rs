@@ -419,7 +419,9 @@ impl Session {
     ) -> Result<T1, Rejection> {
         let kernel = env.st.is_kernel();
         let recorded = if kernel {
-            env.st.sent_t1(env.lport, self.ssid, rep.sender_seq)
+            env.st
+                .sent_t1(env.lport, self.ssid, rep.sender_seq)
+                .map(|s| RecordedT1::from_sent(&s))
         } else {
             None
         };
@@ -429,7 +431,7 @@ impl Session {
             .map(|rt| env.st.realtime_to_tai(rt));
         if env.signed_t1 {
             let t1 = match (recorded, tx_sw) {
-                (Some(rec), _) => (rec, StampSource::Tc),
+                (Some(rec), _) => rec.measured(),
                 (None, Some(t)) => (t, StampSource::TxSoftware),
                 (None, None) => (slot.app_tx_tai, StampSource::App),
             };
@@ -527,25 +529,52 @@ pub fn decode_reply(auth: &Auth, payload: &[u8]) -> Result<Decoded, Rejection> {
 /// T1, where it came from, and whether it is an unrecorded echo.
 type T1 = ((u64, StampSource), bool);
 
+/// The kernel's record of one of our requests (`T1_SENT`): the TC egress stamp the request
+/// carries, and the driver hand-off time when the hand-off program took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordedT1 {
+    pub tc: u64,
+    pub handoff: Option<u64>,
+}
+
+impl RecordedT1 {
+    pub fn from_sent(s: &probe_common::SentT1) -> Self {
+        Self {
+            tc: s.t1,
+            handoff: (s.handoff != 0).then_some(s.handoff),
+        }
+    }
+
+    /// The T1 we measure with: the hand-off time (where the packet leaves the host) when it
+    /// was taken and is not before the TC stamp (the hand-off follows TC), else the TC stamp.
+    pub fn measured(&self) -> (u64, StampSource) {
+        match self.handoff {
+            Some(h) if h >= self.tc => (h, StampSource::Handoff),
+            _ => (self.tc, StampSource::Tc),
+        }
+    }
+}
+
 /// T1 and its source. Kernel mode: our own record of the egress stamp, which the echo must
-/// equal; without a record (slot reused, or a program that keeps none) the echo, if it lies
+/// equal (the TC stamp), measured at the hand-off when the record has it
+/// ([`RecordedT1::measured`]); without a record (slot reused, or a program that keeps none) the echo, if it lies
 /// within our own (send, receive) times. Socket mode, or a zero echo in kernel mode (the probe
 /// left through an interface without our program): the TX software stamp, else the
 /// user-space send time. (The driver's TX software stamp is not used when TC stamps exist: on
 /// veth it comes after the packet taps, whose work it then includes.)
 fn choose_t1(
     kernel: bool,
-    recorded: Option<u64>,
+    recorded: Option<RecordedT1>,
     echo: Timestamp,
     (app_tx, app_rx): (u64, u64),
     tx_sw_tai: Option<u64>,
 ) -> Result<T1, Rejection> {
     if kernel {
         if let Some(rec) = recorded {
-            if Timestamp::from_ptp_ns(rec) != echo {
+            if Timestamp::from_ptp_ns(rec.tc) != echo {
                 return Err(Rejection::T1Mismatch);
             }
-            return Ok(((rec, StampSource::Tc), false));
+            return Ok((rec.measured(), false));
         }
         if !echo.is_zero() {
             let t1 = echo.to_ns(TimestampFormat::Ptp);

@@ -363,6 +363,10 @@ pub struct AgentArgs {
     /// 6.1), tai, or monotonic (CLOCK_MONOTONIC + an offset to TAI kept by userspace).
     #[arg(long, env = "MESHPROBE_KERNEL_CLOCK", value_name = "CLOCK", default_value = "auto", value_parser = crate::ebpf::parse_kernel_clock, help_heading = "Stamping")]
     pub kernel_clock: crate::ebpf::KernelClock,
+    /// Egress stamps at the driver hand-off (tp_btf net_dev_start_xmit): auto (where the
+    /// kernel allows it) or off (TC egress stamps).
+    #[arg(long, env = "MESHPROBE_HANDOFF", value_name = "MODE", default_value = "auto", value_parser = crate::ebpf::parse_handoff, help_heading = "Stamping")]
+    pub handoff: crate::ebpf::HandoffSetting,
     /// The host clock is synchronised to an external source (PTP): sets the S bit.
     #[arg(long, env = "MESHPROBE_CLOCK_SYNCHRONIZED", help_heading = "Stamping")]
     pub clock_synchronized: bool,

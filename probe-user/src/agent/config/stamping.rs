@@ -23,6 +23,7 @@ impl Settings {
                 mode: a.attach,
                 log_level: a.ebpf_log_level,
                 kernel_clock: Some(a.kernel_clock),
+                handoff: Some(a.handoff),
             },
             clock_synchronized: a.clock_synchronized,
             hw_rx_stamps: a.hw_rx_stamps,

@@ -245,21 +245,73 @@ fn impossible_reflected_stamps_are_rejected() {
     }
 }
 
+fn tc(ns: u64) -> RecordedT1 {
+    RecordedT1 {
+        tc: ns,
+        handoff: None,
+    }
+}
+
+#[test]
+fn t1_is_the_handoff_time_when_recorded_and_the_echo_is_checked_against_tc() {
+    let app = (1_000, 2_000);
+    let echo = |ns| Timestamp::from_ptp_ns(ns);
+    let rec = RecordedT1 {
+        tc: 1_500,
+        handoff: Some(1_700),
+    };
+    assert_eq!(
+        choose_t1(true, Some(rec), echo(1_500), app, None),
+        Ok(((1_700, StampSource::Handoff), false))
+    );
+    // The echo is the TC stamp, never the hand-off time.
+    assert_eq!(
+        choose_t1(true, Some(rec), echo(1_700), app, None),
+        Err(Rejection::T1Mismatch)
+    );
+    // Equal to TC is a hand-off stamp still; before TC is not one (a stale record): TC.
+    let same = RecordedT1 {
+        handoff: Some(1_500),
+        ..rec
+    };
+    assert_eq!(same.measured(), (1_500, StampSource::Handoff));
+    let before = RecordedT1 {
+        handoff: Some(1_499),
+        ..rec
+    };
+    assert_eq!(
+        choose_t1(true, Some(before), echo(1_500), app, None),
+        Ok(((1_500, StampSource::Tc), false))
+    );
+    // A record without a hand-off time (program off, or not taken): TC.
+    assert_eq!(tc(1_500).measured(), (1_500, StampSource::Tc));
+    // From the kernel's record: 0 means "not taken".
+    let sent = |handoff| probe_common::SentT1 {
+        t1: 1_500,
+        handoff,
+        seq: 1,
+        port: 2,
+        ssid: 3,
+    };
+    assert_eq!(RecordedT1::from_sent(&sent(0)), tc(1_500));
+    assert_eq!(RecordedT1::from_sent(&sent(1_700)), rec);
+}
+
 #[test]
 fn t1_comes_from_our_record_and_an_unrecorded_echo_must_be_plausible() {
     let app = (1_000, 2_000);
     let echo = |ns| Timestamp::from_ptp_ns(ns);
     // Kernel mode, recorded: the record, which the echo must equal.
     assert_eq!(
-        choose_t1(true, Some(1_500), echo(1_500), app, None),
+        choose_t1(true, Some(tc(1_500)), echo(1_500), app, None),
         Ok(((1_500, StampSource::Tc), false))
     );
     assert_eq!(
-        choose_t1(true, Some(1_500), echo(1_501), app, None),
+        choose_t1(true, Some(tc(1_500)), echo(1_501), app, None),
         Err(Rejection::T1Mismatch)
     );
     assert_eq!(
-        choose_t1(true, Some(1_500), Timestamp::default(), app, None),
+        choose_t1(true, Some(tc(1_500)), Timestamp::default(), app, None),
         Err(Rejection::T1Mismatch)
     );
     // No record: the echo within our own send and receive times, flagged.
