@@ -353,6 +353,10 @@ kafka-properties:
 - name: MESHPROBE_HW_RX_STAMPS
   value: "true"
 {{- end }}
+{{- if $a.hwTxStamps }}
+- name: MESHPROBE_HW_TX_STAMPS
+  value: "true"
+{{- end }}
 {{- if not $a.swRxStamps }}
 - name: MESHPROBE_NO_SW_RX_STAMPS
   value: "true"

@@ -113,6 +113,10 @@ impl Config {
         };
         let mut st = Stamping::start(&interfaces, s.no_ebpf, &s.load, s.clock_synchronized);
         st.hw_rx_stamps = s.hw_rx_stamps;
+        st.hw_tx_stamps = s.hw_tx_stamps;
+        if s.hw_tx_stamps {
+            crate::probe::report_hw_timestamping(&interfaces);
+        }
         st.sw_rx_stamps = !s.no_sw_rx_stamps;
         info!("{}", st.note());
         Ok(st)

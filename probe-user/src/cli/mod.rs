@@ -86,6 +86,10 @@ struct Common {
     /// on: use the NIC's RX stamps for T2/T4 where it gives them.
     #[arg(long)]
     hw_rx_stamps: bool,
+    /// NIC clocks are PTP-disciplined to TAI and TX hardware timestamping is on: use the NIC's
+    /// TX stamps for T1 (and for T3 through the reflector's follow-up).
+    #[arg(long)]
+    hw_tx_stamps: bool,
     /// Kernel mode: do not ask for software RX stamps. T2/T4 are then taken when the packet
     /// reaches TC rather than when it entered the stack, and received packets are no longer
     /// stamped host-wide (a clock read per packet) on meshprobe's behalf.
@@ -326,6 +330,10 @@ fn start_stamping(c: &Common, interfaces: &[String]) -> Stamping {
     };
     let mut st = Stamping::start(interfaces, c.no_ebpf, &opts, c.clock_synchronized);
     st.hw_rx_stamps = c.hw_rx_stamps;
+    st.hw_tx_stamps = c.hw_tx_stamps;
+    if c.hw_tx_stamps {
+        crate::probe::report_hw_timestamping(interfaces);
+    }
     st.sw_rx_stamps = !c.no_sw_rx_stamps;
     st
 }

@@ -345,6 +345,28 @@ fn socket_cookie(sock: &ProbeSocket) -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// Says, per interface, whether the NIC takes the hardware stamps `--hw-tx-stamps` /
+/// `--hw-rx-stamps` rely on (SIOCGHWTSTAMP). meshprobe does not change the NIC's setting: that
+/// is ptp4l's (or `hwstamp_ctl`'s) job, and changing it under a running ptp4l would break it.
+/// Where the NIC has none, the stamps fall back (T1: hand-off or TC), each probe says which.
+pub fn report_hw_timestamping(interfaces: &[String]) {
+    for i in interfaces {
+        match crate::net::hw_timestamping(i) {
+            Ok(hw) if hw.tx => {
+                tracing::info!("{i}: NIC hardware TX stamps on (rx_filter all: {})", hw.rx)
+            }
+            Ok(_) => tracing::warn!(
+                "{i}: NIC hardware TX stamps are off (turn them on with ptp4l or hwstamp_ctl); \
+                 T1/T3 fall back to the hand-off or TC stamps"
+            ),
+            Err(e) => tracing::warn!(
+                "{i}: no NIC hardware timestamping ({e}); T1/T3 fall back to the hand-off or TC \
+                 stamps"
+            ),
+        }
+    }
+}
+
 /// Where a receive stamp came from.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -418,32 +418,29 @@ impl Session {
         env: &mut ReplyEnv<'_>,
     ) -> Result<T1, Rejection> {
         let kernel = env.st.is_kernel();
+        let tx = env.tx_stamps.take(slot.tx_key).unwrap_or_default();
+        let tx_sw = tx.sw.map(|rt| env.st.realtime_to_tai(rt));
+        // The NIC's clock is taken to be TAI only when the user says so.
+        let tx_hw = tx.hw.filter(|_| env.st.hw_tx_stamps);
         let recorded = if kernel {
             env.st
                 .sent_t1(env.lport, self.ssid, rep.sender_seq)
-                .map(|s| RecordedT1::from_sent(&s))
+                .map(|s| RecordedT1 {
+                    hw: tx_hw,
+                    ..RecordedT1::from_sent(&s)
+                })
         } else {
             None
         };
-        let tx_sw = env
-            .tx_stamps
-            .take(slot.tx_key)
-            .map(|rt| env.st.realtime_to_tai(rt));
+        let app = (slot.app_tx_tai, r.app_rx_tai);
         if env.signed_t1 {
-            let t1 = match (recorded, tx_sw) {
-                (Some(rec), _) => rec.measured(),
-                (None, Some(t)) => (t, StampSource::TxSoftware),
-                (None, None) => (slot.app_tx_tai, StampSource::App),
+            let t1 = match recorded {
+                Some(rec) => rec.measured(),
+                None => socket_t1(app, tx_sw, tx_hw),
             };
             return Ok((t1, false));
         }
-        choose_t1(
-            kernel,
-            recorded,
-            rep.sender_timestamp,
-            (slot.app_tx_tai, r.app_rx_tai),
-            tx_sw,
-        )
+        choose_t1(kernel, recorded, rep.sender_timestamp, app, (tx_sw, tx_hw))
     }
 }
 
@@ -535,6 +532,8 @@ type T1 = ((u64, StampSource), bool);
 pub struct RecordedT1 {
     pub tc: u64,
     pub handoff: Option<u64>,
+    /// The NIC's hardware TX stamp of the request (`--hw-tx-stamps`), taken to be TAI.
+    pub hw: Option<u64>,
 }
 
 impl RecordedT1 {
@@ -542,14 +541,22 @@ impl RecordedT1 {
         Self {
             tc: s.t1,
             handoff: (s.handoff != 0).then_some(s.handoff),
+            hw: None,
         }
     }
 
-    /// The T1 we measure with: the hand-off time (where the packet leaves the host) when it
-    /// was taken and is not before the TC stamp (the hand-off follows TC), else the TC stamp.
+    /// The T1 we measure with, the latest trustworthy stamp on the way out: the NIC's TX
+    /// stamp (on the wire), else the hand-off time (where the packet leaves the host), else the
+    /// TC stamp. A later stamp counts only when it follows the TC stamp by at most
+    /// `FollowUp::MAX_CORRECTION_NS` (the bound the reflector's corrections obey too).
     pub fn measured(&self) -> (u64, StampSource) {
-        match self.handoff {
-            Some(h) if h >= self.tc => (h, StampSource::Handoff),
+        let after_tc = |t: u64| {
+            t.checked_sub(self.tc)
+                .is_some_and(|d| d <= u64::from(probe_common::FollowUp::MAX_CORRECTION_NS))
+        };
+        match (self.hw, self.handoff) {
+            (Some(h), _) if after_tc(h) => (h, StampSource::HwTx),
+            (_, Some(h)) if after_tc(h) => (h, StampSource::Handoff),
             _ => (self.tc, StampSource::Tc),
         }
     }
@@ -567,7 +574,7 @@ fn choose_t1(
     recorded: Option<RecordedT1>,
     echo: Timestamp,
     (app_tx, app_rx): (u64, u64),
-    tx_sw_tai: Option<u64>,
+    (tx_sw_tai, tx_hw): (Option<u64>, Option<u64>),
 ) -> Result<T1, Rejection> {
     if kernel {
         if let Some(rec) = recorded {
@@ -584,10 +591,22 @@ fn choose_t1(
             return Ok(((t1, StampSource::Tc), true));
         }
     }
-    Ok(match tx_sw_tai {
-        Some(t) => ((t, StampSource::TxSoftware), false),
-        None => ((app_tx, StampSource::App), false),
-    })
+    Ok((socket_t1((app_tx, app_rx), tx_sw_tai, tx_hw), false))
+}
+
+/// T1 without a kernel record: the NIC's TX stamp when it lies within our own send and receive
+/// times (a stamp from another clock or packet does not), else the TX software stamp, else the
+/// user-space send time.
+fn socket_t1(
+    (app_tx, app_rx): (u64, u64),
+    tx_sw_tai: Option<u64>,
+    tx_hw: Option<u64>,
+) -> (u64, StampSource) {
+    match (tx_hw, tx_sw_tai) {
+        (Some(h), _) if (app_tx..=app_rx).contains(&h) => (h, StampSource::HwTx),
+        (_, Some(t)) => (t, StampSource::TxSoftware),
+        _ => (app_tx, StampSource::App),
+    }
 }
 
 /// Derives T2..T4 and the RTT figures of a reply whose T1 is known.
@@ -656,11 +675,12 @@ fn check_stamps(m: &Measurement, timeout: Duration) -> Result<(), Rejection> {
 /// Entries kept before TX stamps of probes that were never answered are dropped.
 const TX_STAMPS_MAX: usize = 65_536;
 
-/// The socket's TX software stamps (socket mode) by SO_TIMESTAMPING OPT_ID key, and the key the
-/// next send gets (one per datagram sent on the socket).
+/// The socket's TX stamps (software in socket mode, the NIC's with `--hw-tx-stamps`) by
+/// SO_TIMESTAMPING OPT_ID key, and the key the next send gets (one per datagram sent on the
+/// socket).
 #[derive(Default)]
 pub struct TxStamps {
-    map: HashMap<u32, u64>,
+    map: HashMap<u32, crate::net::StampPair>,
     next_key: u32,
 }
 
@@ -674,19 +694,14 @@ impl TxStamps {
 
     /// Collects the stamps the socket has reported since the last call.
     pub fn absorb(&mut self, sock: &ProbeSocket) {
-        // Software stamps only for now: hardware ones are used from `--hw-tx-stamps`.
-        self.map.extend(
-            sock.drain_tx_stamps()
-                .into_iter()
-                .filter_map(|(k, p)| Some((k, p.sw?))),
-        );
+        self.map.extend(sock.drain_tx_stamps());
         // Stamps of probes that were never answered must not pile up.
         if self.map.len() > TX_STAMPS_MAX {
             self.map.clear();
         }
     }
 
-    fn take(&mut self, key: u32) -> Option<u64> {
+    fn take(&mut self, key: u32) -> Option<crate::net::StampPair> {
         self.map.remove(&key)
     }
 

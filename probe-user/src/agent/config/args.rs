@@ -373,6 +373,10 @@ pub struct AgentArgs {
     /// NIC clocks are PTP-disciplined to TAI: use hardware RX stamps where present.
     #[arg(long, env = "MESHPROBE_HW_RX_STAMPS", help_heading = "Stamping")]
     pub hw_rx_stamps: bool,
+    /// NIC clocks are PTP-disciplined to TAI and TX hardware timestamping is on: use the
+    /// NIC's TX stamps for T1 and, through the reflector's follow-up, T3.
+    #[arg(long, env = "MESHPROBE_HW_TX_STAMPS", help_heading = "Stamping")]
+    pub hw_tx_stamps: bool,
     /// Kernel mode: do not ask for software RX stamps (T2/T4 then come from the TC hook, and
     /// received packets are no longer stamped host-wide on meshprobe's behalf).
     #[arg(long, env = "MESHPROBE_NO_SW_RX_STAMPS", help_heading = "Stamping")]

@@ -11,6 +11,7 @@ pub struct Settings {
     pub load: LoadOptions,
     pub clock_synchronized: bool,
     pub hw_rx_stamps: bool,
+    pub hw_tx_stamps: bool,
     pub no_sw_rx_stamps: bool,
 }
 
@@ -27,6 +28,7 @@ impl Settings {
             },
             clock_synchronized: a.clock_synchronized,
             hw_rx_stamps: a.hw_rx_stamps,
+            hw_tx_stamps: a.hw_tx_stamps,
             no_sw_rx_stamps: a.no_sw_rx_stamps,
         }
     }

@@ -249,6 +249,7 @@ fn tc(ns: u64) -> RecordedT1 {
     RecordedT1 {
         tc: ns,
         handoff: None,
+        hw: None,
     }
 }
 
@@ -259,14 +260,15 @@ fn t1_is_the_handoff_time_when_recorded_and_the_echo_is_checked_against_tc() {
     let rec = RecordedT1 {
         tc: 1_500,
         handoff: Some(1_700),
+        hw: None,
     };
     assert_eq!(
-        choose_t1(true, Some(rec), echo(1_500), app, None),
+        choose_t1(true, Some(rec), echo(1_500), app, (None, None)),
         Ok(((1_700, StampSource::Handoff), false))
     );
     // The echo is the TC stamp, never the hand-off time.
     assert_eq!(
-        choose_t1(true, Some(rec), echo(1_700), app, None),
+        choose_t1(true, Some(rec), echo(1_700), app, (None, None)),
         Err(Rejection::T1Mismatch)
     );
     // Equal to TC is a hand-off stamp still; before TC is not one (a stale record): TC.
@@ -280,7 +282,7 @@ fn t1_is_the_handoff_time_when_recorded_and_the_echo_is_checked_against_tc() {
         ..rec
     };
     assert_eq!(
-        choose_t1(true, Some(before), echo(1_500), app, None),
+        choose_t1(true, Some(before), echo(1_500), app, (None, None)),
         Ok(((1_500, StampSource::Tc), false))
     );
     // A record without a hand-off time (program off, or not taken): TC.
@@ -303,38 +305,89 @@ fn t1_comes_from_our_record_and_an_unrecorded_echo_must_be_plausible() {
     let echo = |ns| Timestamp::from_ptp_ns(ns);
     // Kernel mode, recorded: the record, which the echo must equal.
     assert_eq!(
-        choose_t1(true, Some(tc(1_500)), echo(1_500), app, None),
+        choose_t1(true, Some(tc(1_500)), echo(1_500), app, (None, None)),
         Ok(((1_500, StampSource::Tc), false))
     );
     assert_eq!(
-        choose_t1(true, Some(tc(1_500)), echo(1_501), app, None),
+        choose_t1(true, Some(tc(1_500)), echo(1_501), app, (None, None)),
         Err(Rejection::T1Mismatch)
     );
     assert_eq!(
-        choose_t1(true, Some(tc(1_500)), Timestamp::default(), app, None),
+        choose_t1(
+            true,
+            Some(tc(1_500)),
+            Timestamp::default(),
+            app,
+            (None, None)
+        ),
         Err(Rejection::T1Mismatch)
     );
     // No record: the echo within our own send and receive times, flagged.
     assert_eq!(
-        choose_t1(true, None, echo(1_200), app, None),
+        choose_t1(true, None, echo(1_200), app, (None, None)),
         Ok(((1_200, StampSource::Tc), true))
     );
     for bad in [999, 2_001, 1] {
         assert_eq!(
-            choose_t1(true, None, echo(bad), app, None),
+            choose_t1(true, None, echo(bad), app, (None, None)),
             Err(Rejection::T1Implausible),
             "{bad}"
         );
     }
     // A zero echo (no program on the way out): our own send time.
     assert_eq!(
-        choose_t1(true, None, Timestamp::default(), app, None),
+        choose_t1(true, None, Timestamp::default(), app, (None, None)),
         Ok(((1_000, StampSource::App), false))
     );
     // Socket mode ignores the echo.
     assert_eq!(
-        choose_t1(false, None, echo(5), app, Some(1_100)),
+        choose_t1(false, None, echo(5), app, (Some(1_100), None)),
         Ok(((1_100, StampSource::TxSoftware), false))
+    );
+}
+
+#[test]
+fn t1_is_the_nics_tx_stamp_when_it_follows_the_kernels_stamps() {
+    let app = (1_000, 2_000);
+    let echo = Timestamp::from_ptp_ns(1_500);
+    let rec = |hw| RecordedT1 {
+        tc: 1_500,
+        handoff: Some(1_700),
+        hw,
+    };
+    // On the wire after the hand-off: the NIC's stamp.
+    assert_eq!(
+        choose_t1(true, Some(rec(Some(1_900))), echo, app, (None, Some(1_900))),
+        Ok(((1_900, StampSource::HwTx), false))
+    );
+    // Before the TC stamp (another clock, or not TAI): not this packet's; the hand-off.
+    assert_eq!(rec(Some(1_499)).measured(), (1_700, StampSource::Handoff));
+    // Far after it (beyond the correction bound): not trusted either.
+    let far = 1_500 + u64::from(probe_common::FollowUp::MAX_CORRECTION_NS) + 1;
+    assert_eq!(rec(Some(far)).measured(), (1_700, StampSource::Handoff));
+    // The echo is still checked against TC.
+    assert_eq!(
+        choose_t1(
+            true,
+            Some(rec(Some(1_900))),
+            Timestamp::from_ptp_ns(1_900),
+            app,
+            (None, None)
+        ),
+        Err(Rejection::T1Mismatch)
+    );
+    // Socket mode: the NIC's stamp within our own send and receive times, else software.
+    assert_eq!(
+        choose_t1(false, None, echo, app, (Some(1_100), Some(1_300))),
+        Ok(((1_300, StampSource::HwTx), false))
+    );
+    assert_eq!(
+        choose_t1(false, None, echo, app, (Some(1_100), Some(2_001))),
+        Ok(((1_100, StampSource::TxSoftware), false))
+    );
+    assert_eq!(
+        choose_t1(false, None, echo, app, (None, Some(999))),
+        Ok(((1_000, StampSource::App), false))
     );
 }
 
