@@ -44,8 +44,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Config, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire, counter, kernel_clock,
-    policy, port, skb_fields, wire,
+    Config, FollowUp, FollowUpKey, RxStamp, SOCKETS_MAX_ENTRIES, SentT1, StampKey, auth_wire,
+    counter, kernel_clock, policy, port, skb_fields, wire,
 };
 use probe_ebpf::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp};
 
@@ -86,6 +86,11 @@ static T4_FALLBACK: LruHashMap<StampKey, RxStamp> = LruHashMap::with_max_entries
 /// T1 of each request the sender role stamped, by `SentT1::slot`.
 #[map(name = "T1_SENT")]
 static T1_SENT: Array<SentT1> = Array::with_max_entries(SentT1::ENTRIES, 0);
+
+/// The hand-off correction of each reflector session's last reply (`FollowUpKey`), which the
+/// reflector carries in its next reply (read and deleted by userspace).
+#[map(name = "FOLLOW_UP")]
+static FOLLOW_UP: LruHashMap<FollowUpKey, FollowUp> = LruHashMap::with_max_entries(FollowUp::ENTRIES, 0);
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// `__sk_buff.tstamp_type` for a CLOCK_REALTIME receive stamp (BPF_SKB_CLOCK_REALTIME).

@@ -7,8 +7,11 @@ use probe_common::wire::{
     TLV_HEADER_LEN, TLV_START,
 };
 
-use super::tlv::{MalformedTlv, TLV_FLAG_U, Tlv, parse_tlvs};
-use super::{ErrorEstimate, MAX_PACKET_LEN, Timestamp, WireError, check_len};
+use super::follow_up::{FOLLOW_UP_TLV_LEN, FollowUpValue};
+use super::tlv::{MalformedTlv, TLV_FLAG_M, TLV_FLAG_U, Tlv, parse_tlvs};
+use super::{
+    ErrorEstimate, MAX_PACKET_LEN, MIN_FOLLOW_UP_PROBE_LEN, Timestamp, WireError, check_len,
+};
 
 /// The 44-octet base packet.
 type Base = [u8; BASE_LEN];
@@ -154,11 +157,19 @@ impl SenderPacket {
             let value_len = total_len
                 .checked_sub(TLV_START + TLV_HEADER_LEN)
                 .ok_or(WireError::BadLength { len: total_len })?;
+            // The follow-up TLV after the padding, when the padding keeps room for the T4
+            // block: the padding's value start (tag, T4) never moves.
+            let follow_up = total_len >= MIN_FOLLOW_UP_PROBE_LEN;
+            let value_len = value_len - if follow_up { FOLLOW_UP_TLV_LEN } else { 0 };
             let mut pad = Tlv::extra_padding(value_len);
             if let Some(t) = pad.value.first_chunk_mut::<4>() {
                 *t = tag.to_be_bytes();
             }
-            vec![pad]
+            let mut tlvs = vec![pad];
+            if follow_up {
+                tlvs.push(Tlv::follow_up_request());
+            }
+            tlvs
         };
         Ok(Self {
             seq,
@@ -463,6 +474,23 @@ pub fn reflect_lenient(
 }
 
 fn reflect_tlv(tlv: &Tlv) -> Tlv {
+    if tlv.is_follow_up() {
+        // Understood: a value of the right length is ours to write (zeroed here: nothing the
+        // request put there is echoed), any other length is malformed (M, echoed).
+        return if tlv.value.len() == FollowUpValue::LEN {
+            Tlv {
+                flags: 0,
+                kind: tlv.kind,
+                value: vec![0; FollowUpValue::LEN],
+            }
+        } else {
+            Tlv {
+                flags: TLV_FLAG_M,
+                kind: tlv.kind,
+                value: tlv.value.clone(),
+            }
+        };
+    }
     let flags = if tlv.is_extra_padding() {
         0
     } else {
@@ -473,4 +501,29 @@ fn reflect_tlv(tlv: &Tlv) -> Tlv {
         kind: tlv.kind,
         value: tlv.value.clone(),
     }
+}
+
+impl ReflectorPacket {
+    /// Writes `v` into the reply's follow-up TLV as [`reflect`] left it (understood, right
+    /// length); false when the reply has none (the request carried none, or a malformed one).
+    pub fn set_follow_up(&mut self, v: &FollowUpValue) -> bool {
+        let Some(t) = self.tlvs.iter_mut().find(|t| fillable_follow_up(t)) else {
+            return false;
+        };
+        t.value.copy_from_slice(&v.to_bytes());
+        true
+    }
+
+    /// Whether a reply built by [`reflect`] has a follow-up TLV to fill (see
+    /// [`ReflectorPacket::set_follow_up`]).
+    pub fn wants_follow_up(&self) -> bool {
+        self.tlvs.iter().any(fillable_follow_up)
+    }
+}
+
+/// A follow-up TLV as [`reflect`] leaves one it understood.
+fn fillable_follow_up(t: &Tlv) -> bool {
+    t.is_follow_up()
+        && t.flags & (TLV_FLAG_U | TLV_FLAG_M) == 0
+        && t.value.len() == FollowUpValue::LEN
 }
