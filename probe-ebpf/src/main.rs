@@ -90,7 +90,8 @@ static T1_SENT: Array<SentT1> = Array::with_max_entries(SentT1::ENTRIES, 0);
 /// The hand-off correction of each reflector session's last reply (`FollowUpKey`), which the
 /// reflector carries in its next reply (read and deleted by userspace).
 #[map(name = "FOLLOW_UP")]
-static FOLLOW_UP: LruHashMap<FollowUpKey, FollowUp> = LruHashMap::with_max_entries(FollowUp::ENTRIES, 0);
+static FOLLOW_UP: LruHashMap<FollowUpKey, FollowUp> =
+    LruHashMap::with_max_entries(FollowUp::ENTRIES, 0);
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// `__sk_buff.tstamp_type` for a CLOCK_REALTIME receive stamp (BPF_SKB_CLOCK_REALTIME).

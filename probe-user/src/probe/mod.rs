@@ -210,7 +210,10 @@ impl Stamping {
 
     /// The hand-off correction of a reflector session's last reply, taken once (kernel mode;
     /// `None` in socket mode or without an entry). A map lookup: a system call.
-    pub fn take_follow_up(&self, key: &probe_common::FollowUpKey) -> Option<probe_common::FollowUp> {
+    pub fn take_follow_up(
+        &self,
+        key: &probe_common::FollowUpKey,
+    ) -> Option<probe_common::FollowUp> {
         self.kernel()?.take_follow_up(key)
     }
 

@@ -503,6 +503,82 @@ mod tests {
     }
 
     #[test]
+    fn the_follow_up_key_is_the_reply_s_session() {
+        let v4: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let k = follow_up_key(v4, 862, 7);
+        assert_eq!(
+            k.addr,
+            std::net::Ipv4Addr::new(198, 18, 0, 1)
+                .to_ipv6_mapped()
+                .octets()
+        );
+        assert_eq!((k.port, k.local_port, k.ssid, k._pad), (40000, 862, 7, 0));
+        // A dual-stack socket's view of the same sender: the same key.
+        let mapped: SocketAddr = "[::ffff:198.18.0.1]:40000".parse().unwrap();
+        assert_eq!(follow_up_key(mapped, 862, 7), k);
+        let v6: SocketAddr = "[fd00::1]:40000".parse().unwrap();
+        assert_eq!(
+            follow_up_key(v6, 862, 7).addr,
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+    }
+
+    #[test]
+    fn a_follow_up_reports_only_an_earlier_reply_of_the_session_within_bounds() {
+        use wire::follow_up::{t2_source, t3_source};
+        let entry = |sender_seq, correction_ns| {
+            Some(FollowUp {
+                t3: 1,
+                sender_seq,
+                correction_ns,
+            })
+        };
+        let v = follow_up_value(10, entry(9, 700), StampSource::SkbRx);
+        assert_eq!(
+            v,
+            FollowUpValue {
+                prev_sender_seq: 9,
+                correction_ns: 700,
+                prev_t3_source: t3_source::HANDOFF,
+                t2_source: t2_source::SKB_RX,
+            }
+        );
+        // Across the wrap, and at the bound.
+        assert_eq!(
+            follow_up_value(1, entry(u32::MAX, 1), StampSource::Tc).prev_sender_seq,
+            u32::MAX
+        );
+        let far = 10u32.wrapping_sub(FOLLOW_UP_MAX_GAP);
+        assert_eq!(
+            follow_up_value(10, entry(far, 1), StampSource::Tc).prev_t3_source,
+            t3_source::HANDOFF
+        );
+        // Not earlier (the same, later, or too far back), a correction out of bounds, no entry
+        // (socket mode): nothing reported, only this reply's T2 source.
+        let none = |t2| FollowUpValue {
+            t2_source: t2,
+            ..FollowUpValue::default()
+        };
+        for prev in [
+            entry(10, 700),
+            entry(11, 700),
+            entry(far.wrapping_sub(1), 700),
+            entry(9, FollowUp::MAX_CORRECTION_NS + 1),
+            None,
+        ] {
+            assert_eq!(
+                follow_up_value(10, prev, StampSource::Socket),
+                none(t2_source::SOCKET),
+                "{prev:?}"
+            );
+        }
+        assert_eq!(
+            follow_up_value(10, None, StampSource::App),
+            none(t2_source::UNKNOWN)
+        );
+    }
+
+    #[test]
     fn the_summary_counts_refusals_by_reason() {
         let mut s = ReflectorStats::default();
         s.refused.add(Refusal::SourcePort);

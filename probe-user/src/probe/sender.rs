@@ -10,8 +10,8 @@ use tracing::{debug, warn};
 use super::{
     StampSource, Stamping, fmt_ns,
     session::{
-        FollowUpUse, Outcome, Rejection, Reply, ReplyEnv, Sample, Session, TxStamps,
-        decode_reply, encode_probe,
+        FollowUpUse, Outcome, Rejection, Reply, ReplyEnv, Sample, Session, TxStamps, decode_reply,
+        encode_probe,
     },
 };
 use crate::{

@@ -425,9 +425,7 @@ impl Session {
                 app_tx_tai: s.app_tx_tai,
             });
         }
-        self.held
-            .take_if(|h| h.deadline <= now)
-            .map(|h| h.sample)
+        self.held.take_if(|h| h.deadline <= now).map(|h| h.sample)
     }
 
     /// Drops resolved probes from the front of the deadline queue.
