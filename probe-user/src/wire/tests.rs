@@ -1503,7 +1503,7 @@ mod follow_up_tlv {
             value,
         };
         let pad = Tlv::extra_padding(20);
-        assert_eq!(FollowUpSeen::of(&[pad.clone()]), FollowUpSeen::Absent);
+        assert_eq!(FollowUpSeen::of(std::slice::from_ref(&pad)), FollowUpSeen::Absent);
         assert_eq!(FollowUpSeen::of(&[]), FollowUpSeen::Absent);
         // A third-party reflector echoes it with U set (RFC 8972 §4), whatever the value.
         assert_eq!(
@@ -1522,7 +1522,7 @@ mod follow_up_tlv {
             tlv(0, vec![0xFF; 12]),
         ] {
             assert_eq!(
-                FollowUpSeen::of(&[bad.clone()]),
+                FollowUpSeen::of(std::slice::from_ref(&bad)),
                 FollowUpSeen::Malformed,
                 "{bad:?}"
             );
