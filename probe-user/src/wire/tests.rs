@@ -1503,7 +1503,10 @@ mod follow_up_tlv {
             value,
         };
         let pad = Tlv::extra_padding(20);
-        assert_eq!(FollowUpSeen::of(std::slice::from_ref(&pad)), FollowUpSeen::Absent);
+        assert_eq!(
+            FollowUpSeen::of(std::slice::from_ref(&pad)),
+            FollowUpSeen::Absent
+        );
         assert_eq!(FollowUpSeen::of(&[]), FollowUpSeen::Absent);
         // A third-party reflector echoes it with U set (RFC 8972 §4), whatever the value.
         assert_eq!(
