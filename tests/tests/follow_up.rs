@@ -169,7 +169,7 @@ fn the_agent_reports_each_sample_once_with_its_sources() -> Result<()> {
         Value::Null => "STAMP_SOURCE_UNSPECIFIED".to_string(),
         v => v.to_string(),
     };
-    for i in 0..2 {
+    for (i, size) in sizes.iter().enumerate() {
         let probes = lab.agent(i).lines("probe");
         let answered: Vec<&Value> = probes
             .iter()
@@ -191,9 +191,8 @@ fn the_agent_reports_each_sample_once_with_its_sources() -> Result<()> {
                 .or_default() += 1;
         }
         eprintln!(
-            "node{i} (sizes {}): {} answered probe records, {} distinct, {received} received in \
-             the windows; (TLV, T2, T3) sources {by:?}",
-            sizes[i],
+            "node{i} (sizes {size}): {} answered probe records, {} distinct, {received} received \
+             in the windows; (TLV, T2, T3) sources {by:?}",
             answered.len(),
             seqs.len()
         );

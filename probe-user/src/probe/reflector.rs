@@ -6,6 +6,10 @@
 //! (`port::AUTH`; the HMACs cover the stamps), for open requests too. T2 is the socket's
 //! software RX stamp (the same `skb->tstamp` the ingress program would have copied), T3 the
 //! userspace clock read right before the reply is signed.
+//!
+//! A request with our follow-up TLV (`wire::follow_up`) gets it back filled: the T2 source of
+//! this reply, and the hand-off correction of the session's previous reply that the tracing
+//! program left in `FOLLOW_UP` (taken once; open mode only).
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,

@@ -26,7 +26,7 @@
 //! The two-step T3 (see `wire::follow_up`): our reflector carries the hand-off correction of
 //! its reply N in reply N+1. So the newest sample of a session whose reflector filled our
 //! follow-up TLV is held; the next first reply of the session releases it, corrected when that
-//! reply's follow-up reports on it (and the correction passes [`corrected`]), else as it is.
+//! reply's follow-up reports on it (and the correction passes `corrected`), else as it is.
 //! A held sample is also released when its probe's deadline passes ([`Session::expire`]) and on
 //! [`Session::drain`]: every sample comes out once. Replies without our filled TLV (a third
 //! party's echo with U set, a probe too small to carry it, authenticated mode) are released at
@@ -194,7 +194,7 @@ pub enum FollowUpUse {
     None,
     /// Corrected the held sample's T3.
     Applied,
-    /// Malformed, or a correction that fails [`corrected`]: not used (counted).
+    /// Malformed, or a correction that fails `corrected`: not used (counted).
     Ignored,
 }
 

@@ -62,6 +62,10 @@
 //! - I ([`TLV_FLAG_I`]): HMAC verification failed; always 0 here (no authenticated mode).
 //! - R: reserved, zero on transmit, ignored on receipt.
 //!
+//! meshprobe's own follow-up TLV (type 252, Private Use: the two-step T3) is in [`follow_up`];
+//! [`reflect`] understands it (U cleared, value zeroed for the reflector to fill; M on a wrong
+//! length).
+//!
 //! [`SenderPacket::decode`] is strict (a malformed TLV is an error);
 //! [`SenderPacket::decode_lenient`] keeps the base packet and the well-formed TLVs and returns
 //! the malformed rest as a [`MalformedTlv`] so a reflector can still answer

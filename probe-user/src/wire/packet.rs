@@ -128,7 +128,9 @@ impl SenderPacket {
     /// - `48 <= total_len <= MAX_PACKET_LEN`: the base packet and one zero-filled Extra Padding
     ///   TLV of `total_len - 48` value octets. The reply carries the T4 block in-band only when
     ///   `total_len >= probe_common::wire::MIN_PROBE_LEN` (68); shorter probes get T4 through
-    ///   the kernel's fallback map.
+    ///   the kernel's fallback map. From [`MIN_FOLLOW_UP_PROBE_LEN`] (84) on, our follow-up
+    ///   TLV ([`super::follow_up`], zeroed, U = 1) follows the padding, which is 16 octets
+    ///   shorter: its value still starts where the tag and the T4 block go.
     ///
     /// The padding value starts with `tag` (`probe_common::wire::PROBE_TAG`, big-endian) when
     /// it has room for it: the programs stamp only requests (and in-band replies) that carry
@@ -441,8 +443,10 @@ pub struct ReflectParams {
 ///   overwrites `seq` with its own count afterwards);
 /// - the request's Sequence Number, Timestamp and Error Estimate echoed, TTL from `params`;
 /// - every TLV copied in order with its value unchanged, flags as a reflector sets them:
-///   Extra Padding (which this codec implements) with U = M = I = 0, any other type with
-///   U = 1 (not understood, value echoed untouched) and M = I = 0; reserved bits zero.
+///   Extra Padding (which this codec implements) with U = M = I = 0; our follow-up TLV with
+///   U = 0 and its value zeroed (for [`ReflectorPacket::set_follow_up`]), or M = 1 and echoed
+///   when its length is wrong; any other type with U = 1 (not understood, value echoed
+///   untouched) and M = I = 0; reserved bits zero.
 ///
 /// The reply is exactly as long as the request.
 pub fn reflect(request: &SenderPacket, params: &ReflectParams) -> ReflectorPacket {
