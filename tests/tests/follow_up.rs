@@ -218,3 +218,134 @@ fn the_agent_reports_each_sample_once_with_its_sources() -> Result<()> {
     }
     Ok(())
 }
+
+/// The reflector's side end to end, without the hand-off program (another part of issue 18):
+/// an entry put into the reflector's own `FOLLOW_UP` map (with bpftool, as the tracing program
+/// would write it) for the reply whose sample the sender holds is carried in the next reply and
+/// corrects that sample. Checks the key layout (IPv4-mapped sender address, ports, SSID) and
+/// the map access of the loaded object.
+#[test]
+fn a_recorded_correction_reaches_the_held_sample() -> Result<()> {
+    use serde_json::Value;
+
+    let name = "a_recorded_correction_reaches_the_held_sample";
+    let Some(env) = TestEnv::acquire(name, &["bpftool", "ss"])? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let refl = env.mp.reflect(&t.b, &[])?;
+    let pid = refl.child.pid().context("reflector pid")?;
+    // The reflector's FOLLOW_UP map: by name, among the maps its file descriptors hold (other
+    // meshprobe processes may run).
+    let maps: Value = serde_json::from_str(
+        &t.b.run(["bpftool", "-j", "map", "show"])
+            .context("bpftool map show")?,
+    )?;
+    let owned: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    let Some(id) = maps.as_array().into_iter().flatten().find_map(|m| {
+        let id = m["id"].as_u64()?;
+        (m["name"] == "FOLLOW_UP" && owned.contains(&id)).then_some(id)
+    }) else {
+        eprintln!(
+            "SKIPPED: {name}: no FOLLOW_UP map among the reflector's (pid {pid}) maps {owned:?}"
+        );
+        return Ok(());
+    };
+
+    let peer = t.b_addr(Family::V4).to_string();
+    let mut ping = env.mp.ping_spawn(
+        &t.a,
+        &[&peer, "-c", "40", "-i", "200ms", "-s", "128", "--json"],
+    )?;
+    let is_probe = |v: &Value| v["type"] == "probe";
+    let first = ping.wait_json(Duration::from_secs(5), is_probe)?;
+    let ssid = first["ssid"].as_u64().context("ssid")? as u16;
+    // The sender's port: its one UDP socket towards the reflector.
+    let ss = t.a.run(["ss", "-Hun", "dst", &format!("{peer}:862")])?;
+    let dst = format!("{peer}:862");
+    let lport: u16 = ss
+        .split_whitespace()
+        .find(|w| w.contains(':') && *w != dst)
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("sender port in {ss:?}"))?;
+    let a = match t.a_addr(Family::V4) {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+    let mut key = a.to_vec();
+    for v in [lport, 862, ssid, 0] {
+        key.extend_from_slice(&v.to_ne_bytes());
+    }
+
+    // Each line L is printed when the reply to L+1 arrives, which then is held: record a
+    // correction for L+1 before the request L+2 reaches the reflector (200 ms later).
+    let mut corrected = None;
+    for _ in 0..8 {
+        let l = ping.wait_json(Duration::from_secs(5), is_probe)?;
+        let held = (l["seq"].as_u64().context("seq")? as u32).wrapping_add(1);
+        let rtt = l["network_rtt_ns"].as_i64().context("rtt")?;
+        let c = (rtt / 4).clamp(1, 500) as u32;
+        let mut value = 1u64.to_ne_bytes().to_vec();
+        value.extend_from_slice(&held.to_ne_bytes());
+        value.extend_from_slice(&c.to_ne_bytes());
+        let id_s = id.to_string();
+        let mut argv = vec!["bpftool", "map", "update", "id", &id_s, "key", "hex"];
+        let (k, v) = (hex(&key), hex(&value));
+        argv.extend(k.iter().map(String::as_str));
+        argv.extend(["value", "hex"]);
+        argv.extend(v.iter().map(String::as_str));
+        t.b.run(&argv)?;
+        let next = ping.wait_json(Duration::from_secs(5), is_probe)?;
+        eprintln!(
+            "held {held}: next line seq {} t3_source {} rtt {}",
+            next["seq"], next["t3_source"], next["network_rtt_ns"]
+        );
+        if next["seq"] == held && next["t3_source"] == "handoff" {
+            // Carried once: the reflector took our entry out of the map (a hand-off program,
+            // when loaded, may have recorded a later reply since).
+            let left = t.b.run(["bpftool", "-j", "map", "dump", "id", &id_s])?;
+            let left: Value = serde_json::from_str(&left)?;
+            let ours = left.as_array().into_iter().flatten().any(|e| {
+                let bytes: Vec<u8> = e["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| {
+                        u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()
+                    })
+                    .collect();
+                bytes == value
+            });
+            ensure!(!ours, "our entry is still in the map: {left}");
+            corrected = Some(next);
+            break;
+        }
+    }
+    let fin = ping.stop()?;
+    refl.stop()?;
+    let corrected = corrected.context("no correction reached its held sample in 8 tries")?;
+    ensure!(
+        corrected["network_rtt_ns"].as_i64() >= Some(0),
+        "{corrected}"
+    );
+    let sum = fin
+        .json_lines()
+        .into_iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    ensure!(
+        sum["follow_up_applied"].as_u64() >= Some(1) && sum["follow_up_ignored"] == 0,
+        "{sum}"
+    );
+    Ok(())
+}
