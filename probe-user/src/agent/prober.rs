@@ -669,6 +669,11 @@ impl Prober {
         for id in ids {
             let p = self.peers.get_mut(&id).expect("listed above");
             let leaving = p.leaving.is_some();
+            let dropping = p.leaving.is_some_and(|t| now >= t + self.opts.grace);
+            // Its last window: a sample still held for a follow-up goes into it.
+            if dropping && let Some(s) = p.session.drain() {
+                Self::on_sample(&self.opts, &self.st, &self.sinks, &self.metrics, p, &s);
+            }
             if !(leaving && p.win.is_empty()) {
                 let mut s = pb::WindowSummary {
                     src: self.opts.node_id.clone(),
@@ -701,7 +706,7 @@ impl Prober {
                 self.metrics.windows.inc();
                 self.sinks.summary(s);
             }
-            if p.leaving.is_some_and(|t| now >= t + self.opts.grace) {
+            if dropping {
                 drop_ids.push(id);
             }
         }
