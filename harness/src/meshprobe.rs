@@ -99,6 +99,11 @@ pub struct Probe {
     /// Absent from binaries before issue 16.
     #[serde(default)]
     pub t1_source: Option<String>,
+    /// What the reflector's follow-up TLV said (issue 18; absent before).
+    #[serde(default)]
+    pub t2_source: Option<String>,
+    #[serde(default)]
+    pub t3_source: Option<String>,
     #[serde(default)]
     pub ttl: Option<u32>,
 }
@@ -121,6 +126,11 @@ pub struct Summary {
     /// Authenticated mode `optional`: replies accepted without authentication (issue 16).
     #[serde(default)]
     pub unauthenticated: u64,
+    /// Two-step T3 (issue 18): follow-up corrections applied and follow-ups not used.
+    #[serde(default)]
+    pub follow_up_applied: u64,
+    #[serde(default)]
+    pub follow_up_ignored: u64,
     pub network_rtt_ns: Option<Dist>,
     pub turnaround_ns: Option<Dist>,
     pub app_rtt_ns: Option<Dist>,

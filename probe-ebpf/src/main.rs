@@ -120,7 +120,8 @@ static T4_FALLBACK: LruHashMap<StampKey, RxStamp> = LruHashMap::with_max_entries
 #[map(name = "T1_SENT")]
 static T1_SENT: Array<SentT1> = Array::with_max_entries(SentT1::ENTRIES, 0);
 
-/// Per reflector session, the hand-off correction of its last reply (`FollowUpKey`).
+/// The hand-off correction of each reflector session's last reply (`FollowUpKey`), which the
+/// reflector carries in its next reply (read and deleted by userspace).
 #[map(name = "FOLLOW_UP")]
 static FOLLOW_UP: LruHashMap<FollowUpKey, FollowUp> =
     LruHashMap::with_max_entries(FollowUp::ENTRIES, 0);

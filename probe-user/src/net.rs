@@ -969,24 +969,34 @@ mod tests {
         let a = ProbeSocket::bind(local(), stamps).unwrap();
         let b = ProbeSocket::bind(local(), stamps).unwrap();
         let to = b.local_addr().unwrap();
-        a.send_to(b"probe", to).await.unwrap();
         let mut buf = [0u8; 16];
-        let rx = tokio::time::timeout(Duration::from_secs(5), b.recv(&mut buf))
-            .await
-            .expect("datagram arrives")
-            .unwrap();
-        assert!(rx.rx_sw_realtime_ns.is_some());
-        assert_eq!(rx.rx_hw_ns, None);
+        // The kernel turns host-wide RX stamping on a little after the first socket asks
+        // (a deferred static key): send until a datagram comes stamped, a bounded number of
+        // times.
+        let mut stamped = None;
+        for _ in 0..50 {
+            a.send_to(b"probe", to).await.unwrap();
+            let rx = tokio::time::timeout(Duration::from_secs(5), b.recv(&mut buf))
+                .await
+                .expect("datagram arrives")
+                .unwrap();
+            assert_eq!(rx.rx_hw_ns, None, "no NIC here: no hardware stamp");
+            if rx.rx_sw_realtime_ns.is_some() {
+                stamped = Some(rx);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(stamped.is_some(), "software RX stamps never began");
         let mut tx = Vec::new();
-        for _ in 0..100 {
-            tx = a.drain_tx_stamps();
-            if !tx.is_empty() {
+        for _ in 0..500 {
+            tx.extend(a.drain_tx_stamps());
+            if tx.iter().any(|(_, p)| p.sw.is_some()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(tx.len(), 1, "{tx:?}");
-        assert!(tx[0].1.sw.is_some());
-        assert_eq!(tx[0].1.hw, None);
+        assert!(tx.iter().any(|(_, p)| p.sw.is_some()), "{tx:?}");
+        assert!(tx.iter().all(|(_, p)| p.hw.is_none()), "{tx:?}");
     }
 }

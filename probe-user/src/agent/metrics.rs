@@ -96,6 +96,10 @@ pub struct ProbeMetrics {
     rejected: Family<ReasonLabel, Counter>,
     /// Samples whose T1 is the reflector's echo (kernel mode, no record of ours left).
     pub t1_unrecorded: Counter,
+    /// Two-step T3: follow-up corrections applied, and follow-ups not used (malformed, or a
+    /// correction that is not believable).
+    pub follow_up_applied: Counter,
+    pub follow_up_ignored: Counter,
     /// Authenticated mode `optional`: replies accepted without authentication.
     pub unauthenticated: Counter,
     pub send_errors: Counter,
@@ -129,6 +133,8 @@ impl ProbeMetrics {
             unmatched: Counter::default(),
             rejected: Family::default(),
             t1_unrecorded: Counter::default(),
+            follow_up_applied: Counter::default(),
+            follow_up_ignored: Counter::default(),
             unauthenticated: Counter::default(),
             send_errors: Counter::default(),
             peers: Gauge::default(),
@@ -187,6 +193,16 @@ impl ProbeMetrics {
             "meshprobe_replies_t1_unrecorded",
             "Samples whose T1 is the reflector's echo: no record of our own egress stamp was left",
             m.t1_unrecorded.clone(),
+        );
+        r.register(
+            "meshprobe_replies_follow_up_applied",
+            "Samples whose T3 a follow-up corrected to the reflector's driver hand-off (or NIC)",
+            m.follow_up_applied.clone(),
+        );
+        r.register(
+            "meshprobe_replies_follow_up_ignored",
+            "Follow-ups not used: malformed, or a correction beyond bounds or below the wire",
+            m.follow_up_ignored.clone(),
         );
         r.register(
             "meshprobe_replies_unauthenticated",

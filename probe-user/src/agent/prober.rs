@@ -24,8 +24,8 @@ use crate::{
     probe::{
         StampSource, Stamping,
         session::{
-            self, Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps, decode_reply,
-            encode_probe,
+            self, FollowUpUse, Outcome, Rejection, Reply, ReplyEnv, Sample, Session, TxStamps,
+            decode_reply, encode_probe,
         },
     },
     sink::{Sinks, json::emit_json},
@@ -275,7 +275,16 @@ impl Prober {
                 _ = sleep_until_opt(stopping), if stopping.is_some() => {}
             }
         }
-        // The last, partial window: nothing measured is left unreported.
+        // Samples held for a follow-up, then the last, partial window: nothing measured is left
+        // unreported.
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = self.peers.get_mut(&id)
+                && let Some(s) = p.session.drain()
+            {
+                Self::on_sample(&self.opts, &self.st, &self.sinks, &self.metrics, p, &s);
+            }
+        }
         self.close_window();
         if let Err(e) = self.st.unregister_socket(&sock) {
             warn!("unregistering sender port {lport}: {e}");
@@ -481,7 +490,7 @@ impl Prober {
         let leaving = p.leaving.is_some();
         let (session, win) = (&mut p.session, &mut p.win);
         let (peer, label, ssid) = (&p.peer, &p.label, session.ssid());
-        session.expire(now, &mut self.tx_stamps, |l| {
+        let held = session.expire(now, &mut self.tx_stamps, |l| {
             // A departing peer's unanswered probes are not loss: it is leaving.
             if leaving {
                 return;
@@ -495,6 +504,9 @@ impl Prober {
                 });
             }
         });
+        if let Some(s) = held {
+            Self::on_sample(opts, st, sinks, metrics, p, &s);
+        }
     }
 
     /// Counts a reply that does not count (no per-peer label: the set stays bounded).
@@ -547,7 +559,7 @@ impl Prober {
             signed_t1: self.opts.auth.mode.is_on(),
         };
         let outcome = p.session.reply(&reply, &rep, &mut env);
-        let (seq, m, reordered, app_tx) = match outcome {
+        let (reordered, released) = match outcome {
             Err(r) => {
                 Self::reject(&self.metrics, rx.from, r);
                 return;
@@ -563,16 +575,21 @@ impl Prober {
                 return;
             }
             Ok(Outcome::Sample {
-                seq,
-                m,
                 reordered,
-                app_tx_tai,
                 t1_unrecorded,
+                follow_up,
+                released,
+                ..
             }) => {
                 if t1_unrecorded {
                     self.metrics.t1_unrecorded.inc();
                 }
-                (seq, m, reordered, app_tx_tai)
+                match follow_up {
+                    FollowUpUse::Applied => self.metrics.follow_up_applied.inc(),
+                    FollowUpUse::Ignored => self.metrics.follow_up_ignored.inc(),
+                    FollowUpUse::None => 0,
+                };
+                (reordered, released)
             }
         };
         // Authenticated replies never carry T4 in-band: their T4 is the socket's RX stamp, or
@@ -595,10 +612,26 @@ impl Prober {
         if reordered {
             p.win.reordered += 1;
         }
+        for smp in released {
+            Self::on_sample(&self.opts, &self.st, &self.sinks, &self.metrics, p, &smp);
+        }
+    }
+
+    /// A sample the session released (see `session`'s two-step): into the window, the
+    /// metrics and the probe sink, once.
+    fn on_sample(
+        opts: &ProberOptions,
+        st: &Stamping,
+        sinks: &Sinks,
+        metrics: &ProbeMetrics,
+        p: &mut PeerState,
+        s: &Sample,
+    ) {
+        let m = &s.m;
         p.win.sample(&m.figures());
-        self.metrics.on_reply(&p.label, m.network_rtt);
-        if self.sinks.kafka_probes {
-            self.sinks.probe(pb::ProbeResult {
+        metrics.on_reply(&p.label, m.network_rtt);
+        if sinks.kafka_probes {
+            sinks.probe(pb::ProbeResult {
                 t1_ns: m.t1,
                 t2_ns: m.t2,
                 t3_ns: m.t3,
@@ -608,10 +641,12 @@ impl Prober {
                 app_rtt_ns: m.app_rtt,
                 stack_overhead_ns: m.stack_overhead,
                 t1_source: stamp_source(m.t1_source) as i32,
+                t2_source: stamp_source(m.t2_source) as i32,
+                t3_source: stamp_source(m.t3_source) as i32,
                 t4_source: stamp_source(m.t4_source) as i32,
-                ttl: u32::from(rep.sender_ttl),
-                reordered,
-                ..probe_record(&self.opts, &p.peer, p.session.ssid(), &self.st, seq, app_tx)
+                ttl: u32::from(s.ttl),
+                reordered: s.reordered,
+                ..probe_record(opts, &p.peer, p.session.ssid(), st, s.seq, s.app_tx_tai)
             });
         }
     }
@@ -634,6 +669,11 @@ impl Prober {
         for id in ids {
             let p = self.peers.get_mut(&id).expect("listed above");
             let leaving = p.leaving.is_some();
+            let dropping = p.leaving.is_some_and(|t| now >= t + self.opts.grace);
+            // Its last window: a sample still held for a follow-up goes into it.
+            if dropping && let Some(s) = p.session.drain() {
+                Self::on_sample(&self.opts, &self.st, &self.sinks, &self.metrics, p, &s);
+            }
             if !(leaving && p.win.is_empty()) {
                 let mut s = pb::WindowSummary {
                     src: self.opts.node_id.clone(),
@@ -666,7 +706,7 @@ impl Prober {
                 self.metrics.windows.inc();
                 self.sinks.summary(s);
             }
-            if p.leaving.is_some_and(|t| now >= t + self.opts.grace) {
+            if dropping {
                 drop_ids.push(id);
             }
         }

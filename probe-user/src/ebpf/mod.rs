@@ -17,7 +17,10 @@ use aya::{
     sys::{BpfHelper, is_helper_supported},
     util::KernelVersion,
 };
-use probe_common::{Config, RxStamp, SentT1, StampKey, counter, kernel_clock, names, skb_fields};
+use probe_common::{
+    Config, FollowUp, FollowUpKey, RxStamp, SentT1, StampKey, counter, kernel_clock, names,
+    skb_fields,
+};
 use tracing::{debug, info, warn};
 
 pub use handoff::{Handoff, HandoffSetting, parse_handoff};
@@ -536,6 +539,18 @@ impl Attached {
         let key = StampKey { port, ssid, seq };
         let v = m.get(&key, 0).ok()?;
         let _ = m.remove(&key);
+        Some(v)
+    }
+
+    /// The hand-off correction the tracing program recorded for a reflector session's last
+    /// reply (`FOLLOW_UP`), removed so that it is carried once. `None` without an entry, or
+    /// with an object that has no such map.
+    pub fn take_follow_up(&mut self, key: &FollowUpKey) -> Option<FollowUp> {
+        let map = self.ebpf.map_mut(names::MAP_FOLLOW_UP)?;
+        let mut m: BpfHashMap<&mut MapData, FollowUpKey, FollowUp> =
+            BpfHashMap::try_from(map).ok()?;
+        let v = m.get(key, 0).ok()?;
+        let _ = m.remove(key);
         Some(v)
     }
 

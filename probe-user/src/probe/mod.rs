@@ -226,6 +226,15 @@ impl Stamping {
         clock::realtime_to_tai(realtime_ns, self.tai_offset_ns)
     }
 
+    /// The hand-off correction of a reflector session's last reply, taken once (kernel mode;
+    /// `None` in socket mode or without an entry). A map lookup: a system call.
+    pub fn take_follow_up(
+        &self,
+        key: &probe_common::FollowUpKey,
+    ) -> Option<probe_common::FollowUp> {
+        self.kernel()?.take_follow_up(key)
+    }
+
     /// The kernel's record of one of our requests (kernel mode): T1 as TC stamped it and the
     /// driver hand-off time when that was taken.
     pub fn sent_t1(&self, port: u16, ssid: u16, seq: u32) -> Option<probe_common::SentT1> {
@@ -400,6 +409,40 @@ impl StampSource {
             StampSource::SkbRx
         } else {
             StampSource::Tc
+        }
+    }
+
+    /// The follow-up TLV's code of a T2 source (`wire::follow_up::t2_source`).
+    pub fn follow_up_t2_code(self) -> u8 {
+        use crate::wire::follow_up::t2_source;
+        match self {
+            StampSource::Tc => t2_source::TC,
+            StampSource::SkbRx => t2_source::SKB_RX,
+            StampSource::Hw => t2_source::HW,
+            StampSource::Socket => t2_source::SOCKET,
+            _ => t2_source::UNKNOWN,
+        }
+    }
+
+    /// The T2 source a follow-up TLV announces.
+    pub fn from_follow_up_t2(code: u8) -> Self {
+        use crate::wire::follow_up::t2_source;
+        match code {
+            t2_source::TC => StampSource::Tc,
+            t2_source::SKB_RX => StampSource::SkbRx,
+            t2_source::HW => StampSource::Hw,
+            t2_source::SOCKET => StampSource::Socket,
+            _ => StampSource::Unspecified,
+        }
+    }
+
+    /// The T3 source of a follow-up TLV's correction; `None` for "no correction".
+    pub fn from_follow_up_t3(code: u8) -> Option<Self> {
+        use crate::wire::follow_up::t3_source;
+        match code {
+            t3_source::HANDOFF => Some(StampSource::Handoff),
+            t3_source::HW_TX => Some(StampSource::HwTx),
+            _ => None,
         }
     }
 }

@@ -6,9 +6,16 @@
 //! (`port::AUTH`; the HMACs cover the stamps), for open requests too. T2 is the socket's
 //! software RX stamp (the same `skb->tstamp` the ingress program would have copied), T3 the
 //! userspace clock read right before the reply is signed.
-use std::{net::SocketAddr, time::Duration};
+//!
+//! A request with our follow-up TLV (`wire::follow_up`) gets it back filled: the T2 source of
+//! this reply, and the hand-off correction of the session's previous reply that the tracing
+//! program left in `FOLLOW_UP` (taken once; open mode only).
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
-use probe_common::port;
+use probe_common::{FollowUp, FollowUpKey, port};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -18,16 +25,16 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::{
-    Stamping,
+    StampSource, Stamping,
     policy::{self, Framing, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
     rx_time,
 };
 use crate::{
     clock,
     discovery::PeerMap,
-    net::{ProbeSocket, Received, RecvBatch, SockStamps, Source},
+    net::{ProbeSocket, Received, RecvBatch, SockStamps, Source, canonical},
     sink::json::emit_json,
-    wire::{self, SenderPacket, Timestamp},
+    wire::{self, FollowUpValue, SenderPacket, Timestamp, follow_up},
 };
 
 #[derive(Clone, Debug)]
@@ -326,7 +333,7 @@ fn answer(
             rx.from
         );
     }
-    let (t2, _) = rx_time(st, block, rx.rx_sw_realtime_ns, app_rx);
+    let (t2, t2_source) = rx_time(st, block, rx.rx_sw_realtime_ns, app_rx);
     // RFC 8972: echo known TLVs, flag unknown (U) and malformed (M) ones; same length.
     let mut reply = wire::reflect_lenient(
         &req,
@@ -340,7 +347,58 @@ fn answer(
     if let Framing::Authenticated { tlvs_ok } = framing {
         wire::auth::reflect_auth_tlvs(&mut reply.packet, tlvs_ok);
     }
+    // Our follow-up TLV (two-step T3): only for the requests that carry it, since the lookup
+    // is a system call. Not on an authenticated port: its T3 is the userspace stamp it signs.
+    if matches!(framing, Framing::Open) && reply.packet.wants_follow_up() {
+        let prev = if auth_port {
+            None
+        } else {
+            st.take_follow_up(&follow_up_key(rx.from, opts.listen.port(), req.packet.ssid))
+        };
+        reply
+            .packet
+            .set_follow_up(&follow_up_value(req.packet.seq, prev, t2_source));
+    }
     Some((reply, framing))
+}
+
+/// How far back (in the session's sequence numbers) the previous reply a follow-up reports on
+/// may lie: beyond that, the entry is stale (another run of the session, a wrapped counter).
+pub const FOLLOW_UP_MAX_GAP: u32 = 1024;
+
+/// The `FOLLOW_UP` key of the session a request belongs to, as the tracing program saw its
+/// reply: to the request's source, from our port, with its SSID.
+fn follow_up_key(from: SocketAddr, local_port: u16, ssid: u16) -> FollowUpKey {
+    let addr = match canonical(from).ip() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    FollowUpKey {
+        addr,
+        port: from.port(),
+        local_port,
+        ssid,
+        _pad: 0,
+    }
+}
+
+/// The follow-up value of the reply to request `seq`: this reply's T2 source, and the
+/// correction of the session's previous reply when `prev` is one (an earlier sequence number
+/// within `FOLLOW_UP_MAX_GAP`, a correction within bounds).
+fn follow_up_value(seq: u32, prev: Option<FollowUp>, t2: StampSource) -> FollowUpValue {
+    let mut v = FollowUpValue {
+        t2_source: t2.follow_up_t2_code(),
+        ..FollowUpValue::default()
+    };
+    if let Some(f) = prev
+        && (1..=FOLLOW_UP_MAX_GAP).contains(&seq.wrapping_sub(f.sender_seq))
+        && f.correction_ns <= FollowUp::MAX_CORRECTION_NS
+    {
+        v.prev_sender_seq = f.sender_seq;
+        v.correction_ns = f.correction_ns;
+        v.prev_t3_source = follow_up::t3_source::HANDOFF;
+    }
+    v
 }
 
 async fn send_all(
@@ -450,6 +508,82 @@ mod tests {
             let line = format!("meshprobe_reflector_refused_total{{reason=\"{r}\"}} {n}");
             assert!(text.contains(&line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_follow_up_key_is_the_reply_s_session() {
+        let v4: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let k = follow_up_key(v4, 862, 7);
+        assert_eq!(
+            k.addr,
+            std::net::Ipv4Addr::new(198, 18, 0, 1)
+                .to_ipv6_mapped()
+                .octets()
+        );
+        assert_eq!((k.port, k.local_port, k.ssid, k._pad), (40000, 862, 7, 0));
+        // A dual-stack socket's view of the same sender: the same key.
+        let mapped: SocketAddr = "[::ffff:198.18.0.1]:40000".parse().unwrap();
+        assert_eq!(follow_up_key(mapped, 862, 7), k);
+        let v6: SocketAddr = "[fd00::1]:40000".parse().unwrap();
+        assert_eq!(
+            follow_up_key(v6, 862, 7).addr,
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+    }
+
+    #[test]
+    fn a_follow_up_reports_only_an_earlier_reply_of_the_session_within_bounds() {
+        use wire::follow_up::{t2_source, t3_source};
+        let entry = |sender_seq, correction_ns| {
+            Some(FollowUp {
+                t3: 1,
+                sender_seq,
+                correction_ns,
+            })
+        };
+        let v = follow_up_value(10, entry(9, 700), StampSource::SkbRx);
+        assert_eq!(
+            v,
+            FollowUpValue {
+                prev_sender_seq: 9,
+                correction_ns: 700,
+                prev_t3_source: t3_source::HANDOFF,
+                t2_source: t2_source::SKB_RX,
+            }
+        );
+        // Across the wrap, and at the bound.
+        assert_eq!(
+            follow_up_value(1, entry(u32::MAX, 1), StampSource::Tc).prev_sender_seq,
+            u32::MAX
+        );
+        let far = 10u32.wrapping_sub(FOLLOW_UP_MAX_GAP);
+        assert_eq!(
+            follow_up_value(10, entry(far, 1), StampSource::Tc).prev_t3_source,
+            t3_source::HANDOFF
+        );
+        // Not earlier (the same, later, or too far back), a correction out of bounds, no entry
+        // (socket mode): nothing reported, only this reply's T2 source.
+        let none = |t2| FollowUpValue {
+            t2_source: t2,
+            ..FollowUpValue::default()
+        };
+        for prev in [
+            entry(10, 700),
+            entry(11, 700),
+            entry(far.wrapping_sub(1), 700),
+            entry(9, FollowUp::MAX_CORRECTION_NS + 1),
+            None,
+        ] {
+            assert_eq!(
+                follow_up_value(10, prev, StampSource::Socket),
+                none(t2_source::SOCKET),
+                "{prev:?}"
+            );
+        }
+        assert_eq!(
+            follow_up_value(10, None, StampSource::App),
+            none(t2_source::UNKNOWN)
+        );
     }
 
     #[test]

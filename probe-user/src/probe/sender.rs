@@ -9,7 +9,10 @@ use tracing::{debug, warn};
 
 use super::{
     StampSource, Stamping, fmt_ns,
-    session::{Outcome, Rejection, Reply, ReplyEnv, Session, TxStamps, decode_reply, encode_probe},
+    session::{
+        FollowUpUse, Outcome, Rejection, Reply, ReplyEnv, Sample, Session, TxStamps, decode_reply,
+        encode_probe,
+    },
 };
 use crate::{
     clock,
@@ -66,6 +69,8 @@ pub struct ProbeRecord {
     pub stack_overhead_ns: i64,
     pub timestamping: &'static str,
     pub t1_source: StampSource,
+    pub t2_source: StampSource,
+    pub t3_source: StampSource,
     pub t4_source: StampSource,
     pub ttl: u8,
     pub reordered: bool,
@@ -227,16 +232,22 @@ pub async fn run_session(
                 }
             }
             _ = sleep_until_opt(next_deadline), if next_deadline.is_some() => {
-                session.expire(Instant::now(), &mut tx_stamps, |l| {
+                let held = session.expire(Instant::now(), &mut tx_stamps, |l| {
                     stats.lost += 1;
                     if !opts.quiet && !opts.json {
                         println!("no reply from {peer}: seq={} (timeout {})", l.seq, fmt_ns(opts.timeout.as_nanos() as i64));
                     }
                     ctx.seq_event("loss", l.seq);
                 });
+                if let Some(s) = held {
+                    ctx.on_sample(&s, &mut stats);
+                }
             }
             _ = stop.changed() => break,
         }
+    }
+    if let Some(s) = session.drain() {
+        ctx.on_sample(&s, &mut stats);
     }
     if let Err(e) = st.unregister_socket(&sock) {
         warn!("unregistering port {lport}: {e}");
@@ -275,7 +286,7 @@ impl ReplyCtx<'_> {
         tx_stamps: &mut TxStamps,
         stats: &mut SessionStats,
     ) {
-        let (opts, peer_s) = (self.opts, self.peer_s);
+        let opts = self.opts;
         let rep = match decode_reply(&opts.auth, payload) {
             Ok(d) => {
                 stats.unauthenticated += u64::from(d.unauthenticated);
@@ -295,7 +306,7 @@ impl ReplyCtx<'_> {
             tx_stamps,
             signed_t1: opts.auth.mode.is_on(),
         };
-        let (seq, m, reordered) = match session.reply(&reply, &rep, &mut env) {
+        let (seq, reordered, released) = match session.reply(&reply, &rep, &mut env) {
             Err(r) => {
                 debug!("reply from {} rejected: {}", rx.from, r.label());
                 stats.rejected.add(r);
@@ -312,19 +323,29 @@ impl ReplyCtx<'_> {
             }
             Ok(Outcome::Sample {
                 seq,
-                m,
                 reordered,
                 t1_unrecorded,
-                ..
+                follow_up,
+                released,
             }) => {
                 stats.t1_unrecorded += u64::from(t1_unrecorded);
-                (seq, m, reordered)
+                stats.follow_up_applied += u64::from(follow_up == FollowUpUse::Applied);
+                stats.follow_up_ignored += u64::from(follow_up == FollowUpUse::Ignored);
+                (seq, reordered, released)
             }
         };
         if reordered {
             stats.reordered += 1;
             self.seq_event("reordered", seq);
         }
+        for s in released {
+            self.on_sample(&s, stats);
+        }
+    }
+
+    /// A sample the session released (see `session`'s two-step): counted and printed once.
+    fn on_sample(&self, s: &Sample, stats: &mut SessionStats) {
+        let (opts, peer_s, m, seq) = (self.opts, self.peer_s, &s.m, s.seq);
         stats.sample(&m.figures());
         if opts.quiet {
             return;
@@ -344,21 +365,23 @@ impl ReplyCtx<'_> {
             stack_overhead_ns: m.stack_overhead,
             timestamping: self.st.label(),
             t1_source: m.t1_source,
+            t2_source: m.t2_source,
+            t3_source: m.t3_source,
             t4_source: m.t4_source,
-            ttl: rep.sender_ttl,
-            reordered,
+            ttl: s.ttl,
+            reordered: s.reordered,
         };
         if opts.json {
             emit_json(&rec);
         } else {
             println!(
                 "{} bytes from {peer_s}: seq={seq} net={} app={} turnaround={} ttl={}{}",
-                rx.len,
+                s.len,
                 fmt_ns(m.network_rtt),
                 fmt_ns(m.app_rtt),
                 fmt_ns(m.turnaround),
-                rep.sender_ttl,
-                if reordered { " (reordered)" } else { "" },
+                s.ttl,
+                if s.reordered { " (reordered)" } else { "" },
             );
         }
     }

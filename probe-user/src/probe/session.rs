@@ -22,6 +22,15 @@
 //!   rejected as `replayed`;
 //! - first reply to a probe already declared lost: late (the probe stays lost); any further copy
 //!   is `replayed`.
+//!
+//! The two-step T3 (see `wire::follow_up`): our reflector carries the hand-off correction of
+//! its reply N in reply N+1. So the newest sample of a session whose reflector filled our
+//! follow-up TLV is held; the next first reply of the session releases it, corrected when that
+//! reply's follow-up reports on it (and the correction passes `corrected`), else as it is.
+//! A held sample is also released when its probe's deadline passes ([`Session::expire`]) and on
+//! [`Session::drain`]: every sample comes out once. Replies without our filled TLV (a third
+//! party's echo with U set, a probe too small to carry it, authenticated mode) are released at
+//! once. Classification (sample, duplicate, late, reordered) is per reply, as before.
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
@@ -38,7 +47,10 @@ use super::{StampSource, Stamping, rx_time};
 use crate::{
     auth::{Auth, Mode, Verified},
     net::{ProbeSocket, canonical},
-    wire::{ErrorEstimate, ReflectorPacket, SenderPacket, Timestamp, TimestampFormat, WireError},
+    wire::{
+        ErrorEstimate, FollowUpSeen, ReflectorPacket, SenderPacket, Timestamp, TimestampFormat,
+        WireError,
+    },
 };
 
 /// Random draws before the SSID allocator falls back to a scan.
@@ -69,6 +81,11 @@ pub struct Measurement {
     pub t3: u64,
     pub t4: u64,
     pub t1_source: StampSource,
+    /// What our reflector's follow-up TLV said; `Unspecified` without one.
+    pub t2_source: StampSource,
+    /// `Handoff` / `HwTx` once a follow-up corrected T3; `Tc` from our reflector without one;
+    /// `Unspecified` from a reflector that did not fill our follow-up TLV.
+    pub t3_source: StampSource,
     pub t4_source: StampSource,
     /// (T4 − T1) − (T3 − T2).
     pub network_rtt: i64,
@@ -131,19 +148,70 @@ pub struct ReplyEnv<'a> {
     pub signed_t1: bool,
 }
 
+/// One answered probe, ready to be reported (after the two-step, see the module
+/// documentation).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub seq: u32,
+    pub m: Measurement,
+    /// A later probe was answered first.
+    pub reordered: bool,
+    pub app_tx_tai: u64,
+    /// The request's TTL / Hop Limit at the reflector, from the reply.
+    pub ttl: u8,
+    /// The reply's UDP payload octets.
+    pub len: usize,
+}
+
+/// The samples one reply released, oldest first: the held one, and its own when it is not
+/// held in turn.
+#[derive(Debug, Default)]
+pub struct Released([Option<Sample>; 2]);
+
+impl Released {
+    fn push(&mut self, s: Sample) {
+        let free = self.0.iter_mut().find(|x| x.is_none());
+        debug_assert!(free.is_some(), "a reply releases at most two samples");
+        if let Some(slot) = free {
+            *slot = Some(s);
+        }
+    }
+}
+
+impl IntoIterator for Released {
+    type Item = Sample;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Sample>, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
+}
+
+/// What a reply's follow-up TLV did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowUpUse {
+    /// Nothing to apply: no correction, or one for a sample not held.
+    None,
+    /// Corrected the held sample's T3.
+    Applied,
+    /// Malformed, or a correction that fails `corrected`: not used (counted).
+    Ignored,
+}
+
 /// A reply that counts.
 #[derive(Debug)]
 pub enum Outcome {
-    /// First reply to an outstanding probe.
+    /// First reply to an outstanding probe. Its sample is held or released (`released`).
     Sample {
         seq: u32,
-        m: Measurement,
         /// A later probe was answered first.
         reordered: bool,
-        app_tx_tai: u64,
         /// Kernel mode without a T1 record: the echo was used (it lay within our own send and
         /// receive times).
         t1_unrecorded: bool,
+        follow_up: FollowUpUse,
+        /// Samples to report now, oldest first.
+        released: Released,
     },
     /// Another copy of an answered probe's reply, within its deadline.
     Duplicate { seq: u32 },
@@ -175,6 +243,14 @@ struct Slot {
     state: State,
     tx_key: u32,
     app_tx_tai: u64,
+    /// Send + timeout.
+    deadline: Option<Instant>,
+}
+
+/// The newest sample, waiting for the follow-up in the next reply until its probe's deadline.
+struct Held {
+    sample: Sample,
+    deadline: Instant,
 }
 
 /// The agent keeps per-peer memory fixed: its configuration refuses a timeout / interval at or
@@ -198,6 +274,7 @@ pub struct Session {
     deadlines: VecDeque<(u32, Instant)>,
     outstanding: usize,
     highest_answered: Option<u32>,
+    held: Option<Held>,
 }
 
 impl Session {
@@ -227,6 +304,7 @@ impl Session {
             deadlines: VecDeque::new(),
             outstanding: 0,
             highest_answered: None,
+            held: None,
         }
     }
 
@@ -244,9 +322,20 @@ impl Session {
         self.outstanding > 0
     }
 
-    /// When the oldest outstanding probe times out.
+    /// When the oldest outstanding probe times out, or the held sample is due (whichever
+    /// comes first).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.front().map(|&(_, d)| d)
+        let probe = self.deadlines.front().map(|&(_, d)| d);
+        let held = self.held.as_ref().map(|h| h.deadline);
+        match (probe, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The held sample, if any, for a session that stops: nothing is left unreported.
+    pub fn drain(&mut self) -> Option<Sample> {
+        self.held.take().map(|h| h.sample)
     }
 
     fn index(&self, seq: u32) -> usize {
@@ -287,6 +376,7 @@ impl Session {
             state: State::Outstanding,
             tx_key,
             app_tx_tai,
+            deadline: Some(deadline),
         };
         self.deadlines.push_back((seq, deadline));
         self.outstanding += 1;
@@ -307,8 +397,15 @@ impl Session {
     }
 
     /// Declares every outstanding probe whose deadline is `now` or earlier lost; `lost` gets
-    /// each, oldest first.
-    pub fn expire(&mut self, now: Instant, tx_stamps: &mut TxStamps, mut lost: impl FnMut(Lost)) {
+    /// each, oldest first. Returns the held sample when its own deadline has passed too (no
+    /// follow-up came in time).
+    #[must_use = "a released sample must be reported"]
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        tx_stamps: &mut TxStamps,
+        mut lost: impl FnMut(Lost),
+    ) -> Option<Sample> {
         while let Some(&(seq, deadline)) = self.deadlines.front() {
             let i = self.index(seq);
             let s = &mut self.slots[i];
@@ -328,6 +425,7 @@ impl Session {
                 app_tx_tai: s.app_tx_tai,
             });
         }
+        self.held.take_if(|h| h.deadline <= now).map(|h| h.sample)
     }
 
     /// Drops resolved probes from the front of the deadline queue.
@@ -391,12 +489,27 @@ impl Session {
                     self.highest_answered = Some(seq);
                 }
                 self.trim();
-                Outcome::Sample {
+                let sample = Sample {
                     seq,
                     m,
                     reordered,
                     app_tx_tai: slot.app_tx_tai,
+                    ttl: rep.sender_ttl,
+                    len: r.payload.len(),
+                };
+                let mut released = Released::default();
+                let follow_up = self.two_step(
+                    sample,
+                    slot.deadline,
+                    FollowUpSeen::of(&rep.tlvs),
+                    &mut released,
+                );
+                Outcome::Sample {
+                    seq,
+                    reordered,
                     t1_unrecorded,
+                    follow_up,
+                    released,
                 }
             }
             State::Answered => Outcome::Duplicate { seq },
@@ -407,6 +520,46 @@ impl Session {
             State::LateAnswered | State::Unused => unreachable!("handled above"),
         };
         Ok(out)
+    }
+
+    /// The two-step (module documentation): `fu` of the reply that produced `sample` applies
+    /// to the held sample, which it releases; `sample` is held when our reflector filled its
+    /// follow-up TLV, else released with it.
+    fn two_step(
+        &mut self,
+        mut sample: Sample,
+        deadline: Option<Instant>,
+        fu: FollowUpSeen,
+        out: &mut Released,
+    ) -> FollowUpUse {
+        let mut used = match fu {
+            FollowUpSeen::Malformed => FollowUpUse::Ignored,
+            _ => FollowUpUse::None,
+        };
+        if let Some(Held { sample: mut h, .. }) = self.held.take() {
+            if let FollowUpSeen::Ours(v) = fu
+                && v.prev_sender_seq == h.seq
+                && let Some(source) = StampSource::from_follow_up_t3(v.prev_t3_source)
+            {
+                match corrected(&h.m, v.correction_ns, source, self.timeout) {
+                    Some(m) => {
+                        h.m = m;
+                        used = FollowUpUse::Applied;
+                    }
+                    None => used = FollowUpUse::Ignored,
+                }
+            }
+            out.push(h);
+        }
+        match (fu, deadline) {
+            (FollowUpSeen::Ours(v), Some(deadline)) => {
+                sample.m.t2_source = StampSource::from_follow_up_t2(v.t2_source);
+                sample.m.t3_source = StampSource::Tc;
+                self.held = Some(Held { sample, deadline });
+            }
+            _ => out.push(sample),
+        }
+        used
     }
 
     /// T1 of the reply's probe (see [`choose_t1`]).
@@ -650,12 +803,37 @@ fn measure(
         t3,
         t4,
         t1_source,
+        t2_source: StampSource::Unspecified,
+        t3_source: StampSource::Unspecified,
         t4_source,
         network_rtt: t4_t1 - turnaround,
         turnaround,
         app_rtt,
         stack_overhead: app_rtt - t4_t1,
     })
+}
+
+/// `m` with T3 moved `correction_ns` later (to where `source` took it), or `None` when the
+/// correction is not believable: beyond `FollowUp::MAX_CORRECTION_NS`, or stamps that then fail
+/// [`check_stamps`] (the hand-off precedes the wire: the network RTT stays ≥ 0).
+fn corrected(
+    m: &Measurement,
+    correction_ns: u32,
+    source: StampSource,
+    timeout: Duration,
+) -> Option<Measurement> {
+    if correction_ns > probe_common::FollowUp::MAX_CORRECTION_NS {
+        return None;
+    }
+    let c = i64::from(correction_ns);
+    let n = Measurement {
+        t3: m.t3.checked_add(u64::from(correction_ns))?,
+        t3_source: source,
+        network_rtt: m.network_rtt - c,
+        turnaround: m.turnaround + c,
+        ..*m
+    };
+    check_stamps(&n, timeout).ok().map(|()| n)
 }
 
 /// Reflected stamps that a real reflector cannot produce.

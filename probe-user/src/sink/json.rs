@@ -142,10 +142,12 @@ mod tests {
         assert_eq!(v["type"], "probe");
         assert_eq!(v["seq"], 3);
         assert_eq!(v["t1_source"], "STAMP_SOURCE_TC");
+        assert_eq!(v["t2_source"], "STAMP_SOURCE_SKB_RX");
+        assert_eq!(v["t3_source"], "STAMP_SOURCE_HANDOFF");
         assert_eq!(v["t4_source"], "STAMP_SOURCE_SKB_RX");
         assert_eq!(v["timestamping"], "TIMESTAMPING_KERNEL");
         assert_eq!(v["network_rtt_ns"], 45_300);
-        assert_eq!(v.as_object().unwrap().len(), 20 + 1);
+        assert_eq!(v.as_object().unwrap().len(), 22 + 1);
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub(crate) mod tests {
             app_rtt_ns: 80_100,
             stack_overhead_ns: 22_800,
             t1_source: StampSource::Tc as i32,
+            t2_source: StampSource::SkbRx as i32,
+            t3_source: StampSource::Handoff as i32,
             t4_source: StampSource::SkbRx as i32,
             timestamping: Timestamping::Kernel as i32,
             ttl: 64,

@@ -98,6 +98,10 @@ pub struct SessionStats {
     pub rejected: RejectionCounts,
     /// Kernel mode: samples whose T1 is the reflector's echo (no record of ours was left).
     pub t1_unrecorded: u64,
+    /// Two-step T3: corrections applied to a held sample, and follow-ups not used (malformed,
+    /// or a correction that is not believable).
+    pub follow_up_applied: u64,
+    pub follow_up_ignored: u64,
     /// Authenticated mode `optional`: replies accepted without authentication (open mode).
     pub unauthenticated: u64,
     pub network_rtt: Dist,
@@ -120,6 +124,8 @@ pub struct SummaryRecord<'a> {
     pub late: u64,
     pub rejected: &'a RejectionCounts,
     pub t1_unrecorded: u64,
+    pub follow_up_applied: u64,
+    pub follow_up_ignored: u64,
     pub unauthenticated: u64,
     pub network_rtt_ns: DistSummary,
     pub turnaround_ns: DistSummary,
@@ -165,6 +171,8 @@ impl SessionStats {
             late: self.late,
             rejected: &self.rejected,
             t1_unrecorded: self.t1_unrecorded,
+            follow_up_applied: self.follow_up_applied,
+            follow_up_ignored: self.follow_up_ignored,
             unauthenticated: self.unauthenticated,
             network_rtt_ns: self.network_rtt.summary(),
             turnaround_ns: self.turnaround.summary(),

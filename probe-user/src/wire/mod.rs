@@ -62,6 +62,10 @@
 //! - I ([`TLV_FLAG_I`]): HMAC verification failed; always 0 here (no authenticated mode).
 //! - R: reserved, zero on transmit, ignored on receipt.
 //!
+//! meshprobe's own follow-up TLV (type 252, Private Use: the two-step T3) is in [`follow_up`];
+//! [`reflect`] understands it (U cleared, value zeroed for the reflector to fill; M on a wrong
+//! length).
+//!
 //! [`SenderPacket::decode`] is strict (a malformed TLV is an error);
 //! [`SenderPacket::decode_lenient`] keeps the base packet and the well-formed TLVs and returns
 //! the malformed rest as a [`MalformedTlv`] so a reflector can still answer
@@ -100,6 +104,7 @@
 
 pub mod auth;
 mod error_estimate;
+pub mod follow_up;
 mod packet;
 mod rx_stamp;
 mod timestamp;
@@ -109,6 +114,7 @@ mod tlv;
 mod tests;
 
 pub use error_estimate::ErrorEstimate;
+pub use follow_up::{FOLLOW_UP_TLV_LEN, FollowUpSeen, FollowUpValue, TLV_FOLLOW_UP};
 pub use packet::{Lenient, ReflectParams, ReflectorPacket, SenderPacket, reflect, reflect_lenient};
 pub use rx_stamp::{
     NoBlock, RxStampInfo, read_rx_stamp, reply_rx_stamp, request_rx_stamp, rx_stamp_from_block,
@@ -120,6 +126,12 @@ pub use tlv::{
 };
 
 use probe_common::wire::{BASE_LEN, TLV_HEADER_LEN, TLV_START};
+
+/// Smallest open-mode probe that carries the follow-up TLV ([`follow_up`]): after an Extra
+/// Padding TLV that still holds the T4 block (`probe_common::wire::MIN_PROBE_LEN`). Smaller
+/// probes go without it, and their replies without the two-step T3.
+pub const MIN_FOLLOW_UP_PROBE_LEN: usize =
+    probe_common::wire::MIN_PROBE_LEN + follow_up::FOLLOW_UP_TLV_LEN;
 
 /// Largest STAMP packet (UDP payload) this codec accepts or produces, in octets. Larger input
 /// is rejected with [`WireError::Oversize`].

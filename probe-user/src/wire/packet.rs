@@ -7,8 +7,11 @@ use probe_common::wire::{
     TLV_HEADER_LEN, TLV_START,
 };
 
-use super::tlv::{MalformedTlv, TLV_FLAG_U, Tlv, parse_tlvs};
-use super::{ErrorEstimate, MAX_PACKET_LEN, Timestamp, WireError, check_len};
+use super::follow_up::{FOLLOW_UP_TLV_LEN, FollowUpValue};
+use super::tlv::{MalformedTlv, TLV_FLAG_M, TLV_FLAG_U, Tlv, parse_tlvs};
+use super::{
+    ErrorEstimate, MAX_PACKET_LEN, MIN_FOLLOW_UP_PROBE_LEN, Timestamp, WireError, check_len,
+};
 
 /// The 44-octet base packet.
 type Base = [u8; BASE_LEN];
@@ -125,7 +128,9 @@ impl SenderPacket {
     /// - `48 <= total_len <= MAX_PACKET_LEN`: the base packet and one zero-filled Extra Padding
     ///   TLV of `total_len - 48` value octets. The reply carries the T4 block in-band only when
     ///   `total_len >= probe_common::wire::MIN_PROBE_LEN` (68); shorter probes get T4 through
-    ///   the kernel's fallback map.
+    ///   the kernel's fallback map. From [`MIN_FOLLOW_UP_PROBE_LEN`] (84) on, our follow-up
+    ///   TLV ([`super::follow_up`], zeroed, U = 1) follows the padding, which is 16 octets
+    ///   shorter: its value still starts where the tag and the T4 block go.
     ///
     /// The padding value starts with `tag` (`probe_common::wire::PROBE_TAG`, big-endian) when
     /// it has room for it: the programs stamp only requests (and in-band replies) that carry
@@ -154,11 +159,19 @@ impl SenderPacket {
             let value_len = total_len
                 .checked_sub(TLV_START + TLV_HEADER_LEN)
                 .ok_or(WireError::BadLength { len: total_len })?;
+            // The follow-up TLV after the padding, when the padding keeps room for the T4
+            // block: the padding's value start (tag, T4) never moves.
+            let follow_up = total_len >= MIN_FOLLOW_UP_PROBE_LEN;
+            let value_len = value_len - if follow_up { FOLLOW_UP_TLV_LEN } else { 0 };
             let mut pad = Tlv::extra_padding(value_len);
             if let Some(t) = pad.value.first_chunk_mut::<4>() {
                 *t = tag.to_be_bytes();
             }
-            vec![pad]
+            let mut tlvs = vec![pad];
+            if follow_up {
+                tlvs.push(Tlv::follow_up_request());
+            }
+            tlvs
         };
         Ok(Self {
             seq,
@@ -430,8 +443,10 @@ pub struct ReflectParams {
 ///   overwrites `seq` with its own count afterwards);
 /// - the request's Sequence Number, Timestamp and Error Estimate echoed, TTL from `params`;
 /// - every TLV copied in order with its value unchanged, flags as a reflector sets them:
-///   Extra Padding (which this codec implements) with U = M = I = 0, any other type with
-///   U = 1 (not understood, value echoed untouched) and M = I = 0; reserved bits zero.
+///   Extra Padding (which this codec implements) with U = M = I = 0; our follow-up TLV with
+///   U = 0 and its value zeroed (for [`ReflectorPacket::set_follow_up`]), or M = 1 and echoed
+///   when its length is wrong; any other type with U = 1 (not understood, value echoed
+///   untouched) and M = I = 0; reserved bits zero.
 ///
 /// The reply is exactly as long as the request.
 pub fn reflect(request: &SenderPacket, params: &ReflectParams) -> ReflectorPacket {
@@ -463,6 +478,23 @@ pub fn reflect_lenient(
 }
 
 fn reflect_tlv(tlv: &Tlv) -> Tlv {
+    if tlv.is_follow_up() {
+        // Understood: a value of the right length is ours to write (zeroed here: nothing the
+        // request put there is echoed), any other length is malformed (M, echoed).
+        return if tlv.value.len() == FollowUpValue::LEN {
+            Tlv {
+                flags: 0,
+                kind: tlv.kind,
+                value: vec![0; FollowUpValue::LEN],
+            }
+        } else {
+            Tlv {
+                flags: TLV_FLAG_M,
+                kind: tlv.kind,
+                value: tlv.value.clone(),
+            }
+        };
+    }
     let flags = if tlv.is_extra_padding() {
         0
     } else {
@@ -473,4 +505,29 @@ fn reflect_tlv(tlv: &Tlv) -> Tlv {
         kind: tlv.kind,
         value: tlv.value.clone(),
     }
+}
+
+impl ReflectorPacket {
+    /// Writes `v` into the reply's follow-up TLV as [`reflect`] left it (understood, right
+    /// length); false when the reply has none (the request carried none, or a malformed one).
+    pub fn set_follow_up(&mut self, v: &FollowUpValue) -> bool {
+        let Some(t) = self.tlvs.iter_mut().find(|t| fillable_follow_up(t)) else {
+            return false;
+        };
+        t.value.copy_from_slice(&v.to_bytes());
+        true
+    }
+
+    /// Whether a reply built by [`reflect`] has a follow-up TLV to fill (see
+    /// [`ReflectorPacket::set_follow_up`]).
+    pub fn wants_follow_up(&self) -> bool {
+        self.tlvs.iter().any(fillable_follow_up)
+    }
+}
+
+/// A follow-up TLV as [`reflect`] leaves one it understood.
+fn fillable_follow_up(t: &Tlv) -> bool {
+    t.is_follow_up()
+        && t.flags & (TLV_FLAG_U | TLV_FLAG_M) == 0
+        && t.value.len() == FollowUpValue::LEN
 }

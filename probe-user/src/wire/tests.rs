@@ -1362,3 +1362,196 @@ mod authenticated {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Follow-up TLV (two-step T3)
+// ---------------------------------------------------------------------------------------------
+
+mod follow_up_tlv {
+    use super::*;
+    use crate::wire::follow_up::{FollowUpError, t2_source, t3_source};
+
+    fn ts() -> (Timestamp, ErrorEstimate) {
+        (Timestamp::new(10, 20), ErrorEstimate::default())
+    }
+
+    #[test]
+    fn the_type_is_private_use_and_the_value_matches_a_hand_vector() {
+        // RFC 8972 §5.1: 252..=254 Private Use.
+        assert!((252..=254).contains(&TLV_FOLLOW_UP));
+        let v = FollowUpValue {
+            prev_sender_seq: 0x0102_0304,
+            correction_ns: 700,
+            prev_t3_source: t3_source::HANDOFF,
+            t2_source: t2_source::SKB_RX,
+        };
+        #[rustfmt::skip]
+        let hand = [
+            0x01, 0x02, 0x03, 0x04, // previous reply's Session-Sender seq
+            0x00, 0x00, 0x02, 0xBC, // correction 700 ns
+            0x01,                   // its T3: hand-off
+            0x02,                   // this T2: skb RX stamp
+            0x00, 0x00,             // MBZ
+        ];
+        assert_eq!(v.to_bytes(), hand);
+        assert_eq!(FollowUpValue::decode(&hand), Ok(v));
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        let ok = FollowUpValue::default().to_bytes();
+        for len in [0, 11, 13, 16] {
+            let v = vec![0; len];
+            assert_eq!(
+                FollowUpValue::decode(&v),
+                Err(FollowUpError::Length { got: len })
+            );
+        }
+        let mut mbz = ok;
+        mbz[11] = 1;
+        assert_eq!(FollowUpValue::decode(&mbz), Err(FollowUpError::Mbz));
+        let mut t3 = ok;
+        t3[8] = t3_source::MAX + 1;
+        assert!(matches!(
+            FollowUpValue::decode(&t3),
+            Err(FollowUpError::Source { .. })
+        ));
+        let mut t2 = ok;
+        t2[9] = t2_source::MAX + 1;
+        assert!(matches!(
+            FollowUpValue::decode(&t2),
+            Err(FollowUpError::Source { .. })
+        ));
+    }
+
+    #[test]
+    fn probes_carry_it_after_the_padding_when_the_t4_block_still_fits() {
+        let (t, ee) = ts();
+        // Too small: the padding alone (68 keeps room for the T4 block and nothing more).
+        for len in [MIN_PROBE_LEN, MIN_FOLLOW_UP_PROBE_LEN - 1] {
+            let p = SenderPacket::probe(1, 2, t, ee, len, 9).unwrap();
+            assert_eq!(p.tlvs.len(), 1, "{len}");
+            assert_eq!(encode_sender(&p).len(), len);
+        }
+        for len in [MIN_FOLLOW_UP_PROBE_LEN, 128, MAX_PACKET_LEN] {
+            let p = SenderPacket::probe(1, 2, t, ee, len, 9).unwrap();
+            let buf = encode_sender(&p);
+            assert_eq!(buf.len(), len);
+            // The padding's value start (tag, then the T4 block) does not move.
+            assert_eq!(buf[TLV_START + 1], TLV_EXTRA_PADDING);
+            assert_eq!(buf[PROBE_TAG..PROBE_TAG_END], 9u32.to_be_bytes());
+            let pad_len = usize::from(u16::from_be_bytes([buf[TLV_START + 2], buf[TLV_START + 3]]));
+            assert!(pad_len >= RxStamp::LEN, "{len}");
+            assert!(REPLY_RX_STAMP + RxStamp::LEN <= TLV_START + 4 + pad_len);
+            // Then ours: U set, the rest zero.
+            let f = len - FOLLOW_UP_TLV_LEN;
+            #[rustfmt::skip]
+            let want = [
+                0x80, TLV_FOLLOW_UP, 0, 12,
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ];
+            assert_eq!(buf[f..], want, "{len}");
+            assert_eq!(SenderPacket::decode(&buf).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn our_reflector_understands_it_and_never_echoes_its_contents() {
+        let (t, ee) = ts();
+        let mut req = SenderPacket::probe(1, 2, t, ee, 128, 9).unwrap();
+        // A sender that put something there: not echoed.
+        req.tlvs[1].value = vec![0xFF; 12];
+        let mut rep = reflect(&req, &ReflectParams::default());
+        let f = &rep.tlvs[1];
+        assert_eq!(
+            (f.flags, f.kind, &f.value[..]),
+            (0, TLV_FOLLOW_UP, &[0u8; 12][..])
+        );
+        assert!(rep.wants_follow_up());
+        let v = FollowUpValue {
+            prev_sender_seq: 0,
+            correction_ns: 5,
+            prev_t3_source: t3_source::HANDOFF,
+            t2_source: t2_source::TC,
+        };
+        assert!(rep.set_follow_up(&v));
+        let buf = encode_reflector(&rep);
+        assert_eq!(buf.len(), 128, "the reply is as long as the request");
+        let back = ReflectorPacket::decode(&buf).unwrap();
+        assert_eq!(FollowUpSeen::of(&back.tlvs), FollowUpSeen::Ours(v));
+    }
+
+    #[test]
+    fn a_wrong_length_is_malformed_and_echoed() {
+        let (t, ee) = ts();
+        let mut req = SenderPacket::probe(1, 2, t, ee, 128, 9).unwrap();
+        req.tlvs[1].value = vec![7; 8];
+        let mut rep = reflect(&req, &ReflectParams::default());
+        let f = &rep.tlvs[1];
+        assert_eq!((f.flags, &f.value[..]), (Tlv::M, &[7u8; 8][..]));
+        assert!(!rep.wants_follow_up());
+        assert!(!rep.set_follow_up(&FollowUpValue::default()));
+        assert_eq!(FollowUpSeen::of(&rep.tlvs), FollowUpSeen::Malformed);
+    }
+
+    #[test]
+    fn what_the_sender_reads_in_a_reply() {
+        let value = FollowUpValue::default().to_bytes().to_vec();
+        let tlv = |flags, value: Vec<u8>| Tlv {
+            flags,
+            kind: TLV_FOLLOW_UP,
+            value,
+        };
+        let pad = Tlv::extra_padding(20);
+        assert_eq!(
+            FollowUpSeen::of(std::slice::from_ref(&pad)),
+            FollowUpSeen::Absent
+        );
+        assert_eq!(FollowUpSeen::of(&[]), FollowUpSeen::Absent);
+        // A third-party reflector echoes it with U set (RFC 8972 §4), whatever the value.
+        assert_eq!(
+            FollowUpSeen::of(&[pad.clone(), tlv(Tlv::U, value.clone())]),
+            FollowUpSeen::Unrecognized
+        );
+        assert_eq!(
+            FollowUpSeen::of(&[tlv(Tlv::U | Tlv::M, vec![1; 3])]),
+            FollowUpSeen::Unrecognized
+        );
+        // Understood but flagged, or a value ours never writes: malformed.
+        for bad in [
+            tlv(Tlv::M, value.clone()),
+            tlv(Tlv::I, value.clone()),
+            tlv(0, vec![0; 11]),
+            tlv(0, vec![0xFF; 12]),
+        ] {
+            assert_eq!(
+                FollowUpSeen::of(std::slice::from_ref(&bad)),
+                FollowUpSeen::Malformed,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            FollowUpSeen::of(&[pad, tlv(0, value)]),
+            FollowUpSeen::Ours(FollowUpValue::default())
+        );
+    }
+
+    #[test]
+    fn a_third_party_echo_round_trips() {
+        // What an RFC 8972 reflector that does not know type 252 sends back: our zeroed TLV
+        // with U still set (it copies it), the padding with U clear.
+        let (t, ee) = ts();
+        let req = SenderPacket::probe(1, 2, t, ee, 100, 9).unwrap();
+        let mut buf = encode_sender(&req);
+        let reply_base = ReflectorPacket {
+            sender_seq: 1,
+            ssid: 2,
+            ..Default::default()
+        };
+        let mut reply = encode_reflector(&reply_base);
+        reply.extend_from_slice(&buf.split_off(TLV_START));
+        reply[TLV_START] = 0; // padding understood
+        let back = ReflectorPacket::decode(&reply).unwrap();
+        assert_eq!(FollowUpSeen::of(&back.tlvs), FollowUpSeen::Unrecognized);
+    }
+}

@@ -1,7 +1,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use crate::wire::{ErrorEstimate, ReflectParams, SenderPacket, reflect};
+use crate::wire::{
+    ErrorEstimate, FollowUpValue, MIN_FOLLOW_UP_PROBE_LEN, ReflectParams, SenderPacket, Tlv,
+    follow_up::{t2_source, t3_source},
+    reflect,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(1);
 const MS: u64 = 1_000_000;
@@ -173,14 +177,18 @@ fn expiry_reports_lost_probes_oldest_first() {
         Ok("sample")
     );
     let mut lost = Vec::new();
-    h.s.expire(now, &mut h.tx, |l| lost.push(l.seq));
+    // Socket mode to a plain reflector: nothing is held.
+    assert!(h.s.expire(now, &mut h.tx, |l| lost.push(l.seq)).is_none());
     assert_eq!(
         lost,
         Vec::<u32>::new(),
         "b is due later and blocks the queue"
     );
     assert_eq!(h.s.next_deadline(), Some(now + TIMEOUT));
-    h.s.expire(now + TIMEOUT, &mut h.tx, |l| lost.push(l.seq));
+    assert!(
+        h.s.expire(now + TIMEOUT, &mut h.tx, |l| lost.push(l.seq))
+            .is_none()
+    );
     assert_eq!(lost, vec![b, c]);
     assert!(!h.s.in_flight());
     assert_eq!(h.s.next_deadline(), None);
@@ -236,7 +244,8 @@ fn impossible_reflected_stamps_are_rejected() {
     assert_eq!(kind(&h.recv(peer(), &rep, 10)), Err(Rejection::BadStamps));
     let rep = reply_to(0x1234, seq, 5_000, 9 * MS);
     match h.recv(peer(), &rep, 10) {
-        Ok(Outcome::Sample { m, .. }) => {
+        Ok(Outcome::Sample { released, .. }) => {
+            let m = released.into_iter().next().expect("released at once").m;
             assert_eq!((m.app_rtt, m.turnaround), (10 * MS as i64, 9 * MS as i64));
             assert_eq!(m.network_rtt, MS as i64);
             assert_eq!(m.t1_source, StampSource::App);
@@ -521,5 +530,279 @@ mod authenticated {
                 .unwrap()
                 .unauthenticated
         );
+    }
+}
+
+mod two_step {
+    use super::*;
+
+    /// A reply to a probe that carried our follow-up TLV: `fu` is what our reflector filled
+    /// in (`None`: a third-party reflector, which echoes it with U set).
+    fn reply_fu(seq: u32, t2: u64, turnaround: u64, fu: Option<FollowUpValue>) -> ReflectorPacket {
+        let req = SenderPacket::probe(
+            seq,
+            0x1234,
+            Timestamp::default(),
+            ErrorEstimate::default(),
+            MIN_FOLLOW_UP_PROBE_LEN,
+            1,
+        )
+        .expect("probe");
+        let mut rep = reflect(
+            &req,
+            &ReflectParams {
+                timestamp: Timestamp::from_ptp_ns(t2 + turnaround),
+                error_estimate: ErrorEstimate::for_error_ns(1_000.0, false, true),
+                receive_timestamp: Timestamp::from_ptp_ns(t2),
+                sender_ttl: 64,
+            },
+        );
+        match fu {
+            Some(v) => assert!(rep.set_follow_up(&v)),
+            None => {
+                // A third party: U set, value echoed (zero, as we sent it).
+                let t = rep.tlvs.iter_mut().find(|t| t.is_follow_up()).unwrap();
+                *t = Tlv::follow_up_request();
+            }
+        }
+        rep
+    }
+
+    fn fu(prev: u32, correction_ns: u32, t3: u8) -> Option<FollowUpValue> {
+        Some(FollowUpValue {
+            prev_sender_seq: prev,
+            correction_ns,
+            prev_t3_source: t3,
+            t2_source: t2_source::SKB_RX,
+        })
+    }
+
+    /// Nothing to report on yet (first reply of the session).
+    fn fu_none() -> Option<FollowUpValue> {
+        fu(0, 0, t3_source::NONE)
+    }
+
+    /// The reply's outcome as (kind, follow-up use, released samples).
+    fn answered(o: Result<Outcome, Rejection>) -> (FollowUpUse, Vec<Sample>) {
+        match o {
+            Ok(Outcome::Sample {
+                follow_up,
+                released,
+                ..
+            }) => (follow_up, released.into_iter().collect()),
+            other => panic!("not a sample: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_next_reply_corrects_the_held_sample() {
+        let mut h = Harness::new(100);
+        let a = h.send(0);
+        let b = h.send(10);
+        // a: 4 ms exchange, 1 ms turnaround: network RTT 3 ms. Held, nothing released.
+        let (used, out) = answered(h.recv(peer(), &reply_fu(a, 5_000, MS, fu_none()), 4));
+        assert_eq!((used, out.len()), (FollowUpUse::None, 0));
+        assert!(h.s.next_deadline().is_some());
+        // b reports on a: its T3 left the host 700 ns after TC.
+        let (used, out) = answered(h.recv(
+            peer(),
+            &reply_fu(b, 9_000, MS, fu(a, 700, t3_source::HANDOFF)),
+            14,
+        ));
+        assert_eq!(used, FollowUpUse::Applied);
+        assert_eq!(out.len(), 1);
+        let m = out[0].m;
+        assert_eq!(out[0].seq, a);
+        assert_eq!(m.t3, 5_000 + MS + 700);
+        assert_eq!(m.turnaround, MS as i64 + 700);
+        assert_eq!(m.network_rtt, 3 * MS as i64 - 700);
+        assert_eq!(m.t3_source, StampSource::Handoff);
+        assert_eq!(m.t2_source, StampSource::SkbRx);
+        // b is held in turn; a stop releases it, with its TC T3.
+        let b_out = h.s.drain().expect("held");
+        assert_eq!(b_out.seq, b);
+        assert_eq!(b_out.m.t3_source, StampSource::Tc);
+        assert_eq!(b_out.m.network_rtt, 3 * MS as i64);
+        assert!(h.s.drain().is_none(), "released once");
+    }
+
+    #[test]
+    fn a_nic_stamp_says_so() {
+        let mut h = Harness::new(0);
+        let a = h.send(0);
+        let b = h.send(10);
+        answered(h.recv(peer(), &reply_fu(a, 5_000, MS, fu_none()), 4));
+        let (used, out) = answered(h.recv(
+            peer(),
+            &reply_fu(b, 9_000, MS, fu(a, 50, t3_source::HW_TX)),
+            14,
+        ));
+        assert_eq!(used, FollowUpUse::Applied);
+        assert_eq!(out[0].m.t3_source, StampSource::HwTx);
+    }
+
+    #[test]
+    fn unbelievable_or_foreign_corrections_are_ignored() {
+        // The second reply's follow-up: (seq it reports on, back from the held one;
+        // correction; T3 source), and what becomes of it.
+        let cases = [
+            // Beyond the bound.
+            (
+                (
+                    0,
+                    probe_common::FollowUp::MAX_CORRECTION_NS + 1,
+                    t3_source::HANDOFF,
+                ),
+                FollowUpUse::Ignored,
+            ),
+            // Larger than the network RTT (3 ms): the hand-off would follow the wire.
+            (
+                (0, 3 * MS as u32 + 1, t3_source::HANDOFF),
+                FollowUpUse::Ignored,
+            ),
+            // About another probe (the held one's reply was not the reflector's last).
+            ((1, 700, t3_source::HANDOFF), FollowUpUse::None),
+            // No correction to give.
+            ((0, 700, t3_source::NONE), FollowUpUse::None),
+        ];
+        for (i, ((back, c, src), want)) in cases.into_iter().enumerate() {
+            let mut h = Harness::new(7);
+            let a = h.send(0);
+            let b = h.send(10);
+            answered(h.recv(peer(), &reply_fu(a, 5_000, MS, fu_none()), 4));
+            let second = fu(a.wrapping_sub(back), c, src);
+            let (used, out) = answered(h.recv(peer(), &reply_fu(b, 9_000, MS, second), 14));
+            assert_eq!(used, want, "case {i}");
+            assert_eq!(
+                out.len(),
+                1,
+                "case {i}: the held sample comes out as it was"
+            );
+            assert_eq!(out[0].m.t3_source, StampSource::Tc, "case {i}");
+            assert_eq!(out[0].m.network_rtt, 3 * MS as i64, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_follow_up_is_ignored_and_counted() {
+        let mut h = Harness::new(7);
+        let a = h.send(0);
+        let b = h.send(10);
+        answered(h.recv(peer(), &reply_fu(a, 5_000, MS, fu_none()), 4));
+        let mut rep = reply_fu(b, 9_000, MS, fu(a, 700, t3_source::HANDOFF));
+        let t = rep.tlvs.iter_mut().find(|t| t.is_follow_up()).unwrap();
+        t.flags |= Tlv::M;
+        let (used, out) = answered(h.recv(peer(), &rep, 14));
+        assert_eq!(used, FollowUpUse::Ignored);
+        // Both released: a as it was, b at once (not our reflector's filled TLV).
+        assert_eq!(out.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(out[0].m.t3_source, StampSource::Tc);
+        assert_eq!(out[1].m.t3_source, StampSource::Unspecified);
+        assert!(h.s.drain().is_none());
+    }
+
+    #[test]
+    fn a_third_party_echo_is_released_at_once_with_unspecified_sources() {
+        let mut h = Harness::new(3);
+        let a = h.send(0);
+        let (used, out) = answered(h.recv(peer(), &reply_fu(a, 5_000, MS, None), 4));
+        assert_eq!(used, FollowUpUse::None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].m.t2_source, StampSource::Unspecified);
+        assert_eq!(out[0].m.t3_source, StampSource::Unspecified);
+        assert_eq!(
+            out[0].m.network_rtt,
+            3 * MS as i64,
+            "T3 as the reflector gave it"
+        );
+        assert!(h.s.drain().is_none());
+        // A probe too small for the TLV: the same.
+        let b = h.send(10);
+        let (_, out) = answered(h.recv(peer(), &reply_to(0x1234, b, 1, 1), 14));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].m.t3_source, StampSource::Unspecified);
+    }
+
+    #[test]
+    fn a_held_sample_is_released_at_its_deadline() {
+        let mut h = Harness::new(0);
+        let now = Instant::now();
+        let key = h.tx.next_key();
+        let a = h.s.sent(h.t0, key, now + TIMEOUT);
+        answered(h.recv(peer(), &reply_fu(a, 5_000, MS, fu_none()), 4));
+        assert!(!h.s.in_flight());
+        assert_eq!(
+            h.s.next_deadline(),
+            Some(now + TIMEOUT),
+            "the held sample's deadline"
+        );
+        assert!(
+            h.s.expire(now, &mut h.tx, |_| panic!("nothing lost"))
+                .is_none()
+        );
+        let s =
+            h.s.expire(now + TIMEOUT, &mut h.tx, |_| panic!("nothing lost"));
+        assert_eq!(
+            s.map(|s| (s.seq, s.m.t3_source)),
+            Some((a, StampSource::Tc))
+        );
+        assert_eq!(h.s.next_deadline(), None);
+        assert!(h.s.drain().is_none());
+    }
+
+    #[test]
+    fn every_sample_comes_out_once_whatever_the_network_does() {
+        let mut h = Harness::new(u32::MAX - 3);
+        let seqs: Vec<u32> = (0..8).map(|i| h.send(i * 10)).collect();
+        // Replies: 0, 2 (1 reordered later), 1, 1 again (duplicate), 3 lost, 4..7 with
+        // follow-ups on the previous reply the reflector sent.
+        let order = [0usize, 2, 1, 1, 4, 5, 6, 7];
+        let mut outcomes = Vec::new();
+        let mut released = Vec::new();
+        let mut prev: Option<u32> = None;
+        for (k, &i) in order.iter().enumerate() {
+            let f = match prev {
+                Some(p) => fu(p, 100, t3_source::HANDOFF),
+                None => fu_none(),
+            };
+            let o = h.recv(peer(), &reply_fu(seqs[i], 5_000, MS, f), 80 + k as u64);
+            outcomes.push(kind(&o));
+            if let Ok(Outcome::Sample { released: r, .. }) = o {
+                released.extend(r);
+            }
+            prev = Some(seqs[i]);
+        }
+        assert_eq!(
+            outcomes,
+            [
+                "sample",
+                "sample",
+                "reordered",
+                "duplicate",
+                "sample",
+                "sample",
+                "sample",
+                "sample"
+            ]
+            .map(Ok)
+        );
+        let mut lost = Vec::new();
+        let now = Instant::now() + 2 * TIMEOUT;
+        released.extend(h.s.expire(now, &mut h.tx, |l| lost.push(l.seq)));
+        released.extend(h.s.drain());
+        assert_eq!(lost, vec![seqs[3]]);
+        let mut got: Vec<u32> = released.iter().map(|s| s.seq).collect();
+        got.sort_unstable();
+        let mut want: Vec<u32> = [0, 1, 2, 4, 5, 6, 7].map(|i| seqs[i]).to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "each answered probe once");
+        // Corrected by the next first reply, which reports on it: 0 (by 2), 2 (by 1), 1 (by 4:
+        // the duplicate in between changes nothing), 4, 5, 6; not the last (7).
+        let handoff = released
+            .iter()
+            .filter(|s| s.m.t3_source == StampSource::Handoff)
+            .count();
+        assert_eq!(handoff, 6);
+        assert!(released.iter().all(|s| s.reordered == (s.seq == seqs[1])));
     }
 }
