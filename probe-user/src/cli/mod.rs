@@ -185,8 +185,9 @@ struct PingArgs {
     #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
     /// UDP payload octets: 44, or at least 48 (an Extra Padding TLV); 68 and up carry T4
-    /// in-band. Authenticated mode: at least 112 (smaller sizes send 112), or 116 and up.
-    #[arg(short, long, default_value_t = off::MIN_PROBE_LEN)]
+    /// in-band, 84 and up (the default) also the follow-up TLV that brings the reflector's
+    /// hand-off T3. Authenticated mode: at least 112 (smaller sizes send 112), or 116 and up.
+    #[arg(short, long, default_value_t = crate::wire::MIN_FOLLOW_UP_PROBE_LEN)]
     size: usize,
     /// A probe without a reply after this long is lost.
     #[arg(short = 'W', long, default_value = "1s", value_parser = humantime::parse_duration)]

@@ -257,12 +257,12 @@ pub struct AgentArgs {
     #[arg(long, env = "MESHPROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration, help_heading = "Probing")]
     pub timeout: Duration,
     /// UDP payload sizes in octets, comma separated, used in turn (44, or 48..9000; 68 and up
-    /// carry T4 in-band).
+    /// carry T4 in-band, 84 and up also the follow-up TLV with the reflector's hand-off T3).
     #[arg(
         long,
         env = "MESHPROBE_SIZES",
         value_delimiter = ',',
-        default_value = "68",
+        default_value = "84",
         help_heading = "Probing"
     )]
     pub sizes: Vec<usize>,
