@@ -171,9 +171,17 @@ fn run_agent(
             );
             let handoff = ready["handoff"] == "on";
             let state = if handoff { "on" } else { "off" };
+            let metrics = a.metrics()?;
             ensure!(
-                a.metric_value(&format!("meshprobe_handoff{{state=\"{state}\"}}"))? == 1.0,
-                "{label}: /metrics disagrees with the ready line on the hand-off ({state})"
+                metrics.lines().any(|l| l.starts_with("meshprobe_handoff{")
+                    && l.contains(&format!("state=\"{state}\""))
+                    && l.ends_with(" 1")),
+                "{label}: /metrics disagrees with the ready line on the hand-off ({state}): {}",
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with("meshprobe_handoff"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             );
             Outcome::Kernel { handoff }
         }
