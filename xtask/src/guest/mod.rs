@@ -47,6 +47,11 @@ const SET: &[GuestTest] = &[
         proves: "the monotonic-clock fallback (kernels without the TAI helper)",
     },
     GuestTest {
+        binary: "handoff",
+        filter: "",
+        proves: "T1 at the driver hand-off (tp_btf, offsets from the kernel's BTF), or a loud skip",
+    },
+    GuestTest {
         binary: "transparency",
         filter: "",
         proves: "non-probe traffic untouched, checksums right on the wire",
