@@ -431,7 +431,19 @@ pub fn agreement_with(
     interval: &str,
     args: &[&str],
 ) -> Result<AgreementRun> {
-    agreement_run(mp, t, f, count, interval, args, false)
+    agreement_run(mp, t, f, count, interval, args, Refs::Capture)
+}
+
+/// The references of an [`agreement_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refs {
+    /// tcpdump on both veth ends.
+    Capture,
+    /// The captures and the tracepoint reference.
+    Both,
+    /// The tracepoint reference alone: nothing clones the probes on their way (the run's
+    /// capture agreement is empty).
+    Trace,
 }
 
 /// [`agreement_with`], with the tracepoint reference (`meshprobe-tracer`) running alongside
@@ -444,23 +456,31 @@ pub fn agreement_traced(
     interval: &str,
     args: &[&str],
 ) -> Result<AgreementRun> {
-    agreement_run(mp, t, f, count, interval, args, true)
+    agreement_run(mp, t, f, count, interval, args, Refs::Both)
 }
 
-fn agreement_run(
+/// An agreement run against the references `refs`.
+pub fn agreement_run(
     mp: &Meshprobe,
     t: &TwoHosts,
     f: Family,
     count: u32,
     interval: &str,
     args: &[&str],
-    trace: bool,
+    refs: Refs,
 ) -> Result<AgreementRun> {
     let refl = mp.reflect(&t.b, args)?;
     let reflector_ready = refl.ready.clone();
-    let tracer = trace.then(|| mp.tracer(&[STAMP_PORT])).transpose()?;
-    let ca = Capture::start(&t.a, TwoHosts::A_IF, STAMP_PORT)?;
-    let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
+    let tracer = (refs != Refs::Capture)
+        .then(|| mp.tracer(&[STAMP_PORT]))
+        .transpose()?;
+    let capture = refs != Refs::Trace;
+    let ca = capture
+        .then(|| Capture::start(&t.a, TwoHosts::A_IF, STAMP_PORT))
+        .transpose()?;
+    let cb = capture
+        .then(|| Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT))
+        .transpose()?;
     let peer = t.b_addr(f).to_string();
     let iv: Duration = parse_dur(interval)?;
     let steal0 = CpuStat::now();
@@ -473,8 +493,8 @@ fn agreement_run(
         ping_timeout(count, iv, Duration::from_millis(500)),
     )?;
     let steal1 = CpuStat::now();
-    let a = ca.stop()?;
-    let b = cb.stop()?;
+    let a = ca.map(Capture::stop).transpose()?;
+    let b = cb.map(Capture::stop).transpose()?;
     let traced = tracer.map(|tr| tr.stop()).transpose()?;
     let reflector_summary = refl.stop()?;
     ensure!(
@@ -483,9 +503,15 @@ fn agreement_run(
         run.summaries.len(),
         run.stderr
     );
-    let times = capture_times(&a.packets, &b.packets, STAMP_PORT);
+    let (times, drops) = match (&a, &b) {
+        (Some(a), Some(b)) => (
+            capture_times(&a.packets, &b.packets, STAMP_PORT),
+            a.dropped_by_kernel + b.dropped_by_kernel,
+        ),
+        _ => (Times::new(), 0),
+    };
     let mut ag = compare(&run, &times);
-    ag.capture_drops = a.dropped_by_kernel + b.dropped_by_kernel;
+    ag.capture_drops = drops;
     ag.steal_ms = steal0
         .zip(steal1)
         .map(|(s0, s1)| ticks_ms(s1.steal.saturating_sub(s0.steal)));

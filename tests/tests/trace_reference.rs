@@ -11,10 +11,16 @@
 //!   capture RTT = (A in + B in) − (A out + B out) of the legs: printed, not judged again);
 //! - (nearly) every probe the capture matched, the trace matched too, with no event lost.
 //!
+//! Then the tracepoint reference alone (no capture: nothing clones the probes): it matches
+//! (nearly) every probe, loses no event, and meshprobe's TC egress stamps T1 and T3 precede
+//! the hand-off for every probe (TC egress runs before `xmit_one`).
+//!
 //! The figures (per leg p50/p99, meshprobe against each reference) are printed.
 
 use anyhow::{Result, ensure};
-use meshprobe_harness::scenario::{AgreementRun, LEG_NAMES, MIN_MATCHED, agreement_traced};
+use meshprobe_harness::scenario::{
+    AgreementRun, LEG_NAMES, MIN_MATCHED, Refs, agreement_run, agreement_traced,
+};
 use meshprobe_harness::stats::{percentile, us};
 use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
@@ -78,13 +84,46 @@ fn check(label: &str, r: &AgreementRun) -> Result<()> {
     Ok(())
 }
 
+/// The tracepoint reference alone.
+fn check_alone(label: &str, r: &AgreementRun, count: u32) -> Result<()> {
+    let tr = r.traced.as_ref().expect("traced run");
+    let a = &tr.agreement;
+    eprintln!(
+        "  {}",
+        a.report(&format!("{label} meshprobe vs tracepoint reference, no capture"))
+    );
+    eprintln!("    legs (trace − stamp): {}", a.legs_report());
+    ensure!(
+        tr.result.dropped() == 0,
+        "{label}: the tracer lost {} events",
+        tr.result.dropped()
+    );
+    ensure!(a.sent >= count as u64, "{label}: sent {} < {count}", a.sent);
+    ensure!(
+        a.matched_frac() >= MIN_MATCHED,
+        "{label}: the trace matched only {} of {} probes",
+        a.matched,
+        a.sent
+    );
+    // Stamp before the hand-off: trace − stamp ≥ 0 on both egress legs.
+    ensure!(
+        a.egress_negative() == 0,
+        "{label}: {} probes stamped after the driver hand-off: {}",
+        a.egress_negative(),
+        a.legs_report()
+    );
+    Ok(())
+}
+
 fn run(test: &str, f: Family) -> Result<()> {
     let Some(env) = TestEnv::acquire(test, &["tcpdump"])? else {
         return Ok(());
     };
     let t = TwoHosts::new()?;
     let r = agreement_traced(&env.mp, &t, f, PROBES, "1ms", &[])?;
-    check(f.label(), &r)
+    check(f.label(), &r)?;
+    let alone = agreement_run(&env.mp, &t, f, PROBES, "1ms", &[], Refs::Trace)?;
+    check_alone(f.label(), &alone, PROBES)
 }
 
 #[test]
