@@ -98,12 +98,7 @@ impl SkbUdp {
 /// not noted) and for a packet it gave up on (noted: `Skip::Pull` for a header beyond the
 /// linear data or a faulting read, as in `parse_udp`).
 #[inline(always)]
-pub fn skb_udp(
-    skb: KAddr,
-    o: &KernelOffsets,
-    from: L3From,
-    note: impl Fn(Skip),
-) -> Option<SkbUdp> {
+pub fn skb_udp(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip)) -> Option<SkbUdp> {
     let proto = u16::from_be(member::<u16>(skb, o.skb_protocol)?);
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return None;

@@ -30,8 +30,8 @@ use meshprobe_harness::capture::{Capture, one_way_delays};
 use meshprobe_harness::netem::Netem;
 use meshprobe_harness::reference::{network_rtt, trace_times};
 use meshprobe_harness::scenario::ping_timeout;
-use meshprobe_harness::trace::Site;
 use meshprobe_harness::stats::{Shift, median, us};
+use meshprobe_harness::trace::Site;
 use meshprobe_harness::{Family, Routed, STAMP_PORT, TestEnv};
 
 /// Large enough to be resolved under qemu's TCG: there the medians of repeated runs of one

@@ -36,10 +36,7 @@ fn check(label: &str, r: &AgreementRun) -> Result<()> {
         tr.result.counters
     );
     eprintln!("  {}", both.report());
-    eprintln!(
-        "  {}",
-        r.agreement.report("meshprobe vs capture reference")
-    );
+    eprintln!("  {}", r.agreement.report("meshprobe vs capture reference"));
     eprintln!("    legs (capture − stamp): {}", r.agreement.legs_report());
     eprintln!(
         "  {}",
@@ -90,7 +87,9 @@ fn check_alone(label: &str, r: &AgreementRun, count: u32) -> Result<()> {
     let a = &tr.agreement;
     eprintln!(
         "  {}",
-        a.report(&format!("{label} meshprobe vs tracepoint reference, no capture"))
+        a.report(&format!(
+            "{label} meshprobe vs tracepoint reference, no capture"
+        ))
     );
     eprintln!("    legs (trace − stamp): {}", a.legs_report());
     ensure!(

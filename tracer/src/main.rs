@@ -207,10 +207,7 @@ async fn tracer(a: TracerArgs) -> Result<()> {
         })?;
     let mut counters = serde_json::Map::new();
     for (i, name) in counter::NAMES.iter().enumerate() {
-        let sum: u64 = arr
-            .get(&(i as u32), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0);
+        let sum: u64 = arr.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
         counters.insert((*name).into(), sum.into());
     }
     emit_json(&serde_json::json!({
