@@ -389,10 +389,19 @@ impl Meshprobe {
         Ok(v)
     }
 
-    /// Starts the tracepoint reference (`meshprobe-tracer`, see [`tracer_binary`]) for STAMP
-    /// port `ports`, machine-wide.
+    /// Starts the tracepoint reference (`meshprobe-tracer`, see [`tracer_binary`]) for the
+    /// STAMP ports `ports` (unauthenticated mode), machine-wide.
     pub fn tracer(&self, ports: &[u16]) -> Result<crate::trace::Tracer> {
-        crate::trace::Tracer::start(&tracer_binary(&self.bin)?, ports)
+        let args: Vec<String> = ports
+            .iter()
+            .flat_map(|p| ["--port".to_string(), p.to_string()])
+            .collect();
+        self.tracer_with(&args)
+    }
+
+    /// [`Meshprobe::tracer`] with the tracer's own arguments.
+    pub fn tracer_with(&self, args: &[String]) -> Result<crate::trace::Tracer> {
+        crate::trace::Tracer::start(&tracer_binary(&self.bin)?, args)
     }
 
     /// Starts `meshprobe-delay -I IF --delay D ARGS` in `ns` and waits for its ready line

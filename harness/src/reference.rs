@@ -80,30 +80,45 @@ fn join(a: &HashMap<(u16, u32), HostTimes>, b: &HashMap<(u16, u32), HostTimes>) 
 /// The tracepoint reference's times of each probe at the four points, keyed by (SSID, sender
 /// sequence), as [`capture_times`] but CLOCK_TAI ns: the sender's events are those of the
 /// interface `sender` (its request's hand-off, its reply's receive), the reflector's those of
-/// `reflector`. Out is the first hand-off of the key in its direction; in is the earliest
-/// receive event (a packet may pass several receive tracepoints: `netif_rx`, then
-/// `netif_receive_skb` on veth). Probes missing at any point are left out.
+/// `reflector`. Probes missing at any point are left out.
 pub fn trace_times(events: &[Event], sender: Site, reflector: Site, port: u16) -> Times {
-    let index = |site: Site, out_kind: bool| {
+    trace_times_by(events, sender, reflector, |e| {
+        let ours = match e.kind.as_str() {
+            "request" => e.dport == port,
+            "reply" => e.sport == port,
+            _ => false,
+        };
+        ours.then_some(((e.ssid, e.seq), e.kind == "request"))
+    })
+}
+
+/// [`trace_times`] of the events `key` gives a probe key and direction (`true`: the request)
+/// for, e.g. ICMP echoes by (identifier, sequence). Out is the first hand-off of a key in its
+/// direction; in is the earliest receive event (a packet may pass several receive
+/// tracepoints: `netif_rx`, then `netif_receive_skb` on veth).
+pub fn trace_times_by(
+    events: &[Event],
+    sender: Site,
+    reflector: Site,
+    key: impl Fn(&Event) -> Option<((u16, u32), bool)>,
+) -> Times {
+    let index = |site: Site, sends_requests: bool| {
         let mut m: HashMap<(u16, u32), HostTimes> = HashMap::new();
         for e in events.iter().filter(|e| e.site() == site) {
-            let ours = if e.is_request() {
-                e.dport == port
-            } else {
-                e.sport == port
+            let Some((k, request)) = key(e) else {
+                continue;
             };
-            // This host sends the requests (sender) or the replies (reflector).
-            if !ours || e.is_xmit() != (e.is_request() == out_kind) {
+            // The sender hands requests out and receives replies; the reflector the reverse.
+            if e.is_xmit() != (request == sends_requests) {
                 continue;
             }
-            let t = m.entry((e.ssid, e.seq)).or_default();
-            let slot = if e.is_request() {
+            let t = m.entry(k).or_default();
+            let slot = if request {
                 &mut t.request
             } else {
                 &mut t.reply
             };
             match slot {
-                // Out: the first hand-off; in: the earliest receive point.
                 Some(v) if e.is_xmit() || *v <= e.tai_ns => {}
                 _ => *slot = Some(e.tai_ns),
             }
@@ -136,4 +151,77 @@ pub fn truth_rtts(sender: &[Packet], reflector: &[Packet], port: u16) -> HashMap
         .into_iter()
         .map(|(k, t)| (k, network_rtt(t)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Site = Site {
+        netns: 1,
+        ifindex: 2,
+    };
+    const B: Site = Site {
+        netns: 3,
+        ifindex: 2,
+    };
+    /// A forwarding hop's interface: never one of the two hosts.
+    const R: Site = Site {
+        netns: 5,
+        ifindex: 7,
+    };
+
+    fn ev(site: Site, point: &str, kind: &str, t: u64, seq: u32) -> Event {
+        let (sport, dport) = if kind == "request" {
+            (40000, 862)
+        } else {
+            (862, 40000)
+        };
+        Event {
+            tai_ns: t,
+            point: point.into(),
+            kind: kind.into(),
+            netns: site.netns,
+            ifindex: site.ifindex,
+            sport,
+            dport,
+            ssid: 9,
+            seq,
+        }
+    }
+
+    #[test]
+    fn trace_times_takes_each_point_from_its_host() {
+        let events = vec![
+            ev(A, "xmit", "request", 100, 1),
+            ev(R, "netif_rx", "request", 105, 1),
+            // B: the later receive point of the same packet, printed first.
+            ev(B, "netif_receive_skb", "request", 130, 1),
+            ev(B, "netif_rx", "request", 110, 1),
+            ev(B, "xmit", "reply", 200, 1),
+            ev(A, "netif_rx", "reply", 220, 1),
+            ev(A, "netif_receive_skb", "reply", 240, 1),
+            // A second hand-off of the same key keeps the first.
+            ev(A, "xmit", "request", 300, 1),
+            // Probe 2 never came back: left out.
+            ev(A, "xmit", "request", 400, 2),
+            ev(B, "netif_rx", "request", 410, 2),
+        ];
+        let t = trace_times(&events, A, B, 862);
+        assert_eq!(t.len(), 1);
+        let four = t[&(9, 1)];
+        assert_eq!(four, [100, 110, 200, 220]);
+        assert_eq!(network_rtt(four), 120 - 90);
+        // Another port: nothing.
+        assert!(trace_times(&events, A, B, 863).is_empty());
+        // The hosts swapped: A's events are not a reflector's.
+        assert!(trace_times(&events, B, A, 862).is_empty());
+    }
+
+    #[test]
+    fn to_tai_shifts_every_point() {
+        let mut t = Times::new();
+        t.insert((1, 2), [10, 20, 30, 40]);
+        assert_eq!(to_tai(&t, 37)[&(1, 2)], [47, 57, 67, 77]);
+    }
 }

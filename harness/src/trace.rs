@@ -33,7 +33,8 @@ pub struct Event {
     pub tai_ns: u64,
     /// "xmit", or a receive point: "netif_rx", "netif_receive_skb", "napi_gro_receive".
     pub point: String,
-    /// "request" (to a traced port) or "reply" (from it).
+    /// "request" (to a traced port) or "reply" (from it); "echo_request" or "echo_reply"
+    /// (ICMP, with `--icmp-echo`: `ssid` is the identifier, ports 0).
     pub kind: String,
     pub netns: u32,
     pub ifindex: u32,
@@ -47,10 +48,6 @@ pub struct Event {
 impl Event {
     pub fn is_xmit(&self) -> bool {
         self.point == "xmit"
-    }
-
-    pub fn is_request(&self) -> bool {
-        self.kind == "request"
     }
 
     pub fn site(&self) -> Site {
@@ -113,12 +110,11 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts `tracer_bin --port P...` and waits until its programs are attached.
-    pub fn start(tracer_bin: &Path, ports: &[u16]) -> Result<Tracer> {
+    /// Starts `tracer_bin ARGS` (`--port P`, `--auth-port P`, `--seq64-port P`,
+    /// `--icmp-echo`) and waits until its programs are attached.
+    pub fn start(tracer_bin: &Path, args: &[String]) -> Result<Tracer> {
         let mut cmd = std::process::Command::new(tracer_bin);
-        for p in ports {
-            cmd.args(["--port", &p.to_string()]);
-        }
+        cmd.args(args);
         let mut child = ChildGuard::spawn(cmd, "meshprobe-tracer")?;
         let ready = child
             .wait_json(READY_TIMEOUT, |v| v["type"] == "ready")

@@ -470,6 +470,8 @@ pub mod btf_offsets {
             assert_eq!(o.skb_data, o.skb_head + 8);
             assert!(o.skb_sk != o.skb_dev);
             assert!(o.sock_cookie > o.sock_num);
+            // `unsigned int len, data_len;`
+            assert_eq!(o.skb_data_len, o.skb_len + 4);
         }
 
         #[test]
@@ -684,6 +686,21 @@ pub mod trace {
         /// Source port traced: a Session-Reflector's reply (key: SSID, Session-Sender Sequence
         /// Number).
         pub const REPLY: u8 = 2;
+        /// ICMP / ICMPv6 echo request (key: identifier in `ssid`, sequence in `seq`), traced
+        /// when the global `names::GLOBAL_ICMP_ECHO` is set.
+        pub const ECHO_REQUEST: u8 = 3;
+        /// ICMP / ICMPv6 echo reply (key as `ECHO_REQUEST`).
+        pub const ECHO_REPLY: u8 = 4;
+
+        pub const fn name(k: u8) -> &'static str {
+            match k {
+                REQUEST => "request",
+                REPLY => "reply",
+                ECHO_REQUEST => "echo_request",
+                ECHO_REPLY => "echo_reply",
+                _ => "unknown",
+            }
+        }
     }
 
     /// Values of the `TRACE_PORTS` array (one `u8` per UDP port, host order): the STAMP layout
@@ -693,6 +710,9 @@ pub mod trace {
         pub const OPEN: u8 = 1;
         /// Authenticated mode (`auth_wire`).
         pub const AUTH: u8 = 2;
+        /// Not STAMP: a UDP ping-pong whose payload starts with a 64-bit big-endian message
+        /// sequence (sockperf); its low 32 bits go in `seq`, `ssid` is 0.
+        pub const SEQ64: u8 = 3;
     }
 
     /// One probe packet seen at one point. Ring buffer record of `names::MAP_EVENTS`.
@@ -730,7 +750,8 @@ pub mod trace {
         pub const EVENTS: u32 = 0;
         /// Ring buffer full: the event was lost.
         pub const DROP_RING_FULL: u32 = 1;
-        /// UDP payload shorter than the STAMP base packet of the port's mode, or beyond the skb.
+        /// UDP payload shorter than the STAMP base packet of the port's mode (8 octets for
+        /// `port::SEQ64`), or ICMP echo header beyond the linear data.
         pub const SKIP_SHORT: u32 = 2;
         /// IPv4 or IPv6 fragment.
         pub const SKIP_FRAGMENT: u32 = 3;
@@ -774,6 +795,8 @@ pub mod trace {
         pub const MAP_COUNTERS: &str = "TRACE_COUNTERS";
         /// `KernelOffsets`, as in the probe's object (`super::super::names`).
         pub const GLOBAL_KERNEL_OFFSETS: &str = super::super::names::GLOBAL_KERNEL_OFFSETS;
+        /// A `u8`: 1 = trace ICMP / ICMPv6 echo requests and replies too.
+        pub const GLOBAL_ICMP_ECHO: &str = "TRACE_ICMP_ECHO";
     }
 }
 

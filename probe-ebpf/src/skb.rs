@@ -94,11 +94,36 @@ impl SkbUdp {
     }
 }
 
-/// Finds the UDP datagram of the skb at `skb`. `None` for anything else (the fast path out,
-/// not noted) and for a packet it gave up on (noted: `Skip::Pull` for a header beyond the
-/// linear data or a faulting read, as in `parse_udp`).
+/// The transport header of an skb.
+pub struct SkbL4 {
+    /// `ETH_P_IP` or `ETH_P_IPV6`.
+    pub proto: u16,
+    /// The L3 header's kernel address.
+    pub l3: KAddr,
+    /// IP protocol / IPv6 next header of the transport header.
+    pub next: u8,
+    /// The transport header's kernel address.
+    pub l4: KAddr,
+    /// End of the linear data.
+    pub end: KAddr,
+    /// IPv4 "more fragments" set on a first fragment.
+    pub fragment: bool,
+}
+
+impl SkbL4 {
+    /// `n` octets at `at` lie inside the linear data.
+    #[inline(always)]
+    pub fn has(&self, at: KAddr, n: u64) -> bool {
+        at + n <= self.end
+    }
+}
+
+/// Finds the transport header of the skb at `skb` (IPv4, or IPv6 past at most
+/// `IPV6_MAX_EXT` extension headers). `None` for anything else and for a later fragment (the
+/// fast path out, not noted) and for a packet it gave up on (noted: `Skip::Pull` for a header
+/// beyond the linear data or a faulting read, as in `parse_udp`).
 #[inline(always)]
-pub fn skb_udp(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip)) -> Option<SkbUdp> {
+pub fn skb_l4(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip)) -> Option<SkbL4> {
     let proto = u16::from_be(member::<u16>(skb, o.skb_protocol)?);
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return None;
@@ -121,10 +146,10 @@ pub fn skb_udp(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip))
             head + nh as u64
         }
     };
-    // Reads `T` at `at` only inside the linear data.
-    let get = |at: KAddr, size: u64| -> bool { at + size <= end };
+    // `n` octets at `at` inside the linear data, read; else noted as a pull.
+    let get = |at: KAddr, n: u64| at + n <= end;
     let mut fragment = false;
-    let l4;
+    let (next, l4);
     if proto == ETH_P_IP {
         if !get(l3, 20) {
             note(Skip::Pull);
@@ -134,12 +159,9 @@ pub fn skb_udp(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip))
             note(Skip::Pull);
             None
         })?;
-        if h[9] != IPPROTO_UDP {
-            return None;
-        }
         let frag = u16::from_be_bytes([h[6], h[7]]);
         if frag & 0x1fff != 0 {
-            return None; // later fragment: no UDP header here
+            return None; // later fragment: no transport header here
         }
         fragment = frag & 0x2000 != 0;
         let ihl = ((h[0] & 0x0f) as u64) * 4;
@@ -147,74 +169,91 @@ pub fn skb_udp(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip))
             note(Skip::BadIhl);
             return None;
         }
+        next = h[9];
         l4 = l3 + ihl;
     } else {
         if !get(l3, IPV6_HLEN as u64) {
             note(Skip::Pull);
             return None;
         }
-        let mut next: u8 = read(l3 + 6).or_else(|| {
+        let mut nh: u8 = read(l3 + 6).or_else(|| {
             note(Skip::Pull);
             None
         })?;
         let mut off = l3 + IPV6_HLEN as u64;
-        let mut found = next == IPPROTO_UDP;
-        if !found {
-            for _ in 0..IPV6_MAX_EXT {
-                match next {
-                    // hop-by-hop, routing, destination options: (next, len in 8-octet units - 1)
-                    0 | 43 | 60 => {
-                        if !get(off, 2) {
-                            note(Skip::Pull);
-                            return None;
-                        }
-                        let hdr: [u8; 2] = read(off).or_else(|| {
-                            note(Skip::Pull);
-                            None
-                        })?;
-                        next = hdr[0];
-                        off += (hdr[1] as u64 + 1) * 8;
-                        if next == IPPROTO_UDP {
-                            found = true;
-                            break;
-                        }
-                    }
-                    44 => {
-                        note(Skip::Fragment);
+        for _ in 0..IPV6_MAX_EXT {
+            match nh {
+                // hop-by-hop, routing, destination options: (next, len in 8-octet units - 1)
+                0 | 43 | 60 => {
+                    if !get(off, 2) {
+                        note(Skip::Pull);
                         return None;
                     }
-                    _ => return None,
+                    let hdr: [u8; 2] = read(off).or_else(|| {
+                        note(Skip::Pull);
+                        None
+                    })?;
+                    nh = hdr[0];
+                    off += (hdr[1] as u64 + 1) * 8;
                 }
-            }
-            if !found {
-                if matches!(next, 0 | 43 | 60) {
-                    note(Skip::Ipv6Ext);
+                44 => {
+                    note(Skip::Fragment);
+                    return None;
                 }
-                return None;
+                _ => break,
             }
         }
+        if matches!(nh, 0 | 43 | 60 | 44) {
+            note(Skip::Ipv6Ext);
+            return None;
+        }
+        next = nh;
         l4 = off;
     }
-    if !get(l4, UDP_HLEN as u64) {
+    Some(SkbL4 {
+        proto,
+        l3,
+        next,
+        l4,
+        end,
+        fragment,
+    })
+}
+
+/// Finds the UDP datagram of the skb at `skb`: [`skb_l4`], then the UDP header. `None` for
+/// anything else.
+#[inline(always)]
+pub fn skb_udp(skb: KAddr, o: &KernelOffsets, from: L3From, note: impl Fn(Skip)) -> Option<SkbUdp> {
+    let t = skb_l4(skb, o, from, &note)?;
+    if t.next != IPPROTO_UDP {
+        return None;
+    }
+    udp_of(&t, note)
+}
+
+/// The UDP datagram at the transport header `t` (its protocol already checked).
+#[inline(always)]
+pub fn udp_of(t: &SkbL4, note: impl Fn(Skip)) -> Option<SkbUdp> {
+    if !t.has(t.l4, UDP_HLEN as u64) {
         note(Skip::Pull);
         return None;
     }
-    let udp: [u16; 3] = read(l4).or_else(|| {
+    let udp: [u16; 3] = read(t.l4).or_else(|| {
         note(Skip::Pull);
         None
     })?;
-    let payload = l4 + UDP_HLEN as u64;
+    let payload = t.l4 + UDP_HLEN as u64;
     // What the UDP length says, cut to the linear data.
     let said = (u16::from_be(udp[2]) as u64).saturating_sub(UDP_HLEN as u64);
-    let have = end.saturating_sub(payload);
+    let have = t.end.saturating_sub(payload);
     Some(SkbUdp {
-        proto,
-        l3,
+        proto: t.proto,
+        l3: t.l3,
         src: u16::from_be(udp[0]),
         dst: u16::from_be(udp[1]),
-        fragment,
+        fragment: t.fragment,
         payload,
-        payload_len: if said < have { said } else { have } as u32,
+        payload_len: said.min(have) as u32,
     })
 }
 

@@ -12,7 +12,9 @@
 //!
 //! A packet matches by content: UDP (no later fragment), one port in `TRACE_PORTS` (the
 //! destination for a request, the source for a reply), a payload at least as long as the STAMP
-//! base packet of the port's mode; the key is read at that mode's offsets. Nothing is written to
+//! base packet of the port's mode; the key is read at that mode's offsets. For the bench's
+//! other contenders: a port in `SEQ64` mode (sockperf: a 64-bit sequence first), and ICMP /
+//! ICMPv6 echoes when `TRACE_ICMP_ECHO` is set (key: identifier and sequence). Nothing is written to
 //! the packet. Each skip of a packet on a traced port, and each event lost to a full ring
 //! buffer, is counted per CPU.
 #![no_std]
@@ -30,8 +32,8 @@ use probe_common::{
     wire,
 };
 use probe_ebpf::{
-    Skip,
-    skb::{KAddr, L3From, dev_netns_ifindex, skb_dev, skb_udp},
+    ETH_P_IP, IPPROTO_UDP, Skip,
+    skb::{KAddr, L3From, SkbL4, dev_netns_ifindex, read, skb_dev, skb_l4, udp_of},
 };
 
 /// The running kernel's struct offsets, set by the loader before load
@@ -54,6 +56,14 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skb_data_len: 0,
     _pad: [0; 2],
 };
+
+/// Trace ICMP / ICMPv6 echo requests and replies (`trace::names::GLOBAL_ICMP_ECHO`), set by
+/// the loader; frozen `.rodata`.
+#[unsafe(no_mangle)]
+static TRACE_ICMP_ECHO: u8 = 0;
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// `trace::port::*` per UDP port (host order); 0 = not traced.
 #[map(name = "TRACE_PORTS")]
@@ -96,8 +106,8 @@ fn note(s: Skip) {
     });
 }
 
-/// Emits one event for the skb if it is a probe packet on a traced port. `dev`: the device the
-/// tracepoint names (`None`: the skb's own).
+/// Emits one event for the skb if it is a probe packet on a traced port (or an ICMP echo, when
+/// traced). `dev`: the device the tracepoint names (`None`: the skb's own).
 #[inline(always)]
 fn trace(skb: KAddr, dev: Option<KAddr>, from: L3From, at: u8) {
     // First, before the parse: the instant is the tracepoint's, not the end of our reads (a
@@ -105,35 +115,17 @@ fn trace(skb: KAddr, dev: Option<KAddr>, from: L3From, at: u8) {
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_tai_ns() };
     let o = offsets();
-    let Some(u) = skb_udp(skb, &o, from, note) else {
+    let Some(t) = skb_l4(skb, &o, from, note) else {
         return;
     };
-    let (src_mode, dst_mode) = (port_mode(u.src), port_mode(u.dst));
-    let (mode, k) = match (src_mode, dst_mode) {
-        (0, 0) => return,
-        (0, m) => (m, kind::REQUEST),
-        (m, 0) => (m, kind::REPLY),
-        _ => {
-            count(counter::SKIP_BOTH_PORTS);
-            return;
-        }
-    };
-    if u.fragment {
-        count(counter::SKIP_FRAGMENT);
+    let key = if t.next == IPPROTO_UDP {
+        udp_key(&t)
+    } else if (t.next == IPPROTO_ICMP || t.next == IPPROTO_ICMPV6) && icmp_echo_traced() {
+        echo_key(&t)
+    } else {
         return;
-    }
-    let (base, ssid_at, seq_at) = match (mode, k) {
-        (port::AUTH, kind::REQUEST) => (auth_wire::BASE_LEN, auth_wire::SSID, auth_wire::SEQ),
-        (port::AUTH, _) => (auth_wire::BASE_LEN, auth_wire::SSID, auth_wire::SENDER_SEQ),
-        (_, kind::REQUEST) => (wire::BASE_LEN, wire::SSID, wire::SEQ),
-        _ => (wire::BASE_LEN, wire::SSID, wire::SENDER_SEQ),
     };
-    if (u.payload_len as usize) < base {
-        count(counter::SKIP_SHORT);
-        return;
-    }
-    let (Some(ssid), Some(seq)) = (u.be16(ssid_at), u.be32(seq_at)) else {
-        count(counter::ERR_READ);
+    let Some((k, sport, dport, ssid, seq)) = key else {
         return;
     };
     let Some(dev) = dev.or_else(|| skb_dev(skb, &o)) else {
@@ -149,8 +141,8 @@ fn trace(skb: KAddr, dev: Option<KAddr>, from: L3From, at: u8) {
         netns,
         ifindex,
         seq,
-        sport: u.src,
-        dport: u.dst,
+        sport,
+        dport,
         ssid,
         point: at,
         kind: k,
@@ -160,6 +152,84 @@ fn trace(skb: KAddr, dev: Option<KAddr>, from: L3From, at: u8) {
         Ok(()) => count(counter::EVENTS),
         Err(_) => count(counter::DROP_RING_FULL),
     }
+}
+
+#[inline(always)]
+fn icmp_echo_traced() -> bool {
+    // SAFETY: a u8 global; volatile so that the compiler keeps the load the verifier resolves.
+    unsafe { core::ptr::read_volatile(&TRACE_ICMP_ECHO) != 0 }
+}
+
+/// (kind, sport, dport, ssid, seq) of a UDP datagram on a traced port; `None` (counted when
+/// the port is traced) for anything else.
+#[inline(always)]
+fn udp_key(t: &SkbL4) -> Option<(u8, u16, u16, u16, u32)> {
+    let u = udp_of(t, note)?;
+    let (src_mode, dst_mode) = (port_mode(u.src), port_mode(u.dst));
+    let (mode, k) = match (src_mode, dst_mode) {
+        (0, 0) => return None,
+        (0, m) => (m, kind::REQUEST),
+        (m, 0) => (m, kind::REPLY),
+        _ => {
+            count(counter::SKIP_BOTH_PORTS);
+            return None;
+        }
+    };
+    if u.fragment {
+        count(counter::SKIP_FRAGMENT);
+        return None;
+    }
+    let (base, ssid_at, seq_at) = match (mode, k) {
+        (port::SEQ64, _) => (8, 0, 4),
+        (port::AUTH, kind::REQUEST) => (auth_wire::BASE_LEN, auth_wire::SSID, auth_wire::SEQ),
+        (port::AUTH, _) => (auth_wire::BASE_LEN, auth_wire::SSID, auth_wire::SENDER_SEQ),
+        (_, kind::REQUEST) => (wire::BASE_LEN, wire::SSID, wire::SEQ),
+        _ => (wire::BASE_LEN, wire::SSID, wire::SENDER_SEQ),
+    };
+    if (u.payload_len as usize) < base {
+        count(counter::SKIP_SHORT);
+        return None;
+    }
+    // SEQ64: no SSID; the sequence's low half (octets 4..8).
+    let ssid = if mode == port::SEQ64 {
+        Some(0)
+    } else {
+        u.be16(ssid_at)
+    };
+    let (Some(ssid), Some(seq)) = (ssid, u.be32(seq_at)) else {
+        count(counter::ERR_READ);
+        return None;
+    };
+    Some((k, u.src, u.dst, ssid, seq))
+}
+
+/// (kind, 0, 0, identifier, sequence) of an ICMP / ICMPv6 echo request or reply.
+#[inline(always)]
+fn echo_key(t: &SkbL4) -> Option<(u8, u16, u16, u16, u32)> {
+    // Type, code, checksum, identifier, sequence: 8 octets.
+    if !t.has(t.l4, 8) {
+        count(counter::SKIP_SHORT);
+        return None;
+    }
+    let Some(h) = read::<[u8; 8]>(t.l4) else {
+        count(counter::ERR_READ);
+        return None;
+    };
+    let (req, rep) = if t.proto == ETH_P_IP {
+        (8, 0)
+    } else {
+        (128, 129)
+    };
+    let k = if h[0] == req {
+        kind::ECHO_REQUEST
+    } else if h[0] == rep {
+        kind::ECHO_REPLY
+    } else {
+        return None;
+    };
+    let id = u16::from_be_bytes([h[4], h[5]]);
+    let seq = u16::from_be_bytes([h[6], h[7]]) as u32;
+    Some((k, 0, 0, id, seq))
 }
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]

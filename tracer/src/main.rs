@@ -35,11 +35,18 @@ static TRACE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACE_EBPF_OBJECT
 #[command(name = "meshprobe-tracer", version)]
 struct TracerArgs {
     /// A STAMP port in unauthenticated mode (requests to it, replies from it). Repeatable.
-    #[arg(long = "port", required_unless_present = "auth_port")]
+    #[arg(long = "port")]
     ports: Vec<u16>,
     /// A STAMP port in authenticated mode (RFC 8762 §4.2.2 layouts). Repeatable.
     #[arg(long = "auth-port")]
     auth_port: Vec<u16>,
+    /// A UDP ping-pong port whose payload starts with a 64-bit sequence (sockperf; the bench's
+    /// contender). Repeatable.
+    #[arg(long = "seq64-port")]
+    seq64_port: Vec<u16>,
+    /// Trace ICMP / ICMPv6 echo requests and replies too (ping; key: identifier, sequence).
+    #[arg(long)]
+    icmp_echo: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +120,7 @@ fn event_json(e: &TraceEvent) -> serde_json::Value {
         "type": "trace",
         "tai_ns": e.tai_ns,
         "point": point::name(e.point),
-        "kind": if e.kind == kind::REQUEST { "request" } else { "reply" },
+        "kind": kind::name(e.kind),
         "netns": e.netns,
         "ifindex": e.ifindex,
         "sport": e.sport,
@@ -140,10 +147,15 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut impl std::io::Write) -> usize {
 }
 
 async fn tracer(a: TracerArgs) -> Result<()> {
+    if a.ports.is_empty() && a.auth_port.is_empty() && a.seq64_port.is_empty() && !a.icmp_echo {
+        anyhow::bail!("nothing to trace: give --port, --auth-port, --seq64-port or --icmp-echo");
+    }
     let offsets = btf_offsets::from_sys().map_err(TracerError::from)?;
     let mut stop = stop_signal()?;
+    let icmp = u8::from(a.icmp_echo);
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_KERNEL_OFFSETS, &offsets, true)
+        .override_global(names::GLOBAL_ICMP_ECHO, &icmp, true)
         .load(TRACE_OBJECT)
         .map_err(TracerError::from)?;
     {
@@ -154,8 +166,13 @@ async fn tracer(a: TracerArgs) -> Result<()> {
             name: names::MAP_PORTS,
             source,
         })?;
-        let modes = a.ports.iter().map(|&p| (p, port::OPEN));
-        for (p, mode) in modes.chain(a.auth_port.iter().map(|&p| (p, port::AUTH))) {
+        let modes = a
+            .ports
+            .iter()
+            .map(|&p| (p, port::OPEN))
+            .chain(a.auth_port.iter().map(|&p| (p, port::AUTH)))
+            .chain(a.seq64_port.iter().map(|&p| (p, port::SEQ64)));
+        for (p, mode) in modes {
             ports
                 .set(p as u32, mode, 0)
                 .map_err(|source| TracerError::Map {
@@ -182,6 +199,8 @@ async fn tracer(a: TracerArgs) -> Result<()> {
         "points": points,
         "ports": a.ports,
         "auth_ports": a.auth_port,
+        "seq64_ports": a.seq64_port,
+        "icmp_echo": a.icmp_echo,
     }));
     let stdout = std::io::stdout();
     let mut events = 0usize;

@@ -8,7 +8,10 @@ use meshprobe_harness::capture::{Capture, Frames};
 use meshprobe_harness::load::{cpu_stress, online_cpus};
 use meshprobe_harness::meshprobe::READY_TIMEOUT;
 use meshprobe_harness::services::TempDir;
-use meshprobe_harness::{ChildGuard, Meshprobe, PingRun, Reflector, TwoHosts, interrupt};
+use meshprobe_harness::trace::TraceResult;
+use meshprobe_harness::{
+    ChildGuard, Meshprobe, PingRun, Reflector, STAMP_PORT, TwoHosts, interrupt,
+};
 
 use super::parse::{parse_full_log, parse_ping, ping_transmitted};
 use super::{AUTH_PORT, FILTER, INTERVAL_MS, Load, SOCKPERF_PORT};
@@ -301,10 +304,27 @@ pub(super) struct Sequence<'a> {
 }
 
 impl Sequence<'_> {
-    /// One condition's rounds under both captures (each round one burst per contender, the
-    /// order rotated): the bursts and the frames of A and of B.
-    pub(super) fn condition(&mut self, load: Load) -> Result<(Vec<Burst>, Frames, Frames)> {
+    /// One condition's rounds under both captures and the tracepoint reference (each round
+    /// one burst per contender, the order rotated): the bursts, the frames of A and of B, and
+    /// the tracer's events.
+    pub(super) fn condition(
+        &mut self,
+        load: Load,
+    ) -> Result<(Vec<Burst>, Frames, Frames, TraceResult)> {
         let (mp, t, plan, dir) = (self.mp, self.t, self.plan, self.dir);
+        // Every contender's packets, as the capture filter has them.
+        let tracer = mp.tracer_with(
+            &[
+                "--port",
+                &STAMP_PORT.to_string(),
+                "--auth-port",
+                &AUTH_PORT.to_string(),
+                "--seq64-port",
+                &SOCKPERF_PORT.to_string(),
+                "--icmp-echo",
+            ]
+            .map(String::from),
+        )?;
         let ca = Capture::start_buffered(&t.a, TwoHosts::A_IF, FILTER, 32768)?;
         let cb = Capture::start_buffered(&t.b, TwoHosts::B_IF, FILTER, 32768)?;
         let mut bursts = Vec::new();
@@ -335,6 +355,7 @@ impl Sequence<'_> {
         }
         let fa = ca.stop_frames()?;
         let fb = cb.stop_frames()?;
-        Ok((bursts, fa, fb))
+        let traced = tracer.stop()?;
+        Ok((bursts, fa, fb, traced))
     }
 }

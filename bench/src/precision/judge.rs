@@ -1,10 +1,14 @@
-//! Judging one condition: every contender's RTTs against the capture truth.
+//! Judging one condition: every contender's RTTs against the capture truth, and against the
+//! tracepoint reference of the same packets.
 
 use std::collections::BTreeMap;
 
 use meshprobe_harness::capture::{Frames, Packet, decode_frame};
-use meshprobe_harness::reference::{capture_times, capture_times_auth};
-use meshprobe_harness::scenario::compare;
+use meshprobe_harness::reference::{
+    Times, capture_times, capture_times_auth, network_rtt, to_tai, trace_times, trace_times_by,
+};
+use meshprobe_harness::scenario::{ReferencePair, compare, compare_tai, tai_offset_ns};
+use meshprobe_harness::trace::{Event, Site, TraceResult};
 use meshprobe_harness::{PingRun, STAMP_PORT};
 
 use super::bursts::{Burst, Window};
@@ -43,9 +47,26 @@ pub(super) struct CondResult {
     pub(super) stalls: usize,
     /// Per sockperf burst: (rows, best correlation, second best).
     pub(super) align: Vec<(usize, f64, f64)>,
+    /// Each contender against the tracepoint reference (`meshprobe-tracer`, run alongside
+    /// the captures): driver hand-off and receive entry.
+    pub(super) t: [Judged; CONTENDERS.len()],
+    /// meshprobe's trace-minus-stamp legs per probe the trace matched.
+    pub(super) trace_legs: Vec<[i64; 4]>,
+    /// The two references on meshprobe's probes: trace − capture at each point, ns.
+    pub(super) ref_legs: Vec<[i64; 4]>,
+    /// Events the tracer printed, and lost to its full ring buffer.
+    pub(super) trace_events: usize,
+    pub(super) trace_drops: u64,
     pub(super) mp_sent: u64,
     pub(super) ping_sent: u64,
     pub(super) seconds: f64,
+}
+
+/// The tracepoint reference of a condition: its events and the two interfaces' sites.
+pub(super) struct Traced<'a> {
+    pub(super) result: &'a TraceResult,
+    pub(super) a: Site,
+    pub(super) b: Site,
 }
 
 pub(super) fn judge(
@@ -53,6 +74,7 @@ pub(super) fn judge(
     bursts: &[Burst],
     a: &Frames,
     b: &Frames,
+    tr: &Traced,
     seconds: f64,
 ) -> CondResult {
     let (ua, ub) = (a.decode(decode_frame), b.decode(decode_frame));
@@ -67,24 +89,81 @@ pub(super) fn judge(
         capture_drops: a.dropped_by_kernel + b.dropped_by_kernel,
         stalls: 0,
         align: Vec::new(),
+        t: Default::default(),
+        trace_legs: Vec::new(),
+        ref_legs: Vec::new(),
+        trace_events: tr.result.events.len(),
+        trace_drops: tr.result.dropped(),
         mp_sent: 0,
         ping_sent: 0,
         seconds,
     };
+    let tai = tai_offset_ns();
     for burst in bursts {
         match burst {
-            Burst::Meshprobe { w, run } => r.add_meshprobe(w, run, &ua, &ub),
-            Burst::MeshprobeAuth { w, run } => r.add_meshprobe_auth(w, run, &ua, &ub),
+            Burst::Meshprobe { w, run } => {
+                r.add_meshprobe(w, run, &ua, &ub);
+                let ev = in_window_traced(tr, w, tai);
+                let tt = trace_times(&ev, tr.a, tr.b, STAMP_PORT);
+                r.add_meshprobe_traced(w, run, &tt, &ua, &ub, tai);
+            }
+            Burst::MeshprobeAuth { w, run } => {
+                r.add_meshprobe_auth(w, run, &ua, &ub);
+                let ev = in_window_traced(tr, w, tai);
+                let ag = compare_tai(run, &trace_times(&ev, tr.a, tr.b, AUTH_PORT));
+                r.t[MP_AUTH].add(run.probes.len(), ag.matched, &ag.signed_err);
+            }
             Burst::Ping {
                 w,
                 id,
                 sent,
                 replies,
-            } => r.add_ping(w, *id, *sent, replies, &ea, &eb),
-            Burst::Sockperf { w, rows } => r.add_sockperf(w, rows, &ua, &ub),
+            } => {
+                r.add_ping(w, *id, *sent, replies, &ea, &eb);
+                let ev = in_window_traced(tr, w, tai);
+                let tt = trace_times_by(&ev, tr.a, tr.b, |e| {
+                    let request = e.kind == "echo_request";
+                    ((request || e.kind == "echo_reply") && e.ssid == *id)
+                        .then_some(((e.ssid, e.seq), request))
+                });
+                let err: Vec<i64> = replies
+                    .iter()
+                    .filter_map(|(seq, rtt)| Some(rtt - network_rtt(*tt.get(&(*id, *seq as u32))?)))
+                    .collect();
+                r.t[PING].add(replies.len(), err.len(), &err);
+            }
+            Burst::Sockperf { w, rows } => {
+                let ev = in_window_traced(tr, w, tai);
+                // (client port, low 32 bits of the sequence), as the tracer keys sockperf.
+                let tt = trace_times_by(&ev, tr.a, tr.b, |e| match e.kind.as_str() {
+                    "request" if e.dport == SOCKPERF_PORT => Some(((e.sport, e.seq), true)),
+                    "reply" if e.sport == SOCKPERF_PORT => Some(((e.dport, e.seq), false)),
+                    _ => None,
+                });
+                r.add_sockperf(w, rows, &ua, &ub, &tt);
+            }
         }
     }
     r
+}
+
+/// The tracer's events inside `w` (a CLOCK_REALTIME span; the events are CLOCK_TAI, `tai`
+/// ahead).
+fn in_window_traced(tr: &Traced, w: &Window, tai: i64) -> Vec<Event> {
+    tr.result
+        .events
+        .iter()
+        .filter(|e| w.has((e.tai_ns as i64 - tai) as u64))
+        .cloned()
+        .collect()
+}
+
+impl Judged {
+    fn add(&mut self, reported: usize, matched: usize, err: &[i64]) {
+        self.reported += reported;
+        self.matched += matched;
+        self.err.extend(err);
+    }
 }
 
 /// The packets of `v` inside `w` to or from `port`.
@@ -116,6 +195,27 @@ impl CondResult {
         for (src, n) in ag.t4_sources {
             *self.t4_sources.entry(src).or_default() += n;
         }
+    }
+
+    /// A meshprobe burst against the tracepoint reference `tt` (CLOCK_TAI), and the two
+    /// references on its probes.
+    fn add_meshprobe_traced(
+        &mut self,
+        w: &Window,
+        run: &PingRun,
+        tt: &Times,
+        ua: &[Packet],
+        ub: &[Packet],
+        tai: i64,
+    ) {
+        let ag = compare_tai(run, tt);
+        self.t[MP_NET].add(run.probes.len(), ag.matched, &ag.signed_err);
+        self.t[MP_APP].add(run.probes.len(), ag.matched, &ag.app_signed_err);
+        self.trace_legs.extend(&ag.legs);
+        let pa = in_window(ua, w, STAMP_PORT);
+        let pb = in_window(ub, w, STAMP_PORT);
+        let captured = to_tai(&capture_times(&pa, &pb, STAMP_PORT), tai);
+        self.ref_legs.extend(ReferencePair::of(tt, &captured).legs);
     }
 
     /// An authenticated-mode burst: its network RTTs and legs against the same captures
@@ -164,8 +264,16 @@ impl CondResult {
     }
 
     /// A sockperf burst: its logged rows aligned with the messages captured in A, judged
-    /// against A's and B's captures.
-    fn add_sockperf(&mut self, w: &Window, rows: &[(i64, i64)], ua: &[Packet], ub: &[Packet]) {
+    /// against A's and B's captures, and the same rows against the tracepoint reference `tt`
+    /// (keyed by client port and the sequence's low 32 bits).
+    fn add_sockperf(
+        &mut self,
+        w: &Window,
+        rows: &[(i64, i64)],
+        ua: &[Packet],
+        ub: &[Packet],
+        tt: &Times,
+    ) {
         let side = |v: &[Packet]| {
             index(in_window(v, w, SOCKPERF_PORT).iter().filter_map(|p| {
                 let seq = sockperf_seq(&p.payload)?;
@@ -190,6 +298,7 @@ impl CondResult {
             .collect();
         let j = &mut self.c[SOCKPERF];
         j.reported += rows.len();
+        self.t[SOCKPERF].reported += rows.len();
         let Some((off, corr, second)) = align(rows, &raw) else {
             self.align.push((rows.len(), f64::NAN, f64::NAN));
             return;
@@ -201,8 +310,12 @@ impl CondResult {
         for (i, (tx, rx)) in rows.iter().enumerate() {
             let (k, sa_k) = &msgs[off + i];
             if let Some(t) = sb.get(k).and_then(|y| truth(sa_k, y)) {
-                j.matched += 1;
-                j.err.push((rx - tx) - t);
+                self.c[SOCKPERF].matched += 1;
+                self.c[SOCKPERF].err.push((rx - tx) - t);
+            }
+            if let Some(&t) = tt.get(&(k.0, k.1 as u32)) {
+                self.t[SOCKPERF].matched += 1;
+                self.t[SOCKPERF].err.push((rx - tx) - network_rtt(t));
             }
         }
     }
