@@ -311,9 +311,30 @@ impl Sequence<'_> {
         &mut self,
         load: Load,
     ) -> Result<(Vec<Burst>, Frames, Frames, TraceResult)> {
-        let (mp, t, plan, dir) = (self.mp, self.t, self.plan, self.dir);
-        // Every contender's packets, as the capture filter has them.
-        let tracer = mp.tracer_with(
+        let t = self.t;
+        let tracer = self.tracer()?;
+        let ca = Capture::start_buffered(&t.a, TwoHosts::A_IF, FILTER, 32768)?;
+        let cb = Capture::start_buffered(&t.b, TwoHosts::B_IF, FILTER, 32768)?;
+        let bursts = self.rounds(load, "", &[0, 1, 2, 3])?;
+        let fa = ca.stop_frames()?;
+        let fb = cb.stop_frames()?;
+        let traced = tracer.stop()?;
+        Ok((bursts, fa, fb, traced))
+    }
+
+    /// The same condition's rounds under the tracepoint reference alone (no capture clones
+    /// the packets): meshprobe, ping and authenticated mode (sockperf's rows are matched
+    /// through the captures).
+    pub(super) fn trace_only(&mut self, load: Load) -> Result<(Vec<Burst>, TraceResult)> {
+        let tracer = self.tracer()?;
+        let bursts = self.rounds(load, ", no capture", &[0, 1, 3])?;
+        Ok((bursts, tracer.stop()?))
+    }
+
+    /// The tracepoint reference for every contender's packets, as the capture filter has
+    /// them.
+    fn tracer(&self) -> Result<meshprobe_harness::trace::Tracer> {
+        self.mp.tracer_with(
             &[
                 "--port",
                 &STAMP_PORT.to_string(),
@@ -324,22 +345,26 @@ impl Sequence<'_> {
                 "--icmp-echo",
             ]
             .map(String::from),
-        )?;
-        let ca = Capture::start_buffered(&t.a, TwoHosts::A_IF, FILTER, 32768)?;
-        let cb = Capture::start_buffered(&t.b, TwoHosts::B_IF, FILTER, 32768)?;
+        )
+    }
+
+    /// `plan.rounds` rounds of one burst of each contender in `kinds` (0 meshprobe, 1 ping,
+    /// 2 sockperf, 3 authenticated), the order rotated every round.
+    fn rounds(&mut self, load: Load, what: &str, kinds: &[usize]) -> Result<Vec<Burst>> {
+        let (mp, t, plan, dir) = (self.mp, self.t, self.plan, self.dir);
         let mut bursts = Vec::new();
         for round in 0..plan.rounds {
             progress(format!(
-                "precision: {}, round {}/{}",
+                "precision: {}{what}, round {}/{}",
                 load.name(),
                 round + 1,
                 plan.rounds
             ));
-            for k in 0..4 {
+            for k in 0..kinds.len() {
                 if interrupt::interrupted() {
                     bail!("interrupted");
                 }
-                match (k + round) % 4 {
+                match kinds[(k + round) % kinds.len()] {
                     0 => bursts.push(run_meshprobe(mp, t, plan)?),
                     3 => bursts.push(run_meshprobe_auth(mp, t, plan, self.key_file)?),
                     1 => {
@@ -353,9 +378,6 @@ impl Sequence<'_> {
                 }
             }
         }
-        let fa = ca.stop_frames()?;
-        let fb = cb.stop_frames()?;
-        let traced = tracer.stop()?;
-        Ok((bursts, fa, fb, traced))
+        Ok(bursts)
     }
 }

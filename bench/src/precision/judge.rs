@@ -49,17 +49,26 @@ pub(super) struct CondResult {
     pub(super) align: Vec<(usize, f64, f64)>,
     /// Each contender against the tracepoint reference (`meshprobe-tracer`, run alongside
     /// the captures): driver hand-off and receive entry.
-    pub(super) t: [Judged; CONTENDERS.len()],
-    /// meshprobe's trace-minus-stamp legs per probe the trace matched.
-    pub(super) trace_legs: Vec<[i64; 4]>,
+    pub(super) t: TraceJudged,
+    /// The same contenders (not sockperf) in rounds of their own under the tracepoint
+    /// reference alone, no capture: nothing clones their packets.
+    pub(super) alone: TraceJudged,
     /// The two references on meshprobe's probes: trace − capture at each point, ns.
     pub(super) ref_legs: Vec<[i64; 4]>,
-    /// Events the tracer printed, and lost to its full ring buffer.
-    pub(super) trace_events: usize,
-    pub(super) trace_drops: u64,
     pub(super) mp_sent: u64,
     pub(super) ping_sent: u64,
     pub(super) seconds: f64,
+}
+
+/// Contenders judged against the tracepoint reference.
+#[derive(Debug, Default)]
+pub(super) struct TraceJudged {
+    pub(super) c: [Judged; CONTENDERS.len()],
+    /// meshprobe's trace-minus-stamp legs per probe the trace matched.
+    pub(super) legs: Vec<[i64; 4]>,
+    /// Events the tracer printed, and lost to its full ring buffer.
+    pub(super) events: usize,
+    pub(super) lost: u64,
 }
 
 /// The tracepoint reference of a condition: its events and the two interfaces' sites.
@@ -89,11 +98,9 @@ pub(super) fn judge(
         capture_drops: a.dropped_by_kernel + b.dropped_by_kernel,
         stalls: 0,
         align: Vec::new(),
-        t: Default::default(),
-        trace_legs: Vec::new(),
+        t: TraceJudged::of(tr),
+        alone: TraceJudged::default(),
         ref_legs: Vec::new(),
-        trace_events: tr.result.events.len(),
-        trace_drops: tr.result.dropped(),
         mp_sent: 0,
         ping_sent: 0,
         seconds,
@@ -103,15 +110,16 @@ pub(super) fn judge(
         match burst {
             Burst::Meshprobe { w, run } => {
                 r.add_meshprobe(w, run, &ua, &ub);
-                let ev = in_window_traced(tr, w, tai);
-                let tt = trace_times(&ev, tr.a, tr.b, STAMP_PORT);
-                r.add_meshprobe_traced(w, run, &tt, &ua, &ub, tai);
+                if let Some(tt) = r.t.add(burst, tr, tai) {
+                    let pa = in_window(&ua, w, STAMP_PORT);
+                    let pb = in_window(&ub, w, STAMP_PORT);
+                    let captured = to_tai(&capture_times(&pa, &pb, STAMP_PORT), tai);
+                    r.ref_legs.extend(ReferencePair::of(&tt, &captured).legs);
+                }
             }
             Burst::MeshprobeAuth { w, run } => {
                 r.add_meshprobe_auth(w, run, &ua, &ub);
-                let ev = in_window_traced(tr, w, tai);
-                let ag = compare_tai(run, &trace_times(&ev, tr.a, tr.b, AUTH_PORT));
-                r.t[MP_AUTH].add(run.probes.len(), ag.matched, &ag.signed_err);
+                r.t.add(burst, tr, tai);
             }
             Burst::Ping {
                 w,
@@ -120,17 +128,7 @@ pub(super) fn judge(
                 replies,
             } => {
                 r.add_ping(w, *id, *sent, replies, &ea, &eb);
-                let ev = in_window_traced(tr, w, tai);
-                let tt = trace_times_by(&ev, tr.a, tr.b, |e| {
-                    let request = e.kind == "echo_request";
-                    ((request || e.kind == "echo_reply") && e.ssid == *id)
-                        .then_some(((e.ssid, e.seq), request))
-                });
-                let err: Vec<i64> = replies
-                    .iter()
-                    .filter_map(|(seq, rtt)| Some(rtt - network_rtt(*tt.get(&(*id, *seq as u32))?)))
-                    .collect();
-                r.t[PING].add(replies.len(), err.len(), &err);
+                r.t.add(burst, tr, tai);
             }
             Burst::Sockperf { w, rows } => {
                 let ev = in_window_traced(tr, w, tai);
@@ -145,6 +143,64 @@ pub(super) fn judge(
         }
     }
     r
+}
+
+impl TraceJudged {
+    fn of(tr: &Traced) -> TraceJudged {
+        TraceJudged {
+            events: tr.result.events.len(),
+            lost: tr.result.dropped(),
+            ..Default::default()
+        }
+    }
+
+    /// The bursts of rounds run under the tracepoint reference alone (not sockperf's: its
+    /// rows are matched through the captures).
+    pub(super) fn alone(bursts: &[Burst], tr: &Traced) -> TraceJudged {
+        let mut j = TraceJudged::of(tr);
+        let tai = tai_offset_ns();
+        for b in bursts {
+            j.add(b, tr, tai);
+        }
+        j
+    }
+
+    /// Judges a meshprobe, authenticated or ping burst against the tracer's events in its
+    /// span; returns a meshprobe burst's trace times.
+    fn add(&mut self, burst: &Burst, tr: &Traced, tai: i64) -> Option<Times> {
+        match burst {
+            Burst::Meshprobe { w, run } => {
+                let ev = in_window_traced(tr, w, tai);
+                let tt = trace_times(&ev, tr.a, tr.b, STAMP_PORT);
+                let ag = compare_tai(run, &tt);
+                self.c[MP_NET].add(run.probes.len(), ag.matched, &ag.signed_err);
+                self.c[MP_APP].add(run.probes.len(), ag.matched, &ag.app_signed_err);
+                self.legs.extend(&ag.legs);
+                Some(tt)
+            }
+            Burst::MeshprobeAuth { w, run } => {
+                let ev = in_window_traced(tr, w, tai);
+                let ag = compare_tai(run, &trace_times(&ev, tr.a, tr.b, AUTH_PORT));
+                self.c[MP_AUTH].add(run.probes.len(), ag.matched, &ag.signed_err);
+                None
+            }
+            Burst::Ping { w, id, replies, .. } => {
+                let ev = in_window_traced(tr, w, tai);
+                let tt = trace_times_by(&ev, tr.a, tr.b, |e| {
+                    let request = e.kind == "echo_request";
+                    ((request || e.kind == "echo_reply") && e.ssid == *id)
+                        .then_some(((e.ssid, e.seq), request))
+                });
+                let err: Vec<i64> = replies
+                    .iter()
+                    .filter_map(|(seq, rtt)| Some(rtt - network_rtt(*tt.get(&(*id, *seq as u32))?)))
+                    .collect();
+                self.c[PING].add(replies.len(), err.len(), &err);
+                None
+            }
+            Burst::Sockperf { .. } => None,
+        }
+    }
 }
 
 /// The tracer's events inside `w` (a CLOCK_REALTIME span; the events are CLOCK_TAI, `tai`
@@ -195,27 +251,6 @@ impl CondResult {
         for (src, n) in ag.t4_sources {
             *self.t4_sources.entry(src).or_default() += n;
         }
-    }
-
-    /// A meshprobe burst against the tracepoint reference `tt` (CLOCK_TAI), and the two
-    /// references on its probes.
-    fn add_meshprobe_traced(
-        &mut self,
-        w: &Window,
-        run: &PingRun,
-        tt: &Times,
-        ua: &[Packet],
-        ub: &[Packet],
-        tai: i64,
-    ) {
-        let ag = compare_tai(run, tt);
-        self.t[MP_NET].add(run.probes.len(), ag.matched, &ag.signed_err);
-        self.t[MP_APP].add(run.probes.len(), ag.matched, &ag.app_signed_err);
-        self.trace_legs.extend(&ag.legs);
-        let pa = in_window(ua, w, STAMP_PORT);
-        let pb = in_window(ub, w, STAMP_PORT);
-        let captured = to_tai(&capture_times(&pa, &pb, STAMP_PORT), tai);
-        self.ref_legs.extend(ReferencePair::of(tt, &captured).legs);
     }
 
     /// An authenticated-mode burst: its network RTTs and legs against the same captures
@@ -298,7 +333,7 @@ impl CondResult {
             .collect();
         let j = &mut self.c[SOCKPERF];
         j.reported += rows.len();
-        self.t[SOCKPERF].reported += rows.len();
+        self.t.c[SOCKPERF].reported += rows.len();
         let Some((off, corr, second)) = align(rows, &raw) else {
             self.align.push((rows.len(), f64::NAN, f64::NAN));
             return;
@@ -314,8 +349,8 @@ impl CondResult {
                 self.c[SOCKPERF].err.push((rx - tx) - t);
             }
             if let Some(&t) = tt.get(&(k.0, k.1 as u32)) {
-                self.t[SOCKPERF].matched += 1;
-                self.t[SOCKPERF].err.push((rx - tx) - network_rtt(t));
+                self.t.c[SOCKPERF].matched += 1;
+                self.t.c[SOCKPERF].err.push((rx - tx) - network_rtt(t));
             }
         }
     }

@@ -15,7 +15,8 @@
 //! every contender is also judged against it, side by side. The goals stay judged against the
 //! capture. With the captures on, the trace's egress instants include the taps' work (they run
 //! before the driver hand-off), so the two truths differ by it: the legs table says by how
-//! much.
+//! much. So each condition also runs rounds of meshprobe, ping and authenticated mode under
+//! the tracepoint reference alone (no capture), judged against it: the non-perturbing truth.
 //!
 //! A fifth contender is meshprobe in STAMP authenticated mode (`--auth required`, its own
 //! reflector on `AUTH_PORT`), judged against the same captures: its T1/T4 are the same kernel
@@ -39,7 +40,7 @@ use serde_json::json;
 use crate::report::ScenarioReport;
 use crate::scenario::{Ctx, progress};
 use bursts::{Plan, Sequence, reflector, reflector_auth, sockperf_server, start_load};
-use judge::{Traced, judge};
+use judge::{TraceJudged, Traced, judge};
 use report::{p50_p99, report};
 
 const SOCKPERF_PORT: u16 = 11111;
@@ -170,6 +171,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         progress(format!("precision: {} ...", load.label()));
         let load_guard = start_load(load, &r_cpu, 300)?;
         let (bursts, fa, fb, traced) = seq.condition(load)?;
+        let (alone, traced_alone) = seq.trace_only(load)?;
         drop(load_guard);
         if !refl.is_running() {
             bail!("meshprobe reflect exited: {}", refl.child.stderr_text());
@@ -188,7 +190,7 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             a: sites.0,
             b: sites.1,
         };
-        let res = judge(
+        let mut res = judge(
             load,
             &bursts,
             &fa,
@@ -196,7 +198,19 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
             &tr,
             started.elapsed().as_secs_f64(),
         );
-        for (refname, c) in [("capture", &res.c), ("tracepoint", &res.t)] {
+        res.alone = TraceJudged::alone(
+            &alone,
+            &Traced {
+                result: &traced_alone,
+                a: sites.0,
+                b: sites.1,
+            },
+        );
+        for (refname, c) in [
+            ("capture", &res.c),
+            ("tracepoint", &res.t.c),
+            ("tracepoint alone", &res.alone.c),
+        ] {
             progress(format!(
                 "precision: {} vs {refname}: meshprobe {}, authenticated {}, app {}, ping {}, \
                  sockperf {}",

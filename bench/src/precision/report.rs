@@ -4,7 +4,7 @@ use meshprobe_harness::stats::percentile;
 use serde_json::json;
 
 use super::bursts::Plan;
-use super::judge::{CondResult, Judged};
+use super::judge::{CondResult, Judged, TraceJudged};
 use super::parse::abs_pct;
 use super::{CONTENDERS, GOAL_RATIO, INTERVAL_MS, Load, MP_NET, PING, SOCKPERF};
 use crate::report::{ScenarioReport, Table};
@@ -145,7 +145,20 @@ pub(super) fn report(
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     rep.tables.push(error_table(results, &header_refs));
-    rep.tables.push(trace_error_table(results, &header_refs));
+    rep.tables.push(trace_error_table(
+        results,
+        &header_refs,
+        "|error| against the tracepoint reference (driver hand-off and receive entry, \
+         meshprobe-tracer, run alongside the captures), p50 / p99 (matched / reported):",
+        |r| &r.t,
+    ));
+    rep.tables.push(trace_error_table(
+        results,
+        &header_refs,
+        "|error| against the tracepoint reference alone (rounds of their own, no capture: \
+         nothing clones the packets), p50 / p99 (matched / reported):",
+        |r| &r.alone,
+    ));
     rep.tables.push(matched_table(results, &header_refs));
     rep.tables.push(bias_table(results, &header_refs));
     rep.tables.push(legs_table(results, &header_refs));
@@ -177,20 +190,24 @@ fn error_table(results: &[CondResult], header_refs: &[&str]) -> Table {
 }
 
 /// |error| p50 / p99 per contender against the tracepoint reference, and how many matched.
-fn trace_error_table(results: &[CondResult], header_refs: &[&str]) -> Table {
-    let mut t = Table::new(
-        "|error| against the tracepoint reference (driver hand-off and receive entry, \
-         meshprobe-tracer, run alongside the captures), p50 / p99; matched / reported:",
-        header_refs,
-    );
+fn trace_error_table(
+    results: &[CondResult],
+    header_refs: &[&str],
+    title: &str,
+    pick: impl Fn(&CondResult) -> &TraceJudged,
+) -> Table {
+    let mut t = Table::new(title, header_refs);
     for (i, name) in CONTENDERS.iter().enumerate() {
         cond_row(&mut t, name, results, |r| {
-            let j = &r.t[i];
+            let j = &pick(r).c[i];
+            if j.reported == 0 {
+                return "—".into();
+            }
             format!("{} ({} / {})", p50_p99(&j.err), j.matched, j.reported)
         });
     }
     cond_row(&mut t, "tracer events (lost)", results, |r| {
-        format!("{} ({})", r.trace_events, r.trace_drops)
+        format!("{} ({})", pick(r).events, pick(r).lost)
     });
     t
 }
@@ -214,7 +231,11 @@ fn references_table(results: &[CondResult], header_refs: &[&str]) -> Table {
         .enumerate()
     {
         cond_row(&mut t, &format!("trace: {n}"), results, |r| {
-            let v: Vec<i64> = r.trace_legs.iter().map(|l| l[i]).collect();
+            let v: Vec<i64> = r.t.legs.iter().map(|l| l[i]).collect();
+            signed_p50_p99(&v)
+        });
+        cond_row(&mut t, &format!("trace alone: {n}"), results, |r| {
+            let v: Vec<i64> = r.alone.legs.iter().map(|l| l[i]).collect();
             signed_p50_p99(&v)
         });
     }
@@ -482,26 +503,28 @@ fn data(plan: &Plan, results: &[CondResult], refl: &serde_json::Value) -> serde_
                     })
                     .collect()
             };
-            let traced: Vec<serde_json::Value> = CONTENDERS
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    let j = &r.t[i];
-                    json!({
-                        "contender": n, "reported": j.reported, "matched": j.matched,
-                        "abs_error_p50_ns": abs_pct(&j.err, 50.0),
-                        "abs_error_p99_ns": abs_pct(&j.err, 99.0),
-                        "signed_error_p50_ns": percentile(&j.err, 50.0),
+            let traced = |tj: &TraceJudged| -> serde_json::Value {
+                let c: Vec<serde_json::Value> = CONTENDERS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let j = &tj.c[i];
+                        json!({
+                            "contender": n, "reported": j.reported, "matched": j.matched,
+                            "abs_error_p50_ns": abs_pct(&j.err, 50.0),
+                            "abs_error_p99_ns": abs_pct(&j.err, 99.0),
+                            "signed_error_p50_ns": percentile(&j.err, 50.0),
+                        })
                     })
-                })
-                .collect();
+                    .collect();
+                json!({"contenders": c, "meshprobe_legs": per_leg(&tj.legs),
+                       "events": tj.events, "lost": tj.lost})
+            };
             json!({
                 "tracepoint_reference": {
-                    "contenders": traced,
+                    "with_captures": traced(&r.t),
+                    "alone": traced(&r.alone),
                     "trace_minus_capture_legs": per_leg(&r.ref_legs),
-                    "meshprobe_legs": per_leg(&r.trace_legs),
-                    "events": r.trace_events,
-                    "lost": r.trace_drops,
                 },
                 "meshprobe_auth_legs": auth_legs,
                 "condition": r.load.name(), "seconds": r.seconds,
