@@ -8,11 +8,13 @@ mod ebpf;
 
 fn main() -> anyhow::Result<()> {
     compile_proto()?;
-    // One build of the BPF crate gives both objects: the probe's (embedded here) and the delay
-    // element's, which only meshprobe-delay embeds (cargo passes this path to its build.rs).
+    // One build of the BPF crate gives every object: the probe's (embedded here), the delay
+    // element's (only meshprobe-delay embeds it) and the tracepoint reference's (only
+    // meshprobe-tracer); cargo passes these paths to their build.rs.
     ebpf::build("probe-ebpf")?;
     let out = std::env::var("OUT_DIR").context("OUT_DIR")?;
     println!("cargo::metadata=delay_object={out}/delay-ebpf");
+    println!("cargo::metadata=trace_object={out}/trace-ebpf");
     Ok(())
 }
 

@@ -29,6 +29,7 @@ pub mod stats;
 pub mod synthetic;
 pub mod tls;
 pub mod topo;
+pub mod trace;
 pub mod zkproxy;
 pub mod zkreg;
 

@@ -50,19 +50,31 @@ pub const DELAY_SLACK_PCT: i64 = 2;
 /// The delay element's binary (`meshprobe-delay`, built beside meshprobe): `MESHPROBE_DELAY_BIN`,
 /// else the sibling of the meshprobe binary `meshprobe_bin`.
 pub fn delay_binary(meshprobe_bin: &Path) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MESHPROBE_DELAY_BIN") {
+    sibling_binary(meshprobe_bin, "meshprobe-delay", "MESHPROBE_DELAY_BIN")
+}
+
+/// The tracepoint reference's binary (`meshprobe-tracer`, built beside meshprobe):
+/// `MESHPROBE_TRACER_BIN`, else the sibling of the meshprobe binary `meshprobe_bin`.
+pub fn tracer_binary(meshprobe_bin: &Path) -> Result<PathBuf> {
+    sibling_binary(meshprobe_bin, "meshprobe-tracer", "MESHPROBE_TRACER_BIN")
+}
+
+/// A tool of this workspace built beside meshprobe (`cargo xtask build` builds them all): the
+/// file `env` names, else `name` next to `meshprobe_bin`.
+fn sibling_binary(meshprobe_bin: &Path, name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            bail!("MESHPROBE_DELAY_BIN={} does not exist", p.display());
+            bail!("{env}={} does not exist", p.display());
         }
         return Ok(p);
     }
-    let p = meshprobe_bin.with_file_name("meshprobe-delay");
+    let p = meshprobe_bin.with_file_name(name);
     if !p.is_file() {
         bail!(
-            "{} does not exist: build the delay element beside meshprobe \
-             (`cargo build --release -p probe-user -p meshprobe-delay`, or `cargo xtask build`), \
-             or set MESHPROBE_DELAY_BIN",
+            "{} does not exist: build it beside meshprobe \
+             (`cargo build --release -p probe-user -p meshprobe-delay -p meshprobe-tracer`, or \
+             `cargo xtask build`), or set {env}",
             p.display()
         );
     }
@@ -395,6 +407,21 @@ impl Meshprobe {
         ];
         v.extend(args.iter().map(|a| a.to_string()));
         Ok(v)
+    }
+
+    /// Starts the tracepoint reference (`meshprobe-tracer`, see [`tracer_binary`]) for the
+    /// STAMP ports `ports` (unauthenticated mode), machine-wide.
+    pub fn tracer(&self, ports: &[u16]) -> Result<crate::trace::Tracer> {
+        let args: Vec<String> = ports
+            .iter()
+            .flat_map(|p| ["--port".to_string(), p.to_string()])
+            .collect();
+        self.tracer_with(&args)
+    }
+
+    /// [`Meshprobe::tracer`] with the tracer's own arguments.
+    pub fn tracer_with(&self, args: &[String]) -> Result<crate::trace::Tracer> {
+        crate::trace::Tracer::start(&tracer_binary(&self.bin)?, args)
     }
 
     /// Starts `meshprobe-delay -I IF --delay D ARGS` in `ns` and waits for its ready line

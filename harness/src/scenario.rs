@@ -8,9 +8,10 @@ use crate::STAMP_PORT;
 use crate::capture::Capture;
 use crate::load::{CpuStat, ticks_ms};
 use crate::meshprobe::{Meshprobe, PingRun, Probe};
-use crate::reference::{capture_times, wire_t1s};
+use crate::reference::{Times, capture_times, network_rtt, to_tai, trace_times, wire_t1s};
 use crate::stats::{percentile, us};
 use crate::topo::{Family, TwoHosts};
+use crate::trace::{Site, TraceResult};
 
 /// Generous bound on a `ping -c COUNT -i INTERVAL -W TIMEOUT` run.
 pub fn ping_timeout(count: u32, interval: Duration, timeout: Duration) -> Duration {
@@ -290,12 +291,23 @@ pub fn tai_offset_ns() -> i64 {
 }
 
 /// Pairs probes with the capture reference by (SSID, sequence).
-pub fn compare(
-    run: &PingRun,
-    times: &std::collections::HashMap<(u16, u32), [u64; 4]>,
-    wire_t1: &std::collections::HashMap<(u16, u32), u64>,
-) -> Agreement {
-    let tai = tai_offset_ns();
+pub fn compare(run: &PingRun, times: &Times, wire_t1: &WireT1s) -> Agreement {
+    compare_on(run, times, wire_t1, tai_offset_ns())
+}
+
+/// [`compare`] with a reference on CLOCK_TAI (the tracepoint reference's, or a capture's
+/// through [`to_tai`]).
+pub fn compare_tai(run: &PingRun, times: &Times, wire_t1: &WireT1s) -> Agreement {
+    compare_on(run, times, wire_t1, 0)
+}
+
+/// The T1 each request carried on the wire (the TC stamp, TAI), by (SSID, sequence):
+/// [`wire_t1s`]; empty without a capture.
+pub type WireT1s = std::collections::HashMap<(u16, u32), u64>;
+
+/// Pairs probes with a reference by (SSID, sequence); `tai` is CLOCK_TAI − the reference's
+/// clock (meshprobe's stamps are TAI).
+fn compare_on(run: &PingRun, times: &Times, wire_t1: &WireT1s, tai: i64) -> Agreement {
     let mut a = Agreement {
         sent: run.summaries.first().map(|s| s.sent).unwrap_or(0),
         probes: run.probes.len(),
@@ -321,7 +333,7 @@ pub fn compare(
             continue;
         }
         if let Some(&[a_out, b_in, b_out, a_in]) = times.get(&k) {
-            let t = (a_in as i64 - a_out as i64) - (b_out as i64 - b_in as i64);
+            let t = network_rtt([a_out, b_in, b_out, a_in]);
             let leg = |cap: u64, stamp: u64| cap as i64 + tai - stamp as i64;
             a.legs.push([
                 leg(a_out, p.t1_ns),
@@ -383,6 +395,93 @@ pub struct AgreementRun {
     /// The reflector's ready line and its `reflector_summary`.
     pub reflector_ready: serde_json::Value,
     pub reflector_summary: serde_json::Value,
+    /// With [`agreement_traced`]: the tracepoint reference of the same probes.
+    pub traced: Option<Traced>,
+}
+
+/// The tracepoint reference run alongside the captures ([`agreement_traced`]).
+#[derive(Debug)]
+pub struct Traced {
+    /// meshprobe against the tracepoint reference (legs: trace − stamp).
+    pub agreement: Agreement,
+    /// The two references on the probes both matched, CLOCK_TAI.
+    pub both: ReferencePair,
+    /// The tracer's events, counters and tracepoints.
+    pub result: TraceResult,
+}
+
+/// Two references' instants of the same probes (both CLOCK_TAI): per probe the trace minus
+/// the capture at each point, and each reference's RTT.
+#[derive(Debug, Default)]
+pub struct ReferencePair {
+    /// Probes of the capture reference.
+    pub captured: usize,
+    /// Probes of the tracepoint reference.
+    pub traced: usize,
+    /// `[A out, B in, B out, A in]` trace − capture, ns, per probe in both.
+    pub legs: Vec<[i64; 4]>,
+    pub capture_rtt: Vec<i64>,
+    pub trace_rtt: Vec<i64>,
+}
+
+/// Names of [`ReferencePair::legs`].
+pub const LEG_NAMES: [&str; 4] = ["A out", "B in", "B out", "A in"];
+
+impl ReferencePair {
+    /// `trace` against `capture`, both CLOCK_TAI.
+    pub fn of(trace: &Times, capture: &Times) -> ReferencePair {
+        let mut p = ReferencePair {
+            captured: capture.len(),
+            traced: trace.len(),
+            ..Default::default()
+        };
+        let mut keys: Vec<_> = trace.keys().filter(|k| capture.contains_key(k)).collect();
+        keys.sort();
+        for k in keys {
+            let (t, c) = (trace[k], capture[k]);
+            p.legs
+                .push(std::array::from_fn(|i| t[i] as i64 - c[i] as i64));
+            p.trace_rtt.push(network_rtt(t));
+            p.capture_rtt.push(network_rtt(c));
+        }
+        p
+    }
+
+    /// One leg (index into [`LEG_NAMES`]) over the probes.
+    pub fn leg(&self, i: usize) -> Vec<i64> {
+        self.legs.iter().map(|l| l[i]).collect()
+    }
+
+    /// Trace RTT − capture RTT per probe.
+    pub fn rtt_diff(&self) -> Vec<i64> {
+        self.trace_rtt
+            .iter()
+            .zip(&self.capture_rtt)
+            .map(|(t, c)| t - c)
+            .collect()
+    }
+
+    /// p50/p99 of each trace − capture leg and of the RTT difference.
+    pub fn report(&self) -> String {
+        let pp = |v: &[i64]| {
+            format!(
+                "p50 {} p99 {}",
+                us(percentile(v, 50.0).unwrap_or(0)),
+                us(percentile(v, 99.0).unwrap_or(0))
+            )
+        };
+        let mut s = format!(
+            "trace − capture over {} probes (capture {}, trace {}):",
+            self.legs.len(),
+            self.captured,
+            self.traced
+        );
+        for (i, n) in LEG_NAMES.iter().enumerate() {
+            s.push_str(&format!(" {n} {};", pp(&self.leg(i))));
+        }
+        s.push_str(&format!(" RTT {}", pp(&self.rtt_diff())));
+        s
+    }
 }
 
 /// [`agreement`] with `args` given to both the reflector and the sender (e.g.
@@ -395,10 +494,56 @@ pub fn agreement_with(
     interval: &str,
     args: &[&str],
 ) -> Result<AgreementRun> {
+    agreement_run(mp, t, f, count, interval, args, Refs::Capture)
+}
+
+/// The references of an [`agreement_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refs {
+    /// tcpdump on both veth ends.
+    Capture,
+    /// The captures and the tracepoint reference.
+    Both,
+    /// The tracepoint reference alone: nothing clones the probes on their way (the run's
+    /// capture agreement is empty).
+    Trace,
+}
+
+/// [`agreement_with`], with the tracepoint reference (`meshprobe-tracer`) running alongside
+/// the captures: [`AgreementRun::traced`].
+pub fn agreement_traced(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    f: Family,
+    count: u32,
+    interval: &str,
+    args: &[&str],
+) -> Result<AgreementRun> {
+    agreement_run(mp, t, f, count, interval, args, Refs::Both)
+}
+
+/// An agreement run against the references `refs`.
+pub fn agreement_run(
+    mp: &Meshprobe,
+    t: &TwoHosts,
+    f: Family,
+    count: u32,
+    interval: &str,
+    args: &[&str],
+    refs: Refs,
+) -> Result<AgreementRun> {
     let refl = mp.reflect(&t.b, args)?;
     let reflector_ready = refl.ready.clone();
-    let ca = Capture::start(&t.a, TwoHosts::A_IF, STAMP_PORT)?;
-    let cb = Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT)?;
+    let tracer = (refs != Refs::Capture)
+        .then(|| mp.tracer(&[STAMP_PORT]))
+        .transpose()?;
+    let capture = refs != Refs::Trace;
+    let ca = capture
+        .then(|| Capture::start(&t.a, TwoHosts::A_IF, STAMP_PORT))
+        .transpose()?;
+    let cb = capture
+        .then(|| Capture::start(&t.b, TwoHosts::B_IF, STAMP_PORT))
+        .transpose()?;
     let peer = t.b_addr(f).to_string();
     let iv: Duration = parse_dur(interval)?;
     let steal0 = CpuStat::now();
@@ -411,8 +556,9 @@ pub fn agreement_with(
         ping_timeout(count, iv, Duration::from_millis(500)),
     )?;
     let steal1 = CpuStat::now();
-    let a = ca.stop()?;
-    let b = cb.stop()?;
+    let a = ca.map(Capture::stop).transpose()?;
+    let b = cb.map(Capture::stop).transpose()?;
+    let traced = tracer.map(|tr| tr.stop()).transpose()?;
     let reflector_summary = refl.stop()?;
     ensure!(
         run.summaries.len() == 1,
@@ -420,17 +566,43 @@ pub fn agreement_with(
         run.summaries.len(),
         run.stderr
     );
-    let times = capture_times(&a.packets, &b.packets, STAMP_PORT);
-    let mut ag = compare(&run, &times, &wire_t1s(&a.packets, STAMP_PORT));
-    ag.capture_drops = a.dropped_by_kernel + b.dropped_by_kernel;
+    let (times, drops, wire_t1) = match (&a, &b) {
+        (Some(a), Some(b)) => (
+            capture_times(&a.packets, &b.packets, STAMP_PORT),
+            a.dropped_by_kernel + b.dropped_by_kernel,
+            wire_t1s(&a.packets, STAMP_PORT),
+        ),
+        _ => (Times::new(), 0, WireT1s::new()),
+    };
+    let mut ag = compare(&run, &times, &wire_t1);
+    ag.capture_drops = drops;
     ag.steal_ms = steal0
         .zip(steal1)
         .map(|(s0, s1)| ticks_ms(s1.steal.saturating_sub(s0.steal)));
+    let traced = match traced {
+        None => None,
+        Some(result) => {
+            let (sa, sb) = (
+                Site::of(&t.a, TwoHosts::A_IF)?,
+                Site::of(&t.b, TwoHosts::B_IF)?,
+            );
+            let tt = trace_times(&result.events, sa, sb, STAMP_PORT);
+            let mut agreement = compare_tai(&run, &tt, &wire_t1);
+            agreement.steal_ms = ag.steal_ms;
+            agreement.capture_drops = result.dropped();
+            Some(Traced {
+                agreement,
+                both: ReferencePair::of(&tt, &to_tai(&times, tai_offset_ns())),
+                result,
+            })
+        }
+    };
     Ok(AgreementRun {
         agreement: ag,
         ping: run,
         reflector_ready,
         reflector_summary,
+        traced,
     })
 }
 

@@ -369,10 +369,34 @@ pub struct KernelOffsets {
     pub skb_end: u16,
     /// `skb_shared_info.gso_size` (u16; non-zero: a GSO skb, more than one datagram).
     pub shinfo_gso_size: u16,
-    pub _pad: u16,
+    /// `sk_buff.data_len` (u32: the paged part of `len`; `len - data_len` is linear).
+    pub skb_data_len: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+
+impl KernelOffsets {
+    /// All zero: what the programs' global holds until userspace sets it (a program that
+    /// needs the offsets is then not loaded).
+    pub const UNRESOLVED: Self = Self {
+        skb_head: 0,
+        skb_data: 0,
+        skb_len: 0,
+        skb_protocol: 0,
+        skb_network_header: 0,
+        skb_transport_header: 0,
+        skb_sk: 0,
+        skb_dev: 0,
+        sock_num: 0,
+        sock_cookie: 0,
+        dev_ifindex: 0,
+        dev_net: 0,
+        net_inum: 0,
+        skb_end: 0,
+        shinfo_gso_size: 0,
+        skb_data_len: 0,
+    };
+}
 
 /// [`KernelOffsets`] from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
 #[cfg(feature = "user")]
@@ -453,7 +477,7 @@ pub mod btf_offsets {
             net_inum: off("net", "ns.inum")?,
             skb_end: off("sk_buff", "end")?,
             shinfo_gso_size: off("skb_shared_info", "gso_size")?,
-            _pad: 0,
+            skb_data_len: off("sk_buff", "data_len")?,
         })
     }
 
@@ -474,6 +498,8 @@ pub mod btf_offsets {
             assert!(o.skb_sk != o.skb_dev);
             assert!(o.sock_cookie > o.sock_num);
             assert!(o.skb_end > o.skb_transport_header && o.shinfo_gso_size > 0);
+            // `unsigned int len, data_len;`
+            assert_eq!(o.skb_data_len, o.skb_len + 4);
         }
 
         #[test]
@@ -680,6 +706,159 @@ pub mod delay {
     }
 }
 
+/// The tracepoint reference (`trace-ebpf`, loaded by `meshprobe-tracer`; tests and bench
+/// only, never the `meshprobe` binary): per-probe instants at the driver hand-off and at the
+/// receive entry, without cloning the skb as a capture tap does.
+pub mod trace {
+    /// Where an event was taken: the kernel tracepoint (`tp_btf/NAME`).
+    pub mod point {
+        /// `net_dev_start_xmit`: the driver hand-off, after the packet taps of `xmit_one`.
+        pub const XMIT: u8 = 1;
+        /// `netif_rx`: a packet queued to the backlog (veth, tunnels), before the taps.
+        pub const NETIF_RX: u8 = 2;
+        /// `netif_receive_skb`: the stack's entry, before the taps (later than `NETIF_RX` for
+        /// one packet that passes both).
+        pub const RECEIVE_SKB: u8 = 3;
+        /// `napi_gro_receive_entry`: a NIC driver's NAPI hand-over, before GRO.
+        pub const GRO_RECEIVE: u8 = 4;
+
+        pub const fn name(p: u8) -> &'static str {
+            match p {
+                XMIT => "xmit",
+                NETIF_RX => "netif_rx",
+                RECEIVE_SKB => "netif_receive_skb",
+                GRO_RECEIVE => "napi_gro_receive",
+                _ => "unknown",
+            }
+        }
+
+        /// A receive point (the others are the hand-off).
+        pub const fn is_rx(p: u8) -> bool {
+            matches!(p, NETIF_RX | RECEIVE_SKB | GRO_RECEIVE)
+        }
+    }
+
+    /// `TraceEvent::kind`: which STAMP packet, by the traced port's side.
+    pub mod kind {
+        /// Destination port traced: a Session-Sender's request (key: SSID, Sequence Number).
+        pub const REQUEST: u8 = 1;
+        /// Source port traced: a Session-Reflector's reply (key: SSID, Session-Sender Sequence
+        /// Number).
+        pub const REPLY: u8 = 2;
+        /// ICMP / ICMPv6 echo request (key: identifier in `ssid`, sequence in `seq`), traced
+        /// when the global `names::GLOBAL_ICMP_ECHO` is set.
+        pub const ECHO_REQUEST: u8 = 3;
+        /// ICMP / ICMPv6 echo reply (key as `ECHO_REQUEST`).
+        pub const ECHO_REPLY: u8 = 4;
+
+        pub const fn name(k: u8) -> &'static str {
+            match k {
+                REQUEST => "request",
+                REPLY => "reply",
+                ECHO_REQUEST => "echo_request",
+                ECHO_REPLY => "echo_reply",
+                _ => "unknown",
+            }
+        }
+    }
+
+    /// Values of the `TRACE_PORTS` array (one `u8` per UDP port, host order): the STAMP layout
+    /// the port speaks, so that the key is read at the right offsets.
+    pub mod port {
+        /// Unauthenticated mode (`wire`).
+        pub const OPEN: u8 = 1;
+        /// Authenticated mode (`auth_wire`).
+        pub const AUTH: u8 = 2;
+        /// Not STAMP: a UDP ping-pong whose payload starts with a 64-bit big-endian message
+        /// sequence (sockperf); its low 32 bits go in `seq`, `ssid` is 0.
+        pub const SEQ64: u8 = 3;
+    }
+
+    /// One probe packet seen at one point. Ring buffer record of `names::MAP_EVENTS`.
+    ///
+    /// 32 octets, align 8, no implicit padding. Host byte order.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TraceEvent {
+        /// `bpf_ktime_get_tai_ns()` when the tracepoint fired (CLOCK_TAI).
+        pub tai_ns: u64,
+        /// Inode of the device's network namespace (`dev->nd_net.net->ns.inum`).
+        pub netns: u32,
+        pub ifindex: u32,
+        /// Sequence Number (request) or Session-Sender Sequence Number (reply).
+        pub seq: u32,
+        pub sport: u16,
+        pub dport: u16,
+        pub ssid: u16,
+        /// One of `point::*`.
+        pub point: u8,
+        /// One of `kind::*`.
+        pub kind: u8,
+        pub _pad: u32,
+    }
+
+    const _: () = assert!(core::mem::size_of::<TraceEvent>() == 32);
+
+    /// Bytes of the `EVENTS` ring buffer: 32768 events of 32 octets (+ 8 of header each).
+    pub const RING_BYTES: u32 = 1 << 21;
+
+    /// Per-CPU counters (`TRACE_COUNTERS`, one `u64` per index). Only packets to or from a
+    /// traced port reach any of them.
+    pub mod counter {
+        /// Events written to the ring buffer.
+        pub const EVENTS: u32 = 0;
+        /// Ring buffer full: the event was lost.
+        pub const DROP_RING_FULL: u32 = 1;
+        /// UDP payload shorter than the STAMP base packet of the port's mode (8 octets for
+        /// `port::SEQ64`), or ICMP echo header beyond the linear data.
+        pub const SKIP_SHORT: u32 = 2;
+        /// IPv4 or IPv6 fragment.
+        pub const SKIP_FRAGMENT: u32 = 3;
+        /// IPv6 extension header chain longer than we walk.
+        pub const SKIP_IPV6_EXT: u32 = 4;
+        /// IPv4 header length field out of range.
+        pub const SKIP_BAD_IHL: u32 = 5;
+        /// A kernel read failed (`bpf_probe_read_kernel`), or a header lies beyond the skb.
+        pub const ERR_READ: u32 = 6;
+        /// Both ports traced: neither a request nor a reply of ours.
+        pub const SKIP_BOTH_PORTS: u32 = 7;
+        pub const COUNT: u32 = 8;
+
+        pub const NAMES: [&str; COUNT as usize] = [
+            "events",
+            "drop_ring_full",
+            "skip_short",
+            "skip_fragment",
+            "skip_ipv6_ext",
+            "skip_bad_ihl",
+            "err_read",
+            "skip_both_ports",
+        ];
+    }
+
+    /// Names of the programs, maps and globals of the `trace-ebpf` object.
+    pub mod names {
+        pub const PROG_XMIT: &str = "meshprobe_trace_xmit";
+        pub const PROG_NETIF_RX: &str = "meshprobe_trace_netif_rx";
+        pub const PROG_RECEIVE_SKB: &str = "meshprobe_trace_receive_skb";
+        pub const PROG_GRO_RECEIVE: &str = "meshprobe_trace_gro_receive";
+        /// (program, tracepoint) of every program of the object.
+        pub const PROGRAMS: [(&str, &str); 4] = [
+            (PROG_XMIT, "net_dev_start_xmit"),
+            (PROG_NETIF_RX, "netif_rx"),
+            (PROG_RECEIVE_SKB, "netif_receive_skb"),
+            (PROG_GRO_RECEIVE, "napi_gro_receive_entry"),
+        ];
+        pub const MAP_EVENTS: &str = "EVENTS";
+        pub const MAP_PORTS: &str = "TRACE_PORTS";
+        pub const MAP_COUNTERS: &str = "TRACE_COUNTERS";
+        /// `KernelOffsets`, as in the probe's object (`super::super::names`).
+        pub const GLOBAL_KERNEL_OFFSETS: &str = super::super::names::GLOBAL_KERNEL_OFFSETS;
+        /// A `u8`: 1 = trace ICMP / ICMPv6 echo requests and replies too.
+        pub const GLOBAL_ICMP_ECHO: &str = "TRACE_ICMP_ECHO";
+    }
+}
+
 /// Names of the programs and maps in the probe's BPF object.
 pub mod names {
     pub const PROG_EGRESS: &str = "meshprobe_egress";
@@ -711,6 +890,7 @@ mod pod {
     unsafe impl aya::Pod for super::FollowUpKey {}
     unsafe impl aya::Pod for super::FollowUp {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::trace::TraceEvent {}
     unsafe impl aya::Pod for super::delay::DelayConfig {}
     unsafe impl aya::Pod for super::delay::DelayDstKey {}
 }

@@ -1,5 +1,6 @@
 //! Packet parsing shared by the probe's programs (src/main.rs) and the delay element's
-//! (src/delay.rs, the delay-ebpf object): one place for each rule. Everything is `inline(always)`, so each program's
+//! (src/delay.rs, the delay-ebpf object), and for tracing programs the skb parse of [`skb`]
+//! (the tracepoint reference, src/trace.rs): one place for each rule. Everything is `inline(always)`, so each program's
 //! fast path stays as short as its own copy would be.
 //!
 //! Nothing here owns a map: a parse that gives up says why through the caller's `note`, which
@@ -7,6 +8,8 @@
 #![no_std]
 
 use aya_ebpf::programs::TcContext;
+
+pub mod skb;
 
 /// The panic handler of every BPF object of the workspace (the verifier rejects a panic path
 /// anyway). Only on the BPF target: the host builds this library with std.

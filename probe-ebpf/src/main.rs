@@ -81,24 +81,7 @@ fn has_skb_field(bit: u8) -> bool {
 /// are at offsets the verifier knows. All zero (unresolved) here: the program is then not
 /// loaded.
 #[unsafe(no_mangle)]
-static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
-    skb_head: 0,
-    skb_data: 0,
-    skb_len: 0,
-    skb_protocol: 0,
-    skb_network_header: 0,
-    skb_transport_header: 0,
-    skb_sk: 0,
-    skb_dev: 0,
-    sock_num: 0,
-    sock_cookie: 0,
-    dev_ifindex: 0,
-    dev_net: 0,
-    net_inum: 0,
-    skb_end: 0,
-    shinfo_gso_size: 0,
-    _pad: 0,
-};
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::UNRESOLVED;
 
 #[map(name = "PORTS")]
 static PORTS: Array<u8> = Array::with_max_entries(port::MAP_ENTRIES, 0);

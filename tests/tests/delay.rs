@@ -17,15 +17,22 @@
 //! hold would move it by the whole delay. Both tools pass the same check, which is what makes
 //! them agree. Under TCG the noise is larger and the tolerance widens with it; a run too noisy
 //! to resolve the delay fails instead of passing.
+//!
+//! A third view (issue 18): the tracepoint reference (`meshprobe-tracer`, driver hand-off and
+//! receive entry on A's and B's interfaces) runs alongside; its RTT must follow the captured
+//! hold probe by probe just as meshprobe's does (the same [`Shift`] check), which validates
+//! the reference against a known added delay.
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use meshprobe_harness::capture::{Capture, one_way_delays};
 use meshprobe_harness::netem::Netem;
+use meshprobe_harness::reference::{network_rtt, trace_times};
 use meshprobe_harness::scenario::ping_timeout;
 use meshprobe_harness::stats::{Shift, median, us};
-use meshprobe_harness::{Family, Routed, TestEnv};
+use meshprobe_harness::trace::Site;
+use meshprobe_harness::{Family, Routed, STAMP_PORT, TestEnv};
 
 /// Large enough to be resolved under qemu's TCG: there the medians of repeated runs of one
 /// condition drifted 55 to 98 µs apart (Debian 6.1 guest), and [`Shift`] resolves a delay only
@@ -52,6 +59,8 @@ struct Run {
     rtts: Vec<i64>,
     transit: Vec<i64>,
     residual: Vec<i64>,
+    /// Per probe, the tracepoint reference's RTT less the captured hold.
+    trace_residual: Vec<i64>,
 }
 
 #[test]
@@ -68,6 +77,7 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
     let args = [peer.as_str(), "-c", &count, "-i", &interval, "-W", "200ms"];
     let timeout = ping_timeout(PROBES_PER_RUN, INTERVAL, Duration::from_millis(200));
     let delay = format!("{DELAY_NS}ns");
+    let (site_a, site_b) = (Site::of(&t.a, Routed::A_IF)?, Site::of(&t.b, Routed::B_IF)?);
 
     // Does this kernel have netem? Asked once, on the interface the runs use.
     let netem_missing = match Netem::add(&t.r, Routed::RB_IF, DELAY_NS)? {
@@ -109,8 +119,20 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
         let requests = "udp dst port 862";
         let inbound = Capture::start_filter(&t.r, Routed::RA_IF, requests)?;
         let outbound = Capture::start_filter(&t.r, Routed::RB_IF, requests)?;
+        let tracer = env.mp.tracer(&[STAMP_PORT])?;
         let run = env.mp.ping(&t.a, &args, timeout)?;
         let (inbound, outbound) = (inbound.stop()?, outbound.stop()?);
+        let traced = tracer.stop()?;
+        ensure!(
+            traced.dropped() == 0,
+            "{tool:?}: the tracer lost {} events",
+            traced.dropped()
+        );
+        let trace_rtt: std::collections::HashMap<u32, i64> =
+            trace_times(&traced.events, site_a, site_b, STAMP_PORT)
+                .into_iter()
+                .map(|((_, seq), t)| (seq, network_rtt(t)))
+                .collect();
         let s = run.summary()?;
         ensure!(s.received == PROBES_PER_RUN as u64, "{tool:?}: {s:?}");
         let rtts = run.network_rtts();
@@ -135,18 +157,31 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
             inbound.dropped_by_kernel,
             outbound.dropped_by_kernel
         );
+        let trace_residual: Vec<i64> = run
+            .probes
+            .iter()
+            .filter_map(|p| Some(trace_rtt.get(&p.seq)? - transit.get(&p.seq)?))
+            .collect();
+        ensure!(
+            trace_residual.len() == PROBES_PER_RUN as usize,
+            "{tool:?}: the tracepoint reference matched {} of {PROBES_PER_RUN} probes",
+            trace_residual.len()
+        );
         let transit: Vec<i64> = transit.into_values().collect();
         eprintln!(
-            "{tool:?}: median network RTT {}, transit through R {}, RTT − transit {}",
+            "{tool:?}: median network RTT {}, transit through R {}, RTT − transit {}, \
+             tracepoint RTT − transit {}",
             us(median(&rtts).unwrap()),
             us(median(&transit).unwrap()),
             us(median(&residual).unwrap()),
+            us(median(&trace_residual).unwrap()),
         );
         runs.push(Run {
             tool,
             rtts,
             transit,
             residual,
+            trace_residual,
         });
     }
     let of = |tool: Tool, pick: fn(&Run) -> &Vec<i64>| -> Vec<Vec<i64>> {
@@ -170,6 +205,17 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
             .expect("every run has probes");
         eprintln!("  RTT − hold per probe: {}", residual.report());
         residual.check_unchanged(DELAY_NS, &format!("{name}: network RTT − captured hold"))?;
+        // The tracepoint reference follows the hold the same way.
+        let traced = Shift::of(
+            &of(Tool::None, |r| &r.trace_residual),
+            &of(tool, |r| &r.trace_residual),
+        )
+        .expect("every run has probes");
+        eprintln!("  tracepoint RTT − hold: {}", traced.report());
+        traced.check_unchanged(
+            DELAY_NS,
+            &format!("{name}: tracepoint reference RTT − captured hold"),
+        )?;
         eprintln!("  held {} beyond the ask", us(hold.added - DELAY_NS));
         Ok(hold.added)
     };

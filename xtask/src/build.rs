@@ -1,6 +1,6 @@
-//! `cargo xtask build`: setup, then the release `meshprobe` binary and the lab/test delay
-//! element `meshprobe-delay` beside it (their build.rs build and embed their eBPF objects with
-//! the nightly toolchain).
+//! `cargo xtask build`: setup, then the release `meshprobe` binary and beside it the lab/test
+//! delay element `meshprobe-delay` and the tests' tracepoint reference `meshprobe-tracer`
+//! (their build.rs build and embed their eBPF objects with the nightly toolchain).
 
 use std::path::PathBuf;
 
@@ -16,8 +16,8 @@ pub fn run(ws: &Workspace) -> Result<PathBuf> {
     build_release(ws)
 }
 
-/// `cargo build --release -p probe-user -p meshprobe-delay`; returns meshprobe's absolute path
-/// (the harness finds meshprobe-delay beside it).
+/// `cargo build --release -p probe-user -p meshprobe-delay -p meshprobe-tracer`; returns
+/// meshprobe's absolute path (the harness finds the other two beside it).
 pub fn build_release(ws: &Workspace) -> Result<PathBuf> {
     util::run(ws.cargo().args([
         "build",
@@ -26,6 +26,8 @@ pub fn build_release(ws: &Workspace) -> Result<PathBuf> {
         "probe-user",
         "-p",
         "meshprobe-delay",
+        "-p",
+        "meshprobe-tracer",
     ]))?;
     let bin = ws.meshprobe_bin();
     let size = util::file_size(&bin)?;

@@ -1,5 +1,5 @@
-//! `cargo xtask build-ebpf`: build the BPF objects (the probe's and the delay element's) on
-//! their own, for inspection (`llvm-objdump`, `bpftool`) and for the eBPF lint. The binaries do
+//! `cargo xtask build-ebpf`: build the BPF objects (the probe's, the delay element's, the
+//! tracer's) on their own, for inspection (`llvm-objdump`, `bpftool`) and for the eBPF lint. The binaries do
 //! not use these objects: their build.rs build and embed fresh ones through aya-build.
 
 use std::process::Command;

@@ -39,7 +39,8 @@ enum Command {
     Setup,
     /// Build the BPF object (nightly, bpfel-unknown-none) and print its path and size.
     BuildEbpf,
-    /// Setup, then build the release binaries target/release/meshprobe and meshprobe-delay.
+    /// Setup, then build the release binaries target/release/meshprobe, meshprobe-delay and
+    /// meshprobe-tracer.
     Build,
     /// rustfmt check, clippy -D warnings on the workspace, clippy on the eBPF crate.
     Lint,

@@ -8,7 +8,10 @@ use meshprobe_harness::capture::{Capture, Frames};
 use meshprobe_harness::load::{cpu_stress, online_cpus};
 use meshprobe_harness::meshprobe::READY_TIMEOUT;
 use meshprobe_harness::services::TempDir;
-use meshprobe_harness::{ChildGuard, Meshprobe, PingRun, Reflector, TwoHosts, interrupt};
+use meshprobe_harness::trace::TraceResult;
+use meshprobe_harness::{
+    ChildGuard, Meshprobe, PingRun, Reflector, STAMP_PORT, TwoHosts, interrupt,
+};
 
 use super::parse::{parse_full_log, parse_ping, ping_transmitted};
 use super::{AUTH_PORT, FILTER, INTERVAL_MS, Load, SOCKPERF_PORT};
@@ -301,25 +304,67 @@ pub(super) struct Sequence<'a> {
 }
 
 impl Sequence<'_> {
-    /// One condition's rounds under both captures (each round one burst per contender, the
-    /// order rotated): the bursts and the frames of A and of B.
-    pub(super) fn condition(&mut self, load: Load) -> Result<(Vec<Burst>, Frames, Frames)> {
-        let (mp, t, plan, dir) = (self.mp, self.t, self.plan, self.dir);
+    /// One condition's rounds under both captures and the tracepoint reference (each round
+    /// one burst per contender, the order rotated): the bursts, the frames of A and of B, and
+    /// the tracer's events.
+    pub(super) fn condition(
+        &mut self,
+        load: Load,
+    ) -> Result<(Vec<Burst>, Frames, Frames, TraceResult)> {
+        let t = self.t;
+        let tracer = self.tracer()?;
         let ca = Capture::start_buffered(&t.a, TwoHosts::A_IF, FILTER, 32768)?;
         let cb = Capture::start_buffered(&t.b, TwoHosts::B_IF, FILTER, 32768)?;
+        let bursts = self.rounds(load, "", &[0, 1, 2, 3])?;
+        let fa = ca.stop_frames()?;
+        let fb = cb.stop_frames()?;
+        let traced = tracer.stop()?;
+        Ok((bursts, fa, fb, traced))
+    }
+
+    /// The same condition's rounds under the tracepoint reference alone (no capture clones
+    /// the packets): meshprobe, ping and authenticated mode (sockperf's rows are matched
+    /// through the captures).
+    pub(super) fn trace_only(&mut self, load: Load) -> Result<(Vec<Burst>, TraceResult)> {
+        let tracer = self.tracer()?;
+        let bursts = self.rounds(load, ", no capture", &[0, 1, 3])?;
+        Ok((bursts, tracer.stop()?))
+    }
+
+    /// The tracepoint reference for every contender's packets, as the capture filter has
+    /// them.
+    fn tracer(&self) -> Result<meshprobe_harness::trace::Tracer> {
+        self.mp.tracer_with(
+            &[
+                "--port",
+                &STAMP_PORT.to_string(),
+                "--auth-port",
+                &AUTH_PORT.to_string(),
+                "--seq64-port",
+                &SOCKPERF_PORT.to_string(),
+                "--icmp-echo",
+            ]
+            .map(String::from),
+        )
+    }
+
+    /// `plan.rounds` rounds of one burst of each contender in `kinds` (0 meshprobe, 1 ping,
+    /// 2 sockperf, 3 authenticated), the order rotated every round.
+    fn rounds(&mut self, load: Load, what: &str, kinds: &[usize]) -> Result<Vec<Burst>> {
+        let (mp, t, plan, dir) = (self.mp, self.t, self.plan, self.dir);
         let mut bursts = Vec::new();
         for round in 0..plan.rounds {
             progress(format!(
-                "precision: {}, round {}/{}",
+                "precision: {}{what}, round {}/{}",
                 load.name(),
                 round + 1,
                 plan.rounds
             ));
-            for k in 0..4 {
+            for k in 0..kinds.len() {
                 if interrupt::interrupted() {
                     bail!("interrupted");
                 }
-                match (k + round) % 4 {
+                match kinds[(k + round) % kinds.len()] {
                     0 => bursts.push(run_meshprobe(mp, t, plan)?),
                     3 => bursts.push(run_meshprobe_auth(mp, t, plan, self.key_file)?),
                     1 => {
@@ -333,8 +378,6 @@ impl Sequence<'_> {
                 }
             }
         }
-        let fa = ca.stop_frames()?;
-        let fb = cb.stop_frames()?;
-        Ok((bursts, fa, fb))
+        Ok(bursts)
     }
 }

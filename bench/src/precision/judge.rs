@@ -1,10 +1,15 @@
-//! Judging one condition: every contender's RTTs against the capture truth.
+//! Judging one condition: every contender's RTTs against the capture truth, and against the
+//! tracepoint reference of the same packets.
 
 use std::collections::BTreeMap;
 
 use meshprobe_harness::capture::{Frames, Packet, decode_frame};
-use meshprobe_harness::reference::{capture_times, capture_times_auth, wire_t1s};
-use meshprobe_harness::scenario::compare;
+use meshprobe_harness::reference::{
+    Times, capture_times, capture_times_auth, network_rtt, to_tai, trace_times, trace_times_by,
+    wire_t1s,
+};
+use meshprobe_harness::scenario::{ReferencePair, compare, compare_tai, tai_offset_ns};
+use meshprobe_harness::trace::{Event, Site, TraceResult};
 use meshprobe_harness::{PingRun, STAMP_PORT};
 
 use super::bursts::{Burst, Window};
@@ -43,9 +48,35 @@ pub(super) struct CondResult {
     pub(super) stalls: usize,
     /// Per sockperf burst: (rows, best correlation, second best).
     pub(super) align: Vec<(usize, f64, f64)>,
+    /// Each contender against the tracepoint reference (`meshprobe-tracer`, run alongside
+    /// the captures): driver hand-off and receive entry.
+    pub(super) t: TraceJudged,
+    /// The same contenders (not sockperf) in rounds of their own under the tracepoint
+    /// reference alone, no capture: nothing clones their packets.
+    pub(super) alone: TraceJudged,
+    /// The two references on meshprobe's probes: trace − capture at each point, ns.
+    pub(super) ref_legs: Vec<[i64; 4]>,
     pub(super) mp_sent: u64,
     pub(super) ping_sent: u64,
     pub(super) seconds: f64,
+}
+
+/// Contenders judged against the tracepoint reference.
+#[derive(Debug, Default)]
+pub(super) struct TraceJudged {
+    pub(super) c: [Judged; CONTENDERS.len()],
+    /// meshprobe's trace-minus-stamp legs per probe the trace matched.
+    pub(super) legs: Vec<[i64; 4]>,
+    /// Events the tracer printed, and lost to its full ring buffer.
+    pub(super) events: usize,
+    pub(super) lost: u64,
+}
+
+/// The tracepoint reference of a condition: its events and the two interfaces' sites.
+pub(super) struct Traced<'a> {
+    pub(super) result: &'a TraceResult,
+    pub(super) a: Site,
+    pub(super) b: Site,
 }
 
 pub(super) fn judge(
@@ -53,6 +84,7 @@ pub(super) fn judge(
     bursts: &[Burst],
     a: &Frames,
     b: &Frames,
+    tr: &Traced,
     seconds: f64,
 ) -> CondResult {
     let (ua, ub) = (a.decode(decode_frame), b.decode(decode_frame));
@@ -67,24 +99,132 @@ pub(super) fn judge(
         capture_drops: a.dropped_by_kernel + b.dropped_by_kernel,
         stalls: 0,
         align: Vec::new(),
+        t: TraceJudged::of(tr),
+        alone: TraceJudged::default(),
+        ref_legs: Vec::new(),
         mp_sent: 0,
         ping_sent: 0,
         seconds,
     };
+    let tai = tai_offset_ns();
     for burst in bursts {
         match burst {
-            Burst::Meshprobe { w, run } => r.add_meshprobe(w, run, &ua, &ub),
-            Burst::MeshprobeAuth { w, run } => r.add_meshprobe_auth(w, run, &ua, &ub),
+            Burst::Meshprobe { w, run } => {
+                r.add_meshprobe(w, run, &ua, &ub);
+                if let Some(tt) = r.t.add(burst, tr, tai) {
+                    let pa = in_window(&ua, w, STAMP_PORT);
+                    let pb = in_window(&ub, w, STAMP_PORT);
+                    let captured = to_tai(&capture_times(&pa, &pb, STAMP_PORT), tai);
+                    r.ref_legs.extend(ReferencePair::of(&tt, &captured).legs);
+                }
+            }
+            Burst::MeshprobeAuth { w, run } => {
+                r.add_meshprobe_auth(w, run, &ua, &ub);
+                r.t.add(burst, tr, tai);
+            }
             Burst::Ping {
                 w,
                 id,
                 sent,
                 replies,
-            } => r.add_ping(w, *id, *sent, replies, &ea, &eb),
-            Burst::Sockperf { w, rows } => r.add_sockperf(w, rows, &ua, &ub),
+            } => {
+                r.add_ping(w, *id, *sent, replies, &ea, &eb);
+                r.t.add(burst, tr, tai);
+            }
+            Burst::Sockperf { w, rows } => {
+                let ev = in_window_traced(tr, w, tai);
+                // (client port, low 32 bits of the sequence), as the tracer keys sockperf.
+                let tt = trace_times_by(&ev, tr.a, tr.b, |e| match e.kind.as_str() {
+                    "request" if e.dport == SOCKPERF_PORT => Some(((e.sport, e.seq), true)),
+                    "reply" if e.sport == SOCKPERF_PORT => Some(((e.dport, e.seq), false)),
+                    _ => None,
+                });
+                r.add_sockperf(w, rows, &ua, &ub, &tt);
+            }
         }
     }
     r
+}
+
+impl TraceJudged {
+    fn of(tr: &Traced) -> TraceJudged {
+        TraceJudged {
+            events: tr.result.events.len(),
+            lost: tr.result.dropped(),
+            ..Default::default()
+        }
+    }
+
+    /// The bursts of rounds run under the tracepoint reference alone (not sockperf's: its
+    /// rows are matched through the captures).
+    pub(super) fn alone(bursts: &[Burst], tr: &Traced) -> TraceJudged {
+        let mut j = TraceJudged::of(tr);
+        let tai = tai_offset_ns();
+        for b in bursts {
+            j.add(b, tr, tai);
+        }
+        j
+    }
+
+    /// Judges a meshprobe, authenticated or ping burst against the tracer's events in its
+    /// span; returns a meshprobe burst's trace times.
+    fn add(&mut self, burst: &Burst, tr: &Traced, tai: i64) -> Option<Times> {
+        match burst {
+            Burst::Meshprobe { w, run } => {
+                let ev = in_window_traced(tr, w, tai);
+                let tt = trace_times(&ev, tr.a, tr.b, STAMP_PORT);
+                let ag = compare_tai(run, &tt, &Default::default());
+                self.c[MP_NET].add(run.probes.len(), ag.matched, &ag.signed_err);
+                self.c[MP_APP].add(run.probes.len(), ag.matched, &ag.app_signed_err);
+                self.legs.extend(&ag.legs);
+                Some(tt)
+            }
+            Burst::MeshprobeAuth { w, run } => {
+                let ev = in_window_traced(tr, w, tai);
+                let ag = compare_tai(
+                    run,
+                    &trace_times(&ev, tr.a, tr.b, AUTH_PORT),
+                    &Default::default(),
+                );
+                self.c[MP_AUTH].add(run.probes.len(), ag.matched, &ag.signed_err);
+                None
+            }
+            Burst::Ping { w, id, replies, .. } => {
+                let ev = in_window_traced(tr, w, tai);
+                let tt = trace_times_by(&ev, tr.a, tr.b, |e| {
+                    let request = e.kind == "echo_request";
+                    ((request || e.kind == "echo_reply") && e.ssid == *id)
+                        .then_some(((e.ssid, e.seq), request))
+                });
+                let err: Vec<i64> = replies
+                    .iter()
+                    .filter_map(|(seq, rtt)| Some(rtt - network_rtt(*tt.get(&(*id, *seq as u32))?)))
+                    .collect();
+                self.c[PING].add(replies.len(), err.len(), &err);
+                None
+            }
+            Burst::Sockperf { .. } => None,
+        }
+    }
+}
+
+/// The tracer's events inside `w` (a CLOCK_REALTIME span; the events are CLOCK_TAI, `tai`
+/// ahead).
+fn in_window_traced(tr: &Traced, w: &Window, tai: i64) -> Vec<Event> {
+    tr.result
+        .events
+        .iter()
+        .filter(|e| w.has((e.tai_ns as i64 - tai) as u64))
+        .cloned()
+        .collect()
+}
+
+impl Judged {
+    fn add(&mut self, reported: usize, matched: usize, err: &[i64]) {
+        self.reported += reported;
+        self.matched += matched;
+        self.err.extend(err);
+    }
 }
 
 /// The packets of `v` inside `w` to or from `port`.
@@ -165,8 +305,16 @@ impl CondResult {
     }
 
     /// A sockperf burst: its logged rows aligned with the messages captured in A, judged
-    /// against A's and B's captures.
-    fn add_sockperf(&mut self, w: &Window, rows: &[(i64, i64)], ua: &[Packet], ub: &[Packet]) {
+    /// against A's and B's captures, and the same rows against the tracepoint reference `tt`
+    /// (keyed by client port and the sequence's low 32 bits).
+    fn add_sockperf(
+        &mut self,
+        w: &Window,
+        rows: &[(i64, i64)],
+        ua: &[Packet],
+        ub: &[Packet],
+        tt: &Times,
+    ) {
         let side = |v: &[Packet]| {
             index(in_window(v, w, SOCKPERF_PORT).iter().filter_map(|p| {
                 let seq = sockperf_seq(&p.payload)?;
@@ -191,6 +339,7 @@ impl CondResult {
             .collect();
         let j = &mut self.c[SOCKPERF];
         j.reported += rows.len();
+        self.t.c[SOCKPERF].reported += rows.len();
         let Some((off, corr, second)) = align(rows, &raw) else {
             self.align.push((rows.len(), f64::NAN, f64::NAN));
             return;
@@ -202,8 +351,12 @@ impl CondResult {
         for (i, (tx, rx)) in rows.iter().enumerate() {
             let (k, sa_k) = &msgs[off + i];
             if let Some(t) = sb.get(k).and_then(|y| truth(sa_k, y)) {
-                j.matched += 1;
-                j.err.push((rx - tx) - t);
+                self.c[SOCKPERF].matched += 1;
+                self.c[SOCKPERF].err.push((rx - tx) - t);
+            }
+            if let Some(&t) = tt.get(&(k.0, k.1 as u32)) {
+                self.t.c[SOCKPERF].matched += 1;
+                self.t.c[SOCKPERF].err.push((rx - tx) - network_rtt(t));
             }
         }
     }

@@ -10,6 +10,14 @@
 //! userspace server). Conditions: idle, `stress-ng --cpu N` on every core, and one CPU hog
 //! pinned to the CPU the reflectors are pinned to (a noisy neighbour).
 //!
+//! A second truth runs alongside (issue 18): the tracepoint reference (`meshprobe-tracer`,
+//! `net_dev_start_xmit` and the receive entries on the same two interfaces, no skb clone);
+//! every contender is also judged against it, side by side. The goals stay judged against the
+//! capture. With the captures on, the trace's egress instants include the taps' work (they run
+//! before the driver hand-off), so the two truths differ by it: the legs table says by how
+//! much. So each condition also runs rounds of meshprobe, ping and authenticated mode under
+//! the tracepoint reference alone (no capture), judged against it: the non-perturbing truth.
+//!
 //! A fifth contender is meshprobe in STAMP authenticated mode (`--auth required`, its own
 //! reflector on `AUTH_PORT`), judged against the same captures: its T1/T4 are the same kernel
 //! stamps kept in maps, its T2 the reflector socket's RX stamp, its T3 a userspace stamp taken
@@ -26,12 +34,13 @@ use anyhow::{Result, bail};
 use meshprobe_harness::TwoHosts;
 use meshprobe_harness::load::{WakeLatency, online_cpus};
 use meshprobe_harness::services::TempDir;
+use meshprobe_harness::trace::Site;
 use serde_json::json;
 
 use crate::report::ScenarioReport;
 use crate::scenario::{Ctx, progress};
 use bursts::{Plan, Sequence, reflector, reflector_auth, sockperf_server, start_load};
-use judge::judge;
+use judge::{TraceJudged, Traced, judge};
 use report::{p50_p99, report};
 
 const SOCKPERF_PORT: u16 = 11111;
@@ -136,6 +145,10 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
     let wake = WakeLatency::zero();
     let t = TwoHosts::new()?;
     let mp = &env.mp;
+    let sites = (
+        Site::of(&t.a, TwoHosts::A_IF)?,
+        Site::of(&t.b, TwoHosts::B_IF)?,
+    );
     let mut refl = reflector(mp, &t, &r_cpu)?;
     let mut server = sockperf_server(&t, &r_cpu)?;
     let dir = TempDir::new("precision")?;
@@ -157,7 +170,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         let started = std::time::Instant::now();
         progress(format!("precision: {} ...", load.label()));
         let load_guard = start_load(load, &r_cpu, 300)?;
-        let (bursts, fa, fb) = seq.condition(load)?;
+        let (bursts, fa, fb, traced) = seq.condition(load)?;
+        let (alone, traced_alone) = seq.trace_only(load)?;
         drop(load_guard);
         if !refl.is_running() {
             bail!("meshprobe reflect exited: {}", refl.child.stderr_text());
@@ -171,16 +185,43 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         if !server.is_running() {
             bail!("sockperf server exited: {}", server.stderr_text());
         }
-        let res = judge(load, &bursts, &fa, &fb, started.elapsed().as_secs_f64());
-        progress(format!(
-            "precision: {}: meshprobe {}, authenticated {}, app {}, ping {}, sockperf {}",
-            load.name(),
-            p50_p99(&res.c[MP_NET].err),
-            p50_p99(&res.c[MP_AUTH].err),
-            p50_p99(&res.c[MP_APP].err),
-            p50_p99(&res.c[PING].err),
-            p50_p99(&res.c[SOCKPERF].err)
-        ));
+        let tr = Traced {
+            result: &traced,
+            a: sites.0,
+            b: sites.1,
+        };
+        let mut res = judge(
+            load,
+            &bursts,
+            &fa,
+            &fb,
+            &tr,
+            started.elapsed().as_secs_f64(),
+        );
+        res.alone = TraceJudged::alone(
+            &alone,
+            &Traced {
+                result: &traced_alone,
+                a: sites.0,
+                b: sites.1,
+            },
+        );
+        for (refname, c) in [
+            ("capture", &res.c),
+            ("tracepoint", &res.t.c),
+            ("tracepoint alone", &res.alone.c),
+        ] {
+            progress(format!(
+                "precision: {} vs {refname}: meshprobe {}, authenticated {}, app {}, ping {}, \
+                 sockperf {}",
+                load.name(),
+                p50_p99(&c[MP_NET].err),
+                p50_p99(&c[MP_AUTH].err),
+                p50_p99(&c[MP_APP].err),
+                p50_p99(&c[PING].err),
+                p50_p99(&c[SOCKPERF].err)
+            ));
+        }
         results.push(res);
     }
     let refl_sum = refl.stop()?;

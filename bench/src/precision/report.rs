@@ -4,7 +4,7 @@ use meshprobe_harness::stats::percentile;
 use serde_json::json;
 
 use super::bursts::Plan;
-use super::judge::{CondResult, Judged};
+use super::judge::{CondResult, Judged, TraceJudged};
 use super::parse::abs_pct;
 use super::{CONTENDERS, GOAL_RATIO, INTERVAL_MS, Load, MP_NET, PING, SOCKPERF};
 use crate::report::{ScenarioReport, Table};
@@ -145,9 +145,24 @@ pub(super) fn report(
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     rep.tables.push(error_table(results, &header_refs));
+    rep.tables.push(trace_error_table(
+        results,
+        &header_refs,
+        "|error| against the tracepoint reference (driver hand-off and receive entry, \
+         meshprobe-tracer, run alongside the captures), p50 / p99 (matched / reported):",
+        |r| &r.t,
+    ));
+    rep.tables.push(trace_error_table(
+        results,
+        &header_refs,
+        "|error| against the tracepoint reference alone (rounds of their own, no capture: \
+         nothing clones the packets), p50 / p99 (matched / reported):",
+        |r| &r.alone,
+    ));
     rep.tables.push(matched_table(results, &header_refs));
     rep.tables.push(bias_table(results, &header_refs));
     rep.tables.push(legs_table(results, &header_refs));
+    rep.tables.push(references_table(results, &header_refs));
     meshprobe_goals(rep, results);
     sockperf_goal(rep, results);
     ping_goal(rep, results);
@@ -171,6 +186,59 @@ fn error_table(results: &[CondResult], header_refs: &[&str]) -> Table {
     cond_row(&mut t, "ping p99 / meshprobe p99", results, |r| {
         p99_ratio(r, PING, 1)
     });
+    t
+}
+
+/// |error| p50 / p99 per contender against the tracepoint reference, and how many matched.
+fn trace_error_table(
+    results: &[CondResult],
+    header_refs: &[&str],
+    title: &str,
+    pick: impl Fn(&CondResult) -> &TraceJudged,
+) -> Table {
+    let mut t = Table::new(title, header_refs);
+    for (i, name) in CONTENDERS.iter().enumerate() {
+        cond_row(&mut t, name, results, |r| {
+            let j = &pick(r).c[i];
+            if j.reported == 0 {
+                return "—".into();
+            }
+            format!("{} ({} / {})", p50_p99(&j.err), j.matched, j.reported)
+        });
+    }
+    cond_row(&mut t, "tracer events (lost)", results, |r| {
+        format!("{} ({})", pick(r).events, pick(r).lost)
+    });
+    t
+}
+
+/// The two references on meshprobe's probes, and meshprobe's legs against the trace.
+fn references_table(results: &[CondResult], header_refs: &[&str]) -> Table {
+    let mut t = Table::new(
+        "The two truths on meshprobe's probes, trace − capture at each point, p50 / p99 (out: \
+         the tap stamps its clone before the driver hand-off; in: the receive stamp the capture \
+         reports is taken right before netif_rx); then meshprobe's legs, trace − stamp:",
+        header_refs,
+    );
+    for (i, n) in ["A out", "B in", "B out", "A in"].iter().enumerate() {
+        cond_row(&mut t, &format!("trace − capture, {n}"), results, |r| {
+            let v: Vec<i64> = r.ref_legs.iter().map(|l| l[i]).collect();
+            signed_p50_p99(&v)
+        });
+    }
+    for (i, n) in ["A out − T1", "B in − T2", "B out − T3", "A in − T4"]
+        .iter()
+        .enumerate()
+    {
+        cond_row(&mut t, &format!("trace: {n}"), results, |r| {
+            let v: Vec<i64> = r.t.legs.iter().map(|l| l[i]).collect();
+            signed_p50_p99(&v)
+        });
+        cond_row(&mut t, &format!("trace alone: {n}"), results, |r| {
+            let v: Vec<i64> = r.alone.legs.iter().map(|l| l[i]).collect();
+            signed_p50_p99(&v)
+        });
+    }
     t
 }
 
@@ -426,7 +494,38 @@ fn data(plan: &Plan, results: &[CondResult], refl: &serde_json::Value) -> serde_
                            "p99_ns": percentile(&v, 99.0)})
                 })
                 .collect();
+            let per_leg = |v: &[[i64; 4]]| -> Vec<serde_json::Value> {
+                (0..4)
+                    .map(|i| {
+                        let x: Vec<i64> = v.iter().map(|l| l[i]).collect();
+                        json!({"p1_ns": percentile(&x, 1.0), "p50_ns": percentile(&x, 50.0),
+                               "p99_ns": percentile(&x, 99.0)})
+                    })
+                    .collect()
+            };
+            let traced = |tj: &TraceJudged| -> serde_json::Value {
+                let c: Vec<serde_json::Value> = CONTENDERS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let j = &tj.c[i];
+                        json!({
+                            "contender": n, "reported": j.reported, "matched": j.matched,
+                            "abs_error_p50_ns": abs_pct(&j.err, 50.0),
+                            "abs_error_p99_ns": abs_pct(&j.err, 99.0),
+                            "signed_error_p50_ns": percentile(&j.err, 50.0),
+                        })
+                    })
+                    .collect();
+                json!({"contenders": c, "meshprobe_legs": per_leg(&tj.legs),
+                       "events": tj.events, "lost": tj.lost})
+            };
             json!({
+                "tracepoint_reference": {
+                    "with_captures": traced(&r.t),
+                    "alone": traced(&r.alone),
+                    "trace_minus_capture_legs": per_leg(&r.ref_legs),
+                },
                 "meshprobe_auth_legs": auth_legs,
                 "condition": r.load.name(), "seconds": r.seconds,
                 "contenders": contenders,

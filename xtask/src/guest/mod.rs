@@ -77,6 +77,11 @@ const SET: &[GuestTest] = &[
         proves: "added delay shows in the network RTT: the delay element and netem agree",
     },
     GuestTest {
+        binary: "trace_reference",
+        filter: "ipv4",
+        proves: "the tracepoint reference (tp_btf, BTF offsets) against the capture, leg by leg",
+    },
+    GuestTest {
         binary: "agent_rx_stamps",
         filter: "",
         proves: "two agents and the broker: where each T4 comes from, RX stamps switched on once",
@@ -113,8 +118,8 @@ const MODULES: &[&str] = &[
 /// Whole-guest limit: a hung guest must not hold CI.
 const LIMIT: Duration = Duration::from_secs(25 * 60);
 
-/// Runs the set on the guest kernel `name`. `bin` is the release meshprobe binary (the lab's
-/// and the delay element's are beside it).
+/// Runs the set on the guest kernel `name`. `bin` is the release meshprobe binary (the lab's,
+/// the delay element's and the tracer's are beside it).
 pub fn run(ws: &Workspace, name: &str, bin: &std::path::Path) -> Result<()> {
     let k = kernel::find(name)?;
     if !util::is_root() {
