@@ -1,4 +1,5 @@
 //! Session-Sender and Session-Reflector, and what they share: how packets get stamped.
+mod nic_tx;
 pub mod policy;
 pub mod reflector;
 pub mod sender;

@@ -26,6 +26,7 @@ use tracing::{debug, info};
 
 use super::{
     StampSource, Stamping,
+    nic_tx::NicTxStamps,
     policy::{self, Framing, PolicyConfig, ReflectPolicy, Refusal, RefusedCounts},
     rx_time,
 };
@@ -192,6 +193,10 @@ pub async fn run(
         policy.set_peers(p.borrow_and_update().values().map(|p| p.addr));
     }
     let mut full_batches = 0u32;
+    // NIC TX stamps ride on the hand-off program's record of each reply (its TC T3).
+    let mut nic = (st.hw_tx_stamps && st.is_kernel()).then(NicTxStamps::default);
+    // The follow-up session of each reply of the batch (for its NIC TX stamp).
+    let mut sessions: Vec<Option<(FollowUpKey, u32)>> = Vec::new();
     loop {
         let r = tokio::select! {
             r = sock.recv_batch(&mut batch) => r,
@@ -203,14 +208,18 @@ pub async fn run(
             debug!("recv: {e}");
             continue;
         }
+        if let Some(n) = &mut nic {
+            n.absorb(sock.drain_tx_stamps().into_iter().map(|(k, p)| (k, p.hw)));
+        }
         if let Some(p) = &mut peers
             && p.has_changed().unwrap_or(false)
         {
             policy.set_peers(p.borrow_and_update().values().map(|p| p.addr));
         }
         let mut n_out = 0;
+        sessions.clear();
         for (payload, rx) in batch.iter() {
-            let Some((mut reply, framing)) = answer(
+            let Some((mut reply, framing, session)) = answer(
                 &sock,
                 &st,
                 ee,
@@ -221,9 +230,11 @@ pub async fn run(
                 &opts,
                 &mut policy,
                 now,
+                nic.as_mut(),
             ) else {
                 continue;
             };
+            sessions.push(session);
             if let Some(d) = opts.think_time {
                 tokio::time::sleep(d).await;
             }
@@ -247,11 +258,14 @@ pub async fn run(
             n_out += 1;
             if opts.think_time.is_some() {
                 // Test aid: each reply leaves after its own wait.
-                send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
+                let failed = send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
+                number_sent(nic.as_mut(), &sessions, &failed);
+                sessions.clear();
                 n_out = 0;
             }
         }
-        send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
+        let failed = send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
+        number_sent(nic.as_mut(), &sessions, &failed);
         // A full batch means more are waiting: after a few, let the other tasks run.
         if batch.len() >= crate::net::BATCH {
             full_batches += 1;
@@ -282,7 +296,12 @@ fn answer(
     opts: &ReflectorOptions,
     policy: &mut ReflectPolicy,
     now: std::time::Instant,
-) -> Option<(wire::Lenient<wire::ReflectorPacket>, Framing)> {
+    nic: Option<&mut NicTxStamps>,
+) -> Option<(
+    wire::Lenient<wire::ReflectorPacket>,
+    Framing,
+    Option<(FollowUpKey, u32)>,
+)> {
     stats.requests += 1;
     if let Some(l) = &opts.live {
         l.requests.inc();
@@ -349,17 +368,42 @@ fn answer(
     }
     // Our follow-up TLV (two-step T3): only for the requests that carry it, since the lookup
     // is a system call. Not on an authenticated port: its T3 is the userspace stamp it signs.
+    let mut session = None;
     if matches!(framing, Framing::Open) && reply.packet.wants_follow_up() {
+        let key = follow_up_key(rx.from, opts.listen.port(), req.packet.ssid);
         let prev = if auth_port {
             None
         } else {
-            st.take_follow_up(&follow_up_key(rx.from, opts.listen.port(), req.packet.ssid))
+            st.take_follow_up(&key)
         };
-        reply
-            .packet
-            .set_follow_up(&follow_up_value(req.packet.seq, prev, t2_source));
+        let nic_correction = match (nic, &prev) {
+            (Some(n), Some(p)) => n.correction(&key, p),
+            _ => None,
+        };
+        reply.packet.set_follow_up(&follow_up_value(
+            req.packet.seq,
+            prev,
+            nic_correction,
+            t2_source,
+        ));
+        session = Some((key, req.packet.seq));
     }
-    Some((reply, framing))
+    Some((reply, framing, session))
+}
+
+/// Numbers the replies the kernel accepted, in send order, as it numbers their TX stamps.
+fn number_sent(
+    nic: Option<&mut NicTxStamps>,
+    sessions: &[Option<(FollowUpKey, u32)>],
+    failed: &[usize],
+) {
+    if let Some(n) = nic {
+        for (i, s) in sessions.iter().enumerate() {
+            if !failed.contains(&i) {
+                n.sent(*s);
+            }
+        }
+    }
 }
 
 /// How far back (in the session's sequence numbers) the previous reply a follow-up reports on
@@ -384,8 +428,14 @@ fn follow_up_key(from: SocketAddr, local_port: u16, ssid: u16) -> FollowUpKey {
 
 /// The follow-up value of the reply to request `seq`: this reply's T2 source, and the
 /// correction of the session's previous reply when `prev` is one (an earlier sequence number
-/// within `FOLLOW_UP_MAX_GAP`, a correction within bounds).
-fn follow_up_value(seq: u32, prev: Option<FollowUp>, t2: StampSource) -> FollowUpValue {
+/// within `FOLLOW_UP_MAX_GAP`, a correction within bounds): the NIC's (`nic`, from
+/// [`NicTxStamps::correction`]) when it stamped that reply, else the hand-off's.
+fn follow_up_value(
+    seq: u32,
+    prev: Option<FollowUp>,
+    nic: Option<u32>,
+    t2: StampSource,
+) -> FollowUpValue {
     let mut v = FollowUpValue {
         t2_source: t2.follow_up_t2_code(),
         ..FollowUpValue::default()
@@ -395,8 +445,10 @@ fn follow_up_value(seq: u32, prev: Option<FollowUp>, t2: StampSource) -> FollowU
         && f.correction_ns <= FollowUp::MAX_CORRECTION_NS
     {
         v.prev_sender_seq = f.sender_seq;
-        v.correction_ns = f.correction_ns;
-        v.prev_t3_source = follow_up::t3_source::HANDOFF;
+        (v.correction_ns, v.prev_t3_source) = match nic {
+            Some(c) => (c, follow_up::t3_source::HW_TX),
+            None => (f.correction_ns, follow_up::t3_source::HANDOFF),
+        };
     }
     v
 }
@@ -406,18 +458,19 @@ async fn send_all(
     replies: &[(Vec<u8>, SocketAddr, Option<Source>)],
     stats: &mut ReflectorStats,
     opts: &ReflectorOptions,
-) {
+) -> Vec<usize> {
+    let mut refused = Vec::new();
     if replies.is_empty() {
-        return;
+        return refused;
     }
     let msgs: Vec<(&[u8], SocketAddr, Option<Source>)> =
         replies.iter().map(|(b, a, s)| (&b[..], *a, *s)).collect();
-    let mut failed = 0u64;
     sock.send_batch_from(&msgs, |i, e| {
         debug!("reply to {}: {e}", msgs[i].1);
-        failed += 1;
+        refused.push(i);
     })
     .await;
+    let failed = refused.len() as u64;
     let sent = msgs.len() as u64 - failed;
     stats.replies += sent;
     stats.send_errors += failed;
@@ -425,6 +478,7 @@ async fn send_all(
         l.replies.inc_by(sent);
         l.send_errors.inc_by(failed);
     }
+    refused
 }
 
 #[derive(Serialize)]
@@ -541,7 +595,7 @@ mod tests {
                 correction_ns,
             })
         };
-        let v = follow_up_value(10, entry(9, 700), StampSource::SkbRx);
+        let v = follow_up_value(10, entry(9, 700), None, StampSource::SkbRx);
         assert_eq!(
             v,
             FollowUpValue {
@@ -553,12 +607,12 @@ mod tests {
         );
         // Across the wrap, and at the bound.
         assert_eq!(
-            follow_up_value(1, entry(u32::MAX, 1), StampSource::Tc).prev_sender_seq,
+            follow_up_value(1, entry(u32::MAX, 1), None, StampSource::Tc).prev_sender_seq,
             u32::MAX
         );
         let far = 10u32.wrapping_sub(FOLLOW_UP_MAX_GAP);
         assert_eq!(
-            follow_up_value(10, entry(far, 1), StampSource::Tc).prev_t3_source,
+            follow_up_value(10, entry(far, 1), None, StampSource::Tc).prev_t3_source,
             t3_source::HANDOFF
         );
         // Not earlier (the same, later, or too far back), a correction out of bounds, no entry
@@ -575,14 +629,26 @@ mod tests {
             None,
         ] {
             assert_eq!(
-                follow_up_value(10, prev, StampSource::Socket),
+                follow_up_value(10, prev, None, StampSource::Socket),
                 none(t2_source::SOCKET),
                 "{prev:?}"
             );
         }
         assert_eq!(
-            follow_up_value(10, None, StampSource::App),
+            follow_up_value(10, None, None, StampSource::App),
             none(t2_source::UNKNOWN)
+        );
+        // The NIC's correction of that reply, when it has one, replaces the hand-off's; it
+        // comes only with the hand-off record (whose T3 it is measured from), and obeys the
+        // same rules.
+        let v = follow_up_value(10, entry(9, 700), Some(1_900), StampSource::SkbRx);
+        assert_eq!(
+            (v.correction_ns, v.prev_t3_source),
+            (1_900, t3_source::HW_TX)
+        );
+        assert_eq!(
+            follow_up_value(10, entry(11, 700), Some(1_900), StampSource::Socket),
+            none(t2_source::SOCKET)
         );
     }
 
