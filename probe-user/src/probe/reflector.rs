@@ -196,7 +196,7 @@ pub async fn run(
     // NIC TX stamps ride on the hand-off program's record of each reply (its TC T3).
     let mut nic = (st.hw_tx_stamps && st.is_kernel()).then(NicTxStamps::default);
     // The follow-up session of each reply of the batch (for its NIC TX stamp).
-    let mut sessions: Vec<Option<(FollowUpKey, u32)>> = Vec::new();
+    let mut sessions: Vec<Option<Session>> = Vec::new();
     loop {
         let r = tokio::select! {
             r = sock.recv_batch(&mut batch) => r,
@@ -300,7 +300,7 @@ fn answer(
 ) -> Option<(
     wire::Lenient<wire::ReflectorPacket>,
     Framing,
-    Option<(FollowUpKey, u32)>,
+    Option<Session>,
 )> {
     stats.requests += 1;
     if let Some(l) = &opts.live {
@@ -391,12 +391,11 @@ fn answer(
     Some((reply, framing, session))
 }
 
+/// A reply's follow-up session and the sender sequence number it answers.
+type Session = (FollowUpKey, u32);
+
 /// Numbers the replies the kernel accepted, in send order, as it numbers their TX stamps.
-fn number_sent(
-    nic: Option<&mut NicTxStamps>,
-    sessions: &[Option<(FollowUpKey, u32)>],
-    failed: &[usize],
-) {
+fn number_sent(nic: Option<&mut NicTxStamps>, sessions: &[Option<Session>], failed: &[usize]) {
     if let Some(n) = nic {
         for (i, s) in sessions.iter().enumerate() {
             if !failed.contains(&i) {
