@@ -49,7 +49,7 @@ const SET: &[GuestTest] = &[
     GuestTest {
         binary: "handoff",
         filter: "",
-        proves: "T1 at the driver hand-off (tp_btf, offsets from the kernel's BTF), or a loud skip",
+        proves: "T1 at the driver hand-off (tp_btf, offsets from the kernel BTF), or a loud skip",
     },
     GuestTest {
         binary: "transparency",
