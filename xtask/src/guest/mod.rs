@@ -223,6 +223,11 @@ fn parse_executables(cargo_stderr: &str, root: &std::path::Path) -> BTreeMap<Str
         .collect()
 }
 
+/// `s` as one single-quoted shell word (a quote inside becomes `'\''`).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// The guest's job: load the modules, run each test binary one test at a time, write
 /// `output.log` as it goes and `status` (`ok` or `failed: NAME…`) last.
 fn script_text(
@@ -234,9 +239,7 @@ fn script_text(
     cannot_run: &[(&str, &str)],
 ) -> Result<String> {
     let q = |p: &std::path::Path| -> Result<String> {
-        let s = p.to_str().context("non-UTF-8 path")?;
-        anyhow::ensure!(!s.contains('\''), "a path with a quote: {s}");
-        Ok(format!("'{s}'"))
+        Ok(sh_quote(p.to_str().context("non-UTF-8 path")?))
     };
     let mut s = String::from("#!/bin/bash\n# Written by `cargo xtask test --kernel`.\n");
     s += &format!("exec >{} 2>&1\n", q(&work.join(vm::OUTPUT))?);
@@ -255,16 +258,21 @@ fn script_text(
     for t in SET {
         if let Some((_, why)) = cannot_run.iter().find(|(b, _)| *b == t.binary) {
             s += &format!(
-                "echo; echo '[guest] ##### SKIPPED {} on this kernel: {}'\n",
-                t.binary,
-                why.replace('\'', "")
+                "echo; echo {}\n",
+                sh_quote(&format!(
+                    "[guest] ##### SKIPPED {} on this kernel: {why}",
+                    t.binary
+                ))
             );
             continue;
         }
         let exe = q(&binaries[t.binary])?;
         s += &format!(
-            "echo; echo '[guest] === {} {}: {}'\n",
-            t.binary, t.filter, t.proves
+            "echo; echo {}\n",
+            sh_quote(&format!(
+                "[guest] === {} {}: {}",
+                t.binary, t.filter, t.proves
+            ))
         );
         s += "start=$SECONDS\n";
         s += &format!(
@@ -303,6 +311,19 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m["loss"], PathBuf::from("/w/target/release/deps/loss-807e"));
         assert_eq!(m["agent_mesh"], PathBuf::from("/abs/deps/agent_mesh-8d45"));
+    }
+
+    #[test]
+    fn a_quote_in_a_word_stays_in_the_word() {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("printf %s {}", sh_quote("it's 'quoted' $HOME")))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "it's 'quoted' $HOME"
+        );
     }
 
     #[test]
