@@ -586,7 +586,8 @@ pub mod counter {
     pub const HANDOFF_SKIP_CORRECTION: u32 = 28;
     /// Reflector in authenticated mode: replies are signed in userspace, no follow-up.
     pub const HANDOFF_SKIP_AUTH: u32 = 29;
-    /// A read of kernel memory (`bpf_probe_read_kernel`) failed.
+    /// A read of kernel memory (`bpf_probe_read_kernel`) failed, or a header or payload field
+    /// lay beyond the skb's linear data.
     pub const HANDOFF_ERR_READ: u32 = 30;
     pub const COUNT: u32 = 31;
 

@@ -55,7 +55,7 @@ use probe_common::{
 };
 use probe_ebpf::{
     ETH_HLEN, ETH_P_IP, IPPROTO_UDP, Skip, UDP_HLEN, Udp,
-    kernel::{self, NotUdp, UdpDatagram},
+    skb::{self, KAddr, L3From, SkbUdp, btf_load},
 };
 
 /// The clock of every stamp (`probe_common::kernel_clock`): a read-only global userspace sets
@@ -768,10 +768,11 @@ fn handoff_correction(now: u64, tc: u64) -> Option<u32> {
     }
 }
 
-/// A payload field read from the kernel (a fault is counted).
+/// A payload field (a fault is counted; the offsets are within the payload length checked
+/// before).
 #[inline(always)]
-fn kread<T>(addr: u64) -> Option<T> {
-    let v = kernel::read(addr);
+fn kread<T: Copy>(d: &SkbUdp, off: usize) -> Option<T> {
+    let v = d.at(off);
     if v.is_none() {
         count(counter::HANDOFF_ERR_READ);
     }
@@ -786,22 +787,23 @@ fn ptp_ns(ts: [u8; 8]) -> u64 {
     s * NSEC_PER_SEC + n
 }
 
-/// Sender: the hand-off time into the `T1_SENT` record of a request of ours, when the record
-/// is this request's: same (seq, port, ssid), and in open mode the T1 the request carries
-/// (the TC stamp). The probe tag as the TC program checks it, at the mode's offsets.
+/// Sender: the hand-off time `now` into the `T1_SENT` record of a request of ours, when the
+/// record is this request's: same (seq, port, ssid), and in open mode the T1 the request
+/// carries (the TC stamp). The probe tag as the TC program checks it, at the mode's offsets.
 #[inline(always)]
-fn handoff_t1(d: &UdpDatagram, auth: bool, cfg: &Config) {
+fn handoff_t1(d: &SkbUdp, auth: bool, cfg: &Config, now: u64) {
     let (base, tag_at, ssid_at) = if auth {
         (auth_wire::BASE_LEN, auth_wire::PROBE_TAG, auth_wire::SSID)
     } else {
         (wire::BASE_LEN, wire::PROBE_TAG, wire::SSID)
     };
-    if d.payload_len < base {
+    let len = d.payload_len as usize;
+    if len < base {
         count(counter::HANDOFF_SKIP_NOT_PROBE);
         return;
     }
-    if d.payload_len >= tag_at + 4 {
-        let Some(tag) = kread::<[u8; 4]>(d.payload + tag_at as u64) else {
+    if len >= tag_at + 4 {
+        let Some(tag) = kread::<[u8; 4]>(d, tag_at) else {
             return;
         };
         if u32::from_be_bytes(tag) != cfg.probe_tag {
@@ -810,10 +812,10 @@ fn handoff_t1(d: &UdpDatagram, auth: bool, cfg: &Config) {
         }
     }
     // Seq (0..4) and, in open mode, T1 (4..12) sit together at the start.
-    let Some(head) = kread::<[u8; 12]>(d.payload) else {
+    let Some(head) = kread::<[u8; 12]>(d, 0) else {
         return;
     };
-    let Some(ssid) = kread::<[u8; 2]>(d.payload + ssid_at as u64) else {
+    let Some(ssid) = kread::<[u8; 2]>(d, ssid_at) else {
         return;
     };
     let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
@@ -833,25 +835,23 @@ fn handoff_t1(d: &UdpDatagram, auth: bool, cfg: &Config) {
         count(counter::HANDOFF_SKIP_NO_RECORD);
         return;
     }
-    let now = tai_now(cfg.mono_to_tai_ns);
     if handoff_correction(now, rec.t1).is_some() {
         rec.handoff = now;
         count(counter::HANDOFF_T1);
     }
 }
 
-/// Reflector (open mode): the hand-off correction of this reply (hand-off − the T3 that TC
-/// egress wrote into it) into `FOLLOW_UP`, keyed by the session the reply goes to.
+/// Reflector (open mode): the hand-off correction of this reply (hand-off time `now` − the T3
+/// that TC egress wrote into it) into `FOLLOW_UP`, keyed by the session the reply goes to.
 #[inline(always)]
-fn handoff_follow_up(d: &UdpDatagram, cfg: &Config) {
-    if d.payload_len < wire::BASE_LEN {
+fn handoff_follow_up(d: &SkbUdp, now: u64) {
+    if (d.payload_len as usize) < wire::BASE_LEN {
         count(counter::HANDOFF_SKIP_NOT_PROBE);
         return;
     }
-    let Some(p) = kread::<[u8; wire::BASE_LEN]>(d.payload) else {
+    let Some(p) = kread::<[u8; wire::BASE_LEN]>(d, 0) else {
         return;
     };
-    let now = tai_now(cfg.mono_to_tai_ns);
     let t = wire::TIMESTAMP;
     let t3 = ptp_ns([
         p[t],
@@ -866,9 +866,14 @@ fn handoff_follow_up(d: &UdpDatagram, cfg: &Config) {
     let Some(correction_ns) = handoff_correction(now, t3) else {
         return;
     };
+    // The session's address: the reply's destination, in the `FollowUpKey` form.
+    let Some((_, daddr)) = d.addrs() else {
+        count(counter::HANDOFF_ERR_READ);
+        return;
+    };
     let q = wire::SENDER_SEQ;
     let key = FollowUpKey {
-        addr: d.daddr,
+        addr: daddr,
         port: d.dst,
         local_port: d.src,
         ssid: u16::from_be_bytes([p[wire::SSID], p[wire::SSID + 1]]),
@@ -892,8 +897,7 @@ fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
     let o = &KERNEL_OFFSETS;
     // SAFETY: `sk` is the skb's `struct sock *`, loaded by BTF type; the cookie is the one
     // `SO_COOKIE` set when userspace registered the socket.
-    let off = kernel::off(&o.sock_cookie);
-    let cookie: u64 = unsafe { kernel::member(sk, off) };
+    let cookie: u64 = unsafe { btf_load(sk, skb::off(&o.sock_cookie)) };
     // SAFETY: a u8 map value, read once.
     let role = match unsafe { SOCKETS.get(cookie) } {
         Some(r) => *r & flags,
@@ -908,9 +912,14 @@ fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
         count(counter::HANDOFF_SKIP_AUTH);
         return;
     }
+    let Some(cfg) = config() else {
+        return;
+    };
+    // The hand-off time: first, before the reads of the skb and the payload (a score of kernel
+    // reads took ~1 µs), so the instant is the tracepoint's.
+    let now = tai_now(cfg.mono_to_tai_ns);
     // SAFETY: `skb` is the tracepoint's BTF-typed `struct sk_buff *`.
-    let h = unsafe { kernel::headers(skb, o) };
-    match unsafe { kernel::gso_size(skb, &h, o) } {
+    match unsafe { skb::gso_size(skb, o) } {
         Some(0) => {}
         Some(_) => {
             count(counter::HANDOFF_SKIP_GSO);
@@ -921,29 +930,34 @@ fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
             return;
         }
     }
-    let d = match kernel::udp_datagram(&h) {
-        Ok(d) => d,
-        Err(NotUdp::Read) => {
-            count(counter::HANDOFF_ERR_READ);
-            return;
-        }
-        Err(NotUdp::Shape) => {
+    // SAFETY: a global; volatile so that the compiler keeps the loads the verifier resolves.
+    let offsets = unsafe { core::ptr::read_volatile(o) };
+    // A header beyond the linear data (or a faulting read) is a read error; the rest of what
+    // the parse gives up on is not a probe (nor is what it passes over without a word).
+    let noted = core::cell::Cell::new(false);
+    let d = skb::skb_udp(skb as KAddr, &offsets, L3From::Network, |s| {
+        noted.set(true);
+        count(match s {
+            Skip::Pull => counter::HANDOFF_ERR_READ,
+            Skip::BadIhl | Skip::Fragment | Skip::Ipv6Ext => counter::HANDOFF_SKIP_NOT_PROBE,
+        });
+    });
+    let Some(d) = d else {
+        if !noted.get() {
             count(counter::HANDOFF_SKIP_NOT_PROBE);
-            return;
         }
+        return;
     };
-    // The socket's own datagram (not a tunnel's outer packet that kept the socket).
-    if d.src != num {
+    // The socket's own whole datagram (not a first fragment, not a tunnel's outer packet that
+    // kept the socket).
+    if d.fragment || d.src != num {
         count(counter::HANDOFF_SKIP_NOT_PROBE);
         return;
     }
-    let Some(cfg) = config() else {
-        return;
-    };
     if role & port::SENDER != 0 {
-        handoff_t1(&d, role & port::AUTH != 0, cfg);
+        handoff_t1(&d, role & port::AUTH != 0, cfg, now);
     } else {
-        handoff_follow_up(&d, cfg);
+        handoff_follow_up(&d, now);
     }
 }
 
@@ -953,15 +967,13 @@ fn handoff_probe(skb: *const u8, sk: *const u8, num: u16, flags: u8) {
 pub fn meshprobe_handoff(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let o = &KERNEL_OFFSETS;
-    let off = kernel::off(&o.skb_sk);
     // SAFETY: the tracepoint's first argument is the skb, typed by BTF.
-    let sk: *const u8 = unsafe { kernel::member(skb, off) };
+    let sk: *const u8 = unsafe { btf_load(skb, skb::off(&o.skb_sk)) };
     if sk.is_null() {
         return 0;
     }
-    let off = kernel::off(&o.sock_num);
     // SAFETY: `sk` typed by BTF (loaded from `skb->sk`).
-    let num: u16 = unsafe { kernel::member(sk, off) };
+    let num: u16 = unsafe { btf_load(sk, skb::off(&o.sock_num)) };
     let f = port_flags(num);
     if f != 0 {
         handoff_probe(skb, sk, num, f);

@@ -7,6 +7,12 @@
 //! (`data .. data + len - data_len`) right before it is made; a header or payload beyond it is
 //! a `Skip::Pull`. The caller matches ports first: everything after the ports is for packets to
 //! or from its ports only.
+//!
+//! The one parser of an skb for every tracing program: the tracepoint reference (src/trace.rs)
+//! and the probe's driver hand-off program (src/main.rs). The hand-off's path for every other
+//! packet of the host (socket, port, cookie) does not read this way: it loads the members
+//! directly through its BTF-typed pointers ([`btf_load`]), as does its GSO check
+//! ([`gso_size`]).
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use probe_common::KernelOffsets;
 
@@ -26,6 +32,42 @@ pub fn read<T: Copy>(addr: KAddr) -> Option<T> {
 #[inline(always)]
 pub fn member<T: Copy>(base: KAddr, off: u16) -> Option<T> {
     read(base + off as u64)
+}
+
+/// One offset of a frozen `KernelOffsets` global (`&GLOBAL.field`), read so that the compiler
+/// keeps the load the verifier resolves (a plain read of a `static` would be folded to its
+/// built-in zero). A value the verifier knows, as [`btf_load`] needs.
+#[inline(always)]
+pub fn off(field: &u16) -> u16 {
+    // SAFETY: a reference to a u16.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// BTF-typed direct load of the member at `off` of the kernel struct at `base` (a pointer the
+/// verifier tracks by type: a tracepoint argument, or a pointer member loaded this way): one
+/// instruction, no helper call. `off` must be a value the verifier knows ([`off`]). A fault
+/// reads 0.
+///
+/// # Safety
+/// `base` is such a pointer, `off` the offset of a member of type `T` in its struct.
+#[inline(always)]
+pub unsafe fn btf_load<T: Copy>(base: *const u8, off: u16) -> T {
+    unsafe { *(base.add(off as usize) as *const T) }
+}
+
+/// `skb_shinfo(skb)->gso_size` of the BTF-typed `struct sk_buff *` at `skb`: non-zero for an
+/// skb that holds more than one datagram. `None` when the read faults. `o` is the frozen
+/// global itself (its offsets are read with [`off`]).
+///
+/// # Safety
+/// As [`btf_load`].
+#[inline(always)]
+pub unsafe fn gso_size(skb: *const u8, o: &'static KernelOffsets) -> Option<u16> {
+    let (head, end) = (off(&o.skb_head), off(&o.skb_end));
+    // SAFETY: members of the skb at their BTF offsets.
+    let (head, end): (KAddr, u32) = unsafe { (btf_load(skb, head), btf_load(skb, end)) };
+    // 64-bit kernels keep `end` as an offset from `head`.
+    read(head + end as u64 + off(&o.shinfo_gso_size) as u64)
 }
 
 /// Where the L3 header starts at the tracepoint.
@@ -75,22 +117,26 @@ impl SkbUdp {
         }
     }
 
+    /// The `T` at payload offset `off` (octets as they are on the wire), inside the payload;
+    /// `None` beyond it or when the read faults.
+    #[inline(always)]
+    pub fn at<T: Copy>(&self, off: usize) -> Option<T> {
+        if off + core::mem::size_of::<T>() > self.payload_len as usize {
+            return None;
+        }
+        read::<T>(self.payload + off as u64)
+    }
+
     /// Big-endian `u16` at payload offset `off`, inside the payload.
     #[inline(always)]
     pub fn be16(&self, off: usize) -> Option<u16> {
-        if off + 2 > self.payload_len as usize {
-            return None;
-        }
-        read::<u16>(self.payload + off as u64).map(u16::from_be)
+        self.at::<u16>(off).map(u16::from_be)
     }
 
     /// Big-endian `u32` at payload offset `off`, inside the payload.
     #[inline(always)]
     pub fn be32(&self, off: usize) -> Option<u32> {
-        if off + 4 > self.payload_len as usize {
-            return None;
-        }
-        read::<u32>(self.payload + off as u64).map(u32::from_be)
+        self.at::<u32>(off).map(u32::from_be)
     }
 }
 
