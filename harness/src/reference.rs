@@ -77,22 +77,32 @@ fn join(a: &HashMap<(u16, u32), HostTimes>, b: &HashMap<(u16, u32), HostTimes>) 
     out
 }
 
-/// The T1 each open-mode request carried on the wire (the TC egress stamp), TAI ns, keyed
-/// by (SSID, sequence), from the sender's capture: with driver hand-off stamps, the probe's
-/// own T1 is a later stamp than this one. A key seen twice keeps its first capture.
-pub fn wire_t1s(sender: &[Packet], port: u16) -> HashMap<(u16, u32), u64> {
-    let mut out = HashMap::new();
+/// The TC egress stamps each open-mode probe carried on the wire, TAI ns, keyed by (SSID,
+/// sender sequence): `[T1 of the request (sender's capture), T3 of the reply (reflector's
+/// capture)]`. With driver hand-off stamps, the probe's own T1 and (two-step) T3 are later
+/// stamps than these. A key seen twice in one direction keeps its first capture.
+pub fn wire_tc(sender: &[Packet], reflector: &[Packet], port: u16) -> WireTc {
+    let ts = |p: &Packet| {
+        p.payload
+            .get(probe_common::wire::TIMESTAMP..probe_common::wire::TIMESTAMP + 8)
+            .map(crate::stamp::ptp_ns)
+    };
+    let mut out = WireTc::new();
     for p in sender.iter().filter(|p| p.dst.port() == port) {
-        if let (Some(k), Some(ts)) = (
-            request_key(&p.payload),
-            p.payload
-                .get(probe_common::wire::TIMESTAMP..probe_common::wire::TIMESTAMP + 8),
-        ) {
-            out.entry(k).or_insert_with(|| crate::stamp::ptp_ns(ts));
+        if let (Some(k), Some(t)) = (request_key(&p.payload), ts(p)) {
+            out.entry(k).or_default()[0].get_or_insert(t);
+        }
+    }
+    for p in reflector.iter().filter(|p| p.src.port() == port) {
+        if let (Some(k), Some(t)) = (reply_key(&p.payload), ts(p)) {
+            out.entry(k).or_default()[1].get_or_insert(t);
         }
     }
     out
 }
+
+/// [`wire_tc`]'s map.
+pub type WireTc = HashMap<(u16, u32), [Option<u64>; 2]>;
 
 /// The tracepoint reference's times of each probe at the four points, keyed by (SSID, sender
 /// sequence), as [`capture_times`] but CLOCK_TAI ns: the sender's events are those of the

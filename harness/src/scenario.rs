@@ -8,7 +8,7 @@ use crate::STAMP_PORT;
 use crate::capture::Capture;
 use crate::load::{CpuStat, ticks_ms};
 use crate::meshprobe::{Meshprobe, PingRun, Probe};
-use crate::reference::{Times, capture_times, network_rtt, to_tai, trace_times, wire_t1s};
+use crate::reference::{Times, WireTc, capture_times, network_rtt, to_tai, trace_times, wire_tc};
 use crate::stats::{percentile, us};
 use crate::topo::{Family, TwoHosts};
 use crate::trace::{Site, TraceResult};
@@ -31,8 +31,8 @@ pub struct Agreement {
     pub abs_err: Vec<i64>,
     /// Signed (meshprobe − reference) per matched probe, ns.
     pub signed_err: Vec<i64>,
-    /// |meshprobe − reference| per matched probe with the TC T1 its request carried in place
-    /// of a driver hand-off T1, ns (`abs_err` for a probe without one). The capture tap sits
+    /// |meshprobe − reference| per matched probe with the TC T1 and T3 its packets carried in
+    /// place of driver hand-off stamps, ns (`abs_err` for a probe without them). The capture tap sits
     /// between TC and the hand-off and delays the hand-off by its own work (the clone, the
     /// reader's wake-up: measured 1.9 µs TC → hand-off without captures, 14 µs with them, p50,
     /// on this kind of machine), so against the capture it is the TC stamps that are judged;
@@ -49,6 +49,13 @@ pub struct Agreement {
     /// after the capture tap; and (T1 − the TC T1 its request carried on the wire), ns, where
     /// the capture has the request's octets.
     pub handoff: Vec<(bool, Option<i64>)>,
+    /// The same for T3: the reflector's hand-off time through the two-step (`t3_source`
+    /// "handoff"), and (T3 − the TC T3 its reply carried on the wire).
+    pub handoff_t3: Vec<(bool, Option<i64>)>,
+    /// The reference is the tracepoint reference, whose egress point is the driver hand-off
+    /// itself: a hand-off stamp and the reference's are taken by two programs on one
+    /// tracepoint, in the order they were attached, so their order says nothing.
+    pub at_handoff: bool,
     /// Per matched probe, capture time minus meshprobe's stamp at the same point, ns:
     /// `[A out − T1, B in − T2, B out − T3, A in − T4]` (captures converted to TAI).
     /// meshprobe − reference = leg0 + leg2 − leg1 − leg3.
@@ -93,7 +100,7 @@ impl Agreement {
     /// speed: at least `count` probes sent and (nearly) all matched; T2 and T4 the receive
     /// stamps the capture reports (ingress legs exact); TC stamps before the capture tap, a
     /// driver hand-off T1 after it and after the TC T1 its request carried
-    /// ([`Agreement::egress_negative`]); meshprobe's error (with the TC T1, see
+    /// ([`Agreement::egress_negative`]); meshprobe's error (with the TC T1 and T3, see
     /// [`Agreement::tc_abs_err`]) far below the socket-level error of the same
     /// probes ([`MAX_ERROR_RATIO`]).
     pub fn check_kernel_stamps(&self, label: &str, count: u32) -> Result<()> {
@@ -128,7 +135,7 @@ impl Agreement {
             let sock = percentile(&app, pct).unwrap_or(0);
             ensure!(
                 net as f64 <= MAX_ERROR_RATIO * sock as f64,
-                "{label}: p{pct} |error| (TC T1) {} is not below {MAX_ERROR_RATIO} × the socket-level \
+                "{label}: p{pct} |error| (TC T1, T3) {} is not below {MAX_ERROR_RATIO} × the socket-level \
                  p{pct} |error| {} of the same probes: {}",
                 us(net),
                 us(sock),
@@ -152,7 +159,7 @@ impl Agreement {
         percentile(&self.abs_err, pct).unwrap_or(i64::MAX)
     }
 
-    /// [`Agreement::p`] of the error with the TC T1 ([`Agreement::tc_abs_err`]).
+    /// [`Agreement::p`] of the error with the TC T1 and T3 ([`Agreement::tc_abs_err`]).
     pub fn p_tc(&self, pct: f64) -> i64 {
         percentile(&self.tc_abs_err, pct).unwrap_or(i64::MAX)
     }
@@ -187,20 +194,20 @@ impl Agreement {
     }
 
     /// Matched probes whose egress stamps are out of the kernel's egress order: TC, then the
-    /// capture tap, then the driver hand-off. A TC stamp (T3, a TC T1) after the tap; a
-    /// hand-off T1 before the tap, or before the TC T1 its request carried.
+    /// capture tap, then the driver hand-off. A TC stamp after the tap; a hand-off stamp
+    /// before the tap, or before the TC stamp its packet carried. One rule for T1 and T3.
     pub fn egress_negative(&self) -> usize {
+        let wrong = |leg: i64, (handoff, after_tc): (bool, Option<i64>)| {
+            if handoff {
+                (leg > 0 && !self.at_handoff) || after_tc.is_some_and(|d| d < 0)
+            } else {
+                leg < 0
+            }
+        };
         self.legs
             .iter()
-            .zip(&self.handoff)
-            .filter(|(l, (handoff, after_tc))| {
-                let t1_wrong = if *handoff {
-                    l[0] > 0 || after_tc.is_some_and(|d| d < 0)
-                } else {
-                    l[0] < 0
-                };
-                t1_wrong || l[2] < 0
-            })
+            .zip(self.handoff.iter().zip(&self.handoff_t3))
+            .filter(|(l, (t1, t3))| wrong(l[0], **t1) || wrong(l[2], **t3))
             .count()
     }
 
@@ -261,7 +268,7 @@ impl Agreement {
     pub fn report(&self, label: &str) -> String {
         format!(
             "{label}: sent {} probes {} matched {} ({:.2}%), |error| p50 {} p99 {} max {}, \
-             signed error p50 {}, with the TC T1 |error| p50 {} p99 {}, app RTT |error| p50 {} p99 {}, reference RTT p50 {}, \
+             signed error p50 {}, with the TC T1/T3 |error| p50 {} p99 {}, app RTT |error| p50 {} p99 {}, reference RTT p50 {}, \
              t1 sources {:?}, t4 sources {:?}, capture drops {}",
             self.sent,
             self.probes,
@@ -293,23 +300,22 @@ pub fn tai_offset_ns() -> i64 {
 }
 
 /// Pairs probes with the capture reference by (SSID, sequence).
-pub fn compare(run: &PingRun, times: &Times, wire_t1: &WireT1s) -> Agreement {
-    compare_on(run, times, wire_t1, tai_offset_ns())
+pub fn compare(run: &PingRun, times: &Times, wire: &WireTc) -> Agreement {
+    compare_on(run, times, wire, tai_offset_ns())
 }
 
 /// [`compare`] with a reference on CLOCK_TAI (the tracepoint reference's, or a capture's
 /// through [`to_tai`]).
-pub fn compare_tai(run: &PingRun, times: &Times, wire_t1: &WireT1s) -> Agreement {
-    compare_on(run, times, wire_t1, 0)
+pub fn compare_tai(run: &PingRun, times: &Times, wire: &WireTc) -> Agreement {
+    Agreement {
+        at_handoff: true,
+        ..compare_on(run, times, wire, 0)
+    }
 }
-
-/// The T1 each request carried on the wire (the TC stamp, TAI), by (SSID, sequence):
-/// [`wire_t1s`]; empty without a capture.
-pub type WireT1s = std::collections::HashMap<(u16, u32), u64>;
 
 /// Pairs probes with a reference by (SSID, sequence); `tai` is CLOCK_TAI − the reference's
 /// clock (meshprobe's stamps are TAI).
-fn compare_on(run: &PingRun, times: &Times, wire_t1: &WireT1s, tai: i64) -> Agreement {
+fn compare_on(run: &PingRun, times: &Times, wire: &WireTc, tai: i64) -> Agreement {
     let mut a = Agreement {
         sent: run.summaries.first().map(|s| s.sent).unwrap_or(0),
         probes: run.probes.len(),
@@ -323,6 +329,8 @@ fn compare_on(run: &PingRun, times: &Times, wire_t1: &WireT1s, tai: i64) -> Agre
         t4_sources: Vec::new(),
         t1_sources: Vec::new(),
         handoff: Vec::new(),
+        handoff_t3: Vec::new(),
+        at_handoff: false,
         legs: Vec::new(),
         seq_t1: Vec::new(),
         app_rtt: Vec::new(),
@@ -343,11 +351,19 @@ fn compare_on(run: &PingRun, times: &Times, wire_t1: &WireT1s, tai: i64) -> Agre
                 leg(b_out, p.t3_ns),
                 leg(a_in, p.t4_ns),
             ]);
+            let on_wire = wire.get(&k).copied().unwrap_or_default();
             let handoff = p.t1_source.as_deref() == Some("handoff");
-            let after_tc = wire_t1.get(&k).map(|&w| p.t1_ns as i64 - w as i64);
+            let after_tc = on_wire[0].map(|w| p.t1_ns as i64 - w as i64);
             a.handoff.push((handoff, after_tc));
-            // The RTT with the TC T1: longer by (hand-off − TC).
-            let to_tc = if handoff { after_tc.unwrap_or(0) } else { 0 };
+            let handoff3 = p.t3_source.as_deref() == Some("handoff");
+            let after_tc3 = on_wire[1].map(|w| p.t3_ns as i64 - w as i64);
+            a.handoff_t3.push((handoff3, after_tc3));
+            // The RTT with the TC T1 and T3: longer by each (hand-off − TC).
+            let to_tc = [(handoff, after_tc), (handoff3, after_tc3)]
+                .iter()
+                .filter(|(h, _)| *h)
+                .map(|(_, d)| d.unwrap_or(0))
+                .sum::<i64>();
             a.tc_abs_err.push((p.network_rtt_ns + to_tc - t).abs());
             a.matched += 1;
             a.signed_err.push(p.network_rtt_ns - t);
@@ -568,15 +584,15 @@ pub fn agreement_run(
         run.summaries.len(),
         run.stderr
     );
-    let (times, drops, wire_t1) = match (&a, &b) {
+    let (times, drops, wire) = match (&a, &b) {
         (Some(a), Some(b)) => (
             capture_times(&a.packets, &b.packets, STAMP_PORT),
             a.dropped_by_kernel + b.dropped_by_kernel,
-            wire_t1s(&a.packets, STAMP_PORT),
+            wire_tc(&a.packets, &b.packets, STAMP_PORT),
         ),
-        _ => (Times::new(), 0, WireT1s::new()),
+        _ => (Times::new(), 0, WireTc::new()),
     };
-    let mut ag = compare(&run, &times, &wire_t1);
+    let mut ag = compare(&run, &times, &wire);
     ag.capture_drops = drops;
     ag.steal_ms = steal0
         .zip(steal1)
@@ -589,7 +605,7 @@ pub fn agreement_run(
                 Site::of(&t.b, TwoHosts::B_IF)?,
             );
             let tt = trace_times(&result.events, sa, sb, STAMP_PORT);
-            let mut agreement = compare_tai(&run, &tt, &wire_t1);
+            let mut agreement = compare_tai(&run, &tt, &wire);
             agreement.steal_ms = ag.steal_ms;
             agreement.capture_drops = result.dropped();
             Some(Traced {

@@ -132,7 +132,10 @@ fn trace(skb: KAddr, dev: Option<KAddr>, from: L3From, at: u8) {
         kind: k,
         _pad: 0,
     };
-    match EVENTS.output::<TraceEvent>(ev, 0) {
+    // No wake-up: waking the reader from here (an irq_work, a self-IPI: a VM exit on a guest)
+    // would delay the very packet being timed, and every program after this one on the
+    // tracepoint; the reader polls instead.
+    match EVENTS.output::<TraceEvent>(ev, aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64) {
         Ok(()) => count(counter::EVENTS),
         Err(_) => count(counter::DROP_RING_FULL),
     }

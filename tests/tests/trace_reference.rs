@@ -104,7 +104,19 @@ fn check_alone(label: &str, r: &AgreementRun, count: u32) -> Result<()> {
         a.matched,
         a.sent
     );
-    // Stamp before the hand-off: trace − stamp ≥ 0 on both egress legs.
+    // The probes' egress stamps are the hand-off's (T1 in the sender's record, T3 through the
+    // reflector's follow-up), where the program loaded (the ready line says).
+    let n = a.matched;
+    let t3 = a.handoff_t3.iter().filter(|(h, _)| *h).count();
+    if r.ping.kernel_t1_source() == "handoff" {
+        ensure!(
+            a.handoff_t1() as f64 >= MIN_MATCHED * n as f64 && t3 as f64 >= MIN_MATCHED * n as f64,
+            "{label}: hand-off stamps for only {} T1 and {t3} T3 of {n} probes",
+            a.handoff_t1()
+        );
+    }
+    // A TC stamp before the hand-off: trace − stamp ≥ 0 (a hand-off stamp is at the trace's
+    // own point, in attach order).
     ensure!(
         a.egress_negative() == 0,
         "{label}: {} probes stamped after the driver hand-off: {}",

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use meshprobe_harness::capture::{Frames, Packet, decode_frame};
 use meshprobe_harness::reference::{
     Times, capture_times, capture_times_auth, network_rtt, to_tai, trace_times, trace_times_by,
-    wire_t1s,
+    wire_tc,
 };
 use meshprobe_harness::scenario::{ReferencePair, compare, compare_tai, tai_offset_ns};
 use meshprobe_harness::trace::{Event, Site, TraceResult};
@@ -242,7 +242,7 @@ impl CondResult {
         let pa = in_window(ua, w, STAMP_PORT);
         let pb = in_window(ub, w, STAMP_PORT);
         let times = capture_times(&pa, &pb, STAMP_PORT);
-        let ag = compare(run, &times, &wire_t1s(&pa, STAMP_PORT));
+        let ag = compare(run, &times, &wire_tc(&pa, &pb, STAMP_PORT));
         self.mp_sent += ag.sent;
         self.c[MP_NET].reported += run.probes.len();
         self.c[MP_NET].matched += ag.matched;
