@@ -65,8 +65,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         id: 1,
         name: "precision",
-        title: "Precision against capture truth, idle and under load",
-        goal: "meshprobe |error| p50/p99 ≤ 1/3 µs idle, ≤ 2/5 µs under stress; better than ping",
+        title: "Precision against capture and tracepoint truth, idle and under load",
+        goal: "meshprobe |error| p50/p99 ≤ 0.5/1 µs idle, ≤ 1/2 µs under stress (against the tracepoint reference alone); better than ping",
         run: Some(precision::run),
         plan: "meshprobe network RTT, its app RTT, iputils ping and sockperf ping-pong in the \
                same run, each against AF_PACKET capture RTTs at both ends; idle, stress-ng on \
