@@ -21,6 +21,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// How long a meshprobe process may take to load and attach its programs.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long [`Drop`] waits after SIGTERM before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
 

@@ -10,8 +10,7 @@ use serde_json::Value;
 use crate::child::{ChildGuard, Finished};
 use crate::netns::Netns;
 
-/// How long a meshprobe process may take to load and attach its programs.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+pub use crate::child::READY_TIMEOUT;
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {

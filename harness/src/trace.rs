@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::child::ChildGuard;
-use crate::meshprobe::READY_TIMEOUT;
+use crate::child::READY_TIMEOUT;
 use crate::netns::Netns;
 
 /// Time given to packets still on their way to reach a tracepoint before the tracer stops
