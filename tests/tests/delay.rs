@@ -199,7 +199,7 @@ fn added_delay_appears_in_median_network_rtt() -> Result<()> {
         eprintln!("  held (captures at R): {}", hold.report());
         eprintln!("  network RTT:          {}", rtt.report());
         // Never shorter than asked; a little longer where its timer fires late.
-        hold.check_added(DELAY_NS, DELAY_NS * HOLD_SLACK_PCT / 100, name)?;
+        hold.check_held(DELAY_NS, DELAY_NS * HOLD_SLACK_PCT / 100, name)?;
         // meshprobe measures what the tool really did, probe by probe: RTT − hold stays put.
         let residual = Shift::of(&of(Tool::None, |r| &r.residual), &of(tool, |r| &r.residual))
             .expect("every run has probes");
