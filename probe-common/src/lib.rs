@@ -589,7 +589,11 @@ pub mod counter {
     /// A read of kernel memory (`bpf_probe_read_kernel`) failed, or a header or payload field
     /// lay beyond the skb's linear data.
     pub const HANDOFF_ERR_READ: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// A later hand-off of a packet already handed off once: the same skb sent on by another
+    /// device (a kernel that keeps the socket on a packet forwarded through a veth peer's
+    /// namespace). The first hand-off, where it left the host, stands.
+    pub const HANDOFF_SKIP_AGAIN: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Names for display, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -624,6 +628,7 @@ pub mod counter {
         "handoff_skip_correction",
         "handoff_skip_auth",
         "handoff_err_read",
+        "handoff_skip_again",
     ];
 }
 

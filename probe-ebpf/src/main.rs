@@ -835,6 +835,10 @@ fn handoff_t1(d: &SkbUdp, auth: bool, cfg: &Config, now: u64) {
         count(counter::HANDOFF_SKIP_NO_RECORD);
         return;
     }
+    if rec.handoff != 0 {
+        count(counter::HANDOFF_SKIP_AGAIN);
+        return;
+    }
     if handoff_correction(now, rec.t1).is_some() {
         rec.handoff = now;
         count(counter::HANDOFF_T1);
@@ -884,6 +888,14 @@ fn handoff_follow_up(d: &SkbUdp, now: u64) {
         sender_seq: u32::from_be_bytes([p[q], p[q + 1], p[q + 2], p[q + 3]]),
         correction_ns,
     };
+    // SAFETY: a map value read once.
+    if let Some(e) = unsafe { FOLLOW_UP.get(&key) }
+        && e.sender_seq == value.sender_seq
+        && e.t3 == t3
+    {
+        count(counter::HANDOFF_SKIP_AGAIN);
+        return;
+    }
     if FOLLOW_UP.insert(key, value, 0).is_err() {
         count(counter::ERR_MAP);
         return;

@@ -24,6 +24,8 @@ use meshprobe_harness::scenario::{
 use meshprobe_harness::stats::{percentile, us};
 use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
+/// Share of probes whose T3 must come through the follow-up (see `check_alone`).
+const MIN_T3_HANDOFF: f64 = 0.95;
 const PROBES: u32 = 1000;
 
 fn check(label: &str, r: &AgreementRun) -> Result<()> {
@@ -105,12 +107,15 @@ fn check_alone(label: &str, r: &AgreementRun, count: u32) -> Result<()> {
         a.sent
     );
     // The probes' egress stamps are the hand-off's (T1 in the sender's record, T3 through the
-    // reflector's follow-up), where the program loaded (the ready line says).
+    // reflector's follow-up), where the program loaded (the ready line says). T3's comes with
+    // the session's next reply: a sample whose next reply is later than its probe's deadline
+    // (an emulated guest: 986 of 1000 once) keeps its TC T3, so nearly all, not all.
     let n = a.matched;
     let t3 = a.handoff_t3.iter().filter(|(h, _)| *h).count();
     if r.ping.kernel_t1_source() == "handoff" {
         ensure!(
-            a.handoff_t1() as f64 >= MIN_MATCHED * n as f64 && t3 as f64 >= MIN_MATCHED * n as f64,
+            a.handoff_t1() as f64 >= MIN_MATCHED * n as f64
+                && t3 as f64 >= MIN_T3_HANDOFF * n as f64,
             "{label}: hand-off stamps for only {} T1 and {t3} T3 of {n} probes",
             a.handoff_t1()
         );
