@@ -889,7 +889,7 @@ fn handoff_follow_up(d: &SkbUdp, now: u64) {
         correction_ns,
     };
     // SAFETY: a map value read once.
-    if let Some(e) = unsafe { FOLLOW_UP.get(&key) }
+    if let Some(e) = unsafe { FOLLOW_UP.get(key) }
         && e.sender_seq == value.sender_seq
         && e.t3 == t3
     {

@@ -349,3 +349,88 @@ fn a_recorded_correction_reaches_the_held_sample() -> Result<()> {
     );
     Ok(())
 }
+
+/// A reflector that answers a session's requests in one batch (it fell behind: here, stopped
+/// while the sender kept probing) lets each reply leave before the next one's follow-up is
+/// looked up, so each reports the one before it. Judged against the same run: the probes
+/// answered before the stop. Without that, every queued reply but the first finds no hand-off
+/// record and its sample keeps the TC T3.
+#[test]
+fn a_session_s_requests_answered_in_one_batch_each_report_the_one_before() -> Result<()> {
+    use nix::sys::signal::Signal;
+
+    let name = "a_session_s_requests_answered_in_one_batch_each_report_the_one_before";
+    let Some(env) = TestEnv::acquire(name, &[])? else {
+        return Ok(());
+    };
+    let t = TwoHosts::new()?;
+    let mut refl = env.mp.reflect(&t.b, &[])?;
+    let peer = t.b_addr(Family::V4).to_string();
+    let count = 60u32;
+    let mut ping = env.mp.ping_spawn(
+        &t.a,
+        &[
+            &peer,
+            "-c",
+            &count.to_string(),
+            "-i",
+            "2ms",
+            "-W",
+            "2s",
+            "-s",
+            "128",
+            "--json",
+        ],
+    )?;
+    ping.wait_json(Duration::from_secs(10), |v| v["type"] == "ready")?;
+    std::thread::sleep(Duration::from_millis(20));
+    // About 25 requests (of 32 a batch reads) queue while the reflector is stopped.
+    refl.child.signal(Signal::SIGSTOP)?;
+    std::thread::sleep(Duration::from_millis(50));
+    refl.child.signal(Signal::SIGCONT)?;
+    let fin = ping.wait_exit(ping_timeout(
+        count,
+        Duration::from_millis(2),
+        Duration::from_secs(2),
+    ))?;
+    let handoff = refl.ready["handoff"] == "on";
+    refl.stop()?;
+    let run = PingRun::parse(&fin)?;
+    let s = run.summaries.first().context("no summary")?;
+    ensure!(
+        s.received == u64::from(count) && run.probes.len() == count as usize,
+        "{} of {count} answered, {} probe lines",
+        s.received,
+        run.probes.len()
+    );
+    if !handoff {
+        eprintln!("SKIPPED: {name}: the reflector's hand-off program is off (its ready line)");
+        return Ok(());
+    }
+    let s3 = sources(&run, |p| &p.t3_source);
+    // A burst shows as turnarounds far beyond the run's own median (the stop).
+    let mut turn: Vec<i64> = run.probes.iter().map(|p| p.turnaround_ns).collect();
+    turn.sort_unstable();
+    let median = turn[turn.len() / 2];
+    let held = run
+        .probes
+        .iter()
+        .filter(|p| p.turnaround_ns > 10 * median.max(1_000))
+        .count();
+    eprintln!(
+        "T3 sources {s3:?}; {held} probes waited for the stopped reflector (median turnaround \
+         {median} ns); follow-ups applied {} ignored {}",
+        s.follow_up_applied, s.follow_up_ignored
+    );
+    ensure!(
+        held >= 5,
+        "the stop held only {held} probes: no burst to judge"
+    );
+    // Only the run's last sample has no next reply to carry its correction.
+    let tc = s3.get("tc").copied().unwrap_or(0);
+    ensure!(
+        tc <= 1 && s.follow_up_ignored == 0,
+        "{tc} of {count} T3s kept the TC stamp: {s3:?}"
+    );
+    Ok(())
+}

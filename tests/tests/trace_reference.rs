@@ -116,8 +116,16 @@ fn check_alone(label: &str, r: &AgreementRun, count: u32) -> Result<()> {
         ensure!(
             a.handoff_t1() as f64 >= MIN_MATCHED * n as f64
                 && t3 as f64 >= MIN_T3_HANDOFF * n as f64,
-            "{label}: hand-off stamps for only {} T1 and {t3} T3 of {n} probes",
-            a.handoff_t1()
+            "{label}: hand-off stamps for only {} T1 and {t3} T3 of {n} probes; sender {}",
+            a.handoff_t1(),
+            r.ping
+                .summaries
+                .first()
+                .map(|s| format!(
+                    "follow-ups applied {} ignored {}",
+                    s.follow_up_applied, s.follow_up_ignored
+                ))
+                .unwrap_or_default()
         );
     }
     // A TC stamp before the hand-off: trace − stamp ≥ 0 (a hand-off stamp is at the trace's

@@ -219,7 +219,7 @@ pub async fn run(
         let mut n_out = 0;
         sessions.clear();
         for (payload, rx) in batch.iter() {
-            let Some((mut reply, framing, session)) = answer(
+            let Some((mut reply, framing, ask)) = answer(
                 &sock,
                 &st,
                 ee,
@@ -230,11 +230,29 @@ pub async fn run(
                 &opts,
                 &mut policy,
                 now,
-                nic.as_mut(),
             ) else {
                 continue;
             };
-            sessions.push(session);
+            if let Some(ask) = &ask {
+                // The follow-up reports the session's previous reply as handed off: one of this
+                // batch leaves first, or the lookup would find the reply before it.
+                if sessions.iter().flatten().any(|(k, _)| *k == ask.key) {
+                    flush(
+                        &sock,
+                        &replies[..n_out],
+                        &mut stats,
+                        &opts,
+                        nic.as_mut(),
+                        &mut sessions,
+                    )
+                    .await;
+                    n_out = 0;
+                }
+                reply
+                    .packet
+                    .set_follow_up(&fill_follow_up(&st, ask, nic.as_mut()));
+            }
+            sessions.push(ask.map(|a| (a.key, a.seq)));
             if let Some(d) = opts.think_time {
                 tokio::time::sleep(d).await;
             }
@@ -258,14 +276,27 @@ pub async fn run(
             n_out += 1;
             if opts.think_time.is_some() {
                 // Test aid: each reply leaves after its own wait.
-                let failed = send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
-                number_sent(nic.as_mut(), &sessions, &failed);
-                sessions.clear();
+                flush(
+                    &sock,
+                    &replies[..n_out],
+                    &mut stats,
+                    &opts,
+                    nic.as_mut(),
+                    &mut sessions,
+                )
+                .await;
                 n_out = 0;
             }
         }
-        let failed = send_all(&sock, &replies[..n_out], &mut stats, &opts).await;
-        number_sent(nic.as_mut(), &sessions, &failed);
+        flush(
+            &sock,
+            &replies[..n_out],
+            &mut stats,
+            &opts,
+            nic.as_mut(),
+            &mut sessions,
+        )
+        .await;
         // A full batch means more are waiting: after a few, let the other tasks run.
         if batch.len() >= crate::net::BATCH {
             full_batches += 1;
@@ -296,11 +327,10 @@ fn answer(
     opts: &ReflectorOptions,
     policy: &mut ReflectPolicy,
     now: std::time::Instant,
-    nic: Option<&mut NicTxStamps>,
 ) -> Option<(
     wire::Lenient<wire::ReflectorPacket>,
     Framing,
-    Option<Session>,
+    Option<FollowUpAsk>,
 )> {
     stats.requests += 1;
     if let Some(l) = &opts.live {
@@ -368,27 +398,56 @@ fn answer(
     }
     // Our follow-up TLV (two-step T3): only for the requests that carry it, since the lookup
     // is a system call. Not on an authenticated port: its T3 is the userspace stamp it signs.
-    let mut session = None;
-    if matches!(framing, Framing::Open) && reply.packet.wants_follow_up() {
-        let key = follow_up_key(rx.from, opts.listen.port(), req.packet.ssid);
-        let prev = if auth_port {
-            None
-        } else {
-            st.take_follow_up(&key)
-        };
-        let nic_correction = match (nic, &prev) {
-            (Some(n), Some(p)) => n.correction(&key, p),
-            _ => None,
-        };
-        reply.packet.set_follow_up(&follow_up_value(
-            req.packet.seq,
-            prev,
-            nic_correction,
+    let ask =
+        (matches!(framing, Framing::Open) && reply.packet.wants_follow_up()).then(|| FollowUpAsk {
+            key: follow_up_key(rx.from, opts.listen.port(), req.packet.ssid),
+            seq: req.packet.seq,
             t2_source,
-        ));
-        session = Some((key, req.packet.seq));
-    }
-    Some((reply, framing, session))
+            lookup: !auth_port,
+        });
+    Some((reply, framing, ask))
+}
+
+/// A reply whose request carries our follow-up TLV: filled by [`fill_follow_up`] once the
+/// session's earlier replies have left.
+struct FollowUpAsk {
+    key: FollowUpKey,
+    seq: u32,
+    t2_source: StampSource,
+    /// Take the hand-off record of the session's previous reply (not on an authenticated port).
+    lookup: bool,
+}
+
+/// The follow-up value of an asking reply: takes the session's hand-off record.
+fn fill_follow_up(
+    st: &Stamping,
+    ask: &FollowUpAsk,
+    nic: Option<&mut NicTxStamps>,
+) -> FollowUpValue {
+    let prev = if ask.lookup {
+        st.take_follow_up(&ask.key)
+    } else {
+        None
+    };
+    let nic_correction = match (nic, &prev) {
+        (Some(n), Some(p)) => n.correction(&ask.key, p),
+        _ => None,
+    };
+    follow_up_value(ask.seq, prev, nic_correction, ask.t2_source)
+}
+
+/// Sends the batch's replies so far and numbers them for their NIC TX stamps.
+async fn flush(
+    sock: &ProbeSocket,
+    replies: &[(Vec<u8>, SocketAddr, Option<Source>)],
+    stats: &mut ReflectorStats,
+    opts: &ReflectorOptions,
+    nic: Option<&mut NicTxStamps>,
+    sessions: &mut Vec<Option<Session>>,
+) {
+    let failed = send_all(sock, replies, stats, opts).await;
+    number_sent(nic, sessions, &failed);
+    sessions.clear();
 }
 
 /// A reply's follow-up session and the sender sequence number it answers.
