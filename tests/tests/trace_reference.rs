@@ -108,8 +108,8 @@ fn check_alone(label: &str, r: &AgreementRun, count: u32) -> Result<()> {
     );
     // The probes' egress stamps are the hand-off's (T1 in the sender's record, T3 through the
     // reflector's follow-up), where the program loaded (the ready line says). T3's comes with
-    // the session's next reply: a sample whose next reply is later than its probe's deadline
-    // (an emulated guest: 986 of 1000 once) keeps its TC T3, so nearly all, not all.
+    // the session's next reply: the run's last sample has none, and one whose next reply is
+    // later than its probe's deadline keeps its TC T3, so nearly all, not all.
     let n = a.matched;
     let t3 = a.handoff_t3.iter().filter(|(h, _)| *h).count();
     if r.ping.kernel_t1_source() == "handoff" {

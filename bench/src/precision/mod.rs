@@ -151,6 +151,8 @@ pub fn run(ctx: &Ctx, rep: &mut ScenarioReport) -> Result<()> {
         Site::of(&t.a, TwoHosts::A_IF)?,
         Site::of(&t.b, TwoHosts::B_IF)?,
     );
+    // Before each condition's tracer, the senders after it: the order in which the tracer's
+    // run time cancels in the RTT (harness `agreement_run`, BENCHMARKS.md issue 18).
     let mut refl = reflector(mp, &t, &r_cpu)?;
     let mut server = sockperf_server(&t, &r_cpu)?;
     let dir = TempDir::new("precision")?;
