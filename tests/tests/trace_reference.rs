@@ -25,7 +25,7 @@ use meshprobe_harness::stats::{percentile, us};
 use meshprobe_harness::{Family, TestEnv, TwoHosts};
 
 /// Share of probes whose T3 must come through the follow-up (see `check_alone`).
-const MIN_T3_HANDOFF: f64 = 0.95;
+const MIN_T3_HANDOFF: f64 = 0.99;
 const PROBES: u32 = 1000;
 
 fn check(label: &str, r: &AgreementRun) -> Result<()> {

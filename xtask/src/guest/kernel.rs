@@ -42,6 +42,10 @@ pub const KERNELS: &[Kernel] = &[
                 "agent_mesh",
                 "its delays come from the delay element, which needs bpf_loop (5.17)",
             ),
+            (
+                "trace_reference",
+                "the tracer reads bpf_ktime_get_tai_ns (Linux 6.1)",
+            ),
         ],
     },
 ];
